@@ -1,0 +1,212 @@
+//! From differential output to aggregate updates with a status.
+//!
+//! The dataflow's output is a collection of `(AggKey, AggValue)`: the
+//! current value of every (key, window) in retention, as diffs at
+//! timestamps. The [`Emitter`] turns it into [`Emission`]s once the frontier
+//! says a timestamp is complete:
+//!
+//! * a changed row whose window is still open: [`Status::Provisional`];
+//! * a row whose window the frontier (the watermark) has passed, for the
+//!   first time: [`Status::Final`];
+//! * a change to a row already emitted as final (a late record within
+//!   retention): [`Status::Correction`], carrying the new final value.
+//!
+//! A row that disappears is a retired window; it is forgotten silently.
+//! The emitter is pure (no timely types), so it is tested on its own.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{AggKey, AggValue};
+use crate::time::TimeSpec;
+
+/// How final an emitted value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// The window is still open; the value may change.
+    Provisional,
+    /// The watermark passed the window's end: this is its value.
+    Final,
+    /// A late record changed a final window: this is its new value.
+    Correction,
+}
+
+/// One aggregate update leaving the dataflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emission {
+    /// How final.
+    pub status: Status,
+    /// Which row.
+    pub key: AggKey,
+    /// Its value.
+    pub value: AggValue,
+    /// The watermark when it was emitted, ms.
+    pub watermark: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    /// `None` between a retraction and the update that replaces it.
+    value: Option<AggValue>,
+    final_sent: bool,
+}
+
+/// Counts of what the emitter sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmitStats {
+    /// Provisional emissions.
+    pub provisional: u64,
+    /// Rows emitted final.
+    pub finals: u64,
+    /// Corrections of final rows.
+    pub corrections: u64,
+}
+
+/// Turns timestamped diffs of rows into emissions (see the module doc).
+#[derive(Debug)]
+pub struct Emitter {
+    spec: TimeSpec,
+    pending: Vec<(u64, AggKey, AggValue, isize)>,
+    rows: FxHashMap<AggKey, Row>,
+    /// Open rows by window end, waiting for the watermark.
+    awaiting: BTreeMap<u64, Vec<AggKey>>,
+    /// Whether provisional values are wanted at all.
+    provisional: bool,
+    stats: EmitStats,
+}
+
+impl Emitter {
+    /// A new emitter. Without `provisional`, only final rows and corrections
+    /// are emitted (replay needs nothing else).
+    pub fn new(spec: TimeSpec, provisional: bool) -> Self {
+        Emitter {
+            spec,
+            pending: Vec::new(),
+            rows: FxHashMap::default(),
+            awaiting: BTreeMap::new(),
+            provisional,
+            stats: EmitStats::default(),
+        }
+    }
+
+    /// Buffers one diff of the output collection.
+    pub fn push(&mut self, time: u64, key: AggKey, value: AggValue, diff: isize) {
+        self.pending.push((time, key, value, diff));
+    }
+
+    /// What was emitted so far.
+    pub fn stats(&self) -> EmitStats {
+        self.stats
+    }
+
+    /// The frontier moved to `frontier` (`None`: the input is exhausted).
+    /// Applies every buffered diff before it, one timestamp at a time, and
+    /// emits after each: a window whose end lies between two timestamps is
+    /// final before the later one applies (which may be its retirement).
+    pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<Emission>) {
+        let horizon = frontier.unwrap_or(u64::MAX);
+        let (mut ready, rest): (Vec<_>, Vec<_>) =
+            self.pending.drain(..).partition(|u| u.0 < horizon);
+        self.pending = rest;
+        // Within a time, retractions first, so `-old +new` leaves `new`.
+        ready.sort_by_key(|&(t, k, _, d)| (t, k, d));
+        let mut dirty: Vec<AggKey> = Vec::new();
+        let mut i = 0;
+        while i < ready.len() {
+            let time = ready[i].0;
+            while i < ready.len() && ready[i].0 == time {
+                let (_, key, value, diff) = ready[i];
+                i += 1;
+                match self.rows.get_mut(&key) {
+                    Some(row) if diff < 0 && row.value == Some(value) => row.value = None,
+                    Some(row) if diff > 0 => row.value = Some(value),
+                    None if diff > 0 => {
+                        self.rows.insert(
+                            key,
+                            Row {
+                                value: Some(value),
+                                final_sent: false,
+                            },
+                        );
+                        self.awaiting
+                            .entry(self.spec.window_end(key.window))
+                            .or_default()
+                            .push(key);
+                    }
+                    // The reduce retracts exactly what it emitted; anything
+                    // else would be a bug upstream, and is not trusted.
+                    _ => continue,
+                }
+                dirty.push(key);
+            }
+            // Everything before the next timestamp is applied: the state is
+            // that of a watermark at the next timestamp (or the frontier).
+            let watermark = ready.get(i).map_or(horizon, |u| u.0);
+            self.emit(&mut dirty, watermark, out);
+        }
+        self.emit(&mut dirty, horizon, out);
+    }
+
+    fn emit(&mut self, dirty: &mut Vec<AggKey>, watermark: u64, out: &mut Vec<Emission>) {
+        dirty.sort();
+        dirty.dedup();
+        for key in dirty.drain(..) {
+            let Some(row) = self.rows.get_mut(&key) else {
+                continue;
+            };
+            let Some(value) = row.value else {
+                // Retracted and not replaced: the window retired.
+                self.rows.remove(&key);
+                continue;
+            };
+            let closed = self.spec.window_end(key.window) <= watermark;
+            let status = match (closed, row.final_sent) {
+                (false, _) if self.provisional => Status::Provisional,
+                (false, _) => continue,
+                (true, false) => Status::Final,
+                (true, true) => Status::Correction,
+            };
+            row.final_sent |= closed;
+            out.push(Emission {
+                status,
+                key,
+                value,
+                watermark,
+            });
+            self.count(status);
+        }
+        // Rows whose window closed without a change.
+        while let Some((&end, _)) = self.awaiting.first_key_value() {
+            if end > watermark {
+                break;
+            }
+            let Some((_, keys)) = self.awaiting.pop_first() else {
+                break;
+            };
+            for key in keys {
+                if let Some(row) = self.rows.get_mut(&key) {
+                    if let (Some(value), false) = (row.value, row.final_sent) {
+                        row.final_sent = true;
+                        out.push(Emission {
+                            status: Status::Final,
+                            key,
+                            value,
+                            watermark,
+                        });
+                        self.count(Status::Final);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, status: Status) {
+        match status {
+            Status::Provisional => self.stats.provisional += 1,
+            Status::Final => self.stats.finals += 1,
+            Status::Correction => self.stats.corrections += 1,
+        }
+    }
+}

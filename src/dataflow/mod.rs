@@ -1,0 +1,183 @@
+//! The timely/differential dataflow that maintains the aggregates.
+//!
+//! ```text
+//! congestion input  ((segment, window), vehicle) : SpeedSum   (pre-aggregated per batch)
+//!     -> reduce per (segment, window)            -> Congestion {samples, vehicles, speed_sum}
+//! charging input    ChargerReading : +1
+//!     -> connector_windows (per connector, exchanged by charger)
+//!     -> reduce per (charger, window)            -> Charging {energy, power, occupied, faulted}
+//! both -> exchange to worker 0 -> Emitter -> Emission channel
+//! ```
+//!
+//! Timestamps are watermarks (ms): an update at time `t` was accepted when
+//! the watermark was at least `t`. So when the frontier passes `t`, every
+//! record that arrived before the watermark reached `t` is in, which is
+//! exactly "a window is final when the watermark passes its end". Windows
+//! are in the keys (a collection accumulates across times; windows in the
+//! timestamps would merge). Every input update is mirrored by its negation at
+//! the window's retirement time, so state is bounded by retention: the
+//! arrangements forget a window once it retires.
+
+pub mod connectors;
+pub mod emit;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Probe;
+use timely::worker::Worker;
+
+use crate::aggregate::{AggKey, AggValue, Charging, Congestion, ConnectorWindow, Kind, SpeedSum};
+use crate::time::TimeSpec;
+use connectors::{connector_windows, ChargerReading};
+use emit::{Emission, Emitter};
+
+/// A congestion input update: `((segment, window_start), vehicle_hash)`.
+pub type CongestionKey = ((u32, u64), u64);
+
+/// The dataflow's inputs on one worker.
+pub struct Inputs {
+    /// Vehicle reports, pre-aggregated per `(segment, window, vehicle)`.
+    pub congestion: InputSession<u64, CongestionKey, SpeedSum>,
+    /// Charger readings.
+    pub charging: InputSession<u64, ChargerReading, isize>,
+}
+
+impl Inputs {
+    /// Advances both inputs to `time` and flushes them.
+    pub fn advance_to(&mut self, time: u64) {
+        if *self.congestion.time() < time {
+            self.congestion.advance_to(time);
+        }
+        if *self.charging.time() < time {
+            self.charging.advance_to(time);
+        }
+        self.congestion.flush();
+        self.charging.flush();
+    }
+
+    /// The time both inputs are at.
+    pub fn time(&self) -> u64 {
+        *self.congestion.time()
+    }
+}
+
+/// Tells when the dataflow has emitted everything.
+pub struct Completion {
+    probe: ProbeHandle<u64>,
+    emitted_all: Rc<Cell<bool>>,
+}
+
+impl Completion {
+    /// True once the inputs are closed and the emitter has seen the empty
+    /// frontier (so its last emissions are sent).
+    pub fn done(&self) -> bool {
+        self.probe.done() && self.emitted_all.get()
+    }
+
+    /// The frontier of the output, for progress: `None` when complete.
+    pub fn frontier(&self) -> Option<u64> {
+        self.probe.with_frontier(|f| f.first().copied())
+    }
+}
+
+/// Builds the dataflow on this worker. Emissions go to `emissions` from
+/// worker 0 (the other workers pass `None`, nothing reaches them).
+pub fn build(
+    worker: &mut Worker,
+    spec: TimeSpec,
+    provisional: bool,
+    emissions: Option<Sender<Vec<Emission>>>,
+) -> (Inputs, Completion) {
+    worker.dataflow::<u64, _, _>(move |scope| {
+        let (congestion_input, reports) = scope.new_collection::<CongestionKey, SpeedSum>();
+        let (charging_input, readings) = scope.new_collection::<ChargerReading, isize>();
+
+        let congestion = reports
+            .reduce_named(
+                "Congestion",
+                |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
+                    let mut c = Congestion::default();
+                    for (_, s) in vehicles {
+                        c.samples += s.count as u64;
+                        c.speed_sum += s.sum;
+                        c.vehicles += 1;
+                    }
+                    out.push((c, 1));
+                },
+            )
+            .map(|((segment, window), c)| {
+                (
+                    AggKey {
+                        kind: Kind::Congestion,
+                        key: segment,
+                        window,
+                    },
+                    AggValue::Congestion(c),
+                )
+            });
+
+        let charging = connector_windows(readings, spec)
+            .reduce_named(
+                "Charging",
+                |_key,
+                 connectors: &[(&ConnectorWindow, isize)],
+                 out: &mut Vec<(Charging, isize)>| {
+                    out.push((
+                        Charging::from_connectors(connectors.iter().map(|(c, _)| *c)),
+                        1,
+                    ));
+                },
+            )
+            .map(|((charger, window), c)| {
+                (
+                    AggKey {
+                        kind: Kind::Charging,
+                        key: charger,
+                        window,
+                    },
+                    AggValue::Charging(c),
+                )
+            });
+
+        let mut emitter = Emitter::new(spec, provisional);
+        let mut batch = Vec::new();
+        let probe = ProbeHandle::new();
+        let emitted_all = Rc::new(Cell::new(false));
+        let finished = emitted_all.clone();
+        congestion.concat(charging).inner.probe_with(&probe).sink(
+            Exchange::new(|_| 0),
+            "Emit",
+            move |(input, frontier)| {
+                input.for_each(|_cap, data| {
+                    for ((key, value), time, diff) in data.drain(..) {
+                        emitter.push(time, key, value, diff);
+                    }
+                });
+                let at = frontier.frontier().first().copied();
+                emitter.advance(at, &mut batch);
+                finished.set(at.is_none());
+                if !batch.is_empty() {
+                    if let Some(tx) = &emissions {
+                        // A closed receiver means nobody listens any more:
+                        // the run is being torn down, dropping is right.
+                        let _ = tx.send(std::mem::take(&mut batch));
+                    }
+                    batch.clear();
+                }
+            },
+        );
+        (
+            Inputs {
+                congestion: congestion_input,
+                charging: charging_input,
+            },
+            Completion { probe, emitted_all },
+        )
+    })
+}

@@ -1,0 +1,264 @@
+//! Input chunks: JSON Lines cut into numbered chunks of whole lines, and the
+//! watermark of each chunk.
+//!
+//! A chunk is the unit of ingest: up to [`CHUNK_LINES`] lines, read by one
+//! thread, decoded by one worker. Its watermark is computed from the chunks
+//! *before* it in arrival order ([`ChunkClock`]), never from which worker
+//! decodes it, so whether a record is on time, late or expired, and so every
+//! final aggregate, is the same for any number of workers.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::sync::{Condvar, Mutex};
+
+/// Lines per chunk. Fixed, because the watermark advances per chunk and
+/// results must not depend on a tuning knob.
+pub const CHUNK_LINES: usize = 1024;
+/// Longest accepted line, bytes (a telemetry record is ~200 bytes). Longer
+/// lines are rejected as `too_long` without being buffered.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+
+/// Whole lines from the input.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Position in arrival order, from 0.
+    pub seq: u64,
+    /// Line number (1-based) of the first line.
+    pub first_line: u64,
+    /// The lines, each ending in `\n`. A line that was too long is present
+    /// as an empty line and listed in `too_long`.
+    pub data: Vec<u8>,
+    /// Line numbers of lines longer than [`MAX_LINE_BYTES`].
+    pub too_long: Vec<u64>,
+}
+
+impl Chunk {
+    /// Iterates `(line number, bytes)` without the newline (and without a
+    /// trailing `\r`).
+    pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut n = self.first_line;
+        self.data.split_inclusive(|&b| b == b'\n').map(move |l| {
+            let l = l.strip_suffix(b"\n").unwrap_or(l);
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            n += 1;
+            (n - 1, l)
+        })
+    }
+}
+
+/// Cuts a byte stream into [`Chunk`]s.
+pub struct Chunker<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    eof: bool,
+    seq: u64,
+    line: u64,
+    /// Inside a line that is already too long: skip to its end.
+    skipping: bool,
+}
+
+impl<R: Read> Chunker<R> {
+    /// Wraps a reader.
+    pub fn new(inner: R) -> Self {
+        Chunker {
+            inner,
+            buf: Vec::with_capacity(1 << 20),
+            start: 0,
+            eof: false,
+            seq: 0,
+            line: 1,
+            skipping: false,
+        }
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + (256 << 10), 0);
+        let n = loop {
+            match self.inner.read(&mut self.buf[len..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e);
+                }
+            }
+        };
+        self.buf.truncate(len + n);
+        self.eof = n == 0;
+        Ok(())
+    }
+
+    /// The next chunk, or `None` at the end of the input.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
+        let mut chunk = Chunk {
+            seq: self.seq,
+            first_line: self.line,
+            ..Chunk::default()
+        };
+        let mut lines = 0;
+        while lines < CHUNK_LINES {
+            let pending = &self.buf[self.start..];
+            match memchr::memchr(b'\n', pending) {
+                Some(i) => {
+                    if self.skipping || i > MAX_LINE_BYTES {
+                        chunk.too_long.push(self.line);
+                        chunk.data.push(b'\n');
+                        self.skipping = false;
+                    } else {
+                        chunk.data.extend_from_slice(&pending[..=i]);
+                    }
+                    self.start += i + 1;
+                    self.line += 1;
+                    lines += 1;
+                }
+                None if pending.len() > MAX_LINE_BYTES => {
+                    // Drop what we have of the long line; remember to skip its rest.
+                    self.skipping = true;
+                    self.start = self.buf.len();
+                }
+                None if self.eof => {
+                    if !pending.is_empty() || self.skipping {
+                        // A last line without a newline.
+                        if self.skipping {
+                            chunk.too_long.push(self.line);
+                            chunk.data.push(b'\n');
+                            self.skipping = false;
+                        } else {
+                            chunk.data.extend_from_slice(pending);
+                            chunk.data.push(b'\n');
+                        }
+                        self.start = self.buf.len();
+                        self.line += 1;
+                        lines += 1;
+                    }
+                    break;
+                }
+                None => self.fill()?,
+            }
+        }
+        if lines == 0 {
+            return Ok(None);
+        }
+        self.seq += 1;
+        Ok(Some(chunk))
+    }
+}
+
+/// The watermark of each chunk: the largest event time in all chunks before
+/// it, minus the allowed lateness (the caller subtracts). Workers decode
+/// chunks in parallel; each publishes its chunk's largest event time, and
+/// waits for the prefix before it to classify its records.
+#[derive(Debug, Default)]
+pub struct ChunkClock {
+    state: Mutex<ClockState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ClockState {
+    /// Published maxima of chunks not yet folded into the prefix.
+    published: BTreeMap<u64, Option<u64>>,
+    /// Every chunk below this is folded in.
+    next: u64,
+    /// Largest event time of chunks `< next`.
+    prefix_max: Option<u64>,
+    /// Prefix maxima waiting to be picked up, by chunk.
+    ready: BTreeMap<u64, Option<u64>>,
+    /// Largest event time of chunk 0, for pacing.
+    first_max: Option<u64>,
+}
+
+impl ChunkClock {
+    /// A clock at chunk 0.
+    pub fn new() -> Self {
+        let clock = ChunkClock::default();
+        if let Ok(mut st) = clock.state.lock() {
+            st.ready.insert(0, None);
+        }
+        clock
+    }
+
+    /// Publishes the largest event time of chunk `seq` (`None`: no valid
+    /// record in it).
+    pub fn publish(&self, seq: u64, max_ts: Option<u64>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.published.insert(seq, max_ts);
+        while let Some(m) = {
+            let next = st.next;
+            st.published.remove(&next)
+        } {
+            if st.next == 0 {
+                st.first_max = m;
+            }
+            st.prefix_max = st.prefix_max.max(m);
+            st.next += 1;
+            let (next, prefix) = (st.next, st.prefix_max);
+            st.ready.insert(next, prefix);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks until every chunk before `seq` is published; returns the
+    /// largest event time among them, and chunk 0's largest event time.
+    /// Each `seq` may be asked once.
+    pub fn prefix_before(&self, seq: u64) -> (Option<u64>, Option<u64>) {
+        let Ok(mut st) = self.state.lock() else {
+            return (None, None);
+        };
+        loop {
+            if let Some(p) = st.ready.remove(&seq) {
+                return (p, st.first_max);
+            }
+            st = match self.changed.wait(st) {
+                Ok(g) => g,
+                Err(_) => return (None, None),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_line_numbers_and_reject_long_lines_without_buffering_them() {
+        let mut text = b"a\r\nb\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+        text.extend_from_slice(b"\nc");
+        let mut c = Chunker::new(&text[..]);
+        let chunk = c.next_chunk().expect("read").expect("chunk");
+        let lines: Vec<_> = chunk.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                (1, &b"a"[..]),
+                (2, &b"b"[..]),
+                (3, &b""[..]),
+                (4, &b"c"[..])
+            ]
+        );
+        assert_eq!(chunk.too_long, vec![3]);
+        assert!(c.next_chunk().expect("read").is_none());
+    }
+
+    #[test]
+    fn clock_gives_each_chunk_the_prefix_before_it() {
+        let clock = ChunkClock::new();
+        clock.publish(1, Some(50));
+        clock.publish(0, Some(70));
+        clock.publish(2, None);
+        assert_eq!(clock.prefix_before(0), (None, Some(70)));
+        assert_eq!(clock.prefix_before(1), (Some(70), Some(70)));
+        assert_eq!(clock.prefix_before(2), (Some(70), Some(70)));
+        assert_eq!(clock.prefix_before(3), (Some(70), Some(70)));
+    }
+}

@@ -1,0 +1,46 @@
+//! edgeflow: an edge stream processor for city mobility and energy telemetry.
+//!
+//! Vehicles and chargers report telemetry (TELEMETRY.md §1); timely and
+//! differential dataflow keep windowed aggregates up to date incrementally:
+//! congestion per road segment and charging demand per charger (§3).
+//! Recorded telemetry replays through the same dataflow as live ingest, and
+//! the final aggregates depend only on the records, never on the number of
+//! workers, batching or arrival interleaving.
+//!
+//! # Layout
+//! The pure core takes bytes and times as arguments; only `replay` (and the
+//! later servers) touch threads, files and clocks.
+//!
+//! - [`model`]: telemetry records and their validation.
+//! - [`codec`]: JSON Lines and CBOR decoding/encoding of records.
+//! - [`time`]: windows, watermark, and the fate of a late record.
+//! - [`reference`]: road network and charger list from GeoJSON.
+//! - [`topology`]: the TOML topology file and its validation.
+//! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
+//! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
+//! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
+//! - [`dataflow`]: the timely/differential dataflow and its emitter.
+//! - [`output`]: final tables and durable CSV files.
+//! - [`replay`]: running recorded telemetry through the dataflow.
+//! - [`bench`]: the synthetic benchmark and its plain-loop baseline.
+//! - [`metrics`]: metric names, defined once.
+//!
+//! # Seams for later roles
+//! Live QUIC ingest feeds [`pipeline::Stage`] the way [`replay`] does, with
+//! the durable log's batches as chunks; subscriptions and pushes consume
+//! [`dataflow::emit::Emission`]s (they carry provisional values too); map
+//! matching fills in [`pipeline::Unmatched::NoSegment`] reports.
+
+pub mod aggregate;
+pub mod bench;
+pub mod codec;
+pub mod dataflow;
+pub mod input;
+pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod reference;
+pub mod replay;
+pub mod time;
+pub mod topology;

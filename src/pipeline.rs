@@ -1,0 +1,342 @@
+//! The worker side of ingest: decode a chunk, classify each record against
+//! the chunk's watermark, pre-aggregate, and feed the dataflow inputs.
+//!
+//! Raw records straight into differential cost several times the work
+//! itself (NOTES-dataflow.md). So a [`Stage`] sums reports per
+//! `(segment, window, vehicle)` over a whole batch of chunks and hands
+//! differential one [`SpeedSum`] update per key and batch, plus its mirror
+//! image at the window's retirement time.
+
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::aggregate::{power_fixed, speed_fixed, SpeedSum};
+use crate::codec::decode_json;
+use crate::dataflow::connectors::{ChargerReading, Reading};
+use crate::dataflow::Inputs;
+use crate::input::{Chunk, ChunkClock};
+use crate::model::{Record, RecordError, RejectReason};
+use crate::reference::Reference;
+use crate::time::{Fate, TimeSpec};
+
+/// Distinct keys in a pre-aggregation batch before it is flushed. Bounds the
+/// batch map: about 40 bytes per key, so 2.6 MiB per worker at worst.
+pub const FLUSH_KEYS: usize = 1 << 16;
+/// Records in a batch before it is flushed, whatever its key count.
+pub const FLUSH_RECORDS: u64 = 1 << 18;
+/// Error messages kept per worker for the run summary (all are counted).
+pub const MAX_REPORTED_ERRORS: usize = 20;
+
+/// Why a vehicle report counts toward no segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    /// No `segment_id` (crossing a junction, parked). Map matching will
+    /// claim these; until then they are counted.
+    NoSegment,
+    /// A `segment_id` that is not in the road network.
+    UnknownSegment,
+}
+
+/// What one worker counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Non-empty lines read.
+    pub records: u64,
+    /// Accepted vehicle reports.
+    pub vehicle: u64,
+    /// Accepted charger reports.
+    pub charger: u64,
+    /// Rejected records by [`RejectReason::index`].
+    pub rejected: [u64; RejectReason::ALL.len()],
+    /// Accepted behind the watermark, window still open.
+    pub late: u64,
+    /// Accepted after their window was final: corrections.
+    pub corrections: u64,
+    /// Dropped: window already retired.
+    pub expired: u64,
+    /// Vehicle reports without a segment.
+    pub unmatched_no_segment: u64,
+    /// Vehicle reports naming an unknown segment.
+    pub unmatched_unknown_segment: u64,
+    /// The first errors, as `(line, message)`.
+    pub errors: Vec<(u64, String)>,
+}
+
+impl IngestStats {
+    /// Adds another worker's counts.
+    pub fn merge(&mut self, o: &IngestStats) {
+        self.records += o.records;
+        self.vehicle += o.vehicle;
+        self.charger += o.charger;
+        for (a, b) in self.rejected.iter_mut().zip(o.rejected) {
+            *a += b;
+        }
+        self.late += o.late;
+        self.corrections += o.corrections;
+        self.expired += o.expired;
+        self.unmatched_no_segment += o.unmatched_no_segment;
+        self.unmatched_unknown_segment += o.unmatched_unknown_segment;
+        self.errors.extend(o.errors.iter().cloned());
+        self.errors.sort();
+        self.errors.truncate(MAX_REPORTED_ERRORS);
+    }
+
+    /// All rejected records.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    fn reject(&mut self, line: u64, err: &RecordError) {
+        self.rejected[err.reason.index()] += 1;
+        if self.errors.len() < MAX_REPORTED_ERRORS {
+            self.errors.push((line, err.to_string()));
+        }
+    }
+}
+
+/// A decoded record reduced to what the dataflow needs.
+enum Item {
+    Report {
+        segment: Option<u32>,
+        vehicle: u64,
+        ts: u64,
+        speed: i64,
+        unmatched: Option<Unmatched>,
+    },
+    Reading {
+        charger: u32,
+        connector: u32,
+        reading: Reading,
+    },
+}
+
+/// Resolves a record against the reference data.
+fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, RecordError> {
+    match record {
+        Record::Vehicle(v) => {
+            let (segment, unmatched) = match v.segment_id.as_deref() {
+                Some(id) => match reference.road(id) {
+                    Some(i) => (Some(i), None),
+                    None => (None, Some(Unmatched::UnknownSegment)),
+                },
+                None => (None, Some(Unmatched::NoSegment)),
+            };
+            Ok(Item::Report {
+                segment,
+                vehicle: xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes()),
+                ts: v.ts_ms,
+                speed: speed_fixed(v.speed_mps),
+                unmatched,
+            })
+        }
+        Record::Charger(c) => {
+            let charger = reference.charger(&c.charger_id).ok_or_else(|| {
+                RecordError::field(
+                    RejectReason::UnknownCharger,
+                    "charger_id",
+                    format!("{:?} is not in the charger list", c.charger_id),
+                )
+            })?;
+            let connectors = reference.chargers[charger as usize].connectors;
+            if c.connector > connectors {
+                return Err(RecordError::field(
+                    RejectReason::UnknownConnector,
+                    "connector",
+                    format!(
+                        "{} but charger {:?} has {connectors} connectors",
+                        c.connector, c.charger_id
+                    ),
+                ));
+            }
+            Ok(Item::Reading {
+                charger,
+                connector: c.connector,
+                reading: Reading {
+                    ts_ms: c.ts_ms,
+                    energy_wh: c.energy_wh,
+                    status: c.status,
+                    power_mw: power_fixed(c.power_kw),
+                },
+            })
+        }
+    }
+}
+
+/// Pacing of a replay at a multiple of event time.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// When the run started.
+    pub start: Instant,
+    /// Event-time seconds per wall-clock second.
+    pub speed: f64,
+}
+
+/// One worker's ingest state: the current pre-aggregation batch.
+pub struct Stage<'a> {
+    reference: &'a Reference,
+    spec: TimeSpec,
+    clock: &'a ChunkClock,
+    pacing: Option<Pacing>,
+    reports: FxHashMap<(u32, u64, u64), SpeedSum>,
+    readings: Vec<ChargerReading>,
+    /// Time of the batch: the watermark of its first chunk.
+    batch_time: Option<u64>,
+    batch_records: u64,
+    /// Watermark of the last chunk processed.
+    watermark: u64,
+    items: Vec<(u64, Item)>,
+    /// Counts.
+    pub stats: IngestStats,
+}
+
+impl<'a> Stage<'a> {
+    /// A stage for one worker.
+    pub fn new(
+        reference: &'a Reference,
+        spec: TimeSpec,
+        clock: &'a ChunkClock,
+        pacing: Option<Pacing>,
+    ) -> Self {
+        Stage {
+            reference,
+            spec,
+            clock,
+            pacing,
+            reports: FxHashMap::default(),
+            readings: Vec::new(),
+            batch_time: None,
+            batch_records: 0,
+            watermark: 0,
+            items: Vec::new(),
+            stats: IngestStats::default(),
+        }
+    }
+
+    /// Decodes, classifies and pre-aggregates one chunk.
+    pub fn process(&mut self, chunk: &Chunk, inputs: &Inputs) {
+        let mut max_ts = None;
+        let mut too_long = chunk.too_long.iter().peekable();
+        for (line, bytes) in chunk.lines() {
+            if too_long.peek() == Some(&&line) {
+                too_long.next();
+                self.stats.records += 1;
+                let err = RecordError::record(
+                    RejectReason::TooLong,
+                    format!("line is longer than {} bytes", crate::input::MAX_LINE_BYTES),
+                );
+                self.stats.reject(line, &err);
+                continue;
+            }
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            self.stats.records += 1;
+            match decode_json(bytes).and_then(|r| resolve(&r, self.reference)) {
+                Ok(item) => {
+                    let ts = match &item {
+                        Item::Report { ts, .. } => *ts,
+                        Item::Reading { reading, .. } => reading.ts_ms,
+                    };
+                    max_ts = max_ts.max(Some(ts));
+                    self.items.push((line, item));
+                }
+                Err(e) => self.stats.reject(line, &e),
+            }
+        }
+        self.clock.publish(chunk.seq, max_ts);
+        let (prefix, first) = self.clock.prefix_before(chunk.seq);
+        let watermark = self.spec.watermark(prefix);
+        if let (Some(p), Some(first), Some(max)) = (self.pacing, first, max_ts) {
+            let due = p.start
+                + Duration::from_secs_f64(max.saturating_sub(first) as f64 / 1000.0 / p.speed);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        // The session time never goes back, and each worker sees its chunks
+        // in order, so the watermark only grows; max() guards the first batch.
+        let watermark = watermark.max(inputs.time());
+        self.watermark = watermark;
+        let batch_time = *self.batch_time.get_or_insert(watermark);
+        let _ = batch_time;
+        for (_, item) in self.items.drain(..) {
+            let ts = match &item {
+                Item::Report { ts, .. } => *ts,
+                Item::Reading { reading, .. } => reading.ts_ms,
+            };
+            match self.spec.classify(ts, watermark) {
+                Fate::Expired => {
+                    self.stats.expired += 1;
+                    continue;
+                }
+                Fate::Correction => self.stats.corrections += 1,
+                Fate::Late => self.stats.late += 1,
+                Fate::OnTime => {}
+            }
+            let window = self.spec.window_start(ts);
+            match item {
+                Item::Report {
+                    segment: Some(segment),
+                    vehicle,
+                    speed,
+                    ..
+                } => {
+                    self.stats.vehicle += 1;
+                    let s = self.reports.entry((segment, window, vehicle)).or_default();
+                    s.count += 1;
+                    s.sum += speed;
+                }
+                Item::Report { unmatched, .. } => {
+                    self.stats.vehicle += 1;
+                    match unmatched {
+                        Some(Unmatched::UnknownSegment) => {
+                            self.stats.unmatched_unknown_segment += 1
+                        }
+                        _ => self.stats.unmatched_no_segment += 1,
+                    }
+                }
+                Item::Reading {
+                    charger,
+                    connector,
+                    reading,
+                } => {
+                    self.stats.charger += 1;
+                    self.readings.push(ChargerReading {
+                        charger,
+                        connector,
+                        window,
+                        reading,
+                    });
+                }
+            }
+            self.batch_records += 1;
+        }
+    }
+
+    /// Whether the batch should go to the dataflow now.
+    pub fn should_flush(&self) -> bool {
+        self.pacing.is_some()
+            || self.reports.len() >= FLUSH_KEYS
+            || self.batch_records >= FLUSH_RECORDS
+    }
+
+    /// Hands the batch to the dataflow and advances the inputs to the
+    /// current watermark.
+    pub fn flush(&mut self, inputs: &mut Inputs) {
+        if let Some(time) = self.batch_time.take() {
+            for ((segment, window, vehicle), sum) in self.reports.drain() {
+                let key = ((segment, window), vehicle);
+                let mut negated = sum;
+                differential_dataflow::difference::Abelian::negate(&mut negated);
+                inputs.congestion.update_at(key, time, sum);
+                inputs
+                    .congestion
+                    .update_at(key, self.spec.retire_at(window), negated);
+            }
+            for r in self.readings.drain(..) {
+                inputs.charging.update_at(r, time, 1);
+            }
+            self.batch_records = 0;
+        }
+        inputs.advance_to(self.watermark);
+    }
+}

@@ -1,0 +1,441 @@
+//! Reference data (TELEMETRY.md §2): the road network and the charger list,
+//! read from GeoJSON (RFC 7946, WGS84).
+//!
+//! Loading checks every feature and reports every problem at once, each with
+//! its place (`roads.geojson: features[12].properties.free_flow_mps: ...`),
+//! so a city's GIS team fixes a file in one pass.
+//!
+//! Segments and chargers are stored sorted by id, and the dataflow refers to
+//! them by their index in that order: sorting by index is sorting by id, which
+//! is the order of the CSV outputs (TELEMETRY.md §4).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+use serde_json::Value;
+
+use crate::model::check_id;
+
+/// Largest accepted reference file, bytes (a whole region's roads fit well
+/// within it; a bigger file is a mistake, not a network).
+pub const MAX_REFERENCE_BYTES: u64 = 512 << 20;
+
+/// One problem found in a configuration or reference file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file.
+    pub file: PathBuf,
+    /// Where in it (`features[3].properties.id`, `windows.size`).
+    pub place: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.place.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.place,
+                self.message
+            )
+        }
+    }
+}
+
+/// A road segment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Road {
+    /// Unique id.
+    pub id: String,
+    /// Free-flow speed, m/s.
+    pub free_flow_mps: f64,
+    /// Lane count.
+    pub lanes: u32,
+    /// Street name.
+    pub name: Option<String>,
+    /// Length, metres, when given.
+    pub length_m: Option<f64>,
+    /// Geometry as `[lon, lat]` positions.
+    pub line: Vec<[f64; 2]>,
+}
+
+/// A charging station.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Charger {
+    /// Unique id.
+    pub id: String,
+    /// How many vehicles can charge at once.
+    pub connectors: u32,
+    /// Rated power per connector, kW.
+    pub max_kw: f64,
+    /// Display name.
+    pub name: Option<String>,
+    /// Position `[lon, lat]`.
+    pub position: [f64; 2],
+}
+
+/// The reference data of one node.
+#[derive(Clone, Debug, Default)]
+pub struct Reference {
+    /// Road segments, sorted by id.
+    pub roads: Vec<Road>,
+    /// Chargers, sorted by id.
+    pub chargers: Vec<Charger>,
+    road_index: FxHashMap<String, u32>,
+    charger_index: FxHashMap<String, u32>,
+}
+
+impl Reference {
+    /// Builds the indexes; `roads` and `chargers` may come in any order.
+    pub fn new(mut roads: Vec<Road>, mut chargers: Vec<Charger>) -> Self {
+        roads.sort_by(|a, b| a.id.cmp(&b.id));
+        chargers.sort_by(|a, b| a.id.cmp(&b.id));
+        let road_index = roads
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i as u32))
+            .collect();
+        let charger_index = chargers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i as u32))
+            .collect();
+        Reference {
+            roads,
+            chargers,
+            road_index,
+            charger_index,
+        }
+    }
+
+    /// Index of a segment id.
+    #[inline]
+    pub fn road(&self, id: &str) -> Option<u32> {
+        self.road_index.get(id).copied()
+    }
+
+    /// Index of a charger id.
+    #[inline]
+    pub fn charger(&self, id: &str) -> Option<u32> {
+        self.charger_index.get(id).copied()
+    }
+
+    /// Loads both files, reporting every problem in either.
+    pub fn load(roads: &Path, chargers: &Path) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let roads = load_features(roads, &mut problems, parse_road);
+        let chargers = load_features(chargers, &mut problems, parse_charger);
+        if problems.is_empty() {
+            Ok(Reference::new(roads, chargers))
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Collects problems for one feature.
+struct Ctx<'p> {
+    file: &'p Path,
+    prefix: String,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, field: &str, message: impl Into<String>) {
+        let place = if field.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{field}", self.prefix)
+        };
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            place,
+            message: message.into(),
+        });
+    }
+
+    fn number(
+        &mut self,
+        props: &Value,
+        field: &str,
+        required: bool,
+        check: impl Fn(f64) -> bool,
+        rule: &str,
+    ) -> Option<f64> {
+        match props.get(field) {
+            None | Some(Value::Null) if !required => None,
+            None | Some(Value::Null) => {
+                self.push(
+                    &format!("properties.{field}"),
+                    "required property is missing",
+                );
+                None
+            }
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if check(v) => Some(v),
+                _ => {
+                    self.push(
+                        &format!("properties.{field}"),
+                        format!("{n} must be {rule}"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.push(
+                    &format!("properties.{field}"),
+                    format!("expected a number, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn text(&mut self, props: &Value, field: &str, required: bool) -> Option<String> {
+        match props.get(field) {
+            None | Some(Value::Null) if !required => None,
+            None | Some(Value::Null) => {
+                self.push(
+                    &format!("properties.{field}"),
+                    "required property is missing",
+                );
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.push(
+                    &format!("properties.{field}"),
+                    format!("expected a string, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn position(v: &Value) -> Option<[f64; 2]> {
+    let a = v.as_array()?;
+    if a.len() < 2 {
+        return None;
+    }
+    let (lon, lat) = (a[0].as_f64()?, a[1].as_f64()?);
+    ((-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat)).then_some([lon, lat])
+}
+
+fn load_features<T>(
+    path: &Path,
+    problems: &mut Vec<Problem>,
+    parse: fn(&mut Ctx<'_>, &Value) -> Option<T>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let problem = |message: String| Problem {
+        file: path.to_owned(),
+        place: String::new(),
+        message,
+    };
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_REFERENCE_BYTES => {
+            problems.push(problem(format!(
+                "file is {} bytes, more than the limit of {MAX_REFERENCE_BYTES}",
+                m.len()
+            )));
+            return out;
+        }
+        Ok(_) => match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(problem(format!("cannot read: {e}")));
+                return out;
+            }
+        },
+        Err(e) => {
+            problems.push(problem(format!("cannot read: {e}")));
+            return out;
+        }
+    };
+    let doc: Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(problem(format!("not valid JSON: {e}")));
+            return out;
+        }
+    };
+    if doc.get("type").and_then(Value::as_str) != Some("FeatureCollection") {
+        problems.push(Problem {
+            file: path.to_owned(),
+            place: "type".into(),
+            message: "expected \"FeatureCollection\"".into(),
+        });
+        return out;
+    }
+    let Some(features) = doc.get("features").and_then(Value::as_array) else {
+        problems.push(Problem {
+            file: path.to_owned(),
+            place: "features".into(),
+            message: "expected an array of features".into(),
+        });
+        return out;
+    };
+    let mut seen: FxHashMap<String, usize> = FxHashMap::default();
+    for (i, feature) in features.iter().enumerate() {
+        let mut ctx = Ctx {
+            file: path,
+            prefix: format!("features[{i}]"),
+            problems,
+        };
+        if let Some(id) = feature.pointer("/properties/id").and_then(Value::as_str) {
+            if let Some(first) = seen.insert(id.to_owned(), i) {
+                ctx.push(
+                    "properties.id",
+                    format!("duplicate id {id:?} (first at features[{first}])"),
+                );
+            }
+        }
+        if let Some(item) = parse(&mut ctx, feature) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+fn properties<'v>(ctx: &mut Ctx<'_>, feature: &'v Value) -> Option<&'v Value> {
+    match feature.get("properties") {
+        Some(p @ Value::Object(_)) => Some(p),
+        _ => {
+            ctx.push("properties", "expected an object");
+            None
+        }
+    }
+}
+
+fn feature_id(ctx: &mut Ctx<'_>, props: &Value) -> Option<String> {
+    let id = ctx.text(props, "id", true)?;
+    match check_id(&id, "id") {
+        Ok(()) => Some(id),
+        Err(e) => {
+            ctx.push("properties.id", e.detail);
+            None
+        }
+    }
+}
+
+fn parse_road(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Road> {
+    let geometry = feature.get("geometry");
+    let line: Option<Vec<[f64; 2]>> =
+        match geometry.and_then(|g| g.get("type")).and_then(Value::as_str) {
+            Some("LineString") => {
+                let coords = geometry
+                    .and_then(|g| g.get("coordinates"))
+                    .and_then(Value::as_array);
+                match coords.map(|c| c.iter().map(position).collect::<Option<Vec<_>>>()) {
+                    Some(Some(pts)) if pts.len() >= 2 => Some(pts),
+                    _ => {
+                        ctx.push(
+                            "geometry.coordinates",
+                            "expected at least 2 [lon, lat] positions within WGS84 bounds",
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                ctx.push(
+                    "geometry.type",
+                    format!("expected \"LineString\", found {other:?}"),
+                );
+                None
+            }
+        };
+    let props = properties(ctx, feature)?;
+    let id = feature_id(ctx, props);
+    let free_flow = ctx.number(
+        props,
+        "free_flow_mps",
+        true,
+        |v| v > 0.0 && v <= 150.0,
+        "in (0, 150] m/s",
+    );
+    let lanes = ctx.number(
+        props,
+        "lanes",
+        true,
+        |v| v.fract() == 0.0 && (1.0..=64.0).contains(&v),
+        "an integer in [1, 64]",
+    );
+    let name = ctx.text(props, "name", false);
+    let length_m = ctx.number(props, "length_m", false, |v| v >= 0.0, ">= 0");
+    Some(Road {
+        id: id?,
+        free_flow_mps: free_flow?,
+        lanes: lanes? as u32,
+        name,
+        length_m,
+        line: line?,
+    })
+}
+
+fn parse_charger(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Charger> {
+    let geometry = feature.get("geometry");
+    let pos = match geometry.and_then(|g| g.get("type")).and_then(Value::as_str) {
+        Some("Point") => {
+            let p = geometry
+                .and_then(|g| g.get("coordinates"))
+                .and_then(position);
+            if p.is_none() {
+                ctx.push(
+                    "geometry.coordinates",
+                    "expected a [lon, lat] position within WGS84 bounds",
+                );
+            }
+            p
+        }
+        other => {
+            ctx.push(
+                "geometry.type",
+                format!("expected \"Point\", found {other:?}"),
+            );
+            None
+        }
+    };
+    let props = properties(ctx, feature)?;
+    let id = feature_id(ctx, props);
+    let connectors = ctx.number(
+        props,
+        "connectors",
+        true,
+        |v| v.fract() == 0.0 && v >= 1.0 && v <= crate::model::MAX_CONNECTOR as f64,
+        "an integer in [1, 1024]",
+    );
+    let max_kw = ctx.number(
+        props,
+        "max_kw",
+        true,
+        |v| v > 0.0 && v <= crate::model::MAX_POWER_KW,
+        "in (0, 10000] kW",
+    );
+    let name = ctx.text(props, "name", false);
+    Some(Charger {
+        id: id?,
+        connectors: connectors? as u32,
+        max_kw: max_kw?,
+        name,
+        position: pos?,
+    })
+}

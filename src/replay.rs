@@ -1,0 +1,258 @@
+//! Replay: recorded telemetry through the same dataflow as live ingest.
+//!
+//! One reader thread cuts the input into chunks ([`crate::input`]) and deals
+//! them round-robin to the timely workers over bounded channels; each worker
+//! decodes its chunks ([`crate::pipeline`]) into the dataflow
+//! ([`crate::dataflow`]); worker 0 sends emissions back to the caller's
+//! thread. The final aggregates depend only on the input, never on the
+//! worker count or timing: that is what the tests check.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::dataflow::emit::{Emission, EmitStats, Status};
+use crate::input::{Chunk, ChunkClock, Chunker};
+use crate::pipeline::{IngestStats, Pacing, Stage};
+use crate::reference::Reference;
+use crate::time::TimeSpec;
+
+/// Chunks queued per worker. Bounds the reader's lead: 4 chunks of ~200 KiB.
+pub const CHUNK_QUEUE: usize = 4;
+
+/// What can stop a replay.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// The input could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Input {
+        /// The input.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The timely runtime failed to start or a worker panicked.
+    #[error("dataflow failed: {0}")]
+    Dataflow(String),
+}
+
+/// How to run.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayOptions {
+    /// Worker threads.
+    pub workers: usize,
+    /// Pace at this multiple of event time; `None`: as fast as possible.
+    pub speed: Option<f64>,
+    /// Emit provisional values too.
+    pub provisional: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// Ingest counts, all workers.
+    pub ingest: IngestStats,
+    /// Emission counts.
+    pub emitted: EmitStats,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+    /// Input bytes read.
+    pub bytes: u64,
+}
+
+impl RunSummary {
+    /// Records per second of wall-clock time.
+    pub fn records_per_s(&self) -> f64 {
+        self.ingest.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Counts bytes read, for progress.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens a JSON Lines file, gunzipping it when its name ends in `.gz`.
+pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, ReplayError> {
+    let file = std::fs::File::open(path).map_err(|source| ReplayError::Input {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file = std::io::BufReader::with_capacity(1 << 20, file);
+    if path.extension().is_some_and(|e| e == "gz") {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(file)))
+    } else {
+        Ok(Box::new(file))
+    }
+}
+
+/// Runs `input` through the dataflow. `on_emissions` sees every batch of
+/// emissions on the calling thread; `on_progress` sees bytes read so far,
+/// about ten times a second.
+pub fn run(
+    input: Box<dyn Read + Send>,
+    reference: Arc<Reference>,
+    spec: TimeSpec,
+    options: ReplayOptions,
+    mut on_emissions: impl FnMut(&[Emission]),
+    mut on_progress: impl FnMut(u64),
+) -> Result<RunSummary, ReplayError> {
+    let workers = options.workers.max(1);
+    let start = Instant::now();
+    let bytes = Arc::new(AtomicU64::new(0));
+    let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
+
+    let mut senders = Vec::with_capacity(workers);
+    let mut receivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::sync_channel::<Chunk>(CHUNK_QUEUE);
+        senders.push(tx);
+        receivers.push(Some(rx));
+    }
+    let receivers = Arc::new(Mutex::new(receivers));
+
+    let reader = {
+        let bytes = bytes.clone();
+        let read_error = read_error.clone();
+        std::thread::Builder::new()
+            .name("edgeflow-reader".into())
+            .spawn(move || {
+                let mut chunker = Chunker::new(Counting {
+                    inner: input,
+                    count: bytes,
+                });
+                loop {
+                    match chunker.next_chunk() {
+                        Ok(Some(chunk)) => {
+                            let w = (chunk.seq % senders.len() as u64) as usize;
+                            if senders[w].send(chunk).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            if let Ok(mut slot) = read_error.lock() {
+                                *slot = Some(e);
+                            }
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| ReplayError::Dataflow(format!("cannot start the reader thread: {e}")))?
+    };
+
+    let clock = Arc::new(ChunkClock::new());
+    let (emit_tx, emit_rx) = mpsc::channel::<Vec<Emission>>();
+    let emit_tx = Arc::new(Mutex::new(Some(emit_tx)));
+    let pacing = options.speed.map(|speed| Pacing { start, speed });
+    let provisional = options.provisional;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let all_finished = finished.clone();
+
+    let config = if workers == 1 {
+        timely::Config::thread()
+    } else {
+        timely::Config::process(workers)
+    };
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let rx = receivers
+            .lock()
+            .ok()
+            .and_then(|mut r| r.get_mut(index).and_then(Option::take));
+        let tx = if index == 0 {
+            emit_tx.lock().ok().and_then(|mut t| t.take())
+        } else {
+            None
+        };
+        let (mut inputs, completion) = crate::dataflow::build(worker, spec, provisional, tx);
+        let mut stage = Stage::new(&reference, spec, &clock, pacing);
+        if let Some(rx) = rx {
+            loop {
+                match rx.try_recv() {
+                    Ok(chunk) => {
+                        stage.process(&chunk, &inputs);
+                        if stage.should_flush() {
+                            stage.flush(&mut inputs);
+                            worker.step();
+                        }
+                    }
+                    Err(TryRecvError::Empty) => {
+                        stage.flush(&mut inputs);
+                        worker.step_or_park(Some(Duration::from_millis(1)));
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+        stage.flush(&mut inputs);
+        drop(inputs);
+        while !completion.done() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+        finished.fetch_add(1, Ordering::SeqCst);
+        stage.stats
+    })
+    .map_err(ReplayError::Dataflow)?;
+
+    let mut emitted = EmitStats::default();
+    loop {
+        // Every worker is past its last step: whatever was sent is queued.
+        let last = all_finished.load(Ordering::SeqCst) == workers;
+        let received = if last {
+            emit_rx.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Disconnected,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            emit_rx.recv_timeout(Duration::from_millis(100))
+        };
+        match received {
+            Ok(batch) => {
+                for e in &batch {
+                    match e.status {
+                        Status::Provisional => emitted.provisional += 1,
+                        Status::Final => emitted.finals += 1,
+                        Status::Correction => emitted.corrections += 1,
+                    }
+                }
+                on_emissions(&batch);
+            }
+            Err(RecvTimeoutError::Timeout) => on_progress(bytes.load(Ordering::Relaxed)),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let mut ingest = IngestStats::default();
+    for result in guards.join() {
+        let stats = result.map_err(ReplayError::Dataflow)?;
+        ingest.merge(&stats);
+    }
+    let _ = reader.join();
+    if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(ReplayError::Input {
+            path: "input".into(),
+            source: e,
+        });
+    }
+    Ok(RunSummary {
+        ingest,
+        emitted,
+        elapsed: start.elapsed(),
+        bytes: bytes.load(Ordering::Relaxed),
+    })
+}

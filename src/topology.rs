@@ -1,0 +1,252 @@
+//! Topology files (TOML): what one node is, where its reference data lives,
+//! its event-time windows and its dataflow.
+//!
+//! ```toml
+//! [node]
+//! id = "karhula-edge-1"
+//! [reference]
+//! roads = "karhula/roads.geojson"        # relative to the topology file
+//! chargers = "karhula/chargers.geojson"
+//! [windows]
+//! size = "60s"
+//! allowed_lateness = "5s"
+//! retention = "15m"
+//! [dataflow]
+//! workers = 2
+//! ```
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a typo must not silently
+//! fall back to a default. [`Topology::load`] reports every problem at once,
+//! in the topology and in its reference files, each with its place.
+//! Later roles (ingest, sinks, operators) add their own sections here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::reference::{Problem, Reference};
+use crate::time::TimeSpec;
+
+/// Largest accepted topology file, bytes.
+pub const MAX_TOPOLOGY_BYTES: u64 = 1 << 20;
+/// Most worker threads a topology may ask for.
+pub const MAX_WORKERS: usize = 256;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    /// This node.
+    pub node: NodeSection,
+    /// Reference data files.
+    pub reference: ReferenceSection,
+    /// Event-time windows.
+    pub windows: WindowsSection,
+    /// Dataflow workers.
+    #[serde(default)]
+    pub dataflow: DataflowSection,
+}
+
+/// `[node]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node id, unique in the city (used as `edge` in pushed aggregates).
+    pub id: String,
+}
+
+/// `[reference]`: paths relative to the topology file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSection {
+    /// Road network GeoJSON.
+    pub roads: PathBuf,
+    /// Charger list GeoJSON.
+    pub chargers: PathBuf,
+}
+
+/// `[windows]`: durations as `60s`, `5m`, `1h` (humantime syntax).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsSection {
+    /// Tumbling window length. Must divide a day, so windows align on every
+    /// day boundary. Default 60s.
+    #[serde(default = "default_size")]
+    pub size: String,
+    /// How far behind the newest event time a record is still on time.
+    /// Default 5s.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness: String,
+    /// How long after its end a window still accepts corrections; bounds the
+    /// state: memory grows with retention, never with history. Default 15m.
+    #[serde(default = "default_retention")]
+    pub retention: String,
+}
+
+fn default_size() -> String {
+    "60s".into()
+}
+fn default_lateness() -> String {
+    "5s".into()
+}
+fn default_retention() -> String {
+    "15m".into()
+}
+
+/// `[dataflow]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataflowSection {
+    /// Timely worker threads. Default 1. Each worker holds its share of the
+    /// keys, so memory does not grow with workers beyond thread stacks.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl Default for DataflowSection {
+    fn default() -> Self {
+        DataflowSection {
+            workers: default_workers(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+/// A loaded, validated topology with its reference data.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Node id.
+    pub node_id: String,
+    /// The topology file.
+    pub path: PathBuf,
+    /// Windows and lateness.
+    pub time: TimeSpec,
+    /// Worker threads.
+    pub workers: usize,
+    /// Roads and chargers.
+    pub reference: Reference,
+}
+
+fn duration(text: &str, place: &str, file: &Path, problems: &mut Vec<Problem>) -> Option<Duration> {
+    match humantime::parse_duration(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            problems.push(Problem {
+                file: file.to_owned(),
+                place: place.into(),
+                message: format!("{text:?} is not a duration like \"60s\" or \"15m\": {e}"),
+            });
+            None
+        }
+    }
+}
+
+impl Topology {
+    /// Reads and checks a topology file and its reference data, reporting
+    /// every problem at once.
+    pub fn load(path: &Path) -> Result<Topology, Vec<Problem>> {
+        let problem = |place: &str, message: String| Problem {
+            file: path.to_owned(),
+            place: place.into(),
+            message,
+        };
+        let text = match std::fs::metadata(path) {
+            Ok(m) if m.len() > MAX_TOPOLOGY_BYTES => {
+                return Err(vec![problem(
+                    "",
+                    format!("file is larger than {MAX_TOPOLOGY_BYTES} bytes"),
+                )])
+            }
+            Ok(_) => std::fs::read_to_string(path)
+                .map_err(|e| vec![problem("", format!("cannot read: {e}"))])?,
+            Err(e) => return Err(vec![problem("", format!("cannot read: {e}"))]),
+        };
+        let file: TopologyFile = toml::from_str(&text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_default();
+            vec![problem(&place, e.message().to_owned())]
+        })?;
+        Self::from_file(path, file)
+    }
+
+    /// Checks a parsed file; loads its reference data.
+    pub fn from_file(path: &Path, file: TopologyFile) -> Result<Topology, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let push = |problems: &mut Vec<Problem>, place: &str, message: &str| {
+            problems.push(Problem {
+                file: path.to_owned(),
+                place: place.into(),
+                message: message.into(),
+            })
+        };
+        if let Err(e) = crate::model::check_id(&file.node.id, "node.id") {
+            push(&mut problems, "node.id", &e.detail);
+        }
+        let size = duration(&file.windows.size, "windows.size", path, &mut problems);
+        let lateness = duration(
+            &file.windows.allowed_lateness,
+            "windows.allowed_lateness",
+            path,
+            &mut problems,
+        );
+        let retention = duration(
+            &file.windows.retention,
+            "windows.retention",
+            path,
+            &mut problems,
+        );
+        if let Some(size) = size {
+            let ms = size.as_millis() as u64;
+            if ms == 0 || ms % 1000 != 0 || 86_400_000 % ms != 0 {
+                push(
+                    &mut problems,
+                    "windows.size",
+                    "must be a whole number of seconds that divides a day (e.g. 10s, 1m, 5m, 1h)",
+                );
+            }
+        }
+        if let (Some(l), Some(r)) = (lateness, retention) {
+            if r < l {
+                push(&mut problems, "windows.retention", "must be at least allowed_lateness, or late records could never correct a window");
+            }
+        }
+        if file.dataflow.workers == 0 || file.dataflow.workers > MAX_WORKERS {
+            push(
+                &mut problems,
+                "dataflow.workers",
+                &format!("must be between 1 and {MAX_WORKERS}"),
+            );
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let reference = Reference::load(
+            &base.join(&file.reference.roads),
+            &base.join(&file.reference.chargers),
+        );
+        let reference = match reference {
+            Ok(r) => Some(r),
+            Err(mut p) => {
+                problems.append(&mut p);
+                None
+            }
+        };
+        match (problems.is_empty(), size, lateness, retention, reference) {
+            (true, Some(size), Some(lateness), Some(retention), Some(reference)) => Ok(Topology {
+                node_id: file.node.id,
+                path: path.to_owned(),
+                time: TimeSpec::new(size, lateness, retention),
+                workers: file.dataflow.workers,
+                reference,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
