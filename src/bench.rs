@@ -13,8 +13,9 @@
 //! sum and a `HashSet` of vehicle ids. No dataflow, no validation, no
 //! charging, no lateness: it is the floor, not a competitor.
 //!
-//! Each measured run resets the kernel's peak-RSS mark (`/proc/self/clear_refs`)
-//! first, so `peak_rss_bytes` is the peak of that run alone.
+//! Each measured run is a fresh process (`edgeflow bench-one`), so
+//! `peak_rss_bytes` is the kernel's peak-RSS mark of that run alone, not
+//! memory another contender left in the allocator.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufWriter, Write};
@@ -239,8 +240,8 @@ pub fn baseline(path: &Path) -> anyhow::Result<(u64, usize)> {
     Ok((records, std::hint::black_box(agg).len()))
 }
 
-/// Current and peak resident set size, bytes, from `/proc/self/status`.
-fn rss() -> (u64, u64) {
+/// Peak resident set size of this process, bytes (`VmHWM`).
+fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -250,12 +251,7 @@ fn rss() -> (u64, u64) {
             .and_then(|kb| kb.parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
     };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn reset_peak_rss() {
-    // "5" resets the peak RSS mark (Linux 4.0+); harmless where unsupported.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    field("VmHWM:")
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -267,7 +263,93 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Runs the benchmark; returns the JSON report.
+/// One measured run, in a process of its own (see [`run_one`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOneArgs {
+    /// `baseline` or `dataflow`.
+    #[arg(long)]
+    pub mode: String,
+    /// The generated input.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Road segments of the synthetic reference.
+    #[arg(long)]
+    pub segments: u32,
+    /// Workers (dataflow mode).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+/// Measures one contender once in this process, which the parent started
+/// fresh, so the kernel's peak-RSS mark is this run's alone. Returns
+/// `{"records", "seconds", "peak_rss_bytes"}`.
+pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
+    let t = Instant::now();
+    let records = match args.mode.as_str() {
+        "baseline" => baseline(&args.input)?.0,
+        "dataflow" => {
+            let reference = Arc::new(synthetic_reference(args.segments));
+            let spec = TimeSpec {
+                size_ms: 60_000,
+                allowed_lateness_ms: 5_000,
+                retention_ms: 15 * 60_000,
+            };
+            let summary = crate::replay::run(
+                open_input(&args.input)?,
+                reference,
+                spec,
+                ReplayOptions {
+                    speed: None,
+                    ..ReplayOptions::new(args.workers)
+                },
+                |_| {},
+                |_| {},
+            )?;
+            summary.ingest.records
+        }
+        other => anyhow::bail!("unknown mode {other:?}: expected baseline or dataflow"),
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    Ok(serde_json::json!({ "records": records, "seconds": seconds, "peak_rss_bytes": peak_rss() }))
+}
+
+fn spawn_one(
+    mode: &str,
+    input: &Path,
+    segments: u32,
+    workers: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let exe = std::env::current_exe().context("cannot find the edgeflow executable")?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "bench-one",
+            "--mode",
+            mode,
+            "--segments",
+            &segments.to_string(),
+            "--workers",
+            &workers.to_string(),
+            "--input",
+        ])
+        .arg(input)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run the measured process")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "measured process failed: {}",
+        out.status
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("measured process printed no JSON")?;
+    let records = v["records"].as_f64().unwrap_or(0.0);
+    let seconds = v["seconds"].as_f64().unwrap_or(f64::INFINITY);
+    Ok((records / seconds, v["peak_rss_bytes"].as_u64().unwrap_or(0)))
+}
+
+/// Runs the benchmark; returns the JSON report. Every measured run is a
+/// fresh process; contenders alternate within each round, so machine noise
+/// hits them alike.
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("edgeflow-bench-{}.jsonl", std::process::id()));
@@ -287,46 +369,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         t.elapsed().as_secs_f64()
     );
 
-    let reference = Arc::new(synthetic_reference(args.segments));
-    let spec = TimeSpec {
-        size_ms: 60_000,
-        allowed_lateness_ms: 5_000,
-        retention_ms: 15 * 60_000,
-    };
     let mut baseline_rates = Vec::new();
+    let mut baseline_peak = 0;
     let mut results: Vec<(usize, Vec<f64>, u64)> =
         args.workers.iter().map(|&w| (w, Vec::new(), 0)).collect();
     for run in 0..args.runs.max(1) {
-        // Warm the page cache and the allocator the same way for everyone.
-        reset_peak_rss();
-        let t = Instant::now();
-        let (records, rows) = baseline(&path)?;
-        let rate = records as f64 / t.elapsed().as_secs_f64();
-        eprintln!("run {run}: baseline {rate:.0} records/s ({rows} congestion rows)");
+        let (rate, peak) = spawn_one("baseline", &path, args.segments, 1)?;
+        eprintln!(
+            "run {run}: baseline {rate:.0} records/s, peak RSS {} MiB",
+            peak >> 20
+        );
         baseline_rates.push(rate);
-        for (workers, rates, peak) in results.iter_mut() {
-            reset_peak_rss();
-            let summary = crate::replay::run(
-                open_input(&path)?,
-                reference.clone(),
-                spec,
-                ReplayOptions {
-                    workers: *workers,
-                    speed: None,
-                    provisional: false,
-                },
-                |_| {},
-                |_| {},
-            )?;
-            let (_, hwm) = rss();
-            *peak = (*peak).max(hwm);
+        baseline_peak = baseline_peak.max(peak);
+        for (workers, rates, peak_max) in results.iter_mut() {
+            let (rate, peak) = spawn_one("dataflow", &path, args.segments, *workers)?;
             eprintln!(
-                "run {run}: {workers} worker(s) {:.0} records/s, peak RSS {} MiB, {} final rows",
-                summary.records_per_s(),
-                hwm >> 20,
-                summary.emitted.finals
+                "run {run}: {workers} worker(s) {rate:.0} records/s, peak RSS {} MiB",
+                peak >> 20
             );
-            rates.push(summary.records_per_s());
+            rates.push(rate);
+            *peak_max = (*peak_max).max(peak);
         }
     }
     let baseline_rate = median(&mut baseline_rates);
@@ -355,6 +417,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "records_per_s": first["records_per_s"],
         "peak_rss_bytes": first["peak_rss_bytes"],
         "baseline_records_per_s": baseline_rate.round(),
+        "baseline_peak_rss_bytes": baseline_peak,
         "runs_baseline_records_per_s": baseline_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
         "by_workers": per_workers,
     }))

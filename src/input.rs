@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::{Condvar, Mutex};
 
+use bytes::Bytes;
+
 /// Lines per chunk. Fixed, because the watermark advances per chunk and
 /// results must not depend on a tuning knob.
 pub const CHUNK_LINES: usize = 1024;
@@ -26,8 +28,9 @@ pub struct Chunk {
     /// Line number (1-based) of the first line.
     pub first_line: u64,
     /// The lines, each ending in `\n`. A line that was too long is present
-    /// as an empty line and listed in `too_long`.
-    pub data: Vec<u8>,
+    /// as an empty line and listed in `too_long`. Shared and immutable, so
+    /// a network frame (`Bytes` from QUIC) can become a chunk without a copy.
+    pub data: Bytes,
     /// Line numbers of lines longer than [`MAX_LINE_BYTES`].
     pub too_long: Vec<u64>,
 }
@@ -56,11 +59,17 @@ pub struct Chunker<R> {
     line: u64,
     /// Inside a line that is already too long: skip to its end.
     skipping: bool,
+    chunk_lines: usize,
 }
 
 impl<R: Read> Chunker<R> {
-    /// Wraps a reader.
+    /// Wraps a reader, with [`CHUNK_LINES`] lines per chunk.
     pub fn new(inner: R) -> Self {
+        Self::with_chunk_lines(inner, CHUNK_LINES)
+    }
+
+    /// Wraps a reader, with `chunk_lines` lines per chunk.
+    pub fn with_chunk_lines(inner: R, chunk_lines: usize) -> Self {
         Chunker {
             inner,
             buf: Vec::with_capacity(1 << 20),
@@ -69,6 +78,7 @@ impl<R: Read> Chunker<R> {
             seq: 0,
             line: 1,
             skipping: false,
+            chunk_lines: chunk_lines.max(1),
         }
     }
 
@@ -96,22 +106,19 @@ impl<R: Read> Chunker<R> {
 
     /// The next chunk, or `None` at the end of the input.
     pub fn next_chunk(&mut self) -> io::Result<Option<Chunk>> {
-        let mut chunk = Chunk {
-            seq: self.seq,
-            first_line: self.line,
-            ..Chunk::default()
-        };
+        let mut data = Vec::with_capacity(self.chunk_lines * 256);
+        let mut too_long = Vec::new();
         let mut lines = 0;
-        while lines < CHUNK_LINES {
+        while lines < self.chunk_lines {
             let pending = &self.buf[self.start..];
             match memchr::memchr(b'\n', pending) {
                 Some(i) => {
                     if self.skipping || i > MAX_LINE_BYTES {
-                        chunk.too_long.push(self.line);
-                        chunk.data.push(b'\n');
+                        too_long.push(self.line);
+                        data.push(b'\n');
                         self.skipping = false;
                     } else {
-                        chunk.data.extend_from_slice(&pending[..=i]);
+                        data.extend_from_slice(&pending[..=i]);
                     }
                     self.start += i + 1;
                     self.line += 1;
@@ -126,12 +133,12 @@ impl<R: Read> Chunker<R> {
                     if !pending.is_empty() || self.skipping {
                         // A last line without a newline.
                         if self.skipping {
-                            chunk.too_long.push(self.line);
-                            chunk.data.push(b'\n');
+                            too_long.push(self.line);
+                            data.push(b'\n');
                             self.skipping = false;
                         } else {
-                            chunk.data.extend_from_slice(pending);
-                            chunk.data.push(b'\n');
+                            data.extend_from_slice(pending);
+                            data.push(b'\n');
                         }
                         self.start = self.buf.len();
                         self.line += 1;
@@ -145,6 +152,12 @@ impl<R: Read> Chunker<R> {
         if lines == 0 {
             return Ok(None);
         }
+        let chunk = Chunk {
+            seq: self.seq,
+            first_line: self.line - lines as u64,
+            data: data.into(),
+            too_long,
+        };
         self.seq += 1;
         Ok(Some(chunk))
     }

@@ -50,6 +50,9 @@ enum Command {
     /// Measure the replay path on synthetic telemetry against a plain
     /// single-threaded loop; prints one JSON object.
     Bench(edgeflow::bench::BenchArgs),
+    /// One measured run of `bench`, in a fresh process (used by `bench`).
+    #[command(hide = true)]
+    BenchOne(edgeflow::bench::RunOneArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_topology(path: &PathBuf) -> anyhow::Result<Topology> {
+fn load_topology(path: &std::path::Path) -> anyhow::Result<Topology> {
     Topology::load(path).map_err(|problems| {
         for p in &problems {
             eprintln!("{p}");
@@ -137,9 +140,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reference.clone(),
                 topo.time,
                 ReplayOptions {
-                    workers,
                     speed,
-                    provisional: false,
+                    ..ReplayOptions::new(workers)
                 },
                 |batch| table.apply(batch),
                 |bytes| {
@@ -161,6 +163,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => {
             let report = edgeflow::bench::run(&args)?;
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchOne(args) => {
+            println!("{}", edgeflow::bench::run_one(&args)?);
             Ok(ExitCode::SUCCESS)
         }
     }

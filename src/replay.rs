@@ -50,6 +50,23 @@ pub struct ReplayOptions {
     pub speed: Option<f64>,
     /// Emit provisional values too.
     pub provisional: bool,
+    /// Lines per chunk: the granularity at which the watermark advances
+    /// ([`crate::input::CHUNK_LINES`] unless a test wants many small chunks).
+    /// Part of how an input is read, like a log's batch boundaries: results
+    /// are identical for any worker count given the same chunk size.
+    pub chunk_lines: usize,
+}
+
+impl ReplayOptions {
+    /// As fast as possible, final values only, default chunks.
+    pub fn new(workers: usize) -> Self {
+        ReplayOptions {
+            workers,
+            speed: None,
+            provisional: false,
+            chunk_lines: crate::input::CHUNK_LINES,
+        }
+    }
 }
 
 /// What a run did.
@@ -125,16 +142,20 @@ pub fn run(
     }
     let receivers = Arc::new(Mutex::new(receivers));
 
+    let chunk_lines = options.chunk_lines.max(1);
     let reader = {
         let bytes = bytes.clone();
         let read_error = read_error.clone();
         std::thread::Builder::new()
             .name("edgeflow-reader".into())
             .spawn(move || {
-                let mut chunker = Chunker::new(Counting {
-                    inner: input,
-                    count: bytes,
-                });
+                let mut chunker = Chunker::with_chunk_lines(
+                    Counting {
+                        inner: input,
+                        count: bytes,
+                    },
+                    chunk_lines,
+                );
                 loop {
                     match chunker.next_chunk() {
                         Ok(Some(chunk)) => {

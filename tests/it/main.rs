@@ -1,0 +1,20 @@
+//! All integration tests in one binary (one link, fast CI).
+//!
+//! Strategy:
+//! - `golden`: the recorded sumo-public telemetry reproduces its expected
+//!   aggregates, which were computed independently from the same records;
+//!   output is byte-identical for 1, 2 and 4 workers; gzip input works.
+//! - `oracle`: seeded random telemetry with out-of-order, late and expired
+//!   records; the incremental dataflow's final output equals a batch
+//!   recomputation written here from TELEMETRY.md, for 1 to 4 workers.
+//! - `bad_input`: every kind of malformed line is rejected with its reason
+//!   and line, and costs nothing else.
+//! - `topology`: validation reports every problem at once, with its place.
+//! - `cli`: the binary's commands, exit codes and messages.
+
+mod bad_input;
+mod cli;
+mod golden;
+mod oracle;
+mod support;
+mod topology;

@@ -1,0 +1,109 @@
+//! Shared helpers: run a replay in-process, read CSV, compare numbers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgeflow::aggregate::Kind;
+use edgeflow::output::FinalTable;
+use edgeflow::reference::Reference;
+use edgeflow::replay::{ReplayOptions, RunSummary};
+use edgeflow::time::TimeSpec;
+
+/// The directory of test fixtures.
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+/// The repository root.
+pub fn root(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Replays `input` and returns the CSV texts and the summary.
+pub fn replay(
+    input: Vec<u8>,
+    reference: &Arc<Reference>,
+    spec: TimeSpec,
+    options: ReplayOptions,
+) -> (String, String, RunSummary) {
+    let mut table = FinalTable::default();
+    let summary = edgeflow::replay::run(
+        Box::new(std::io::Cursor::new(input)),
+        reference.clone(),
+        spec,
+        options,
+        |batch| table.apply(batch),
+        |_| {},
+    )
+    .expect("replay runs");
+    (
+        table.csv(Kind::Congestion, reference, spec.size_ms),
+        table.csv(Kind::Charging, reference, spec.size_ms),
+        summary,
+    )
+}
+
+/// CSV rows by (key, window start).
+pub type Rows = BTreeMap<(String, u64), Vec<String>>;
+
+/// CSV rows keyed by (key, window_start), with the header.
+pub fn rows(csv: &str) -> (Vec<String>, Rows) {
+    let mut lines = csv.lines();
+    let header = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut out = BTreeMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let f: Vec<String> = line.split(',').map(str::to_owned).collect();
+        let window = f[1].parse().expect("window start");
+        assert!(
+            out.insert((f[0].clone(), window), f).is_none(),
+            "duplicate row {line}"
+        );
+    }
+    (header, out)
+}
+
+/// Whether two printed numbers agree up to one unit in the last printed
+/// digit of `expected` (TELEMETRY.md §4), or are equal strings.
+pub fn close(actual: &str, expected: &str) -> bool {
+    if actual == expected {
+        return true;
+    }
+    let (Ok(a), Ok(e)) = (actual.parse::<f64>(), expected.parse::<f64>()) else {
+        return false;
+    };
+    let decimals = expected.split('.').nth(1).map_or(0, str::len);
+    (a - e).abs() <= 10f64.powi(-(decimals as i32)) * 1.000_001
+}
+
+/// Asserts two CSV texts hold the same rows, numbers within one unit in the
+/// last digit. Returns the number of rows.
+pub fn assert_same_rows(actual: &str, expected: &str, what: &str) -> usize {
+    let (ha, a) = rows(actual);
+    let (he, e) = rows(expected);
+    assert_eq!(ha, he, "{what}: header");
+    let missing: Vec<_> = e.keys().filter(|k| !a.contains_key(*k)).take(5).collect();
+    let extra: Vec<_> = a.keys().filter(|k| !e.contains_key(*k)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing rows {missing:?}, extra rows {extra:?}"
+    );
+    for (k, ev) in &e {
+        let av = &a[k];
+        for (i, (x, y)) in av.iter().zip(ev).enumerate() {
+            assert!(
+                close(x, y),
+                "{what}: row {k:?} field {}: got {x}, expected {y}",
+                he[i]
+            );
+        }
+    }
+    e.len()
+}
