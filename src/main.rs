@@ -110,8 +110,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let topo = load_topology(&topology)?;
             if let Some(s) = speed {
-                if !(s.is_finite() && s > 0.0) {
-                    bail!("--speed must be a positive number, got {s}");
+                if !(s.is_finite() && s >= 0.001) {
+                    bail!("--speed must be a number >= 0.001 (times event time), got {s}");
                 }
             }
             let workers = workers.unwrap_or(topo.workers);

@@ -248,9 +248,11 @@ impl<'a> Stage<'a> {
         let (prefix, first) = self.clock.prefix_before(chunk.seq);
         let watermark = self.spec.watermark(prefix);
         if let (Some(p), Some(first), Some(max)) = (self.pacing, first, max_ts) {
-            let due = p.start
-                + Duration::from_secs_f64(max.saturating_sub(first) as f64 / 1000.0 / p.speed);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let offset =
+                Duration::try_from_secs_f64(max.saturating_sub(first) as f64 / 1000.0 / p.speed);
+            if let Some(due) = offset.ok().and_then(|o| p.start.checked_add(o)) {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
         }
         // The session time never goes back, and each worker sees its chunks
         // in order, so the watermark only grows; max() guards the first batch.

@@ -336,33 +336,48 @@ fn feature_id(ctx: &mut Ctx<'_>, props: &Value) -> Option<String> {
     }
 }
 
-fn parse_road(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Road> {
+/// The geometry's coordinates, parsed by `parse`, when its type is `kind`;
+/// otherwise a problem (`rule` says what the coordinates must be).
+fn geometry<T>(
+    ctx: &mut Ctx<'_>,
+    feature: &Value,
+    kind: &str,
+    rule: &str,
+    parse: impl Fn(&Value) -> Option<T>,
+) -> Option<T> {
     let geometry = feature.get("geometry");
-    let line: Option<Vec<[f64; 2]>> =
-        match geometry.and_then(|g| g.get("type")).and_then(Value::as_str) {
-            Some("LineString") => {
-                let coords = geometry
-                    .and_then(|g| g.get("coordinates"))
-                    .and_then(Value::as_array);
-                match coords.map(|c| c.iter().map(position).collect::<Option<Vec<_>>>()) {
-                    Some(Some(pts)) if pts.len() >= 2 => Some(pts),
-                    _ => {
-                        ctx.push(
-                            "geometry.coordinates",
-                            "expected at least 2 [lon, lat] positions within WGS84 bounds",
-                        );
-                        None
-                    }
-                }
+    match geometry.and_then(|g| g.get("type")).and_then(Value::as_str) {
+        Some(k) if k == kind => {
+            let parsed = geometry.and_then(|g| g.get("coordinates")).and_then(parse);
+            if parsed.is_none() {
+                ctx.push("geometry.coordinates", format!("expected {rule}"));
             }
-            other => {
-                ctx.push(
-                    "geometry.type",
-                    format!("expected \"LineString\", found {other:?}"),
-                );
-                None
-            }
-        };
+            parsed
+        }
+        other => {
+            ctx.push(
+                "geometry.type",
+                format!("expected {kind:?}, found {other:?}"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_road(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Road> {
+    let line = geometry(
+        ctx,
+        feature,
+        "LineString",
+        "at least 2 [lon, lat] positions within WGS84 bounds",
+        |c| {
+            c.as_array()?
+                .iter()
+                .map(position)
+                .collect::<Option<Vec<_>>>()
+                .filter(|pts| pts.len() >= 2)
+        },
+    );
     let props = properties(ctx, feature)?;
     let id = feature_id(ctx, props);
     let free_flow = ctx.number(
@@ -392,28 +407,13 @@ fn parse_road(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Road> {
 }
 
 fn parse_charger(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Charger> {
-    let geometry = feature.get("geometry");
-    let pos = match geometry.and_then(|g| g.get("type")).and_then(Value::as_str) {
-        Some("Point") => {
-            let p = geometry
-                .and_then(|g| g.get("coordinates"))
-                .and_then(position);
-            if p.is_none() {
-                ctx.push(
-                    "geometry.coordinates",
-                    "expected a [lon, lat] position within WGS84 bounds",
-                );
-            }
-            p
-        }
-        other => {
-            ctx.push(
-                "geometry.type",
-                format!("expected \"Point\", found {other:?}"),
-            );
-            None
-        }
-    };
+    let pos = geometry(
+        ctx,
+        feature,
+        "Point",
+        "a [lon, lat] position within WGS84 bounds",
+        position,
+    );
     let props = properties(ctx, feature)?;
     let id = feature_id(ctx, props);
     let connectors = ctx.number(

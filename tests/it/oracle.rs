@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use edgeflow::aggregate::{CHARGING_HEADER, CONGESTION_HEADER};
+use edgeflow::bench::SplitMix;
 use edgeflow::reference::{Charger, Reference, Road};
 use edgeflow::replay::ReplayOptions;
 use edgeflow::time::TimeSpec;
@@ -39,20 +40,6 @@ const STATUSES: [&str; 5] = [
     "Unavailable",
     "Faulted",
 ];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Rec {
@@ -139,7 +126,7 @@ fn reference() -> Reference {
 
 /// Random records in arrival order.
 fn generate(seed: u64, vehicles: usize, lateness: u64) -> Vec<Rec> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix(seed);
     let span = 200_000;
     let mut recs = Vec::new();
     for _ in 0..vehicles {
