@@ -18,6 +18,7 @@
 //! - [`topology`]: the TOML topology file and its validation.
 //! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
 //! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
+//! - [`log`]: the durable, segmented, checksummed log of accepted batches.
 //! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
 //! - [`dataflow`]: the timely/differential dataflow and its emitter.
 //! - [`output`]: final tables and durable CSV files.
@@ -36,6 +37,7 @@ pub mod bench;
 pub mod codec;
 pub mod dataflow;
 pub mod input;
+pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod output;
