@@ -17,6 +17,7 @@
 //! - [`reference`]: road network and charger list from GeoJSON.
 //! - [`topology`]: the TOML topology file and its validation.
 //! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
+//! - [`ingest`]: the QUIC ingest protocol and server.
 //! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
 //! - [`log`]: the durable, segmented, checksummed log of accepted batches.
 //! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
@@ -36,6 +37,7 @@ pub mod aggregate;
 pub mod bench;
 pub mod codec;
 pub mod dataflow;
+pub mod ingest;
 pub mod input;
 pub mod log;
 pub mod metrics;
