@@ -27,7 +27,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::reference::{Charger, Reference, Road};
-use crate::replay::{open_input, ReplayOptions};
+use crate::replay::{Input, ReplayOptions};
 use crate::time::TimeSpec;
 
 /// Options of `edgeflow bench`.
@@ -298,7 +298,7 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
                 retention_ms: 15 * 60_000,
             };
             let summary = crate::replay::run(
-                open_input(&args.input)?,
+                Input::open(&args.input)?.0,
                 reference,
                 spec,
                 ReplayOptions {

@@ -13,6 +13,10 @@ use std::sync::{Condvar, Mutex};
 
 use bytes::Bytes;
 
+use crate::codec::{cbor_sequence, decode_json, CborItem};
+use crate::log::Encoding;
+use crate::model::{Record, RecordError, RejectReason};
+
 /// Lines per chunk. Fixed, because the watermark advances per chunk and
 /// results must not depend on a tuning knob.
 pub const CHUNK_LINES: usize = 1024;
@@ -21,7 +25,7 @@ pub const CHUNK_LINES: usize = 1024;
 pub const MAX_LINE_BYTES: usize = 64 << 10;
 
 /// Whole lines from the input.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chunk {
     /// Position in arrival order, from 0.
     pub seq: u64,
@@ -33,9 +37,53 @@ pub struct Chunk {
     pub data: Bytes,
     /// Line numbers of lines longer than [`MAX_LINE_BYTES`].
     pub too_long: Vec<u64>,
+    /// How `data` is encoded.
+    pub encoding: Encoding,
 }
 
 impl Chunk {
+    /// A chunk of one log entry or network batch (records numbered from 1).
+    pub fn from_batch(seq: u64, encoding: Encoding, data: Bytes) -> Self {
+        Chunk {
+            seq,
+            first_line: 1,
+            data,
+            too_long: Vec::new(),
+            encoding,
+        }
+    }
+
+    /// Decodes every record (blank JSON lines are skipped), calling `f` with
+    /// its line (or item) number and the record or why it is invalid.
+    pub fn for_each_record(&self, mut f: impl FnMut(u64, Result<Record<'_>, RecordError>)) {
+        match self.encoding {
+            Encoding::JsonLines => {
+                let mut too_long = self.too_long.iter().peekable();
+                for (line, bytes) in self.lines() {
+                    if too_long.peek() == Some(&&line) {
+                        too_long.next();
+                        let detail = format!("line is longer than {MAX_LINE_BYTES} bytes");
+                        f(
+                            line,
+                            Err(RecordError::record(RejectReason::TooLong, detail)),
+                        );
+                    } else if !bytes.iter().all(u8::is_ascii_whitespace) {
+                        f(line, decode_json(bytes));
+                    }
+                }
+            }
+            Encoding::Cbor => {
+                for (i, item) in cbor_sequence(&self.data).enumerate() {
+                    let n = self.first_line + i as u64;
+                    match item {
+                        CborItem::Record(r) => f(n, Ok(r)),
+                        CborItem::Invalid(e) | CborItem::Fatal(e) => f(n, Err(e)),
+                    }
+                }
+            }
+        }
+    }
+
     /// Iterates `(line number, bytes)` without the newline (and without a
     /// trailing `\r`).
     pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
@@ -157,6 +205,7 @@ impl<R: Read> Chunker<R> {
             first_line: self.line - lines as u64,
             data: data.into(),
             too_long,
+            encoding: Encoding::JsonLines,
         };
         self.seq += 1;
         Ok(Some(chunk))

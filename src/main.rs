@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use edgeflow::output::FinalTable;
-use edgeflow::replay::{open_input, ReplayOptions, RunSummary};
+use edgeflow::replay::{Input, ReplayOptions, RunSummary};
 use edgeflow::topology::Topology;
 
 /// edgeflow: edge stream processing of city mobility and energy telemetry.
@@ -28,8 +28,9 @@ enum Command {
         /// The topology file (TOML).
         topology: PathBuf,
     },
-    /// Replay recorded telemetry (JSON Lines, optionally .gz) through the
-    /// dataflow and write congestion.csv and charging.csv.
+    /// Replay recorded telemetry (JSON Lines, optionally .gz, or an edge
+    /// node's log directory) through the dataflow and write congestion.csv
+    /// and charging.csv.
     Replay {
         /// The topology file (TOML).
         #[arg(long)]
@@ -121,8 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     edgeflow::topology::MAX_WORKERS
                 );
             }
-            let reader = open_input(&input)?;
-            let total = std::fs::metadata(&input).map(|m| m.len()).unwrap_or(0);
+            let (reader, total) = Input::open(&input)?;
             let bar = std::io::stderr().is_terminal().then(|| {
                 let bar = indicatif::ProgressBar::new(total);
                 bar.set_style(

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::{power_fixed, speed_fixed, SpeedSum};
-use crate::codec::decode_json;
 use crate::dataflow::connectors::{ChargerReading, Reading};
 use crate::dataflow::Inputs;
 use crate::input::{Chunk, ChunkClock};
@@ -216,34 +215,21 @@ impl<'a> Stage<'a> {
     /// Decodes, classifies and pre-aggregates one chunk.
     pub fn process(&mut self, chunk: &Chunk, inputs: &Inputs) {
         let mut max_ts = None;
-        let mut too_long = chunk.too_long.iter().peekable();
-        for (line, bytes) in chunk.lines() {
-            if too_long.peek() == Some(&&line) {
-                too_long.next();
-                self.stats.records += 1;
-                let err = RecordError::record(
-                    RejectReason::TooLong,
-                    format!("line is longer than {} bytes", crate::input::MAX_LINE_BYTES),
-                );
-                self.stats.reject(line, &err);
-                continue;
-            }
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            self.stats.records += 1;
-            match decode_json(bytes).and_then(|r| resolve(&r, self.reference)) {
+        let (reference, stats, items) = (self.reference, &mut self.stats, &mut self.items);
+        chunk.for_each_record(|line, record| {
+            stats.records += 1;
+            match record.and_then(|r| resolve(&r, reference)) {
                 Ok(item) => {
                     let ts = match &item {
                         Item::Report { ts, .. } => *ts,
                         Item::Reading { reading, .. } => reading.ts_ms,
                     };
                     max_ts = max_ts.max(Some(ts));
-                    self.items.push((line, item));
+                    items.push((line, item));
                 }
-                Err(e) => self.stats.reject(line, &e),
+                Err(e) => stats.reject(line, &e),
             }
-        }
+        });
         self.clock.publish(chunk.seq, max_ts);
         let (prefix, first) = self.clock.prefix_before(chunk.seq);
         let watermark = self.spec.watermark(prefix);

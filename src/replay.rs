@@ -8,7 +8,7 @@
 //! worker count or timing: that is what the tests check.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,12 @@ pub enum ReplayError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Reading the input failed part way (I/O error, damaged log).
+    #[error("input stopped: {0}")]
+    Read(String),
+    /// A log directory could not be opened.
+    #[error("cannot open log: {0}")]
+    Log(String),
     /// The timely runtime failed to start or a worker panicked.
     #[error("dataflow failed: {0}")]
     Dataflow(String),
@@ -103,25 +109,100 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Opens a JSON Lines file, gunzipping it when its name ends in `.gz`.
-pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, ReplayError> {
-    let file = std::fs::File::open(path).map_err(|source| ReplayError::Input {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let file = std::io::BufReader::with_capacity(1 << 20, file);
-    if path.extension().is_some_and(|e| e == "gz") {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(file)))
-    } else {
-        Ok(Box::new(file))
+/// Where the records come from.
+pub enum Input {
+    /// JSON Lines, cut into chunks of `ReplayOptions::chunk_lines` lines.
+    JsonLines(Box<dyn Read + Send>),
+    /// A durable log directory: one chunk per entry.
+    Log(PathBuf),
+    /// Chunks handed over live (the edge node's log writer), in order,
+    /// numbered from 0; the run ends when the sender is dropped.
+    Live(mpsc::Receiver<Chunk>),
+}
+
+impl Input {
+    /// Opens a recording: a log directory, or a JSON Lines file (gunzipped
+    /// when its name ends in `.gz`). Returns it with its size in bytes.
+    pub fn open(path: &Path) -> Result<(Input, u64), ReplayError> {
+        let err = |source| ReplayError::Input {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.is_dir() {
+            let segments =
+                crate::log::segments(path).map_err(|e| ReplayError::Log(e.to_string()))?;
+            let total = segments
+                .iter()
+                .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            return Ok((Input::Log(path.to_owned()), total));
+        }
+        let file = std::fs::File::open(path).map_err(err)?;
+        let total = file.metadata().map_err(err)?.len();
+        let file = std::io::BufReader::with_capacity(1 << 20, file);
+        let reader: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::bufread::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        Ok((Input::JsonLines(reader), total))
     }
 }
 
+/// Reads `input` as chunks, dealing them round-robin to the workers.
+fn read_chunks(
+    input: Input,
+    chunk_lines: usize,
+    bytes: Arc<AtomicU64>,
+    senders: Vec<mpsc::SyncSender<Chunk>>,
+) -> Result<(), String> {
+    let deal = |chunk: Chunk| {
+        senders[(chunk.seq % senders.len() as u64) as usize]
+            .send(chunk)
+            .is_ok()
+    };
+    match input {
+        Input::JsonLines(reader) => {
+            let mut chunker = Chunker::with_chunk_lines(
+                Counting {
+                    inner: reader,
+                    count: bytes,
+                },
+                chunk_lines,
+            );
+            while let Some(chunk) = chunker.next_chunk().map_err(|e| e.to_string())? {
+                if !deal(chunk) {
+                    break;
+                }
+            }
+        }
+        Input::Log(dir) => {
+            for entry in crate::log::LogReader::open(&dir).map_err(|e| e.to_string())? {
+                let entry = entry.map_err(|e| e.to_string())?;
+                bytes.fetch_add(entry.records.len() as u64 + 8, Ordering::Relaxed);
+                if !deal(Chunk::from_batch(entry.seq, entry.encoding, entry.records)) {
+                    break;
+                }
+            }
+        }
+        Input::Live(rx) => {
+            for chunk in rx {
+                bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                if !deal(chunk) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `input` through the dataflow. `on_emissions` sees every batch of
-/// emissions on the calling thread; `on_progress` sees bytes read so far,
-/// about ten times a second.
+/// emissions on the calling thread; `on_progress` sees input bytes read so
+/// far, about ten times a second.
 pub fn run(
-    input: Box<dyn Read + Send>,
+    input: Input,
     reference: Arc<Reference>,
     spec: TimeSpec,
     options: ReplayOptions,
@@ -131,7 +212,7 @@ pub fn run(
     let workers = options.workers.max(1);
     let start = Instant::now();
     let bytes = Arc::new(AtomicU64::new(0));
-    let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
+    let read_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
 
     let mut senders = Vec::with_capacity(workers);
     let mut receivers = Vec::with_capacity(workers);
@@ -149,28 +230,9 @@ pub fn run(
         std::thread::Builder::new()
             .name("edgeflow-reader".into())
             .spawn(move || {
-                let mut chunker = Chunker::with_chunk_lines(
-                    Counting {
-                        inner: input,
-                        count: bytes,
-                    },
-                    chunk_lines,
-                );
-                loop {
-                    match chunker.next_chunk() {
-                        Ok(Some(chunk)) => {
-                            let w = (chunk.seq % senders.len() as u64) as usize;
-                            if senders[w].send(chunk).is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            if let Ok(mut slot) = read_error.lock() {
-                                *slot = Some(e);
-                            }
-                            break;
-                        }
+                if let Err(e) = read_chunks(input, chunk_lines, bytes, senders) {
+                    if let Ok(mut slot) = read_error.lock() {
+                        *slot = Some(e);
                     }
                 }
             })
@@ -265,10 +327,7 @@ pub fn run(
     }
     let _ = reader.join();
     if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
-        return Err(ReplayError::Input {
-            path: "input".into(),
-            source: e,
-        });
+        return Err(ReplayError::Read(e));
     }
     Ok(RunSummary {
         ingest,

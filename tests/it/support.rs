@@ -7,7 +7,7 @@ use std::sync::Arc;
 use edgeflow::aggregate::Kind;
 use edgeflow::output::FinalTable;
 use edgeflow::reference::Reference;
-use edgeflow::replay::{ReplayOptions, RunSummary};
+use edgeflow::replay::{Input, ReplayOptions, RunSummary};
 use edgeflow::time::TimeSpec;
 
 /// The directory of test fixtures.
@@ -31,7 +31,7 @@ pub fn replay(
 ) -> (String, String, RunSummary) {
     let mut table = FinalTable::default();
     let summary = edgeflow::replay::run(
-        Box::new(std::io::Cursor::new(input)),
+        Input::JsonLines(Box::new(std::io::Cursor::new(input))),
         reference.clone(),
         spec,
         options,
