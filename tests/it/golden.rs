@@ -103,3 +103,66 @@ fn small_lateness_turns_out_of_order_records_into_corrections_with_the_same_fina
         std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
     assert_same_rows(&charging, &expected, "charging");
 }
+
+#[test]
+fn a_log_directory_replays_to_the_same_aggregates() {
+    use edgeflow::log::{Encoding, LogWriter};
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    let reference = Arc::new(topo.reference.clone());
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Half the batches as JSON Lines, half as CBOR: one log, two encodings.
+    let (mut log, _) = LogWriter::open(dir.path(), 256 << 10).expect("open log");
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, batch) in lines.chunks(700).enumerate() {
+        let (encoding, records) = if i % 2 == 0 {
+            (
+                Encoding::JsonLines,
+                batch
+                    .iter()
+                    .flat_map(|l| l.bytes().chain(Some(b'\n')))
+                    .collect::<Vec<u8>>(),
+            )
+        } else {
+            let mut cbor = Vec::new();
+            for l in batch {
+                let r = edgeflow::codec::decode_json(l.as_bytes()).expect("valid fixture");
+                cbor.extend(edgeflow::codec::encode_cbor(&r));
+            }
+            (Encoding::Cbor, cbor)
+        };
+        log.append("recorder", i as u64, encoding, records.into())
+            .expect("append");
+    }
+    log.sync().expect("sync");
+    drop(log);
+
+    let mut table = edgeflow::output::FinalTable::default();
+    let (input, _) = edgeflow::replay::Input::open(dir.path()).expect("a log dir");
+    let summary = edgeflow::replay::run(
+        input,
+        reference.clone(),
+        topo.time,
+        ReplayOptions::new(2),
+        |b| table.apply(b),
+        |_| {},
+    )
+    .expect("replays");
+    assert_eq!(summary.ingest.records, 11_486);
+    let congestion = table.csv(
+        edgeflow::aggregate::Kind::Congestion,
+        &reference,
+        topo.time.size_ms,
+    );
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+    assert_same_rows(&congestion, &expected, "congestion");
+    let charging = table.csv(
+        edgeflow::aggregate::Kind::Charging,
+        &reference,
+        topo.time.size_ms,
+    );
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
+    assert_same_rows(&charging, &expected, "charging");
+}
