@@ -127,6 +127,11 @@ pub enum CborItem<'a> {
 
 /// Iterates over the items of a CBOR sequence (RFC 8742).
 pub fn cbor_sequence(bytes: &[u8]) -> impl Iterator<Item = CborItem<'_>> {
+    cbor_items(bytes).map(|(_, item)| item)
+}
+
+/// Iterates over the items of a CBOR sequence with the byte range of each.
+pub fn cbor_items(bytes: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize>, CborItem<'_>)> {
     let mut pos = 0usize;
     let mut done = false;
     std::iter::from_fn(move || {
@@ -136,20 +141,23 @@ pub fn cbor_sequence(bytes: &[u8]) -> impl Iterator<Item = CborItem<'_>> {
         let mut d = minicbor::Decoder::new(&bytes[pos..]);
         match d.skip() {
             Ok(()) => {
-                let end = pos + d.position();
-                let item = &bytes[pos..end];
-                pos = end;
-                Some(match decode_cbor(item) {
+                let range = pos..pos + d.position();
+                pos = range.end;
+                let item = match decode_cbor(&bytes[range.clone()]) {
                     Ok(r) => CborItem::Record(r),
                     Err(e) => CborItem::Invalid(e),
-                })
+                };
+                Some((range, item))
             }
             Err(e) => {
                 done = true;
-                Some(CborItem::Fatal(RecordError::record(
-                    RejectReason::Syntax,
-                    format!("malformed CBOR at byte {pos}: {e}"),
-                )))
+                Some((
+                    pos..bytes.len(),
+                    CborItem::Fatal(RecordError::record(
+                        RejectReason::Syntax,
+                        format!("malformed CBOR at byte {pos}: {e}"),
+                    )),
+                ))
             }
         }
     })

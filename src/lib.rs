@@ -22,6 +22,8 @@
 //! - [`log`]: the durable, segmented, checksummed log of accepted batches.
 //! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
 //! - [`dataflow`]: the timely/differential dataflow and its emitter.
+//! - [`edge`]: the edge node: ingest, log, live dataflow, sinks.
+//! - [`client`]: `send`: streaming a recording to a node, with resends.
 //! - [`output`]: final tables and durable CSV files.
 //! - [`replay`]: running recorded telemetry through the dataflow.
 //! - [`bench`]: the synthetic benchmark and its plain-loop baseline.
@@ -35,8 +37,10 @@
 
 pub mod aggregate;
 pub mod bench;
+pub mod client;
 pub mod codec;
 pub mod dataflow;
+pub mod edge;
 pub mod ingest;
 pub mod input;
 pub mod log;

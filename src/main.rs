@@ -48,12 +48,70 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run an edge node: QUIC ingest, durable log, live dataflow, sinks.
+    /// Stops gracefully on SIGINT/SIGTERM.
+    Edge {
+        /// The topology file (TOML) with [ingest], [log], [[fleet]].
+        #[arg(long)]
+        topology: PathBuf,
+        /// Worker threads (default: the topology's `dataflow.workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Stream a recorded JSON Lines file to an edge node, resending what was
+    /// not acknowledged after a reconnect.
+    Send {
+        /// The node, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Bearer token of the fleet.
+        #[arg(long)]
+        token: String,
+        /// CA certificate (PEM) to trust (from `edgeflow certs`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Sender id; batch numbers are per sender. Default: the file name.
+        #[arg(long)]
+        sender: Option<String>,
+        /// TLS server name (default: the host of --to).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Wire encoding.
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Lines per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_lines: usize,
+        /// Batches in flight.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// The recording.
+        file: PathBuf,
+    },
+    /// Make a development CA and a server certificate (PEM) for local nodes.
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Names the server certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        names: Vec<String>,
+    },
     /// Measure the replay path on synthetic telemetry against a plain
     /// single-threaded loop; prints one JSON object.
     Bench(edgeflow::bench::BenchArgs),
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(edgeflow::bench::RunOneArgs),
+}
+
+/// Wire encoding of `send`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    /// JSON Lines.
+    Jsonl,
+    /// CBOR.
+    Binary,
 }
 
 fn main() -> ExitCode {
@@ -163,6 +221,116 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => {
             let report = edgeflow::bench::run(&args)?;
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Edge { topology, workers } => {
+            let topo = load_topology(&topology)?;
+            let workers = workers.unwrap_or(topo.workers);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let node = edgeflow::edge::start(topo, workers)?;
+            eprintln!("edgeflow edge: listening on {} (QUIC, ALPN edgeflow-ingest/1); Ctrl-C or SIGTERM stops", node.addr);
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                anyhow::Ok(())
+            })?;
+            eprintln!(
+                "edgeflow edge: stopping: draining connections, flushing the dataflow and sinks"
+            );
+            let report = node.shutdown()?;
+            edgeflow::edge::print_report(&report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            to,
+            token,
+            ca,
+            sender,
+            server_name,
+            format,
+            batch_lines,
+            window,
+            file,
+        } => {
+            use std::net::ToSocketAddrs;
+            let addr = to
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve {to}"))?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{to} resolves to no address"))?;
+            let host = to
+                .rsplit_once(':')
+                .map_or(to.as_str(), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let sender = sender.unwrap_or_else(|| {
+                let stem = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("sender");
+                stem.chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || "._:#-".contains(c) {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .take(64)
+                    .collect()
+            });
+            let encoding = match format {
+                Format::Jsonl => edgeflow::log::Encoding::JsonLines,
+                Format::Binary => edgeflow::log::Encoding::Cbor,
+            };
+            let opts = edgeflow::client::SendOptions {
+                to: addr,
+                server_name: server_name.unwrap_or(host),
+                ca,
+                token,
+                sender,
+                encoding,
+                batch_lines,
+                window,
+                max_reconnects: 30,
+            };
+            let mut report = edgeflow::client::SendReport::default();
+            let batches = edgeflow::client::batches(&file, encoding, batch_lines, &mut report)?;
+            let bar = std::io::stderr()
+                .is_terminal()
+                .then(|| indicatif::ProgressBar::new(batches.len() as u64));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let sent = runtime.block_on(edgeflow::client::send(&opts, batches, |done, _| {
+                if let Some(b) = &bar {
+                    b.set_position(done);
+                }
+            }))?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            for (batch, index, message) in &sent.rejections {
+                eprintln!("batch {batch} record {index}: {message}");
+            }
+            eprintln!(
+                "sent {} batches: {} records accepted, {} rejected, {} not convertible, {} reconnects",
+                sent.batches, sent.accepted, sent.rejected, report.unconvertible, sent.reconnects
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs { out, names } => {
+            let paths = edgeflow::edge::make_certs(&out, &names)?;
+            println!("CA (give to clients): {}", paths.ca.display());
+            println!("server certificate: {}", paths.cert.display());
+            println!("server key: {}", paths.key.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchOne(args) => {

@@ -110,6 +110,12 @@ enum Item {
     },
 }
 
+/// Checks a valid record against the reference data (known charger,
+/// connector in range): what ingest rejects before acknowledging.
+pub fn check(record: &Record<'_>, reference: &Reference) -> Result<(), RecordError> {
+    resolve(record, reference).map(|_| ())
+}
+
 /// Resolves a record against the reference data.
 fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, RecordError> {
     match record {

@@ -46,6 +46,114 @@ pub struct TopologyFile {
     /// Dataflow workers.
     #[serde(default)]
     pub dataflow: DataflowSection,
+    /// QUIC ingest (the `edge` role).
+    pub ingest: Option<IngestSection>,
+    /// The durable log (the `edge` role).
+    pub log: Option<LogSection>,
+    /// Fleets allowed to send telemetry.
+    #[serde(default)]
+    pub fleet: Vec<FleetSection>,
+    /// Where final aggregates go.
+    #[serde(default)]
+    pub sink: Vec<SinkSection>,
+}
+
+/// `[ingest]`: the QUIC endpoint and its limits. Paths are relative to the
+/// topology file.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// UDP address to listen on, e.g. `0.0.0.0:4433`.
+    pub listen: String,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// Largest frame, bytes. Default 4 MiB. A connection buffers at most one
+    /// frame per stream, so the worst case per connection is
+    /// `max_frame_bytes * max_streams`.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Concurrent connections. Default 20,000 (a 5G cell site's devices);
+    /// about 10 KiB each when idle.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent batch streams per connection. Default 32.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Close a connection silent this long. Default 30s.
+    #[serde(default = "default_idle")]
+    pub idle_timeout: String,
+    /// Close a connection that sends no HELLO this long. Default 5s.
+    #[serde(default = "default_hello")]
+    pub hello_timeout: String,
+    /// Records per second one connection may send, averaged over a second.
+    /// Default 200,000.
+    #[serde(default = "default_rate")]
+    pub max_records_per_s: u64,
+    /// Per-connection QUIC receive window, bytes: how much a sender may have
+    /// in flight before flow control stops it. Default 8 MiB.
+    #[serde(default = "default_window")]
+    pub receive_window: u64,
+}
+
+fn default_max_frame() -> usize {
+    4 << 20
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_max_streams() -> u32 {
+    32
+}
+fn default_idle() -> String {
+    "30s".into()
+}
+fn default_hello() -> String {
+    "5s".into()
+}
+fn default_rate() -> u64 {
+    200_000
+}
+fn default_window() -> u64 {
+    8 << 20
+}
+
+/// `[log]`: where accepted batches are made durable.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Directory (relative to the topology file).
+    pub dir: PathBuf,
+    /// Segment size before rolling. Default 64 MiB.
+    #[serde(default = "default_segment")]
+    pub segment_bytes: u64,
+}
+
+fn default_segment() -> u64 {
+    crate::log::DEFAULT_SEGMENT_BYTES
+}
+
+/// `[[fleet]]`: a sender of telemetry and its token's SHA-256 (hex).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// Fleet name.
+    pub name: String,
+    /// SHA-256 of the bearer token, lower-case hex (64 characters).
+    pub token_sha256: String,
+}
+
+/// `[[sink]]`: where final aggregates go.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum SinkSection {
+    /// `congestion.csv` and `charging.csv` in a directory, as `replay`
+    /// writes them, rewritten as windows become final.
+    Files {
+        /// Directory (relative to the topology file).
+        dir: PathBuf,
+    },
 }
 
 /// `[node]`.
@@ -129,6 +237,27 @@ pub struct Topology {
     pub workers: usize,
     /// Roads and chargers.
     pub reference: Reference,
+    /// QUIC ingest, with paths resolved.
+    pub ingest: Option<Ingest>,
+    /// Log directory and segment size, with the path resolved.
+    pub log: Option<LogSection>,
+    /// Fleets.
+    pub fleets: Vec<FleetSection>,
+    /// Sinks, with paths resolved.
+    pub sinks: Vec<SinkSection>,
+}
+
+/// `[ingest]` checked, paths resolved, durations parsed.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// The section as written, with `cert` and `key` resolved.
+    pub section: IngestSection,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// HELLO deadline.
+    pub hello_timeout: Duration,
 }
 
 fn duration(text: &str, place: &str, file: &Path, problems: &mut Vec<Problem>) -> Option<Duration> {
@@ -227,6 +356,81 @@ impl Topology {
             );
         }
         let base = path.parent().unwrap_or(Path::new("."));
+        let ingest = file.ingest.as_ref().and_then(|i| {
+            let listen = i.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+                push(
+                    &mut problems,
+                    "ingest.listen",
+                    &format!("{:?} is not an address like 0.0.0.0:4433: {e}", i.listen),
+                )
+            });
+            let idle = duration(&i.idle_timeout, "ingest.idle_timeout", path, &mut problems);
+            let hello = duration(
+                &i.hello_timeout,
+                "ingest.hello_timeout",
+                path,
+                &mut problems,
+            );
+            for (what, p) in [("ingest.cert", &i.cert), ("ingest.key", &i.key)] {
+                if !base.join(p).is_file() {
+                    push(
+                        &mut problems,
+                        what,
+                        &format!("{} is not a readable file", base.join(p).display()),
+                    );
+                }
+            }
+            if i.max_frame_bytes < 1024 || i.max_frame_bytes > crate::log::MAX_ENTRY_BYTES {
+                push(
+                    &mut problems,
+                    "ingest.max_frame_bytes",
+                    &format!("must be between 1024 and {}", crate::log::MAX_ENTRY_BYTES),
+                );
+            }
+            if i.max_connections == 0 || i.max_streams == 0 || i.max_records_per_s == 0 {
+                push(
+                    &mut problems,
+                    "ingest",
+                    "max_connections, max_streams and max_records_per_s must be at least 1",
+                );
+            }
+            let mut section = i.clone();
+            section.cert = base.join(&i.cert);
+            section.key = base.join(&i.key);
+            Some(Ingest {
+                listen: listen.ok()?,
+                section,
+                idle_timeout: idle?,
+                hello_timeout: hello?,
+            })
+        });
+        for (n, fleet) in file.fleet.iter().enumerate() {
+            let ok = fleet.token_sha256.len() == 64
+                && fleet
+                    .token_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !ok {
+                push(
+                    &mut problems,
+                    &format!("fleet[{n}].token_sha256"),
+                    "must be 64 lower-case hex characters (sha256sum of the token)",
+                );
+            }
+        }
+        let log = file.log.as_ref().map(|l| LogSection {
+            dir: base.join(&l.dir),
+            segment_bytes: l.segment_bytes.max(4096),
+        });
+        let sinks: Vec<SinkSection> = file
+            .sink
+            .iter()
+            .map(|s| match s {
+                SinkSection::Files { dir } => SinkSection::Files {
+                    dir: base.join(dir),
+                },
+            })
+            .collect();
         let reference = Reference::load(
             &base.join(&file.reference.roads),
             &base.join(&file.reference.chargers),
@@ -245,6 +449,10 @@ impl Topology {
                 time: TimeSpec::new(size, lateness, retention),
                 workers: file.dataflow.workers,
                 reference,
+                ingest,
+                log,
+                fleets: file.fleet,
+                sinks,
             }),
             _ => Err(problems),
         }

@@ -1,5 +1,10 @@
 //! Live ingest over QUIC (docs/PROTOCOL.md).
 //!
 //! - [`frame`]: the protocol's frames, pure encode/decode.
+//! - [`commit`]: group commit to the log, deduplication, hand-over to the
+//!   dataflow.
+//! - [`server`]: the QUIC server.
 
+pub mod commit;
 pub mod frame;
+pub mod server;

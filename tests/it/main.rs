@@ -15,6 +15,7 @@
 mod bad_input;
 mod cli;
 mod golden;
+mod ingest;
 mod oracle;
 mod support;
 mod topology;

@@ -1,0 +1,323 @@
+//! `edgeflow send`: streams a recorded file to an edge node over QUIC.
+//!
+//! The file is cut into batches of `batch_lines` lines; batch `i` is the
+//! sender's batch number `i`, so numbering is a function of the file and a
+//! resend after a reconnect is recognised by the node. Up to `window`
+//! batches are in flight; a batch leaves memory only once acknowledged. On a
+//! lost connection the client reconnects, learns from WELCOME the first
+//! batch the node does not have, and resends from there.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::codec::{decode_json, encode_cbor};
+use crate::ingest::frame::{Frame, ALPN};
+use crate::log::Encoding;
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// The node.
+    pub to: SocketAddr,
+    /// TLS server name.
+    pub server_name: String,
+    /// CA certificate (PEM) to trust.
+    pub ca: std::path::PathBuf,
+    /// Bearer token.
+    pub token: String,
+    /// Sender id (batch numbers are per sender).
+    pub sender: String,
+    /// Wire encoding.
+    pub encoding: Encoding,
+    /// Lines per batch.
+    pub batch_lines: usize,
+    /// Batches in flight.
+    pub window: usize,
+    /// Reconnect attempts before giving up.
+    pub max_reconnects: u32,
+}
+
+/// What a send did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    /// Batches acknowledged.
+    pub batches: u64,
+    /// Records the node accepted.
+    pub accepted: u64,
+    /// Records the node rejected.
+    pub rejected: u64,
+    /// Lines not sent: binary encoding needs valid JSON to convert.
+    pub unconvertible: u64,
+    /// Reconnects.
+    pub reconnects: u32,
+    /// The first rejection messages: (batch, index, message).
+    pub rejections: Vec<(u64, u32, String)>,
+}
+
+/// Client TLS/QUIC configuration trusting `ca`.
+pub fn client_config(ca: &Path) -> anyhow::Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read CA {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("bad PEM in {}", ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls)?,
+    )))
+}
+
+/// Reads the file into batches in the chosen encoding.
+pub fn batches(
+    path: &Path,
+    encoding: Encoding,
+    batch_lines: usize,
+    report: &mut SendReport,
+) -> anyhow::Result<Vec<Bytes>> {
+    let (input, _) = crate::replay::Input::open(path)?;
+    let crate::replay::Input::JsonLines(mut reader) = input else {
+        bail!("send takes a JSON Lines file")
+    };
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for chunk in lines.chunks(batch_lines.max(1)) {
+        let mut b = BytesMut::new();
+        for line in chunk {
+            match encoding {
+                Encoding::JsonLines => {
+                    b.extend_from_slice(line);
+                    b.extend_from_slice(b"\n");
+                }
+                Encoding::Cbor => match decode_json(line) {
+                    Ok(r) => b.extend_from_slice(&encode_cbor(&r)),
+                    Err(_) => report.unconvertible += 1,
+                },
+            }
+        }
+        out.push(b.freeze());
+    }
+    Ok(out)
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Frame> {
+    let bytes = recv.read_to_end(64 << 20).await?;
+    let mut buf = BytesMut::from(&bytes[..]);
+    Frame::decode(&mut buf, 64 << 20)?
+        .ok_or_else(|| anyhow!("the node closed the stream mid-frame"))
+}
+
+/// Connects and says HELLO; returns the connection, the control stream and
+/// the first batch number the node lacks.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    opts: &SendOptions,
+) -> anyhow::Result<(quinn::Connection, quinn::SendStream, u64)> {
+    let conn = endpoint
+        .connect(opts.to, &opts.server_name)?
+        .await
+        .context("QUIC handshake")?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(
+        &Frame::Hello {
+            token: opts.token.clone(),
+            sender: opts.sender.clone(),
+        }
+        .to_bytes(),
+    )
+    .await?;
+    let mut head = [0u8; 5];
+    recv.read_exact(&mut head)
+        .await
+        .context("no answer to HELLO")?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > 4096 {
+        bail!("answer to HELLO too long");
+    }
+    let mut buf = BytesMut::from(&head[..]);
+    buf.resize(5 + len, 0);
+    recv.read_exact(&mut buf[5..]).await?;
+    match Frame::decode(&mut buf, 4096)? {
+        Some(Frame::Welcome { next_sender_seq }) => Ok((conn, send, next_sender_seq)),
+        Some(Frame::Error { code, message }) => bail!("node refused: error {code}: {message}"),
+        other => bail!("unexpected answer to HELLO: {other:?}"),
+    }
+}
+
+/// An error that a reconnect cannot fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+fn fatal_code(code: u64) -> bool {
+    use crate::ingest::frame::ErrorCode;
+    [
+        ErrorCode::FrameTooLarge,
+        ErrorCode::BadFrame,
+        ErrorCode::Unauthorized,
+        ErrorCode::BadHello,
+    ]
+    .iter()
+    .any(|c| *c as u64 == code)
+}
+
+/// Sends one batch on its stream and waits for its ACK.
+async fn send_batch(
+    (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
+    seq: u64,
+    encoding: Encoding,
+    records: Bytes,
+) -> anyhow::Result<(u64, Frame)> {
+    let frame = Frame::Batch {
+        sender_seq: seq,
+        encoding,
+        records,
+    }
+    .to_bytes();
+    if let Err(e) = send.write_all(&frame).await {
+        if let quinn::WriteError::Stopped(code) = &e {
+            if code.into_inner() == crate::ingest::frame::ErrorCode::FrameTooLarge as u64 {
+                return Err(Fatal(format!("batch {seq} ({} bytes) is larger than the node accepts: use a smaller --batch-lines", frame.len())).into());
+            }
+        }
+        return Err(e.into());
+    }
+    send.finish()?;
+    Ok((seq, read_frame(&mut recv).await?))
+}
+
+/// Sends every batch, resending after reconnects; `progress(acked, total)`.
+pub async fn send(
+    opts: &SendOptions,
+    batches: Vec<Bytes>,
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<SendReport> {
+    let mut endpoint = quinn::Endpoint::client(
+        (if opts.to.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        })
+        .parse()?,
+    )?;
+    endpoint.set_default_client_config(client_config(&opts.ca)?);
+    let total = batches.len() as u64;
+    let mut report = SendReport::default();
+    let mut acked: BTreeMap<u64, ()> = BTreeMap::new();
+    let mut attempt = 0u32;
+    loop {
+        let (conn, _control, next) = match connect(&endpoint, opts).await {
+            Ok(c) => c,
+            Err(e) if attempt < opts.max_reconnects && !e.to_string().contains("refused") => {
+                attempt += 1;
+                report.reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Everything below `next` is durable on the node.
+        for s in 0..next.min(total) {
+            if acked.insert(s, ()).is_none() {
+                report.batches += 1;
+            }
+        }
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut seq = next;
+        let mut failed = None;
+        while (seq < total || !in_flight.is_empty()) && failed.is_none() {
+            while seq < total && in_flight.len() < opts.window.max(1) {
+                // Streams are opened here, in batch order: the node commits
+                // a connection's batches in the order of their streams.
+                let stream = match conn.open_bi().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failed = Some(anyhow!(e));
+                        break;
+                    }
+                };
+                in_flight.spawn(send_batch(
+                    stream,
+                    seq,
+                    opts.encoding,
+                    batches[seq as usize].clone(),
+                ));
+                seq += 1;
+            }
+            if failed.is_some() {
+                break;
+            }
+            match in_flight.join_next().await {
+                Some(Ok(Ok((
+                    s,
+                    Frame::Ack {
+                        accepted,
+                        rejections,
+                        ..
+                    },
+                )))) => {
+                    if acked.insert(s, ()).is_none() {
+                        report.batches += 1;
+                        report.accepted += u64::from(accepted);
+                        report.rejected += rejections.len() as u64;
+                        for (i, _, m) in rejections {
+                            if report.rejections.len() < 20 {
+                                report.rejections.push((s, i, m));
+                            }
+                        }
+                    }
+                    progress(acked.len() as u64, total);
+                }
+                Some(Ok(Ok((s, Frame::Error { code, message }))))
+                    if fatal_code(u64::from(code)) =>
+                {
+                    return Err(Fatal(format!("batch {s}: node error {code}: {message}")).into())
+                }
+                Some(Ok(Ok((s, Frame::Error { code, message })))) => {
+                    failed = Some(anyhow!("batch {s}: node error {code}: {message}"))
+                }
+                Some(Ok(Ok((s, other)))) => {
+                    failed = Some(anyhow!("batch {s}: unexpected answer {other:?}"))
+                }
+                Some(Ok(Err(e))) if e.is::<Fatal>() => return Err(e),
+                Some(Ok(Err(e))) => failed = Some(e),
+                Some(Err(e)) => failed = Some(anyhow!(e)),
+                None => break,
+            }
+        }
+        match failed {
+            None => {
+                conn.close(0u32.into(), b"done");
+                endpoint.wait_idle().await;
+                return Ok(report);
+            }
+            Some(e) if attempt < opts.max_reconnects => {
+                attempt += 1;
+                report.reconnects += 1;
+                eprintln!("edgeflow send: {e:#}; reconnecting");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
+            }
+            Some(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The QUIC ingest server: `serve(endpoint, context, shutdown)`, so tests
+//! run the real server on 127.0.0.1:0.
+//!
+//! Per connection: a HELLO on the first bidirectional stream within
+//! `hello_timeout` (token checked against the fleets' SHA-256 hashes), then
+//! one batch per bidirectional stream, each validated record by record,
+//! committed durably and acknowledged. Every failure is an ERROR frame with a
+//! documented code to that client; nothing a client sends can stop the
+//! server or slow the others beyond the shared log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::commit::{Committed, Committer};
+use super::frame::{kind, reason_code, ErrorCode, Frame, ALPN};
+use crate::codec::{cbor_items, decode_json, CborItem};
+use crate::log::Encoding;
+use crate::model::RecordError;
+use crate::reference::Reference;
+use crate::topology::Ingest;
+
+/// Largest HELLO frame, bytes.
+pub const MAX_HELLO_BYTES: usize = 1024;
+
+/// Errors setting up the server.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Certificate or key unreadable or invalid.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Counters of the ingest server (published as metrics by the node).
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections refused (over `max_connections`).
+    pub refused: AtomicU64,
+    /// Connections closed for a bad or missing token.
+    pub unauthorized: AtomicU64,
+    /// Protocol errors sent (bad frames, gaps, limits).
+    pub protocol_errors: AtomicU64,
+    /// Batches acknowledged.
+    pub batches: AtomicU64,
+    /// Batches recognised as resends.
+    pub duplicates: AtomicU64,
+    /// Records accepted.
+    pub accepted: AtomicU64,
+    /// Records rejected.
+    pub rejected: AtomicU64,
+    /// Datagram records accepted.
+    pub datagrams: AtomicU64,
+}
+
+/// Everything a connection needs.
+pub struct IngestContext {
+    /// Reference data, to reject unknown chargers before acknowledging.
+    pub reference: Arc<Reference>,
+    /// SHA-256 of every valid token.
+    pub token_hashes: Vec<[u8; 32]>,
+    /// The log.
+    pub committer: Committer,
+    /// Limits.
+    pub limits: Ingest,
+    /// Counters.
+    pub counters: Arc<IngestCounters>,
+    live_connections: AtomicUsize,
+}
+
+impl IngestContext {
+    /// A context from decoded token hashes.
+    pub fn new(
+        reference: Arc<Reference>,
+        token_hashes: Vec<[u8; 32]>,
+        committer: Committer,
+        limits: Ingest,
+    ) -> Self {
+        IngestContext {
+            reference,
+            token_hashes,
+            committer,
+            limits,
+            counters: Arc::new(IngestCounters::default()),
+            live_connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn authorized(&self, token: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Compare every hash fully: no early exit on the first byte.
+        self.token_hashes.iter().fold(false, |ok, h| {
+            ok | (h.iter().zip(digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+        })
+    }
+}
+
+/// Builds the QUIC server endpoint from PEM files and limits.
+pub fn endpoint(limits: &Ingest, cert: &Path, key: &Path) -> Result<quinn::Endpoint, ServerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    let s = &limits.section;
+    transport
+        .max_concurrent_bidi_streams(s.max_streams.into())
+        .max_concurrent_uni_streams(0u8.into())
+        .max_idle_timeout(limits.idle_timeout.try_into().ok())
+        .receive_window(quinn::VarInt::from_u64(s.receive_window).unwrap_or(quinn::VarInt::MAX))
+        .stream_receive_window(
+            quinn::VarInt::from_u64((s.max_frame_bytes as u64 + 64).min(s.receive_window))
+                .unwrap_or(quinn::VarInt::MAX),
+        )
+        .datagram_receive_buffer_size(Some(64 << 10));
+    config.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(config, limits.listen).map_err(|source| ServerError::Bind {
+        addr: limits.listen,
+        source,
+    })
+}
+
+/// How long to wait for a peer to receive an answer before moving on.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+async fn send_error(send: &mut quinn::SendStream, code: ErrorCode, message: &str) {
+    let frame = Frame::Error {
+        code: code as u16,
+        message: message.to_owned(),
+    }
+    .to_bytes();
+    let _ = send.write_all(&frame).await;
+    let _ = send.finish();
+    // Let the frame arrive before a connection close can overtake it.
+    let _ = tokio::time::timeout(ANSWER_GRACE, send.stopped()).await;
+}
+
+/// Reads one frame of at most `max` payload bytes.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Frame, (ErrorCode, String)> {
+    let mut head = [0u8; 5];
+    recv.read_exact(&mut head)
+        .await
+        .map_err(|e| (ErrorCode::BadFrame, format!("frame header: {e}")))?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > max {
+        return Err((
+            ErrorCode::FrameTooLarge,
+            format!("frame of {len} bytes is larger than the limit of {max}"),
+        ));
+    }
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.extend_from_slice(&head);
+    buf.resize(5 + len, 0);
+    recv.read_exact(&mut buf[5..])
+        .await
+        .map_err(|e| (ErrorCode::BadFrame, format!("frame cut short: {e}")))?;
+    match Frame::decode(&mut buf, max) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err((ErrorCode::BadFrame, "incomplete frame".into())),
+        Err(e) => Err((ErrorCode::BadFrame, e.to_string())),
+    }
+}
+
+/// Serves until `shutdown` turns true; then stops accepting, lets every
+/// connection finish its batches, and returns.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<IngestContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if ctx.live_connections.load(Ordering::Relaxed) >= ctx.limits.section.max_connections {
+                    ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    incoming.refuse();
+                    continue;
+                }
+                let ctx = ctx.clone();
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    ctx.live_connections.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(conn) = incoming.await {
+                        ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        connection(conn, &ctx, stop).await;
+                    }
+                    ctx.live_connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    // Drain: connections see the shutdown, finish their batches, close.
+    while tasks.join_next().await.is_some() {}
+    endpoint.close(
+        quinn::VarInt::from_u32(ErrorCode::ShuttingDown as u32),
+        b"shutting down",
+    );
+}
+
+async fn connection(
+    conn: quinn::Connection,
+    ctx: &Arc<IngestContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let close = |code: ErrorCode, why: &str| {
+        conn.close(quinn::VarInt::from_u32(code as u32), why.as_bytes())
+    };
+    // HELLO on the first bidirectional stream, within the deadline.
+    let hello = tokio::time::timeout(ctx.limits.hello_timeout, async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| None)?;
+        match read_frame(&mut recv, MAX_HELLO_BYTES).await {
+            Ok(Frame::Hello { token, sender }) => Ok((send, token, sender)),
+            Ok(_) => {
+                send_error(
+                    &mut send,
+                    ErrorCode::BadHello,
+                    "the first frame must be HELLO",
+                )
+                .await;
+                Err(Some(ErrorCode::BadHello))
+            }
+            Err((_, why)) => {
+                send_error(&mut send, ErrorCode::BadHello, &why).await;
+                Err(Some(ErrorCode::BadHello))
+            }
+        }
+    })
+    .await;
+    let (mut control, sender) = match hello {
+        Err(_) => {
+            ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            close(ErrorCode::HelloTimeout, "no HELLO in time");
+            return;
+        }
+        Ok(Err(code)) => {
+            ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(code) = code {
+                close(code, "bad HELLO");
+            }
+            return;
+        }
+        Ok(Ok((mut send, token, sender))) => {
+            if !ctx.authorized(&token) {
+                ctx.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                send_error(&mut send, ErrorCode::Unauthorized, "unknown token").await;
+                close(ErrorCode::Unauthorized, "unknown token");
+                return;
+            }
+            if let Err(e) = crate::model::check_id(&sender, "sender") {
+                send_error(&mut send, ErrorCode::BadHello, &e.to_string()).await;
+                close(ErrorCode::BadHello, "bad sender id");
+                return;
+            }
+            (send, sender)
+        }
+    };
+    let welcome = Frame::Welcome {
+        next_sender_seq: ctx.committer.next_sender_seq(&sender),
+    }
+    .to_bytes();
+    if control.write_all(&welcome).await.is_err() {
+        return;
+    }
+    let rate = Arc::new(Mutex::new(RateLimit::new(
+        ctx.limits.section.max_records_per_s,
+    )));
+    let turns = Arc::new(Turns::default());
+    let mut tickets = 0u64;
+    let sender: Arc<str> = sender.into();
+    let mut batches = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            stream = conn.accept_bi() => {
+                let Ok((send, recv)) = stream else { break };
+                let (ctx, rate, sender, turns) = (ctx.clone(), rate.clone(), sender.clone(), turns.clone());
+                let ticket = tickets;
+                tickets += 1;
+                batches.spawn(async move { batch(send, recv, &ctx, &rate, &sender, Turn(&turns, ticket)).await });
+            }
+            datagram = conn.read_datagram() => {
+                let Ok(d) = datagram else { break };
+                single_record(d, ctx, &sender).await;
+            }
+            _ = shutdown.changed() => {
+                while batches.join_next().await.is_some() {}
+                let _ = control.write_all(&Frame::Error { code: ErrorCode::ShuttingDown as u16, message: "node stopping".into() }.to_bytes()).await;
+                let _ = control.finish();
+                close(ErrorCode::ShuttingDown, "node stopping");
+                return;
+            }
+            Some(_) = batches.join_next(), if !batches.is_empty() => {}
+        }
+    }
+    while batches.join_next().await.is_some() {}
+}
+
+/// Commit order within a connection: batches reach the log in the order
+/// their streams were opened, whatever order their validation finishes in,
+/// so a sender's batch numbers arrive in sequence.
+#[derive(Default)]
+struct Turns {
+    next: Mutex<u64>,
+    changed: tokio::sync::Notify,
+}
+
+impl Turns {
+    async fn wait(&self, ticket: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.next.lock().map(|n| *n == ticket).unwrap_or(true) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Passes the turn on when dropped, whatever happened to the batch.
+struct Turn<'a>(&'a Turns, u64);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut n) = self.0.next.lock() {
+            *n = (*n).max(self.1 + 1);
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// A token bucket: `per_s` records per second, bursting one second's worth.
+struct RateLimit {
+    per_s: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(per_s: u64) -> Self {
+        RateLimit {
+            per_s: per_s as f64,
+            tokens: per_s as f64,
+            at: Instant::now(),
+        }
+    }
+    fn take(&mut self, n: usize) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_s).min(self.per_s);
+        self.at = now;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Validates a batch: the accepted records' bytes (same encoding), their
+/// count, and the rejections.
+pub fn validate(
+    encoding: Encoding,
+    records: &[u8],
+    reference: &Reference,
+) -> (Vec<u8>, u32, Vec<(u32, u8, String)>) {
+    let mut kept = Vec::with_capacity(records.len());
+    let mut accepted = 0u32;
+    let mut rejections = Vec::new();
+    let mut judge = |i: u32,
+                     r: Result<crate::model::Record<'_>, RecordError>,
+                     bytes: &[u8],
+                     kept: &mut Vec<u8>| {
+        match r.and_then(|rec| crate::pipeline::check(&rec, reference)) {
+            Ok(()) => {
+                kept.extend_from_slice(bytes);
+                accepted += 1;
+            }
+            Err(e) => rejections.push((i, reason_code(e.reason), e.to_string())),
+        }
+    };
+    match encoding {
+        Encoding::JsonLines => {
+            let mut i = 0u32;
+            for line in records.split(|&b| b == b'\n') {
+                let l = line.strip_suffix(b"\r").unwrap_or(line);
+                if l.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let r = if l.len() > crate::input::MAX_LINE_BYTES {
+                    Err(RecordError::record(
+                        crate::model::RejectReason::TooLong,
+                        "line too long",
+                    ))
+                } else {
+                    decode_json(l)
+                };
+                let mut with_newline = l.to_vec();
+                with_newline.push(b'\n');
+                judge(i, r, &with_newline, &mut kept);
+                i += 1;
+            }
+        }
+        Encoding::Cbor => {
+            for (i, (range, item)) in cbor_items(records).enumerate() {
+                let r = match item {
+                    CborItem::Record(r) => Ok(r),
+                    CborItem::Invalid(e) | CborItem::Fatal(e) => Err(e),
+                };
+                judge(i as u32, r, &records[range], &mut kept);
+            }
+        }
+    }
+    (kept, accepted, rejections)
+}
+
+async fn batch(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: &IngestContext,
+    rate: &Mutex<RateLimit>,
+    sender: &str,
+    turn: Turn<'_>,
+) {
+    let fail = |code: ErrorCode| {
+        ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        code
+    };
+    let frame = match read_frame(&mut recv, ctx.limits.section.max_frame_bytes).await {
+        Ok(f) => f,
+        Err((code, why)) => {
+            send_error(&mut send, fail(code), &why).await;
+            let _ = recv.stop(quinn::VarInt::from_u32(code as u32));
+            return;
+        }
+    };
+    let Frame::Batch {
+        sender_seq,
+        encoding,
+        records,
+    } = frame
+    else {
+        send_error(
+            &mut send,
+            fail(ErrorCode::BadFrame),
+            &format!("expected BATCH (type 0x{:02x})", kind::BATCH),
+        )
+        .await;
+        return;
+    };
+    let reference = ctx.reference.clone();
+    let (kept, accepted, rejections) =
+        match tokio::task::spawn_blocking(move || validate(encoding, &records, &reference)).await {
+            Ok(v) => v,
+            Err(_) => {
+                send_error(&mut send, fail(ErrorCode::Overloaded), "validation failed").await;
+                return;
+            }
+        };
+    let allowed = rate
+        .lock()
+        .map(|mut r| r.take(accepted as usize + rejections.len()))
+        .unwrap_or(false);
+    if !allowed {
+        let limit = ctx.limits.section.max_records_per_s;
+        send_error(
+            &mut send,
+            fail(ErrorCode::RateLimited),
+            &format!("over {limit} records/s on this connection; retry later"),
+        )
+        .await;
+        return;
+    }
+    turn.0.wait(turn.1).await;
+    let durable = ctx
+        .committer
+        .submit(sender, sender_seq, encoding, Bytes::from(kept))
+        .await;
+    drop(turn);
+    match durable.await {
+        Committed::Appended(_) => {
+            ctx.counters.batches.fetch_add(1, Ordering::Relaxed);
+            ctx.counters
+                .accepted
+                .fetch_add(accepted as u64, Ordering::Relaxed);
+            ctx.counters
+                .rejected
+                .fetch_add(rejections.len() as u64, Ordering::Relaxed);
+            let ack = Frame::Ack {
+                sender_seq,
+                accepted,
+                rejections,
+            }
+            .to_bytes();
+            let _ = send.write_all(&ack).await;
+            let _ = send.finish();
+        }
+        Committed::Duplicate => {
+            ctx.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            let ack = Frame::Ack {
+                sender_seq,
+                accepted: 0,
+                rejections: Vec::new(),
+            }
+            .to_bytes();
+            let _ = send.write_all(&ack).await;
+            let _ = send.finish();
+        }
+        Committed::Gap { expected } => {
+            send_error(
+                &mut send,
+                fail(ErrorCode::SequenceGap),
+                &format!("batch {sender_seq} but {expected} is next"),
+            )
+            .await;
+        }
+        Committed::Failed(why) => send_error(&mut send, ErrorCode::Overloaded, &why).await,
+    }
+    // Wait until the peer has the answer before dropping the stream.
+    let _ = tokio::time::timeout(ANSWER_GRACE, send.stopped()).await;
+}
+
+async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
+    let encoding = if datagram.first() == Some(&b'{') {
+        Encoding::JsonLines
+    } else {
+        Encoding::Cbor
+    };
+    let (kept, accepted, _) = validate(encoding, &datagram, &ctx.reference);
+    if accepted != 1 {
+        ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // Datagrams are unsequenced (the empty sender: no deduplication), best
+    // effort and never acknowledged.
+    if let Committed::Appended(_) = ctx
+        .committer
+        .commit("", 0, encoding, Bytes::from(kept))
+        .await
+    {
+        ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+    }
+}

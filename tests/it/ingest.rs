@@ -1,0 +1,325 @@
+//! The edge node over real QUIC on loopback: what `send` delivers ends up in
+//! the files sink exactly as `replay` computes it; resends are recognised;
+//! bad clients get their documented error and cost the others nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use edgeflow::client::{SendOptions, SendReport};
+use edgeflow::edge::{make_certs, EdgeHandle};
+use edgeflow::ingest::frame::{ErrorCode, Frame};
+use edgeflow::log::Encoding;
+use edgeflow::topology::Topology;
+use sha2::{Digest, Sha256};
+
+use crate::support::{assert_same_rows, data, root};
+
+const TOKEN: &str = "karhula-fleet-secret";
+
+struct Node {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    handle: Option<EdgeHandle>,
+}
+
+fn topology_text(dir: &Path, extra: &str) -> String {
+    let hash = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    format!(
+        "[node]\nid = \"test-edge\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\n[windows]\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nhello_timeout = \"500ms\"\n{extra}\n\
+         [log]\ndir = \"log\"\nsegment_bytes = 262144\n[[fleet]]\nname = \"test\"\ntoken_sha256 = \"{hash}\"\n\
+         [[sink]]\ntype = \"files\"\ndir = \"{out}\"\n",
+        roads = root("topologies/karhula/roads.geojson").display(),
+        chargers = root("topologies/karhula/chargers.geojson").display(),
+        out = dir.join("out").display(),
+    )
+}
+
+fn start(extra: &str) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("certs");
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        topology_text(dir.path(), extra),
+    )
+    .expect("write topology");
+    let handle = restart_in(dir.path());
+    Node {
+        ca: certs.ca,
+        handle: Some(handle),
+        dir,
+    }
+}
+
+fn restart_in(dir: &Path) -> EdgeHandle {
+    let topo = Topology::load(&dir.join("edge.toml")).unwrap_or_else(|p| panic!("{p:?}"));
+    edgeflow::edge::start(topo, 2).expect("node starts")
+}
+
+impl Node {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().expect("running").addr
+    }
+    fn options(&self, encoding: Encoding) -> SendOptions {
+        SendOptions {
+            to: self.addr(),
+            server_name: "localhost".into(),
+            ca: self.ca.clone(),
+            token: TOKEN.into(),
+            sender: "recorder-1".into(),
+            encoding,
+            batch_lines: 500,
+            window: 4,
+            max_reconnects: 3,
+        }
+    }
+    fn stop(&mut self) -> edgeflow::edge::EdgeReport {
+        self.handle
+            .take()
+            .expect("running")
+            .shutdown()
+            .expect("clean stop")
+    }
+    fn sink(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("out").join(name)).expect("sink file")
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn send_file(opts: &SendOptions, path: &Path) -> SendReport {
+    let mut report = SendReport::default();
+    let batches = edgeflow::client::batches(path, opts.encoding, opts.batch_lines, &mut report)
+        .expect("batches");
+    runtime()
+        .block_on(edgeflow::client::send(opts, batches, |_, _| {}))
+        .expect("send")
+}
+
+fn replay_log(dir: &Path) -> (String, String) {
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
+    let reference = Arc::new(topo.reference.clone());
+    let mut table = edgeflow::output::FinalTable::default();
+    let (input, _) = edgeflow::replay::Input::open(&dir.join("log")).expect("log");
+    edgeflow::replay::run(
+        input,
+        reference.clone(),
+        topo.time,
+        edgeflow::replay::ReplayOptions::new(1),
+        |b| table.apply(b),
+        |_| {},
+    )
+    .expect("replay");
+    (
+        table.csv(
+            edgeflow::aggregate::Kind::Congestion,
+            &reference,
+            topo.time.size_ms,
+        ),
+        table.csv(
+            edgeflow::aggregate::Kind::Charging,
+            &reference,
+            topo.time.size_ms,
+        ),
+    )
+}
+
+#[test]
+fn sent_recording_yields_the_replay_aggregates_in_json_lines_and_cbor() {
+    for encoding in [Encoding::JsonLines, Encoding::Cbor] {
+        let mut node = start("");
+        let report = send_file(
+            &node.options(encoding),
+            &data("sumo-public/telemetry.jsonl"),
+        );
+        assert_eq!(
+            (report.accepted, report.rejected),
+            (11_486, 0),
+            "{encoding:?}"
+        );
+        let stopped = node.stop();
+        assert_eq!(stopped.summary.ingest.records, 11_486);
+        let congestion = node.sink("congestion.csv");
+        let charging = node.sink("charging.csv");
+        let expected =
+            std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+        assert_same_rows(&congestion, &expected, "congestion");
+        let expected =
+            std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
+        assert_same_rows(&charging, &expected, "charging");
+        // The log is the recording: replaying it gives the sink's bytes.
+        let (c, h) = replay_log(node.dir.path());
+        assert!(
+            c == congestion && h == charging,
+            "replay of the log differs from the sink"
+        );
+    }
+}
+
+#[test]
+fn a_restarted_node_keeps_its_state_and_recognises_resends() {
+    let mut node = start("");
+    let path = data("sumo-public/telemetry.jsonl");
+    let mut first_half = std::fs::read_to_string(&path).expect("fixture");
+    let cut = first_half
+        .match_indices('\n')
+        .nth(5_999)
+        .map(|(i, _)| i + 1)
+        .expect("long enough");
+    first_half.truncate(cut);
+    let half = node.dir.path().join("half.jsonl");
+    std::fs::write(&half, &first_half).expect("write");
+    let r = send_file(&node.options(Encoding::JsonLines), &half);
+    assert_eq!(r.accepted, 6_000);
+    node.stop();
+
+    // Same sender, whole file: the first 12 batches are already durable.
+    node.handle = Some(restart_in(node.dir.path()));
+    let r = send_file(&node.options(Encoding::JsonLines), &path);
+    assert_eq!(
+        r.accepted,
+        11_486 - 6_000,
+        "only the new batches are counted"
+    );
+    let stopped = node.stop();
+    assert_eq!(stopped.recovered_entries, 12);
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+    assert_same_rows(&node.sink("congestion.csv"), &expected, "congestion");
+}
+
+/// A raw client for protocol tests.
+async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
+    let mut config = edgeflow::client::client_config(&node.ca).map_err(|e| e.to_string())?;
+    if alpn != edgeflow::ingest::frame::ALPN {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&node.ca).expect("ca") {
+            roots.add(c.expect("pem")).expect("add");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic"),
+        ));
+    }
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(config);
+    endpoint
+        .connect(node.addr(), "localhost")
+        .expect("connect")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn exchange(conn: &quinn::Connection, frame: Bytes) -> Frame {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&frame).await.expect("write");
+    let _ = send.finish();
+    let bytes = recv.read_to_end(1 << 20).await.expect("answer");
+    Frame::decode(&mut BytesMut::from(&bytes[..]), 1 << 20)
+        .expect("a frame")
+        .expect("complete")
+}
+
+fn error_code(frame: &Frame) -> Option<u16> {
+    match frame {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn bad_clients_get_their_documented_errors_and_good_ones_are_served() {
+    let mut node = start("max_frame_bytes = 65536");
+    let rt = runtime();
+    rt.block_on(async {
+        // Unknown ALPN: refused in the handshake.
+        assert!(raw_connect(&node, b"h3").await.is_err());
+
+        // Wrong token.
+        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN).await.expect("handshake");
+        let answer = exchange(&conn, Frame::Hello { token: "guess".into(), sender: "x".into() }.to_bytes()).await;
+        assert_eq!(error_code(&answer), Some(ErrorCode::Unauthorized as u16));
+
+        // Connects and says nothing: closed after hello_timeout.
+        let silent = raw_connect(&node, edgeflow::ingest::frame::ALPN).await.expect("handshake");
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.closed()).await.expect("closed in time");
+        assert!(closed.to_string().contains("HELLO"), "{closed}");
+
+        // A good session with bad batches.
+        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN).await.expect("handshake");
+        let (mut control, mut welcome) = conn.open_bi().await.expect("control");
+        control.write_all(&Frame::Hello { token: TOKEN.into(), sender: "probe".into() }.to_bytes()).await.expect("hello");
+        let mut head = [0u8; 13];
+        welcome.read_exact(&mut head).await.expect("welcome");
+        assert_eq!(Frame::decode(&mut BytesMut::from(&head[..]), 64).expect("ok"), Some(Frame::Welcome { next_sender_seq: 0 }));
+
+        // Oversized frame: error, stream over, connection fine.
+        let mut huge = BytesMut::from(&[edgeflow::ingest::frame::kind::BATCH][..]);
+        huge.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        huge.extend_from_slice(&[0u8; 64]);
+        assert_eq!(error_code(&exchange(&conn, huge.freeze()).await), Some(ErrorCode::FrameTooLarge as u16));
+
+        // Truncated frame.
+        let truncated = Bytes::from_static(&[edgeflow::ingest::frame::kind::BATCH, 0, 0, 0, 100, 1, 2]);
+        assert_eq!(error_code(&exchange(&conn, truncated).await), Some(ErrorCode::BadFrame as u16));
+
+        // Mixed batch: bad records rejected individually, the rest accepted.
+        let good = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+        let mut records: Vec<String> = good.lines().take(3).map(str::to_owned).collect();
+        records.insert(1, "{\"type\":\"vehicle\"".into());
+        records.push(r#"{"type":"charger","charger_id":"cs-x","connector":1,"ts_ms":1767258000000,"status":"Occupied","power_kw":1,"energy_wh":1}"#.into());
+        let body = records.join("\n") + "\n";
+        let batch = Frame::Batch { sender_seq: 0, encoding: Encoding::JsonLines, records: body.into() }.to_bytes();
+        match exchange(&conn, batch.clone()).await {
+            Frame::Ack { sender_seq: 0, accepted: 3, rejections } => {
+                let idx: Vec<u32> = rejections.iter().map(|r| r.0).collect();
+                assert_eq!(idx, vec![1, 4], "{rejections:?}");
+                assert!(rejections[1].2.contains("charger_id"), "{rejections:?}");
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+        // The same batch again: recognised, nothing counted twice.
+        assert!(matches!(exchange(&conn, batch).await, Frame::Ack { accepted: 0, .. }));
+        // A gap.
+        let gap = Frame::Batch { sender_seq: 5, encoding: Encoding::JsonLines, records: Bytes::new() }.to_bytes();
+        assert_eq!(error_code(&exchange(&conn, gap).await), Some(ErrorCode::SequenceGap as u16));
+    });
+    // A batch over the frame limit is a clear, final error for its sender.
+    let too_big = node.options(Encoding::JsonLines);
+    let mut unused = SendReport::default();
+    let batches = edgeflow::client::batches(
+        &data("sumo-public/telemetry.jsonl"),
+        too_big.encoding,
+        1000,
+        &mut unused,
+    )
+    .expect("batches");
+    let err = runtime()
+        .block_on(edgeflow::client::send(&too_big, batches, |_, _| {}))
+        .expect_err("too large");
+    assert!(err.to_string().contains("--batch-lines"), "{err}");
+    // Everyone else is still served.
+    let mut opts = node.options(Encoding::Cbor);
+    opts.batch_lines = 200;
+    opts.sender = "recorder-2".into();
+    let r = send_file(&opts, &data("sumo-public/telemetry.jsonl"));
+    assert_eq!(r.accepted, 11_486);
+    let stopped = node.stop();
+    assert_eq!(stopped.summary.ingest.records, 11_486 + 3);
+}
