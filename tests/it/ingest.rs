@@ -323,3 +323,119 @@ fn bad_clients_get_their_documented_errors_and_good_ones_are_served() {
     let stopped = node.stop();
     assert_eq!(stopped.summary.ingest.records, 11_486 + 3);
 }
+
+/// A free UDP port on loopback (bound, read, released).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn spawn_edge(dir: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
+        .args(["edge", "--topology"])
+        .arg(dir.join("edge.toml"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("edge starts");
+    // Wait for "listening", then keep draining stderr so the node never blocks.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("node listens");
+    child
+}
+
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("log"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("certs");
+    let port = free_port();
+    let text = topology_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
+
+    let mut node = spawn_edge(dir.path());
+    let mut sender = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
+        .args([
+            "send",
+            "--to",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            TOKEN,
+            "--server-name",
+            "localhost",
+        ])
+        .arg("--ca")
+        .arg(&certs.ca)
+        .args(["--batch-lines", "20", "--window", "2"])
+        .arg(data("sumo-public/telemetry.jsonl"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("send starts");
+    // Kill the node once part of the file is durable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while log_bytes(dir.path()) < 400_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    node.kill().expect("SIGKILL");
+    node.wait().expect("reaped");
+    let killed_at = log_bytes(dir.path());
+    assert!(
+        killed_at < 1_900_000,
+        "killed before the end ({killed_at} bytes logged)"
+    );
+
+    let mut node = spawn_edge(dir.path());
+    let out = sender.wait_with_output().expect("send finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reconnects") && !stderr.contains(" 0 reconnects"),
+        "the sender had to reconnect: {stderr}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .expect("SIGTERM");
+    let status = node.wait().expect("stops");
+    assert!(status.success(), "graceful stop exits 0: {status}");
+
+    let congestion = std::fs::read_to_string(dir.path().join("out/congestion.csv")).expect("sink");
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+    assert_same_rows(&congestion, &expected, "congestion");
+    let charging = std::fs::read_to_string(dir.path().join("out/charging.csv")).expect("sink");
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
+    assert_same_rows(&charging, &expected, "charging");
+    // And the log holds every record exactly once.
+    let (c, _) = replay_log(dir.path());
+    assert!(c == congestion);
+}
