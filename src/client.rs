@@ -44,6 +44,20 @@ pub struct SendOptions {
     pub window: usize,
     /// Reconnect attempts before giving up.
     pub max_reconnects: u32,
+    /// Pace batches at this multiple of event time (`None`: as fast as the
+    /// node acknowledges).
+    pub pace: Option<f64>,
+}
+
+/// Largest event time in a batch (for pacing).
+fn batch_ts(encoding: Encoding, records: &Bytes) -> Option<u64> {
+    let mut max = None;
+    crate::input::Chunk::from_batch(0, encoding, records.clone()).for_each_record(|_, r| {
+        if let Ok(r) = r {
+            max = max.max(Some(r.ts_ms()));
+        }
+    });
+    max
 }
 
 /// What a send did.
@@ -243,10 +257,25 @@ pub async fn send(
             }
         }
         let mut in_flight = tokio::task::JoinSet::new();
+        let paced_from = (
+            std::time::Instant::now(),
+            opts.pace
+                .and_then(|_| batches.get(next as usize))
+                .and_then(|b| batch_ts(opts.encoding, b)),
+        );
         let mut seq = next;
         let mut failed = None;
         while (seq < total || !in_flight.is_empty()) && failed.is_none() {
             while seq < total && in_flight.len() < opts.window.max(1) {
+                if let (Some(speed), (start, Some(base))) = (opts.pace, paced_from) {
+                    if let Some(ts) = batch_ts(opts.encoding, &batches[seq as usize]) {
+                        let due = Duration::try_from_secs_f64(
+                            ts.saturating_sub(base) as f64 / 1000.0 / speed,
+                        )
+                        .unwrap_or(Duration::ZERO);
+                        tokio::time::sleep_until((start + due).into()).await;
+                    }
+                }
                 // Streams are opened here, in batch order: the node commits
                 // a connection's batches in the order of their streams.
                 let stream = match conn.open_bi().await {

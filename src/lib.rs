@@ -22,6 +22,7 @@
 //! - [`log`]: the durable, segmented, checksummed log of accepted batches.
 //! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
 //! - [`dataflow`]: the timely/differential dataflow and its emitter.
+//! - [`demo`]: an edge node on loopback fed over QUIC, shown live.
 //! - [`edge`]: the edge node: ingest, log, live dataflow, sinks.
 //! - [`client`]: `send`: streaming a recording to a node, with resends.
 //! - [`output`]: final tables and durable CSV files.
@@ -40,6 +41,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod dataflow;
+pub mod demo;
 pub mod edge;
 pub mod ingest;
 pub mod input;

@@ -88,6 +88,9 @@ enum Command {
         /// The recording.
         file: PathBuf,
     },
+    /// Start an edge node on loopback with the bundled Karhula topology,
+    /// send it the recorded telemetry over QUIC and show the aggregates live.
+    Demo(edgeflow::demo::DemoArgs),
     /// Make a development CA and a server certificate (PEM) for local nodes.
     Certs {
         /// Output directory.
@@ -299,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch_lines,
                 window,
                 max_reconnects: 30,
+                pace: None,
             };
             let mut report = edgeflow::client::SendReport::default();
             let batches = edgeflow::client::batches(&file, encoding, batch_lines, &mut report)?;
@@ -324,6 +328,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "sent {} batches: {} records accepted, {} rejected, {} not convertible, {} reconnects",
                 sent.batches, sent.accepted, sent.rejected, report.unconvertible, sent.reconnects
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            edgeflow::demo::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs { out, names } => {

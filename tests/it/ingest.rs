@@ -73,6 +73,7 @@ impl Node {
             batch_lines: 500,
             window: 4,
             max_reconnects: 3,
+            pace: None,
         }
     }
     fn stop(&mut self) -> edgeflow::edge::EdgeReport {
@@ -378,7 +379,7 @@ fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
     std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
 
     let mut node = spawn_edge(dir.path());
-    let mut sender = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
+    let sender = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
         .args([
             "send",
             "--to",
