@@ -1,7 +1,7 @@
 //! Replay: recorded telemetry through the same dataflow as live ingest.
 //!
-//! One reader thread cuts the input into chunks ([`crate::input`]) and deals
-//! them round-robin to the timely workers over bounded channels; each worker
+//! One reader thread cuts the input into chunks ([`crate::input`]) and queues
+//! them on one bounded channel that the timely workers take from; each worker
 //! decodes its chunks ([`crate::pipeline`]) into the dataflow
 //! ([`crate::dataflow`]); worker 0 sends emissions back to the caller's
 //! thread. The final aggregates depend only on the input, never on the
@@ -22,7 +22,8 @@ use crate::pipeline::{IngestStats, Pacing, Stage};
 use crate::reference::Reference;
 use crate::time::TimeSpec;
 
-/// Chunks queued per worker. Bounds the reader's lead: 4 chunks of ~200 KiB.
+/// Chunks queued per worker. Bounds the reader's lead: 4 chunks of ~200 KiB
+/// per worker.
 pub const CHUNK_QUEUE: usize = 4;
 
 /// What can stop a replay.
@@ -150,18 +151,14 @@ impl Input {
     }
 }
 
-/// Reads `input` as chunks, dealing them round-robin to the workers.
+/// Reads `input` as chunks onto the workers' shared queue.
 fn read_chunks(
     input: Input,
     chunk_lines: usize,
     bytes: Arc<AtomicU64>,
-    senders: Vec<mpsc::SyncSender<Chunk>>,
+    queue: mpsc::SyncSender<Chunk>,
 ) -> Result<(), String> {
-    let deal = |chunk: Chunk| {
-        senders[(chunk.seq % senders.len() as u64) as usize]
-            .send(chunk)
-            .is_ok()
-    };
+    let deal = |chunk: Chunk| queue.send(chunk).is_ok();
     match input {
         Input::JsonLines(reader) => {
             let mut chunker = Chunker::with_chunk_lines(
@@ -214,14 +211,12 @@ pub fn run(
     let bytes = Arc::new(AtomicU64::new(0));
     let read_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
 
-    let mut senders = Vec::with_capacity(workers);
-    let mut receivers = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let (tx, rx) = mpsc::sync_channel::<Chunk>(CHUNK_QUEUE);
-        senders.push(tx);
-        receivers.push(Some(rx));
-    }
-    let receivers = Arc::new(Mutex::new(receivers));
+    // One queue that every worker takes chunks from, in order: a worker busy
+    // with dataflow work (worker 0 also runs the emitter) takes fewer chunks
+    // instead of holding up the chunk whose maximum the others' watermarks
+    // wait for. Which worker decodes a chunk changes no result.
+    let (queue, receiver) = mpsc::sync_channel::<Chunk>(CHUNK_QUEUE * workers);
+    let receiver = Arc::new(Mutex::new(receiver));
 
     let chunk_lines = options.chunk_lines.max(1);
     let reader = {
@@ -230,7 +225,7 @@ pub fn run(
         std::thread::Builder::new()
             .name("edgeflow-reader".into())
             .spawn(move || {
-                if let Err(e) = read_chunks(input, chunk_lines, bytes, senders) {
+                if let Err(e) = read_chunks(input, chunk_lines, bytes, queue) {
                     if let Ok(mut slot) = read_error.lock() {
                         *slot = Some(e);
                     }
@@ -253,33 +248,38 @@ pub fn run(
         timely::Config::process(workers)
     };
     let guards = timely::execute(config, move |worker| {
-        let index = worker.index();
-        let rx = receivers
-            .lock()
-            .ok()
-            .and_then(|mut r| r.get_mut(index).and_then(Option::take));
-        let tx = if index == 0 {
+        let tx = if worker.index() == 0 {
             emit_tx.lock().ok().and_then(|mut t| t.take())
         } else {
             None
         };
         let (mut inputs, completion) = crate::dataflow::build(worker, spec, provisional, tx);
         let mut stage = Stage::new(&reference, spec, &clock, pacing);
-        if let Some(rx) = rx {
-            loop {
-                match rx.try_recv() {
-                    Ok(chunk) => {
-                        stage.process(&chunk, &inputs);
-                        if stage.should_flush() {
-                            stage.flush(&mut inputs);
-                            worker.step();
-                        }
+        loop {
+            // Take the next chunk; the queue is released before decoding.
+            let next = match receiver.lock().map(|rx| rx.try_recv()) {
+                Ok(Ok(chunk)) => Some(chunk),
+                Ok(Err(TryRecvError::Empty)) => {
+                    stage.flush(&mut inputs);
+                    worker.step();
+                    // Wait briefly for input rather than spin; a chunk that
+                    // arrives ends the wait at once.
+                    match receiver
+                        .lock()
+                        .map(|rx| rx.recv_timeout(Duration::from_millis(1)))
+                    {
+                        Ok(Ok(chunk)) => Some(chunk),
+                        Ok(Err(RecvTimeoutError::Timeout)) => None,
+                        _ => break,
                     }
-                    Err(TryRecvError::Empty) => {
-                        stage.flush(&mut inputs);
-                        worker.step_or_park(Some(Duration::from_millis(1)));
-                    }
-                    Err(TryRecvError::Disconnected) => break,
+                }
+                _ => break,
+            };
+            if let Some(chunk) = next {
+                stage.process(&chunk, &inputs);
+                if stage.should_flush() {
+                    stage.flush(&mut inputs);
+                    worker.step();
                 }
             }
         }

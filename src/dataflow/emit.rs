@@ -11,7 +11,8 @@
 //! * a change to a row already emitted as final (a late record within
 //!   retention): [`Status::Correction`], carrying the new final value.
 //!
-//! A row that disappears is a retired window; it is forgotten silently.
+//! A row is forgotten once the watermark reaches its window's retirement
+//! (the dataflow stops sending anything about it from then on).
 //! The emitter is pure (no timely types), so it is tested on its own.
 
 use std::collections::BTreeMap;
@@ -72,6 +73,8 @@ pub struct Emitter {
     rows: FxHashMap<AggKey, Row>,
     /// Open rows by window end, waiting for the watermark.
     awaiting: BTreeMap<u64, Vec<AggKey>>,
+    /// Rows by retirement time, to forget them.
+    retiring: BTreeMap<u64, Vec<AggKey>>,
     /// Whether provisional values are wanted at all.
     provisional: bool,
     stats: EmitStats,
@@ -86,6 +89,7 @@ impl Emitter {
             pending: Vec::new(),
             rows: FxHashMap::default(),
             awaiting: BTreeMap::new(),
+            retiring: BTreeMap::new(),
             provisional,
             stats: EmitStats::default(),
         }
@@ -134,6 +138,10 @@ impl Emitter {
                             .entry(self.spec.window_end(key.window))
                             .or_default()
                             .push(key);
+                        self.retiring
+                            .entry(self.spec.retire_at(key.window))
+                            .or_default()
+                            .push(key);
                     }
                     // The reduce retracts exactly what it emitted; anything
                     // else would be a bug upstream, and is not trusted.
@@ -147,6 +155,7 @@ impl Emitter {
             self.emit(&mut dirty, watermark, out);
         }
         self.emit(&mut dirty, horizon, out);
+        self.retire(horizon);
     }
 
     fn emit(&mut self, dirty: &mut Vec<AggKey>, watermark: u64, out: &mut Vec<Emission>) {
@@ -197,6 +206,20 @@ impl Emitter {
                         });
                         self.count(Status::Final);
                     }
+                }
+            }
+        }
+    }
+
+    /// Forgets rows whose window retired at or before `watermark`.
+    fn retire(&mut self, watermark: u64) {
+        while let Some((&at, _)) = self.retiring.first_key_value() {
+            if at > watermark {
+                break;
+            }
+            if let Some((_, keys)) = self.retiring.pop_first() {
+                for key in keys {
+                    self.rows.remove(&key);
                 }
             }
         }

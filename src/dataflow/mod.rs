@@ -27,6 +27,7 @@ use std::sync::mpsc::Sender;
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
@@ -150,10 +151,19 @@ pub fn build(
         let probe = ProbeHandle::new();
         let emitted_all = Rc::new(Cell::new(false));
         let finished = emitted_all.clone();
-        congestion.concat(charging).inner.probe_with(&probe).sink(
-            Exchange::new(|_| 0),
-            "Emit",
-            move |(input, frontier)| {
+        congestion
+            .concat(charging)
+            .inner
+            // Retirement retractions need not travel: the emitter forgets a
+            // row itself when its window retires (nothing else happens to a
+            // row at or after that time).
+            .filter(
+                move |((key, _), time, _): &((AggKey, AggValue), u64, isize)| {
+                    *time < spec.retire_at(key.window)
+                },
+            )
+            .probe_with(&probe)
+            .sink(Exchange::new(|_| 0), "Emit", move |(input, frontier)| {
                 input.for_each(|_cap, data| {
                     for ((key, value), time, diff) in data.drain(..) {
                         emitter.push(time, key, value, diff);
@@ -170,8 +180,7 @@ pub fn build(
                     }
                     batch.clear();
                 }
-            },
-        );
+            });
         (
             Inputs {
                 congestion: congestion_input,
