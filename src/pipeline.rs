@@ -24,6 +24,12 @@ use crate::time::{Fate, TimeSpec};
 pub const FLUSH_KEYS: usize = 1 << 16;
 /// Records in a batch before it is flushed, whatever its key count.
 pub const FLUSH_RECORDS: u64 = 1 << 18;
+/// Longest a record waits in an open batch when input pauses: a batch is
+/// flushed when the input queue is empty and the batch is this old. Large
+/// enough that a brief stall of the reader does not cut batches short
+/// (fewer, richer updates), small against the seconds-scale freshness the
+/// aggregates need.
+pub const FLUSH_IDLE: Duration = Duration::from_millis(20);
 /// Error messages kept per worker for the run summary (all are counted).
 pub const MAX_REPORTED_ERRORS: usize = 20;
 
@@ -187,6 +193,8 @@ pub struct Stage<'a> {
     readings: Vec<ChargerReading>,
     /// Time of the batch: the watermark of its first chunk.
     batch_time: Option<u64>,
+    /// When the batch got its first chunk.
+    batch_opened: Option<Instant>,
     batch_records: u64,
     /// Watermark of the last chunk processed.
     watermark: u64,
@@ -211,6 +219,7 @@ impl<'a> Stage<'a> {
             reports: FxHashMap::default(),
             readings: Vec::new(),
             batch_time: None,
+            batch_opened: None,
             batch_records: 0,
             watermark: 0,
             items: Vec::new(),
@@ -250,8 +259,8 @@ impl<'a> Stage<'a> {
         // in order, so the watermark only grows; max() guards the first batch.
         let watermark = watermark.max(inputs.time());
         self.watermark = watermark;
-        let batch_time = *self.batch_time.get_or_insert(watermark);
-        let _ = batch_time;
+        self.batch_time.get_or_insert(watermark);
+        self.batch_opened.get_or_insert_with(Instant::now);
         for (_, item) in self.items.drain(..) {
             let ts = match &item {
                 Item::Report { ts, .. } => *ts,
@@ -313,9 +322,15 @@ impl<'a> Stage<'a> {
             || self.batch_records >= FLUSH_RECORDS
     }
 
+    /// Whether the input paused long enough to flush a partial batch.
+    pub fn idle_flush_due(&self) -> bool {
+        self.batch_opened.is_none_or(|t| t.elapsed() >= FLUSH_IDLE)
+    }
+
     /// Hands the batch to the dataflow and advances the inputs to the
     /// current watermark.
     pub fn flush(&mut self, inputs: &mut Inputs) {
+        self.batch_opened = None;
         if let Some(time) = self.batch_time.take() {
             for ((segment, window, vehicle), sum) in self.reports.drain() {
                 let key = ((segment, window), vehicle);

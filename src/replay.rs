@@ -260,7 +260,9 @@ pub fn run(
             let next = match receiver.lock().map(|rx| rx.try_recv()) {
                 Ok(Ok(chunk)) => Some(chunk),
                 Ok(Err(TryRecvError::Empty)) => {
-                    stage.flush(&mut inputs);
+                    if stage.idle_flush_due() {
+                        stage.flush(&mut inputs);
+                    }
                     worker.step();
                     // Wait briefly for input rather than spin; a chunk that
                     // arrives ends the wait at once.
