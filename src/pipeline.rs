@@ -198,19 +198,30 @@ pub struct Stage<'a> {
     batch_records: u64,
     /// Watermark of the last chunk processed.
     watermark: u64,
+    /// Granularity of dataflow times, ms (see [`Stage::tick`]).
+    tick_ms: u64,
     items: Vec<(u64, Item)>,
     /// Counts.
     pub stats: IngestStats,
 }
 
 impl<'a> Stage<'a> {
-    /// A stage for one worker.
+    /// A stage for one worker. With `provisional`, dataflow times are
+    /// seconds of watermark; without, window ends.
     pub fn new(
         reference: &'a Reference,
         spec: TimeSpec,
         clock: &'a ChunkClock,
         pacing: Option<Pacing>,
+        provisional: bool,
     ) -> Self {
+        // Final values only: one time per window. Provisional values are
+        // wanted fresh: one time per second of event time.
+        let tick_ms = if provisional && spec.size_ms % 1000 == 0 {
+            1000
+        } else {
+            spec.size_ms
+        };
         Stage {
             reference,
             spec,
@@ -222,6 +233,7 @@ impl<'a> Stage<'a> {
             batch_opened: None,
             batch_records: 0,
             watermark: 0,
+            tick_ms,
             items: Vec::new(),
             stats: IngestStats::default(),
         }
@@ -255,11 +267,10 @@ impl<'a> Stage<'a> {
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
         }
-        // The session time never goes back, and each worker sees its chunks
-        // in order, so the watermark only grows; max() guards the first batch.
-        let watermark = watermark.max(inputs.time());
-        self.watermark = watermark;
-        self.batch_time.get_or_insert(watermark);
+        // Each worker sees its chunks in order, so the watermark only grows.
+        self.watermark = self.watermark.max(watermark);
+        let time = self.tick(self.watermark).max(inputs.time());
+        self.batch_time.get_or_insert(time);
         self.batch_opened.get_or_insert_with(Instant::now);
         for (_, item) in self.items.drain(..) {
             let ts = match &item {
@@ -322,6 +333,14 @@ impl<'a> Stage<'a> {
             || self.batch_records >= FLUSH_RECORDS
     }
 
+    /// The dataflow time for a watermark: rounded down to the tick, so the
+    /// batches of all workers within a tick share one time and differential
+    /// consolidates them. A tick that divides the window size changes no
+    /// window's finality (windows end on ticks).
+    fn tick(&self, watermark: u64) -> u64 {
+        watermark - watermark % self.tick_ms
+    }
+
     /// Whether the input paused long enough to flush a partial batch.
     pub fn idle_flush_due(&self) -> bool {
         self.batch_opened.is_none_or(|t| t.elapsed() >= FLUSH_IDLE)
@@ -346,6 +365,7 @@ impl<'a> Stage<'a> {
             }
             self.batch_records = 0;
         }
-        inputs.advance_to(self.watermark);
+        let time = self.tick(self.watermark).max(inputs.time());
+        inputs.advance_to(time);
     }
 }

@@ -254,7 +254,7 @@ pub fn run(
             None
         };
         let (mut inputs, completion) = crate::dataflow::build(worker, spec, provisional, tx);
-        let mut stage = Stage::new(&reference, spec, &clock, pacing);
+        let mut stage = Stage::new(&reference, spec, &clock, pacing, provisional);
         loop {
             // Take the next chunk; the queue is released before decoding.
             let next = match receiver.lock().map(|rx| rx.try_recv()) {
