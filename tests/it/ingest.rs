@@ -440,3 +440,53 @@ fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
     let (c, _) = replay_log(dir.path());
     assert!(c == congestion);
 }
+
+#[test]
+fn datagrams_malformed_cbor_and_the_stream_limit() {
+    let mut node = start("max_streams = 2");
+    let rt = runtime();
+    rt.block_on(async {
+        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN).await.expect("handshake");
+        let (mut control, mut welcome) = conn.open_bi().await.expect("control");
+        control.write_all(&Frame::Hello { token: TOKEN.into(), sender: "probe".into() }.to_bytes()).await.expect("hello");
+        let mut head = [0u8; 13];
+        welcome.read_exact(&mut head).await.expect("welcome");
+
+        // A CBOR batch: a valid record, a map that is not a record, then
+        // bytes that are not CBOR at all.
+        let good = r#"{"type":"vehicle","vehicle_id":"v-1","ts_ms":1767258001000,"lat":60.53,"lon":26.95,"speed_mps":7.5,"segment_id":"-172093298"}"#;
+        let mut cbor = edgeflow::codec::encode_cbor(&edgeflow::codec::decode_json(good.as_bytes()).expect("valid"));
+        cbor.extend_from_slice(&[0xa1, 0x61, b'x', 0x01]);
+        cbor.extend_from_slice(&[0x1c, 0xff, 0xff]);
+        let batch = Frame::Batch { sender_seq: 0, encoding: Encoding::Cbor, records: cbor.into() }.to_bytes();
+        match exchange(&conn, batch).await {
+            Frame::Ack { accepted: 1, rejections, .. } => assert_eq!(rejections.len(), 2, "{rejections:?}"),
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+
+        // A datagram: one record, best effort.
+        conn.send_datagram(Bytes::from(good.replace("v-1", "v-2"))).expect("datagram");
+
+        // The stream limit: 2 streams allowed, the control stream is one;
+        // with a batch stream held open, another cannot be opened until one
+        // finishes (QUIC flow control: no error, nobody else affected).
+        let (mut a, _a_recv) = conn.open_bi().await.expect("first batch stream");
+        a.write_all(&[edgeflow::ingest::frame::kind::BATCH]).await.expect("start a frame");
+        let blocked = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
+        assert!(blocked.is_err(), "a stream opened beyond max_streams = 2");
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let stopped = node.stop();
+    assert_eq!(
+        stopped
+            .counters
+            .datagrams
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        stopped.summary.ingest.records, 2,
+        "one batch record and one datagram"
+    );
+}
