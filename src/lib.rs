@@ -28,6 +28,8 @@
 //! - [`output`]: final tables and durable CSV files.
 //! - [`replay`]: running recorded telemetry through the dataflow.
 //! - [`bench`]: the synthetic benchmark and its plain-loop baseline.
+//! - [`bench_ingest`]: an edge node under synthetic QUIC load.
+//! - [`loadgen`]: synthetic live traffic over QUIC (`simulate`, `bench-ingest`).
 //! - [`metrics`]: metric names, defined once.
 //!
 //! # Seams for later roles
@@ -38,6 +40,7 @@
 
 pub mod aggregate;
 pub mod bench;
+pub mod bench_ingest;
 pub mod client;
 pub mod codec;
 pub mod dataflow;
@@ -45,6 +48,7 @@ pub mod demo;
 pub mod edge;
 pub mod ingest;
 pub mod input;
+pub mod loadgen;
 pub mod log;
 pub mod metrics;
 pub mod model;

@@ -103,6 +103,34 @@ enum Command {
     /// Measure the replay path on synthetic telemetry against a plain
     /// single-threaded loop; prints one JSON object.
     Bench(edgeflow::bench::BenchArgs),
+    /// Measure an edge node (own process, durable log) under synthetic QUIC
+    /// load; prints one JSON object.
+    BenchIngest(edgeflow::bench_ingest::IngestBenchArgs),
+    /// Send live synthetic traffic to a node over real QUIC connections, one
+    /// per vehicle fleet gateway, stamped with the wall clock.
+    Simulate {
+        /// The node, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Bearer token.
+        #[arg(long)]
+        token: String,
+        /// CA certificate (PEM) to trust.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Topology whose road segments and chargers the traffic uses.
+        #[arg(long, default_value = "topologies/karhula.toml")]
+        topology: PathBuf,
+        /// Simulated vehicles (each reports every 2 s).
+        #[arg(long, default_value_t = 100)]
+        vehicles: usize,
+        /// Connections (one per fleet gateway); vehicles are spread over them.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// How long, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(edgeflow::bench::RunOneArgs),
@@ -339,6 +367,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("CA (give to clients): {}", paths.ca.display());
             println!("server certificate: {}", paths.cert.display());
             println!("server key: {}", paths.key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchIngest(args) => {
+            println!("{}", edgeflow::bench_ingest::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            to,
+            token,
+            ca,
+            topology,
+            vehicles,
+            connections,
+            seconds,
+        } => {
+            use std::net::ToSocketAddrs;
+            let topo = load_topology(&topology)?;
+            let addr = to
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{to} resolves to no address"))?;
+            let host = to
+                .rsplit_once(':')
+                .map_or(to.as_str(), |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let connections = connections.clamp(1, vehicles.max(1));
+            // Each connection batches its vehicles' reports of one 2 s round.
+            let per_connection = vehicles.div_ceil(connections).max(1);
+            let load = edgeflow::loadgen::Load {
+                target: edgeflow::client::SendOptions {
+                    to: addr,
+                    server_name: host,
+                    ca,
+                    token,
+                    sender: "sim".into(),
+                    encoding: edgeflow::log::Encoding::Cbor,
+                    batch_lines: per_connection,
+                    window: 4,
+                    max_reconnects: 0,
+                    pace: None,
+                },
+                connections,
+                batch_records: per_connection,
+                batches: None,
+                duration: std::time::Duration::from_secs(seconds),
+                interval: Some(std::time::Duration::from_secs(2)),
+                window: 4,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let mut report =
+                runtime.block_on(edgeflow::loadgen::run(&load, Arc::new(topo.reference)))?;
+            let (p50, p99) = (report.latency_ms(0.5), report.latency_ms(0.99));
+            eprintln!(
+                "simulated {vehicles} vehicles over {connections} connections for {seconds} s: {} records accepted, {} rejected, ack latency p50 {:.1} ms p99 {:.1} ms, {} connections failed",
+                report.accepted,
+                report.rejected,
+                p50,
+                p99,
+                report.failed_connections
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchOne(args) => {
