@@ -134,11 +134,40 @@ pub fn synthetic_batch(
 pub async fn run(load: &Load, reference: Arc<Reference>) -> anyhow::Result<LoadReport> {
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
     endpoint.set_default_client_config(client_config(&load.target.ca)?);
+    // At full speed, batches are made before the clock starts: the
+    // generator shares the machine with the node and is not what is measured.
+    let prepared: Vec<Vec<Bytes>> = match (load.interval, load.batches) {
+        (None, Some(n)) => (0..load.connections)
+            .map(|device| {
+                let mut rng = SplitMix(0x5EED ^ device as u64);
+                (0..n)
+                    .map(|i| {
+                        synthetic_batch(
+                            &mut rng,
+                            &reference,
+                            device,
+                            load.batch_records,
+                            load.target.encoding,
+                            i % 10 == 0,
+                        )
+                    })
+                    .collect()
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for device in 0..load.connections {
+    for (device, batches) in (0..load.connections).zip(
+        prepared
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None)),
+    ) {
         let (endpoint, load, reference) = (endpoint.clone(), load.clone(), reference.clone());
-        tasks.spawn(async move { device_loop(&endpoint, &load, &reference, device, start).await });
+        tasks.spawn(async move {
+            device_loop(&endpoint, &load, &reference, device, start, batches).await
+        });
     }
     let mut report = LoadReport::default();
     while let Some(done) = tasks.join_next().await {
@@ -162,7 +191,9 @@ async fn device_loop(
     reference: &Reference,
     device: usize,
     start: Instant,
+    prepared: Option<Vec<Bytes>>,
 ) -> anyhow::Result<LoadReport> {
+    let mut prepared = prepared.map(Vec::into_iter);
     let mut opts = load.target.clone();
     opts.sender = format!("{}-{device}", load.target.sender);
     let (conn, _control, mut seq) = connect(endpoint, &opts)
@@ -180,14 +211,17 @@ async fn device_loop(
                 tokio::time::sleep_until(next_at.into()).await;
                 next_at += interval;
             }
-            let records = synthetic_batch(
-                &mut rng,
-                reference,
-                device,
-                load.batch_records,
-                opts.encoding,
-                sent % 10 == 0,
-            );
+            let records = match prepared.as_mut().and_then(Iterator::next) {
+                Some(b) => b,
+                None => synthetic_batch(
+                    &mut rng,
+                    reference,
+                    device,
+                    load.batch_records,
+                    opts.encoding,
+                    sent % 10 == 0,
+                ),
+            };
             let stream = conn.open_bi().await?;
             let t0 = Instant::now();
             // The first batch of a connection overlaps the others'
