@@ -155,6 +155,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `HOST:PORT` to an address, and the host as the default TLS server name.
+fn resolve(to: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    use std::net::ToSocketAddrs;
+    let addr = to
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {to}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{to} resolves to no address"))?;
+    let host = to
+        .rsplit_once(':')
+        .map_or(to, |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .to_owned();
+    Ok((addr, host))
+}
+
 fn load_topology(path: &std::path::Path) -> anyhow::Result<Topology> {
     Topology::load(path).map_err(|problems| {
         for p in &problems {
@@ -289,17 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             window,
             file,
         } => {
-            use std::net::ToSocketAddrs;
-            let addr = to
-                .to_socket_addrs()
-                .with_context(|| format!("cannot resolve {to}"))?
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("{to} resolves to no address"))?;
-            let host = to
-                .rsplit_once(':')
-                .map_or(to.as_str(), |(h, _)| h)
-                .trim_matches(['[', ']'])
-                .to_owned();
+            let (addr, host) = resolve(&to)?;
             let sender = sender.unwrap_or_else(|| {
                 let stem = file
                     .file_name()
@@ -382,17 +388,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connections,
             seconds,
         } => {
-            use std::net::ToSocketAddrs;
             let topo = load_topology(&topology)?;
-            let addr = to
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("{to} resolves to no address"))?;
-            let host = to
-                .rsplit_once(':')
-                .map_or(to.as_str(), |(h, _)| h)
-                .trim_matches(['[', ']'])
-                .to_owned();
+            let (addr, host) = resolve(&to)?;
             let connections = connections.clamp(1, vehicles.max(1));
             // Each connection batches its vehicles' reports of one 2 s round.
             let per_connection = vehicles.div_ceil(connections).max(1);
