@@ -66,7 +66,6 @@ fn spawn_node(
     dir: &Path,
     topology: &Path,
 ) -> anyhow::Result<(Child, std::net::SocketAddr, std::path::PathBuf)> {
-    use std::io::BufRead;
     let certs = crate::edge::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?
@@ -85,10 +84,17 @@ fn spawn_node(
     );
     let path = dir.join("edge.toml");
     std::fs::write(&path, text)?;
-    let exe = std::env::current_exe()?;
+    let child = spawn_edge_process(&std::env::current_exe()?, &path)?;
+    Ok((child, format!("127.0.0.1:{port}").parse()?, certs.ca))
+}
+
+/// Starts `exe edge --topology topology` and returns once it listens (its
+/// stderr keeps being drained so the node never blocks on it).
+pub fn spawn_edge_process(exe: &Path, topology: &Path) -> anyhow::Result<Child> {
+    use std::io::BufRead;
     let mut child = Command::new(exe)
         .args(["edge", "--topology"])
-        .arg(&path)
+        .arg(topology)
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().context("node stderr")?;
@@ -105,7 +111,7 @@ fn spawn_node(
     });
     rx.recv_timeout(Duration::from_secs(60))
         .context("the node did not start")?;
-    Ok((child, format!("127.0.0.1:{port}").parse()?, certs.ca))
+    Ok(child)
 }
 
 /// Runs the benchmark; returns the JSON report.

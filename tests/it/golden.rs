@@ -8,7 +8,7 @@ use std::sync::Arc;
 use edgeflow::replay::ReplayOptions;
 use edgeflow::topology::Topology;
 
-use crate::support::{assert_same_rows, data, replay, root, rows};
+use crate::support::{assert_expected, assert_same_rows, data, replay, root, rows};
 
 #[test]
 fn sumo_public_reproduces_expected_aggregates_for_any_worker_count() {
@@ -96,12 +96,7 @@ fn small_lateness_turns_out_of_order_records_into_corrections_with_the_same_fina
         "some arrive after their window is final"
     );
     assert!(summary.emitted.corrections > 0, "and correct it");
-    let expected =
-        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
-    assert_same_rows(&congestion, &expected, "congestion");
-    let expected =
-        std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
-    assert_same_rows(&charging, &expected, "charging");
+    assert_expected(&congestion, &charging);
 }
 
 #[test]
@@ -154,15 +149,10 @@ fn a_log_directory_replays_to_the_same_aggregates() {
         &reference,
         topo.time.size_ms,
     );
-    let expected =
-        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
-    assert_same_rows(&congestion, &expected, "congestion");
     let charging = table.csv(
         edgeflow::aggregate::Kind::Charging,
         &reference,
         topo.time.size_ms,
     );
-    let expected =
-        std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
-    assert_same_rows(&charging, &expected, "charging");
+    assert_expected(&congestion, &charging);
 }

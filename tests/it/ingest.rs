@@ -14,7 +14,7 @@ use edgeflow::log::Encoding;
 use edgeflow::topology::Topology;
 use sha2::{Digest, Sha256};
 
-use crate::support::{assert_same_rows, data, root};
+use crate::support::{assert_expected, assert_same_rows, data, root};
 
 const TOKEN: &str = "karhula-fleet-secret";
 
@@ -150,12 +150,7 @@ fn sent_recording_yields_the_replay_aggregates_in_json_lines_and_cbor() {
         assert_eq!(stopped.summary.ingest.records, 11_486);
         let congestion = node.sink("congestion.csv");
         let charging = node.sink("charging.csv");
-        let expected =
-            std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
-        assert_same_rows(&congestion, &expected, "congestion");
-        let expected =
-            std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
-        assert_same_rows(&charging, &expected, "charging");
+        assert_expected(&congestion, &charging);
         // The log is the recording: replaying it gives the sink's bytes.
         let (c, h) = replay_log(node.dir.path());
         assert!(
@@ -334,29 +329,8 @@ fn free_port() -> u16 {
 }
 
 fn spawn_edge(dir: &Path) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
-        .args(["edge", "--topology"])
-        .arg(dir.join("edge.toml"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("edge starts");
-    // Wait for "listening", then keep draining stderr so the node never blocks.
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("listening on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("node listens");
-    child
+    let exe = Path::new(env!("CARGO_BIN_EXE_edgeflow"));
+    edgeflow::bench_ingest::spawn_edge_process(exe, &dir.join("edge.toml")).expect("node listens")
 }
 
 fn log_bytes(dir: &Path) -> u64 {
@@ -429,13 +403,8 @@ fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
     assert!(status.success(), "graceful stop exits 0: {status}");
 
     let congestion = std::fs::read_to_string(dir.path().join("out/congestion.csv")).expect("sink");
-    let expected =
-        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
-    assert_same_rows(&congestion, &expected, "congestion");
     let charging = std::fs::read_to_string(dir.path().join("out/charging.csv")).expect("sink");
-    let expected =
-        std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
-    assert_same_rows(&charging, &expected, "charging");
+    assert_expected(&congestion, &charging);
     // And the log holds every record exactly once.
     let (c, _) = replay_log(dir.path());
     assert!(c == congestion);

@@ -107,3 +107,13 @@ pub fn assert_same_rows(actual: &str, expected: &str, what: &str) -> usize {
     }
     e.len()
 }
+
+/// Asserts both CSV texts match the sumo-public expected files.
+pub fn assert_expected(congestion: &str, charging: &str) {
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+    assert_eq!(assert_same_rows(congestion, &expected, "congestion"), 1_275);
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
+    assert_eq!(assert_same_rows(charging, &expected, "charging"), 40);
+}
