@@ -91,9 +91,13 @@ pub fn client_config(ca: &Path) -> anyhow::Result<quinn::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls)?,
-    )))
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    // Notice a dead node within seconds (the smaller of the two peers' idle
+    // timeouts applies), so resending starts soon.
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Duration::from_secs(5).try_into().ok());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 /// Reads the file into batches in the chosen encoding.

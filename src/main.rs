@@ -85,6 +85,10 @@ enum Command {
         /// Batches in flight.
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// Pace batches at this multiple of event time (default: as fast as
+        /// the node acknowledges).
+        #[arg(long)]
+        speed: Option<f64>,
         /// The recording.
         file: PathBuf,
     },
@@ -303,8 +307,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             batch_lines,
             window,
+            speed,
             file,
         } => {
+            if speed.is_some_and(|s| !(s.is_finite() && s >= 0.001)) {
+                bail!("--speed must be a number >= 0.001 (times event time)");
+            }
             let (addr, host) = resolve(&to)?;
             let sender = sender.unwrap_or_else(|| {
                 let stem = file
@@ -336,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch_lines,
                 window,
                 max_reconnects: 30,
-                pace: None,
+                pace: speed,
             };
             let mut report = edgeflow::client::SendReport::default();
             let batches = edgeflow::client::batches(&file, encoding, batch_lines, &mut report)?;

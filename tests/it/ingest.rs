@@ -365,7 +365,9 @@ fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
         ])
         .arg("--ca")
         .arg(&certs.ca)
-        .args(["--batch-lines", "20", "--window", "2"])
+        // Paced (600 s of telemetry in about 3 s) so the kill lands mid-send
+        // however fast this machine's fsync is.
+        .args(["--batch-lines", "20", "--window", "2", "--speed", "200"])
         .arg(data("sumo-public/telemetry.jsonl"))
         .stderr(std::process::Stdio::piped())
         .spawn()
