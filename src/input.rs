@@ -16,6 +16,8 @@ use bytes::Bytes;
 use crate::codec::{cbor_sequence, decode_json, CborItem};
 use crate::log::Encoding;
 use crate::model::{Record, RecordError, RejectReason};
+use crate::pipeline::Item;
+use std::sync::Arc;
 
 /// Lines per chunk. Fixed, because the watermark advances per chunk and
 /// results must not depend on a tuning knob.
@@ -39,6 +41,9 @@ pub struct Chunk {
     pub too_long: Vec<u64>,
     /// How `data` is encoded.
     pub encoding: Encoding,
+    /// The records already resolved (live ingest), in order; when present
+    /// the dataflow uses them instead of decoding `data`.
+    pub resolved: Option<Arc<[Item]>>,
 }
 
 impl Chunk {
@@ -50,7 +55,14 @@ impl Chunk {
             data,
             too_long: Vec::new(),
             encoding,
+            resolved: None,
         }
+    }
+
+    /// The same chunk with its records already resolved.
+    pub fn with_resolved(mut self, resolved: Arc<[Item]>) -> Self {
+        self.resolved = Some(resolved);
+        self
     }
 
     /// Decodes every record (blank JSON lines are skipped), calling `f` with
@@ -206,6 +218,7 @@ impl<R: Read> Chunker<R> {
             data: data.into(),
             too_long,
             encoding: Encoding::JsonLines,
+            resolved: None,
         };
         self.seq += 1;
         Ok(Some(chunk))

@@ -100,30 +100,49 @@ impl IngestStats {
     }
 }
 
-/// A decoded record reduced to what the dataflow needs.
-enum Item {
+/// A valid record reduced to what the dataflow needs, resolved against the
+/// reference data. Live ingest resolves each record once, to accept or
+/// reject it, and hands the items on with the batch, so the dataflow does
+/// not decode it again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Item {
+    /// A vehicle report.
     Report {
+        /// Segment index, when matched.
         segment: Option<u32>,
+        /// Hash of the vehicle id.
         vehicle: u64,
+        /// Event time, ms.
         ts: u64,
+        /// Speed, µm/s.
         speed: i64,
+        /// Why it has no segment.
         unmatched: Option<Unmatched>,
     },
+    /// A charger connector reading.
     Reading {
+        /// Charger index.
         charger: u32,
+        /// Connector number.
         connector: u32,
+        /// The reading.
         reading: Reading,
     },
 }
 
-/// Checks a valid record against the reference data (known charger,
-/// connector in range): what ingest rejects before acknowledging.
-pub fn check(record: &Record<'_>, reference: &Reference) -> Result<(), RecordError> {
-    resolve(record, reference).map(|_| ())
+impl Item {
+    /// Event time, ms.
+    pub fn ts(&self) -> u64 {
+        match self {
+            Item::Report { ts, .. } => *ts,
+            Item::Reading { reading, .. } => reading.ts_ms,
+        }
+    }
 }
 
-/// Resolves a record against the reference data.
-fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, RecordError> {
+/// Resolves a valid record against the reference data (known charger,
+/// connector in range): what ingest rejects before acknowledging.
+pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, RecordError> {
     match record {
         Record::Vehicle(v) => {
             let (segment, unmatched) = match v.segment_id.as_deref() {
@@ -243,20 +262,26 @@ impl<'a> Stage<'a> {
     pub fn process(&mut self, chunk: &Chunk, inputs: &Inputs) {
         let mut max_ts = None;
         let (reference, stats, items) = (self.reference, &mut self.stats, &mut self.items);
-        chunk.for_each_record(|line, record| {
-            stats.records += 1;
-            match record.and_then(|r| resolve(&r, reference)) {
-                Ok(item) => {
-                    let ts = match &item {
-                        Item::Report { ts, .. } => *ts,
-                        Item::Reading { reading, .. } => reading.ts_ms,
-                    };
-                    max_ts = max_ts.max(Some(ts));
-                    items.push((line, item));
+        match &chunk.resolved {
+            // Resolved at ingest: nothing to decode.
+            Some(resolved) => {
+                for (i, item) in resolved.iter().enumerate() {
+                    stats.records += 1;
+                    max_ts = max_ts.max(Some(item.ts()));
+                    items.push((chunk.first_line + i as u64, *item));
                 }
-                Err(e) => stats.reject(line, &e),
             }
-        });
+            None => chunk.for_each_record(|line, record| {
+                stats.records += 1;
+                match record.and_then(|r| resolve(&r, reference)) {
+                    Ok(item) => {
+                        max_ts = max_ts.max(Some(item.ts()));
+                        items.push((line, item));
+                    }
+                    Err(e) => stats.reject(line, &e),
+                }
+            }),
+        }
         self.clock.publish(chunk.seq, max_ts);
         let (prefix, first) = self.clock.prefix_before(chunk.seq);
         let watermark = self.spec.watermark(prefix);
@@ -273,10 +298,7 @@ impl<'a> Stage<'a> {
         self.batch_time.get_or_insert(time);
         self.batch_opened.get_or_insert_with(Instant::now);
         for (_, item) in self.items.drain(..) {
-            let ts = match &item {
-                Item::Report { ts, .. } => *ts,
-                Item::Reading { reading, .. } => reading.ts_ms,
-            };
+            let ts = item.ts();
             match self.spec.classify(ts, watermark) {
                 Fate::Expired => {
                     self.stats.expired += 1;

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::input::Chunk;
 use crate::log::{Encoding, LogWriter};
+use crate::pipeline::Item;
 
 /// Requests queued for the commit thread at most. Each holds one batch
 /// (at most `max_frame_bytes`), so the queue costs at most
@@ -45,6 +46,7 @@ struct Request {
     sender_seq: u64,
     encoding: Encoding,
     records: Bytes,
+    resolved: Arc<[Item]>,
     reply: oneshot::Sender<Committed>,
 }
 
@@ -104,11 +106,14 @@ impl Committer {
                                             if sequenced {
                                                 t.insert(req.sender.clone(), next + 1);
                                             }
-                                            chunks.push(Chunk::from_batch(
-                                                seq,
-                                                req.encoding,
-                                                req.records.clone(),
-                                            ));
+                                            chunks.push(
+                                                Chunk::from_batch(
+                                                    seq,
+                                                    req.encoding,
+                                                    req.records.clone(),
+                                                )
+                                                .with_resolved(req.resolved.clone()),
+                                            );
                                             Committed::Appended(seq)
                                         }
                                         Err(e) => {
@@ -157,13 +162,15 @@ impl Committer {
 
     /// Queues a batch for the log, in call order; the returned future
     /// resolves once it is durable (or refused). Queue batches of one sender
-    /// in their order, then await: they share one fsync.
+    /// in their order, then await: they share one fsync. `resolved` are the
+    /// batch's records as the dataflow needs them (from validation).
     pub async fn submit(
         &self,
         sender: &str,
         sender_seq: u64,
         encoding: Encoding,
         records: Bytes,
+        resolved: Arc<[Item]>,
     ) -> impl std::future::Future<Output = Committed> {
         let (reply, answer) = oneshot::channel();
         let req = Request {
@@ -171,6 +178,7 @@ impl Committer {
             sender_seq,
             encoding,
             records,
+            resolved,
             reply,
         };
         let queued = self.tx.send(req).await.is_ok();
@@ -189,8 +197,9 @@ impl Committer {
         sender_seq: u64,
         encoding: Encoding,
         records: Bytes,
+        resolved: Arc<[Item]>,
     ) -> Committed {
-        self.submit(sender, sender_seq, encoding, records)
+        self.submit(sender, sender_seq, encoding, records, resolved)
             .await
             .await
     }

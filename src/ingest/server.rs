@@ -27,6 +27,7 @@ use super::frame::{kind, reason_code, ErrorCode, Frame, ALPN};
 use crate::codec::{cbor_items, decode_json, CborItem};
 use crate::log::Encoding;
 use crate::model::RecordError;
+use crate::pipeline::{resolve, Item};
 use crate::reference::Reference;
 use crate::topology::Ingest;
 
@@ -393,26 +394,38 @@ impl RateLimit {
     }
 }
 
-/// Validates a batch: the accepted records' bytes (same encoding), their
-/// count, and the rejections.
-pub fn validate(
-    encoding: Encoding,
-    records: &[u8],
-    reference: &Reference,
-) -> (Vec<u8>, u32, Vec<(u32, u8, String)>) {
-    let mut kept = Vec::with_capacity(records.len());
-    let mut accepted = 0u32;
-    let mut rejections = Vec::new();
-    let mut judge = |i: u32,
-                     r: Result<crate::model::Record<'_>, RecordError>,
-                     bytes: &[u8],
-                     kept: &mut Vec<u8>| {
-        match r.and_then(|rec| crate::pipeline::check(&rec, reference)) {
-            Ok(()) => {
-                kept.extend_from_slice(bytes);
-                accepted += 1;
+/// A batch after validation.
+#[derive(Debug, Default)]
+pub struct Validated {
+    /// The accepted records' bytes, in the batch's encoding.
+    pub kept: Vec<u8>,
+    /// The accepted records, resolved for the dataflow.
+    pub items: Vec<Item>,
+    /// Rejections: index in the batch, reason code, message.
+    pub rejections: Vec<(u32, u8, String)>,
+}
+
+/// Validates a batch record by record against the model and the reference
+/// data.
+pub fn validate(encoding: Encoding, records: &[u8], reference: &Reference) -> Validated {
+    let mut v = Validated {
+        kept: Vec::with_capacity(records.len()),
+        ..Validated::default()
+    };
+    let judge = |i: u32,
+                 r: Result<crate::model::Record<'_>, RecordError>,
+                 bytes: &[u8],
+                 newline: bool,
+                 v: &mut Validated| {
+        match r.and_then(|rec| resolve(&rec, reference)) {
+            Ok(item) => {
+                v.kept.extend_from_slice(bytes);
+                if newline {
+                    v.kept.push(b'\n');
+                }
+                v.items.push(item);
             }
-            Err(e) => rejections.push((i, reason_code(e.reason), e.to_string())),
+            Err(e) => v.rejections.push((i, reason_code(e.reason), e.to_string())),
         }
     };
     match encoding {
@@ -431,9 +444,7 @@ pub fn validate(
                 } else {
                     decode_json(l)
                 };
-                let mut with_newline = l.to_vec();
-                with_newline.push(b'\n');
-                judge(i, r, &with_newline, &mut kept);
+                judge(i, r, l, true, &mut v);
                 i += 1;
             }
         }
@@ -443,11 +454,11 @@ pub fn validate(
                     CborItem::Record(r) => Ok(r),
                     CborItem::Invalid(e) | CborItem::Fatal(e) => Err(e),
                 };
-                judge(i as u32, r, &records[range], &mut kept);
+                judge(i as u32, r, &records[range], false, &mut v);
             }
         }
     }
-    (kept, accepted, rejections)
+    v
 }
 
 async fn batch(
@@ -485,17 +496,21 @@ async fn batch(
         return;
     };
     let reference = ctx.reference.clone();
-    let (kept, accepted, rejections) =
-        match tokio::task::spawn_blocking(move || validate(encoding, &records, &reference)).await {
-            Ok(v) => v,
-            Err(_) => {
-                send_error(&mut send, fail(ErrorCode::Overloaded), "validation failed").await;
-                return;
-            }
-        };
+    let Validated {
+        kept,
+        items,
+        rejections,
+    } = match tokio::task::spawn_blocking(move || validate(encoding, &records, &reference)).await {
+        Ok(v) => v,
+        Err(_) => {
+            send_error(&mut send, fail(ErrorCode::Overloaded), "validation failed").await;
+            return;
+        }
+    };
+    let accepted = items.len() as u32;
     let allowed = rate
         .lock()
-        .map(|mut r| r.take(accepted as usize + rejections.len()))
+        .map(|mut r| r.take(items.len() + rejections.len()))
         .unwrap_or(false);
     if !allowed {
         let limit = ctx.limits.section.max_records_per_s;
@@ -510,7 +525,13 @@ async fn batch(
     turn.0.wait(turn.1).await;
     let durable = ctx
         .committer
-        .submit(sender, sender_seq, encoding, Bytes::from(kept))
+        .submit(
+            sender,
+            sender_seq,
+            encoding,
+            Bytes::from(kept),
+            items.into(),
+        )
         .await;
     drop(turn);
     match durable.await {
@@ -562,8 +583,8 @@ async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
     } else {
         Encoding::Cbor
     };
-    let (kept, accepted, _) = validate(encoding, &datagram, &ctx.reference);
-    if accepted != 1 {
+    let Validated { kept, items, .. } = validate(encoding, &datagram, &ctx.reference);
+    if items.len() != 1 {
         ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -571,7 +592,7 @@ async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
     // effort and never acknowledged.
     if let Committed::Appended(_) = ctx
         .committer
-        .commit("", 0, encoding, Bytes::from(kept))
+        .commit("", 0, encoding, Bytes::from(kept), items.into())
         .await
     {
         ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
