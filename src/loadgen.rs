@@ -177,7 +177,13 @@ pub async fn run(load: &Load, reference: Arc<Reference>) -> anyhow::Result<LoadR
                 report.rejected += r.rejected;
                 report.latencies_us.extend(r.latencies_us);
             }
-            _ => report.failed_connections += 1,
+            Ok(Err(e)) => {
+                if report.failed_connections < 5 {
+                    eprintln!("loadgen: {e:#}");
+                }
+                report.failed_connections += 1;
+            }
+            Err(_) => report.failed_connections += 1,
         }
     }
     report.elapsed = start.elapsed();
@@ -194,6 +200,12 @@ async fn device_loop(
     prepared: Option<Vec<Bytes>>,
 ) -> anyhow::Result<LoadReport> {
     let mut prepared = prepared.map(Vec::into_iter);
+    // Paced devices start spread over one interval, as real devices do
+    // (and a thousand simultaneous handshakes measure the handshake, not
+    // the steady state).
+    if let Some(interval) = load.interval {
+        tokio::time::sleep(interval.mul_f64(device as f64 / load.connections.max(1) as f64)).await;
+    }
     let mut opts = load.target.clone();
     opts.sender = format!("{}-{device}", load.target.sender);
     let (conn, _control, mut seq) = connect(endpoint, &opts)
