@@ -140,6 +140,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
         window: args.window,
         max_reconnects: 0,
         pace: None,
+        identity: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

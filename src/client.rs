@@ -47,6 +47,8 @@ pub struct SendOptions {
     /// Pace batches at this multiple of event time (`None`: as fast as the
     /// node acknowledges).
     pub pace: Option<f64>,
+    /// Client certificate and key (PEM) for nodes that require mTLS.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Largest event time in a batch (for pacing).
@@ -77,8 +79,18 @@ pub struct SendReport {
     pub rejections: Vec<(u64, u32, String)>,
 }
 
-/// Client TLS/QUIC configuration trusting `ca`.
+/// Client TLS/QUIC configuration trusting `ca`, without a client
+/// certificate.
 pub fn client_config(ca: &Path) -> anyhow::Result<quinn::ClientConfig> {
+    client_config_with(ca, None)
+}
+
+/// Client TLS/QUIC configuration trusting `ca`, presenting `identity`
+/// (certificate chain and key, PEM) when given.
+pub fn client_config_with(
+    ca: &Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> anyhow::Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca)
         .with_context(|| format!("cannot read CA {}", ca.display()))?
@@ -86,10 +98,21 @@ pub fn client_config(ca: &Path) -> anyhow::Result<quinn::ClientConfig> {
         roots.add(cert.with_context(|| format!("bad PEM in {}", ca.display()))?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => tls.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("bad PEM in {}", cert.display()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("cannot read key {}", key.display()))?;
+            tls.with_client_auth_cert(chain, key)?
+        }
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     // Notice a dead node within seconds (the smaller of the two peers' idle
@@ -238,7 +261,7 @@ pub async fn send(
         })
         .parse()?,
     )?;
-    endpoint.set_default_client_config(client_config(&opts.ca)?);
+    endpoint.set_default_client_config(client_config_with(&opts.ca, opts.identity.as_ref())?);
     let total = batches.len() as u64;
     let mut report = SendReport::default();
     let mut acked: BTreeMap<u64, ()> = BTreeMap::new();

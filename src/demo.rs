@@ -123,6 +123,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         hello_timeout: "5s".into(),
         max_records_per_s: 200_000,
         receive_window: 8 << 20,
+        client_ca: None,
     };
     topology.ingest = Some(Ingest {
         listen: "127.0.0.1:0".parse()?,
@@ -161,6 +162,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         window: 4,
         max_reconnects: 3,
         pace: Some(args.speed),
+        identity: None,
     };
     let mut unused = SendReport::default();
     let batches =

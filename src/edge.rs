@@ -285,10 +285,15 @@ pub struct CertPaths {
     pub cert: PathBuf,
     /// The server key.
     pub key: PathBuf,
+    /// A client certificate signed by the CA (for nodes requiring mTLS).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
 }
 
-/// Makes a development CA and a server certificate for `names` (DNS names
-/// or IP addresses) signed by it, as PEM files in `dir`.
+/// Makes a development CA, a server certificate for `names` (DNS names or
+/// IP addresses) and a client certificate, both signed by it, as PEM files
+/// in `dir`.
 pub fn make_certs(dir: &std::path::Path, names: &[String]) -> anyhow::Result<CertPaths> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     std::fs::create_dir_all(dir)?;
@@ -306,11 +311,21 @@ pub fn make_certs(dir: &std::path::Path, names: &[String]) -> anyhow::Result<Cer
         names.first().map_or("edgeflow", String::as_str),
     );
     let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let client_key = KeyPair::generate()?;
+    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "edgeflow development client");
+    let client = client_params.signed_by(&client_key, &ca, &ca_key)?;
     let paths = CertPaths {
         ca: dir.join("ca.pem"),
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
     };
+    crate::output::write_durably(&paths.client_cert, client.pem().as_bytes())?;
+    crate::output::write_durably(&paths.client_key, client_key.serialize_pem().as_bytes())?;
     crate::output::write_durably(&paths.ca, ca.pem().as_bytes())?;
     crate::output::write_durably(&paths.cert, cert.pem().as_bytes())?;
     crate::output::write_durably(&paths.key, key.serialize_pem().as_bytes())?;

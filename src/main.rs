@@ -89,6 +89,12 @@ enum Command {
         /// the node acknowledges).
         #[arg(long)]
         speed: Option<f64>,
+        /// Client certificate (PEM), for nodes that require mTLS.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Client key (PEM), with --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
         /// The recording.
         file: PathBuf,
     },
@@ -308,6 +314,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             batch_lines,
             window,
             speed,
+            cert,
+            key,
             file,
         } => {
             if speed.is_some_and(|s| !(s.is_finite() && s >= 0.001)) {
@@ -345,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 window,
                 max_reconnects: 30,
                 pace: speed,
+                identity: cert.zip(key),
             };
             let mut report = edgeflow::client::SendReport::default();
             let batches = edgeflow::client::batches(&file, encoding, batch_lines, &mut report)?;
@@ -413,6 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     window: 4,
                     max_reconnects: 0,
                     pace: None,
+                    identity: None,
                 },
                 connections,
                 batch_records: per_connection,

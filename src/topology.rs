@@ -95,6 +95,10 @@ pub struct IngestSection {
     /// in flight before flow control stops it. Default 8 MiB.
     #[serde(default = "default_window")]
     pub receive_window: u64,
+    /// Optional mTLS: when set, every client must also present a
+    /// certificate signed by this CA (PEM); the token is still required.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_max_frame() -> usize {
@@ -371,7 +375,11 @@ impl Topology {
                 path,
                 &mut problems,
             );
-            for (what, p) in [("ingest.cert", &i.cert), ("ingest.key", &i.key)] {
+            let client_ca = i.client_ca.as_ref().map(|p| ("ingest.client_ca", p));
+            for (what, p) in [("ingest.cert", &i.cert), ("ingest.key", &i.key)]
+                .into_iter()
+                .chain(client_ca)
+            {
                 if !base.join(p).is_file() {
                     push(
                         &mut problems,
@@ -397,6 +405,7 @@ impl Topology {
             let mut section = i.clone();
             section.cert = base.join(&i.cert);
             section.key = base.join(&i.key);
+            section.client_ca = i.client_ca.as_ref().map(|p| base.join(p));
             Some(Ingest {
                 listen: listen.ok()?,
                 section,

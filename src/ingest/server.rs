@@ -115,6 +115,28 @@ impl IngestContext {
     }
 }
 
+/// No client certificates, or (mTLS) ones signed by `client_ca`.
+fn client_verifier(
+    limits: &Ingest,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerError> {
+    let Some(ca) = &limits.section.client_ca else {
+        return Ok(rustls::server::WebPkiClientVerifier::no_client_auth());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?
+    {
+        let cert = cert.map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ServerError::Tls(e.to_string()))
+}
+
 /// Builds the QUIC server endpoint from PEM files and limits.
 pub fn endpoint(limits: &Ingest, cert: &Path, key: &Path) -> Result<quinn::Endpoint, ServerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -123,10 +145,10 @@ pub fn endpoint(limits: &Ingest, cert: &Path, key: &Path) -> Result<quinn::Endpo
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(limits, &provider)?)
         .with_single_cert(certs, key)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];

@@ -74,6 +74,7 @@ impl Node {
             window: 4,
             max_reconnects: 3,
             pace: None,
+            identity: None,
         }
     }
     fn stop(&mut self) -> edgeflow::edge::EdgeReport {
@@ -460,4 +461,36 @@ fn datagrams_malformed_cbor_and_the_stream_limit() {
         stopped.summary.ingest.records, 2,
         "one batch record and one datagram"
     );
+}
+
+#[test]
+fn mtls_node_refuses_clients_without_a_certificate_from_its_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(dir.path(), &["localhost".into()]).expect("certs");
+    let text = topology_text(dir.path(), "client_ca = \"ca.pem\"");
+    std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
+    let mut node = Node {
+        ca: certs.ca.clone(),
+        handle: Some(restart_in(dir.path())),
+        dir,
+    };
+    let file = data("sumo-public/telemetry.jsonl");
+
+    let mut anonymous = node.options(Encoding::Cbor);
+    anonymous.max_reconnects = 0;
+    let mut unused = SendReport::default();
+    let batches =
+        edgeflow::client::batches(&file, anonymous.encoding, 500, &mut unused).expect("batches");
+    let err = runtime()
+        .block_on(edgeflow::client::send(&anonymous, batches, |_, _| {}))
+        .expect_err("no client certificate");
+    assert!(
+        format!("{err:#}").to_lowercase().contains("certificate"),
+        "{err:#}"
+    );
+
+    let mut with_cert = node.options(Encoding::Cbor);
+    with_cert.identity = Some((certs.client_cert.clone(), certs.client_key.clone()));
+    assert_eq!(send_file(&with_cert, &file).accepted, 11_486);
+    node.stop();
 }
