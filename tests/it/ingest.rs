@@ -494,3 +494,37 @@ fn mtls_node_refuses_clients_without_a_certificate_from_its_ca() {
     assert_eq!(send_file(&with_cert, &file).accepted, 11_486);
     node.stop();
 }
+
+#[test]
+fn simulated_devices_are_served_and_counted() {
+    let mut node = start("");
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    let mut target = node.options(Encoding::Cbor);
+    target.sender = "sim".into();
+    let load = edgeflow::loadgen::Load {
+        target,
+        connections: 5,
+        batch_records: 20,
+        batches: Some(4),
+        duration: Duration::from_secs(30),
+        interval: Some(Duration::from_millis(100)),
+        window: 2,
+    };
+    let mut report = runtime()
+        .block_on(edgeflow::loadgen::run(&load, Arc::new(topo.reference)))
+        .expect("load runs");
+    assert_eq!(report.failed_connections, 0);
+    assert_eq!(report.accepted + report.rejected, 5 * 4 * 20);
+    assert_eq!(
+        report.rejected, 0,
+        "synthetic records are valid for the topology"
+    );
+    assert_eq!(
+        report.latencies_us.len(),
+        5 * 3,
+        "first batch per connection is warm-up"
+    );
+    assert!(report.latency_ms(0.99) > 0.0);
+    let stopped = node.stop();
+    assert_eq!(stopped.summary.ingest.records, 400);
+}
