@@ -23,7 +23,7 @@ use crate::time::{Fate, TimeSpec};
 /// batch map: about 40 bytes per key, so 2.6 MiB per worker at worst.
 pub const FLUSH_KEYS: usize = 1 << 16;
 /// Records in a batch before it is flushed, whatever its key count.
-pub const FLUSH_RECORDS: u64 = 1 << 18;
+pub const FLUSH_RECORDS: u64 = 1 << 17;
 /// Longest a record waits in an open batch when input pauses: a batch is
 /// flushed when the input queue is empty and the batch is this old. Large
 /// enough that a brief stall of the reader does not cut batches short
