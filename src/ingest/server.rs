@@ -536,12 +536,14 @@ async fn batch(
         .unwrap_or(false);
     if !allowed {
         let limit = ctx.limits.section.max_records_per_s;
-        send_error(
-            &mut send,
-            fail(ErrorCode::RateLimited),
-            &format!("over {limit} records/s on this connection; retry later"),
-        )
-        .await;
+        let records = items.len() + rejections.len();
+        let why = if records as u64 > limit {
+            // Waiting cannot help: the bucket never holds this many.
+            format!("a batch of {records} records exceeds max_records_per_s ({limit}): send smaller batches")
+        } else {
+            format!("over {limit} records/s on this connection; retry later")
+        };
+        send_error(&mut send, fail(ErrorCode::RateLimited), &why).await;
         return;
     }
     turn.0.wait(turn.1).await;

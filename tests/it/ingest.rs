@@ -528,3 +528,75 @@ fn simulated_devices_are_served_and_counted() {
     let stopped = node.stop();
     assert_eq!(stopped.summary.ingest.records, 400);
 }
+
+#[test]
+fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
+    let mut node = start("max_records_per_s = 1000");
+    let rt = runtime();
+    rt.block_on(async {
+        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN)
+            .await
+            .expect("handshake");
+        let (mut control, mut welcome) = conn.open_bi().await.expect("control");
+        control
+            .write_all(
+                &Frame::Hello {
+                    token: TOKEN.into(),
+                    sender: "burst".into(),
+                }
+                .to_bytes(),
+            )
+            .await
+            .expect("hello");
+        let mut head = [0u8; 13];
+        welcome.read_exact(&mut head).await.expect("welcome");
+        let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+        let lines: Vec<&str> = text.lines().collect();
+        // 800 records fit the one-second bucket; the next 800 do not.
+        let batch = |seq: u64, part: &[&str]| {
+            let body = part.join("\n") + "\n";
+            Frame::Batch {
+                sender_seq: seq,
+                encoding: Encoding::JsonLines,
+                records: body.into(),
+            }
+            .to_bytes()
+        };
+        assert!(matches!(
+            exchange(&conn, batch(0, &lines[..800])).await,
+            Frame::Ack { accepted: 800, .. }
+        ));
+        assert_eq!(
+            error_code(&exchange(&conn, batch(1, &lines[800..1600])).await),
+            Some(ErrorCode::RateLimited as u16)
+        );
+        // A batch larger than the whole budget says why waiting will not help.
+        match exchange(&conn, batch(1, &lines[..1500])).await {
+            Frame::Error { message, .. } => {
+                assert!(message.contains("smaller batches"), "{message}")
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    });
+    // Another connection has its own budget.
+    let mut opts = node.options(Encoding::Cbor);
+    opts.batch_lines = 100;
+    opts.window = 1;
+    opts.pace = Some(2000.0);
+    let mut unused = SendReport::default();
+    let lines: Vec<u8> = std::fs::read_to_string(data("sumo-public/telemetry.jsonl"))
+        .expect("fixture")
+        .lines()
+        .take(500)
+        .flat_map(|l| l.bytes().chain(Some(b'\n')))
+        .collect();
+    let path = node.dir.path().join("small.jsonl");
+    std::fs::write(&path, lines).expect("write");
+    let batches = edgeflow::client::batches(&path, opts.encoding, opts.batch_lines, &mut unused)
+        .expect("batches");
+    let r = runtime()
+        .block_on(edgeflow::client::send(&opts, batches, |_, _| {}))
+        .expect("served");
+    assert_eq!(r.accepted, 500);
+    node.stop();
+}
