@@ -552,7 +552,8 @@ fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
         welcome.read_exact(&mut head).await.expect("welcome");
         let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
         let lines: Vec<&str> = text.lines().collect();
-        // 800 records fit the one-second bucket; the next 800 do not.
+        // 1,000 records empty the one-second bucket; 900 more would need
+        // 0.9 s of refill.
         let batch = |seq: u64, part: &[&str]| {
             let body = part.join("\n") + "\n";
             Frame::Batch {
@@ -563,11 +564,11 @@ fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
             .to_bytes()
         };
         assert!(matches!(
-            exchange(&conn, batch(0, &lines[..800])).await,
-            Frame::Ack { accepted: 800, .. }
+            exchange(&conn, batch(0, &lines[..1000])).await,
+            Frame::Ack { accepted: 1000, .. }
         ));
         assert_eq!(
-            error_code(&exchange(&conn, batch(1, &lines[800..1600])).await),
+            error_code(&exchange(&conn, batch(1, &lines[1000..1900])).await),
             Some(ErrorCode::RateLimited as u16)
         );
         // A batch larger than the whole budget says why waiting will not help.
