@@ -8,7 +8,8 @@
 //! ```
 //!
 //! On start the node opens its log (cutting a torn tail), replays every
-//! entry into a fresh dataflow, then accepts new batches; so a restarted
+//! entry from its checkpoint on into a fresh dataflow (the files sink keeps
+//! the rows of windows before it), then accepts new batches; so a restarted
 //! node carries on with the state it had, and senders' resends are
 //! recognised by their batch numbers. [`EdgeHandle::shutdown`] stops
 //! accepting, lets in-flight batches finish, drains the dataflow and writes
@@ -16,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::ingest::commit::Committer;
+use crate::checkpoint::{Checkpoint, CheckpointError, Tracker};
+use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{self, IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::{LogReader, LogWriter};
@@ -47,6 +49,9 @@ pub enum EdgeError {
     /// The log could not be opened or replayed.
     #[error("log: {0}")]
     Log(#[from] crate::log::LogError),
+    /// The log's checkpoint could not be read.
+    #[error("log: {0}")]
+    Checkpoint(#[from] CheckpointError),
     /// The server could not start.
     #[error("ingest: {0}")]
     Server(#[from] server::ServerError),
@@ -88,16 +93,20 @@ impl EdgeHandle {
     }
 }
 
-fn write_sinks(sinks: &[SinkSection], table: &FinalTable, topology: &Topology) {
+/// Writes every sink; false if one failed.
+fn write_sinks(sinks: &[SinkSection], table: &FinalTable, topology: &Topology) -> bool {
+    let mut ok = true;
     for sink in sinks {
         match sink {
             SinkSection::Files { dir } => {
                 if let Err(e) = table.write_csv(dir, &topology.reference, topology.time.size_ms) {
                     eprintln!("edgeflow: files sink {}: {e}", dir.display());
+                    ok = false;
                 }
             }
         }
     }
+    ok
 }
 
 /// Starts a node; returns once it listens.
@@ -123,36 +132,75 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         ));
     }
 
-    let (writer, recovery) = LogWriter::open(&log_cfg.dir, log_cfg.segment_bytes)?;
+    let checkpoint = Checkpoint::load(&log_cfg.dir)?;
+    let (mut writer, recovery) = LogWriter::open(&log_cfg.dir, log_cfg.segment_bytes)?;
     if recovery.truncated_bytes > 0 {
         eprintln!(
             "edgeflow: log: cut a torn tail of {} bytes (never acknowledged)",
             recovery.truncated_bytes
         );
     }
+    let first_seq = checkpoint.as_ref().map_or(0, |cp| cp.first_seq);
+    if recovery.first_seq > first_seq {
+        return Err(EdgeError::Topology(format!(
+            "log {}: entries {first_seq}..{} are missing (the oldest segment starts at {}, {})",
+            log_cfg.dir.display(),
+            recovery.first_seq,
+            recovery.first_seq,
+            if checkpoint.is_some() {
+                "after the checkpoint's first entry"
+            } else {
+                "and there is no checkpoint"
+            }
+        )));
+    }
+    // Left over from a crash between writing the checkpoint and deleting.
+    writer.delete_before(first_seq)?;
+    let reference = Arc::new(topology.reference.clone());
+    let resume = checkpoint
+        .as_ref()
+        .map(|cp| cp.resume(&reference))
+        .unwrap_or_default();
+    let mut tracker = Tracker::new(topology.time, &resume);
     let (live_tx, live_rx) = mpsc::sync_channel::<Chunk>(LIVE_QUEUE);
+    let sinks_durable = Arc::new(AtomicU64::new(0));
 
     // The dataflow, fed live.
-    let reference = Arc::new(topology.reference.clone());
     let dataflow = {
         let topology = topology.clone();
+        let reference = reference.clone();
+        let sinks_durable = sinks_durable.clone();
+        let resume = resume.clone();
+        let mut table = FinalTable::default();
+        for sink in &topology.sinks {
+            let SinkSection::Files { dir } = sink;
+            let warnings = table
+                .load_csv(dir, &reference)
+                .map_err(|e| EdgeError::Runtime(format!("files sink {}: {e}", dir.display())))?;
+            for w in warnings {
+                eprintln!("edgeflow: files sink: {w}");
+            }
+        }
         std::thread::Builder::new()
             .name("edgeflow-dataflow".into())
             .spawn(move || {
-                let mut table = FinalTable::default();
                 let mut written = Instant::now();
                 let mut dirty = false;
+                let mut seen = 0u64;
                 let sinks = topology.sinks.clone();
                 let summary = crate::replay::run(
-                    Input::Live(live_rx),
+                    Input::Live(live_rx, resume),
                     reference,
                     topology.time,
                     ReplayOptions::new(workers),
                     |batch| {
                         table.apply(batch);
+                        seen = batch.iter().map(|e| e.watermark).fold(seen, u64::max);
                         dirty = true;
                         if written.elapsed() >= SINK_INTERVAL {
-                            write_sinks(&sinks, &table, &topology);
+                            if write_sinks(&sinks, &table, &topology) {
+                                sinks_durable.fetch_max(seen, Ordering::AcqRel);
+                            }
                             written = Instant::now();
                             dirty = false;
                         }
@@ -168,31 +216,49 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
     };
 
     // Rebuild the state from the log, then go live.
+    let starts: std::collections::BTreeSet<u64> = crate::log::segments(&log_cfg.dir)?
+        .into_iter()
+        .map(|(first, _)| first)
+        .collect();
     for entry in LogReader::open(&log_cfg.dir)? {
         let entry = entry?;
-        if live_tx
-            .send(Chunk::from_batch(entry.seq, entry.encoding, entry.records))
-            .is_err()
-        {
+        if entry.seq < first_seq {
+            continue;
+        }
+        let chunk = Chunk::from_batch(entry.seq, entry.encoding, entry.records);
+        if starts.contains(&entry.seq) {
+            tracker.segment_started(entry.seq);
+        }
+        tracker.observe(&chunk.resolve_all(&reference));
+        if live_tx.send(chunk).is_err() {
             return Err(EdgeError::Runtime(
                 "the dataflow stopped during recovery".into(),
             ));
         }
     }
-    let next: rustc_hash::FxHashMap<String, u64> = recovery
+    let mut next: rustc_hash::FxHashMap<String, u64> = recovery
         .senders
         .iter()
         .map(|(s, last)| (s.clone(), last + 1))
         .collect();
-    let (committer, commit_thread) =
-        Committer::start(writer, next, live_tx).map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    for (sender, n) in checkpoint.iter().flat_map(|cp| &cp.senders) {
+        let e = next.entry(sender.clone()).or_insert(*n);
+        *e = (*e).max(*n);
+    }
+    let retention = Retention {
+        tracker,
+        reference: reference.clone(),
+        dir: log_cfg.dir.clone(),
+        sinks_durable,
+    };
+    let (committer, commit_thread) = Committer::start(writer, next, live_tx, retention)
+        .map_err(|e| EdgeError::Runtime(e.to_string()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (addr_tx, addr_rx) =
         mpsc::channel::<Result<(SocketAddr, Arc<IngestCounters>), EdgeError>>();
     let recovered_entries = recovery.entries;
     let truncated_bytes = recovery.truncated_bytes;
-    let reference = Arc::new(topology.reference.clone());
     let thread = std::thread::Builder::new()
         .name("edgeflow-edge".into())
         .spawn(move || {

@@ -96,6 +96,21 @@ impl Chunk {
         }
     }
 
+    /// Every valid record resolved against `reference`, in order (invalid
+    /// ones skipped): the items the dataflow takes from this chunk.
+    pub fn resolve_all(&self, reference: &crate::reference::Reference) -> Vec<Item> {
+        if let Some(items) = &self.resolved {
+            return items.to_vec();
+        }
+        let mut items = Vec::new();
+        self.for_each_record(|_, record| {
+            if let Ok(item) = record.and_then(|r| crate::pipeline::resolve(&r, reference)) {
+                items.push(item);
+            }
+        });
+        items
+    }
+
     /// Iterates `(line number, bytes)` without the newline (and without a
     /// trailing `\r`).
     pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
@@ -245,16 +260,24 @@ struct ClockState {
     prefix_max: Option<u64>,
     /// Prefix maxima waiting to be picked up, by chunk.
     ready: BTreeMap<u64, Option<u64>>,
-    /// Largest event time of chunk 0, for pacing.
+    /// Largest event time of the first chunk with a record, for pacing.
     first_max: Option<u64>,
 }
 
 impl ChunkClock {
     /// A clock at chunk 0.
     pub fn new() -> Self {
+        Self::starting_at(0, None)
+    }
+
+    /// A clock whose first chunk is `seq`, with `prefix_max` the largest
+    /// event time before it (a log resumed from a checkpoint).
+    pub fn starting_at(seq: u64, prefix_max: Option<u64>) -> Self {
         let clock = ChunkClock::default();
         if let Ok(mut st) = clock.state.lock() {
-            st.ready.insert(0, None);
+            st.next = seq;
+            st.prefix_max = prefix_max;
+            st.ready.insert(seq, prefix_max);
         }
         clock
     }
@@ -270,7 +293,7 @@ impl ChunkClock {
             let next = st.next;
             st.published.remove(&next)
         } {
-            if st.next == 0 {
+            if st.first_max.is_none() {
                 st.first_max = m;
             }
             st.prefix_max = st.prefix_max.max(m);

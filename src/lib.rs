@@ -20,6 +20,7 @@
 //! - [`ingest`]: the QUIC ingest protocol and server.
 //! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
 //! - [`log`]: the durable, segmented, checksummed log of accepted batches.
+//! - [`checkpoint`]: log retention: what deleted segments leave behind.
 //! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
 //! - [`dataflow`]: the timely/differential dataflow and its emitter.
 //! - [`demo`]: an edge node on loopback fed over QUIC, shown live.
@@ -41,6 +42,7 @@
 pub mod aggregate;
 pub mod bench;
 pub mod bench_ingest;
+pub mod checkpoint;
 pub mod client;
 pub mod codec;
 pub mod dataflow;

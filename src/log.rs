@@ -22,6 +22,11 @@
 //!
 //! # Invariants
 //! - Sequence numbers start at 0 and are contiguous across segments.
+//! - Retention deletes whole segments from the oldest on, and only after
+//!   `checkpoint.json` in the same directory says the log starts at or
+//!   after them ([`crate::checkpoint`]); so the log starts at the oldest
+//!   segment's `first_seq`, and any segments before the checkpoint's
+//!   `first_seq` are leftovers of a crash that can be deleted.
 //! - Entries are only appended; a segment is never written again once a
 //!   newer one exists, and a new segment starts only after the previous one
 //!   is fsynced.
@@ -224,9 +229,31 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     Ok(out)
 }
 
+/// Deletes every segment of the log in `dir` whose entries all precede
+/// `seq`: those followed by a segment starting at or before `seq`.
+pub fn delete_before(dir: &Path, seq: u64) -> Result<usize, LogError> {
+    let segs = segments(dir)?;
+    let mut deleted = 0;
+    for pair in segs.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if *next_first > seq {
+            break;
+        }
+        std::fs::remove_file(path).map_err(io_err(path))?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(deleted)
+}
+
 /// What opening a log found.
 #[derive(Debug, Default)]
 pub struct Recovery {
+    /// Sequence number of the oldest entry on disk (0 unless old segments
+    /// were deleted).
+    pub first_seq: u64,
     /// Entries in the log.
     pub entries: u64,
     /// Bytes cut from a torn tail (0 after a clean shutdown).
@@ -243,6 +270,8 @@ pub struct LogWriter {
     path: PathBuf,
     len: u64,
     next_seq: u64,
+    /// First sequence number of the current segment.
+    first_seq: u64,
     buf: Vec<u8>,
 }
 
@@ -259,7 +288,10 @@ impl LogWriter {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let segs = segments(dir)?;
         let mut recovery = Recovery::default();
-        let mut next_seq = 0u64;
+        // Older segments may have been deleted (retention): the log starts
+        // at its oldest segment; the checkpoint says where it must start.
+        let mut next_seq = segs.first().map_or(0, |(first, _)| *first);
+        recovery.first_seq = next_seq;
         for (i, (first, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
             if *first != next_seq {
@@ -325,7 +357,7 @@ impl LogWriter {
             }
         }
         let writer = match segs.last() {
-            Some((_, path)) => {
+            Some((first_seq, path)) => {
                 let mut file = OpenOptions::new()
                     .append(true)
                     .open(path)
@@ -338,6 +370,7 @@ impl LogWriter {
                     path: path.clone(),
                     len,
                     next_seq,
+                    first_seq: *first_seq,
                     buf: Vec::new(),
                 }
             }
@@ -367,6 +400,7 @@ impl LogWriter {
             path,
             len: HEADER as u64,
             next_seq: first_seq,
+            first_seq,
             buf: Vec::new(),
         })
     }
@@ -374,6 +408,18 @@ impl LogWriter {
     /// Sequence number the next entry gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// First sequence number of the segment being written.
+    pub fn segment_first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Deletes every segment whose entries all precede `seq` (never the
+    /// segment being written), then syncs the directory. Returns how many
+    /// segments went. Call only once a checkpoint at `seq` is durable.
+    pub fn delete_before(&mut self, seq: u64) -> Result<usize, LogError> {
+        delete_before(&self.dir, seq.min(self.first_seq))
     }
 
     /// Appends one batch (not yet durable: call [`LogWriter::sync`]).

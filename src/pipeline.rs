@@ -220,6 +220,8 @@ pub struct Stage<'a> {
     /// Granularity of dataflow times, ms (see [`Stage::tick`]).
     tick_ms: u64,
     items: Vec<(u64, Item)>,
+    /// Windows retiring at or before this are frozen ([`crate::checkpoint`]).
+    frozen: u64,
     /// Counts.
     pub stats: IngestStats,
 }
@@ -254,8 +256,16 @@ impl<'a> Stage<'a> {
             watermark: 0,
             tick_ms,
             items: Vec::new(),
+            frozen: 0,
             stats: IngestStats::default(),
         }
+    }
+
+    /// Ignores records of windows retiring at or before `horizon`: their
+    /// rows were final before a checkpoint and live in the sinks only.
+    /// They are counted as expired.
+    pub fn freeze(&mut self, horizon: u64) {
+        self.frozen = horizon;
     }
 
     /// Decodes, classifies and pre-aggregates one chunk.
@@ -299,6 +309,11 @@ impl<'a> Stage<'a> {
         self.batch_opened.get_or_insert_with(Instant::now);
         for (_, item) in self.items.drain(..) {
             let ts = item.ts();
+            let window = self.spec.window_start(ts);
+            if self.spec.retire_at(window) <= self.frozen {
+                self.stats.expired += 1;
+                continue;
+            }
             match self.spec.classify(ts, watermark) {
                 Fate::Expired => {
                     self.stats.expired += 1;
@@ -308,7 +323,6 @@ impl<'a> Stage<'a> {
                 Fate::Late => self.stats.late += 1,
                 Fate::OnTime => {}
             }
-            let window = self.spec.window_start(ts);
             match item {
                 Item::Report {
                     segment: Some(segment),
@@ -341,6 +355,7 @@ impl<'a> Stage<'a> {
                         connector,
                         window,
                         reading,
+                        carry: false,
                     });
                 }
             }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::checkpoint::{Checkpoint, Resume};
 use crate::dataflow::emit::{Emission, EmitStats, Status};
 use crate::input::{Chunk, ChunkClock, Chunker};
 use crate::pipeline::{IngestStats, Pacing, Stage};
@@ -114,14 +115,28 @@ impl<R: Read> Read for Counting<R> {
 pub enum Input {
     /// JSON Lines, cut into chunks of `ReplayOptions::chunk_lines` lines.
     JsonLines(Box<dyn Read + Send>),
-    /// A durable log directory: one chunk per entry.
+    /// A durable log directory: one chunk per entry, from its checkpoint
+    /// if old segments were deleted ([`crate::checkpoint`]).
     Log(PathBuf),
     /// Chunks handed over live (the edge node's log writer), in order,
-    /// numbered from 0; the run ends when the sender is dropped.
-    Live(mpsc::Receiver<Chunk>),
+    /// numbered from the resume point's `first_seq`; the run ends when the
+    /// sender is dropped.
+    Live(mpsc::Receiver<Chunk>, Resume),
 }
 
 impl Input {
+    /// Where the dataflow starts: a log's checkpoint, or the beginning.
+    fn resume(&self, reference: &Reference) -> Result<Resume, ReplayError> {
+        match self {
+            Input::JsonLines(_) => Ok(Resume::default()),
+            Input::Log(dir) => Ok(Checkpoint::load(dir)
+                .map_err(|e| ReplayError::Log(e.to_string()))?
+                .map(|cp| cp.resume(reference))
+                .unwrap_or_default()),
+            Input::Live(_, resume) => Ok(resume.clone()),
+        }
+    }
+
     /// Opens a recording: a log directory, or a JSON Lines file (gunzipped
     /// when its name ends in `.gz`). Returns it with its size in bytes.
     pub fn open(path: &Path) -> Result<(Input, u64), ReplayError> {
@@ -154,6 +169,7 @@ impl Input {
 /// Reads `input` as chunks onto the workers' shared queue.
 fn read_chunks(
     input: Input,
+    first_seq: u64,
     chunk_lines: usize,
     bytes: Arc<AtomicU64>,
     queue: mpsc::SyncSender<Chunk>,
@@ -177,13 +193,18 @@ fn read_chunks(
         Input::Log(dir) => {
             for entry in crate::log::LogReader::open(&dir).map_err(|e| e.to_string())? {
                 let entry = entry.map_err(|e| e.to_string())?;
+                if entry.seq < first_seq {
+                    // Before the checkpoint: left over from a crash between
+                    // writing it and deleting these segments.
+                    continue;
+                }
                 bytes.fetch_add(entry.records.len() as u64 + 8, Ordering::Relaxed);
                 if !deal(Chunk::from_batch(entry.seq, entry.encoding, entry.records)) {
                     break;
                 }
             }
         }
-        Input::Live(rx) => {
+        Input::Live(rx, _) => {
             for chunk in rx {
                 bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
                 if !deal(chunk) {
@@ -218,6 +239,8 @@ pub fn run(
     let (queue, receiver) = mpsc::sync_channel::<Chunk>(CHUNK_QUEUE * workers);
     let receiver = Arc::new(Mutex::new(receiver));
 
+    let resume = input.resume(&reference)?;
+    let first_seq = resume.first_seq;
     let chunk_lines = options.chunk_lines.max(1);
     let reader = {
         let bytes = bytes.clone();
@@ -225,7 +248,7 @@ pub fn run(
         std::thread::Builder::new()
             .name("edgeflow-reader".into())
             .spawn(move || {
-                if let Err(e) = read_chunks(input, chunk_lines, bytes, queue) {
+                if let Err(e) = read_chunks(input, first_seq, chunk_lines, bytes, queue) {
                     if let Ok(mut slot) = read_error.lock() {
                         *slot = Some(e);
                     }
@@ -234,7 +257,11 @@ pub fn run(
             .map_err(|e| ReplayError::Dataflow(format!("cannot start the reader thread: {e}")))?
     };
 
-    let clock = Arc::new(ChunkClock::new());
+    let clock = Arc::new(ChunkClock::starting_at(
+        resume.first_seq,
+        resume.prefix_max_ts,
+    ));
+    let resume = Arc::new(resume);
     let (emit_tx, emit_rx) = mpsc::channel::<Vec<Emission>>();
     let emit_tx = Arc::new(Mutex::new(Some(emit_tx)));
     let pacing = options.speed.map(|speed| Pacing { start, speed });
@@ -255,6 +282,12 @@ pub fn run(
         };
         let (mut inputs, completion) = crate::dataflow::build(worker, spec, provisional, tx);
         let mut stage = Stage::new(&reference, spec, &clock, pacing, provisional);
+        stage.freeze(resume.horizon);
+        if worker.index() == 0 {
+            for carry in &resume.carries {
+                inputs.charging.update(*carry, 1);
+            }
+        }
         loop {
             // Take the next chunk; the queue is released before decoding.
             let next = match receiver.lock().map(|rx| rx.try_recv()) {

@@ -57,6 +57,9 @@ pub struct ChargerReading {
     pub window: u64,
     /// The reading.
     pub reading: Reading,
+    /// A baseline restored from a checkpoint ([`crate::checkpoint`]): it
+    /// belongs to no window, it only sets the connector's carry.
+    pub carry: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +200,10 @@ pub fn connector_windows<'scope>(
                         for r in readings {
                             let key = (r.charger, r.connector);
                             let st = state.entry(key).or_default();
+                            if r.carry {
+                                st.carry = st.carry.max(Some(r.reading));
+                                continue;
+                            }
                             if !st.windows.contains_key(&r.window) {
                                 retiring
                                     .entry(spec.retire_at(r.window))

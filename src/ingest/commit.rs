@@ -3,22 +3,70 @@
 //! entries to the dataflow. Deduplication happens here, where batches are
 //! ordered: per sender, the next expected batch number.
 //!
+//! Retention: a [`Tracker`] follows the entries; once the sinks are
+//! durable past a checkpoint's horizon, this thread writes the checkpoint
+//! and deletes the segments it covers ([`crate::checkpoint`]).
+//!
 //! Backpressure: the hand-over to the dataflow is a bounded channel. When
 //! the dataflow falls behind, this thread waits, the request queue (bounded)
 //! fills, stream handlers wait for their acknowledgement, and QUIC flow
 //! control stops the senders. Nothing buffers without bound.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::checkpoint::Tracker;
 use crate::input::Chunk;
 use crate::log::{Encoding, LogWriter};
 use crate::pipeline::Item;
+use crate::reference::Reference;
+
+/// Least time between two attempts to write a checkpoint after one failed.
+pub const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
+
+/// What log retention needs: the tracker, and how far the sinks are durable.
+pub struct Retention {
+    /// Follows the log from where it starts.
+    pub tracker: Tracker,
+    /// Charger ids for the checkpoint.
+    pub reference: Arc<Reference>,
+    /// The log directory (the checkpoint lives there).
+    pub dir: PathBuf,
+    /// Watermark up to which every sink has durably written the final rows
+    /// (published by the sink writer).
+    pub sinks_durable: Arc<AtomicU64>,
+}
+
+impl Retention {
+    /// Writes a checkpoint and deletes segments when the sinks allow it.
+    /// False when writing the checkpoint failed (try again later).
+    fn maybe_checkpoint(&mut self, log: &mut LogWriter, senders: &SenderTable) -> bool {
+        let durable = self.sinks_durable.load(Ordering::Acquire);
+        let proposal = match senders.lock() {
+            Ok(t) => self.tracker.proposal(&self.reference, &t, durable),
+            Err(_) => return true,
+        };
+        let Some(cp) = proposal else { return true };
+        if let Err(e) = cp.store(&self.dir) {
+            eprintln!("edgeflow: log retention: cannot write the checkpoint: {e}");
+            return false;
+        }
+        self.tracker.checkpointed(&cp);
+        if let Err(e) = log.delete_before(cp.first_seq) {
+            // The checkpoint stands; the next start deletes them.
+            eprintln!("edgeflow: log retention: {e}");
+        }
+        true
+    }
+}
 
 /// Requests queued for the commit thread at most. Each holds one batch
 /// (at most `max_frame_bytes`), so the queue costs at most
@@ -68,6 +116,7 @@ impl Committer {
         mut log: LogWriter,
         senders: FxHashMap<String, u64>,
         live: SyncSender<Chunk>,
+        mut retention: Retention,
     ) -> std::io::Result<(Committer, JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::channel::<Request>(COMMIT_QUEUE);
         let senders: SenderTable = Arc::new(Mutex::new(senders));
@@ -78,6 +127,7 @@ impl Committer {
                 let mut failed: Option<String> = None;
                 let mut pending: Vec<(Request, Committed)> = Vec::new();
                 let mut chunks = Vec::new();
+                let mut next_checkpoint = Instant::now();
                 while let Some(first) = rx.blocking_recv() {
                     let mut batch = vec![first];
                     while let Ok(more) = rx.try_recv() {
@@ -103,6 +153,10 @@ impl Committer {
                                         req.records.clone(),
                                     ) {
                                         Ok(seq) => {
+                                            if log.segment_first_seq() == seq {
+                                                retention.tracker.segment_started(seq);
+                                            }
+                                            retention.tracker.observe(&req.resolved);
                                             if sequenced {
                                                 t.insert(req.sender.clone(), next + 1);
                                             }
@@ -145,6 +199,12 @@ impl Committer {
                         if live.send(chunk).is_err() {
                             failed = Some("the dataflow stopped".into());
                         }
+                    }
+                    if failed.is_none()
+                        && Instant::now() >= next_checkpoint
+                        && !retention.maybe_checkpoint(&mut log, &table)
+                    {
+                        next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
                     }
                 }
             })?;

@@ -38,13 +38,13 @@ fn topology_text(dir: &Path, extra: &str) -> String {
 }
 
 fn start(extra: &str) -> Node {
+    start_with(|dir| topology_text(dir, extra))
+}
+
+fn start_with(topology: impl Fn(&Path) -> String) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("certs");
-    std::fs::write(
-        dir.path().join("edge.toml"),
-        topology_text(dir.path(), extra),
-    )
-    .expect("write topology");
+    std::fs::write(dir.path().join("edge.toml"), topology(dir.path())).expect("write topology");
     let handle = restart_in(dir.path());
     Node {
         ca: certs.ca,
@@ -191,6 +191,74 @@ fn a_restarted_node_keeps_its_state_and_recognises_resends() {
     let expected =
         std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
     assert_same_rows(&node.sink("congestion.csv"), &expected, "congestion");
+}
+
+#[test]
+fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
+    // Small segments, one minute of retention: over the ten minutes of the
+    // recording most segments hold only retired windows.
+    let mut node = start_with(|dir| {
+        topology_text(dir, "")
+            .replace("[windows]\n", "[windows]\nretention = \"60s\"\n")
+            .replace("segment_bytes = 262144", "segment_bytes = 4096")
+    });
+    let path = data("sumo-public/telemetry.jsonl");
+    let mut opts = node.options(Encoding::JsonLines);
+    opts.batch_lines = 100;
+    // Paced over about four seconds, so the sink is written (once a
+    // second) while batches still arrive.
+    opts.pace = Some(150.0);
+    let r = send_file(&opts, &path);
+    assert_eq!(r.accepted, 11_486);
+    node.stop();
+    let log = node.dir.path().join("log");
+    let checkpoint = edgeflow::checkpoint::Checkpoint::load(&log)
+        .expect("readable")
+        .expect("a checkpoint was written");
+    let oldest = edgeflow::log::segments(&log).expect("segments")[0].0;
+    assert_eq!(oldest, checkpoint.first_seq, "segments before it are gone");
+    assert!(
+        oldest > 40,
+        "most of 115 entries deleted, oldest is {oldest}"
+    );
+    // The sender table as of the checkpoint: the batches durable by then.
+    let known = checkpoint.senders.get("recorder-1").copied();
+    assert!(known.is_some_and(|n| n > oldest && n <= 115), "{known:?}");
+
+    // The same records as one replay with the same chunking: the sink
+    // holds every window, those of deleted segments included.
+    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    let reference = Arc::new(topo.reference.clone());
+    let mut options = edgeflow::replay::ReplayOptions::new(1);
+    options.chunk_lines = 100;
+    let text = std::fs::read(&path).expect("fixture");
+    let (congestion, charging, _) = crate::support::replay(text, &reference, topo.time, options);
+    assert_eq!(node.sink("congestion.csv"), congestion);
+    assert_eq!(node.sink("charging.csv"), charging);
+    // What is left of the log replays to the newest windows' exact rows.
+    let (c, h) = replay_log(node.dir.path());
+    for (left, sink) in [(c, &congestion), (h, &charging)] {
+        let rows: Vec<&str> = left.lines().skip(1).collect();
+        assert!(!rows.is_empty(), "windows after the checkpoint remain");
+        for row in rows {
+            assert!(sink.lines().any(|l| l == row), "{row} not in the sink");
+        }
+    }
+
+    // A restart rebuilds from the checkpoint: the sink is unchanged, and a
+    // resend of the whole file is recognised batch by batch.
+    node.handle = Some(restart_in(node.dir.path()));
+    let stopped = node.stop();
+    assert!(stopped.recovered_entries < 115 - 40);
+    assert_eq!(node.sink("congestion.csv"), congestion);
+    assert_eq!(node.sink("charging.csv"), charging);
+    node.handle = Some(restart_in(node.dir.path()));
+    opts.to = node.addr();
+    let r = send_file(&opts, &path);
+    assert_eq!(r.accepted, 0, "the node knows every batch is durable");
+    node.stop();
+    assert_eq!(node.sink("congestion.csv"), congestion);
+    assert_eq!(node.sink("charging.csv"), charging);
 }
 
 /// A raw client for protocol tests.

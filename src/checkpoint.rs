@@ -1,0 +1,411 @@
+//! Log retention: the checkpoint that lets old log segments go.
+//!
+//! The log is the recording the node rebuilds its state from, so deleting a
+//! segment must change nothing downstream. A segment can go once every
+//! window its records touch has *retired* (DESIGN.md: a retired window never
+//! changes again) and its final rows are durable in the sinks. What the
+//! deleted entries still contributed to the rest of the state is saved
+//! first, in `checkpoint.json` in the log directory:
+//!
+//! | field        | meaning |
+//! |--------------|---------|
+//! | `first_seq`  | the first entry kept: replay starts here |
+//! | `prefix_max_ts` | largest event time of the entries before `first_seq` (the watermark clock resumes from it, so every kept record is judged as it was live) |
+//! | `horizon`    | a watermark: windows retiring at or before it are *frozen*, their rows live in the sinks only, and replay ignores their records |
+//! | `carries`    | per charger connector, its last counted register reading in a frozen window: the energy baseline of the next window (TELEMETRY.md §3) |
+//! | `senders`    | next batch number per sender, so resends of batches in deleted segments are still recognised |
+//!
+//! Order of operations, so that a crash at any point is safe: the sinks are
+//! written durably up to a watermark `>= horizon`; then the checkpoint is
+//! written (temporary file, fsync, rename, directory fsync); then the
+//! segments before `first_seq` are deleted. A node that finds segments
+//! before `first_seq` on start deletes them then.
+//!
+//! Which segments may go (see [`Tracker::proposal`]): with `M` the largest
+//! event time before segment start `J`, every record before `J` lies in a
+//! window starting at or before `window_start(M)`, so once the watermark
+//! `H` reaches `retire_at(window_start(M))`, all of them are in frozen
+//! windows, and no kept record can change a window they touch.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::dataflow::connectors::{ChargerReading, Reading};
+use crate::pipeline::Item;
+use crate::reference::Reference;
+use crate::time::{Fate, TimeSpec};
+
+/// File name of the checkpoint inside the log directory.
+pub const FILE: &str = "checkpoint.json";
+
+/// Errors reading or writing a checkpoint.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid checkpoint.
+    #[error("{path}: not a valid checkpoint: {reason}")]
+    Invalid {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One connector's energy baseline, by charger id (not index, so it
+/// survives a change of the charger list's order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carry {
+    /// Charger id.
+    pub charger_id: String,
+    /// Connector number.
+    pub connector: u32,
+    /// The reading.
+    pub reading: Reading,
+}
+
+/// What the deleted part of the log leaves behind (see the module doc).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version (1).
+    pub version: u32,
+    /// First entry kept.
+    pub first_seq: u64,
+    /// Largest event time before `first_seq`, ms.
+    pub prefix_max_ts: Option<u64>,
+    /// Windows with `retire_at <= horizon` are frozen, ms.
+    pub horizon: u64,
+    /// Energy baselines.
+    pub carries: Vec<Carry>,
+    /// Next batch number per sender.
+    pub senders: BTreeMap<String, u64>,
+}
+
+impl Checkpoint {
+    /// Path of the checkpoint of the log in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(FILE)
+    }
+
+    /// Loads the checkpoint of the log in `dir`; `None` when there is none
+    /// (nothing was ever deleted).
+    pub fn load(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+        let path = Self::path(dir);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CheckpointError::Io { path, source }),
+        };
+        let cp: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if cp.version != 1 {
+            return Err(CheckpointError::Invalid {
+                path,
+                reason: format!("version {} (this build reads version 1)", cp.version),
+            });
+        }
+        Ok(Some(cp))
+    }
+
+    /// Writes it durably (temporary file, fsync, rename, directory fsync).
+    pub fn store(&self, dir: &Path) -> Result<(), CheckpointError> {
+        let path = Self::path(dir);
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| CheckpointError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        json.push(b'\n');
+        crate::output::write_durably(&path, &json)
+            .map_err(|source| CheckpointError::Io { path, source })
+    }
+
+    /// Where a dataflow resumes from this checkpoint. Carries of chargers no
+    /// longer in `reference` are dropped (their rows cannot be written).
+    pub fn resume(&self, reference: &Reference) -> Resume {
+        let carries = self
+            .carries
+            .iter()
+            .filter_map(|c| {
+                Some(ChargerReading {
+                    charger: reference.charger(&c.charger_id)?,
+                    connector: c.connector,
+                    window: 0,
+                    reading: c.reading,
+                    carry: true,
+                })
+            })
+            .collect();
+        Resume {
+            first_seq: self.first_seq,
+            prefix_max_ts: self.prefix_max_ts,
+            horizon: self.horizon,
+            carries,
+        }
+    }
+}
+
+/// Where a dataflow starts: the beginning of the log, or a checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Sequence number of the first chunk.
+    pub first_seq: u64,
+    /// Largest event time before it.
+    pub prefix_max_ts: Option<u64>,
+    /// Records of windows retiring at or before this are ignored.
+    pub horizon: u64,
+    /// Energy baselines, fed to the dataflow before any record.
+    pub carries: Vec<ChargerReading>,
+}
+
+/// Follows the log as it is written and knows, at any point, which
+/// checkpoint would let the oldest segments go. Fed every entry in log
+/// order with its resolved records; it mirrors the watermark clock of the
+/// dataflow ([`crate::input::ChunkClock`]: one chunk per entry), so it
+/// counts exactly the readings the dataflow counts.
+#[derive(Debug)]
+pub struct Tracker {
+    spec: TimeSpec,
+    /// Largest event time of every entry seen.
+    prefix_max: Option<u64>,
+    /// Start of each segment still on disk → largest event time before it.
+    starts: BTreeMap<u64, Option<u64>>,
+    /// Last counted reading per connector, per window not yet frozen by a
+    /// checkpoint.
+    open: BTreeMap<u64, FxHashMap<(u32, u32), Reading>>,
+    /// Last counted reading per connector among frozen windows.
+    carries: FxHashMap<(u32, u32), Reading>,
+    /// The checkpoint in force: segments before it are gone.
+    first_seq: u64,
+}
+
+impl Tracker {
+    /// A tracker for a log starting at `resume`.
+    pub fn new(spec: TimeSpec, resume: &Resume) -> Self {
+        let carries = resume
+            .carries
+            .iter()
+            .map(|c| ((c.charger, c.connector), c.reading))
+            .collect();
+        Tracker {
+            spec,
+            prefix_max: resume.prefix_max_ts,
+            starts: BTreeMap::new(),
+            open: BTreeMap::new(),
+            carries,
+            first_seq: resume.first_seq,
+        }
+    }
+
+    /// A segment starts with entry `seq` (call before [`Tracker::observe`]
+    /// of that entry).
+    pub fn segment_started(&mut self, seq: u64) {
+        self.starts.insert(seq, self.prefix_max);
+    }
+
+    /// The current watermark.
+    pub fn watermark(&self) -> u64 {
+        self.spec.watermark(self.prefix_max)
+    }
+
+    /// Takes in one entry's records, in log order.
+    pub fn observe(&mut self, items: &[Item]) {
+        let watermark = self.watermark();
+        let mut max = None;
+        for item in items {
+            max = max.max(Some(item.ts()));
+            if let Item::Reading {
+                charger,
+                connector,
+                reading,
+            } = item
+            {
+                if self.spec.classify(reading.ts_ms, watermark) == Fate::Expired {
+                    continue;
+                }
+                let window = self.spec.window_start(reading.ts_ms);
+                let last = self
+                    .open
+                    .entry(window)
+                    .or_default()
+                    .entry((*charger, *connector))
+                    .or_insert(*reading);
+                *last = (*last).max(*reading);
+            }
+        }
+        self.prefix_max = self.prefix_max.max(max);
+    }
+
+    /// The checkpoint that would delete the most segments now, if it would
+    /// delete any, with a horizon at most `limit` (how far the sinks are
+    /// durable): the newest segment start `J` (up to the newest segment)
+    /// whose records before it all lie in windows retired by the horizon.
+    /// `senders` is the sender table as of now.
+    pub fn proposal(
+        &self,
+        reference: &Reference,
+        senders: &FxHashMap<String, u64>,
+        limit: u64,
+    ) -> Option<Checkpoint> {
+        let horizon = self.watermark().min(limit);
+        let (&first_seq, &prefix_max_ts) =
+            self.starts
+                .range(self.first_seq + 1..)
+                .rev()
+                .find(|(_, m)| {
+                    m.is_none_or(|m| self.spec.retire_at(self.spec.window_start(m)) <= horizon)
+                })?;
+        // Readings of windows retired by the horizon, newest last.
+        let mut lasts = self.carries.clone();
+        for (_, window) in self
+            .open
+            .iter()
+            .take_while(|(&w, _)| self.spec.retire_at(w) <= horizon)
+        {
+            for (&conn, &r) in window {
+                let carry = lasts.entry(conn).or_insert(r);
+                *carry = (*carry).max(r);
+            }
+        }
+        let mut carries: Vec<Carry> = lasts
+            .iter()
+            .filter_map(|(&(charger, connector), &reading)| {
+                Some(Carry {
+                    charger_id: reference.chargers.get(charger as usize)?.id.clone(),
+                    connector,
+                    reading,
+                })
+            })
+            .collect();
+        carries.sort_by(|a, b| (&a.charger_id, a.connector).cmp(&(&b.charger_id, b.connector)));
+        Some(Checkpoint {
+            version: 1,
+            first_seq,
+            prefix_max_ts,
+            horizon,
+            carries,
+            senders: senders.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+        })
+    }
+
+    /// The checkpoint `cp` is in force: fold the windows it froze into the
+    /// carries, forget older segment starts.
+    pub fn checkpointed(&mut self, cp: &Checkpoint) {
+        while let Some((&window, _)) = self.open.first_key_value() {
+            if self.spec.retire_at(window) > cp.horizon {
+                break;
+            }
+            let Some((_, last)) = self.open.pop_first() else {
+                break;
+            };
+            for (conn, r) in last {
+                let carry = self.carries.entry(conn).or_insert(r);
+                *carry = (*carry).max(r);
+            }
+        }
+        self.first_seq = cp.first_seq;
+        self.starts = self.starts.split_off(&cp.first_seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ConnectorStatus;
+
+    fn spec() -> TimeSpec {
+        TimeSpec {
+            size_ms: 10_000,
+            allowed_lateness_ms: 1_000,
+            retention_ms: 20_000,
+        }
+    }
+
+    fn reading(ts_ms: u64, energy_wh: u64) -> Item {
+        Item::Reading {
+            charger: 0,
+            connector: 1,
+            reading: Reading {
+                ts_ms,
+                energy_wh,
+                status: ConnectorStatus::Occupied,
+                power_mw: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn segments_go_once_every_window_before_them_retired() {
+        let reference = Reference::default();
+        let mut t = Tracker::new(spec(), &Resume::default());
+        t.segment_started(0);
+        t.observe(&[reading(1_000, 10), reading(9_000, 12)]);
+        t.segment_started(1);
+        t.observe(&[reading(15_000, 20)]);
+        // Window [0, 10 s) retires at watermark 30 s: not yet.
+        t.observe(&[reading(30_000, 30)]);
+        assert!(t
+            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .is_none());
+        t.segment_started(3);
+        t.observe(&[reading(31_000, 31)]);
+        let cp = t
+            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .expect("segment 0 may go");
+        assert_eq!(
+            (cp.first_seq, cp.prefix_max_ts, cp.horizon),
+            (1, Some(9_000), 30_000)
+        );
+        t.checkpointed(&cp);
+        // Segment 1 (entries 1 and 2) reaches 30 s, whose window retires
+        // at 60 s.
+        t.observe(&[reading(59_000, 41)]);
+        assert!(t
+            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .is_none());
+        t.observe(&[reading(61_000, 42)]);
+        let cp = t
+            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .expect("segment 1 may go");
+        assert_eq!((cp.first_seq, cp.prefix_max_ts), (3, Some(30_000)));
+        let carry = cp.carries.first().map(|c| c.reading.energy_wh);
+        assert_eq!(carry, None, "charger 0 is not in an empty reference");
+    }
+
+    #[test]
+    fn carries_hold_the_last_counted_reading_of_retired_windows() {
+        let mut t = Tracker::new(spec(), &Resume::default());
+        t.segment_started(0);
+        t.observe(&[reading(5_000, 10), reading(2_000, 99)]);
+        t.segment_started(1);
+        t.observe(&[reading(35_000, 20)]);
+        // Expired at arrival (its window retired at 30 s): not counted.
+        t.observe(&[reading(8_000, 500)]);
+        t.observe(&[reading(36_000, 21)]);
+        let reference = Reference::default();
+        // The sinks are durable up to 25 s only: nothing retired by then.
+        assert!(t
+            .proposal(&reference, &FxHashMap::default(), 25_000)
+            .is_none());
+        let cp = t
+            .proposal(&reference, &FxHashMap::default(), 30_000)
+            .expect("window 0 retired by 30 s");
+        assert_eq!((cp.first_seq, cp.horizon), (1, 30_000));
+        t.checkpointed(&cp);
+        let carry = t.carries.get(&(0, 1)).copied().map(|r| r.energy_wh);
+        assert_eq!(carry, Some(10), "last by time, expired ignored");
+    }
+}
