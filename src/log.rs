@@ -587,6 +587,36 @@ mod tests {
     }
 
     #[test]
+    fn deleting_old_segments_keeps_the_rest_readable_and_writable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _) = LogWriter::open(dir.path(), 100).expect("open");
+        append_n(&mut w, 12);
+        let starts: Vec<u64> = segments(dir.path())
+            .expect("list")
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        let cut = starts[2];
+        assert!(w.delete_before(cut + 1).expect("delete") >= 2);
+        assert_eq!(
+            segments(dir.path()).expect("list")[0].0,
+            cut,
+            "whole segments only"
+        );
+        drop(w);
+        let (mut w, rec) = LogWriter::open(dir.path(), 100).expect("reopen");
+        assert_eq!((rec.first_seq, w.next_seq()), (cut, 12));
+        append_n(&mut w, 1);
+        let all = read_all(dir.path());
+        assert_eq!(all.first().map(|e| e.seq), Some(cut));
+        assert_eq!(all.last().map(|e| e.seq), Some(12));
+        // The segment being written is never deleted.
+        let last = w.segment_first_seq();
+        w.delete_before(u64::MAX).expect("delete");
+        assert_eq!(segments(dir.path()).expect("list")[0].0, last);
+    }
+
+    #[test]
     fn torn_tail_is_truncated_on_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut w, _) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("open");
