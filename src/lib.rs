@@ -15,6 +15,7 @@
 //! - [`codec`]: JSON Lines and CBOR decoding/encoding of records.
 //! - [`time`]: windows, watermark, and the fate of a late record.
 //! - [`reference`]: road network and charger list from GeoJSON.
+//! - [`geo`]: map matching (R-tree over the road network), zones and H3 cells.
 //! - [`topology`]: the TOML topology file and its validation.
 //! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
 //! - [`ingest`]: the QUIC ingest protocol and server.
@@ -37,7 +38,7 @@
 //! Live QUIC ingest feeds [`pipeline::Stage`] the way [`replay`] does, with
 //! the durable log's batches as chunks; subscriptions and pushes consume
 //! [`dataflow::emit::Emission`]s (they carry provisional values too); map
-//! matching fills in [`pipeline::Unmatched::NoSegment`] reports.
+//! [`geo::Matcher`] matches reports without a segment id in [`pipeline::resolve`].
 
 pub mod aggregate;
 pub mod bench;
@@ -48,6 +49,7 @@ pub mod codec;
 pub mod dataflow;
 pub mod demo;
 pub mod edge;
+pub mod geo;
 pub mod ingest;
 pub mod input;
 pub mod loadgen;

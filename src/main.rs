@@ -492,11 +492,20 @@ fn print_summary(s: &RunSummary, workers: usize, out: &std::path::Path) {
         "  late {} (window still open), late-corrected {}, dropped past retention {}",
         i.late, i.corrections, i.expired
     );
+    let unmatched: Vec<String> = edgeflow::geo::Unmatched::ALL
+        .iter()
+        .filter(|u| i.unmatched[u.index()] > 0)
+        .map(|u| format!("{} {}", u.name(), i.unmatched[u.index()]))
+        .collect();
     eprintln!(
-        "  unmatched vehicle reports {} (no segment_id {}, unknown segment {})",
-        i.unmatched_no_segment + i.unmatched_unknown_segment,
-        i.unmatched_no_segment,
-        i.unmatched_unknown_segment
+        "  map-matched {} vehicle reports; unmatched {}{}",
+        i.map_matched,
+        i.unmatched_total(),
+        if unmatched.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", unmatched.join(", "))
+        }
     );
     eprintln!(
         "  windows emitted {} final, {} corrections; wrote {}/congestion.csv and {}/charging.csv",

@@ -12,6 +12,8 @@ pub const RECORDS_CORRECTIONS: &str = "edgeflow_records_corrections_total";
 pub const RECORDS_EXPIRED: &str = "edgeflow_records_expired_total";
 /// Vehicle reports matched to no segment; label `reason`.
 pub const RECORDS_UNMATCHED: &str = "edgeflow_records_unmatched_total";
+/// Vehicle reports without `segment_id` placed on a segment by the node.
+pub const RECORDS_MAP_MATCHED: &str = "edgeflow_records_map_matched_total";
 /// Aggregate rows emitted; labels `status`.
 pub const ROWS_EMITTED: &str = "edgeflow_rows_emitted_total";
 
@@ -28,10 +30,13 @@ pub fn publish(summary: &crate::replay::RunSummary) {
     }
     metrics::counter!(RECORDS_CORRECTIONS).increment(s.corrections);
     metrics::counter!(RECORDS_EXPIRED).increment(s.expired);
-    metrics::counter!(RECORDS_UNMATCHED, "reason" => "no_segment")
-        .increment(s.unmatched_no_segment);
-    metrics::counter!(RECORDS_UNMATCHED, "reason" => "unknown_segment")
-        .increment(s.unmatched_unknown_segment);
+    metrics::counter!(RECORDS_MAP_MATCHED).increment(s.map_matched);
+    for why in crate::geo::Unmatched::ALL {
+        let n = s.unmatched[why.index()];
+        if n > 0 {
+            metrics::counter!(RECORDS_UNMATCHED, "reason" => why.name()).increment(n);
+        }
+    }
     let e = &summary.emitted;
     metrics::counter!(ROWS_EMITTED, "status" => "final").increment(e.finals);
     metrics::counter!(ROWS_EMITTED, "status" => "correction").increment(e.corrections);

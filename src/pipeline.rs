@@ -33,15 +33,7 @@ pub const FLUSH_IDLE: Duration = Duration::from_millis(20);
 /// Error messages kept per worker for the run summary (all are counted).
 pub const MAX_REPORTED_ERRORS: usize = 20;
 
-/// Why a vehicle report counts toward no segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unmatched {
-    /// No `segment_id` (crossing a junction, parked). Map matching will
-    /// claim these; until then they are counted.
-    NoSegment,
-    /// A `segment_id` that is not in the road network.
-    UnknownSegment,
-}
+pub use crate::geo::Unmatched;
 
 /// What one worker counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,10 +52,12 @@ pub struct IngestStats {
     pub corrections: u64,
     /// Dropped: window already retired.
     pub expired: u64,
-    /// Vehicle reports without a segment.
-    pub unmatched_no_segment: u64,
-    /// Vehicle reports naming an unknown segment.
-    pub unmatched_unknown_segment: u64,
+    /// Vehicle reports without `segment_id` that map matching placed on a
+    /// segment.
+    pub map_matched: u64,
+    /// Vehicle reports counting toward no segment, by
+    /// [`Unmatched::index`].
+    pub unmatched: [u64; Unmatched::ALL.len()],
     /// The first errors, as `(line, message)`.
     pub errors: Vec<(u64, String)>,
 }
@@ -80,11 +74,18 @@ impl IngestStats {
         self.late += o.late;
         self.corrections += o.corrections;
         self.expired += o.expired;
-        self.unmatched_no_segment += o.unmatched_no_segment;
-        self.unmatched_unknown_segment += o.unmatched_unknown_segment;
+        self.map_matched += o.map_matched;
+        for (a, b) in self.unmatched.iter_mut().zip(o.unmatched) {
+            *a += b;
+        }
         self.errors.extend(o.errors.iter().cloned());
         self.errors.sort();
         self.errors.truncate(MAX_REPORTED_ERRORS);
+    }
+
+    /// All unmatched vehicle reports.
+    pub fn unmatched_total(&self) -> u64 {
+        self.unmatched.iter().sum()
     }
 
     /// All rejected records.
@@ -98,6 +99,17 @@ impl IngestStats {
             self.errors.push((line, err.to_string()));
         }
     }
+}
+
+/// How a vehicle report's segment was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matched {
+    /// The vehicle named it (`segment_id`).
+    OnBoard,
+    /// The node map-matched its position ([`crate::geo::matcher`]).
+    ByNode,
+    /// It has none.
+    No(Unmatched),
 }
 
 /// A valid record reduced to what the dataflow needs, resolved against the
@@ -116,8 +128,8 @@ pub enum Item {
         ts: u64,
         /// Speed, µm/s.
         speed: i64,
-        /// Why it has no segment.
-        unmatched: Option<Unmatched>,
+        /// How its segment was found, or why there is none.
+        how: Matched,
     },
     /// A charger connector reading.
     Reading {
@@ -145,19 +157,25 @@ impl Item {
 pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, RecordError> {
     match record {
         Record::Vehicle(v) => {
-            let (segment, unmatched) = match v.segment_id.as_deref() {
+            let charging = v.ev.is_some_and(|ev| ev.charging == Some(true));
+            let (segment, how) = match v.segment_id.as_deref() {
                 Some(id) => match reference.road(id) {
-                    Some(i) => (Some(i), None),
-                    None => (None, Some(Unmatched::UnknownSegment)),
+                    Some(i) => (Some(i), Matched::OnBoard),
+                    None => (None, Matched::No(Unmatched::UnknownSegment)),
                 },
-                None => (None, Some(Unmatched::NoSegment)),
+                // Parked in a charging bay, not on the road.
+                None if charging => (None, Matched::No(Unmatched::Charging)),
+                None => match reference.matcher.locate(v.lon, v.lat, v.heading_deg) {
+                    Ok(i) => (Some(i), Matched::ByNode),
+                    Err(why) => (None, Matched::No(why)),
+                },
             };
             Ok(Item::Report {
                 segment,
                 vehicle: xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes()),
                 ts: v.ts_ms,
                 speed: speed_fixed(v.speed_mps),
-                unmatched,
+                how,
             })
         }
         Record::Charger(c) => {
@@ -328,20 +346,21 @@ impl<'a> Stage<'a> {
                     segment: Some(segment),
                     vehicle,
                     speed,
+                    how,
                     ..
                 } => {
                     self.stats.vehicle += 1;
+                    if how == Matched::ByNode {
+                        self.stats.map_matched += 1;
+                    }
                     let s = self.reports.entry((segment, window, vehicle)).or_default();
                     s.count += 1;
                     s.sum += speed;
                 }
-                Item::Report { unmatched, .. } => {
+                Item::Report { how, .. } => {
                     self.stats.vehicle += 1;
-                    match unmatched {
-                        Some(Unmatched::UnknownSegment) => {
-                            self.stats.unmatched_unknown_segment += 1
-                        }
-                        _ => self.stats.unmatched_no_segment += 1,
+                    if let Matched::No(why) = how {
+                        self.stats.unmatched[why.index()] += 1;
                     }
                 }
                 Item::Reading {

@@ -9,6 +9,7 @@
 //! them by their index in that order: sorting by index is sorting by id, which
 //! is the order of the CSV outputs (TELEMETRY.md §4).
 
+use crate::geo::{MatchSettings, Matcher};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -89,6 +90,8 @@ pub struct Reference {
     pub chargers: Vec<Charger>,
     road_index: FxHashMap<String, u32>,
     charger_index: FxHashMap<String, u32>,
+    /// The spatial index over `roads`, for map matching.
+    pub matcher: Matcher,
 }
 
 impl Reference {
@@ -106,12 +109,19 @@ impl Reference {
             .enumerate()
             .map(|(i, c)| (c.id.clone(), i as u32))
             .collect();
+        let matcher = Matcher::new(&roads, MatchSettings::default());
         Reference {
             roads,
             chargers,
             road_index,
             charger_index,
+            matcher,
         }
+    }
+
+    /// Rebuilds the map-matching index with `settings`.
+    pub fn set_matching(&mut self, settings: MatchSettings) {
+        self.matcher = Matcher::new(&self.roads, settings);
     }
 
     /// Index of a segment id.

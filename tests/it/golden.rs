@@ -3,6 +3,7 @@
 //! window present, none extra, numbers equal to one unit in the last digit,
 //! and the same bytes for 1, 2 and 4 workers.
 
+use edgeflow::geo::Unmatched;
 use std::sync::Arc;
 
 use edgeflow::replay::ReplayOptions;
@@ -30,10 +31,20 @@ fn sumo_public_reproduces_expected_aggregates_for_any_worker_count() {
         );
         assert_eq!(summary.ingest.records, 11_486);
         assert_eq!(summary.ingest.rejected_total(), 0);
-        assert_eq!(
-            summary.ingest.unmatched_no_segment, 2_420,
-            "reports without segment_id count toward no segment"
+        // Without segment_id a vehicle is in a junction or charging in a
+        // bay (sumo-public README): map matching must place none of them.
+        let u = &summary.ingest.unmatched;
+        assert!(
+            summary.ingest.map_matched <= 3,
+            "{}",
+            summary.ingest.map_matched
         );
+        assert_eq!(
+            summary.ingest.unmatched_total() + summary.ingest.map_matched,
+            2_420
+        );
+        assert_eq!(u[Unmatched::Charging.index()], 1_337);
+        assert!(u[Unmatched::Junction.index()] >= 1_070, "{u:?}");
         assert_eq!(summary.ingest.expired, 0);
         let n = assert_same_rows(&congestion, &expected_congestion, "congestion");
         assert_eq!(n, 1_275);

@@ -14,6 +14,7 @@
 
 mod bad_input;
 mod cli;
+mod geo;
 mod golden;
 mod ingest;
 mod oracle;

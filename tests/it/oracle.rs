@@ -78,7 +78,7 @@ impl Rec {
                     .map(|s| format!(r#","segment_id":"{s}""#))
                     .unwrap_or_default();
                 format!(
-                    r#"{{"type":"vehicle","vehicle_id":"{vehicle}","ts_ms":{ts},"lat":60.5,"lon":26.9,"speed_mps":{}.{:03}{seg}}}"#,
+                    r#"{{"type":"vehicle","vehicle_id":"{vehicle}","ts_ms":{ts},"lat":60.6,"lon":26.9,"speed_mps":{}.{:03}{seg}}}"#,
                     speed_milli / 1000,
                     speed_milli % 1000
                 )

@@ -1,0 +1,327 @@
+//! Map matching: a vehicle report's position (and heading) to a road
+//! segment.
+//!
+//! # The rule
+//! Positions are projected onto a local plane in metres ([`Plane`]). Every
+//! straight piece of every segment's polyline is in an R-tree (`rstar`).
+//! For a report at `p` with heading `h`:
+//!
+//! 1. **Candidates** are the pieces within `radius_m` of `p` (default 25 m).
+//! 2. When the report has a heading, a candidate whose direction of travel
+//!    differs from it by more than `heading_tolerance_deg` is the other
+//!    carriageway (or a crossing road) and is dropped.
+//! 3. The nearest remaining candidate decides. Equal distances (to the
+//!    millimetre) prefer a candidate the report is not beyond the end of
+//!    (see 4), then the lowest segment id (the two directions of a two-way
+//!    road without a heading), so the result never depends on tree order.
+//! 4. If the report lies *beyond an end* of that segment (before its first
+//!    point or after its last, by more than `end_slack_m`), the vehicle is
+//!    in a junction between segments (networks such as SUMO's cut edges
+//!    where a junction begins): [`Unmatched::Junction`]. Otherwise it is on
+//!    that segment.
+//! 5. No candidate at all: [`Unmatched::WrongHeading`] if step 2 dropped
+//!    some, else [`Unmatched::OffRoad`].
+//!
+//! An EV reporting `ev.charging = true` sits in a charging bay, not on the
+//! road: it is [`Unmatched::Charging`] before any geometry is looked at
+//! (see [`crate::pipeline::resolve`]).
+
+use rstar::{RTree, RTreeObject, AABB};
+
+use crate::reference::Road;
+
+/// Map-matching settings (`[matching]` in the topology).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatchSettings {
+    /// Largest distance from a segment, metres.
+    pub radius_m: f64,
+    /// Largest difference between heading and direction of travel, degrees.
+    pub heading_tolerance_deg: f64,
+    /// How far beyond a segment's end a report may lie and still be on it.
+    pub end_slack_m: f64,
+}
+
+impl Default for MatchSettings {
+    fn default() -> Self {
+        MatchSettings {
+            radius_m: 25.0,
+            heading_tolerance_deg: 45.0,
+            end_slack_m: 0.0,
+        }
+    }
+}
+
+/// Why a vehicle report counts toward no segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unmatched {
+    /// A `segment_id` that is not in the road network.
+    UnknownSegment,
+    /// No segment within the matching radius.
+    OffRoad,
+    /// Between segments: beyond the ends of every nearby segment.
+    Junction,
+    /// Near segments, but none in the direction the vehicle heads.
+    WrongHeading,
+    /// An EV charging in a bay.
+    Charging,
+}
+
+impl Unmatched {
+    /// Every reason, in counter order.
+    pub const ALL: [Unmatched; 5] = [
+        Unmatched::UnknownSegment,
+        Unmatched::OffRoad,
+        Unmatched::Junction,
+        Unmatched::WrongHeading,
+        Unmatched::Charging,
+    ];
+
+    /// Position in [`Unmatched::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Name used in summaries and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unmatched::UnknownSegment => "unknown_segment",
+            Unmatched::OffRoad => "off_road",
+            Unmatched::Junction => "junction",
+            Unmatched::WrongHeading => "wrong_heading",
+            Unmatched::Charging => "charging",
+        }
+    }
+}
+
+/// A local equirectangular projection to metres around an origin: exact
+/// enough at city scale (the scale error at 30 km from the origin is below
+/// 0.1 %).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Plane {
+    lat0: f64,
+    lon0: f64,
+    kx: f64,
+    ky: f64,
+}
+
+/// Mean Earth radius, metres.
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
+
+impl Plane {
+    /// A plane around `[lon, lat]`.
+    pub fn around(lon: f64, lat: f64) -> Self {
+        let ky = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
+        Plane {
+            lat0: lat,
+            lon0: lon,
+            kx: ky * lat.to_radians().cos(),
+            ky,
+        }
+    }
+
+    /// `(x east, y north)` in metres.
+    #[inline]
+    pub fn project(&self, lon: f64, lat: f64) -> [f64; 2] {
+        [(lon - self.lon0) * self.kx, (lat - self.lat0) * self.ky]
+    }
+}
+
+/// One straight piece of a segment's polyline.
+#[derive(Clone, Debug)]
+struct Piece {
+    segment: u32,
+    a: [f64; 2],
+    b: [f64; 2],
+    /// Unit direction a → b.
+    dir: [f64; 2],
+    len: f64,
+    /// First / last piece of its segment.
+    first: bool,
+    last: bool,
+}
+
+impl RTreeObject for Piece {
+    type Envelope = AABB<[f64; 2]>;
+    fn envelope(&self) -> Self::Envelope {
+        AABB::from_corners(self.a, self.b)
+    }
+}
+
+/// The spatial index over a road network.
+#[derive(Clone, Debug, Default)]
+pub struct Matcher {
+    plane: Plane,
+    tree: RTree<Piece>,
+    settings: MatchSettings,
+}
+
+impl Matcher {
+    /// Indexes `roads` (segment `i` is `roads[i]`).
+    pub fn new(roads: &[Road], settings: MatchSettings) -> Self {
+        let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
+        for p in roads.iter().flat_map(|r| &r.line) {
+            sx += p[0];
+            sy += p[1];
+            n += 1.0;
+        }
+        let plane = if n > 0.0 {
+            Plane::around(sx / n, sy / n)
+        } else {
+            Plane::default()
+        };
+        let mut pieces = Vec::new();
+        for (i, road) in roads.iter().enumerate() {
+            let pts: Vec<[f64; 2]> = road
+                .line
+                .iter()
+                .map(|p| plane.project(p[0], p[1]))
+                .collect();
+            let count = pts.len().saturating_sub(1);
+            for (k, w) in pts.windows(2).enumerate() {
+                let (a, b) = (w[0], w[1]);
+                let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
+                if len < 1e-6 {
+                    continue;
+                }
+                pieces.push(Piece {
+                    segment: i as u32,
+                    a,
+                    b,
+                    dir: [(b[0] - a[0]) / len, (b[1] - a[1]) / len],
+                    len,
+                    first: k == 0,
+                    last: k + 1 == count,
+                });
+            }
+        }
+        Matcher {
+            plane,
+            tree: RTree::bulk_load(pieces),
+            settings,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> MatchSettings {
+        self.settings
+    }
+
+    /// Matches a position (and heading, degrees clockwise from north) to a
+    /// segment index, by the rule in the module doc.
+    pub fn locate(&self, lon: f64, lat: f64, heading_deg: Option<f64>) -> Result<u32, Unmatched> {
+        let p = self.plane.project(lon, lat);
+        let r = self.settings.radius_m;
+        let query = AABB::from_corners([p[0] - r, p[1] - r], [p[0] + r, p[1] + r]);
+        // Heading as a unit vector (x east, y north).
+        let heading = heading_deg.map(|h| {
+            let h = h.to_radians();
+            [h.sin(), h.cos()]
+        });
+        let min_cos = self.settings.heading_tolerance_deg.to_radians().cos();
+        let slack = self.settings.end_slack_m;
+        // The nearest candidate by (distance in whole millimetres, beyond
+        // its segment's end, segment index): a total order, so neither tree
+        // order nor float noise picks the winner.
+        let mut best: Option<(u64, bool, u32)> = None;
+        let mut wrong_way = false;
+        for piece in self.tree.locate_in_envelope_intersecting(query) {
+            let rel = [p[0] - piece.a[0], p[1] - piece.a[1]];
+            let along = rel[0] * piece.dir[0] + rel[1] * piece.dir[1];
+            let t = along.clamp(0.0, piece.len);
+            let q = [piece.a[0] + piece.dir[0] * t, piece.a[1] + piece.dir[1] * t];
+            let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
+            if d > r {
+                continue;
+            }
+            if heading.is_some_and(|h| h[0] * piece.dir[0] + h[1] * piece.dir[1] < min_cos) {
+                wrong_way = true;
+                continue;
+            }
+            let beyond =
+                (piece.first && along < -slack) || (piece.last && along > piece.len + slack);
+            let key = ((d * 1000.0).round() as u64, beyond, piece.segment);
+            if best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        match best {
+            Some((_, false, segment)) => Ok(segment),
+            Some((_, true, _)) => Err(Unmatched::Junction),
+            None if wrong_way => Err(Unmatched::WrongHeading),
+            None => Err(Unmatched::OffRoad),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metres to degrees near (26.94, 60.53).
+    fn at(x: f64, y: f64) -> [f64; 2] {
+        let plane = Plane::around(26.94, 60.53);
+        [26.94 + x / plane.kx, 60.53 + y / plane.ky]
+    }
+
+    fn road(id: &str, pts: &[(f64, f64)]) -> Road {
+        Road {
+            id: id.into(),
+            free_flow_mps: 13.9,
+            lanes: 1,
+            name: None,
+            length_m: None,
+            line: pts.iter().map(|&(x, y)| at(x, y)).collect(),
+        }
+    }
+
+    fn matcher() -> Matcher {
+        // An east-west two-way road (two segments, same line), then a
+        // junction at x = 100..110 and a road going on east; a road far north.
+        Matcher::new(
+            &[
+                road("a-east", &[(0.0, 0.0), (50.0, 0.0), (100.0, 0.0)]),
+                road("b-west", &[(100.0, 0.0), (0.0, 0.0)]),
+                road("c-east", &[(110.0, 0.0), (200.0, 0.0)]),
+                road("d-north", &[(0.0, 500.0), (0.0, 600.0)]),
+            ],
+            MatchSettings::default(),
+        )
+    }
+
+    fn locate(m: &Matcher, x: f64, y: f64, h: Option<f64>) -> Result<u32, Unmatched> {
+        let p = at(x, y);
+        m.locate(p[0], p[1], h)
+    }
+
+    #[test]
+    fn heading_picks_the_carriageway() {
+        let m = matcher();
+        assert_eq!(locate(&m, 40.0, 3.0, Some(90.0)), Ok(0));
+        assert_eq!(locate(&m, 40.0, 3.0, Some(270.0)), Ok(1));
+        assert_eq!(
+            locate(&m, 40.0, 3.0, Some(100.0)),
+            Ok(0),
+            "within tolerance"
+        );
+        assert_eq!(locate(&m, 40.0, 3.0, None), Ok(0), "tie: lowest id");
+        assert_eq!(
+            locate(&m, 40.0, 3.0, Some(0.0)),
+            Err(Unmatched::WrongHeading)
+        );
+    }
+
+    #[test]
+    fn junctions_and_far_reports_are_unmatched() {
+        let m = matcher();
+        assert_eq!(locate(&m, 105.0, 0.0, Some(90.0)), Err(Unmatched::Junction));
+        assert_eq!(
+            locate(&m, 100.5, 0.0, Some(90.0)),
+            Ok(0),
+            "within the end slack"
+        );
+        assert_eq!(locate(&m, 111.0, 0.5, Some(90.0)), Ok(2));
+        assert_eq!(locate(&m, 50.0, 30.0, Some(90.0)), Err(Unmatched::OffRoad));
+        assert_eq!(locate(&m, 1000.0, 1000.0, None), Err(Unmatched::OffRoad));
+        assert_eq!(locate(&m, 2.0, 550.0, Some(0.0)), Ok(3));
+    }
+}

@@ -1,0 +1,6 @@
+//! Geography: map matching of positions to road segments, and zones
+//! (named polygons and H3 cells) that aggregates roll up into.
+
+pub mod matcher;
+
+pub use matcher::{MatchSettings, Matcher, Unmatched};
