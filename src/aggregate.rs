@@ -162,6 +162,8 @@ pub enum Kind {
     Congestion,
     /// Charging demand per charger.
     Charging,
+    /// Roll-ups per zone (named polygon or H3 cell).
+    Zone,
 }
 
 impl Kind {
@@ -170,6 +172,7 @@ impl Kind {
         match self {
             Kind::Congestion => "congestion",
             Kind::Charging => "charging",
+            Kind::Zone => "zone",
         }
     }
 }
@@ -180,7 +183,8 @@ impl Kind {
 pub struct AggKey {
     /// Which aggregate.
     pub kind: Kind,
-    /// Index of the segment or charger in [`Reference`].
+    /// Index of the segment or charger in [`Reference`], or the zone number
+    /// ([`crate::geo::zones::ZoneRegistry`]).
     pub key: u32,
     /// Window start, ms.
     pub window: u64,
@@ -193,6 +197,121 @@ pub enum AggValue {
     Congestion(Congestion),
     /// Charging.
     Charging(Charging),
+    /// A zone roll-up.
+    Zone(ZoneAgg),
+}
+
+/// One segment's, charger's or low-SoC EV's contribution to a zone window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ZonePart {
+    /// A segment's congestion.
+    Segment {
+        /// Segment index.
+        segment: u32,
+        /// Its reports.
+        samples: u64,
+        /// `samples × speed ratio`, millionths: Σ speed / free flow.
+        ratio_sum_ppm: i64,
+        /// Its level is `jam`.
+        jammed: bool,
+    },
+    /// A charger's window.
+    Charger {
+        /// Charger index.
+        charger: u32,
+        /// Its value.
+        value: Charging,
+        /// Its connector count.
+        connectors: u32,
+    },
+    /// An EV below the SoC threshold, not charging, on a segment of the zone.
+    LowSoc {
+        /// Vehicle id hash.
+        vehicle: u64,
+    },
+}
+
+impl ZonePart {
+    /// A segment's part, given its free-flow speed.
+    pub fn segment(segment: u32, c: &Congestion, free_flow_mps: f64) -> Self {
+        let ratio_sum_ppm = (c.speed_sum as f64 / free_flow_mps).round() as i64;
+        let ratio = c.mean_speed_mps() / free_flow_mps;
+        ZonePart::Segment {
+            segment,
+            samples: c.samples,
+            ratio_sum_ppm,
+            jammed: level(ratio) == "jam",
+        }
+    }
+}
+
+/// A zone in one window: congestion, charging and the demand signal
+/// (TELEMETRY.md §4 in docs/).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct ZoneAgg {
+    /// Vehicle reports on the zone's segments.
+    pub samples: u64,
+    /// Segments with reports.
+    pub segments: u32,
+    /// Σ over segments of `samples × speed ratio`, millionths.
+    pub ratio_sum_ppm: i64,
+    /// Segments at level `jam`.
+    pub jammed: u32,
+    /// Chargers reporting.
+    pub chargers: u32,
+    /// Energy delivered, Wh.
+    pub energy_wh: u64,
+    /// Σ of the chargers' mean power, mW.
+    pub power_mw: i64,
+    /// Occupied connectors.
+    pub occupied: u32,
+    /// Connectors of the reporting chargers.
+    pub connectors: u32,
+    /// Faulted or unavailable connectors.
+    pub faulted: u32,
+    /// Distinct EVs below the SoC threshold, not charging.
+    pub low_soc_evs: u32,
+}
+
+impl ZoneAgg {
+    /// Rolls parts up (each part once; parts come distinct from `reduce`).
+    pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a ZonePart>) -> Self {
+        let mut z = ZoneAgg::default();
+        for p in parts {
+            match *p {
+                ZonePart::Segment {
+                    samples,
+                    ratio_sum_ppm,
+                    jammed,
+                    ..
+                } => {
+                    z.samples += samples;
+                    z.segments += 1;
+                    z.ratio_sum_ppm += ratio_sum_ppm;
+                    z.jammed += u32::from(jammed);
+                }
+                ZonePart::Charger {
+                    value, connectors, ..
+                } => {
+                    z.chargers += 1;
+                    z.energy_wh += value.energy_wh;
+                    z.power_mw += value.mean_power_mw;
+                    z.occupied += value.occupied;
+                    z.faulted += value.faulted;
+                    z.connectors += connectors;
+                }
+                ZonePart::LowSoc { .. } => z.low_soc_evs += 1,
+            }
+        }
+        z
+    }
+
+    /// Sample-weighted mean speed ratio, when there are samples.
+    pub fn mean_speed_ratio(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.ratio_sum_ppm as f64 / 1e6 / self.samples as f64)
+    }
 }
 
 /// CSV header of congestion rows.
@@ -201,6 +320,9 @@ pub const CONGESTION_HEADER: &str =
 /// CSV header of charging rows.
 pub const CHARGING_HEADER: &str =
     "charger_id,window_start_ms,window_end_ms,energy_wh,mean_power_kw,occupied,connectors,utilization,faulted";
+
+/// CSV header of zone rows.
+pub const ZONES_HEADER: &str = "zone_id,zone_type,window_start_ms,window_end_ms,samples,segments,mean_speed_ratio,jammed_segments,chargers,energy_wh,power_kw,occupied,connectors,faulted,low_soc_evs";
 
 /// Appends the CSV row of `key`/`value` (TELEMETRY.md §4) to `out`, without
 /// a newline. Returns false when the key is not in the reference data.
@@ -249,6 +371,30 @@ pub fn write_csv_row(
                 charger.connectors,
                 c.occupied as f64 / charger.connectors as f64,
                 c.faulted
+            );
+        }
+        AggValue::Zone(z) => {
+            let Some((id, kind)) = reference.registry.id(key.key) else {
+                return false;
+            };
+            let _ = write!(
+                out,
+                "{id},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{}",
+                kind.as_str(),
+                key.window,
+                end,
+                z.samples,
+                z.segments,
+                z.mean_speed_ratio()
+                    .map_or(String::new(), |r| format!("{r:.4}")),
+                z.jammed,
+                z.chargers,
+                z.energy_wh,
+                z.power_mw as f64 / POWER_SCALE,
+                z.occupied,
+                z.connectors,
+                z.faulted,
+                z.low_soc_evs
             );
         }
     }

@@ -39,6 +39,51 @@ use crate::topology::{SinkSection, Topology};
 pub const LIVE_QUEUE: usize = 64;
 /// Least time between two rewrites of a files sink.
 pub const SINK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the zone file is checked for changes.
+pub const ZONE_POLL: Duration = Duration::from_secs(1);
+
+/// Watches the zone file; when it changes and loads cleanly, sends the
+/// membership change to the dataflow. A file with problems is reported and
+/// ignored (the zones in force stay). Stops when `stop` is dropped.
+fn watch_zones(
+    path: PathBuf,
+    reference: Arc<crate::reference::Reference>,
+    changes: mpsc::Sender<crate::replay::ZoneChange>,
+    stop: mpsc::Receiver<()>,
+) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut current = reference.membership(&reference.zones);
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(ZONE_POLL) {
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match crate::geo::zones::load(&path) {
+            Ok(zones) => {
+                let next = reference.membership(&zones);
+                let (gone, added) = current.diff(&next);
+                eprintln!(
+                    "edgeflow: zones reloaded from {}: {} zones; {} memberships added, {} removed",
+                    path.display(),
+                    zones.len(),
+                    added.segments.len() + added.chargers.len(),
+                    gone.segments.len() + gone.chargers.len()
+                );
+                current = next;
+                if changes.send((gone, added)).is_err() {
+                    return;
+                }
+            }
+            Err(problems) => {
+                for p in problems {
+                    eprintln!("edgeflow: zone file not reloaded: {p}");
+                }
+            }
+        }
+    }
+}
 
 /// Why a node cannot start or run.
 #[derive(Debug, Error)]
@@ -165,6 +210,21 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
     let (live_tx, live_rx) = mpsc::sync_channel::<Chunk>(LIVE_QUEUE);
     let sinks_durable = Arc::new(AtomicU64::new(0));
 
+    // Zone file reloads.
+    let (zone_rx, zone_watch) = match &topology.zone_file {
+        Some(path) => {
+            let (tx, rx) = mpsc::channel();
+            let (stop_tx, stop_rx) = mpsc::channel();
+            let (path, reference) = (path.clone(), reference.clone());
+            std::thread::Builder::new()
+                .name("edgeflow-zones".into())
+                .spawn(move || watch_zones(path, reference, tx, stop_rx))
+                .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+            (Some(rx), Some(stop_tx))
+        }
+        None => (None, None),
+    };
+
     // The dataflow, fed live.
     let dataflow = {
         let topology = topology.clone();
@@ -189,7 +249,11 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                 let mut seen = 0u64;
                 let sinks = topology.sinks.clone();
                 let summary = crate::replay::run(
-                    Input::Live(live_rx, resume),
+                    Input::Live(crate::replay::Live {
+                        chunks: live_rx,
+                        resume,
+                        zones: zone_rx,
+                    }),
                     reference,
                     topology.time,
                     ReplayOptions::new(workers),
@@ -291,6 +355,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
             // Every connection is done: closing the log hand-over ends the
             // dataflow once it has taken in everything acknowledged.
             drop(runtime);
+            drop(zone_watch);
             commit_thread
                 .join()
                 .map_err(|_| EdgeError::Runtime("the commit thread panicked".into()))?;

@@ -31,6 +31,7 @@
 //! - [`replay`]: running recorded telemetry through the dataflow.
 //! - [`bench`]: the synthetic benchmark and its plain-loop baseline.
 //! - [`bench_ingest`]: an edge node under synthetic QUIC load.
+//! - [`bench_match`]: map-matching throughput on a road network.
 //! - [`loadgen`]: synthetic live traffic over QUIC (`simulate`, `bench-ingest`).
 //! - [`metrics`]: metric names, defined once.
 //!
@@ -43,6 +44,7 @@
 pub mod aggregate;
 pub mod bench;
 pub mod bench_ingest;
+pub mod bench_match;
 pub mod checkpoint;
 pub mod client;
 pub mod codec;

@@ -116,6 +116,10 @@ enum Command {
     /// Measure an edge node (own process, durable log) under synthetic QUIC
     /// load; prints one JSON object.
     BenchIngest(edgeflow::bench_ingest::IngestBenchArgs),
+    /// Measure map matching on a topology's road network (one core),
+    /// against the same rule without the spatial index; prints one JSON
+    /// object.
+    BenchMatch(edgeflow::bench_match::MatchBenchArgs),
     /// Send live synthetic traffic to a node over real QUIC connections, one
     /// per vehicle fleet gateway, stamped with the wall clock.
     Simulate {
@@ -392,6 +396,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("server key: {}", paths.key.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::BenchMatch(args) => {
+            println!("{}", edgeflow::bench_match::run(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::BenchIngest(args) => {
             println!("{}", edgeflow::bench_ingest::run(&args)?);
             Ok(ExitCode::SUCCESS)
@@ -508,10 +516,9 @@ fn print_summary(s: &RunSummary, workers: usize, out: &std::path::Path) {
         }
     );
     eprintln!(
-        "  windows emitted {} final, {} corrections; wrote {}/congestion.csv and {}/charging.csv",
+        "  windows emitted {} final, {} corrections; wrote the CSV files to {}",
         s.emitted.finals,
         s.emitted.corrections,
-        out.display(),
         out.display()
     );
 }

@@ -9,8 +9,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use crate::aggregate::{write_csv_row, AggKey, AggValue, Kind, CHARGING_HEADER, CONGESTION_HEADER};
+use crate::aggregate::{
+    write_csv_row, AggKey, AggValue, Kind, CHARGING_HEADER, CONGESTION_HEADER, ZONES_HEADER,
+};
 use crate::dataflow::emit::{Emission, Status};
+use crate::geo::zones::ZoneKind;
 use crate::reference::Reference;
 
 /// The final value of every (key, window) emitted so far, and the rows a
@@ -26,22 +29,26 @@ impl FinalTable {
     /// Applies emissions: final and corrected values replace what was there.
     pub fn apply(&mut self, emissions: &[Emission]) {
         for e in emissions {
-            if matches!(e.status, Status::Final | Status::Correction) {
-                self.rows.insert(e.key, e.value);
+            match e.status {
+                Status::Final | Status::Correction => {
+                    self.rows.insert(e.key, e.value);
+                }
+                Status::Retraction => {
+                    self.rows.remove(&e.key);
+                    self.kept.remove(&e.key);
+                }
+                Status::Provisional => {}
             }
         }
     }
 
-    /// Loads the rows of `congestion.csv` and `charging.csv` in `dir` as
-    /// kept rows (missing files are empty). Emitted values replace them.
-    /// Rows of keys no longer in `reference` cannot be written again: they
-    /// are dropped, with one warning each in the result.
+    /// Loads the rows of the CSV files in `dir` ([`FILES`]) as kept rows
+    /// (missing files are empty). Emitted values replace them. Rows of keys
+    /// no longer in `reference` cannot be written again: they are dropped,
+    /// with one warning each in the result.
     pub fn load_csv(&mut self, dir: &Path, reference: &Reference) -> std::io::Result<Vec<String>> {
         let mut warnings = Vec::new();
-        for (kind, name, header) in [
-            (Kind::Congestion, "congestion.csv", CONGESTION_HEADER),
-            (Kind::Charging, "charging.csv", CHARGING_HEADER),
-        ] {
+        for (kind, name) in FILES {
             let path = dir.join(name);
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
@@ -49,31 +56,23 @@ impl FinalTable {
                 Err(e) => return Err(e),
             };
             let mut lines = text.lines().enumerate();
-            if lines.next().is_some_and(|(_, h)| h != header) {
+            if lines.next().is_some_and(|(_, h)| h != header(kind)) {
                 warnings.push(format!("{}: unexpected header, not loaded", path.display()));
                 continue;
             }
             for (i, line) in lines {
-                // Ids may hold commas: the other eight fields never do.
-                let mut fields = line.rsplitn(9, ',');
-                let window = fields.nth(7).and_then(|w| w.parse::<u64>().ok());
-                let id = fields.next();
-                let index = id.and_then(|id| match kind {
-                    Kind::Congestion => reference.road(id),
-                    Kind::Charging => reference.charger(id),
-                });
-                match (window, index) {
-                    (Some(window), Some(key)) => {
-                        self.kept
-                            .insert(AggKey { kind, key, window }, line.to_owned());
+                match row_key(kind, line, reference) {
+                    Some(key) => {
+                        self.kept.insert(key, line.to_owned());
                     }
-                    _ => warnings.push(format!(
+                    None => warnings.push(format!(
                         "{}:{}: not a row of a known {}, dropped",
                         path.display(),
                         i + 1,
                         match kind {
                             Kind::Congestion => "road segment",
                             Kind::Charging => "charger",
+                            Kind::Zone => "zone",
                         }
                     )),
                 }
@@ -102,37 +101,37 @@ impl FinalTable {
         self.rows.is_empty() && self.kept.is_empty()
     }
 
-    /// The CSV text of one kind.
+    /// The CSV text of one kind: rows sorted by id, then window start.
     pub fn csv(&self, kind: Kind, reference: &Reference, window_ms: u64) -> String {
-        let mut out = String::new();
-        out.push_str(match kind {
-            Kind::Congestion => CONGESTION_HEADER,
-            Kind::Charging => CHARGING_HEADER,
-        });
-        out.push('\n');
-        let mut kept = self
-            .kept
-            .iter()
-            .filter(|(k, _)| k.kind == kind && !self.rows.contains_key(k))
-            .peekable();
+        // Segment and charger indexes follow id order; zone numbers do not
+        // (a reloaded zone file appends), so sort by the printed id.
+        let mut lines: Vec<(String, u64, String)> = Vec::new();
         for (key, value) in self.rows(kind) {
-            while let Some((_, line)) = kept.next_if(|(k, _)| *k < key) {
-                out.push_str(line);
-                out.push('\n');
-            }
-            if write_csv_row(&mut out, reference, window_ms, key, value) {
-                out.push('\n');
+            let mut line = String::new();
+            if write_csv_row(&mut line, reference, window_ms, key, value) {
+                lines.push((sort_id(key, reference), key.window, line));
             }
         }
-        for (_, line) in kept {
-            out.push_str(line);
+        for (key, line) in &self.kept {
+            if key.kind == kind && !self.rows.contains_key(key) {
+                lines.push((sort_id(key, reference), key.window, line.clone()));
+            }
+        }
+        lines.sort_unstable();
+        let mut out =
+            String::with_capacity(lines.iter().map(|l| l.2.len() + 1).sum::<usize>() + 200);
+        out.push_str(header(kind));
+        out.push('\n');
+        for (_, _, line) in lines {
+            out.push_str(&line);
             out.push('\n');
         }
         out
     }
 
-    /// Writes `congestion.csv` and `charging.csv` into `dir` (created if
-    /// missing), durably.
+    /// Writes the CSV files into `dir` (created if missing), durably:
+    /// `congestion.csv`, `charging.csv`, and `zones.csv` when `reference`
+    /// has zone roll-ups.
     pub fn write_csv(
         &self,
         dir: &Path,
@@ -140,10 +139,10 @@ impl FinalTable {
         window_ms: u64,
     ) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        for (kind, name) in [
-            (Kind::Congestion, "congestion.csv"),
-            (Kind::Charging, "charging.csv"),
-        ] {
+        for (kind, name) in FILES {
+            if kind == Kind::Zone && !reference.rollups() {
+                continue;
+            }
             write_durably(
                 &dir.join(name),
                 self.csv(kind, reference, window_ms).as_bytes(),
@@ -151,6 +150,66 @@ impl FinalTable {
         }
         Ok(())
     }
+}
+
+/// The output files, by kind.
+pub const FILES: [(Kind, &str); 3] = [
+    (Kind::Congestion, "congestion.csv"),
+    (Kind::Charging, "charging.csv"),
+    (Kind::Zone, "zones.csv"),
+];
+
+/// The CSV header of a kind.
+pub fn header(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Congestion => CONGESTION_HEADER,
+        Kind::Charging => CHARGING_HEADER,
+        Kind::Zone => ZONES_HEADER,
+    }
+}
+
+/// The id a row sorts by.
+fn sort_id(key: &AggKey, reference: &Reference) -> String {
+    match key.kind {
+        Kind::Congestion => reference.roads.get(key.key as usize).map(|r| r.id.clone()),
+        Kind::Charging => reference
+            .chargers
+            .get(key.key as usize)
+            .map(|c| c.id.clone()),
+        Kind::Zone => reference.registry.id(key.key).map(|(id, _)| id),
+    }
+    .unwrap_or_default()
+}
+
+/// The key of a CSV row read back, if its id is known.
+fn row_key(kind: Kind, line: &str, reference: &Reference) -> Option<AggKey> {
+    let (key, window) = match kind {
+        Kind::Zone => {
+            // Zone ids hold no commas (the zone file forbids them).
+            let mut f = line.split(',');
+            let (id, zone_kind, window) = (f.next()?, f.next()?, f.next()?);
+            let zone_kind = [ZoneKind::Named, ZoneKind::H3]
+                .into_iter()
+                .find(|k| k.as_str() == zone_kind)?;
+            (reference.registry.intern(id, zone_kind), window)
+        }
+        _ => {
+            // Ids may hold commas: the other eight fields never do.
+            let mut f = line.rsplitn(9, ',');
+            let window = f.nth(7)?;
+            let id = f.next()?;
+            let key = match kind {
+                Kind::Congestion => reference.road(id)?,
+                _ => reference.charger(id)?,
+            };
+            (key, window)
+        }
+    };
+    Some(AggKey {
+        kind,
+        key,
+        window: window.parse().ok()?,
+    })
 }
 
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.

@@ -130,6 +130,8 @@ pub enum Item {
         speed: i64,
         /// How its segment was found, or why there is none.
         how: Matched,
+        /// An EV below the zone demand threshold, not charging.
+        low_soc: bool,
     },
     /// A charger connector reading.
     Reading {
@@ -158,6 +160,10 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
     match record {
         Record::Vehicle(v) => {
             let charging = v.ev.is_some_and(|ev| ev.charging == Some(true));
+            let low_soc = reference.rollups()
+                && !charging
+                && v.ev
+                    .is_some_and(|ev| ev.soc_pct < reference.zone_settings.low_soc_pct);
             let (segment, how) = match v.segment_id.as_deref() {
                 Some(id) => match reference.road(id) {
                     Some(i) => (Some(i), Matched::OnBoard),
@@ -176,6 +182,7 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
                 ts: v.ts_ms,
                 speed: speed_fixed(v.speed_mps),
                 how,
+                low_soc,
             })
         }
         Record::Charger(c) => {
@@ -227,6 +234,8 @@ pub struct Stage<'a> {
     clock: &'a ChunkClock,
     pacing: Option<Pacing>,
     reports: FxHashMap<(u32, u64, u64), SpeedSum>,
+    /// Low-SoC EV reports per `(segment, window, vehicle)`.
+    low_soc: FxHashMap<(u32, u64, u64), isize>,
     readings: Vec<ChargerReading>,
     /// Time of the batch: the watermark of its first chunk.
     batch_time: Option<u64>,
@@ -267,6 +276,7 @@ impl<'a> Stage<'a> {
             clock,
             pacing,
             reports: FxHashMap::default(),
+            low_soc: FxHashMap::default(),
             readings: Vec::new(),
             batch_time: None,
             batch_opened: None,
@@ -347,11 +357,15 @@ impl<'a> Stage<'a> {
                     vehicle,
                     speed,
                     how,
+                    low_soc,
                     ..
                 } => {
                     self.stats.vehicle += 1;
                     if how == Matched::ByNode {
                         self.stats.map_matched += 1;
+                    }
+                    if low_soc {
+                        *self.low_soc.entry((segment, window, vehicle)).or_default() += 1;
                     }
                     let s = self.reports.entry((segment, window, vehicle)).or_default();
                     s.count += 1;
@@ -415,6 +429,13 @@ impl<'a> Stage<'a> {
                 inputs
                     .congestion
                     .update_at(key, self.spec.retire_at(window), negated);
+            }
+            for ((segment, window, vehicle), n) in self.low_soc.drain() {
+                let key = ((segment, window), vehicle);
+                inputs.low_soc.update_at(key, time, n);
+                inputs
+                    .low_soc
+                    .update_at(key, self.spec.retire_at(window), -n);
             }
             for r in self.readings.drain(..) {
                 inputs.charging.update_at(r, time, 1);

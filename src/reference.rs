@@ -9,6 +9,9 @@
 //! them by their index in that order: sorting by index is sorting by id, which
 //! is the order of the CSV outputs (TELEMETRY.md §4).
 
+use std::sync::Arc;
+
+use crate::geo::zones::{Membership, Zone, ZoneRegistry, ZoneSettings};
 use crate::geo::{MatchSettings, Matcher};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -92,6 +95,12 @@ pub struct Reference {
     charger_index: FxHashMap<String, u32>,
     /// The spatial index over `roads`, for map matching.
     pub matcher: Matcher,
+    /// Named zones (`[reference] zones`), as loaded at start.
+    pub zones: Vec<Zone>,
+    /// Zone settings (`[zones]`).
+    pub zone_settings: ZoneSettings,
+    /// Zone numbers, shared by every clone (see [`ZoneRegistry`]).
+    pub registry: Arc<ZoneRegistry>,
 }
 
 impl Reference {
@@ -116,7 +125,21 @@ impl Reference {
             road_index,
             charger_index,
             matcher,
+            zones: Vec::new(),
+            zone_settings: ZoneSettings::default(),
+            registry: Arc::default(),
         }
+    }
+
+    /// Whether aggregates roll up into zones (a zone file or H3 cells).
+    pub fn rollups(&self) -> bool {
+        !self.zones.is_empty() || self.zone_settings.h3_resolution.is_some()
+    }
+
+    /// Zone membership of the segments and chargers for `zones` (numbering
+    /// new zones in the registry).
+    pub fn membership(&self, zones: &[Zone]) -> Membership {
+        crate::geo::zones::membership(self, zones, &self.zone_settings, &self.registry)
     }
 
     /// Rebuilds the map-matching index with `settings`.

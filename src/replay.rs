@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::checkpoint::{Checkpoint, Resume};
 use crate::dataflow::emit::{Emission, EmitStats, Status};
+use crate::geo::zones::Membership;
 use crate::input::{Chunk, ChunkClock, Chunker};
 use crate::pipeline::{IngestStats, Pacing, Stage};
 use crate::reference::Reference;
@@ -118,10 +119,23 @@ pub enum Input {
     /// A durable log directory: one chunk per entry, from its checkpoint
     /// if old segments were deleted ([`crate::checkpoint`]).
     Log(PathBuf),
-    /// Chunks handed over live (the edge node's log writer), in order,
-    /// numbered from the resume point's `first_seq`; the run ends when the
-    /// sender is dropped.
-    Live(mpsc::Receiver<Chunk>, Resume),
+    /// An edge node's live input.
+    Live(Live),
+}
+
+/// A change of zone membership: pairs retracted, pairs added.
+pub type ZoneChange = (Membership, Membership);
+
+/// What an edge node feeds its dataflow.
+pub struct Live {
+    /// Chunks handed over by the log writer, in order, numbered from the
+    /// resume point's `first_seq`; the run ends when the sender is dropped.
+    pub chunks: mpsc::Receiver<Chunk>,
+    /// Where the log starts.
+    pub resume: Resume,
+    /// Zone membership changes (a reloaded zone file), applied when they
+    /// arrive.
+    pub zones: Option<mpsc::Receiver<ZoneChange>>,
 }
 
 impl Input {
@@ -133,7 +147,7 @@ impl Input {
                 .map_err(|e| ReplayError::Log(e.to_string()))?
                 .map(|cp| cp.resume(reference))
                 .unwrap_or_default()),
-            Input::Live(_, resume) => Ok(resume.clone()),
+            Input::Live(live) => Ok(live.resume.clone()),
         }
     }
 
@@ -204,8 +218,8 @@ fn read_chunks(
                 }
             }
         }
-        Input::Live(rx, _) => {
-            for chunk in rx {
+        Input::Live(live) => {
+            for chunk in live.chunks {
                 bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
                 if !deal(chunk) {
                     break;
@@ -240,6 +254,18 @@ pub fn run(
     let receiver = Arc::new(Mutex::new(receiver));
 
     let resume = input.resume(&reference)?;
+    let mut input = input;
+    let zone_changes = match &mut input {
+        Input::Live(live) => live.zones.take(),
+        _ => None,
+    };
+    let zone_changes = Arc::new(Mutex::new(zone_changes));
+    let zone_flow = crate::dataflow::ZoneFlow::of(&reference);
+    let membership = Arc::new(if zone_flow.is_some() {
+        reference.membership(&reference.zones)
+    } else {
+        Membership::default()
+    });
     let first_seq = resume.first_seq;
     let chunk_lines = options.chunk_lines.max(1);
     let reader = {
@@ -280,7 +306,16 @@ pub fn run(
         } else {
             None
         };
-        let (mut inputs, completion) = crate::dataflow::build(worker, spec, provisional, tx);
+        let (mut inputs, completion) =
+            crate::dataflow::build(worker, spec, provisional, zone_flow.clone(), tx);
+        // Worker 0 feeds the reference collections; the others see them
+        // through the exchange.
+        let zone_changes = if worker.index() == 0 {
+            inputs.update_zones(&Membership::default(), &membership);
+            zone_changes.lock().ok().and_then(|mut z| z.take())
+        } else {
+            None
+        };
         let mut stage = Stage::new(&reference, spec, &clock, pacing, provisional);
         stage.freeze(resume.horizon);
         if worker.index() == 0 {
@@ -310,6 +345,11 @@ pub fn run(
                 }
                 _ => break,
             };
+            if let Some(rx) = &zone_changes {
+                while let Ok((gone, added)) = rx.try_recv() {
+                    inputs.update_zones(&gone, &added);
+                }
+            }
             if let Some(chunk) = next {
                 stage.process(&chunk, &inputs);
                 if stage.should_flush() {
@@ -347,6 +387,7 @@ pub fn run(
                         Status::Provisional => emitted.provisional += 1,
                         Status::Final => emitted.finals += 1,
                         Status::Correction => emitted.corrections += 1,
+                        Status::Retraction => emitted.retractions += 1,
                     }
                 }
                 on_emissions(&batch);

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::geo::zones::ZoneSettings;
+use crate::geo::MatchSettings;
 use crate::reference::{Problem, Reference};
 use crate::time::TimeSpec;
 
@@ -56,6 +58,38 @@ pub struct TopologyFile {
     /// Where final aggregates go.
     #[serde(default)]
     pub sink: Vec<SinkSection>,
+    /// Map matching of reports without `segment_id`.
+    #[serde(default)]
+    pub matching: MatchingSection,
+    /// Zone roll-ups.
+    #[serde(default)]
+    pub zones: ZonesSection,
+}
+
+/// `[matching]`: map matching (see [`crate::geo::matcher`] for the rule).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchingSection {
+    /// Largest distance from a segment, metres. Default 25.
+    pub radius_m: Option<f64>,
+    /// Largest difference between heading and direction of travel,
+    /// degrees. Default 45.
+    pub heading_tolerance_deg: Option<f64>,
+    /// How far beyond a segment's end a report may lie and still be on it,
+    /// metres. Default 0 (positions past the end are in the junction);
+    /// raise it for noisy positions.
+    pub end_slack_m: Option<f64>,
+}
+
+/// `[zones]`: zone roll-ups (named zones come from `[reference] zones`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ZonesSection {
+    /// Roll up into H3 cells of this resolution (0-15) too. Default: none.
+    pub h3_resolution: Option<u8>,
+    /// State of charge below which an EV that is not charging counts toward
+    /// its zone's demand signal, percent. Default 20.
+    pub low_soc_pct: Option<f64>,
 }
 
 /// `[ingest]`: the QUIC endpoint and its limits. Paths are relative to the
@@ -176,6 +210,8 @@ pub struct ReferenceSection {
     pub roads: PathBuf,
     /// Charger list GeoJSON.
     pub chargers: PathBuf,
+    /// Named zones GeoJSON (polygons), optional.
+    pub zones: Option<PathBuf>,
 }
 
 /// `[windows]`: durations as `60s`, `5m`, `1h` (humantime syntax).
@@ -249,6 +285,8 @@ pub struct Topology {
     pub fleets: Vec<FleetSection>,
     /// Sinks, with paths resolved.
     pub sinks: Vec<SinkSection>,
+    /// The named zone file, resolved (its zones are in `reference`).
+    pub zone_file: Option<PathBuf>,
 }
 
 /// `[ingest]` checked, paths resolved, durations parsed.
@@ -444,13 +482,74 @@ impl Topology {
             &base.join(&file.reference.roads),
             &base.join(&file.reference.chargers),
         );
-        let reference = match reference {
+        let mut reference = match reference {
             Ok(r) => Some(r),
             Err(mut p) => {
                 problems.append(&mut p);
                 None
             }
         };
+        let zone_file = file.reference.zones.as_ref().map(|z| base.join(z));
+        let zones = match zone_file.as_deref().map(crate::geo::zones::load) {
+            None => Vec::new(),
+            Some(Ok(z)) => z,
+            Some(Err(mut p)) => {
+                problems.append(&mut p);
+                Vec::new()
+            }
+        };
+        let defaults = MatchSettings::default();
+        let m = &file.matching;
+        let matching = MatchSettings {
+            radius_m: m.radius_m.unwrap_or(defaults.radius_m),
+            heading_tolerance_deg: m
+                .heading_tolerance_deg
+                .unwrap_or(defaults.heading_tolerance_deg),
+            end_slack_m: m.end_slack_m.unwrap_or(defaults.end_slack_m),
+        };
+        if !(matching.radius_m > 0.0 && matching.radius_m <= 1000.0) {
+            push(
+                &mut problems,
+                "matching.radius_m",
+                "must be in (0, 1000] metres",
+            );
+        }
+        if !(0.0..=180.0).contains(&matching.heading_tolerance_deg) {
+            push(
+                &mut problems,
+                "matching.heading_tolerance_deg",
+                "must be in [0, 180] degrees",
+            );
+        }
+        if !(0.0..=100.0).contains(&matching.end_slack_m) {
+            push(
+                &mut problems,
+                "matching.end_slack_m",
+                "must be in [0, 100] metres",
+            );
+        }
+        let zone_settings = ZoneSettings {
+            h3_resolution: file.zones.h3_resolution,
+            low_soc_pct: file
+                .zones
+                .low_soc_pct
+                .unwrap_or(crate::geo::zones::DEFAULT_LOW_SOC_PCT),
+        };
+        if zone_settings.h3_resolution.is_some_and(|r| r > 15) {
+            push(&mut problems, "zones.h3_resolution", "must be in [0, 15]");
+        }
+        if !(0.0..=100.0).contains(&zone_settings.low_soc_pct) {
+            push(
+                &mut problems,
+                "zones.low_soc_pct",
+                "must be in [0, 100] percent",
+            );
+        }
+        if let Some(r) = reference.as_mut() {
+            r.set_matching(matching);
+            r.zones = zones;
+            r.zone_settings = zone_settings;
+        }
         match (problems.is_empty(), size, lateness, retention, reference) {
             (true, Some(size), Some(lateness), Some(retention), Some(reference)) => Ok(Topology {
                 node_id: file.node.id,
@@ -462,6 +561,7 @@ impl Topology {
                 log,
                 fleets: file.fleet,
                 sinks,
+                zone_file,
             }),
             _ => Err(problems),
         }

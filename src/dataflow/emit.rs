@@ -11,6 +11,9 @@
 //! * a change to a row already emitted as final (a late record within
 //!   retention): [`Status::Correction`], carrying the new final value.
 //!
+//! * a row emitted before whose value is retracted and not replaced (only
+//!   reference changes do that, e.g. a zone removed): [`Status::Retraction`].
+//!
 //! A row is forgotten once the watermark reaches its window's retirement
 //! (the dataflow stops sending anything about it from then on).
 //! The emitter is pure (no timely types), so it is tested on its own.
@@ -32,6 +35,10 @@ pub enum Status {
     Final,
     /// A late record changed a final window: this is its new value.
     Correction,
+    /// The row no longer exists (its zone was removed from the zone file):
+    /// `value` is the last value emitted. Only rows emitted before are
+    /// retracted.
+    Retraction,
 }
 
 /// One aggregate update leaving the dataflow.
@@ -63,6 +70,8 @@ pub struct EmitStats {
     pub finals: u64,
     /// Corrections of final rows.
     pub corrections: u64,
+    /// Rows retracted.
+    pub retractions: u64,
 }
 
 /// Turns timestamped diffs of rows into emissions (see the module doc).
@@ -117,6 +126,7 @@ impl Emitter {
         // Within a time, retractions first, so `-old +new` leaves `new`.
         ready.sort_by_key(|&(t, k, _, d)| (t, k, d));
         let mut dirty: Vec<AggKey> = Vec::new();
+        let mut retracted: FxHashMap<AggKey, AggValue> = FxHashMap::default();
         let mut i = 0;
         while i < ready.len() {
             let time = ready[i].0;
@@ -124,7 +134,10 @@ impl Emitter {
                 let (_, key, value, diff) = ready[i];
                 i += 1;
                 match self.rows.get_mut(&key) {
-                    Some(row) if diff < 0 && row.value == Some(value) => row.value = None,
+                    Some(row) if diff < 0 && row.value == Some(value) => {
+                        row.value = None;
+                        retracted.insert(key, value);
+                    }
                     Some(row) if diff > 0 => row.value = Some(value),
                     None if diff > 0 => {
                         self.rows.insert(
@@ -152,13 +165,19 @@ impl Emitter {
             // Everything before the next timestamp is applied: the state is
             // that of a watermark at the next timestamp (or the frontier).
             let watermark = ready.get(i).map_or(horizon, |u| u.0);
-            self.emit(&mut dirty, watermark, out);
+            self.emit(&mut dirty, &retracted, watermark, out);
         }
-        self.emit(&mut dirty, horizon, out);
+        self.emit(&mut dirty, &retracted, horizon, out);
         self.retire(horizon);
     }
 
-    fn emit(&mut self, dirty: &mut Vec<AggKey>, watermark: u64, out: &mut Vec<Emission>) {
+    fn emit(
+        &mut self,
+        dirty: &mut Vec<AggKey>,
+        retracted: &FxHashMap<AggKey, AggValue>,
+        watermark: u64,
+        out: &mut Vec<Emission>,
+    ) {
         dirty.sort();
         dirty.dedup();
         for key in dirty.drain(..) {
@@ -166,8 +185,19 @@ impl Emitter {
                 continue;
             };
             let Some(value) = row.value else {
-                // Retracted and not replaced: the window retired.
+                // Retracted and not replaced: the row is gone. Retirement
+                // retractions never get here (the dataflow filters them).
+                let sent = row.final_sent || self.provisional;
                 self.rows.remove(&key);
+                if let (true, Some(&value)) = (sent, retracted.get(&key)) {
+                    out.push(Emission {
+                        status: Status::Retraction,
+                        key,
+                        value,
+                        watermark,
+                    });
+                    self.count(Status::Retraction);
+                }
                 continue;
             };
             let closed = self.spec.window_end(key.window) <= watermark;
@@ -230,6 +260,7 @@ impl Emitter {
             Status::Provisional => self.stats.provisional += 1,
             Status::Final => self.stats.finals += 1,
             Status::Correction => self.stats.corrections += 1,
+            Status::Retraction => self.stats.retractions += 1,
         }
     }
 }

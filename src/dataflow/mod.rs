@@ -6,8 +6,16 @@
 //! charging input    ChargerReading : +1
 //!     -> connector_windows (per connector, exchanged by charger)
 //!     -> reduce per (charger, window)            -> Charging {energy, power, occupied, faulted}
-//! both -> exchange to worker 0 -> Emitter -> Emission channel
+//! zones (when the topology has any), per (zone, window), from the above:
+//!   congestion per segment   ⋈ segment→zone membership ┐
+//!   low-SoC EVs per segment  ⋈ segment→zone membership ├ concat -> reduce -> ZoneAgg
+//!   charging per charger     ⋈ charger→zone membership ┘
+//! all -> exchange to worker 0 -> Emitter -> Emission channel
 //! ```
+//!
+//! Zone membership is an input collection like the telemetry: a changed
+//! zone file retracts old pairs and adds new ones, and every zone window
+//! still in retention follows.
 //!
 //! Timestamps are watermarks (ms): an update at time `t` was accepted when
 //! the watermark was at least `t`. So when the frontier passes `t`, every
@@ -33,7 +41,13 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Probe;
 use timely::worker::Worker;
 
-use crate::aggregate::{AggKey, AggValue, Charging, Congestion, ConnectorWindow, Kind, SpeedSum};
+use std::sync::Arc;
+
+use crate::aggregate::{
+    AggKey, AggValue, Charging, Congestion, ConnectorWindow, Kind, SpeedSum, ZoneAgg, ZonePart,
+};
+use crate::geo::zones::Membership;
+use crate::reference::Reference;
 use crate::time::TimeSpec;
 use connectors::{connector_windows, ChargerReading};
 use emit::{Emission, Emitter};
@@ -47,6 +61,12 @@ pub struct Inputs {
     pub congestion: InputSession<u64, CongestionKey, SpeedSum>,
     /// Charger readings.
     pub charging: InputSession<u64, ChargerReading, isize>,
+    /// Reports of low-SoC EVs not charging: `((segment, window), vehicle)`.
+    pub low_soc: InputSession<u64, CongestionKey, isize>,
+    /// Zone membership of segments: `(segment, zone)`.
+    pub segment_zones: InputSession<u64, (u32, u32), isize>,
+    /// Zone membership of chargers: `(charger, zone)`.
+    pub charger_zones: InputSession<u64, (u32, u32), isize>,
 }
 
 impl Inputs {
@@ -58,8 +78,32 @@ impl Inputs {
         if *self.charging.time() < time {
             self.charging.advance_to(time);
         }
+        if *self.low_soc.time() < time {
+            self.low_soc.advance_to(time);
+        }
+        if *self.segment_zones.time() < time {
+            self.segment_zones.advance_to(time);
+        }
+        if *self.charger_zones.time() < time {
+            self.charger_zones.advance_to(time);
+        }
         self.congestion.flush();
         self.charging.flush();
+        self.low_soc.flush();
+        self.segment_zones.flush();
+        self.charger_zones.flush();
+    }
+
+    /// Applies a change of zone membership at the inputs' current time.
+    pub fn update_zones(&mut self, gone: &Membership, added: &Membership) {
+        for (pairs, diff) in [(gone, -1), (added, 1)] {
+            for &p in &pairs.segments {
+                self.segment_zones.update(p, diff);
+            }
+            for &p in &pairs.chargers {
+                self.charger_zones.update(p, diff);
+            }
+        }
     }
 
     /// The time both inputs are at.
@@ -87,73 +131,140 @@ impl Completion {
     }
 }
 
+/// What the zone roll-up needs from the reference data.
+#[derive(Clone, Debug)]
+pub struct ZoneFlow {
+    /// Free-flow speed per segment, m/s.
+    pub free_flow: Arc<[f64]>,
+    /// Connectors per charger.
+    pub connectors: Arc<[u32]>,
+}
+
+impl ZoneFlow {
+    /// The roll-up's needs, if `reference` has zones.
+    pub fn of(reference: &Reference) -> Option<Self> {
+        reference.rollups().then(|| ZoneFlow {
+            free_flow: reference.roads.iter().map(|r| r.free_flow_mps).collect(),
+            connectors: reference.chargers.iter().map(|c| c.connectors).collect(),
+        })
+    }
+}
+
 /// Builds the dataflow on this worker. Emissions go to `emissions` from
-/// worker 0 (the other workers pass `None`, nothing reaches them).
+/// worker 0 (the other workers pass `None`, nothing reaches them). With
+/// `zones`, the zone roll-up is built too.
 pub fn build(
     worker: &mut Worker,
     spec: TimeSpec,
     provisional: bool,
+    zones: Option<ZoneFlow>,
     emissions: Option<Sender<Vec<Emission>>>,
 ) -> (Inputs, Completion) {
     worker.dataflow::<u64, _, _>(move |scope| {
         let (congestion_input, reports) = scope.new_collection::<CongestionKey, SpeedSum>();
         let (charging_input, readings) = scope.new_collection::<ChargerReading, isize>();
+        let (low_soc_input, low_soc) = scope.new_collection::<CongestionKey, isize>();
+        let (segment_zones_input, segment_zones) = scope.new_collection::<(u32, u32), isize>();
+        let (charger_zones_input, charger_zones) = scope.new_collection::<(u32, u32), isize>();
 
-        let congestion = reports
-            .reduce_named(
-                "Congestion",
-                |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
-                    let mut c = Congestion::default();
-                    for (_, s) in vehicles {
-                        c.samples += s.count as u64;
-                        c.speed_sum += s.sum;
-                        c.vehicles += 1;
-                    }
-                    out.push((c, 1));
+        let congestion = reports.reduce_named(
+            "Congestion",
+            |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
+                let mut c = Congestion::default();
+                for (_, s) in vehicles {
+                    c.samples += s.count as u64;
+                    c.speed_sum += s.sum;
+                    c.vehicles += 1;
+                }
+                out.push((c, 1));
+            },
+        );
+        let congestion_rows = congestion.clone().map(|((segment, window), c)| {
+            (
+                AggKey {
+                    kind: Kind::Congestion,
+                    key: segment,
+                    window,
                 },
+                AggValue::Congestion(c),
             )
-            .map(|((segment, window), c)| {
-                (
-                    AggKey {
-                        kind: Kind::Congestion,
-                        key: segment,
-                        window,
-                    },
-                    AggValue::Congestion(c),
-                )
-            });
+        });
 
-        let charging = connector_windows(readings, spec)
-            .reduce_named(
-                "Charging",
-                |_key,
-                 connectors: &[(&ConnectorWindow, isize)],
-                 out: &mut Vec<(Charging, isize)>| {
-                    out.push((
-                        Charging::from_connectors(connectors.iter().map(|(c, _)| *c)),
-                        1,
-                    ));
+        let charging = connector_windows(readings, spec).reduce_named(
+            "Charging",
+            |_key, connectors: &[(&ConnectorWindow, isize)], out: &mut Vec<(Charging, isize)>| {
+                out.push((
+                    Charging::from_connectors(connectors.iter().map(|(c, _)| *c)),
+                    1,
+                ));
+            },
+        );
+        let charging_rows = charging.clone().map(|((charger, window), c)| {
+            (
+                AggKey {
+                    kind: Kind::Charging,
+                    key: charger,
+                    window,
                 },
+                AggValue::Charging(c),
             )
-            .map(|((charger, window), c)| {
-                (
-                    AggKey {
-                        kind: Kind::Charging,
-                        key: charger,
-                        window,
-                    },
-                    AggValue::Charging(c),
-                )
-            });
+        });
 
         let mut emitter = Emitter::new(spec, provisional);
         let mut batch = Vec::new();
         let probe = ProbeHandle::new();
         let emitted_all = Rc::new(Cell::new(false));
         let finished = emitted_all.clone();
-        congestion
-            .concat(charging)
-            .inner
+        let mut rows = congestion_rows.concat(charging_rows);
+        if let Some(z) = zones {
+            let free_flow = z.free_flow.clone();
+            let segment_parts = congestion
+                .map(|((segment, window), c)| (segment, (window, c)))
+                .join_map(segment_zones.clone(), move |segment, (window, c), zone| {
+                    let ff = free_flow.get(*segment as usize).copied().unwrap_or(1.0);
+                    ((*zone, *window), ZonePart::segment(*segment, c, ff))
+                });
+            let demand_parts = low_soc
+                .map(|((segment, window), vehicle)| (segment, (window, vehicle)))
+                .join_map(segment_zones, |_, (window, vehicle), zone| {
+                    ((*zone, *window), ZonePart::LowSoc { vehicle: *vehicle })
+                });
+            let connectors = z.connectors.clone();
+            let charger_parts = charging
+                .map(|((charger, window), c)| (charger, (window, c)))
+                .join_map(charger_zones, move |charger, (window, value), zone| {
+                    let connectors = connectors.get(*charger as usize).copied().unwrap_or(0);
+                    (
+                        (*zone, *window),
+                        ZonePart::Charger {
+                            charger: *charger,
+                            value: *value,
+                            connectors,
+                        },
+                    )
+                });
+            let zone_rows = segment_parts
+                .concat(demand_parts)
+                .concat(charger_parts)
+                .reduce_named(
+                    "Zones",
+                    |_key, parts: &[(&ZonePart, isize)], out: &mut Vec<(ZoneAgg, isize)>| {
+                        out.push((ZoneAgg::from_parts(parts.iter().map(|(p, _)| *p)), 1));
+                    },
+                )
+                .map(|((zone, window), z)| {
+                    (
+                        AggKey {
+                            kind: Kind::Zone,
+                            key: zone,
+                            window,
+                        },
+                        AggValue::Zone(z),
+                    )
+                });
+            rows = rows.concat(zone_rows);
+        }
+        rows.inner
             // Retirement retractions need not travel: the emitter forgets a
             // row itself when its window retires (nothing else happens to a
             // row at or after that time).
@@ -185,6 +296,9 @@ pub fn build(
             Inputs {
                 congestion: congestion_input,
                 charging: charging_input,
+                low_soc: low_soc_input,
+                segment_zones: segment_zones_input,
+                charger_zones: charger_zones_input,
             },
             Completion { probe, emitted_all },
         )

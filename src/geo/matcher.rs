@@ -209,45 +209,94 @@ impl Matcher {
     /// Matches a position (and heading, degrees clockwise from north) to a
     /// segment index, by the rule in the module doc.
     pub fn locate(&self, lon: f64, lat: f64, heading_deg: Option<f64>) -> Result<u32, Unmatched> {
-        let p = self.plane.project(lon, lat);
-        let r = self.settings.radius_m;
+        let mut search = Search::new(self, lon, lat, heading_deg);
+        let (p, r) = (search.p, self.settings.radius_m);
         let query = AABB::from_corners([p[0] - r, p[1] - r], [p[0] + r, p[1] + r]);
-        // Heading as a unit vector (x east, y north).
-        let heading = heading_deg.map(|h| {
-            let h = h.to_radians();
-            [h.sin(), h.cos()]
-        });
-        let min_cos = self.settings.heading_tolerance_deg.to_radians().cos();
-        let slack = self.settings.end_slack_m;
-        // The nearest candidate by (distance in whole millimetres, beyond
-        // its segment's end, segment index): a total order, so neither tree
-        // order nor float noise picks the winner.
-        let mut best: Option<(u64, bool, u32)> = None;
-        let mut wrong_way = false;
         for piece in self.tree.locate_in_envelope_intersecting(query) {
-            let rel = [p[0] - piece.a[0], p[1] - piece.a[1]];
-            let along = rel[0] * piece.dir[0] + rel[1] * piece.dir[1];
-            let t = along.clamp(0.0, piece.len);
-            let q = [piece.a[0] + piece.dir[0] * t, piece.a[1] + piece.dir[1] * t];
-            let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
-            if d > r {
-                continue;
-            }
-            if heading.is_some_and(|h| h[0] * piece.dir[0] + h[1] * piece.dir[1] < min_cos) {
-                wrong_way = true;
-                continue;
-            }
-            let beyond =
-                (piece.first && along < -slack) || (piece.last && along > piece.len + slack);
-            let key = ((d * 1000.0).round() as u64, beyond, piece.segment);
-            if best.is_none_or(|b| key < b) {
-                best = Some(key);
-            }
+            search.consider(piece);
         }
-        match best {
+        search.result()
+    }
+
+    /// The same rule over every piece, without the index: the baseline of
+    /// `edgeflow bench-match` and the reference the tests hold
+    /// [`Matcher::locate`] to.
+    pub fn locate_exhaustive(
+        &self,
+        lon: f64,
+        lat: f64,
+        heading_deg: Option<f64>,
+    ) -> Result<u32, Unmatched> {
+        let mut search = Search::new(self, lon, lat, heading_deg);
+        for piece in self.tree.iter() {
+            search.consider(piece);
+        }
+        search.result()
+    }
+}
+
+/// One report's search: the nearest acceptable candidate so far.
+struct Search {
+    p: [f64; 2],
+    /// Heading as a unit vector (x east, y north).
+    heading: Option<[f64; 2]>,
+    radius: f64,
+    min_cos: f64,
+    slack: f64,
+    /// The nearest candidate by (distance in whole millimetres, beyond its
+    /// segment's end, segment index): a total order, so neither tree order
+    /// nor float noise picks the winner.
+    best: Option<(u64, bool, u32)>,
+    wrong_way: bool,
+}
+
+impl Search {
+    fn new(m: &Matcher, lon: f64, lat: f64, heading_deg: Option<f64>) -> Self {
+        Search {
+            p: m.plane.project(lon, lat),
+            heading: heading_deg.map(|h| {
+                let h = h.to_radians();
+                [h.sin(), h.cos()]
+            }),
+            radius: m.settings.radius_m,
+            min_cos: m.settings.heading_tolerance_deg.to_radians().cos(),
+            slack: m.settings.end_slack_m,
+            best: None,
+            wrong_way: false,
+        }
+    }
+
+    #[inline]
+    fn consider(&mut self, piece: &Piece) {
+        let p = self.p;
+        let rel = [p[0] - piece.a[0], p[1] - piece.a[1]];
+        let along = rel[0] * piece.dir[0] + rel[1] * piece.dir[1];
+        let t = along.clamp(0.0, piece.len);
+        let q = [piece.a[0] + piece.dir[0] * t, piece.a[1] + piece.dir[1] * t];
+        let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
+        if d > self.radius {
+            return;
+        }
+        if self
+            .heading
+            .is_some_and(|h| h[0] * piece.dir[0] + h[1] * piece.dir[1] < self.min_cos)
+        {
+            self.wrong_way = true;
+            return;
+        }
+        let beyond =
+            (piece.first && along < -self.slack) || (piece.last && along > piece.len + self.slack);
+        let key = ((d * 1000.0).round() as u64, beyond, piece.segment);
+        if self.best.is_none_or(|b| key < b) {
+            self.best = Some(key);
+        }
+    }
+
+    fn result(&self) -> Result<u32, Unmatched> {
+        match self.best {
             Some((_, false, segment)) => Ok(segment),
             Some((_, true, _)) => Err(Unmatched::Junction),
-            None if wrong_way => Err(Unmatched::WrongHeading),
+            None if self.wrong_way => Err(Unmatched::WrongHeading),
             None => Err(Unmatched::OffRoad),
         }
     }
@@ -314,8 +363,16 @@ mod tests {
     fn junctions_and_far_reports_are_unmatched() {
         let m = matcher();
         assert_eq!(locate(&m, 105.0, 0.0, Some(90.0)), Err(Unmatched::Junction));
+        assert_eq!(locate(&m, 100.5, 0.0, Some(90.0)), Err(Unmatched::Junction));
+        let lenient = Matcher::new(
+            &[road("a-east", &[(0.0, 0.0), (100.0, 0.0)])],
+            MatchSettings {
+                end_slack_m: 1.0,
+                ..MatchSettings::default()
+            },
+        );
         assert_eq!(
-            locate(&m, 100.5, 0.0, Some(90.0)),
+            locate(&lenient, 100.5, 0.0, Some(90.0)),
             Ok(0),
             "within the end slack"
         );

@@ -4,3 +4,4 @@
 pub mod matcher;
 
 pub use matcher::{MatchSettings, Matcher, Unmatched};
+pub mod zones;

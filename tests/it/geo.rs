@@ -115,3 +115,27 @@ fn congestion_from_positions_alone_is_within_tolerance_of_the_expected() {
     assert!(pairs > 200);
     assert!(share >= 0.9, "{share}");
 }
+
+#[test]
+fn the_index_finds_what_an_exhaustive_scan_finds() {
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    let m = &topo.reference.matcher;
+    // Noise up to 30 m: on segments, in junctions, beyond the radius.
+    let probes = edgeflow::bench_match::probes(&topo.reference, 5_000, 30.0, 7);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for p in &probes {
+        for heading in [Some(p.heading), None, Some((p.heading + 180.0) % 360.0)] {
+            let got = m.locate(p.lon, p.lat, heading);
+            assert_eq!(
+                got,
+                m.locate_exhaustive(p.lon, p.lat, heading),
+                "{p:?} {heading:?}"
+            );
+            *outcomes
+                .entry(format!("{:?}", got.map(|_| ())))
+                .or_insert(0) += 1;
+        }
+    }
+    // Every outcome occurs, so the comparison covered each rule.
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+}

@@ -1,0 +1,487 @@
+//! Zones: named polygons (a GeoJSON file, `[reference] zones`) and H3
+//! cells (`[zones] h3_resolution`, the `h3o` crate) that segment and charger
+//! aggregates roll up into.
+//!
+//! # Membership
+//! - A road segment belongs to every named zone containing its *midpoint*
+//!   (the point halfway along its polyline), and to the H3 cell containing
+//!   that midpoint. Taking one point keeps a segment crossing a boundary in
+//!   one zone of a partition, never double-counted.
+//! - A charger belongs to every named zone containing its position, and to
+//!   its H3 cell.
+//! - Point in polygon is the even-odd rule on `[lon, lat]` (holes are
+//!   inner rings; a point exactly on an edge may fall either side).
+//!
+//! Membership is data in the dataflow (a differential collection), not
+//! code: replacing the zone file on a running node changes the roll-ups of
+//! every window still in retention ([`crate::edge`] polls the file).
+//!
+//! # Zone numbers
+//! Aggregate keys are `u32`. A [`ZoneRegistry`] numbers zone ids in the
+//! order it first sees them (named zones sorted by id, then H3 cells sorted)
+//! and never forgets one, so numbers stay valid across reloads; CSV output
+//! sorts zones by id, not by number.
+
+use std::path::Path;
+use std::sync::RwLock;
+
+use rustc_hash::FxHashMap;
+use serde_json::Value;
+
+use crate::reference::{Problem, Reference};
+
+/// Default state-of-charge threshold of the demand signal, percent.
+pub const DEFAULT_LOW_SOC_PCT: f64 = 20.0;
+
+/// Zone settings (`[zones]` in the topology).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ZoneSettings {
+    /// H3 resolution of cell roll-ups (0-15); `None`: no cell roll-ups.
+    pub h3_resolution: Option<u8>,
+    /// An EV below this state of charge that is not charging counts toward
+    /// its zone's demand signal.
+    pub low_soc_pct: f64,
+}
+
+impl Default for ZoneSettings {
+    fn default() -> Self {
+        ZoneSettings {
+            h3_resolution: None,
+            low_soc_pct: DEFAULT_LOW_SOC_PCT,
+        }
+    }
+}
+
+/// What kind of zone an id names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ZoneKind {
+    /// A polygon from the zone file.
+    Named,
+    /// An H3 cell (id = the cell index in hex).
+    H3,
+}
+
+impl ZoneKind {
+    /// Name in CSV output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZoneKind::Named => "zone",
+            ZoneKind::H3 => "h3",
+        }
+    }
+}
+
+/// A named zone: one or more polygons, each an outer ring and holes, as
+/// `[lon, lat]` rings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Zone {
+    /// Unique id.
+    pub id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Polygons: rings, the first outer, the rest holes.
+    pub polygons: Vec<Vec<Vec<[f64; 2]>>>,
+}
+
+impl Zone {
+    /// Whether `p` (`[lon, lat]`) is inside (even-odd over all rings).
+    pub fn contains(&self, p: [f64; 2]) -> bool {
+        self.polygons
+            .iter()
+            .any(|rings| rings.iter().filter(|ring| ring_contains(ring, p)).count() % 2 == 1)
+    }
+}
+
+fn ring_contains(ring: &[[f64; 2]], p: [f64; 2]) -> bool {
+    let mut inside = false;
+    let n = ring.len();
+    for i in 0..n {
+        let (a, b) = (ring[i], ring[(i + 1) % n]);
+        if (a[1] > p[1]) != (b[1] > p[1]) {
+            let x = a[0] + (p[1] - a[1]) / (b[1] - a[1]) * (b[0] - a[0]);
+            if p[0] < x {
+                inside = !inside;
+            }
+        }
+    }
+    inside
+}
+
+/// Numbers zone ids, append-only (see the module doc).
+#[derive(Debug, Default)]
+pub struct ZoneRegistry {
+    inner: RwLock<RegistryInner>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    ids: Vec<(String, ZoneKind)>,
+    index: FxHashMap<(String, ZoneKind), u32>,
+}
+
+impl ZoneRegistry {
+    /// The number of `id`, assigning the next one if it is new.
+    pub fn intern(&self, id: &str, kind: ZoneKind) -> u32 {
+        let key = (id.to_owned(), kind);
+        if let Some(n) = self.get(id, kind) {
+            return n;
+        }
+        let Ok(mut inner) = self.inner.write() else {
+            return u32::MAX;
+        };
+        if let Some(&n) = inner.index.get(&key) {
+            return n;
+        }
+        let n = inner.ids.len() as u32;
+        inner.ids.push(key.clone());
+        inner.index.insert(key, n);
+        n
+    }
+
+    /// The number of `id`, if it has one.
+    pub fn get(&self, id: &str, kind: ZoneKind) -> Option<u32> {
+        let inner = self.inner.read().ok()?;
+        inner.index.get(&(id.to_owned(), kind)).copied()
+    }
+
+    /// The id and kind of zone `n`.
+    pub fn id(&self, n: u32) -> Option<(String, ZoneKind)> {
+        let inner = self.inner.read().ok()?;
+        inner.ids.get(n as usize).cloned()
+    }
+}
+
+/// Which zones each segment and charger belongs to, as `(member, zone)`
+/// pairs sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// `(segment index, zone number)`.
+    pub segments: Vec<(u32, u32)>,
+    /// `(charger index, zone number)`.
+    pub chargers: Vec<(u32, u32)>,
+}
+
+impl Membership {
+    /// The pairs to retract and to add to go from `self` to `next`.
+    pub fn diff(&self, next: &Membership) -> (Membership, Membership) {
+        fn minus(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
+            a.iter()
+                .filter(|x| b.binary_search(x).is_err())
+                .copied()
+                .collect()
+        }
+        (
+            Membership {
+                segments: minus(&self.segments, &next.segments),
+                chargers: minus(&self.chargers, &next.chargers),
+            },
+            Membership {
+                segments: minus(&next.segments, &self.segments),
+                chargers: minus(&next.chargers, &self.chargers),
+            },
+        )
+    }
+}
+
+/// The point halfway along a polyline.
+pub fn midpoint(line: &[[f64; 2]]) -> Option<[f64; 2]> {
+    let (first, rest) = line.split_first()?;
+    if rest.is_empty() {
+        return Some(*first);
+    }
+    let lat = first[1].to_radians().cos();
+    let len = |a: [f64; 2], b: [f64; 2]| ((b[0] - a[0]) * lat).hypot(b[1] - a[1]);
+    let total: f64 = line.windows(2).map(|w| len(w[0], w[1])).sum();
+    let mut left = total / 2.0;
+    for w in line.windows(2) {
+        let l = len(w[0], w[1]);
+        if l >= left && l > 0.0 {
+            let t = left / l;
+            return Some([
+                w[0][0] + (w[1][0] - w[0][0]) * t,
+                w[0][1] + (w[1][1] - w[0][1]) * t,
+            ]);
+        }
+        left -= l;
+    }
+    line.last().copied()
+}
+
+/// The H3 cell of `[lon, lat]` at `resolution`, as its hex id.
+pub fn h3_cell(p: [f64; 2], resolution: u8) -> Option<String> {
+    let res = h3o::Resolution::try_from(resolution).ok()?;
+    let ll = h3o::LatLng::new(p[1], p[0]).ok()?;
+    Some(ll.to_cell(res).to_string())
+}
+
+/// Computes membership of `reference`'s segments and chargers in `zones`
+/// and (with a resolution) H3 cells, numbering zones in `registry`.
+pub fn membership(
+    reference: &Reference,
+    zones: &[Zone],
+    settings: &ZoneSettings,
+    registry: &ZoneRegistry,
+) -> Membership {
+    let mut sorted: Vec<&Zone> = zones.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let named: Vec<(u32, &Zone)> = sorted
+        .iter()
+        .map(|z| (registry.intern(&z.id, ZoneKind::Named), *z))
+        .collect();
+    let points = |p: [f64; 2]| -> Vec<(ZoneKind, String)> {
+        let mut out: Vec<(ZoneKind, String)> = named
+            .iter()
+            .filter(|(_, z)| z.contains(p))
+            .map(|(_, z)| (ZoneKind::Named, z.id.clone()))
+            .collect();
+        if let Some(cell) = settings.h3_resolution.and_then(|r| h3_cell(p, r)) {
+            out.push((ZoneKind::H3, cell));
+        }
+        out
+    };
+    let seg_points: Vec<(u32, Vec<(ZoneKind, String)>)> = reference
+        .roads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i as u32, points(midpoint(&r.line)?))))
+        .collect();
+    let charger_points: Vec<(u32, Vec<(ZoneKind, String)>)> = reference
+        .chargers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i as u32, points(c.position)))
+        .collect();
+    // H3 cells are numbered after the named zones, in id order.
+    let mut cells: Vec<&String> = seg_points
+        .iter()
+        .chain(&charger_points)
+        .flat_map(|(_, z)| {
+            z.iter()
+                .filter(|(k, _)| *k == ZoneKind::H3)
+                .map(|(_, id)| id)
+        })
+        .collect();
+    cells.sort();
+    for cell in cells {
+        registry.intern(cell, ZoneKind::H3);
+    }
+    let number = |kind: ZoneKind, id: &str| registry.intern(id, kind);
+    let pairs = |items: &[(u32, Vec<(ZoneKind, String)>)]| {
+        let mut out: Vec<(u32, u32)> = items
+            .iter()
+            .flat_map(|(m, zs)| zs.iter().map(move |(k, id)| (*m, number(*k, id))))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    };
+    Membership {
+        segments: pairs(&seg_points),
+        chargers: pairs(&charger_points),
+    }
+}
+
+/// Largest accepted zone file, bytes.
+pub const MAX_ZONE_FILE_BYTES: u64 = 64 << 20;
+
+/// Loads a zone file: a GeoJSON FeatureCollection of `Polygon` or
+/// `MultiPolygon` features with a unique string `properties.id` (and an
+/// optional `properties.name`). Every problem is reported, with its place.
+pub fn load(path: &Path) -> Result<Vec<Zone>, Vec<Problem>> {
+    let problem = |place: String, message: String| Problem {
+        file: path.to_owned(),
+        place,
+        message,
+    };
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_ZONE_FILE_BYTES => {
+            return Err(vec![problem(
+                String::new(),
+                format!(
+                    "file is {} bytes, more than the limit of {MAX_ZONE_FILE_BYTES}",
+                    m.len()
+                ),
+            )])
+        }
+        _ => std::fs::read(path)
+            .map_err(|e| vec![problem(String::new(), format!("cannot read: {e}"))])?,
+    };
+    let doc: Value = serde_json::from_slice(&text)
+        .map_err(|e| vec![problem(String::new(), format!("not valid JSON: {e}"))])?;
+    if doc.get("type").and_then(Value::as_str) != Some("FeatureCollection") {
+        return Err(vec![problem(
+            "type".into(),
+            "expected \"FeatureCollection\"".into(),
+        )]);
+    }
+    let Some(features) = doc.get("features").and_then(Value::as_array) else {
+        return Err(vec![problem(
+            "features".into(),
+            "expected an array of features".into(),
+        )]);
+    };
+    let mut problems = Vec::new();
+    let mut zones = Vec::new();
+    let mut seen: FxHashMap<String, usize> = FxHashMap::default();
+    for (i, f) in features.iter().enumerate() {
+        let at = |field: &str| format!("features[{i}].{field}");
+        let id = match f.pointer("/properties/id") {
+            Some(Value::String(s))
+                if !s.is_empty() && s.len() <= 128 && !s.contains(['\n', '\r', ',']) =>
+            {
+                if let Some(first) = seen.insert(s.clone(), i) {
+                    problems.push(problem(
+                        at("properties.id"),
+                        format!("duplicate id {s:?} (first at features[{first}])"),
+                    ));
+                }
+                Some(s.clone())
+            }
+            Some(Value::String(s)) => {
+                problems.push(problem(
+                    at("properties.id"),
+                    format!("{s:?} must be 1-128 characters without commas or line breaks"),
+                ));
+                None
+            }
+            Some(_) => {
+                problems.push(problem(at("properties.id"), "expected a string".into()));
+                None
+            }
+            None => {
+                problems.push(problem(
+                    at("properties.id"),
+                    "required property is missing".into(),
+                ));
+                None
+            }
+        };
+        let name = f
+            .pointer("/properties/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let kind = f.pointer("/geometry/type").and_then(Value::as_str);
+        let coords = f.pointer("/geometry/coordinates");
+        let polygons = match (kind, coords) {
+            (Some("Polygon"), Some(c)) => polygon(c).map(|p| vec![p]),
+            (Some("MultiPolygon"), Some(Value::Array(ps))) => {
+                ps.iter().map(polygon).collect::<Result<Vec<_>, _>>()
+            }
+            (Some("MultiPolygon"), _) => Err("expected an array of polygons".to_owned()),
+            (other, _) => {
+                problems.push(problem(
+                    at("geometry.type"),
+                    format!("expected \"Polygon\" or \"MultiPolygon\", found {other:?}"),
+                ));
+                continue;
+            }
+        };
+        match (id, polygons) {
+            (Some(id), Ok(polygons)) => zones.push(Zone { id, name, polygons }),
+            (_, Err(e)) => problems.push(problem(at("geometry.coordinates"), e)),
+            (None, Ok(_)) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(zones)
+    } else {
+        Err(problems)
+    }
+}
+
+/// A polygon's rings: each at least 4 positions within WGS84 bounds,
+/// closed (last = first).
+fn polygon(v: &Value) -> Result<Vec<Vec<[f64; 2]>>, String> {
+    let rings = v.as_array().ok_or("expected an array of rings")?;
+    if rings.is_empty() {
+        return Err("a polygon needs an outer ring".into());
+    }
+    rings
+        .iter()
+        .enumerate()
+        .map(|(r, ring)| {
+            let pts = ring
+                .as_array()
+                .ok_or(format!("ring {r}: expected an array of positions"))?
+                .iter()
+                .map(|p| {
+                    let a = p.as_array()?;
+                    let (lon, lat) = (a.first()?.as_f64()?, a.get(1)?.as_f64()?);
+                    ((-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat))
+                        .then_some([lon, lat])
+                })
+                .collect::<Option<Vec<[f64; 2]>>>()
+                .ok_or(format!(
+                    "ring {r}: positions must be [lon, lat] within WGS84 bounds"
+                ))?;
+            if pts.len() < 4 {
+                return Err(format!(
+                    "ring {r}: {} positions, a ring needs at least 4",
+                    pts.len()
+                ));
+            }
+            if pts.first() != pts.last() {
+                return Err(format!(
+                    "ring {r}: not closed (the last position must equal the first)"
+                ));
+            }
+            Ok(pts)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(id: &str, x0: f64, y0: f64, size: f64) -> Zone {
+        Zone {
+            id: id.into(),
+            name: None,
+            polygons: vec![vec![vec![
+                [x0, y0],
+                [x0 + size, y0],
+                [x0 + size, y0 + size],
+                [x0, y0 + size],
+                [x0, y0],
+            ]]],
+        }
+    }
+
+    #[test]
+    fn points_in_polygons_with_holes() {
+        let mut z = square("a", 0.0, 0.0, 10.0);
+        z.polygons[0].push(square("hole", 4.0, 4.0, 2.0).polygons[0][0].clone());
+        assert!(z.contains([1.0, 1.0]));
+        assert!(!z.contains([5.0, 5.0]), "in the hole");
+        assert!(!z.contains([11.0, 1.0]));
+    }
+
+    #[test]
+    fn registry_numbers_are_stable_and_membership_diffs() {
+        let reg = ZoneRegistry::default();
+        assert_eq!(reg.intern("b", ZoneKind::Named), 0);
+        assert_eq!(reg.intern("a", ZoneKind::Named), 1);
+        assert_eq!(reg.intern("b", ZoneKind::Named), 0);
+        assert_eq!(reg.id(1), Some(("a".into(), ZoneKind::Named)));
+        let old = Membership {
+            segments: vec![(1, 0), (2, 0)],
+            chargers: vec![(0, 0)],
+        };
+        let new = Membership {
+            segments: vec![(2, 0), (3, 1)],
+            chargers: vec![(0, 0)],
+        };
+        let (gone, added) = old.diff(&new);
+        assert_eq!(gone.segments, vec![(1, 0)]);
+        assert_eq!(added.segments, vec![(3, 1)]);
+        assert!(gone.chargers.is_empty() && added.chargers.is_empty());
+    }
+
+    #[test]
+    fn midpoint_is_halfway_along_the_line() {
+        let m = midpoint(&[[0.0, 0.0], [0.0, 1.0], [0.0, 3.0]]).expect("a point");
+        assert!((m[1] - 1.5).abs() < 1e-9);
+        assert!(h3_cell([26.94, 60.53], 8).is_some_and(|c| c.len() == 15));
+    }
+}
