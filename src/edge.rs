@@ -138,6 +138,46 @@ impl EdgeHandle {
     }
 }
 
+/// The files sinks of a node: the final table, rewritten at most once per
+/// [`SINK_INTERVAL`] while it has unwritten changes.
+struct FilesSinks<'a> {
+    table: FinalTable,
+    sinks: Vec<SinkSection>,
+    topology: &'a Topology,
+    written: Instant,
+    dirty: bool,
+    /// Largest emission watermark applied.
+    seen: u64,
+    /// Published after each durable write: how far the sinks are durable.
+    durable: &'a AtomicU64,
+}
+
+impl FilesSinks<'_> {
+    fn apply(&mut self, batch: &[crate::dataflow::emit::Emission]) {
+        self.table.apply(batch);
+        self.seen = batch.iter().map(|e| e.watermark).fold(self.seen, u64::max);
+        self.dirty = true;
+        self.write_if_due();
+    }
+
+    fn write_if_due(&mut self) {
+        if self.dirty && self.written.elapsed() >= SINK_INTERVAL {
+            if write_sinks(&self.sinks, &self.table, self.topology) {
+                self.durable.fetch_max(self.seen, Ordering::AcqRel);
+            }
+            self.written = Instant::now();
+            self.dirty = false;
+        }
+    }
+
+    /// The last write, at shutdown.
+    fn finish(self) {
+        if self.dirty || self.table.is_empty() {
+            write_sinks(&self.sinks, &self.table, self.topology);
+        }
+    }
+}
+
 /// Writes every sink; false if one failed.
 fn write_sinks(sinks: &[SinkSection], table: &FinalTable, topology: &Topology) -> bool {
     let mut ok = true;
@@ -244,10 +284,15 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         std::thread::Builder::new()
             .name("edgeflow-dataflow".into())
             .spawn(move || {
-                let mut written = Instant::now();
-                let mut dirty = false;
-                let mut seen = 0u64;
-                let sinks = topology.sinks.clone();
+                let sink = std::cell::RefCell::new(FilesSinks {
+                    table,
+                    sinks: topology.sinks.clone(),
+                    topology: &topology,
+                    written: Instant::now(),
+                    dirty: false,
+                    seen: 0,
+                    durable: &sinks_durable,
+                });
                 let summary = crate::replay::run(
                     Input::Live(crate::replay::Live {
                         chunks: live_rx,
@@ -257,23 +302,12 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                     reference,
                     topology.time,
                     ReplayOptions::new(workers),
-                    |batch| {
-                        table.apply(batch);
-                        seen = batch.iter().map(|e| e.watermark).fold(seen, u64::max);
-                        dirty = true;
-                        if written.elapsed() >= SINK_INTERVAL {
-                            if write_sinks(&sinks, &table, &topology) {
-                                sinks_durable.fetch_max(seen, Ordering::AcqRel);
-                            }
-                            written = Instant::now();
-                            dirty = false;
-                        }
-                    },
-                    |_| {},
+                    |batch| sink.borrow_mut().apply(batch),
+                    // Called when no emission came for a while: write what
+                    // is still unwritten.
+                    |_| sink.borrow_mut().write_if_due(),
                 );
-                if dirty || table.is_empty() {
-                    write_sinks(&sinks, &table, &topology);
-                }
+                sink.into_inner().finish();
                 summary
             })
             .map_err(|e| EdgeError::Runtime(e.to_string()))?

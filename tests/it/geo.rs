@@ -139,3 +139,202 @@ fn the_index_finds_what_an_exhaustive_scan_finds() {
     // Every outcome occurs, so the comparison covered each rule.
     assert_eq!(outcomes.len(), 4, "{outcomes:?}");
 }
+
+/// Zone rows recomputed in one batch from the segment and charger rows of
+/// the same run, the zone membership, and the raw low-SoC EV reports.
+fn batch_zones(
+    reference: &edgeflow::reference::Reference,
+    congestion: &str,
+    charging: &str,
+    telemetry: &str,
+) -> std::collections::BTreeMap<(String, u64), Vec<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let membership = reference.membership(&reference.zones);
+    let zone_name = |n: u32| reference.registry.id(n).expect("numbered zone");
+    let mut seg_zones: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (s, z) in &membership.segments {
+        seg_zones
+            .entry(reference.roads[*s as usize].id.as_str())
+            .or_default()
+            .push(*z);
+    }
+    let mut charger_zones: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (c, z) in &membership.chargers {
+        charger_zones
+            .entry(reference.chargers[*c as usize].id.as_str())
+            .or_default()
+            .push(*z);
+    }
+    #[derive(Default)]
+    struct Acc {
+        samples: u64,
+        segments: u32,
+        weighted_ratio: f64,
+        jammed: u32,
+        chargers: u32,
+        energy: u64,
+        power_kw: f64,
+        occupied: u32,
+        connectors: u32,
+        faulted: u32,
+        low_soc: BTreeSet<String>,
+    }
+    let mut acc: BTreeMap<(u32, u64), Acc> = BTreeMap::new();
+    let (h, rows_c) = rows(congestion);
+    let col = |h: &[String], name: &str| h.iter().position(|x| x == name).expect(name);
+    for ((seg, window), r) in &rows_c {
+        for z in seg_zones.get(seg.as_str()).into_iter().flatten() {
+            let a = acc.entry((*z, *window)).or_default();
+            let samples: u64 = r[col(&h, "samples")].parse().expect("n");
+            a.samples += samples;
+            a.segments += 1;
+            let ratio: f64 = r[col(&h, "speed_ratio")].parse().expect("ratio");
+            a.weighted_ratio += samples as f64 * ratio;
+            a.jammed += u32::from(r[col(&h, "level")] == "jam");
+        }
+    }
+    let (h, rows_h) = rows(charging);
+    for ((charger, window), r) in &rows_h {
+        for z in charger_zones.get(charger.as_str()).into_iter().flatten() {
+            let a = acc.entry((*z, *window)).or_default();
+            let int = |name: &str| r[col(&h, name)].parse::<u64>().expect(name);
+            a.chargers += 1;
+            a.energy += int("energy_wh");
+            a.power_kw += r[col(&h, "mean_power_kw")].parse::<f64>().expect("kw");
+            a.occupied += int("occupied") as u32;
+            a.connectors += int("connectors") as u32;
+            a.faulted += int("faulted") as u32;
+        }
+    }
+    for line in telemetry.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let soc = v["ev"]["soc_pct"].as_f64();
+        if v["type"] != "vehicle" || v["ev"]["charging"].as_bool() == Some(true) {
+            continue;
+        }
+        if !soc.is_some_and(|s| s < reference.zone_settings.low_soc_pct) {
+            continue;
+        }
+        let segment = match v["segment_id"].as_str() {
+            Some(id) => reference.road(id),
+            None => reference
+                .matcher
+                .locate(
+                    v["lon"].as_f64().expect("lon"),
+                    v["lat"].as_f64().expect("lat"),
+                    v["heading_deg"].as_f64(),
+                )
+                .ok(),
+        };
+        let Some(segment) = segment else { continue };
+        let ts = v["ts_ms"].as_u64().expect("ts");
+        for z in seg_zones
+            .get(reference.roads[segment as usize].id.as_str())
+            .into_iter()
+            .flatten()
+        {
+            let a = acc.entry((*z, ts - ts % 60_000)).or_default();
+            a.low_soc
+                .insert(v["vehicle_id"].as_str().expect("id").to_owned());
+        }
+    }
+    acc.into_iter()
+        .map(|((z, window), a)| {
+            let (id, kind) = zone_name(z);
+            let ratio = if a.samples > 0 {
+                format!("{:.4}", a.weighted_ratio / a.samples as f64)
+            } else {
+                String::new()
+            };
+            let row = vec![
+                id.clone(),
+                kind.as_str().to_owned(),
+                window.to_string(),
+                (window + 60_000).to_string(),
+                a.samples.to_string(),
+                a.segments.to_string(),
+                ratio,
+                a.jammed.to_string(),
+                a.chargers.to_string(),
+                a.energy.to_string(),
+                format!("{:.3}", a.power_kw),
+                a.occupied.to_string(),
+                a.connectors.to_string(),
+                a.faulted.to_string(),
+                a.low_soc.len().to_string(),
+            ];
+            ((id, window), row)
+        })
+        .collect()
+}
+
+#[test]
+fn zone_rollups_equal_a_batch_recomputation() {
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    let reference = Arc::new(topo.reference.clone());
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let mut table = edgeflow::output::FinalTable::default();
+    let mut out = Vec::new();
+    for workers in [1, 2] {
+        let summary = edgeflow::replay::run(
+            edgeflow::replay::Input::JsonLines(Box::new(std::io::Cursor::new(text.clone()))),
+            reference.clone(),
+            topo.time,
+            ReplayOptions::new(workers),
+            |b| table.apply(b),
+            |_| {},
+        )
+        .expect("replay");
+        assert_eq!(summary.emitted.retractions, 0);
+        let csv = |k| table.csv(k, &reference, topo.time.size_ms);
+        out.push((
+            csv(edgeflow::aggregate::Kind::Congestion),
+            csv(edgeflow::aggregate::Kind::Charging),
+            csv(edgeflow::aggregate::Kind::Zone),
+        ));
+    }
+    assert_eq!(out[0], out[1], "zones do not depend on the worker count");
+    let (congestion, charging, zones) = &out[0];
+    let want = batch_zones(&reference, congestion, charging, &text);
+    let mut lines = zones.lines();
+    let header: Vec<String> = lines
+        .next()
+        .expect("header")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let got: std::collections::BTreeMap<(String, u64), Vec<String>> = lines
+        .map(|l| {
+            let f: Vec<String> = l.split(',').map(str::to_owned).collect();
+            ((f[0].clone(), f[2].parse().expect("window")), f)
+        })
+        .collect();
+    assert_eq!(header.join(","), edgeflow::aggregate::ZONES_HEADER);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the same (zone, window) rows"
+    );
+    let mut low_soc = 0;
+    for (key, w) in &want {
+        let g = &got[key];
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            // Ratios and power: sums of rounded per-row values in the batch.
+            let close = match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) if header[i] == "mean_speed_ratio" => (x - y).abs() <= 2e-4,
+                (Ok(x), Ok(y)) if header[i] == "power_kw" => (x - y).abs() <= 0.01,
+                _ => a == b,
+            };
+            assert!(close, "{key:?} {}: got {a}, batch {b}", header[i]);
+        }
+        low_soc += w[14].parse::<u32>().expect("n");
+    }
+    // Every kind of zone and every part of the roll-up is exercised.
+    assert!(want.keys().any(|(id, _)| id == "karhula-centre"));
+    assert!(got.values().any(|r| r[1] == "h3"));
+    assert!(low_soc > 0, "the recording has low-SoC EVs on the road");
+    assert!(
+        got.values().any(|r| r[9] != "0"),
+        "charging energy rolls up"
+    );
+}

@@ -261,6 +261,94 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
     assert_eq!(node.sink("charging.csv"), charging);
 }
 
+#[test]
+fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
+    let zones_v1 =
+        std::fs::read_to_string(root("topologies/karhula/zones.geojson")).expect("zones");
+    let mut node = start_with(|dir| {
+        std::fs::write(dir.join("zones.geojson"), &zones_v1).expect("write zones");
+        topology_text(dir, "").replace("[windows]\n", "zones = \"zones.geojson\"\n[windows]\n")
+    });
+    let path = data("sumo-public/telemetry.jsonl");
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    let cut = text
+        .match_indices('\n')
+        .nth(5_999)
+        .map(|(i, _)| i + 1)
+        .expect("long");
+    let (first, second) = (
+        node.dir.path().join("first.jsonl"),
+        node.dir.path().join("all.jsonl"),
+    );
+    std::fs::write(&first, &text[..cut]).expect("write");
+    std::fs::write(&second, &text).expect("write");
+    let opts = node.options(Encoding::JsonLines);
+    assert_eq!(send_file(&opts, &first).accepted, 6_000);
+    // The sink shows the first zones' final rows.
+    let zones_csv = node.dir.path().join("out/zones.csv");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&zones_csv).is_ok_and(|t| t.contains("\nkarhula-centre,")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no zone rows in the sink"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Replace the file: the centre goes, a new eastern half comes, the
+    // north-west quadrant grows over the whole north.
+    let mut doc: serde_json::Value = serde_json::from_str(&zones_v1).expect("json");
+    let features = doc["features"].as_array_mut().expect("features");
+    features.retain(|f| f["properties"]["id"] != "karhula-centre");
+    for f in features.iter_mut() {
+        if f["properties"]["id"] == "karhula-nw" {
+            f["geometry"]["coordinates"] = serde_json::json!([[
+                [26.925, 60.53],
+                [26.975, 60.53],
+                [26.975, 60.545],
+                [26.925, 60.545],
+                [26.925, 60.53]
+            ]]);
+        }
+    }
+    features.push(serde_json::json!({"type": "Feature", "properties": {"id": "karhula-east-half"},
+        "geometry": {"type": "Polygon", "coordinates": [[
+            [26.95, 60.515], [26.975, 60.515], [26.975, 60.545], [26.95, 60.545], [26.95, 60.515]]]}}));
+    std::fs::write(node.dir.path().join("zones.geojson"), doc.to_string()).expect("write");
+    std::thread::sleep(edgeflow::edge::ZONE_POLL * 3);
+    // The rest of the recording (the node skips the batches it has).
+    send_file(&opts, &second);
+    let stopped = node.stop();
+    assert!(
+        stopped.summary.emitted.retractions > 0,
+        "the centre's rows were retracted"
+    );
+
+    // The same records replayed with the new zones from the start, in the
+    // node's chunks (one per 500-line batch).
+    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    let reference = Arc::new(topo.reference.clone());
+    let mut table = edgeflow::output::FinalTable::default();
+    let mut options = edgeflow::replay::ReplayOptions::new(2);
+    options.chunk_lines = 500;
+    edgeflow::replay::run(
+        edgeflow::replay::Input::JsonLines(Box::new(std::io::Cursor::new(text.into_bytes()))),
+        reference.clone(),
+        topo.time,
+        options,
+        |b| table.apply(b),
+        |_| {},
+    )
+    .expect("replay");
+    let want = table.csv(
+        edgeflow::aggregate::Kind::Zone,
+        &reference,
+        topo.time.size_ms,
+    );
+    let got = node.sink("zones.csv");
+    assert!(!got.contains("karhula-centre") && got.contains("\nkarhula-east-half,"));
+    assert_eq!(got, want);
+}
+
 /// A raw client for protocol tests.
 async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
     let mut config = edgeflow::client::client_config(&node.ca).map_err(|e| e.to_string())?;

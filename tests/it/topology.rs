@@ -79,3 +79,60 @@ fn every_problem_is_reported_at_once_with_its_place() {
     }
     assert_eq!(problems.len(), expect.len(), "{}", text.join("\n"));
 }
+
+#[test]
+fn malformed_zone_files_and_settings_are_reported_with_their_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "t.toml",
+        &format!(
+            "[node]\nid = \"e1\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\nzones = \"zones.geojson\"\n\
+             [windows]\n[zones]\nh3_resolution = 16\nlow_soc_pct = 120\n[matching]\nradius_m = 0\nheading_tolerance_deg = 200\n",
+            root("topologies/karhula/roads.geojson").display(),
+            root("topologies/karhula/chargers.geojson").display()
+        ),
+    );
+    write(
+        dir.path(),
+        "zones.geojson",
+        r#"{"type":"FeatureCollection","features":[
+            {"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[26.9,60.5],[27.0,60.5],[27.0,60.6],[26.9,60.5]]]},"properties":{"id":"ok"}},
+            {"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[26.9,60.5],[27.0,60.5],[27.0,60.6],[26.9,60.6]]]},"properties":{"id":"open"}},
+            {"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[26.9,60.5],[27.0,60.5],[26.9,60.5]]]},"properties":{"id":"ok"}},
+            {"type":"Feature","geometry":{"type":"LineString","coordinates":[[26.9,60.5],[27.0,60.5]]},"properties":{"id":"line"}},
+            {"type":"Feature","geometry":{"type":"MultiPolygon","coordinates":[[[[26.9,60.5],[270.0,60.5],[27.0,60.6],[26.9,60.5]]]]},"properties":{"id":"far"}},
+            {"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[26.9,60.5],[27.0,60.5],[27.0,60.6],[26.9,60.5]]]},"properties":{"id":"a,b"}},
+            {"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[26.9,60.5],[27.0,60.5],[27.0,60.6],[26.9,60.5]]]},"properties":{}}
+        ]}"#,
+    );
+    let problems = Topology::load(&dir.path().join("t.toml")).expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let expect = [
+        "features[1].geometry.coordinates: ring 0: not closed",
+        "features[2].properties.id: duplicate id \"ok\" (first at features[0])",
+        "features[2].geometry.coordinates: ring 0: 3 positions",
+        "features[3].geometry.type: expected \"Polygon\" or \"MultiPolygon\"",
+        "features[4].geometry.coordinates: ring 0: positions must be [lon, lat] within WGS84 bounds",
+        "features[5].properties.id: \"a,b\" must be 1-128 characters",
+        "features[6].properties.id: required property is missing",
+        "zones.h3_resolution",
+        "zones.low_soc_pct",
+        "matching.radius_m",
+        "matching.heading_tolerance_deg",
+    ];
+    for e in expect {
+        assert!(
+            text.iter().any(|t| t.contains(e)),
+            "no problem mentions {e:?} in:\n{}",
+            text.join("\n")
+        );
+    }
+    assert_eq!(problems.len(), expect.len(), "{}", text.join("\n"));
+    // Garbage in place of the file: one clear problem, no panic.
+    write(dir.path(), "zones.geojson", "\u{0}\u{1}not json");
+    let problems = Topology::load(&dir.path().join("t.toml")).expect_err("invalid");
+    assert!(problems
+        .iter()
+        .any(|p| p.to_string().contains("zones.geojson: not valid JSON")));
+}
