@@ -191,14 +191,14 @@ pub struct AggKey {
 }
 
 /// The value of one aggregate row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AggValue {
     /// Congestion.
     Congestion(Congestion),
     /// Charging.
     Charging(Charging),
     /// A zone roll-up.
-    Zone(ZoneAgg),
+    Zone(Box<ZoneAgg>),
 }
 
 /// One segment's, charger's or low-SoC EV's contribution to a zone window.

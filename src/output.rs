@@ -31,7 +31,7 @@ impl FinalTable {
         for e in emissions {
             match e.status {
                 Status::Final | Status::Correction => {
-                    self.rows.insert(e.key, e.value);
+                    self.rows.insert(e.key, e.value.clone());
                 }
                 Status::Retraction => {
                     self.rows.remove(&e.key);

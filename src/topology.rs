@@ -13,6 +13,13 @@
 //! retention = "15m"
 //! [dataflow]
 //! workers = 2
+//! [matching]                 # map matching of reports without segment_id
+//! radius_m = 25
+//! heading_tolerance_deg = 45
+//! end_slack_m = 0
+//! [zones]                    # roll-ups; named zones: [reference] zones = "x.geojson"
+//! h3_resolution = 8
+//! low_soc_pct = 20
 //! ```
 //!
 //! Unknown keys are errors (`deny_unknown_fields`): a typo must not silently

@@ -42,7 +42,7 @@ pub enum Status {
 }
 
 /// One aggregate update leaving the dataflow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Emission {
     /// How final.
     pub status: Status,
@@ -54,7 +54,7 @@ pub struct Emission {
     pub watermark: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Row {
     /// `None` between a retraction and the update that replaces it.
     value: Option<AggValue>,
@@ -127,14 +127,11 @@ impl Emitter {
         ready.sort_by_key(|&(t, k, _, d)| (t, k, d));
         let mut dirty: Vec<AggKey> = Vec::new();
         let mut retracted: FxHashMap<AggKey, AggValue> = FxHashMap::default();
-        let mut i = 0;
-        while i < ready.len() {
-            let time = ready[i].0;
-            while i < ready.len() && ready[i].0 == time {
-                let (_, key, value, diff) = ready[i];
-                i += 1;
+        let mut ready = ready.into_iter().peekable();
+        while let Some(&(time, ..)) = ready.peek() {
+            while let Some((_, key, value, diff)) = ready.next_if(|u| u.0 == time) {
                 match self.rows.get_mut(&key) {
-                    Some(row) if diff < 0 && row.value == Some(value) => {
+                    Some(row) if diff < 0 && row.value.as_ref() == Some(&value) => {
                         row.value = None;
                         retracted.insert(key, value);
                     }
@@ -164,7 +161,7 @@ impl Emitter {
             }
             // Everything before the next timestamp is applied: the state is
             // that of a watermark at the next timestamp (or the frontier).
-            let watermark = ready.get(i).map_or(horizon, |u| u.0);
+            let watermark = ready.peek().map_or(horizon, |u| u.0);
             self.emit(&mut dirty, &retracted, watermark, out);
         }
         self.emit(&mut dirty, &retracted, horizon, out);
@@ -184,12 +181,12 @@ impl Emitter {
             let Some(row) = self.rows.get_mut(&key) else {
                 continue;
             };
-            let Some(value) = row.value else {
+            let Some(value) = row.value.clone() else {
                 // Retracted and not replaced: the row is gone. Retirement
                 // retractions never get here (the dataflow filters them).
                 let sent = row.final_sent || self.provisional;
                 self.rows.remove(&key);
-                if let (true, Some(&value)) = (sent, retracted.get(&key)) {
+                if let (true, Some(value)) = (sent, retracted.get(&key).cloned()) {
                     out.push(Emission {
                         status: Status::Retraction,
                         key,
@@ -226,7 +223,7 @@ impl Emitter {
             };
             for key in keys {
                 if let Some(row) = self.rows.get_mut(&key) {
-                    if let (Some(value), false) = (row.value, row.final_sent) {
+                    if let (Some(value), false) = (row.value.clone(), row.final_sent) {
                         row.final_sent = true;
                         out.push(Emission {
                             status: Status::Final,

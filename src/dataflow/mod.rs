@@ -259,7 +259,7 @@ pub fn build(
                             key: zone,
                             window,
                         },
-                        AggValue::Zone(z),
+                        AggValue::Zone(Box::new(z)),
                     )
                 });
             rows = rows.concat(zone_rows);
