@@ -98,6 +98,25 @@ fn render(dir: &Path, sent: &str) -> String {
             ));
         }
     }
+    let zones = read_rows(&dir.join("zones.csv"));
+    let named: Vec<&Vec<String>> = zones
+        .iter()
+        .filter(|r| r.get(1).is_some_and(|k| k == "zone"))
+        .filter(|r| r.get(2).and_then(|w| w.parse().ok()) == Some(window))
+        .collect();
+    if !named.is_empty() {
+        out.push_str(&format!(
+            "\n{:<16} {:>7} {:>6} {:>7} {:>9} {:>12}\n",
+            "zone", "samples", "ratio", "jammed", "energy Wh", "low-SoC EVs"
+        ));
+        for r in named {
+            if let [id, _, _, _, samples, _, ratio, jammed, _, energy, .., low_soc] = r.as_slice() {
+                out.push_str(&format!(
+                    "{id:<16} {samples:>7} {ratio:>6} {jammed:>7} {energy:>9} {low_soc:>12}\n"
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -110,6 +129,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if log_dir.exists() {
         std::fs::remove_dir_all(&log_dir)
             .with_context(|| format!("cannot clear {}", log_dir.display()))?;
+    }
+    // A fresh run: the files sink would keep rows of an earlier one.
+    for (_, name) in crate::output::FILES {
+        let _ = std::fs::remove_file(args.out.join(name));
     }
     let certs = crate::edge::make_certs(&args.out.join("certs"), &["localhost".into()])?;
     let section = IngestSection {
@@ -213,7 +236,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("{view}");
     crate::edge::print_report(&stopped);
     println!(
-        "aggregates: {0}/congestion.csv and {0}/charging.csv; the log (the recording): {0}/log",
+        "aggregates: {0}/congestion.csv, charging.csv and zones.csv; the log (the recording): {0}/log",
         args.out.display()
     );
     Ok(())

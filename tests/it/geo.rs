@@ -9,9 +9,11 @@ use edgeflow::topology::Topology;
 
 use crate::support::{data, replay, root, rows};
 
-/// Vehicle reports of the recording: (original segment_id, lon, lat,
+/// A vehicle report of the recording: (original segment_id, lon, lat,
 /// heading, charging).
-fn reports() -> Vec<(Option<String>, f64, f64, Option<f64>, bool)> {
+type Report = (Option<String>, f64, f64, Option<f64>, bool);
+
+fn reports() -> Vec<Report> {
     let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
     text.lines()
         .filter_map(|l| {
@@ -337,4 +339,41 @@ fn zone_rollups_equal_a_batch_recomputation() {
         got.values().any(|r| r[9] != "0"),
         "charging energy rolls up"
     );
+}
+
+#[test]
+fn a_charging_ev_on_the_road_geometry_is_parked_not_traffic() {
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    let road = &topo.reference.roads[0];
+    let (a, b) = (road.line[0], road.line[1]);
+    let (lon, lat) = ((a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0);
+    let heading = ((b[0] - a[0]) * lat.to_radians().cos()).atan2(b[1] - a[1]);
+    let heading = heading.to_degrees().rem_euclid(360.0);
+    let line = |ev: &str| {
+        format!(
+            r#"{{"type":"vehicle","vehicle_id":"v1","ts_ms":1767258000000,"lat":{lat},"lon":{lon},"speed_mps":0.0,"heading_deg":{heading}{ev}}}"#
+        )
+    };
+    let resolve = |text: String| {
+        let record = edgeflow::codec::decode_json(text.as_bytes()).expect("valid");
+        edgeflow::pipeline::resolve(&record, &topo.reference).expect("resolves")
+    };
+    let how = |item| match item {
+        edgeflow::pipeline::Item::Report { how, .. } => how,
+        other => panic!("{other:?}"),
+    };
+    use edgeflow::pipeline::Matched;
+    assert_eq!(how(resolve(line(""))), Matched::ByNode, "on the road");
+    assert_eq!(
+        how(resolve(line(r#","ev":{"soc_pct":15.0,"charging":true}"#))),
+        Matched::No(Unmatched::Charging)
+    );
+    assert!(matches!(
+        resolve(line(r#","ev":{"soc_pct":15.0,"charging":false}"#)),
+        edgeflow::pipeline::Item::Report {
+            how: Matched::ByNode,
+            low_soc: true,
+            ..
+        }
+    ));
 }
