@@ -91,6 +91,15 @@ pub fn client_config_with(
     ca: &Path,
     identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> anyhow::Result<quinn::ClientConfig> {
+    client_config_for(ca, identity, ALPN)
+}
+
+/// Client TLS/QUIC configuration for the protocol `alpn`.
+pub fn client_config_for(
+    ca: &Path,
+    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    alpn: &[u8],
+) -> anyhow::Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca)
         .with_context(|| format!("cannot read CA {}", ca.display()))?
@@ -113,7 +122,7 @@ pub fn client_config_with(
             tls.with_client_auth_cert(chain, key)?
         }
     };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     // Notice a dead node within seconds (the smaller of the two peers' idle
     // timeouts applies), so resending starts soon.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::aggregate::Kind;
 use crate::checkpoint::{Checkpoint, CheckpointError, Tracker};
 use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{self, IngestContext, IngestCounters};
@@ -33,12 +34,16 @@ use crate::input::Chunk;
 use crate::log::{LogReader, LogWriter};
 use crate::output::FinalTable;
 use crate::replay::{Input, ReplayOptions, RunSummary};
+use crate::subscribe::hub::{Hub, HubSettings};
+use crate::subscribe::server::{Operator, SubContext};
 use crate::topology::{SinkSection, Topology};
 
 /// Chunks queued between the commit thread and the dataflow reader.
 pub const LIVE_QUEUE: usize = 64;
 /// Least time between two rewrites of a files sink.
 pub const SINK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait at shutdown for subscribers to read their last rows.
+pub const SUBSCRIBER_DRAIN: Duration = Duration::from_secs(10);
 /// How often the zone file is checked for changes.
 pub const ZONE_POLL: Duration = Duration::from_secs(1);
 
@@ -178,6 +183,39 @@ impl FilesSinks<'_> {
     }
 }
 
+/// The topology's operators, checked.
+fn operators(topology: &Topology) -> Result<Vec<Operator>, EdgeError> {
+    topology
+        .operators
+        .iter()
+        .map(|o| {
+            let mut token_sha256 = [0u8; 32];
+            hex::decode_to_slice(&o.token_sha256, &mut token_sha256)
+                .map_err(|e| EdgeError::Topology(format!("operator {}: {e}", o.name)))?;
+            let kinds = match &o.kinds {
+                None => vec![Kind::Congestion, Kind::Charging, Kind::Zone],
+                Some(k) => k
+                    .iter()
+                    .filter_map(|k| match k.as_str() {
+                        "congestion" => Some(Kind::Congestion),
+                        "charging" => Some(Kind::Charging),
+                        "zone" => Some(Kind::Zone),
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            Ok(Operator {
+                name: o.name.clone(),
+                token_sha256,
+                kinds,
+                segments: o.segments.clone(),
+                chargers: o.chargers.clone(),
+                zones: o.zones.clone(),
+            })
+        })
+        .collect()
+}
+
 /// Writes every sink; false if one failed.
 fn write_sinks(sinks: &[SinkSection], table: &FinalTable, topology: &Topology) -> bool {
     let mut ok = true;
@@ -247,6 +285,34 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         .map(|cp| cp.resume(&reference))
         .unwrap_or_default();
     let mut tracker = Tracker::new(topology.time, &resume);
+
+    // Subscriptions: a hub fed by the dataflow, when operators may subscribe.
+    let operators = operators(&topology)?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let hub = (!operators.is_empty()).then(|| {
+        Arc::new(Hub::new(
+            reference.clone(),
+            topology.time,
+            HubSettings {
+                min_vehicles: topology.privacy_min_vehicles,
+                max_pending: topology.sub_max_pending,
+                max_lag: topology.sub_max_lag,
+            },
+            epoch,
+        ))
+    });
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let sub_ctx = hub.as_ref().map(|hub| {
+        Arc::new(SubContext {
+            hub: hub.clone(),
+            operators,
+            reference: reference.clone(),
+            request_timeout: ingest.hello_timeout,
+            stopping: stopping_rx,
+        })
+    });
     let (live_tx, live_rx) = mpsc::sync_channel::<Chunk>(LIVE_QUEUE);
     let sinks_durable = Arc::new(AtomicU64::new(0));
 
@@ -271,6 +337,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         let reference = reference.clone();
         let sinks_durable = sinks_durable.clone();
         let resume = resume.clone();
+        let hub_df = hub.clone();
         let mut table = FinalTable::default();
         for sink in &topology.sinks {
             let SinkSection::Files { dir } = sink;
@@ -301,8 +368,17 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                     }),
                     reference,
                     topology.time,
-                    ReplayOptions::new(workers),
-                    |batch| sink.borrow_mut().apply(batch),
+                    ReplayOptions {
+                        // Provisional values only when someone can see them.
+                        provisional: hub_df.is_some(),
+                        ..ReplayOptions::new(workers)
+                    },
+                    |batch| {
+                        sink.borrow_mut().apply(batch);
+                        if let Some(hub) = &hub_df {
+                            hub.publish(batch);
+                        }
+                    },
                     // Called when no emission came for a while: write what
                     // is still unwritten.
                     |_| sink.borrow_mut().write_if_due(),
@@ -374,21 +450,22 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                 ingest.clone(),
             ));
             let counters = ctx.counters.clone();
-            runtime.block_on(async {
+            let served = runtime.block_on(async {
                 let endpoint = match server::endpoint(&ingest, &cert, &key) {
                     Ok(e) => e,
                     Err(e) => {
                         let _ = addr_tx.send(Err(EdgeError::Server(e)));
-                        return;
+                        return None;
                     }
                 };
                 let addr = endpoint.local_addr().unwrap_or(ingest.listen);
                 let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
-                server::serve(endpoint, ctx, shutdown_rx).await;
+                let subs = server::serve(endpoint.clone(), ctx, shutdown_rx, sub_ctx).await;
+                Some((endpoint, subs))
             });
-            // Every connection is done: closing the log hand-over ends the
-            // dataflow once it has taken in everything acknowledged.
-            drop(runtime);
+            // Every ingest connection is done: closing the log hand-over
+            // ends the dataflow once it has taken in everything
+            // acknowledged. Subscriptions go on until its last emissions.
             drop(zone_watch);
             commit_thread
                 .join()
@@ -397,6 +474,24 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                 .join()
                 .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))?
                 .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+            if let Some(hub) = &hub {
+                hub.close();
+            }
+            let _ = stopping_tx.send(true);
+            if let Some((endpoint, mut subs)) = served {
+                runtime.block_on(async {
+                    let drained = async { while subs.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(SUBSCRIBER_DRAIN, drained).await;
+                    endpoint.close(
+                        quinn::VarInt::from_u32(
+                            crate::ingest::frame::ErrorCode::ShuttingDown as u32,
+                        ),
+                        b"shutting down",
+                    );
+                    endpoint.wait_idle().await;
+                });
+            }
+            drop(runtime);
             Ok(EdgeReport {
                 summary,
                 recovered_entries,

@@ -34,6 +34,7 @@
 //! - [`bench_match`]: map-matching throughput on a road network.
 //! - [`loadgen`]: synthetic live traffic over QUIC (`simulate`, `bench-ingest`).
 //! - [`metrics`]: metric names, defined once.
+//! - [`subscribe`]: live subscriptions of mobility operators (hub, protocol, server, client).
 //!
 //! # Seams for later roles
 //! Live QUIC ingest feeds [`pipeline::Stage`] the way [`replay`] does, with
@@ -62,5 +63,6 @@ pub mod output;
 pub mod pipeline;
 pub mod reference;
 pub mod replay;
+pub mod subscribe;
 pub mod time;
 pub mod topology;

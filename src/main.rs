@@ -120,6 +120,37 @@ enum Command {
     /// against the same rule without the spatial index; prints one JSON
     /// object.
     BenchMatch(edgeflow::bench_match::MatchBenchArgs),
+    /// Follow live aggregates of a node as a mobility operator: the current
+    /// rows, then every change (docs/PROTOCOL.md, "Subscriptions").
+    Subscribe {
+        /// The node, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Operator token.
+        #[arg(long)]
+        token: String,
+        /// CA certificate of the node (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Name in the node's certificate (default: the host of --to).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// congestion, charging or zone.
+        #[arg(long)]
+        kind: String,
+        /// Only these ids, comma-separated.
+        #[arg(long)]
+        ids: Option<String>,
+        /// Only keys within min_lon,min_lat,max_lon,max_lat.
+        #[arg(long)]
+        bbox: Option<String>,
+        /// Every update as windows fill (default: final values only).
+        #[arg(long)]
+        provisional: bool,
+        /// table (a live view on a terminal) or jsonl (a frame per line).
+        #[arg(long, value_enum, default_value_t = SubFormat::Table)]
+        format: SubFormat,
+    },
     /// Send live synthetic traffic to a node over real QUIC connections, one
     /// per vehicle fleet gateway, stamped with the wall clock.
     Simulate {
@@ -167,6 +198,51 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Output of `subscribe`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SubFormat {
+    /// A live view, redrawn at every progress marker.
+    Table,
+    /// Every frame as a JSON object on its own line.
+    Jsonl,
+}
+
+/// The live view of a subscription: the newest window's rows.
+fn subscription_table(state: &edgeflow::subscribe::client::State, kind: &str) -> String {
+    let newest = state.rows.keys().map(|(_, w)| *w).max();
+    let mut out = String::from("\x1b[2J\x1b[H");
+    let p = state.progress;
+    out.push_str(&format!(
+        "edgeflow subscribe {kind}: {} rows, watermark {} ms, revision {}{}\n\n",
+        state.rows.len(),
+        p.map_or(0, |p| p.watermark_ms),
+        p.map_or(0, |p| p.revision),
+        if state.coalesced > 0 {
+            format!(" (lagged: {} updates coalesced)", state.coalesced)
+        } else {
+            String::new()
+        }
+    ));
+    for ((key, window), row) in &state.rows {
+        if Some(*window) != newest {
+            continue;
+        }
+        let fields: Vec<String> = row
+            .value
+            .iter()
+            .flatten()
+            .filter(|(name, _)| !name.ends_with("_id") && !name.starts_with("window"))
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        out.push_str(&format!(
+            "{key:<22} {:<11} {}\n",
+            row.status.as_deref().unwrap_or(""),
+            fields.join(" ")
+        ));
+    }
+    out
 }
 
 /// `HOST:PORT` to an address, and the host as the default TLS server name.
@@ -403,6 +479,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchIngest(args) => {
             println!("{}", edgeflow::bench_ingest::run(&args)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Subscribe {
+            to,
+            token,
+            ca,
+            server_name,
+            kind,
+            ids,
+            bbox,
+            provisional,
+            format,
+        } => {
+            use edgeflow::subscribe::client::{
+                filter, json_line, subscribe, State, SubscribeOptions,
+            };
+            use std::io::Write;
+            let (addr, host) = resolve(&to)?;
+            let mut request = SubscribeOptions::request(&token, &kind);
+            request.filter = filter(ids.as_deref(), bbox.as_deref())?;
+            if provisional {
+                request.mode = "provisional".into();
+            }
+            let opts = SubscribeOptions {
+                to: addr,
+                server_name: server_name.unwrap_or(host),
+                ca,
+                request,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let mut state = State::default();
+            let mut out = std::io::stdout().lock();
+            let error = runtime.block_on(subscribe(&opts, |frame| {
+                state.apply(frame);
+                let text = match format {
+                    SubFormat::Jsonl => Some(json_line(frame) + "\n"),
+                    SubFormat::Table => {
+                        matches!(frame, edgeflow::subscribe::proto::SubFrame::Progress(_))
+                            .then(|| subscription_table(&state, &kind))
+                    }
+                };
+                // A closed stdout (a pipe that went away) ends the subscription.
+                text.is_none_or(|t| {
+                    out.write_all(t.as_bytes())
+                        .and_then(|()| out.flush())
+                        .is_ok()
+                })
+            }))?;
+            match error {
+                Some(e) => {
+                    eprintln!("edgeflow: subscription ended: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Simulate {
             to,

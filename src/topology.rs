@@ -71,7 +71,63 @@ pub struct TopologyFile {
     /// Zone roll-ups.
     #[serde(default)]
     pub zones: ZonesSection,
+    /// Mobility operators allowed to subscribe.
+    #[serde(default)]
+    pub operator: Vec<OperatorSection>,
+    /// What operators may never see.
+    #[serde(default)]
+    pub privacy: PrivacySection,
+    /// Subscription limits.
+    #[serde(default)]
+    pub subscriptions: SubscriptionsSection,
 }
+
+/// `[[operator]]`: a mobility operator, its token and its scopes.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSection {
+    /// Operator name.
+    pub name: String,
+    /// SHA-256 of the bearer token, lower-case hex.
+    pub token_sha256: String,
+    /// Aggregate kinds it may see (`congestion`, `charging`, `zone`).
+    /// Default: all.
+    pub kinds: Option<Vec<String>>,
+    /// Segment ids it may see. Default: all.
+    pub segments: Option<Vec<String>>,
+    /// Charger ids it may see. Default: all.
+    pub chargers: Option<Vec<String>>,
+    /// Zone ids (named zones or H3 cells) it may see. Default: all.
+    pub zones: Option<Vec<String>>,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// Rows over fewer distinct vehicles are withheld from operators
+    /// (zone rows: fewer reports). Default 3.
+    pub min_vehicles: Option<u64>,
+}
+
+/// `[subscriptions]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionsSection {
+    /// Rows waiting for one subscriber (one per row: newer values replace
+    /// queued ones) before it is disconnected as too slow. Default 65536.
+    pub max_pending: Option<usize>,
+    /// Longest a subscriber may read nothing while changes wait for it
+    /// before it is disconnected. Default 30s.
+    pub max_lag: Option<String>,
+}
+
+/// Default of `privacy.min_vehicles`.
+pub const DEFAULT_MIN_VEHICLES: u64 = 3;
+/// Default of `subscriptions.max_pending`: with one queued change per row
+/// (about 100 bytes each), at most ~100 MB for a subscriber that reads
+/// nothing; the whole retained congestion of a 20,000-segment city fits.
+pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
 
 /// `[matching]`: map matching (see [`crate::geo::matcher`] for the rule).
 #[derive(Debug, Deserialize, Default)]
@@ -294,6 +350,14 @@ pub struct Topology {
     pub sinks: Vec<SinkSection>,
     /// The named zone file, resolved (its zones are in `reference`).
     pub zone_file: Option<PathBuf>,
+    /// Operators.
+    pub operators: Vec<OperatorSection>,
+    /// `privacy.min_vehicles`.
+    pub privacy_min_vehicles: u64,
+    /// `subscriptions.max_pending`.
+    pub sub_max_pending: usize,
+    /// `subscriptions.max_lag`.
+    pub sub_max_lag: Duration,
 }
 
 /// `[ingest]` checked, paths resolved, durations parsed.
@@ -472,6 +536,46 @@ impl Topology {
                 );
             }
         }
+        for (n, op) in file.operator.iter().enumerate() {
+            let ok = op.token_sha256.len() == 64
+                && op
+                    .token_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !ok {
+                push(
+                    &mut problems,
+                    &format!("operator[{n}].token_sha256"),
+                    "must be 64 lower-case hex characters (sha256sum of the token)",
+                );
+            }
+            for (i, k) in op.kinds.iter().flatten().enumerate() {
+                if !["congestion", "charging", "zone"].contains(&k.as_str()) {
+                    push(
+                        &mut problems,
+                        &format!("operator[{n}].kinds[{i}]"),
+                        &format!("{k:?}: expected congestion, charging or zone"),
+                    );
+                }
+            }
+        }
+        let privacy_min_vehicles = file.privacy.min_vehicles.unwrap_or(DEFAULT_MIN_VEHICLES);
+        let sub_max_pending = file
+            .subscriptions
+            .max_pending
+            .unwrap_or(DEFAULT_MAX_PENDING);
+        if sub_max_pending == 0 {
+            push(
+                &mut problems,
+                "subscriptions.max_pending",
+                "must be at least 1",
+            );
+        }
+        let sub_max_lag = match &file.subscriptions.max_lag {
+            None => Some(Duration::from_secs(30)),
+            Some(text) => duration(text, "subscriptions.max_lag", path, &mut problems),
+        }
+        .unwrap_or(Duration::from_secs(30));
         let log = file.log.as_ref().map(|l| LogSection {
             dir: base.join(&l.dir),
             segment_bytes: l.segment_bytes.max(4096),
@@ -569,6 +673,10 @@ impl Topology {
                 fleets: file.fleet,
                 sinks,
                 zone_file,
+                operators: file.operator,
+                privacy_min_vehicles,
+                sub_max_pending,
+                sub_max_lag,
             }),
             _ => Err(problems),
         }

@@ -29,6 +29,7 @@ use crate::log::Encoding;
 use crate::model::RecordError;
 use crate::pipeline::{resolve, Item};
 use crate::reference::Reference;
+use crate::subscribe::server::SubContext;
 use crate::topology::Ingest;
 
 /// Largest HELLO frame, bytes.
@@ -151,7 +152,7 @@ pub fn endpoint(limits: &Ingest, cert: &Path, key: &Path) -> Result<quinn::Endpo
         .with_client_cert_verifier(client_verifier(limits, &provider)?)
         .with_single_cert(certs, key)
         .map_err(|e| ServerError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), crate::subscribe::proto::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -223,8 +224,12 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     ctx: Arc<IngestContext>,
     mut shutdown: watch::Receiver<bool>,
-) {
+    subscriptions: Option<Arc<SubContext>>,
+) -> tokio::task::JoinSet<()> {
     let mut tasks = tokio::task::JoinSet::new();
+    // Subscriptions outlive ingest at shutdown: they carry the last
+    // aggregates, computed after ingest has stopped.
+    let sub_tasks = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -236,11 +241,24 @@ pub async fn serve(
                 }
                 let ctx = ctx.clone();
                 let stop = shutdown.clone();
+                let (subs, sub_tasks) = (subscriptions.clone(), sub_tasks.clone());
                 tasks.spawn(async move {
                     ctx.live_connections.fetch_add(1, Ordering::Relaxed);
                     if let Ok(conn) = incoming.await {
-                        ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-                        connection(conn, &ctx, stop).await;
+                        if alpn(&conn).as_deref() == Some(crate::subscribe::proto::ALPN) {
+                            match (subs, sub_tasks.lock()) {
+                                (Some(subs), Ok(mut set)) => {
+                                    set.spawn(crate::subscribe::server::connection(conn, subs));
+                                }
+                                _ => conn.close(
+                                    quinn::VarInt::from_u32(ErrorCode::Unauthorized as u32),
+                                    b"this node has no operators",
+                                ),
+                            }
+                        } else {
+                            ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                            connection(conn, &ctx, stop).await;
+                        }
                     }
                     ctx.live_connections.fetch_sub(1, Ordering::Relaxed);
                 });
@@ -251,10 +269,24 @@ pub async fn serve(
     }
     // Drain: connections see the shutdown, finish their batches, close.
     while tasks.join_next().await.is_some() {}
-    endpoint.close(
-        quinn::VarInt::from_u32(ErrorCode::ShuttingDown as u32),
-        b"shutting down",
-    );
+    if subscriptions.is_none() {
+        endpoint.close(
+            quinn::VarInt::from_u32(ErrorCode::ShuttingDown as u32),
+            b"shutting down",
+        );
+    }
+    sub_tasks
+        .lock()
+        .map(|mut set| std::mem::take(&mut *set))
+        .unwrap_or_default()
+}
+
+/// The protocol a connection negotiated.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 async fn connection(

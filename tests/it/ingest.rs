@@ -16,15 +16,15 @@ use sha2::{Digest, Sha256};
 
 use crate::support::{assert_expected, assert_same_rows, data, root};
 
-const TOKEN: &str = "karhula-fleet-secret";
+pub(crate) const TOKEN: &str = "karhula-fleet-secret";
 
-struct Node {
-    dir: tempfile::TempDir,
-    ca: PathBuf,
-    handle: Option<EdgeHandle>,
+pub(crate) struct Node {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ca: PathBuf,
+    pub(crate) handle: Option<EdgeHandle>,
 }
 
-fn topology_text(dir: &Path, extra: &str) -> String {
+pub(crate) fn topology_text(dir: &Path, extra: &str) -> String {
     let hash = hex::encode(Sha256::digest(TOKEN.as_bytes()));
     format!(
         "[node]\nid = \"test-edge\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\n[windows]\n\
@@ -37,11 +37,11 @@ fn topology_text(dir: &Path, extra: &str) -> String {
     )
 }
 
-fn start(extra: &str) -> Node {
+pub(crate) fn start(extra: &str) -> Node {
     start_with(|dir| topology_text(dir, extra))
 }
 
-fn start_with(topology: impl Fn(&Path) -> String) -> Node {
+pub(crate) fn start_with(topology: impl Fn(&Path) -> String) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("certs");
     std::fs::write(dir.path().join("edge.toml"), topology(dir.path())).expect("write topology");
@@ -53,16 +53,16 @@ fn start_with(topology: impl Fn(&Path) -> String) -> Node {
     }
 }
 
-fn restart_in(dir: &Path) -> EdgeHandle {
+pub(crate) fn restart_in(dir: &Path) -> EdgeHandle {
     let topo = Topology::load(&dir.join("edge.toml")).unwrap_or_else(|p| panic!("{p:?}"));
     edgeflow::edge::start(topo, 2).expect("node starts")
 }
 
 impl Node {
-    fn addr(&self) -> std::net::SocketAddr {
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
         self.handle.as_ref().expect("running").addr
     }
-    fn options(&self, encoding: Encoding) -> SendOptions {
+    pub(crate) fn options(&self, encoding: Encoding) -> SendOptions {
         SendOptions {
             to: self.addr(),
             server_name: "localhost".into(),
@@ -77,19 +77,19 @@ impl Node {
             identity: None,
         }
     }
-    fn stop(&mut self) -> edgeflow::edge::EdgeReport {
+    pub(crate) fn stop(&mut self) -> edgeflow::edge::EdgeReport {
         self.handle
             .take()
             .expect("running")
             .shutdown()
             .expect("clean stop")
     }
-    fn sink(&self, name: &str) -> String {
+    pub(crate) fn sink(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("out").join(name)).expect("sink file")
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -97,7 +97,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn send_file(opts: &SendOptions, path: &Path) -> SendReport {
+pub(crate) fn send_file(opts: &SendOptions, path: &Path) -> SendReport {
     let mut report = SendReport::default();
     let batches = edgeflow::client::batches(path, opts.encoding, opts.batch_lines, &mut report)
         .expect("batches");

@@ -18,5 +18,6 @@ mod geo;
 mod golden;
 mod ingest;
 mod oracle;
+mod subscribe;
 mod support;
 mod topology;

@@ -1,0 +1,173 @@
+//! The subscriber side: `edgeflow subscribe`, and [`State`], what a client
+//! rebuilds from the frames (snapshot, then changes).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::BytesMut;
+
+use super::proto::{Filter, Progress, ResumePoint, Row, SubFrame, Subscribe, ALPN};
+
+/// Largest frame a client accepts, bytes.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// What to subscribe to, and where.
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    /// The node.
+    pub to: SocketAddr,
+    /// Name in the node's certificate.
+    pub server_name: String,
+    /// CA certificate (PEM).
+    pub ca: PathBuf,
+    /// The request.
+    pub request: Subscribe,
+}
+
+impl SubscribeOptions {
+    /// A request for `kind` with `token`, final values, no filter.
+    pub fn request(token: &str, kind: &str) -> Subscribe {
+        Subscribe {
+            token: token.into(),
+            kind: kind.into(),
+            filter: None,
+            mode: "final".into(),
+            resume: None,
+            snapshot_if_unavailable: false,
+        }
+    }
+}
+
+/// The rows a subscriber holds: applying every frame in order gives the
+/// node's visible rows.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Current rows by (key id, window start).
+    pub rows: BTreeMap<(String, u64), Row>,
+    /// The last progress marker.
+    pub progress: Option<Progress>,
+    /// Whether the snapshot marker has arrived.
+    pub snapshot_done: bool,
+    /// Lag notices, summed.
+    pub coalesced: u64,
+}
+
+impl State {
+    /// Applies one frame.
+    pub fn apply(&mut self, frame: &SubFrame) {
+        match frame {
+            SubFrame::Row(r) => {
+                let key = (r.key.clone(), r.window_start_ms);
+                if r.op == "retract" {
+                    self.rows.remove(&key);
+                } else {
+                    self.rows.insert(key, r.clone());
+                }
+            }
+            SubFrame::Progress(p) => {
+                self.snapshot_done |= p.snapshot;
+                self.progress = Some(*p);
+            }
+            SubFrame::Lagged(l) => self.coalesced += l.coalesced,
+            SubFrame::Subscribe(_) | SubFrame::Error(_) => {}
+        }
+    }
+
+    /// Where to resume from after a reconnect.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        self.progress.map(|p| ResumePoint {
+            epoch: p.epoch,
+            revision: p.revision,
+        })
+    }
+}
+
+/// Subscribes and calls `on_frame` with every frame until the node ends
+/// the stream (or `on_frame` returns false). Returns the error frame's
+/// text if the node refused or ended the subscription with an error.
+pub async fn subscribe(
+    opts: &SubscribeOptions,
+    mut on_frame: impl FnMut(&SubFrame) -> bool,
+) -> anyhow::Result<Option<String>> {
+    let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+        .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
+    endpoint.set_default_client_config(crate::client::client_config_for(&opts.ca, None, ALPN)?);
+    let conn = endpoint
+        .connect(opts.to, &opts.server_name)?
+        .await
+        .context("QUIC handshake")?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut buf = BytesMut::new();
+    SubFrame::Subscribe(opts.request.clone()).encode(&mut buf);
+    send.write_all(&buf).await?;
+    buf.clear();
+    let mut error = None;
+    let mut chunk = vec![0u8; 64 << 10];
+    'read: loop {
+        while let Some(frame) = SubFrame::decode(&mut buf, MAX_FRAME_BYTES)? {
+            if let SubFrame::Error(e) = &frame {
+                error = Some(format!("error {}: {}", e.code, e.message));
+            }
+            if !on_frame(&frame) {
+                break 'read;
+            }
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(None) => break,
+            Err(e) => {
+                if error.is_none() {
+                    error = Some(format!("stream ended: {e}"));
+                }
+                break;
+            }
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(error)
+}
+
+/// Parses `--ids a,b` / `--bbox x0,y0,x1,y1` into a filter.
+pub fn filter(ids: Option<&str>, bbox: Option<&str>) -> anyhow::Result<Option<Filter>> {
+    match (ids, bbox) {
+        (None, None) => Ok(None),
+        (Some(ids), None) => Ok(Some(Filter {
+            ids: Some(ids.split(',').map(str::to_owned).collect()),
+            bbox: None,
+        })),
+        (None, Some(b)) => {
+            let v: Vec<f64> = b
+                .split(',')
+                .map(|x| x.trim().parse::<f64>())
+                .collect::<Result<_, _>>()
+                .context("--bbox: four numbers: min_lon,min_lat,max_lon,max_lat")?;
+            let [a, b, c, d] = v[..] else {
+                anyhow::bail!("--bbox: four numbers: min_lon,min_lat,max_lon,max_lat");
+            };
+            Ok(Some(Filter {
+                ids: None,
+                bbox: Some([a, b, c, d]),
+            }))
+        }
+        (Some(_), Some(_)) => anyhow::bail!("give --ids or --bbox, not both"),
+    }
+}
+
+/// A frame as one JSON line (`{"frame": "row", ...}`).
+pub fn json_line(frame: &SubFrame) -> String {
+    let (name, body) = match frame {
+        SubFrame::Subscribe(s) => ("subscribe", serde_json::to_value(s)),
+        SubFrame::Row(r) => ("row", serde_json::to_value(r)),
+        SubFrame::Progress(p) => ("progress", serde_json::to_value(p)),
+        SubFrame::Lagged(l) => ("lagged", serde_json::to_value(l)),
+        SubFrame::Error(e) => ("error", serde_json::to_value(e)),
+    };
+    let mut v = body.unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("frame".into(), name.into());
+    }
+    v.to_string()
+}

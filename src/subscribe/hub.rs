@@ -1,0 +1,474 @@
+//! The hub between the dataflow and the subscribers.
+//!
+//! The dataflow thread publishes every batch of emissions; the hub keeps the
+//! current value of every row in retention (with its revision: a counter
+//! over all changes of this node run, the *epoch*), and puts each change
+//! into the queue of every subscriber allowed to see it. Publishing never
+//! waits on a subscriber: a queue holds at most one pending change per row
+//! (a newer value replaces the queued one, and the subscriber is told it
+//! lagged); a queue holding more than `max_pending` rows, or not emptied for
+//! `max_lag`, is closed with [`SubError::TooSlow`]. So memory per subscriber is bounded by its limit,
+//! and ingest and other subscribers never wait for a slow one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::proto::{Lagged, Progress, Row, SubError, SubFrame};
+use crate::aggregate::{write_csv_row, AggKey, AggValue, Kind};
+use crate::dataflow::emit::{Emission, Status};
+use crate::output::header;
+use crate::reference::Reference;
+use crate::time::TimeSpec;
+
+/// What a subscription asked for, checked against the operator's scopes.
+#[derive(Clone, Debug)]
+pub struct Interest {
+    /// The aggregate kind.
+    pub kind: Kind,
+    /// Keys (segment, charger or zone numbers); `None`: all.
+    pub keys: Option<FxHashSet<u32>>,
+    /// Provisional values too.
+    pub provisional: bool,
+}
+
+impl Interest {
+    fn wants(&self, key: &AggKey) -> bool {
+        key.kind == self.kind && self.keys.as_ref().is_none_or(|k| k.contains(&key.key))
+    }
+}
+
+/// Hub settings.
+#[derive(Clone, Copy, Debug)]
+pub struct HubSettings {
+    /// Rows over fewer distinct vehicles are withheld (`privacy.min_vehicles`).
+    pub min_vehicles: u64,
+    /// Pending rows per subscriber before it is disconnected.
+    pub max_pending: usize,
+    /// Longest a subscriber's queue may stay non-empty (it reads nothing
+    /// for that long) before it is disconnected.
+    pub max_lag: std::time::Duration,
+}
+
+#[derive(Clone, Debug)]
+struct HubRow {
+    /// `None`: retracted (kept until the window retires, for resumes).
+    value: Option<AggValue>,
+    is_final: bool,
+    status: Status,
+    revision: u64,
+}
+
+/// A queued change: the new value (`None`: retract), status, revision.
+#[derive(Debug, Clone)]
+struct Change {
+    value: Option<AggValue>,
+    status: Status,
+    revision: u64,
+}
+
+impl Change {
+    fn new(value: Option<AggValue>, status: Status, revision: u64) -> Self {
+        Change {
+            value,
+            status,
+            revision,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    order: VecDeque<AggKey>,
+    /// The change to send per row, compact (built into a [`Row`] when sent).
+    pending: FxHashMap<AggKey, Change>,
+    /// When the queue last went from empty to non-empty.
+    waiting_since: Option<std::time::Instant>,
+    progress: Option<Progress>,
+    coalesced: u64,
+    closed: Option<(SubError, String)>,
+}
+
+/// One subscriber's queue.
+#[derive(Debug)]
+pub struct Subscriber {
+    interest: Interest,
+    queue: Mutex<Queue>,
+    /// Woken when the queue has something.
+    pub notify: tokio::sync::Notify,
+}
+
+/// What a subscriber's writer takes from its queue at once.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Frames to send, in order.
+    pub frames: Vec<SubFrame>,
+    /// The subscription is over (error or node stopping) after these.
+    pub end: bool,
+}
+
+impl Subscriber {
+    fn push(&self, key: AggKey, row: Change, max_pending: usize) {
+        let Ok(mut q) = self.queue.lock() else { return };
+        if q.closed.is_some() {
+            return;
+        }
+        if q.pending.is_empty() {
+            q.waiting_since = Some(std::time::Instant::now());
+        }
+        match q.pending.insert(key, row) {
+            Some(_) => q.coalesced += 1,
+            None => q.order.push_back(key),
+        }
+        if q.pending.len() > max_pending {
+            q.order.clear();
+            q.pending.clear();
+            q.closed = Some((
+                SubError::TooSlow,
+                format!("more than {max_pending} rows waited for this subscriber"),
+            ));
+            drop(q);
+            self.notify.notify_one();
+        }
+    }
+
+    fn progress(&self, p: Progress) {
+        if let Ok(mut q) = self.queue.lock() {
+            // The snapshot marker is not replaced by a later plain one.
+            let snapshot = q.progress.is_some_and(|old| old.snapshot);
+            q.progress = Some(Progress {
+                snapshot: snapshot || p.snapshot,
+                ..p
+            });
+        }
+    }
+
+    fn check_lag(&self, max_lag: std::time::Duration) {
+        let Ok(mut q) = self.queue.lock() else { return };
+        if q.closed.is_none() && q.waiting_since.is_some_and(|t| t.elapsed() > max_lag) {
+            q.order.clear();
+            q.pending.clear();
+            q.closed = Some((
+                SubError::TooSlow,
+                format!("read nothing for more than {} s", max_lag.as_secs_f64()),
+            ));
+        }
+    }
+
+    /// Whether the queue was closed because the client reads too slowly.
+    pub fn too_slow(&self) -> bool {
+        self.queue
+            .lock()
+            .map_or(true, |q| matches!(q.closed, Some((SubError::TooSlow, _))))
+    }
+
+    /// Ends the subscription (the writer calls it when the client is gone).
+    pub fn close(&self, code: SubError, message: String) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.closed.get_or_insert((code, message));
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes everything queued: a lag notice if rows were coalesced, the
+    /// rows, then the latest progress marker; or the closing error.
+    pub fn drain(&self, hub: &Hub) -> Drained {
+        let Ok(mut q) = self.queue.lock() else {
+            return Drained {
+                frames: Vec::new(),
+                end: true,
+            };
+        };
+        let mut frames = Vec::with_capacity(q.order.len() + 2);
+        if q.coalesced > 0 {
+            frames.push(SubFrame::Lagged(Lagged {
+                coalesced: q.coalesced,
+            }));
+            q.coalesced = 0;
+        }
+        while let Some(key) = q.order.pop_front() {
+            if let Some(c) = q.pending.remove(&key) {
+                frames.push(SubFrame::Row(hub.row(
+                    &key,
+                    c.value.as_ref(),
+                    c.status,
+                    c.revision,
+                )));
+            }
+        }
+        q.waiting_since = None;
+        if let Some(p) = q.progress.take() {
+            frames.push(SubFrame::Progress(p));
+        }
+        // Stays set: the hub drops closed subscribers when it next publishes.
+        let end = match q.closed.clone() {
+            Some((SubError::ShuttingDown, _)) => true,
+            Some((code, message)) => {
+                frames.push(SubFrame::error(code, message));
+                true
+            }
+            None => false,
+        };
+        Drained { frames, end }
+    }
+}
+
+struct HubState {
+    revision: u64,
+    watermark: u64,
+    rows: BTreeMap<AggKey, HubRow>,
+    subscribers: Vec<Arc<Subscriber>>,
+    closed: bool,
+}
+
+/// The hub (see the module doc).
+pub struct Hub {
+    reference: Arc<Reference>,
+    spec: TimeSpec,
+    settings: HubSettings,
+    /// This node run: revisions of another epoch mean nothing here.
+    pub epoch: u64,
+    state: Mutex<HubState>,
+}
+
+/// Why a subscription cannot start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub SubError, pub String);
+
+impl Hub {
+    /// A hub for one node run.
+    pub fn new(
+        reference: Arc<Reference>,
+        spec: TimeSpec,
+        settings: HubSettings,
+        epoch: u64,
+    ) -> Self {
+        Hub {
+            reference,
+            spec,
+            settings,
+            epoch,
+            state: Mutex::new(HubState {
+                revision: 0,
+                watermark: 0,
+                rows: BTreeMap::new(),
+                subscribers: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
+    /// Whether operators may see this value (privacy: at least
+    /// `min_vehicles` distinct vehicles; zone rows, which do not count
+    /// distinct vehicles, need that many reports).
+    fn visible(&self, value: &AggValue) -> bool {
+        let k = self.settings.min_vehicles;
+        match value {
+            AggValue::Congestion(c) => c.vehicles >= k,
+            AggValue::Charging(_) => true,
+            AggValue::Zone(z) => z.samples == 0 || z.samples >= k,
+        }
+    }
+
+    /// The row as sent: fields by CSV header name.
+    pub(crate) fn row(
+        &self,
+        key: &AggKey,
+        value: Option<&AggValue>,
+        status: Status,
+        revision: u64,
+    ) -> Row {
+        let id = match key.kind {
+            Kind::Congestion => self
+                .reference
+                .roads
+                .get(key.key as usize)
+                .map(|r| r.id.clone()),
+            Kind::Charging => self
+                .reference
+                .chargers
+                .get(key.key as usize)
+                .map(|c| c.id.clone()),
+            Kind::Zone => self.reference.registry.id(key.key).map(|(id, _)| id),
+        }
+        .unwrap_or_default();
+        let fields = value.map(|v| {
+            let mut line = String::new();
+            write_csv_row(&mut line, &self.reference, self.spec.size_ms, key, v);
+            header(key.kind)
+                .split(',')
+                .zip(line.split(','))
+                .map(|(name, field)| {
+                    let v = match field.parse::<serde_json::Number>() {
+                        Ok(n)
+                            if name != "segment_id"
+                                && name != "charger_id"
+                                && name != "zone_id" =>
+                        {
+                            serde_json::Value::Number(n)
+                        }
+                        _ => serde_json::Value::String(field.to_owned()),
+                    };
+                    (name.to_owned(), v)
+                })
+                .collect()
+        });
+        Row {
+            op: if value.is_some() { "upsert" } else { "retract" }.into(),
+            key: id,
+            window_start_ms: key.window,
+            status: value.map(|_| {
+                match status {
+                    Status::Provisional => "provisional",
+                    Status::Final => "final",
+                    Status::Correction => "correction",
+                    Status::Retraction => "retract",
+                }
+                .into()
+            }),
+            revision,
+            value: fields,
+        }
+    }
+
+    /// Applies a batch of emissions and queues the changes.
+    pub fn publish(&self, emissions: &[Emission]) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let st = &mut *st;
+        for e in emissions {
+            st.revision += 1;
+            let revision = st.revision;
+            let old = st.rows.get(&e.key).cloned();
+            let retract = e.status == Status::Retraction;
+            let new = HubRow {
+                value: (!retract).then(|| e.value.clone()),
+                is_final: e.status != Status::Provisional,
+                status: e.status,
+                revision,
+            };
+            for sub in &st.subscribers {
+                if !sub.interest.wants(&e.key) {
+                    continue;
+                }
+                let shown = |r: &HubRow| {
+                    r.value.as_ref().is_some_and(|v| self.visible(v))
+                        && (r.is_final || sub.interest.provisional)
+                };
+                let was = old.as_ref().is_some_and(shown);
+                let row = if shown(&new) {
+                    Change::new(new.value.clone(), e.status, revision)
+                } else if was {
+                    Change::new(None, e.status, revision)
+                } else {
+                    continue;
+                };
+                sub.push(e.key, row, self.settings.max_pending);
+            }
+            st.rows.insert(e.key, new);
+            if e.watermark != u64::MAX {
+                st.watermark = st.watermark.max(e.watermark);
+            }
+        }
+        // Forget retired windows (subscribers drop them by the watermark).
+        let watermark = st.watermark;
+        let spec = self.spec;
+        st.rows.retain(|k, _| spec.retire_at(k.window) > watermark);
+        let progress = Progress {
+            epoch: self.epoch,
+            revision: st.revision,
+            watermark_ms: st.watermark,
+            snapshot: false,
+        };
+        for sub in &st.subscribers {
+            sub.progress(progress);
+            sub.check_lag(self.settings.max_lag);
+            sub.notify.notify_one();
+        }
+        st.subscribers
+            .retain(|s| s.queue.lock().is_ok_and(|q| q.closed.is_none()));
+    }
+
+    /// Registers a subscriber: queues the snapshot (every visible row, or
+    /// with `resume` the changes after that revision of this epoch), then
+    /// the snapshot marker; changes follow as they are published.
+    pub fn subscribe(
+        &self,
+        interest: Interest,
+        resume: Option<super::proto::ResumePoint>,
+        snapshot_if_unavailable: bool,
+    ) -> Result<Arc<Subscriber>, Refused> {
+        let Ok(mut st) = self.state.lock() else {
+            return Err(Refused(SubError::ShuttingDown, "the hub failed".into()));
+        };
+        if st.closed {
+            return Err(Refused(
+                SubError::ShuttingDown,
+                "the node is stopping".into(),
+            ));
+        }
+        let since = match resume {
+            Some(r) if r.epoch == self.epoch && r.revision <= st.revision => Some(r.revision),
+            Some(_) if snapshot_if_unavailable => None,
+            Some(r) => {
+                return Err(Refused(
+                    SubError::ResumeUnavailable,
+                    format!(
+                        "resume point (epoch {}, revision {}) is not in this node's history (epoch {}, revisions up to {}); ask for a fresh snapshot",
+                        r.epoch, r.revision, self.epoch, st.revision
+                    ),
+                ))
+            }
+            None => None,
+        };
+        let sub = Arc::new(Subscriber {
+            interest,
+            queue: Mutex::new(Queue::default()),
+            notify: tokio::sync::Notify::new(),
+        });
+        let max = usize::MAX; // a snapshot is never too slow by itself
+        for (key, r) in &st.rows {
+            if !sub.interest.wants(key) || since.is_some_and(|s| r.revision <= s) {
+                continue;
+            }
+            let shown = r.value.as_ref().is_some_and(|v| self.visible(v))
+                && (r.is_final || sub.interest.provisional);
+            if shown {
+                sub.push(
+                    *key,
+                    Change::new(r.value.clone(), r.status, r.revision),
+                    max,
+                );
+            } else if since.is_some() && r.value.is_none() {
+                // Resuming: retracted since, and may have been shown before.
+                sub.push(*key, Change::new(None, r.status, r.revision), max);
+            }
+        }
+        sub.progress(Progress {
+            epoch: self.epoch,
+            revision: st.revision,
+            watermark_ms: st.watermark,
+            snapshot: true,
+        });
+        sub.notify.notify_one();
+        st.subscribers.push(sub.clone());
+        Ok(sub)
+    }
+
+    /// Ends every subscription after what is queued (the node stops).
+    pub fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.closed = true;
+            for sub in st.subscribers.drain(..) {
+                sub.close(SubError::ShuttingDown, "the node is stopping".into());
+            }
+        }
+    }
+
+    /// Subscribers connected.
+    pub fn subscribers(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.subscribers.len())
+    }
+}

@@ -1,0 +1,370 @@
+//! Serving subscriptions on the node's QUIC endpoint (ALPN
+//! `edgeflow-subscribe/1`): each bidirectional stream carries one
+//! subscription. The client sends SUBSCRIBE; the node checks the operator's
+//! token and scopes, then writes the snapshot, progress markers and changes
+//! until the client goes away or the node stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rustc_hash::FxHashSet;
+use sha2::{Digest, Sha256};
+
+use super::hub::{Hub, Interest, Refused};
+use super::proto::{Filter, SubError, SubFrame, Subscribe};
+use crate::aggregate::Kind;
+use crate::geo::zones::ZoneKind;
+use crate::reference::Reference;
+
+/// Largest SUBSCRIBE frame, bytes (an id filter of a few thousand keys).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// An operator as the server checks it.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    /// Name (for logs).
+    pub name: String,
+    /// SHA-256 of its token.
+    pub token_sha256: [u8; 32],
+    /// Kinds it may see.
+    pub kinds: Vec<Kind>,
+    /// Keys it may see per kind, by id; `None`: all of that kind.
+    pub segments: Option<Vec<String>>,
+    /// Chargers, by id.
+    pub chargers: Option<Vec<String>>,
+    /// Zones, by id.
+    pub zones: Option<Vec<String>>,
+}
+
+/// What the subscription server needs.
+pub struct SubContext {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Operators.
+    pub operators: Vec<Operator>,
+    /// Reference data, to resolve ids.
+    pub reference: Arc<Reference>,
+    /// How long a client may take to send SUBSCRIBE.
+    pub request_timeout: Duration,
+    /// Becomes true when the node has published its last aggregates.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+fn parse_kind(kind: &str) -> Option<Kind> {
+    match kind {
+        "congestion" => Some(Kind::Congestion),
+        "charging" => Some(Kind::Charging),
+        "zone" => Some(Kind::Zone),
+        _ => None,
+    }
+}
+
+impl SubContext {
+    fn operator(&self, token: &str) -> Option<&Operator> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Compare every hash fully: no early exit.
+        let mut found = None;
+        for op in &self.operators {
+            let same = op
+                .token_sha256
+                .iter()
+                .zip(digest)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+            if same && found.is_none() {
+                found = Some(op);
+            }
+        }
+        found
+    }
+
+    /// The key number of an id of `kind`.
+    fn key(&self, kind: Kind, id: &str) -> Option<u32> {
+        let r = &self.reference;
+        match kind {
+            Kind::Congestion => r.road(id),
+            Kind::Charging => r.charger(id),
+            Kind::Zone => r
+                .registry
+                .get(id, ZoneKind::Named)
+                .or_else(|| r.registry.get(id, ZoneKind::H3)),
+        }
+    }
+
+    /// A key's point for bounding-box filters: a segment's midpoint, a
+    /// charger's position, a zone's centre (mean of its outer ring, or the
+    /// H3 cell's centre).
+    fn point(&self, kind: Kind, key: u32) -> Option<[f64; 2]> {
+        let r = &self.reference;
+        match kind {
+            Kind::Congestion => crate::geo::zones::midpoint(&r.roads.get(key as usize)?.line),
+            Kind::Charging => Some(r.chargers.get(key as usize)?.position),
+            Kind::Zone => {
+                let (id, zone_kind) = r.registry.id(key)?;
+                match zone_kind {
+                    ZoneKind::H3 => {
+                        let cell: h3o::CellIndex = id.parse().ok()?;
+                        let ll = h3o::LatLng::from(cell);
+                        Some([ll.lng(), ll.lat()])
+                    }
+                    ZoneKind::Named => {
+                        let zone = r.zones.iter().find(|z| z.id == id)?;
+                        let ring = zone.polygons.first()?.first()?;
+                        let n = ring.len() as f64;
+                        Some([
+                            ring.iter().map(|p| p[0]).sum::<f64>() / n,
+                            ring.iter().map(|p| p[1]).sum::<f64>() / n,
+                        ])
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every key of a kind (for bounding boxes).
+    fn all_keys(&self, kind: Kind) -> Vec<u32> {
+        let r = &self.reference;
+        match kind {
+            Kind::Congestion => (0..r.roads.len() as u32).collect(),
+            Kind::Charging => (0..r.chargers.len() as u32).collect(),
+            Kind::Zone => (0..).map_while(|n| r.registry.id(n).map(|_| n)).collect(),
+        }
+    }
+
+    /// Checks a request against the operator's scopes.
+    pub fn interest(&self, req: &Subscribe) -> Result<Interest, Refused> {
+        let refuse = |code, msg: String| Err(Refused(code, msg));
+        let Some(op) = self.operator(&req.token) else {
+            return refuse(SubError::Unauthorized, "unknown operator token".into());
+        };
+        let Some(kind) = parse_kind(&req.kind) else {
+            return refuse(
+                SubError::UnknownKey,
+                format!(
+                    "unknown kind {:?}: expected congestion, charging or zone",
+                    req.kind
+                ),
+            );
+        };
+        if !op.kinds.contains(&kind) {
+            return refuse(
+                SubError::Forbidden,
+                format!(
+                    "operator {:?} may not see {:?} aggregates",
+                    op.name, req.kind
+                ),
+            );
+        }
+        let provisional = match req.mode.as_str() {
+            "final" => false,
+            "provisional" => true,
+            other => {
+                return refuse(
+                    SubError::BadRequest,
+                    format!("mode {other:?}: expected \"final\" or \"provisional\""),
+                )
+            }
+        };
+        let scope_ids = match kind {
+            Kind::Congestion => &op.segments,
+            Kind::Charging => &op.chargers,
+            Kind::Zone => &op.zones,
+        };
+        let scope: Option<FxHashSet<u32>> = scope_ids
+            .as_ref()
+            .map(|ids| ids.iter().filter_map(|id| self.key(kind, id)).collect());
+        let keys = match &req.filter {
+            None => scope.clone(),
+            Some(Filter {
+                ids: Some(ids),
+                bbox: None,
+            }) => {
+                let mut keys = FxHashSet::default();
+                for id in ids {
+                    let Some(k) = self.key(kind, id) else {
+                        return refuse(
+                            SubError::UnknownKey,
+                            format!("no {} with id {id:?}", req.kind),
+                        );
+                    };
+                    if scope.as_ref().is_some_and(|s| !s.contains(&k)) {
+                        return refuse(
+                            SubError::Forbidden,
+                            format!("operator {:?} may not see {} {id:?}", op.name, req.kind),
+                        );
+                    }
+                    keys.insert(k);
+                }
+                Some(keys)
+            }
+            Some(Filter {
+                ids: None,
+                bbox: Some([x0, y0, x1, y1]),
+            }) => {
+                if !(x0 <= x1 && y0 <= y1) {
+                    return refuse(
+                        SubError::BadRequest,
+                        "bbox must be [min_lon, min_lat, max_lon, max_lat]".into(),
+                    );
+                }
+                Some(
+                    self.all_keys(kind)
+                        .into_iter()
+                        .filter(|k| scope.as_ref().is_none_or(|s| s.contains(k)))
+                        .filter(|k| {
+                            self.point(kind, *k).is_some_and(|p| {
+                                (*x0..=*x1).contains(&p[0]) && (*y0..=*y1).contains(&p[1])
+                            })
+                        })
+                        .collect(),
+                )
+            }
+            Some(_) => {
+                return refuse(
+                    SubError::BadRequest,
+                    "a filter has exactly one of \"ids\" and \"bbox\"".into(),
+                )
+            }
+        };
+        Ok(Interest {
+            kind,
+            keys,
+            provisional,
+        })
+    }
+}
+
+async fn send(stream: &mut quinn::SendStream, frames: &[SubFrame]) -> bool {
+    let mut buf = BytesMut::new();
+    for f in frames {
+        f.encode(&mut buf);
+    }
+    stream.write_all(&buf).await.is_ok()
+}
+
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<Subscribe, (SubError, String)> {
+    let mut buf = BytesMut::new();
+    loop {
+        match SubFrame::decode(&mut buf, MAX_REQUEST_BYTES) {
+            Ok(Some(SubFrame::Subscribe(s))) => return Ok(s),
+            Ok(Some(_)) => {
+                return Err((
+                    SubError::BadRequest,
+                    "the first frame must be SUBSCRIBE".into(),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err((SubError::BadRequest, e.to_string())),
+        }
+        let mut chunk = [0u8; 16 << 10];
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            _ => return Err((SubError::BadRequest, "stream ended before SUBSCRIBE".into())),
+        }
+    }
+}
+
+enum Written {
+    Done,
+    Gone,
+    TooSlow,
+}
+
+/// Serves one subscription stream.
+async fn stream(
+    ctx: Arc<SubContext>,
+    mut send_half: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req = match tokio::time::timeout(ctx.request_timeout, read_request(&mut recv)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((code, msg))) => {
+            send(&mut send_half, &[SubFrame::error(code, msg)]).await;
+            let _ = send_half.finish();
+            return;
+        }
+        Err(_) => {
+            let msg = "no SUBSCRIBE in time";
+            send(
+                &mut send_half,
+                &[SubFrame::error(SubError::BadRequest, msg)],
+            )
+            .await;
+            let _ = send_half.finish();
+            return;
+        }
+    };
+    let sub = match ctx.interest(&req).and_then(|i| {
+        ctx.hub
+            .subscribe(i, req.resume, req.snapshot_if_unavailable)
+    }) {
+        Ok(s) => s,
+        Err(Refused(code, msg)) => {
+            send(&mut send_half, &[SubFrame::error(code, msg)]).await;
+            let _ = send_half.finish();
+            return;
+        }
+    };
+    loop {
+        sub.notify.notified().await;
+        let drained = sub.drain(&ctx.hub);
+        // Write, but give up on a client that stopped reading once its
+        // queue passed the limit (the write may never finish).
+        let mut more = false;
+        let outcome = {
+            let write = send(&mut send_half, &drained.frames);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    ok = &mut write => break if ok { Written::Done } else { Written::Gone },
+                    _ = sub.notify.notified() => {
+                        if sub.too_slow() {
+                            break Written::TooSlow;
+                        }
+                        more = true;
+                    }
+                }
+            }
+        };
+        match outcome {
+            Written::Done => {}
+            Written::Gone => {
+                sub.close(SubError::ShuttingDown, "client gone".into());
+                return;
+            }
+            Written::TooSlow => {
+                let _ = send_half.reset(quinn::VarInt::from_u32(SubError::TooSlow as u32));
+                return;
+            }
+        }
+        if more {
+            sub.notify.notify_one();
+        }
+        if drained.end {
+            let _ = send_half.finish();
+            // Let the client read to the end before the connection closes.
+            let _ = tokio::time::timeout(Duration::from_secs(5), send_half.stopped()).await;
+            return;
+        }
+    }
+}
+
+/// Serves one subscription connection: a subscription per bidirectional
+/// stream, until the client closes it.
+pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>) {
+    let mut streams = tokio::task::JoinSet::new();
+    let mut stopping = ctx.stopping.clone();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send_half, recv)) => {
+                    streams.spawn(stream(ctx.clone(), send_half, recv));
+                }
+                Err(_) => break,
+            },
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+    }
+    while streams.join_next().await.is_some() {}
+}

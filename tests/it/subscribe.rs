@@ -1,0 +1,379 @@
+//! Live subscriptions over QUIC: a subscriber's state (snapshot, then
+//! changes) equals the files sink; scopes, privacy and bad requests get
+//! their documented errors; a subscriber that stops reading is cut off
+//! without holding anyone else up.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use edgeflow::log::Encoding;
+use edgeflow::subscribe::client::{subscribe, State, SubscribeOptions};
+use edgeflow::subscribe::proto::{Filter, ResumePoint, SubError, SubFrame, Subscribe, ALPN};
+use sha2::{Digest, Sha256};
+
+use crate::ingest::{runtime, send_file, start_with, topology_text, Node};
+use crate::support::{data, root};
+
+const CITY: &str = "city-traffic-department";
+const CPO: &str = "charge-point-operator";
+const CPO_CHARGER: &str = "cs-hiidenkirnuntie-1";
+
+fn node(extra: &str) -> Node {
+    let zones = std::fs::read_to_string(root("topologies/karhula/zones.geojson")).expect("zones");
+    let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let extra = format!(
+        "[[operator]]\nname = \"city\"\ntoken_sha256 = \"{}\"\n\
+         [[operator]]\nname = \"cpo\"\ntoken_sha256 = \"{}\"\nkinds = [\"charging\"]\nchargers = [\"{CPO_CHARGER}\"]\n\
+         [zones]\nh3_resolution = 8\n{extra}",
+        hash(CITY),
+        hash(CPO)
+    );
+    start_with(move |dir: &Path| {
+        std::fs::write(dir.join("zones.geojson"), &zones).expect("zones");
+        topology_text(dir, "").replace("[windows]\n", "zones = \"zones.geojson\"\n[windows]\n")
+            + &extra
+    })
+}
+
+fn options(node: &Node, request: Subscribe) -> SubscribeOptions {
+    SubscribeOptions {
+        to: node.addr(),
+        server_name: "localhost".into(),
+        ca: node.ca.clone(),
+        request,
+    }
+}
+
+/// Subscribes on a thread of its own; reports the snapshot marker on
+/// `ready`; returns the state and the error text at the end of the stream.
+fn follow(
+    opts: SubscribeOptions,
+    ready: mpsc::Sender<()>,
+) -> std::thread::JoinHandle<(State, Option<String>)> {
+    std::thread::spawn(move || {
+        let mut state = State::default();
+        let mut told = false;
+        let error = runtime()
+            .block_on(subscribe(&opts, |f| {
+                state.apply(f);
+                if state.snapshot_done && !told {
+                    told = true;
+                    let _ = ready.send(());
+                }
+                true
+            }))
+            .expect("subscription runs");
+        if !told {
+            let _ = ready.send(());
+        }
+        (state, error)
+    })
+}
+
+/// CSV rows by (id, window start) → fields by header name.
+fn csv_rows(csv: &str) -> BTreeMap<(String, u64), BTreeMap<String, String>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let window = header
+        .iter()
+        .position(|h| *h == "window_start_ms")
+        .expect("window");
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let row = header
+                .iter()
+                .zip(&f)
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect();
+            ((f[0].to_owned(), f[window].parse().expect("window")), row)
+        })
+        .collect()
+}
+
+/// Asserts the subscriber holds exactly `want`, field by field.
+fn assert_state(
+    state: &State,
+    want: &BTreeMap<(String, u64), BTreeMap<String, String>>,
+    what: &str,
+) {
+    let got: Vec<_> = state.rows.keys().collect();
+    let expected: Vec<_> = want.keys().collect();
+    assert_eq!(got.len(), expected.len(), "{what}: row count");
+    assert!(got == expected, "{what}: different rows");
+    for (key, fields) in want {
+        let value = state.rows[key].value.as_ref().expect("upsert has a value");
+        for (name, text) in fields {
+            let v = &value[name];
+            let same = match (v.as_f64(), text.parse::<f64>()) {
+                (Some(a), Ok(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                _ => v.as_str() == Some(text.as_str()),
+            };
+            assert!(same, "{what}: {key:?} {name}: got {v}, sink {text}");
+        }
+    }
+}
+
+#[test]
+fn subscribers_rebuild_the_sink_in_final_and_provisional_modes() {
+    let mut node = node("[privacy]\nmin_vehicles = 1\n");
+    let (ready_tx, ready) = mpsc::channel();
+    let mut subs = Vec::new();
+    for (kind, mode) in [
+        ("congestion", "final"),
+        ("congestion", "provisional"),
+        ("charging", "final"),
+        ("zone", "provisional"),
+    ] {
+        let mut req = SubscribeOptions::request(CITY, kind);
+        req.mode = mode.into();
+        subs.push((kind, mode, follow(options(&node, req), ready_tx.clone())));
+    }
+    for _ in &subs {
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("snapshot marker");
+    }
+    let mut opts = node.options(Encoding::Cbor);
+    opts.batch_lines = 200;
+    assert_eq!(
+        send_file(&opts, &data("sumo-public/telemetry.jsonl")).accepted,
+        11_486
+    );
+    node.stop();
+    for (kind, mode, sub) in subs {
+        let (state, error) = sub.join().expect("subscriber thread");
+        assert_eq!(error, None, "{kind} {mode}");
+        let file = match kind {
+            "congestion" => "congestion.csv",
+            "charging" => "charging.csv",
+            _ => "zones.csv",
+        };
+        let want = csv_rows(&node.sink(file));
+        assert!(want.len() > 30, "{kind}: {} rows", want.len());
+        assert_state(&state, &want, &format!("{kind} {mode}"));
+        if mode == "provisional" {
+            assert!(state
+                .rows
+                .values()
+                .all(|r| r.status.as_deref() != Some("provisional")));
+        }
+    }
+}
+
+#[test]
+fn the_default_privacy_threshold_withholds_rows_over_few_vehicles() {
+    let mut node = node("");
+    let (ready_tx, ready) = mpsc::channel();
+    let sub = follow(
+        options(&node, SubscribeOptions::request(CITY, "congestion")),
+        ready_tx,
+    );
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("snapshot marker");
+    send_file(
+        &node.options(Encoding::JsonLines),
+        &data("sumo-public/telemetry.jsonl"),
+    );
+    node.stop();
+    let (state, error) = sub.join().expect("subscriber thread");
+    assert_eq!(error, None);
+    let all = csv_rows(&node.sink("congestion.csv"));
+    let want: BTreeMap<_, _> = all
+        .iter()
+        .filter(|(_, r)| r["vehicles"].parse::<u64>().expect("n") >= 3)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(
+        want.len() < all.len() && !want.is_empty(),
+        "some rows have fewer than 3 vehicles"
+    );
+    assert_state(&state, &want, "congestion with k = 3");
+}
+
+/// Subscribes with `req` and returns the first frame (the error, for a
+/// refused request).
+fn first_frame(node: &Node, req: Subscribe) -> SubFrame {
+    let mut first = None;
+    runtime()
+        .block_on(subscribe(&options(node, req), |f| {
+            first = Some(f.clone());
+            false
+        }))
+        .expect("connects");
+    first.expect("a frame")
+}
+
+fn code(frame: &SubFrame) -> Option<u16> {
+    match frame {
+        SubFrame::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn scopes_tokens_and_bad_requests_get_their_errors() {
+    let mut node = node("");
+    send_file(
+        &node.options(Encoding::JsonLines),
+        &data("sumo-public/telemetry.jsonl"),
+    );
+    let req = |token: &str, kind: &str| SubscribeOptions::request(token, kind);
+    let err = |r: Subscribe| code(&first_frame(&node, r));
+    assert_eq!(
+        err(req("wrong", "congestion")),
+        Some(SubError::Unauthorized as u16)
+    );
+    assert_eq!(
+        err(req(CPO, "congestion")),
+        Some(SubError::Forbidden as u16)
+    );
+    assert_eq!(err(req(CITY, "parking")), Some(SubError::UnknownKey as u16));
+    let mut r = req(CPO, "charging");
+    r.filter = Some(Filter {
+        ids: Some(vec!["cs-other".into()]),
+        bbox: None,
+    });
+    assert_eq!(err(r), Some(SubError::UnknownKey as u16));
+    let other = node_charger_other_than(CPO_CHARGER);
+    let mut r = req(CPO, "charging");
+    r.filter = Some(Filter {
+        ids: Some(vec![other]),
+        bbox: None,
+    });
+    assert_eq!(err(r), Some(SubError::Forbidden as u16));
+    let mut r = req(CITY, "congestion");
+    r.mode = "sometimes".into();
+    assert_eq!(err(r), Some(SubError::BadRequest as u16));
+    let mut r = req(CITY, "congestion");
+    r.resume = Some(ResumePoint {
+        epoch: 1,
+        revision: 5,
+    });
+    assert_eq!(err(r.clone()), Some(SubError::ResumeUnavailable as u16));
+    r.snapshot_if_unavailable = true;
+    assert_eq!(err(r), None, "a fresh snapshot instead");
+
+    // Malformed SUBSCRIBE, raw.
+    let frame = runtime().block_on(async {
+        let mut endpoint =
+            quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
+        endpoint.set_default_client_config(
+            edgeflow::client::client_config_for(&node.ca, None, ALPN).expect("config"),
+        );
+        let conn = endpoint
+            .connect(node.addr(), "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&[0x11, 0, 0, 0, 9]).await.expect("write");
+        send.write_all(b"{\"kind\":3").await.expect("write");
+        let bytes = recv.read_to_end(1 << 20).await.expect("read");
+        let mut buf = BytesMut::from(&bytes[..]);
+        SubFrame::decode(&mut buf, 1 << 20)
+            .expect("frame")
+            .expect("complete")
+    });
+    assert_eq!(code(&frame), Some(SubError::BadRequest as u16), "{frame:?}");
+
+    // The charge point operator sees its charger only, and may resume.
+    let (ready_tx, ready) = mpsc::channel();
+    let sub = follow(options(&node, req(CPO, "charging")), ready_tx);
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("snapshot");
+    node.stop();
+    let (state, error) = sub.join().expect("thread");
+    assert_eq!(error, None);
+    assert!(!state.rows.is_empty());
+    assert!(
+        state.rows.keys().all(|(id, _)| id == CPO_CHARGER),
+        "scoped to one charger"
+    );
+}
+
+fn node_charger_other_than(id: &str) -> String {
+    let topo = edgeflow::topology::Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    topo.reference
+        .chargers
+        .iter()
+        .map(|c| c.id.clone())
+        .find(|c| c != id)
+        .expect("two chargers")
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_is_cut_off_and_nobody_else_waits() {
+    let mut node = node("[privacy]\nmin_vehicles = 1\n[subscriptions]\nmax_pending = 600\n");
+    // A client with a tiny receive window that never reads. The limit is
+    // above what a healthy subscriber ever has queued (about two windows of
+    // rows at the end of the run) and below the run's 1,275 rows.
+    let rt = runtime();
+    let (conn, mut stalled) = rt.block_on(async {
+        let mut endpoint =
+            quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
+        let mut config = edgeflow::client::client_config_for(&node.ca, None, ALPN).expect("config");
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(2048u32.into());
+        transport.receive_window(4096u32.into());
+        config.transport_config(std::sync::Arc::new(transport));
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(node.addr(), "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, recv) = conn.open_bi().await.expect("stream");
+        let mut buf = BytesMut::new();
+        let mut req = SubscribeOptions::request(CITY, "congestion");
+        req.mode = "provisional".into();
+        SubFrame::Subscribe(req).encode(&mut buf);
+        send.write_all(&buf).await.expect("write");
+        (conn, recv)
+    });
+    let (ready_tx, ready) = mpsc::channel();
+    let healthy = follow(
+        options(&node, SubscribeOptions::request(CITY, "congestion")),
+        ready_tx,
+    );
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("snapshot");
+    // Paced (ten minutes of event time in three seconds), so windows close
+    // one after another as they would live.
+    let mut opts = node.options(Encoding::JsonLines);
+    opts.pace = Some(200.0);
+    opts.batch_lines = 100;
+    let report = send_file(&opts, &data("sumo-public/telemetry.jsonl"));
+    assert_eq!(report.accepted, 11_486, "ingest is not held up");
+    node.stop();
+    let (state, error) = healthy.join().expect("thread");
+    assert_eq!(error, None);
+    assert_state(
+        &state,
+        &csv_rows(&node.sink("congestion.csv")),
+        "the healthy subscriber",
+    );
+    // The stalled one finds its stream reset with the documented code.
+    let end = rt.block_on(async {
+        let mut sink = vec![0u8; 1 << 16];
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    });
+    match end {
+        Err(quinn::ReadError::Reset(code)) => {
+            assert_eq!(code.into_inner(), SubError::TooSlow as u64)
+        }
+        other => panic!("expected a reset stream, got {other:?}"),
+    }
+    drop(conn);
+}
