@@ -20,7 +20,8 @@ use crate::client::SendOptions;
 use crate::loadgen::Load;
 use crate::log::Encoding;
 
-const TOKEN: &str = "edgeflow-bench-token";
+/// The fleet token of benchmark nodes.
+pub const TOKEN: &str = "edgeflow-bench-token";
 
 /// Options of `edgeflow bench-ingest`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,7 +53,8 @@ pub struct IngestBenchArgs {
     pub topology: std::path::PathBuf,
 }
 
-fn peak_rss(pid: u32) -> u64 {
+/// Peak RSS of process `pid`, bytes.
+pub fn peak_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -62,9 +64,12 @@ fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn spawn_node(
+/// Starts a node for benchmarks in `dir` (certificates, log) on the road
+/// network next to `topology`; `extra` is appended to its topology.
+pub fn spawn_node(
     dir: &Path,
     topology: &Path,
+    extra: &str,
 ) -> anyhow::Result<(Child, std::net::SocketAddr, std::path::PathBuf)> {
     let certs = crate::edge::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
@@ -83,7 +88,7 @@ fn spawn_node(
         hex::encode(Sha256::digest(TOKEN.as_bytes())),
     );
     let path = dir.join("edge.toml");
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, text + extra)?;
     let child = spawn_edge_process(&std::env::current_exe()?, &path)?;
     Ok((child, format!("127.0.0.1:{port}").parse()?, certs.ca))
 }
@@ -128,7 +133,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
     let topo =
         crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let reference = Arc::new(topo.reference);
-    let (mut node, addr, ca) = spawn_node(&dir, &args.topology)?;
+    let (mut node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
     let target = SendOptions {
         to: addr,
         server_name: "localhost".into(),

@@ -32,6 +32,7 @@
 //! - [`bench`]: the synthetic benchmark and its plain-loop baseline.
 //! - [`bench_ingest`]: an edge node under synthetic QUIC load.
 //! - [`bench_match`]: map-matching throughput on a road network.
+//! - [`bench_subscribe`]: ingest and subscriber latency with many subscribers.
 //! - [`loadgen`]: synthetic live traffic over QUIC (`simulate`, `bench-ingest`).
 //! - [`metrics`]: metric names, defined once.
 //! - [`subscribe`]: live subscriptions of mobility operators (hub, protocol, server, client).
@@ -46,6 +47,7 @@ pub mod aggregate;
 pub mod bench;
 pub mod bench_ingest;
 pub mod bench_match;
+pub mod bench_subscribe;
 pub mod checkpoint;
 pub mod client;
 pub mod codec;

@@ -120,6 +120,9 @@ enum Command {
     /// against the same rule without the spatial index; prints one JSON
     /// object.
     BenchMatch(edgeflow::bench_match::MatchBenchArgs),
+    /// Measure ingest with subscribers (none, many, many plus a slow one),
+    /// each phase on a fresh node process; prints one JSON object.
+    BenchSubscribe(edgeflow::bench_subscribe::SubscribeBenchArgs),
     /// Follow live aggregates of a node as a mobility operator: the current
     /// rows, then every change (docs/PROTOCOL.md, "Subscriptions").
     Subscribe {
@@ -470,6 +473,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("CA (give to clients): {}", paths.ca.display());
             println!("server certificate: {}", paths.cert.display());
             println!("server key: {}", paths.key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchSubscribe(args) => {
+            println!("{}", edgeflow::bench_subscribe::run(&args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchMatch(args) => {

@@ -91,6 +91,41 @@ pub async fn subscribe(
     opts: &SubscribeOptions,
     mut on_frame: impl FnMut(&SubFrame) -> bool,
 ) -> anyhow::Result<Option<String>> {
+    let mut error = None;
+    let mut bad = None;
+    let ended = subscribe_raw(opts, |t, payload| {
+        let mut one = BytesMut::with_capacity(payload.len() + 5);
+        one.extend_from_slice(&[t]);
+        one.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        one.extend_from_slice(payload);
+        match SubFrame::decode(&mut one, MAX_FRAME_BYTES) {
+            Ok(Some(frame)) => {
+                if let SubFrame::Error(e) = &frame {
+                    error = Some(format!("error {}: {}", e.code, e.message));
+                }
+                on_frame(&frame)
+            }
+            Ok(None) => true,
+            Err(e) => {
+                bad = Some(e);
+                false
+            }
+        }
+    })
+    .await?;
+    if let Some(e) = bad {
+        anyhow::bail!("malformed frame from the node: {e}");
+    }
+    Ok(error.or(ended))
+}
+
+/// Subscribes and calls `on_frame` with each frame's type and JSON payload,
+/// undecoded (for clients that look at a few frames only). Returns why the
+/// stream ended abnormally, if it did.
+pub async fn subscribe_raw(
+    opts: &SubscribeOptions,
+    mut on_frame: impl FnMut(u8, &[u8]) -> bool,
+) -> anyhow::Result<Option<String>> {
     let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
         .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
     endpoint.set_default_client_config(crate::client::client_config_for(&opts.ca, None, ALPN)?);
@@ -103,14 +138,19 @@ pub async fn subscribe(
     SubFrame::Subscribe(opts.request.clone()).encode(&mut buf);
     send.write_all(&buf).await?;
     buf.clear();
-    let mut error = None;
+    let mut ended = None;
     let mut chunk = vec![0u8; 64 << 10];
     'read: loop {
-        while let Some(frame) = SubFrame::decode(&mut buf, MAX_FRAME_BYTES)? {
-            if let SubFrame::Error(e) = &frame {
-                error = Some(format!("error {}: {}", e.code, e.message));
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > MAX_FRAME_BYTES {
+                anyhow::bail!("frame of {len} bytes from the node");
             }
-            if !on_frame(&frame) {
+            if buf.len() < 5 + len {
+                break;
+            }
+            let frame = buf.split_to(5 + len);
+            if !on_frame(frame[0], &frame[5..]) {
                 break 'read;
             }
         }
@@ -118,16 +158,14 @@ pub async fn subscribe(
             Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
             Ok(None) => break,
             Err(e) => {
-                if error.is_none() {
-                    error = Some(format!("stream ended: {e}"));
-                }
+                ended = Some(format!("stream ended: {e}"));
                 break;
             }
         }
     }
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
-    Ok(error)
+    Ok(ended)
 }
 
 /// Parses `--ids a,b` / `--bbox x0,y0,x1,y1` into a filter.

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use bytes::{Bytes, BytesMut};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::proto::{Lagged, Progress, Row, SubError, SubFrame};
@@ -21,6 +22,13 @@ use crate::dataflow::emit::{Emission, Status};
 use crate::output::header;
 use crate::reference::Reference;
 use crate::time::TimeSpec;
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 /// What a subscription asked for, checked against the operator's scopes.
 #[derive(Clone, Debug)]
@@ -60,29 +68,12 @@ struct HubRow {
     revision: u64,
 }
 
-/// A queued change: the new value (`None`: retract), status, revision.
-#[derive(Debug, Clone)]
-struct Change {
-    value: Option<AggValue>,
-    status: Status,
-    revision: u64,
-}
-
-impl Change {
-    fn new(value: Option<AggValue>, status: Status, revision: u64) -> Self {
-        Change {
-            value,
-            status,
-            revision,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Queue {
     order: VecDeque<AggKey>,
-    /// The change to send per row, compact (built into a [`Row`] when sent).
-    pending: FxHashMap<AggKey, Change>,
+    /// The encoded ROW frame to send per row; one allocation shared by every
+    /// subscriber the change goes to.
+    pending: FxHashMap<AggKey, Bytes>,
     /// When the queue last went from empty to non-empty.
     waiting_since: Option<std::time::Instant>,
     progress: Option<Progress>,
@@ -102,14 +93,14 @@ pub struct Subscriber {
 /// What a subscriber's writer takes from its queue at once.
 #[derive(Debug, Default)]
 pub struct Drained {
-    /// Frames to send, in order.
-    pub frames: Vec<SubFrame>,
+    /// Encoded frames to send, in order.
+    pub bytes: BytesMut,
     /// The subscription is over (error or node stopping) after these.
     pub end: bool,
 }
 
 impl Subscriber {
-    fn push(&self, key: AggKey, row: Change, max_pending: usize) {
+    fn push(&self, key: AggKey, row: Bytes, max_pending: usize) {
         let Ok(mut q) = self.queue.lock() else { return };
         if q.closed.is_some() {
             return;
@@ -173,44 +164,41 @@ impl Subscriber {
 
     /// Takes everything queued: a lag notice if rows were coalesced, the
     /// rows, then the latest progress marker; or the closing error.
-    pub fn drain(&self, hub: &Hub) -> Drained {
+    pub fn drain(&self) -> Drained {
         let Ok(mut q) = self.queue.lock() else {
             return Drained {
-                frames: Vec::new(),
+                bytes: BytesMut::new(),
                 end: true,
             };
         };
-        let mut frames = Vec::with_capacity(q.order.len() + 2);
+        let mut bytes =
+            BytesMut::with_capacity(q.pending.values().map(|b| b.len()).sum::<usize>() + 256);
         if q.coalesced > 0 {
-            frames.push(SubFrame::Lagged(Lagged {
+            SubFrame::Lagged(Lagged {
                 coalesced: q.coalesced,
-            }));
+            })
+            .encode(&mut bytes);
             q.coalesced = 0;
         }
         while let Some(key) = q.order.pop_front() {
-            if let Some(c) = q.pending.remove(&key) {
-                frames.push(SubFrame::Row(hub.row(
-                    &key,
-                    c.value.as_ref(),
-                    c.status,
-                    c.revision,
-                )));
+            if let Some(frame) = q.pending.remove(&key) {
+                bytes.extend_from_slice(&frame);
             }
         }
         q.waiting_since = None;
         if let Some(p) = q.progress.take() {
-            frames.push(SubFrame::Progress(p));
+            SubFrame::Progress(p).encode(&mut bytes);
         }
         // Stays set: the hub drops closed subscribers when it next publishes.
         let end = match q.closed.clone() {
             Some((SubError::ShuttingDown, _)) => true,
             Some((code, message)) => {
-                frames.push(SubFrame::error(code, message));
+                SubFrame::error(code, message).encode(&mut bytes);
                 true
             }
             None => false,
         };
-        Drained { frames, end }
+        Drained { bytes, end }
     }
 }
 
@@ -299,6 +287,8 @@ impl Hub {
             header(key.kind)
                 .split(',')
                 .zip(line.split(','))
+                // The key and window are the row's own fields.
+                .filter(|(name, _)| !name.ends_with("_id") && !name.starts_with("window_"))
                 .map(|(name, field)| {
                     let v = match field.parse::<serde_json::Number>() {
                         Ok(n)
@@ -332,6 +322,19 @@ impl Hub {
         }
     }
 
+    /// The encoded ROW frame of a change.
+    fn frame(
+        &self,
+        key: &AggKey,
+        value: Option<&AggValue>,
+        status: Status,
+        revision: u64,
+    ) -> Bytes {
+        let mut b = BytesMut::new();
+        SubFrame::Row(self.row(key, value, status, revision)).encode(&mut b);
+        b.freeze()
+    }
+
     /// Applies a batch of emissions and queues the changes.
     pub fn publish(&self, emissions: &[Emission]) {
         let Ok(mut st) = self.state.lock() else {
@@ -349,6 +352,8 @@ impl Hub {
                 status: e.status,
                 revision,
             };
+            // Encoded once, on first need, for every subscriber.
+            let (mut upsert, mut retraction): (Option<Bytes>, Option<Bytes>) = (None, None);
             for sub in &st.subscribers {
                 if !sub.interest.wants(&e.key) {
                     continue;
@@ -359,9 +364,15 @@ impl Hub {
                 };
                 let was = old.as_ref().is_some_and(shown);
                 let row = if shown(&new) {
-                    Change::new(new.value.clone(), e.status, revision)
+                    upsert
+                        .get_or_insert_with(|| {
+                            self.frame(&e.key, new.value.as_ref(), e.status, revision)
+                        })
+                        .clone()
                 } else if was {
-                    Change::new(None, e.status, revision)
+                    retraction
+                        .get_or_insert_with(|| self.frame(&e.key, None, e.status, revision))
+                        .clone()
                 } else {
                     continue;
                 };
@@ -381,6 +392,7 @@ impl Hub {
             revision: st.revision,
             watermark_ms: st.watermark,
             snapshot: false,
+            published_unix_us: now_us(),
         };
         for sub in &st.subscribers {
             sub.progress(progress);
@@ -438,12 +450,12 @@ impl Hub {
             if shown {
                 sub.push(
                     *key,
-                    Change::new(r.value.clone(), r.status, r.revision),
+                    self.frame(key, r.value.as_ref(), r.status, r.revision),
                     max,
                 );
             } else if since.is_some() && r.value.is_none() {
                 // Resuming: retracted since, and may have been shown before.
-                sub.push(*key, Change::new(None, r.status, r.revision), max);
+                sub.push(*key, self.frame(key, None, r.status, r.revision), max);
             }
         }
         sub.progress(Progress {
@@ -451,6 +463,7 @@ impl Hub {
             revision: st.revision,
             watermark_ms: st.watermark,
             snapshot: true,
+            published_unix_us: now_us(),
         });
         sub.notify.notify_one();
         st.subscribers.push(sub.clone());

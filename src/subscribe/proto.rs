@@ -129,6 +129,10 @@ pub struct Progress {
     pub watermark_ms: u64,
     /// True once: the snapshot is complete.
     pub snapshot: bool,
+    /// The node's clock (µs since the Unix epoch) when the newest change
+    /// left the dataflow: subscribers on the same clock measure latency.
+    #[serde(default)]
+    pub published_unix_us: u64,
 }
 
 /// A lag notice.
@@ -246,6 +250,7 @@ mod tests {
                 revision: 9,
                 watermark_ms: 60_000,
                 snapshot: true,
+                published_unix_us: 7,
             }),
             SubFrame::Lagged(Lagged { coalesced: 3 }),
             SubFrame::error(SubError::Forbidden, "no"),

@@ -308,16 +308,16 @@ async fn stream(
     };
     loop {
         sub.notify.notified().await;
-        let drained = sub.drain(&ctx.hub);
+        let drained = sub.drain();
         // Write, but give up on a client that stopped reading once its
         // queue passed the limit (the write may never finish).
         let mut more = false;
         let outcome = {
-            let write = send(&mut send_half, &drained.frames);
+            let write = send_half.write_all(&drained.bytes);
             tokio::pin!(write);
             loop {
                 tokio::select! {
-                    ok = &mut write => break if ok { Written::Done } else { Written::Gone },
+                    ok = &mut write => break if ok.is_ok() { Written::Done } else { Written::Gone },
                     _ = sub.notify.notified() => {
                         if sub.too_slow() {
                             break Written::TooSlow;

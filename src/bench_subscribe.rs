@@ -1,0 +1,248 @@
+//! `edgeflow bench-subscribe`: subscriptions under ingest load.
+//!
+//! Each phase starts a fresh node (its own process, durable log) and feeds
+//! it synthetic telemetry at a fixed rate over QUIC (wall-clock stamped, so
+//! provisional windows update every second):
+//!
+//! 1. no subscribers: the ingest baseline;
+//! 2. `subscribers` operators on the full congestion feed, provisional;
+//! 3. the same plus one subscriber reading at about 1 % of the others' rate.
+//!
+//! Reported per phase: records/s acknowledged, and for subscribers the p50
+//! and p99 of the time from the hub publishing a batch of changes (the
+//! `published_unix_us` of each progress marker, taken when the dataflow
+//! emits) to its arrival, on the same clock; the node's peak RSS.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use sha2::{Digest, Sha256};
+
+use crate::bench_ingest::{peak_rss, spawn_node, TOKEN};
+use crate::client::SendOptions;
+use crate::loadgen::Load;
+use crate::log::Encoding;
+use crate::subscribe::client::{subscribe_raw, SubscribeOptions};
+use crate::subscribe::hub::now_us;
+use crate::subscribe::proto::{kind, Progress, SubFrame, ALPN};
+
+const OPERATOR: &str = "edgeflow-bench-operator";
+
+/// Options of `edgeflow bench-subscribe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubscribeBenchArgs {
+    /// Subscribers on the full congestion feed.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Ingest rate to offer, records/s.
+    #[arg(long, default_value_t = 200_000)]
+    pub rate: u64,
+    /// Seconds of load per phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Ingest connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_records: usize,
+    /// Topology with the reference data.
+    #[arg(long, default_value = "topologies/karhula.toml")]
+    pub topology: std::path::PathBuf,
+}
+
+#[derive(Default)]
+struct Latencies {
+    us: Mutex<Vec<u64>>,
+    rows: AtomicU64,
+}
+
+impl Latencies {
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let Ok(mut v) = self.us.lock() else {
+            return 0.0;
+        };
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort_unstable();
+        v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+    }
+}
+
+/// A subscriber that reads about 1 KiB per 100 ms (a client far behind).
+async fn slow_reader(opts: SubscribeOptions, stop: Arc<AtomicBool>, read: Arc<AtomicU64>) {
+    let Ok(mut endpoint) = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())
+    else {
+        return;
+    };
+    let Ok(config) = crate::client::client_config_for(&opts.ca, None, ALPN) else {
+        return;
+    };
+    endpoint.set_default_client_config(config);
+    let Ok(connecting) = endpoint.connect(opts.to, &opts.server_name) else {
+        return;
+    };
+    let Ok(conn) = connecting.await else { return };
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return;
+    };
+    let mut buf = BytesMut::new();
+    SubFrame::Subscribe(opts.request.clone()).encode(&mut buf);
+    if send.write_all(&buf).await.is_err() {
+        return;
+    }
+    let mut chunk = vec![0u8; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => {
+                read.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One phase on a fresh node.
+fn phase(
+    args: &SubscribeBenchArgs,
+    subscribers: usize,
+    slow: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let dir = std::env::temp_dir().join(format!(
+        "edgeflow-bench-subscribe-{}-{subscribers}-{slow}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let extra = format!(
+        "[[operator]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n[privacy]\nmin_vehicles = 1\n",
+        hex::encode(Sha256::digest(OPERATOR.as_bytes()))
+    );
+    let result = (|| {
+        let (mut node, addr, ca) = spawn_node(&dir, &args.topology, &extra)?;
+        let topo = crate::topology::Topology::load(&args.topology)
+            .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+        let reference = Arc::new(topo.reference);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let latencies = Arc::new(Latencies::default());
+        let mut request = SubscribeOptions::request(OPERATOR, "congestion");
+        request.mode = "provisional".into();
+        let opts = SubscribeOptions {
+            to: addr,
+            server_name: "localhost".into(),
+            ca: ca.clone(),
+            request,
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut tasks = Vec::new();
+        for _ in 0..subscribers {
+            let (opts, stop, lat, ready) = (
+                opts.clone(),
+                stop.clone(),
+                latencies.clone(),
+                ready_tx.clone(),
+            );
+            tasks.push(runtime.spawn(async move {
+                let mut told = false;
+                let _ = subscribe_raw(&opts, |t, payload| {
+                    // Only progress markers are decoded: the measure is
+                    // delivery, not a client's JSON parsing.
+                    if t == kind::ROW {
+                        lat.rows.fetch_add(1, Ordering::Relaxed);
+                    } else if t == kind::PROGRESS {
+                        if let Ok(p) = serde_json::from_slice::<Progress>(payload) {
+                            if p.snapshot && !told {
+                                told = true;
+                                let _ = ready.send(());
+                            } else if p.published_unix_us > 0 {
+                                if let Ok(mut v) = lat.us.lock() {
+                                    v.push(now_us().saturating_sub(p.published_unix_us));
+                                }
+                            }
+                        }
+                    }
+                    !stop.load(Ordering::Relaxed)
+                })
+                .await;
+            }));
+        }
+        for _ in 0..subscribers {
+            ready_rx
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| anyhow::anyhow!("a subscriber got no snapshot"))?;
+        }
+        let slow_read = Arc::new(AtomicU64::new(0));
+        if slow {
+            runtime.spawn(slow_reader(opts.clone(), stop.clone(), slow_read.clone()));
+        }
+        let interval = Duration::from_secs_f64(
+            (args.connections * args.batch_records) as f64 / args.rate.max(1) as f64,
+        );
+        let load = Load {
+            target: SendOptions {
+                to: addr,
+                server_name: "localhost".into(),
+                ca,
+                token: TOKEN.into(),
+                sender: "bench".into(),
+                encoding: Encoding::Cbor,
+                batch_lines: args.batch_records,
+                window: 4,
+                max_reconnects: 0,
+                pace: None,
+                identity: None,
+            },
+            connections: args.connections,
+            batch_records: args.batch_records,
+            batches: None,
+            duration: Duration::from_secs(args.seconds),
+            interval: Some(interval),
+            window: 4,
+        };
+        // Latencies count from the load's start only.
+        if let Ok(mut v) = latencies.us.lock() {
+            v.clear();
+        }
+        let report = runtime.block_on(crate::loadgen::run(&load, reference))?;
+        stop.store(true, Ordering::Relaxed);
+        let rss = peak_rss(node.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &node.id().to_string()])
+            .status();
+        let _ = node.wait();
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        Ok(serde_json::json!({
+            "subscribers": subscribers,
+            "slow_subscriber": slow,
+            "records_per_s": (report.accepted as f64 / report.elapsed.as_secs_f64()).round(),
+            "rows_received": latencies.rows.load(Ordering::Relaxed),
+            "latency_ms": {"p50": latencies.quantile_ms(0.5), "p99": latencies.quantile_ms(0.99)},
+            "slow_subscriber_bytes_read": slow_read.load(Ordering::Relaxed),
+            "node_peak_rss_bytes": rss,
+        }))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Runs the three phases; returns the JSON report.
+pub fn run(args: &SubscribeBenchArgs) -> anyhow::Result<serde_json::Value> {
+    let baseline = phase(args, 0, false)?;
+    let subscribed = phase(args, args.subscribers, false)?;
+    let with_slow = phase(args, args.subscribers, true)?;
+    let rate = |v: &serde_json::Value| v["records_per_s"].as_f64().unwrap_or(0.0);
+    let p99 = |v: &serde_json::Value| v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    Ok(serde_json::json!({
+        "offered_records_per_s": args.rate,
+        "phases": [baseline, subscribed, with_slow],
+        "ingest_with_subscribers_vs_without": rate(&subscribed) / rate(&baseline).max(1.0),
+        "p99_with_slow_vs_without": p99(&with_slow) / p99(&subscribed).max(1e-9),
+    }))
+}
