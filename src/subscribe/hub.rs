@@ -485,3 +485,106 @@ impl Hub {
         self.state.lock().map_or(0, |s| s.subscribers.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Congestion;
+
+    fn hub(max_pending: usize, max_lag: std::time::Duration) -> Hub {
+        let road = crate::reference::Road {
+            id: "s1".into(),
+            free_flow_mps: 10.0,
+            lanes: 1,
+            name: None,
+            length_m: None,
+            line: vec![[26.9, 60.5], [26.91, 60.5]],
+        };
+        let spec = TimeSpec {
+            size_ms: 60_000,
+            allowed_lateness_ms: 0,
+            retention_ms: 60_000,
+        };
+        Hub::new(
+            Arc::new(Reference::new(vec![road], Vec::new())),
+            spec,
+            HubSettings {
+                min_vehicles: 2,
+                max_pending,
+                max_lag,
+            },
+            1,
+        )
+    }
+
+    fn emission(window: u64, vehicles: u64, status: Status) -> Emission {
+        Emission {
+            status,
+            key: AggKey {
+                kind: Kind::Congestion,
+                key: 0,
+                window,
+            },
+            value: AggValue::Congestion(Congestion {
+                samples: vehicles,
+                vehicles,
+                speed_sum: 5_000_000 * vehicles as i64,
+            }),
+            watermark: window,
+        }
+    }
+
+    fn frames(d: &Drained) -> Vec<SubFrame> {
+        let mut b = d.bytes.clone();
+        std::iter::from_fn(|| SubFrame::decode(&mut b, 1 << 20).ok().flatten()).collect()
+    }
+
+    fn interest(provisional: bool) -> Interest {
+        Interest {
+            kind: Kind::Congestion,
+            keys: None,
+            provisional,
+        }
+    }
+
+    #[test]
+    fn a_row_updated_twice_before_it_is_read_is_sent_once_with_a_lag_notice() {
+        let h = hub(100, std::time::Duration::from_secs(60));
+        let sub = h.subscribe(interest(true), None, false).expect("subscribes");
+        let snapshot = frames(&sub.drain());
+        assert!(matches!(snapshot[..], [SubFrame::Progress(Progress { snapshot: true, .. })]));
+        h.publish(&[emission(0, 2, Status::Provisional)]);
+        h.publish(&[emission(0, 3, Status::Provisional)]);
+        let f = frames(&sub.drain());
+        assert!(matches!(f[0], SubFrame::Lagged(Lagged { coalesced: 1 })), "{f:?}");
+        match &f[1] {
+            SubFrame::Row(r) => {
+                assert_eq!(r.revision, 2, "the latest value wins");
+                assert_eq!(r.value.as_ref().map(|v| v["vehicles"].clone()), Some(3.into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(f[2], SubFrame::Progress(_)) && f.len() == 3);
+    }
+
+    #[test]
+    fn privacy_mode_and_the_limits() {
+        let h = hub(1, std::time::Duration::from_secs(60));
+        let finals = h.subscribe(interest(false), None, false).expect("subscribes");
+        finals.drain();
+        // One vehicle: withheld. Provisional: not for a final-mode subscriber.
+        h.publish(&[emission(0, 1, Status::Final), emission(60_000, 2, Status::Provisional)]);
+        assert!(!frames(&finals.drain()).iter().any(|f| matches!(f, SubFrame::Row(_))));
+        // Two rows queued for a limit of one: cut off.
+        h.publish(&[emission(0, 2, Status::Correction), emission(60_000, 2, Status::Final)]);
+        assert!(finals.too_slow());
+        let f = frames(&finals.drain());
+        assert!(matches!(f.last(), Some(SubFrame::Error(e)) if e.code == SubError::TooSlow as u16));
+        // A queue not emptied for longer than max_lag: cut off too.
+        let h = hub(100, std::time::Duration::ZERO);
+        let idle = h.subscribe(interest(true), None, false).expect("subscribes");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        h.publish(&[emission(0, 2, Status::Provisional)]);
+        assert!(idle.too_slow());
+    }
+}

@@ -380,3 +380,76 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_nobody_else_waits() {
     }
     drop(conn);
 }
+
+#[test]
+fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
+    let mut node = node("[privacy]\nmin_vehicles = 1\n");
+    let path = data("sumo-public/telemetry.jsonl");
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    let cut = text.match_indices('\n').nth(5_999).map(|(i, _)| i + 1).expect("long");
+    let first = node.dir.path().join("first.jsonl");
+    std::fs::write(&first, &text[..cut]).expect("write");
+
+    // A subscriber follows the first half, then goes away.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, ready) = mpsc::channel();
+    let early = {
+        let (opts, stop) = (options(&node, SubscribeOptions::request(CITY, "congestion")), stop.clone());
+        std::thread::spawn(move || {
+            let mut state = State::default();
+            let mut told = false;
+            runtime()
+                .block_on(subscribe(&opts, |f| {
+                    state.apply(f);
+                    if state.snapshot_done && !told {
+                        told = true;
+                        let _ = ready_tx.send(());
+                    }
+                    !stop.load(std::sync::atomic::Ordering::SeqCst)
+                }))
+                .expect("runs");
+            state
+        })
+    };
+    ready.recv_timeout(Duration::from_secs(10)).expect("snapshot");
+    let opts = node.options(Encoding::JsonLines);
+    send_file(&opts, &first);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    send_file(&opts, &path);
+    let mut state = early.join().expect("thread");
+    let resume = state.resume_point().expect("a progress marker");
+    let known = state.rows.len();
+    assert!(known > 100, "the first half's windows: {known}");
+
+    // It comes back with its resume point: only the changes since.
+    let mut req = SubscribeOptions::request(CITY, "congestion");
+    req.resume = Some(resume);
+    let (ready_tx, _ready) = mpsc::channel();
+    let mut rows = 0;
+    let later = {
+        let opts = options(&node, req);
+        std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            let error = runtime()
+                .block_on(subscribe(&opts, |f| {
+                    frames.push(f.clone());
+                    true
+                }))
+                .expect("runs");
+            let _ = ready_tx.send(());
+            (frames, error)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    node.stop();
+    let (frames, error) = later.join().expect("thread");
+    assert_eq!(error, None);
+    for f in &frames {
+        rows += matches!(f, SubFrame::Row(_)) as usize;
+        state.apply(f);
+    }
+    let want = csv_rows(&node.sink("congestion.csv"));
+    assert!(rows < want.len(), "not a full snapshot: {rows} rows of {}", want.len());
+    assert_state(&state, &want, "resumed");
+}
