@@ -550,17 +550,28 @@ mod tests {
     #[test]
     fn a_row_updated_twice_before_it_is_read_is_sent_once_with_a_lag_notice() {
         let h = hub(100, std::time::Duration::from_secs(60));
-        let sub = h.subscribe(interest(true), None, false).expect("subscribes");
+        let sub = h
+            .subscribe(interest(true), None, false)
+            .expect("subscribes");
         let snapshot = frames(&sub.drain());
-        assert!(matches!(snapshot[..], [SubFrame::Progress(Progress { snapshot: true, .. })]));
+        assert!(matches!(
+            snapshot[..],
+            [SubFrame::Progress(Progress { snapshot: true, .. })]
+        ));
         h.publish(&[emission(0, 2, Status::Provisional)]);
         h.publish(&[emission(0, 3, Status::Provisional)]);
         let f = frames(&sub.drain());
-        assert!(matches!(f[0], SubFrame::Lagged(Lagged { coalesced: 1 })), "{f:?}");
+        assert!(
+            matches!(f[0], SubFrame::Lagged(Lagged { coalesced: 1 })),
+            "{f:?}"
+        );
         match &f[1] {
             SubFrame::Row(r) => {
                 assert_eq!(r.revision, 2, "the latest value wins");
-                assert_eq!(r.value.as_ref().map(|v| v["vehicles"].clone()), Some(3.into()));
+                assert_eq!(
+                    r.value.as_ref().map(|v| v["vehicles"].clone()),
+                    Some(3.into())
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -570,19 +581,31 @@ mod tests {
     #[test]
     fn privacy_mode_and_the_limits() {
         let h = hub(1, std::time::Duration::from_secs(60));
-        let finals = h.subscribe(interest(false), None, false).expect("subscribes");
+        let finals = h
+            .subscribe(interest(false), None, false)
+            .expect("subscribes");
         finals.drain();
         // One vehicle: withheld. Provisional: not for a final-mode subscriber.
-        h.publish(&[emission(0, 1, Status::Final), emission(60_000, 2, Status::Provisional)]);
-        assert!(!frames(&finals.drain()).iter().any(|f| matches!(f, SubFrame::Row(_))));
+        h.publish(&[
+            emission(0, 1, Status::Final),
+            emission(60_000, 2, Status::Provisional),
+        ]);
+        assert!(!frames(&finals.drain())
+            .iter()
+            .any(|f| matches!(f, SubFrame::Row(_))));
         // Two rows queued for a limit of one: cut off.
-        h.publish(&[emission(0, 2, Status::Correction), emission(60_000, 2, Status::Final)]);
+        h.publish(&[
+            emission(0, 2, Status::Correction),
+            emission(60_000, 2, Status::Final),
+        ]);
         assert!(finals.too_slow());
         let f = frames(&finals.drain());
         assert!(matches!(f.last(), Some(SubFrame::Error(e)) if e.code == SubError::TooSlow as u16));
         // A queue not emptied for longer than max_lag: cut off too.
         let h = hub(100, std::time::Duration::ZERO);
-        let idle = h.subscribe(interest(true), None, false).expect("subscribes");
+        let idle = h
+            .subscribe(interest(true), None, false)
+            .expect("subscribes");
         std::thread::sleep(std::time::Duration::from_millis(2));
         h.publish(&[emission(0, 2, Status::Provisional)]);
         assert!(idle.too_slow());

@@ -386,7 +386,11 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
     let mut node = node("[privacy]\nmin_vehicles = 1\n");
     let path = data("sumo-public/telemetry.jsonl");
     let text = std::fs::read_to_string(&path).expect("fixture");
-    let cut = text.match_indices('\n').nth(5_999).map(|(i, _)| i + 1).expect("long");
+    let cut = text
+        .match_indices('\n')
+        .nth(5_999)
+        .map(|(i, _)| i + 1)
+        .expect("long");
     let first = node.dir.path().join("first.jsonl");
     std::fs::write(&first, &text[..cut]).expect("write");
 
@@ -394,7 +398,10 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ready_tx, ready) = mpsc::channel();
     let early = {
-        let (opts, stop) = (options(&node, SubscribeOptions::request(CITY, "congestion")), stop.clone());
+        let (opts, stop) = (
+            options(&node, SubscribeOptions::request(CITY, "congestion")),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             let mut state = State::default();
             let mut told = false;
@@ -411,7 +418,9 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
             state
         })
     };
-    ready.recv_timeout(Duration::from_secs(10)).expect("snapshot");
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("snapshot");
     let opts = node.options(Encoding::JsonLines);
     send_file(&opts, &first);
     std::thread::sleep(Duration::from_millis(1500));
@@ -450,6 +459,10 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
         state.apply(f);
     }
     let want = csv_rows(&node.sink("congestion.csv"));
-    assert!(rows < want.len(), "not a full snapshot: {rows} rows of {}", want.len());
+    assert!(
+        rows < want.len(),
+        "not a full snapshot: {rows} rows of {}",
+        want.len()
+    );
     assert_state(&state, &want, "resumed");
 }
