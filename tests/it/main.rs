@@ -11,12 +11,18 @@
 //!   and line, and costs nothing else.
 //! - `topology`: validation reports every problem at once, with its place.
 //! - `cli`: the binary's commands, exit codes and messages.
+//! - `ingest`, `subscribe`: nodes on loopback QUIC, their logs, restarts,
+//!   retention, zone reloads, subscribers, and every bad client.
+//! - `geo`: map matching and zone roll-ups against batch recomputations.
+//! - `interop`: an independent Python/aioquic client written from
+//!   docs/PROTOCOL.md.
 
 mod bad_input;
 mod cli;
 mod geo;
 mod golden;
 mod ingest;
+mod interop;
 mod oracle;
 mod subscribe;
 mod support;

@@ -17,11 +17,11 @@ use sha2::{Digest, Sha256};
 use crate::ingest::{runtime, send_file, start_with, topology_text, Node};
 use crate::support::{data, root};
 
-const CITY: &str = "city-traffic-department";
+pub(crate) const CITY: &str = "city-traffic-department";
 const CPO: &str = "charge-point-operator";
 const CPO_CHARGER: &str = "cs-hiidenkirnuntie-1";
 
-fn node(extra: &str) -> Node {
+pub(crate) fn node(extra: &str) -> Node {
     let zones = std::fs::read_to_string(root("topologies/karhula/zones.geojson")).expect("zones");
     let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
     let extra = format!(
@@ -74,7 +74,7 @@ fn follow(
 }
 
 /// CSV rows by (id, window start) → fields by header name.
-fn csv_rows(csv: &str) -> BTreeMap<(String, u64), BTreeMap<String, String>> {
+pub(crate) fn csv_rows(csv: &str) -> BTreeMap<(String, u64), BTreeMap<String, String>> {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().expect("header").split(',').collect();
     let window = header

@@ -1,0 +1,105 @@
+//! docs/PROTOCOL.md is enough to write a client in another language: an
+//! independent client (Python, aioquic: tests/interop/client.py) sends the
+//! recording over the ingest protocol and follows congestion over the
+//! subscription protocol; its state equals the files sink.
+//!
+//! Needs `python3` with `aioquic` (`.ci/run` installs it and sets
+//! `EDGEFLOW_REQUIRE_INTEROP=1`, which turns a missing one into a failure;
+//! elsewhere the test says it is skipped).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ingest::TOKEN;
+use crate::subscribe::{csv_rows, node, CITY};
+use crate::support::{data, root};
+
+fn python_with_aioquic() -> bool {
+    Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn an_independent_aioquic_client_speaks_both_protocols() {
+    if !python_with_aioquic() {
+        assert!(
+            std::env::var_os("EDGEFLOW_REQUIRE_INTEROP").is_none(),
+            "python3 with aioquic is required here (pip install aioquic)"
+        );
+        eprintln!("interop test skipped: python3 with aioquic is not installed");
+        return;
+    }
+    let mut node = node("[privacy]\nmin_vehicles = 1\n");
+    let script = root("tests/interop/client.py");
+    let (host, port) = ("127.0.0.1".to_owned(), node.addr().port().to_string());
+    let ca = node.ca.display().to_string();
+    let ready = node.dir.path().join("subscribed");
+    let subscriber = Command::new("python3")
+        .arg(&script)
+        .args(["subscribe", &host, &port, &ca, CITY, "congestion", "final"])
+        .arg(&ready)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the Python subscriber got no snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Command::new("python3")
+        .arg(&script)
+        .args(["ingest", &host, &port, &ca, TOKEN, "py-sender"])
+        .arg(data("sumo-public/telemetry.jsonl"))
+        .arg("500")
+        .output()
+        .expect("python3 runs");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&sent.stdout).expect("the client's JSON report");
+    assert_eq!(report["accepted"], 11_486, "{report}");
+    assert_eq!(report["rejected"], 0);
+    node.stop();
+
+    let out = subscriber.wait_with_output().expect("subscriber ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = csv_rows(&node.sink("congestion.csv"));
+    let mut rows = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        if v.get("progress").is_some() {
+            continue;
+        }
+        rows += 1;
+        let key = (
+            v["key"].as_str().expect("key").to_owned(),
+            v["window_start_ms"].as_u64().expect("window"),
+        );
+        let fields = want
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} is not in the sink"));
+        for (name, value) in v["value"].as_object().expect("value") {
+            let text = &fields[name];
+            let same = match (value.as_f64(), text.parse::<f64>()) {
+                (Some(a), Ok(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                _ => value.as_str() == Some(text.as_str()),
+            };
+            assert!(same, "{key:?} {name}: {value} against {text}");
+        }
+    }
+    assert_eq!(rows, want.len(), "every row of the sink, and no other");
+}
