@@ -224,6 +224,13 @@ pub enum ZonePart {
         /// Its connector count.
         connectors: u32,
     },
+    /// A vehicle reporting on a segment of the zone (one part per vehicle
+    /// and segment; `reduce` sees each vehicle once, so they count distinct
+    /// vehicles).
+    Vehicle {
+        /// Vehicle id hash.
+        vehicle: u64,
+    },
     /// An EV below the SoC threshold, not charging, on a segment of the zone.
     LowSoc {
         /// Vehicle id hash.
@@ -253,6 +260,9 @@ impl ZonePart {
 pub struct ZoneAgg {
     /// Vehicle reports on the zone's segments.
     pub samples: u64,
+    /// Distinct vehicles reporting on the zone's segments (what
+    /// `privacy.min_vehicles` is checked against).
+    pub vehicles: u32,
     /// Segments with reports.
     pub segments: u32,
     /// Σ over segments of `samples × speed ratio`, millionths.
@@ -302,6 +312,7 @@ impl ZoneAgg {
                     z.faulted += value.faulted;
                     z.connectors += connectors;
                 }
+                ZonePart::Vehicle { .. } => z.vehicles += 1,
                 ZonePart::LowSoc { .. } => z.low_soc_evs += 1,
             }
         }
@@ -322,7 +333,7 @@ pub const CHARGING_HEADER: &str =
     "charger_id,window_start_ms,window_end_ms,energy_wh,mean_power_kw,occupied,connectors,utilization,faulted";
 
 /// CSV header of zone rows.
-pub const ZONES_HEADER: &str = "zone_id,zone_type,window_start_ms,window_end_ms,samples,segments,mean_speed_ratio,jammed_segments,chargers,energy_wh,power_kw,occupied,connectors,faulted,low_soc_evs";
+pub const ZONES_HEADER: &str = "zone_id,zone_type,window_start_ms,window_end_ms,samples,vehicles,segments,mean_speed_ratio,jammed_segments,chargers,energy_wh,power_kw,occupied,connectors,faulted,low_soc_evs";
 
 /// Appends the CSV row of `key`/`value` (TELEMETRY.md §4) to `out`, without
 /// a newline. Returns false when the key is not in the reference data.
@@ -379,11 +390,12 @@ pub fn write_csv_row(
             };
             let _ = write!(
                 out,
-                "{id},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{}",
+                "{id},{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{}",
                 kind.as_str(),
                 key.window,
                 end,
                 z.samples,
+                z.vehicles,
                 z.segments,
                 z.mean_speed_ratio()
                     .map_or(String::new(), |r| format!("{r:.4}")),

@@ -8,6 +8,7 @@
 //!     -> reduce per (charger, window)            -> Charging {energy, power, occupied, faulted}
 //! zones (when the topology has any), per (zone, window), from the above:
 //!   congestion per segment   ⋈ segment→zone membership ┐
+//!   vehicles per segment     ⋈ segment→zone membership │
 //!   low-SoC EVs per segment  ⋈ segment→zone membership ├ concat -> reduce -> ZoneAgg
 //!   charging per charger     ⋈ charger→zone membership ┘
 //! all -> exchange to worker 0 -> Emitter -> Emission channel
@@ -34,10 +35,12 @@ use std::rc::Rc;
 use std::sync::mpsc::Sender;
 
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::AsCollection;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Probe;
 use timely::worker::Worker;
 
@@ -167,6 +170,17 @@ pub fn build(
         let (segment_zones_input, segment_zones) = scope.new_collection::<(u32, u32), isize>();
         let (charger_zones_input, charger_zones) = scope.new_collection::<(u32, u32), isize>();
 
+        // Per (segment, window, vehicle) with its report count as the diff:
+        // the zone roll-up counts distinct vehicles from it.
+        let vehicles = zones.is_some().then(|| {
+            reports
+                .inner
+                .clone()
+                .map(|(((segment, window), vehicle), t, s)| {
+                    ((segment, (window, vehicle)), t, s.count as isize)
+                })
+                .as_collection()
+        });
         let congestion = reports.reduce_named(
             "Congestion",
             |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
@@ -224,6 +238,12 @@ pub fn build(
                     let ff = free_flow.get(*segment as usize).copied().unwrap_or(1.0);
                     ((*zone, *window), ZonePart::segment(*segment, c, ff))
                 });
+            let vehicle_parts = vehicles.expect("built with zones").join_map(
+                segment_zones.clone(),
+                |_, (window, vehicle), zone| {
+                    ((*zone, *window), ZonePart::Vehicle { vehicle: *vehicle })
+                },
+            );
             let demand_parts = low_soc
                 .map(|((segment, window), vehicle)| (segment, (window, vehicle)))
                 .join_map(segment_zones, |_, (window, vehicle), zone| {
@@ -244,6 +264,7 @@ pub fn build(
                     )
                 });
             let zone_rows = segment_parts
+                .concat(vehicle_parts)
                 .concat(demand_parts)
                 .concat(charger_parts)
                 .reduce_named(

@@ -248,14 +248,14 @@ impl Hub {
     }
 
     /// Whether operators may see this value (privacy: at least
-    /// `min_vehicles` distinct vehicles; zone rows, which do not count
-    /// distinct vehicles, need that many reports).
+    /// `min_vehicles` distinct vehicles; a zone row with no vehicle at all
+    /// holds only charger figures, which are not about vehicles).
     fn visible(&self, value: &AggValue) -> bool {
         let k = self.settings.min_vehicles;
         match value {
             AggValue::Congestion(c) => c.vehicles >= k,
             AggValue::Charging(_) => true,
-            AggValue::Zone(z) => z.samples == 0 || z.samples >= k,
+            AggValue::Zone(z) => z.vehicles == 0 || u64::from(z.vehicles) >= k,
         }
     }
 

@@ -179,6 +179,7 @@ fn batch_zones(
         occupied: u32,
         connectors: u32,
         faulted: u32,
+        vehicles: BTreeSet<String>,
         low_soc: BTreeSet<String>,
     }
     let mut acc: BTreeMap<(u32, u64), Acc> = BTreeMap::new();
@@ -210,13 +211,14 @@ fn batch_zones(
     }
     for line in telemetry.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
-        let soc = v["ev"]["soc_pct"].as_f64();
-        if v["type"] != "vehicle" || v["ev"]["charging"].as_bool() == Some(true) {
+        if v["type"] != "vehicle" {
             continue;
         }
-        if !soc.is_some_and(|s| s < reference.zone_settings.low_soc_pct) {
-            continue;
-        }
+        let charging = v["ev"]["charging"].as_bool() == Some(true);
+        let low_soc = !charging
+            && v["ev"]["soc_pct"]
+                .as_f64()
+                .is_some_and(|s| s < reference.zone_settings.low_soc_pct);
         let segment = match v["segment_id"].as_str() {
             Some(id) => reference.road(id),
             None => reference
@@ -228,16 +230,21 @@ fn batch_zones(
                 )
                 .ok(),
         };
+        // A charging EV off a given segment is parked: not on any road.
+        let segment = segment.filter(|_| !charging || v["segment_id"].is_string());
         let Some(segment) = segment else { continue };
         let ts = v["ts_ms"].as_u64().expect("ts");
+        let id = v["vehicle_id"].as_str().expect("id");
         for z in seg_zones
             .get(reference.roads[segment as usize].id.as_str())
             .into_iter()
             .flatten()
         {
             let a = acc.entry((*z, ts - ts % 60_000)).or_default();
-            a.low_soc
-                .insert(v["vehicle_id"].as_str().expect("id").to_owned());
+            a.vehicles.insert(id.to_owned());
+            if low_soc {
+                a.low_soc.insert(id.to_owned());
+            }
         }
     }
     acc.into_iter()
@@ -254,6 +261,7 @@ fn batch_zones(
                 window.to_string(),
                 (window + 60_000).to_string(),
                 a.samples.to_string(),
+                a.vehicles.len().to_string(),
                 a.segments.to_string(),
                 ratio,
                 a.jammed.to_string(),
@@ -329,14 +337,14 @@ fn zone_rollups_equal_a_batch_recomputation() {
             };
             assert!(close, "{key:?} {}: got {a}, batch {b}", header[i]);
         }
-        low_soc += w[14].parse::<u32>().expect("n");
+        low_soc += w[15].parse::<u32>().expect("n");
     }
     // Every kind of zone and every part of the roll-up is exercised.
     assert!(want.keys().any(|(id, _)| id == "karhula-centre"));
     assert!(got.values().any(|r| r[1] == "h3"));
     assert!(low_soc > 0, "the recording has low-SoC EVs on the road");
     assert!(
-        got.values().any(|r| r[9] != "0"),
+        got.values().any(|r| r[10] != "0"),
         "charging energy rolls up"
     );
 }

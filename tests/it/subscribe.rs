@@ -171,31 +171,40 @@ fn subscribers_rebuild_the_sink_in_final_and_provisional_modes() {
 fn the_default_privacy_threshold_withholds_rows_over_few_vehicles() {
     let mut node = node("");
     let (ready_tx, ready) = mpsc::channel();
-    let sub = follow(
-        options(&node, SubscribeOptions::request(CITY, "congestion")),
-        ready_tx,
-    );
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("snapshot marker");
+    let subs: Vec<_> = [("congestion", "congestion.csv"), ("zone", "zones.csv")]
+        .into_iter()
+        .map(|(kind, file)| {
+            let req = SubscribeOptions::request(CITY, kind);
+            (kind, file, follow(options(&node, req), ready_tx.clone()))
+        })
+        .collect();
+    for _ in &subs {
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("snapshot marker");
+    }
     send_file(
         &node.options(Encoding::JsonLines),
         &data("sumo-public/telemetry.jsonl"),
     );
     node.stop();
-    let (state, error) = sub.join().expect("subscriber thread");
-    assert_eq!(error, None);
-    let all = csv_rows(&node.sink("congestion.csv"));
-    let want: BTreeMap<_, _> = all
-        .iter()
-        .filter(|(_, r)| r["vehicles"].parse::<u64>().expect("n") >= 3)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    assert!(
-        want.len() < all.len() && !want.is_empty(),
-        "some rows have fewer than 3 vehicles"
-    );
-    assert_state(&state, &want, "congestion with k = 3");
+    for (kind, file, sub) in subs {
+        let (state, error) = sub.join().expect("subscriber thread");
+        assert_eq!(error, None);
+        let all = csv_rows(&node.sink(file));
+        // Zone rows without vehicles hold charger figures only.
+        let visible = |n: u64| n >= 3 || (kind == "zone" && n == 0);
+        let want: BTreeMap<_, _> = all
+            .iter()
+            .filter(|(_, r)| visible(r["vehicles"].parse::<u64>().expect("n")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert!(
+            want.len() < all.len() && !want.is_empty(),
+            "{kind}: some rows have fewer than 3 vehicles"
+        );
+        assert_state(&state, &want, &format!("{kind} with k = 3"));
+    }
 }
 
 /// Subscribes with `req` and returns the first frame (the error, for a
