@@ -8,6 +8,9 @@
 //! 2. `subscribers` operators on the full congestion feed, provisional;
 //! 3. the same plus one subscriber reading at about 1 % of the others' rate.
 //!
+//! The three phases run `--rounds` times in turn; the report gives every
+//! phase, the medians over rounds, and the ratios of those medians.
+//!
 //! Reported per phase: records/s acknowledged, and for subscribers the p50
 //! and p99 of the time from the hub publishing a batch of changes (the
 //! `published_unix_us` of each progress marker, taken when the dataflow
@@ -51,6 +54,9 @@ pub struct SubscribeBenchArgs {
     /// Topology with the reference data.
     #[arg(long, default_value = "topologies/karhula.toml")]
     pub topology: std::path::PathBuf,
+    /// Rounds of the three phases (medians over rounds are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 #[derive(Default)]
@@ -232,17 +238,47 @@ fn phase(
     result
 }
 
-/// Runs the three phases; returns the JSON report.
+/// Runs the three phases `rounds` times, alternating them so that the
+/// machine's drift falls on all three alike; returns the JSON report with
+/// every phase and the medians over rounds.
 pub fn run(args: &SubscribeBenchArgs) -> anyhow::Result<serde_json::Value> {
-    let baseline = phase(args, 0, false)?;
-    let subscribed = phase(args, args.subscribers, false)?;
-    let with_slow = phase(args, args.subscribers, true)?;
+    let mut phases: [Vec<serde_json::Value>; 3] = Default::default();
+    for _ in 0..args.rounds.max(1) {
+        phases[0].push(phase(args, 0, false)?);
+        phases[1].push(phase(args, args.subscribers, false)?);
+        phases[2].push(phase(args, args.subscribers, true)?);
+    }
+    let median = |runs: &[serde_json::Value], f: &dyn Fn(&serde_json::Value) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let rate = |v: &serde_json::Value| v["records_per_s"].as_f64().unwrap_or(0.0);
     let p99 = |v: &serde_json::Value| v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    let rss = |v: &serde_json::Value| v["node_peak_rss_bytes"].as_f64().unwrap_or(0.0);
+    let per_round = |a: usize, b: usize, f: &dyn Fn(&serde_json::Value) -> f64| {
+        phases[a]
+            .iter()
+            .zip(&phases[b])
+            .map(|(x, y)| f(x) / f(y).max(1e-9))
+            .collect::<Vec<_>>()
+    };
+    let rates: Vec<f64> = phases.iter().map(|p| median(p, &rate)).collect();
+    let p99s: Vec<f64> = phases.iter().map(|p| median(p, &p99)).collect();
     Ok(serde_json::json!({
         "offered_records_per_s": args.rate,
-        "phases": [baseline, subscribed, with_slow],
-        "ingest_with_subscribers_vs_without": rate(&subscribed) / rate(&baseline).max(1.0),
-        "p99_with_slow_vs_without": p99(&with_slow) / p99(&subscribed).max(1e-9),
+        "rounds": args.rounds.max(1),
+        "phases": phases,
+        "median_records_per_s": {"none": rates[0], "subscribers": rates[1], "with_slow": rates[2]},
+        "median_p99_ms": {"subscribers": p99s[1], "with_slow": p99s[2]},
+        "median_node_peak_rss_bytes": {
+            "none": median(&phases[0], &rss),
+            "subscribers": median(&phases[1], &rss),
+            "with_slow": median(&phases[2], &rss),
+        },
+        "ingest_with_subscribers_vs_without": rates[1] / rates[0].max(1.0),
+        "ingest_with_subscribers_vs_without_per_round": per_round(1, 0, &rate),
+        "p99_with_slow_vs_without": p99s[2] / p99s[1].max(1e-9),
+        "p99_with_slow_vs_without_per_round": per_round(2, 1, &p99),
     }))
 }
