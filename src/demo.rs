@@ -144,6 +144,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         max_streams: 32,
         idle_timeout: "30s".into(),
         hello_timeout: "5s".into(),
+        drain_timeout: "10s".into(),
         max_records_per_s: 200_000,
         receive_window: 8 << 20,
         client_ca: None,
@@ -153,6 +154,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         section,
         idle_timeout: Duration::from_secs(30),
         hello_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(10),
     });
     topology.log = Some(LogSection {
         dir: log_dir,

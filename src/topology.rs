@@ -184,6 +184,11 @@ pub struct IngestSection {
     /// Close a connection that sends no HELLO this long. Default 5s.
     #[serde(default = "default_hello")]
     pub hello_timeout: String,
+    /// At shutdown, how long batches already under way may take to arrive
+    /// and commit. Default 10s. A batch still unread then is dropped
+    /// unacknowledged; its sender resends it to the next run.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: String,
     /// Records per second one connection may send, averaged over a second.
     /// Default 200,000.
     #[serde(default = "default_rate")]
@@ -212,6 +217,9 @@ fn default_idle() -> String {
 }
 fn default_hello() -> String {
     "5s".into()
+}
+fn default_drain() -> String {
+    "10s".into()
 }
 fn default_rate() -> u64 {
     200_000
@@ -371,6 +379,8 @@ pub struct Ingest {
     pub idle_timeout: Duration,
     /// HELLO deadline.
     pub hello_timeout: Duration,
+    /// Shutdown grace for batches under way.
+    pub drain_timeout: Duration,
 }
 
 fn duration(text: &str, place: &str, file: &Path, problems: &mut Vec<Problem>) -> Option<Duration> {
@@ -484,6 +494,12 @@ impl Topology {
                 path,
                 &mut problems,
             );
+            let drain = duration(
+                &i.drain_timeout,
+                "ingest.drain_timeout",
+                path,
+                &mut problems,
+            );
             let client_ca = i.client_ca.as_ref().map(|p| ("ingest.client_ca", p));
             for (what, p) in [("ingest.cert", &i.cert), ("ingest.key", &i.key)]
                 .into_iter()
@@ -520,6 +536,7 @@ impl Topology {
                 section,
                 idle_timeout: idle?,
                 hello_timeout: hello?,
+                drain_timeout: drain?,
             })
         });
         for (n, fleet) in file.fleet.iter().enumerate() {

@@ -374,7 +374,16 @@ async fn connection(
                 single_record(d, ctx, &sender).await;
             }
             _ = shutdown.changed() => {
-                while batches.join_next().await.is_some() {}
+                // Batches under way get `drain_timeout` to arrive and commit;
+                // one still unread after that is dropped unacknowledged (its
+                // sender resends it), so no client can hold the stop up.
+                let drained = tokio::time::timeout(ctx.limits.drain_timeout, async {
+                    while batches.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    batches.shutdown().await;
+                }
                 let _ = control.write_all(&Frame::Error { code: ErrorCode::ShuttingDown as u16, message: "node stopping".into() }.to_bytes()).await;
                 let _ = control.finish();
                 close(ErrorCode::ShuttingDown, "node stopping");
@@ -388,22 +397,46 @@ async fn connection(
 
 /// Commit order within a connection: batches reach the log in the order
 /// their streams were opened, whatever order their validation finishes in,
-/// so a sender's batch numbers arrive in sequence.
+/// so a sender's batch numbers arrive in sequence. A batch that ends early
+/// (refused, malformed) passes its turn on, but only once every earlier
+/// batch has had its own: `next` advances over consecutive finished tickets.
 #[derive(Default)]
 struct Turns {
-    next: Mutex<u64>,
+    state: Mutex<TurnState>,
     changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TurnState {
+    /// The ticket whose turn it is.
+    next: u64,
+    /// Tickets after `next` that have finished.
+    done: std::collections::BTreeSet<u64>,
 }
 
 impl Turns {
     async fn wait(&self, ticket: u64) {
         loop {
             let notified = self.changed.notified();
-            if self.next.lock().map(|n| *n == ticket).unwrap_or(true) {
+            if self.state.lock().map(|s| s.next == ticket).unwrap_or(true) {
                 return;
             }
             notified.await;
         }
+    }
+
+    fn finish(&self, ticket: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.done.insert(ticket);
+            while let Some(&t) = s.done.first() {
+                if t != s.next {
+                    break;
+                }
+                s.done.pop_first();
+                s.next += 1;
+            }
+        }
+        self.changed.notify_waiters();
     }
 }
 
@@ -412,10 +445,7 @@ struct Turn<'a>(&'a Turns, u64);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if let Ok(mut n) = self.0.next.lock() {
-            *n = (*n).max(self.1 + 1);
-        }
-        self.0.changed.notify_waiters();
+        self.0.finish(self.1);
     }
 }
 
@@ -652,5 +682,31 @@ async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
         .await
     {
         ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(turns: &Turns, ticket: u64) -> bool {
+        use std::future::Future;
+        let mut wait = std::pin::pin!(turns.wait(ticket));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        wait.as_mut().poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn a_batch_that_ends_early_does_not_skip_an_earlier_one() {
+        let turns = Turns::default();
+        // Batch 1 is refused before batch 0 has had its turn.
+        drop(Turn(&turns, 1));
+        assert!(ready(&turns, 0), "batch 0 still gets its turn");
+        assert!(!ready(&turns, 2), "batch 2 waits for batch 0");
+        drop(Turn(&turns, 0));
+        assert!(ready(&turns, 2), "then batch 2 goes, batch 1 being done");
+        drop(Turn(&turns, 3));
+        drop(Turn(&turns, 2));
+        assert!(ready(&turns, 4));
     }
 }

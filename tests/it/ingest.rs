@@ -757,3 +757,73 @@ fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
     assert_eq!(r.accepted, 500);
     node.stop();
 }
+
+#[test]
+fn a_batch_refused_early_does_not_strand_an_earlier_one_and_a_stalled_one_does_not_hold_up_stop() {
+    let mut node = start("drain_timeout = \"1s\"");
+    let rt = runtime();
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let body: String = text.lines().take(10).flat_map(|l| [l, "\n"]).collect();
+    let batch = Frame::Batch {
+        sender_seq: 0,
+        encoding: Encoding::JsonLines,
+        records: body.into(),
+    }
+    .to_bytes();
+    let conn = rt.block_on(async {
+        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN)
+            .await
+            .expect("handshake");
+        let (mut control, mut welcome) = conn.open_bi().await.expect("control");
+        control
+            .write_all(
+                &Frame::Hello {
+                    token: TOKEN.into(),
+                    sender: "staller".into(),
+                }
+                .to_bytes(),
+            )
+            .await
+            .expect("hello");
+        let mut head = [0u8; 13];
+        welcome.read_exact(&mut head).await.expect("welcome");
+        // Batch 0 arrives slowly; the batch after it is refused at once.
+        let (mut slow, mut slow_answer) = conn.open_bi().await.expect("stream");
+        slow.write_all(&batch[..20]).await.expect("write");
+        let not_a_batch = Frame::Welcome { next_sender_seq: 1 }.to_bytes();
+        assert_eq!(
+            error_code(&exchange(&conn, not_a_batch).await),
+            Some(ErrorCode::BadFrame as u16)
+        );
+        slow.write_all(&batch[20..]).await.expect("write");
+        let _ = slow.finish();
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), slow_answer.read_to_end(1 << 20))
+                .await
+                .expect("batch 0 is answered")
+                .expect("answer");
+        assert!(matches!(
+            Frame::decode(&mut BytesMut::from(&answer[..]), 1 << 20),
+            Ok(Some(Frame::Ack {
+                sender_seq: 0,
+                accepted: 10,
+                ..
+            }))
+        ));
+        // Batch 1 starts and never finishes.
+        let (mut stalled, _answer) = conn.open_bi().await.expect("stream");
+        stalled.write_all(&batch[..20]).await.expect("write");
+        (conn, stalled, _answer)
+    });
+    // The node stops after drain_timeout, not when the client pleases.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = node.handle.take().expect("running");
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.shutdown().map(|r| r.summary.ingest.records));
+    });
+    let stopped = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the node stops despite a stalled batch");
+    assert_eq!(stopped.expect("clean stop"), 10);
+    drop(conn);
+}
