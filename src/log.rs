@@ -38,7 +38,10 @@
 //! fails its checksum or breaks the sequence, the file is truncated there:
 //! those entries were never acknowledged. The same damage in an older
 //! segment is not a torn tail but corruption, and opening fails with
-//! [`LogError::Corrupt`] naming the file and offset.
+//! [`LogError::Corrupt`] naming the file and offset. A newest segment
+//! shorter than its header, or all zeros (a crash while it was created),
+//! gets its header again; a bad header before data is corruption (the
+//! header is fsynced before any entry is written).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -275,6 +278,19 @@ pub struct LogWriter {
     buf: Vec<u8>,
 }
 
+/// Whether every byte of the file is zero.
+fn all_zeros(path: &Path) -> Result<bool, LogError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match f.read(&mut buf).map_err(io_err(path))? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -346,9 +362,20 @@ impl LogWriter {
                     });
                 }
                 // A torn tail: cut it (with a missing header, rewrite it).
+                // A bad header before data is not a torn write (the header
+                // is synced before any entry is written): refuse, unless
+                // the file is all zeros (a crash while it was created).
+                if at == 0 && size > HEADER as u64 && !all_zeros(path)? {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: 0,
+                        reason,
+                    });
+                }
                 recovery.truncated_bytes = size - at;
                 if at == 0 {
                     f.set_len(0).map_err(io_err(path))?;
+                    f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
                     f.write_all(MAGIC).map_err(io_err(path))?;
                 } else {
                     f.set_len(at).map_err(io_err(path))?;
@@ -637,6 +664,40 @@ mod tests {
         assert_eq!((rec.entries, rec.truncated_bytes), (5, 10));
         assert_eq!(w.next_seq(), 5);
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), full);
+    }
+
+    #[test]
+    fn a_newest_segment_cut_inside_its_header_is_repaired_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _) = LogWriter::open(dir.path(), 100).expect("open");
+        append_n(&mut w, 10);
+        drop(w);
+        let (first, newest) = segments(dir.path()).expect("list").pop().expect("segment");
+        // A crash while the newest segment was created: 3 bytes, or zeros.
+        for damage in [&MAGIC[..3], &[0u8; 8][..], &[0u8; 20][..]] {
+            std::fs::write(&newest, damage).expect("write");
+            let (mut w, rec) = LogWriter::open(dir.path(), 100).expect("repaired");
+            assert_eq!(
+                (w.next_seq(), rec.truncated_bytes),
+                (first, damage.len() as u64)
+            );
+            append_n(&mut w, 1);
+            drop(w);
+            let all = read_all(dir.path());
+            assert_eq!(all.len(), first as usize + 1, "readable after the repair");
+            std::fs::write(&newest, MAGIC).expect("reset");
+        }
+        // A bad header before entries is damage, not a torn write.
+        let (mut w, _) = LogWriter::open(dir.path(), 1 << 20).expect("open");
+        append_n(&mut w, 2);
+        drop(w);
+        let mut bytes = std::fs::read(&newest).expect("read");
+        bytes[0] ^= 0x01;
+        std::fs::write(&newest, bytes).expect("write");
+        match LogWriter::open(dir.path(), 1 << 20) {
+            Err(LogError::Corrupt { reason, .. }) => assert!(reason.contains("magic"), "{reason}"),
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+        }
     }
 
     #[test]
