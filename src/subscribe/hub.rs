@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::proto::{Lagged, Progress, Row, SubError, SubFrame};
-use crate::aggregate::{write_csv_row, AggKey, AggValue, Kind};
+use crate::aggregate::{write_csv_row, AggKey, AggValue, Kind, ZoneAgg};
 use crate::dataflow::emit::{Emission, Status};
 use crate::output::header;
 use crate::reference::Reference;
@@ -61,7 +61,8 @@ pub struct HubSettings {
 
 #[derive(Clone, Debug)]
 struct HubRow {
-    /// `None`: retracted (kept until the window retires, for resumes).
+    /// What operators may see of the row (after privacy); `None`: retracted
+    /// or withheld (kept until the window retires, for resumes).
     value: Option<AggValue>,
     is_final: bool,
     status: Status,
@@ -79,6 +80,11 @@ struct Queue {
     progress: Option<Progress>,
     coalesced: u64,
     closed: Option<(SubError, String)>,
+    /// The snapshot is still being queued: nothing is drained before it.
+    snapshot_pending: bool,
+    /// Snapshot rows not yet drained: they do not count against
+    /// `max_pending` (which bounds how far a subscriber falls behind).
+    snapshot_rows: usize,
 }
 
 /// One subscriber's queue.
@@ -112,7 +118,7 @@ impl Subscriber {
             Some(_) => q.coalesced += 1,
             None => q.order.push_back(key),
         }
-        if q.pending.len() > max_pending {
+        if q.pending.len() > max_pending.saturating_add(q.snapshot_rows) {
             q.order.clear();
             q.pending.clear();
             q.closed = Some((
@@ -171,6 +177,10 @@ impl Subscriber {
                 end: true,
             };
         };
+        if q.snapshot_pending && q.closed.is_none() {
+            return Drained::default();
+        }
+        q.snapshot_rows = 0;
         let mut bytes =
             BytesMut::with_capacity(q.pending.values().map(|b| b.len()).sum::<usize>() + 256);
         if q.coalesced > 0 {
@@ -247,15 +257,26 @@ impl Hub {
         }
     }
 
-    /// Whether operators may see this value (privacy: at least
-    /// `min_vehicles` distinct vehicles; a zone row with no vehicle at all
-    /// holds only charger figures, which are not about vehicles).
-    fn visible(&self, value: &AggValue) -> bool {
+    /// What operators may see of a value (privacy, `min_vehicles`): rows
+    /// over fewer distinct vehicles are withheld. A zone row over too few
+    /// vehicles keeps its charger figures, shown as they would be with no
+    /// vehicle at all (so a subscriber cannot tell "none" from "a few").
+    fn project(&self, value: &AggValue) -> Option<AggValue> {
         let k = self.settings.min_vehicles;
         match value {
-            AggValue::Congestion(c) => c.vehicles >= k,
-            AggValue::Charging(_) => true,
-            AggValue::Zone(z) => z.vehicles == 0 || u64::from(z.vehicles) >= k,
+            AggValue::Congestion(c) => (c.vehicles >= k).then(|| value.clone()),
+            AggValue::Charging(_) => Some(value.clone()),
+            AggValue::Zone(z) if u64::from(z.vehicles) >= k => Some(value.clone()),
+            AggValue::Zone(z) if z.chargers > 0 => Some(AggValue::Zone(Box::new(ZoneAgg {
+                chargers: z.chargers,
+                energy_wh: z.energy_wh,
+                power_mw: z.power_mw,
+                occupied: z.occupied,
+                connectors: z.connectors,
+                faulted: z.faulted,
+                ..ZoneAgg::default()
+            }))),
+            AggValue::Zone(_) => None,
         }
     }
 
@@ -342,13 +363,32 @@ impl Hub {
         };
         let st = &mut *st;
         for e in emissions {
-            st.revision += 1;
-            let revision = st.revision;
+            if e.watermark != u64::MAX {
+                st.watermark = st.watermark.max(e.watermark);
+            }
             let old = st.rows.get(&e.key).cloned();
             let retract = e.status == Status::Retraction;
+            let value = if retract {
+                None
+            } else {
+                self.project(&e.value)
+            };
+            let is_final = e.status != Status::Provisional;
+            if let Some(old) = &old {
+                if old.value == value && (value.is_none() || old.is_final == is_final) {
+                    // Nothing an operator sees changed (e.g. a zone row's
+                    // vehicles still under the threshold): no revision, no
+                    // frame, so not even the timing of the change shows.
+                    continue;
+                }
+            } else if value.is_none() {
+                continue; // withheld from the start: nothing to retract
+            }
+            st.revision += 1;
+            let revision = st.revision;
             let new = HubRow {
-                value: (!retract).then(|| e.value.clone()),
-                is_final: e.status != Status::Provisional,
+                value,
+                is_final,
                 status: e.status,
                 revision,
             };
@@ -358,10 +398,8 @@ impl Hub {
                 if !sub.interest.wants(&e.key) {
                     continue;
                 }
-                let shown = |r: &HubRow| {
-                    r.value.as_ref().is_some_and(|v| self.visible(v))
-                        && (r.is_final || sub.interest.provisional)
-                };
+                let shown =
+                    |r: &HubRow| r.value.is_some() && (r.is_final || sub.interest.provisional);
                 let was = old.as_ref().is_some_and(shown);
                 let row = if shown(&new) {
                     upsert
@@ -379,9 +417,6 @@ impl Hub {
                 sub.push(e.key, row, self.settings.max_pending);
             }
             st.rows.insert(e.key, new);
-            if e.watermark != u64::MAX {
-                st.watermark = st.watermark.max(e.watermark);
-            }
         }
         // Forget retired windows (subscribers drop them by the watermark).
         let watermark = st.watermark;
@@ -437,36 +472,62 @@ impl Hub {
         };
         let sub = Arc::new(Subscriber {
             interest,
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                snapshot_pending: true,
+                ..Queue::default()
+            }),
             notify: tokio::sync::Notify::new(),
         });
-        let max = usize::MAX; // a snapshot is never too slow by itself
-        for (key, r) in &st.rows {
-            if !sub.interest.wants(key) || since.is_some_and(|s| r.revision <= s) {
-                continue;
-            }
-            let shown = r.value.as_ref().is_some_and(|v| self.visible(v))
-                && (r.is_final || sub.interest.provisional);
-            if shown {
-                sub.push(
-                    *key,
-                    self.frame(key, r.value.as_ref(), r.status, r.revision),
-                    max,
-                );
-            } else if since.is_some() && r.value.is_none() {
-                // Resuming: retracted since, and may have been shown before.
-                sub.push(*key, self.frame(key, None, r.status, r.revision), max);
-            }
-        }
-        sub.progress(Progress {
+        // Under the lock, only what the snapshot holds is taken; its frames
+        // are encoded after, so publishing waits for no snapshot. Changes
+        // published meanwhile are queued already and are newer.
+        let rows: Vec<(AggKey, HubRow)> = st
+            .rows
+            .iter()
+            .filter(|(key, r)| sub.interest.wants(key) && since.is_none_or(|s| r.revision > s))
+            .map(|(key, r)| (*key, r.clone()))
+            .collect();
+        let marker = Progress {
             epoch: self.epoch,
             revision: st.revision,
             watermark_ms: st.watermark,
             snapshot: true,
             published_unix_us: now_us(),
-        });
-        sub.notify.notify_one();
+        };
         st.subscribers.push(sub.clone());
+        drop(st);
+        let mut frames = Vec::with_capacity(rows.len());
+        for (key, r) in rows {
+            let shown = r.value.is_some() && (r.is_final || sub.interest.provisional);
+            if shown {
+                frames.push((
+                    key,
+                    self.frame(&key, r.value.as_ref(), r.status, r.revision),
+                ));
+            } else if since.is_some() && r.value.is_none() {
+                // Resuming: retracted or withheld since, may have been shown.
+                frames.push((key, self.frame(&key, None, r.status, r.revision)));
+            }
+        }
+        if let Ok(mut q) = sub.queue.lock() {
+            for (key, frame) in frames {
+                if q.pending.contains_key(&key) {
+                    continue; // changed since: the queued frame is newer
+                }
+                q.pending.insert(key, frame);
+                q.order.push_back(key);
+                q.snapshot_rows += 1;
+            }
+            q.progress = Some(match q.progress {
+                Some(p) => Progress {
+                    snapshot: true,
+                    ..p
+                },
+                None => marker,
+            });
+            q.snapshot_pending = false;
+        }
+        sub.notify.notify_one();
         Ok(sub)
     }
 
@@ -576,6 +637,108 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(f[2], SubFrame::Progress(_)) && f.len() == 3);
+    }
+
+    fn zone(vehicles: u32, energy_wh: u64) -> Emission {
+        Emission {
+            status: Status::Provisional,
+            key: AggKey {
+                kind: Kind::Zone,
+                key: 0,
+                window: 0,
+            },
+            value: AggValue::Zone(Box::new(ZoneAgg {
+                samples: 4 * u64::from(vehicles),
+                vehicles,
+                segments: u32::from(vehicles > 0),
+                chargers: 1,
+                energy_wh,
+                connectors: 2,
+                ..ZoneAgg::default()
+            })),
+            watermark: 0,
+        }
+    }
+
+    fn rows(d: &Drained) -> Vec<Row> {
+        frames(d)
+            .into_iter()
+            .filter_map(|f| match f {
+                SubFrame::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_zone_under_the_threshold_looks_like_a_zone_without_vehicles() {
+        let h = hub(100, std::time::Duration::from_secs(60));
+        h.reference
+            .registry
+            .intern("z1", crate::geo::zones::ZoneKind::Named);
+        let mut zones = interest(true);
+        zones.kind = Kind::Zone;
+        let sub = h.subscribe(zones, None, false).expect("subscribes");
+        sub.drain();
+        let field = |r: &Row, name: &str| r.value.as_ref().map(|v| v[name].clone());
+        h.publish(&[zone(0, 5)]);
+        let r = rows(&sub.drain());
+        assert_eq!(r.len(), 1);
+        assert_eq!(field(&r[0], "energy_wh"), Some(5.into()));
+        // One vehicle (k = 2): nothing an operator sees changes, nothing is sent.
+        h.publish(&[zone(1, 5)]);
+        assert!(rows(&sub.drain()).is_empty());
+        // The charger figures still flow, without the vehicle.
+        h.publish(&[zone(1, 7)]);
+        let r = rows(&sub.drain());
+        assert_eq!(field(&r[0], "energy_wh"), Some(7.into()));
+        assert_eq!(field(&r[0], "samples"), Some(0.into()));
+        h.publish(&[zone(2, 7)]);
+        let r = rows(&sub.drain());
+        assert_eq!(field(&r[0], "vehicles"), Some(2.into()));
+        assert_eq!(field(&r[0], "samples"), Some(8.into()));
+    }
+
+    #[test]
+    fn a_resumed_subscriber_loses_a_row_withheld_since() {
+        let h = hub(100, std::time::Duration::from_secs(60));
+        let sub = h
+            .subscribe(interest(true), None, false)
+            .expect("subscribes");
+        h.publish(&[emission(0, 2, Status::Provisional)]);
+        let seen = frames(&sub.drain());
+        let Some(SubFrame::Progress(at)) = seen.last() else {
+            panic!("{seen:?}")
+        };
+        assert_eq!(rows(&sub.drain()).len(), 0);
+        // Gone; meanwhile the row falls under the threshold.
+        h.publish(&[emission(0, 1, Status::Correction)]);
+        let resume = super::super::proto::ResumePoint {
+            epoch: at.epoch,
+            revision: at.revision,
+        };
+        let back = h
+            .subscribe(interest(true), Some(resume), false)
+            .expect("resumes");
+        let r = rows(&back.drain());
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].op, "retract");
+    }
+
+    #[test]
+    fn a_snapshot_does_not_count_against_the_queue_limit() {
+        let h = hub(1, std::time::Duration::from_secs(60));
+        h.publish(&[
+            emission(0, 2, Status::Final),
+            emission(60_000, 2, Status::Final),
+        ]);
+        let sub = h
+            .subscribe(interest(true), None, false)
+            .expect("subscribes");
+        // One change before the snapshot is read: within the limit.
+        h.publish(&[emission(60_000, 3, Status::Correction)]);
+        assert!(!sub.too_slow());
+        assert_eq!(rows(&sub.drain()).len(), 2);
     }
 
     #[test]

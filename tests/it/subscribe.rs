@@ -192,17 +192,40 @@ fn the_default_privacy_threshold_withholds_rows_over_few_vehicles() {
         let (state, error) = sub.join().expect("subscriber thread");
         assert_eq!(error, None);
         let all = csv_rows(&node.sink(file));
-        // Zone rows without vehicles hold charger figures only.
-        let visible = |n: u64| n >= 3 || (kind == "zone" && n == 0);
+        let few = |r: &BTreeMap<String, String>| r["vehicles"].parse::<u64>().expect("n") < 3;
+        // A zone over too few vehicles shows its chargers as if it had none.
         let want: BTreeMap<_, _> = all
             .iter()
-            .filter(|(_, r)| visible(r["vehicles"].parse::<u64>().expect("n")))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter_map(|(k, r)| match (few(r), kind) {
+                (false, _) => Some((k.clone(), r.clone())),
+                (true, "zone") if r["chargers"] != "0" => {
+                    let mut r = r.clone();
+                    for f in [
+                        "samples",
+                        "vehicles",
+                        "segments",
+                        "jammed_segments",
+                        "low_soc_evs",
+                    ] {
+                        r.insert(f.into(), "0".into());
+                    }
+                    r.insert("mean_speed_ratio".into(), String::new());
+                    Some((k.clone(), r))
+                }
+                _ => None,
+            })
             .collect();
         assert!(
-            want.len() < all.len() && !want.is_empty(),
+            all.values().any(few) && !want.is_empty(),
             "{kind}: some rows have fewer than 3 vehicles"
         );
+        if kind == "zone" {
+            assert!(
+                all.values()
+                    .any(|r| few(r) && r["vehicles"] != "0" && r["chargers"] != "0"),
+                "a zone with chargers and too few vehicles"
+            );
+        }
         assert_state(&state, &want, &format!("{kind} with k = 3"));
     }
 }
