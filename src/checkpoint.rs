@@ -118,7 +118,36 @@ impl Checkpoint {
                 reason: format!("version {} (this build reads version 1)", cp.version),
             });
         }
+        if let Some(reason) = cp.out_of_range() {
+            return Err(CheckpointError::Invalid { path, reason });
+        }
         Ok(Some(cp))
+    }
+
+    /// The first field out of the range a node can have written, if any
+    /// (times within the model's event times, batch numbers below the
+    /// largest), so that arithmetic on them cannot overflow.
+    fn out_of_range(&self) -> Option<String> {
+        use crate::model::MAX_TS_MS;
+        // Watermarks and retirement times reach past the last event time by
+        // at most a retention; a century is beyond any.
+        let max_time = MAX_TS_MS + 100 * 365 * 86_400_000;
+        if self.prefix_max_ts.is_some_and(|t| t > MAX_TS_MS) {
+            return Some(format!("prefix_max_ts is after {MAX_TS_MS}"));
+        }
+        if self.horizon > max_time {
+            return Some(format!("horizon {} is out of range", self.horizon));
+        }
+        if let Some(c) = self.carries.iter().find(|c| c.reading.ts_ms > MAX_TS_MS) {
+            return Some(format!(
+                "the carry of {} connector {} is after {MAX_TS_MS}",
+                c.charger_id, c.connector
+            ));
+        }
+        if let Some((s, n)) = self.senders.iter().find(|(_, n)| **n >= u64::MAX / 2) {
+            return Some(format!("sender {s:?}: batch number {n} is out of range"));
+        }
+        None
     }
 
     /// Writes it durably (temporary file, fsync, rename, directory fsync).
@@ -345,6 +374,41 @@ mod tests {
                 power_mw: 0,
             },
         }
+    }
+
+    #[test]
+    fn a_checkpoint_out_of_range_is_refused_with_its_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = Checkpoint {
+            version: 1,
+            first_seq: 3,
+            prefix_max_ts: Some(1_767_258_000_000),
+            horizon: 1_767_258_060_000,
+            ..Checkpoint::default()
+        };
+        good.store(dir.path()).expect("store");
+        assert_eq!(
+            Checkpoint::load(dir.path()).expect("valid"),
+            Some(good.clone())
+        );
+        let mut bad = good.clone();
+        bad.senders.insert("fleet".into(), u64::MAX);
+        let mut late = good.clone();
+        late.prefix_max_ts = Some(u64::MAX);
+        for (cp, field) in [(bad, "batch number"), (late, "prefix_max_ts")] {
+            cp.store(dir.path()).expect("store");
+            match Checkpoint::load(dir.path()) {
+                Err(CheckpointError::Invalid { reason, .. }) => {
+                    assert!(reason.contains(field), "{reason}")
+                }
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+        std::fs::write(Checkpoint::path(dir.path()), b"{\"version\": 1,").expect("write");
+        assert!(matches!(
+            Checkpoint::load(dir.path()),
+            Err(CheckpointError::Invalid { .. })
+        ));
     }
 
     #[test]

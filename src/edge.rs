@@ -167,19 +167,19 @@ impl FilesSinks<'_> {
 
     fn write_if_due(&mut self) {
         if self.dirty && self.written.elapsed() >= SINK_INTERVAL {
+            // A failed write stays dirty: it is tried again a second later.
             if write_sinks(&self.sinks, &self.table, self.topology) {
                 self.durable.fetch_max(self.seen, Ordering::AcqRel);
+                self.dirty = false;
             }
             self.written = Instant::now();
-            self.dirty = false;
         }
     }
 
-    /// The last write, at shutdown.
-    fn finish(self) {
-        if self.dirty || self.table.is_empty() {
-            write_sinks(&self.sinks, &self.table, self.topology);
-        }
+    /// The last write, at shutdown: whether the sinks hold everything.
+    fn finish(self) -> bool {
+        !(self.dirty || self.table.is_empty())
+            || write_sinks(&self.sinks, &self.table, self.topology)
     }
 }
 
@@ -277,6 +277,14 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
             }
         )));
     }
+    if first_seq > writer.next_seq() {
+        return Err(EdgeError::Topology(format!(
+            "log {}: the checkpoint keeps entries from {first_seq} on, but the log ends before entry {}: {} does not belong to this log",
+            log_cfg.dir.display(),
+            writer.next_seq(),
+            crate::checkpoint::FILE,
+        )));
+    }
     // Left over from a crash between writing the checkpoint and deleting.
     writer.delete_before(first_seq)?;
     let reference = Arc::new(topology.reference.clone());
@@ -341,8 +349,10 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         let mut table = FinalTable::default();
         for sink in &topology.sinks {
             let SinkSection::Files { dir } = sink;
+            // Rows of frozen windows only: the kept log rebuilds the rest.
+            let (spec, horizon) = (topology.time, resume.horizon);
             let warnings = table
-                .load_csv(dir, &reference)
+                .load_csv(dir, &reference, |k| spec.retire_at(k.window) <= horizon)
                 .map_err(|e| EdgeError::Runtime(format!("files sink {}: {e}", dir.display())))?;
             for w in warnings {
                 eprintln!("edgeflow: files sink: {w}");
@@ -383,8 +393,14 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                     // is still unwritten.
                     |_| sink.borrow_mut().write_if_due(),
                 );
-                sink.into_inner().finish();
-                summary
+                let written = sink.into_inner().finish();
+                summary.and_then(|s| {
+                    written.then_some(s).ok_or_else(|| {
+                        crate::replay::ReplayError::Dataflow(
+                            "the files sink's last write failed (see above)".into(),
+                        )
+                    })
+                })
             })
             .map_err(|e| EdgeError::Runtime(e.to_string()))?
     };
@@ -470,10 +486,12 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
             commit_thread
                 .join()
                 .map_err(|_| EdgeError::Runtime("the commit thread panicked".into()))?;
+            // On failure too, subscribers are told and the endpoint closed
+            // before the error is returned.
             let summary = dataflow
                 .join()
-                .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))?
-                .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+                .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))
+                .and_then(|r| r.map_err(|e| EdgeError::Runtime(e.to_string())));
             if let Some(hub) = &hub {
                 hub.close();
             }
@@ -493,7 +511,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
             }
             drop(runtime);
             Ok(EdgeReport {
-                summary,
+                summary: summary?,
                 recovered_entries,
                 truncated_bytes,
                 counters,

@@ -42,11 +42,17 @@ impl FinalTable {
         }
     }
 
-    /// Loads the rows of the CSV files in `dir` ([`FILES`]) as kept rows
-    /// (missing files are empty). Emitted values replace them. Rows of keys
+    /// Loads the rows of the CSV files in `dir` ([`FILES`]) for which
+    /// `frozen` holds as kept rows (missing files are empty); the others are
+    /// left to be computed again. Emitted values replace them. Rows of keys
     /// no longer in `reference` cannot be written again: they are dropped,
     /// with one warning each in the result.
-    pub fn load_csv(&mut self, dir: &Path, reference: &Reference) -> std::io::Result<Vec<String>> {
+    pub fn load_csv(
+        &mut self,
+        dir: &Path,
+        reference: &Reference,
+        frozen: impl Fn(&AggKey) -> bool,
+    ) -> std::io::Result<Vec<String>> {
         let mut warnings = Vec::new();
         for (kind, name) in FILES {
             let path = dir.join(name);
@@ -63,7 +69,9 @@ impl FinalTable {
             for (i, line) in lines {
                 match row_key(kind, line, reference) {
                     Some(key) => {
-                        self.kept.insert(key, line.to_owned());
+                        if frozen(&key) {
+                            self.kept.insert(key, line.to_owned());
+                        }
                     }
                     None => warnings.push(format!(
                         "{}:{}: not a row of a known {}, dropped",
@@ -221,11 +229,9 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -143,10 +143,24 @@ impl Input {
     fn resume(&self, reference: &Reference) -> Result<Resume, ReplayError> {
         match self {
             Input::JsonLines(_) => Ok(Resume::default()),
-            Input::Log(dir) => Ok(Checkpoint::load(dir)
-                .map_err(|e| ReplayError::Log(e.to_string()))?
-                .map(|cp| cp.resume(reference))
-                .unwrap_or_default()),
+            Input::Log(dir) => {
+                let resume = Checkpoint::load(dir)
+                    .map_err(|e| ReplayError::Log(e.to_string()))?
+                    .map(|cp| cp.resume(reference))
+                    .unwrap_or_default();
+                let oldest = crate::log::segments(dir)
+                    .map_err(|e| ReplayError::Log(e.to_string()))?
+                    .first()
+                    .map(|(first, _)| *first);
+                match oldest {
+                    Some(oldest) if oldest > resume.first_seq => Err(ReplayError::Log(format!(
+                        "{}: entries {}..{oldest} are missing (deleted without a checkpoint that covers them)",
+                        dir.display(),
+                        resume.first_seq
+                    ))),
+                    _ => Ok(resume),
+                }
+            }
             Input::Live(live) => Ok(live.resume.clone()),
         }
     }

@@ -259,6 +259,35 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
     node.stop();
     assert_eq!(node.sink("congestion.csv"), congestion);
     assert_eq!(node.sink("charging.csv"), charging);
+
+    // A checkpoint that does not belong to the log is refused, clearly.
+    let saved = std::fs::read(log.join(edgeflow::checkpoint::FILE)).expect("checkpoint");
+    let mut foreign = checkpoint.clone();
+    foreign.first_seq = 1_000_000;
+    foreign.store(&log).expect("store");
+    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    match edgeflow::edge::start(topo, 1) {
+        Err(e) => assert!(e.to_string().contains("does not belong"), "{e}"),
+        Ok(_) => panic!("a node started on a foreign checkpoint"),
+    }
+    // Without its checkpoint the log misses its first entries: replay says so.
+    std::fs::remove_file(log.join(edgeflow::checkpoint::FILE)).expect("remove");
+    let (input, _) = edgeflow::replay::Input::open(&log).expect("log");
+    let err = edgeflow::replay::run(
+        input,
+        reference.clone(),
+        topo_time(node.dir.path()),
+        edgeflow::replay::ReplayOptions::new(1),
+        |_| {},
+        |_| {},
+    )
+    .expect_err("entries are missing");
+    assert!(err.to_string().contains("missing"), "{err}");
+    std::fs::write(log.join(edgeflow::checkpoint::FILE), saved).expect("restore");
+}
+
+fn topo_time(dir: &Path) -> edgeflow::time::TimeSpec {
+    Topology::load(&dir.join("edge.toml")).expect("valid").time
 }
 
 #[test]
@@ -325,13 +354,36 @@ fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
 
     // The same records replayed with the new zones from the start, in the
     // node's chunks (one per 500-line batch).
-    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    let got = node.sink("zones.csv");
+    assert!(!got.contains("karhula-centre") && got.contains("\nkarhula-east-half,"));
+    assert_eq!(got, replay_zones(node.dir.path(), &path));
+
+    // The first zones again while the node is down: nothing is frozen yet
+    // (no checkpoint), so a restart recomputes every row from the log, and
+    // the rows of the zone that went are not kept from the old sink.
+    let log = node.dir.path().join("log");
+    assert_eq!(
+        edgeflow::checkpoint::Checkpoint::load(&log).expect("ok"),
+        None
+    );
+    std::fs::write(node.dir.path().join("zones.geojson"), &zones_v1).expect("write");
+    node.handle = Some(restart_in(node.dir.path()));
+    node.stop();
+    let got = node.sink("zones.csv");
+    assert!(got.contains("\nkarhula-centre,") && !got.contains("karhula-east-half"));
+    assert_eq!(got, replay_zones(node.dir.path(), &path));
+}
+
+/// zones.csv of a replay of `input` with the node's topology in `dir`, in
+/// chunks of 500 lines (the test's batches).
+fn replay_zones(dir: &Path, input: &Path) -> String {
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
     let reference = Arc::new(topo.reference.clone());
     let mut table = edgeflow::output::FinalTable::default();
     let mut options = edgeflow::replay::ReplayOptions::new(2);
     options.chunk_lines = 500;
     edgeflow::replay::run(
-        edgeflow::replay::Input::JsonLines(Box::new(std::io::Cursor::new(text.into_bytes()))),
+        edgeflow::replay::Input::open(input).expect("fixture").0,
         reference.clone(),
         topo.time,
         options,
@@ -339,14 +391,11 @@ fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
         |_| {},
     )
     .expect("replay");
-    let want = table.csv(
+    table.csv(
         edgeflow::aggregate::Kind::Zone,
         &reference,
         topo.time.size_ms,
-    );
-    let got = node.sink("zones.csv");
-    assert!(!got.contains("karhula-centre") && got.contains("\nkarhula-east-half,"));
-    assert_eq!(got, want);
+    )
 }
 
 /// A raw client for protocol tests.
