@@ -35,36 +35,74 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
-fn read_rows(path: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').map(str::to_owned).collect())
-        .collect()
+/// A CSV sink file: rows as fields by header name.
+struct Csv {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
 }
 
-/// The view: the slowest segments and every charger, in the newest final
-/// window.
+impl Csv {
+    fn read(path: &Path) -> Csv {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut lines = text.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        // Only the first field (the id) may hold commas: split from the right.
+        let rows = lines
+            .map(|l| {
+                let mut f: Vec<String> = l.rsplitn(header.len(), ',').map(str::to_owned).collect();
+                f.reverse();
+                f
+            })
+            .filter(|f| f.len() == header.len())
+            .collect();
+        Csv { header, rows }
+    }
+
+    /// Field `name` of `row` ("" when there is no such column).
+    fn get<'a>(&self, row: &'a [String], name: &str) -> &'a str {
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .and_then(|i| row.get(i))
+            .map_or("", String::as_str)
+    }
+
+    /// Rows of the window starting at `window`.
+    fn in_window(&self, window: u64) -> impl Iterator<Item = &Vec<String>> {
+        self.rows
+            .iter()
+            .filter(move |r| self.get(r, "window_start_ms").parse() == Ok(window))
+    }
+}
+
+/// The view: the slowest segments, every charger and every named zone, in
+/// the newest final window.
 fn render(dir: &Path, sent: &str) -> String {
-    let congestion = read_rows(&dir.join("congestion.csv"));
-    let charging = read_rows(&dir.join("charging.csv"));
+    let congestion = Csv::read(&dir.join("congestion.csv"));
+    let charging = Csv::read(&dir.join("charging.csv"));
+    let zones = Csv::read(&dir.join("zones.csv"));
     let newest = congestion
+        .rows
         .iter()
-        .filter_map(|r| r.get(1)?.parse::<u64>().ok())
+        .filter_map(|r| congestion.get(r, "window_start_ms").parse::<u64>().ok())
         .max();
     let mut out = String::new();
     let Some(window) = newest else {
         return format!("waiting for the first window to close... ({sent})\n");
     };
-    let mut rows: Vec<&Vec<String>> = congestion
-        .iter()
-        .filter(|r| r.get(1).and_then(|w| w.parse().ok()) == Some(window))
-        .collect();
-    rows.sort_by(|a, b| {
-        let ratio = |r: &Vec<String>| r.get(7).and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0);
-        ratio(a).total_cmp(&ratio(b))
-    });
+    let mut rows: Vec<&Vec<String>> = congestion.in_window(window).collect();
+    let ratio = |r: &Vec<String>| {
+        congestion
+            .get(r, "speed_ratio")
+            .parse::<f64>()
+            .unwrap_or(1.0)
+    };
+    rows.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
     let minute = (window / 60_000) % (24 * 60);
     out.push_str(&format!(
         "edgeflow demo: Karhula, window {:02}:{:02} UTC ({} segments reporting)   {sent}\n\n",
@@ -77,44 +115,53 @@ fn render(dir: &Path, sent: &str) -> String {
         "segment", "samples", "vehicles", "mean m/s", "ratio", "level"
     ));
     for r in rows.iter().take(10) {
-        if let [seg, _, _, samples, vehicles, mean, _, ratio, level] = r.as_slice() {
-            out.push_str(&format!(
-                "{seg:<16} {samples:>7} {vehicles:>8} {mean:>9} {ratio:>6}  {level}\n"
-            ));
-        }
+        let f = |name| congestion.get(r, name);
+        out.push_str(&format!(
+            "{:<16} {:>7} {:>8} {:>9} {:>6}  {}\n",
+            f("segment_id"),
+            f("samples"),
+            f("vehicles"),
+            f("mean_speed_mps"),
+            f("speed_ratio"),
+            f("level")
+        ));
     }
     out.push_str(&format!(
         "\n{:<22} {:>9} {:>9} {:>9} {:>7}\n",
         "charger", "energy Wh", "power kW", "occupied", "faulted"
     ));
-    for r in charging
-        .iter()
-        .filter(|r| r.get(1).and_then(|w| w.parse().ok()) == Some(window))
-    {
-        if let [id, _, _, energy, power, occupied, connectors, _, faulted] = r.as_slice() {
-            out.push_str(&format!(
-                "{id:<22} {energy:>9} {power:>9} {:>9} {faulted:>7}\n",
-                format!("{occupied}/{connectors}")
-            ));
-        }
+    for r in charging.in_window(window) {
+        let f = |name| charging.get(r, name);
+        out.push_str(&format!(
+            "{:<22} {:>9} {:>9} {:>9} {:>7}\n",
+            f("charger_id"),
+            f("energy_wh"),
+            f("mean_power_kw"),
+            format!("{}/{}", f("occupied"), f("connectors")),
+            f("faulted")
+        ));
     }
-    let zones = read_rows(&dir.join("zones.csv"));
     let named: Vec<&Vec<String>> = zones
-        .iter()
-        .filter(|r| r.get(1).is_some_and(|k| k == "zone"))
-        .filter(|r| r.get(2).and_then(|w| w.parse().ok()) == Some(window))
+        .in_window(window)
+        .filter(|r| zones.get(r, "zone_type") == "zone")
         .collect();
     if !named.is_empty() {
         out.push_str(&format!(
-            "\n{:<16} {:>7} {:>6} {:>7} {:>9} {:>12}\n",
-            "zone", "samples", "ratio", "jammed", "energy Wh", "low-SoC EVs"
+            "\n{:<16} {:>7} {:>8} {:>6} {:>7} {:>9} {:>12}\n",
+            "zone", "samples", "vehicles", "ratio", "jammed", "energy Wh", "low-SoC EVs"
         ));
         for r in named {
-            if let [id, _, _, _, samples, _, ratio, jammed, _, energy, .., low_soc] = r.as_slice() {
-                out.push_str(&format!(
-                    "{id:<16} {samples:>7} {ratio:>6} {jammed:>7} {energy:>9} {low_soc:>12}\n"
-                ));
-            }
+            let f = |name| zones.get(r, name);
+            out.push_str(&format!(
+                "{:<16} {:>7} {:>8} {:>6} {:>7} {:>9} {:>12}\n",
+                f("zone_id"),
+                f("samples"),
+                f("vehicles"),
+                f("mean_speed_ratio"),
+                f("jammed_segments"),
+                f("energy_wh"),
+                f("low_soc_evs")
+            ));
         }
     }
     out
@@ -242,4 +289,80 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{CHARGING_HEADER, CONGESTION_HEADER, ZONES_HEADER};
+
+    /// A CSV file of one row whose fields are their column names, except
+    /// the window and the zone type.
+    fn write(dir: &Path, name: &str, header: &str) {
+        let row: Vec<&str> = header
+            .split(',')
+            .map(|h| match h {
+                "window_start_ms" => "60000",
+                "zone_type" => "zone",
+                h => h,
+            })
+            .collect();
+        std::fs::write(dir.join(name), format!("{header}\n{}\n", row.join(","))).expect("write");
+    }
+
+    #[test]
+    fn the_view_shows_each_column_under_its_heading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "congestion.csv", CONGESTION_HEADER);
+        write(dir.path(), "charging.csv", CHARGING_HEADER);
+        write(dir.path(), "zones.csv", ZONES_HEADER);
+        let view = render(dir.path(), "");
+        for (heading, columns) in [
+            (
+                "segment ",
+                &[
+                    "segment_id",
+                    "samples",
+                    "vehicles",
+                    "mean_speed_mps",
+                    "speed_ratio",
+                    "level",
+                ][..],
+            ),
+            (
+                "charger ",
+                &[
+                    "charger_id",
+                    "energy_wh",
+                    "mean_power_kw",
+                    "occupied/connectors",
+                    "faulted",
+                ][..],
+            ),
+            (
+                "zone ",
+                &[
+                    "zone_id",
+                    "samples",
+                    "vehicles",
+                    "mean_speed_ratio",
+                    "jammed_segments",
+                    "energy_wh",
+                    "low_soc_evs",
+                ][..],
+            ),
+        ] {
+            let at = view
+                .find(&format!("\n{heading}"))
+                .or_else(|| view.find(heading))
+                .expect(heading);
+            let row = view[at..]
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .nth(1)
+                .expect("a row");
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(fields, columns, "{view}");
+        }
+    }
 }
