@@ -110,61 +110,85 @@ fn render(dir: &Path, sent: &str) -> String {
         minute % 60,
         rows.len()
     ));
-    out.push_str(&format!(
-        "{:<16} {:>7} {:>8} {:>9} {:>6}  {}\n",
-        "segment", "samples", "vehicles", "mean m/s", "ratio", "level"
-    ));
-    for r in rows.iter().take(10) {
-        let f = |name| congestion.get(r, name);
-        out.push_str(&format!(
-            "{:<16} {:>7} {:>8} {:>9} {:>6}  {}\n",
-            f("segment_id"),
-            f("samples"),
-            f("vehicles"),
-            f("mean_speed_mps"),
-            f("speed_ratio"),
-            f("level")
-        ));
-    }
-    out.push_str(&format!(
-        "\n{:<22} {:>9} {:>9} {:>9} {:>7}\n",
-        "charger", "energy Wh", "power kW", "occupied", "faulted"
-    ));
-    for r in charging.in_window(window) {
-        let f = |name| charging.get(r, name);
-        out.push_str(&format!(
-            "{:<22} {:>9} {:>9} {:>9} {:>7}\n",
-            f("charger_id"),
-            f("energy_wh"),
-            f("mean_power_kw"),
-            format!("{}/{}", f("occupied"), f("connectors")),
-            f("faulted")
-        ));
-    }
+    table(
+        &mut out,
+        &congestion,
+        &rows[..rows.len().min(10)],
+        &[
+            ("segment", "segment_id", -16),
+            ("samples", "samples", 7),
+            ("vehicles", "vehicles", 8),
+            ("mean m/s", "mean_speed_mps", 9),
+            ("ratio", "speed_ratio", 6),
+            ("level", "level", -6),
+        ],
+    );
+    out.push('\n');
+    let chargers: Vec<&Vec<String>> = charging.in_window(window).collect();
+    table(
+        &mut out,
+        &charging,
+        &chargers,
+        &[
+            ("charger", "charger_id", -22),
+            ("energy Wh", "energy_wh", 9),
+            ("power kW", "mean_power_kw", 9),
+            ("occupied", "occupied/connectors", 9),
+            ("faulted", "faulted", 7),
+        ],
+    );
     let named: Vec<&Vec<String>> = zones
         .in_window(window)
         .filter(|r| zones.get(r, "zone_type") == "zone")
         .collect();
     if !named.is_empty() {
-        out.push_str(&format!(
-            "\n{:<16} {:>7} {:>8} {:>6} {:>7} {:>9} {:>12}\n",
-            "zone", "samples", "vehicles", "ratio", "jammed", "energy Wh", "low-SoC EVs"
-        ));
-        for r in named {
-            let f = |name| zones.get(r, name);
-            out.push_str(&format!(
-                "{:<16} {:>7} {:>8} {:>6} {:>7} {:>9} {:>12}\n",
-                f("zone_id"),
-                f("samples"),
-                f("vehicles"),
-                f("mean_speed_ratio"),
-                f("jammed_segments"),
-                f("energy_wh"),
-                f("low_soc_evs")
-            ));
-        }
+        out.push('\n');
+        table(
+            &mut out,
+            &zones,
+            &named,
+            &[
+                ("zone", "zone_id", -16),
+                ("samples", "samples", 7),
+                ("vehicles", "vehicles", 8),
+                ("ratio", "mean_speed_ratio", 6),
+                ("jammed", "jammed_segments", 7),
+                ("energy Wh", "energy_wh", 9),
+                ("low-SoC EVs", "low_soc_evs", 12),
+            ],
+        );
     }
     out
+}
+
+/// Appends a table: one heading line, then `rows`, each column
+/// `(heading, field, width)`, left-aligned when the width is negative.
+/// A field `a/b` shows two fields with a slash between them.
+fn table(out: &mut String, csv: &Csv, rows: &[&Vec<String>], columns: &[(&str, &str, i32)]) {
+    let line = |out: &mut String, cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(columns)
+            .map(|(text, (_, _, width))| {
+                let w = width.unsigned_abs() as usize;
+                if *width < 0 {
+                    format!("{text:<w$}")
+                } else {
+                    format!("{text:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(padded.join(" ").trim_end());
+        out.push('\n');
+    };
+    line(out, columns.iter().map(|(h, _, _)| h.to_string()).collect());
+    for r in rows {
+        let cell = |field: &str| match field.split_once('/') {
+            Some((a, b)) => format!("{}/{}", csv.get(r, a), csv.get(r, b)),
+            None => csv.get(r, field).to_owned(),
+        };
+        line(out, columns.iter().map(|(_, f, _)| cell(f)).collect());
+    }
 }
 
 /// Runs the demo.
