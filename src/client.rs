@@ -75,6 +75,10 @@ pub struct SendReport {
     pub unconvertible: u64,
     /// Reconnects.
     pub reconnects: u32,
+    /// Batches found durable on reconnect whose ACK was lost: their
+    /// accepted and rejected counts are not known here (they are in
+    /// `batches`, not in `accepted` or `rejected`).
+    pub durable_unanswered: u64,
     /// The first rejection messages: (batch, index, message).
     pub rejections: Vec<(u64, u32, String)>,
 }
@@ -226,6 +230,7 @@ fn fatal_code(code: u64) -> bool {
         ErrorCode::BadFrame,
         ErrorCode::Unauthorized,
         ErrorCode::BadHello,
+        ErrorCode::BatchOverRate,
     ]
     .iter()
     .any(|c| *c as u64 == code)
@@ -290,6 +295,7 @@ pub async fn send(
         for s in 0..next.min(total) {
             if acked.insert(s, ()).is_none() {
                 report.batches += 1;
+                report.durable_unanswered += 1;
             }
         }
         let mut in_flight = tokio::task::JoinSet::new();

@@ -459,8 +459,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("batch {batch} record {index}: {message}");
             }
             eprintln!(
-                "sent {} batches: {} records accepted, {} rejected, {} not convertible, {} reconnects",
-                sent.batches, sent.accepted, sent.rejected, report.unconvertible, sent.reconnects
+                "sent {} batches: {} records accepted, {} rejected, {} not convertible, {} reconnects{}",
+                sent.batches, sent.accepted, sent.rejected, report.unconvertible, sent.reconnects,
+                match sent.durable_unanswered {
+                    0 => String::new(),
+                    n => format!(" ({n} batches were durable but their answer was lost: their counts are not included)"),
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -518,7 +522,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
-            let mut state = State::default();
+            // The table shows the newest windows: retired rows can go.
+            let mut state = State {
+                forget_retired: true,
+                ..State::default()
+            };
             let mut out = std::io::stdout().lock();
             let error = runtime.block_on(subscribe(&opts, |frame| {
                 state.apply(frame);

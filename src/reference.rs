@@ -131,9 +131,12 @@ impl Reference {
         }
     }
 
-    /// Whether aggregates roll up into zones (a zone file or H3 cells).
+    /// Whether aggregates roll up into zones (a zone file, even an empty
+    /// one, or H3 cells).
     pub fn rollups(&self) -> bool {
-        !self.zones.is_empty() || self.zone_settings.h3_resolution.is_some()
+        self.zone_settings.zone_file
+            || !self.zones.is_empty()
+            || self.zone_settings.h3_resolution.is_some()
     }
 
     /// Zone membership of the segments and chargers for `zones` (numbering

@@ -115,7 +115,8 @@ pub struct PrivacySection {
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionsSection {
     /// Rows waiting for one subscriber (one per row: newer values replace
-    /// queued ones) before it is disconnected as too slow. Default 65536.
+    /// queued ones) before it is disconnected as too slow. Default
+    /// 1,000,000 ([`DEFAULT_MAX_PENDING`]).
     pub max_pending: Option<usize>,
     /// Longest a subscriber may read nothing while changes wait for it
     /// before it is disconnected. Default 30s.
@@ -657,6 +658,7 @@ impl Topology {
             );
         }
         let zone_settings = ZoneSettings {
+            zone_file: file.reference.zones.is_some(),
             h3_resolution: file.zones.h3_resolution,
             low_soc_pct: file
                 .zones

@@ -58,7 +58,7 @@ pub enum Unmatched {
     UnknownSegment,
     /// No segment within the matching radius.
     OffRoad,
-    /// Between segments: beyond the ends of every nearby segment.
+    /// Between segments: beyond an end of the nearest segment.
     Junction,
     /// Near segments, but none in the direction the vehicle heads.
     WrongHeading,
@@ -94,8 +94,9 @@ impl Unmatched {
 }
 
 /// A local equirectangular projection to metres around an origin: exact
-/// enough at city scale (the scale error at 30 km from the origin is below
-/// 0.1 %).
+/// enough at city scale (east-west distances 30 km north or south of the
+/// origin are off by about `tan(latitude) × 30 / 6371`, 0.8 % at 60°N:
+/// 0.2 m at the 25 m matching radius).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Plane {
     lat0: f64,
@@ -176,8 +177,10 @@ impl Matcher {
                 .iter()
                 .map(|p| plane.project(p[0], p[1]))
                 .collect();
-            let count = pts.len().saturating_sub(1);
-            for (k, w) in pts.windows(2).enumerate() {
+            // Pieces of zero length (repeated points) are left out; the
+            // first and last pieces kept carry the segment's ends.
+            let start = pieces.len();
+            for w in pts.windows(2) {
                 let (a, b) = (w[0], w[1]);
                 let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
                 if len < 1e-6 {
@@ -189,9 +192,14 @@ impl Matcher {
                     b,
                     dir: [(b[0] - a[0]) / len, (b[1] - a[1]) / len],
                     len,
-                    first: k == 0,
-                    last: k + 1 == count,
+                    first: pieces.len() == start,
+                    last: false,
                 });
+            }
+            if pieces.len() > start {
+                if let Some(p) = pieces.last_mut() {
+                    p.last = true;
+                }
             }
         }
         Matcher {
@@ -380,5 +388,25 @@ mod tests {
         assert_eq!(locate(&m, 50.0, 30.0, Some(90.0)), Err(Unmatched::OffRoad));
         assert_eq!(locate(&m, 1000.0, 1000.0, None), Err(Unmatched::OffRoad));
         assert_eq!(locate(&m, 2.0, 550.0, Some(0.0)), Ok(3));
+    }
+
+    #[test]
+    fn repeated_end_points_do_not_hide_a_segments_ends() {
+        let m = Matcher::new(
+            &[road(
+                "a-east",
+                &[
+                    (0.0, 0.0),
+                    (0.0, 0.0),
+                    (50.0, 0.0),
+                    (100.0, 0.0),
+                    (100.0, 0.0),
+                ],
+            )],
+            MatchSettings::default(),
+        );
+        assert_eq!(locate(&m, 110.0, 0.0, Some(90.0)), Err(Unmatched::Junction));
+        assert_eq!(locate(&m, -10.0, 0.0, Some(90.0)), Err(Unmatched::Junction));
+        assert_eq!(locate(&m, 75.0, 1.0, Some(90.0)), Ok(0));
     }
 }

@@ -36,6 +36,9 @@ pub const DEFAULT_LOW_SOC_PCT: f64 = 20.0;
 /// Zone settings (`[zones]` in the topology).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ZoneSettings {
+    /// A zone file is configured (roll-ups are built even while it holds
+    /// no zone, so that zones added to it later roll up).
+    pub zone_file: bool,
     /// H3 resolution of cell roll-ups (0-15); `None`: no cell roll-ups.
     pub h3_resolution: Option<u8>,
     /// An EV below this state of charge that is not charging counts toward
@@ -46,6 +49,7 @@ pub struct ZoneSettings {
 impl Default for ZoneSettings {
     fn default() -> Self {
         ZoneSettings {
+            zone_file: false,
             h3_resolution: None,
             low_soc_pct: DEFAULT_LOW_SOC_PCT,
         }
@@ -90,6 +94,31 @@ impl Zone {
             .iter()
             .any(|rings| rings.iter().filter(|ring| ring_contains(ring, p)).count() % 2 == 1)
     }
+
+    /// The centre of its outer rings (`[lon, lat]`): the area-weighted
+    /// centroid in lon/lat degrees (holes ignored), or the mean of the
+    /// vertices when the rings enclose no area.
+    pub fn centre(&self) -> Option<[f64; 2]> {
+        let (mut a, mut cx, mut cy, mut n, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for ring in self.polygons.iter().filter_map(|rings| rings.first()) {
+            // Closed rings: the last position repeats the first.
+            for w in ring.windows(2) {
+                let (p, q) = (w[0], w[1]);
+                let cross = p[0] * q[1] - q[0] * p[1];
+                a += cross;
+                cx += (p[0] + q[0]) * cross;
+                cy += (p[1] + q[1]) * cross;
+                n += 1.0;
+                sx += p[0];
+                sy += p[1];
+            }
+        }
+        if a.abs() > 1e-18 {
+            Some([cx / (3.0 * a), cy / (3.0 * a)])
+        } else {
+            (n > 0.0).then(|| [sx / n, sy / n])
+        }
+    }
 }
 
 fn ring_contains(ring: &[[f64; 2]], p: [f64; 2]) -> bool {
@@ -117,6 +146,8 @@ pub struct ZoneRegistry {
 struct RegistryInner {
     ids: Vec<(String, ZoneKind)>,
     index: FxHashMap<(String, ZoneKind), u32>,
+    /// Centres of the named zones in force, by number.
+    centres: FxHashMap<u32, [f64; 2]>,
 }
 
 impl ZoneRegistry {
@@ -148,6 +179,31 @@ impl ZoneRegistry {
     pub fn id(&self, n: u32) -> Option<(String, ZoneKind)> {
         let inner = self.inner.read().ok()?;
         inner.ids.get(n as usize).cloned()
+    }
+
+    /// The centre of zone `n` (`[lon, lat]`): a named zone's
+    /// [`Zone::centre`] while it is in force (the last zones membership
+    /// was computed for), an H3 cell's centre.
+    pub fn centre(&self, n: u32) -> Option<[f64; 2]> {
+        let inner = self.inner.read().ok()?;
+        match inner.ids.get(n as usize)? {
+            (id, ZoneKind::H3) => {
+                let cell: h3o::CellIndex = id.parse().ok()?;
+                let ll = h3o::LatLng::from(cell);
+                Some([ll.lng(), ll.lat()])
+            }
+            (_, ZoneKind::Named) => inner.centres.get(&n).copied(),
+        }
+    }
+
+    /// Records the named zones in force and their centres.
+    fn set_in_force(&self, named: &[(u32, &Zone)]) {
+        if let Ok(mut inner) = self.inner.write() {
+            inner.centres = named
+                .iter()
+                .filter_map(|(n, z)| Some((*n, z.centre()?)))
+                .collect();
+        }
     }
 }
 
@@ -228,6 +284,7 @@ pub fn membership(
         .iter()
         .map(|z| (registry.intern(&z.id, ZoneKind::Named), *z))
         .collect();
+    registry.set_in_force(&named);
     let points = |p: [f64; 2]| -> Vec<(ZoneKind, String)> {
         let mut out: Vec<(ZoneKind, String)> = named
             .iter()
@@ -327,7 +384,7 @@ pub fn load(path: &Path) -> Result<Vec<Zone>, Vec<Problem>> {
         let at = |field: &str| format!("features[{i}].{field}");
         let id = match f.pointer("/properties/id") {
             Some(Value::String(s))
-                if !s.is_empty() && s.len() <= 128 && !s.contains(['\n', '\r', ',']) =>
+                if !s.is_empty() && s.chars().count() <= 128 && !s.contains(['\n', '\r', ',']) =>
             {
                 if let Some(first) = seen.insert(s.clone(), i) {
                     problems.push(problem(
@@ -455,6 +512,31 @@ mod tests {
         assert!(z.contains([1.0, 1.0]));
         assert!(!z.contains([5.0, 5.0]), "in the hole");
         assert!(!z.contains([11.0, 1.0]));
+    }
+
+    #[test]
+    fn a_zones_centre_is_its_centroid_and_only_zones_in_force_have_one() {
+        let z = square("a", 0.0, 0.0, 10.0);
+        let c = z.centre().expect("centre");
+        assert!(
+            (c[0] - 5.0).abs() < 1e-9 && (c[1] - 5.0).abs() < 1e-9,
+            "{c:?}"
+        );
+        let reference = Reference::default();
+        let b = square("b", 20.0, 20.0, 2.0);
+        let m = |zones: &[Zone]| {
+            membership(
+                &reference,
+                zones,
+                &ZoneSettings::default(),
+                &reference.registry,
+            )
+        };
+        m(&[z.clone(), b.clone()]);
+        let nb = reference.registry.get("b", ZoneKind::Named).expect("b");
+        assert_eq!(reference.registry.centre(nb), Some([21.0, 21.0]));
+        m(&[z]);
+        assert_eq!(reference.registry.centre(nb), None, "b was removed");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     Overloaded = 8,
     /// The node is stopping.
     ShuttingDown = 9,
+    /// A batch with more records than the per-connection rate allows in a
+    /// second: it can never pass.
+    BatchOverRate = 10,
 }
 
 impl ErrorCode {
@@ -63,6 +66,7 @@ impl ErrorCode {
             RateLimited,
             Overloaded,
             ShuttingDown,
+            BatchOverRate,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)

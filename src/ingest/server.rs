@@ -86,7 +86,7 @@ pub struct IngestContext {
     pub limits: Ingest,
     /// Counters.
     pub counters: Arc<IngestCounters>,
-    live_connections: AtomicUsize,
+    live_connections: Arc<AtomicUsize>,
 }
 
 impl IngestContext {
@@ -103,7 +103,7 @@ impl IngestContext {
             committer,
             limits,
             counters: Arc::new(IngestCounters::default()),
-            live_connections: AtomicUsize::new(0),
+            live_connections: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -248,7 +248,17 @@ pub async fn serve(
                         if alpn(&conn).as_deref() == Some(crate::subscribe::proto::ALPN) {
                             match (subs, sub_tasks.lock()) {
                                 (Some(subs), Ok(mut set)) => {
-                                    set.spawn(crate::subscribe::server::connection(conn, subs));
+                                    // Reap the subscription connections that ended.
+                                    while set.try_join_next().is_some() {}
+                                    // It counts toward max_connections while it
+                                    // lasts. (Not the whole context: that holds
+                                    // the committer, which must end with ingest.)
+                                    let live = ctx.live_connections.clone();
+                                    set.spawn(async move {
+                                        crate::subscribe::server::connection(conn, subs).await;
+                                        live.fetch_sub(1, Ordering::Relaxed);
+                                    });
+                                    return;
                                 }
                                 _ => conn.close(
                                     quinn::VarInt::from_u32(ErrorCode::Unauthorized as u32),
@@ -599,13 +609,16 @@ async fn batch(
     if !allowed {
         let limit = ctx.limits.section.max_records_per_s;
         let records = items.len() + rejections.len();
-        let why = if records as u64 > limit {
+        let (code, why) = if records as u64 > limit {
             // Waiting cannot help: the bucket never holds this many.
-            format!("a batch of {records} records exceeds max_records_per_s ({limit}): send smaller batches")
+            (ErrorCode::BatchOverRate, format!("a batch of {records} records exceeds max_records_per_s ({limit}): send smaller batches"))
         } else {
-            format!("over {limit} records/s on this connection; retry later")
+            (
+                ErrorCode::RateLimited,
+                format!("over {limit} records/s on this connection; retry later"),
+            )
         };
-        send_error(&mut send, fail(ErrorCode::RateLimited), &why).await;
+        send_error(&mut send, fail(code), &why).await;
         return;
     }
     turn.0.wait(turn.1).await;

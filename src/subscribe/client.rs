@@ -52,6 +52,9 @@ pub struct State {
     pub snapshot_done: bool,
     /// Lag notices, summed.
     pub coalesced: u64,
+    /// Forget rows once they retire (a live view with bounded memory);
+    /// `false` keeps them as history.
+    pub forget_retired: bool,
 }
 
 impl State {
@@ -69,6 +72,9 @@ impl State {
             SubFrame::Progress(p) => {
                 self.snapshot_done |= p.snapshot;
                 self.progress = Some(*p);
+                if self.forget_retired {
+                    self.rows.retain(|(_, window), _| !p.retired(*window));
+                }
             }
             SubFrame::Lagged(l) => self.coalesced += l.coalesced,
             SubFrame::Subscribe(_) | SubFrame::Error(_) => {}
@@ -208,4 +214,43 @@ pub fn json_line(frame: &SubFrame) -> String {
         o.insert("frame".into(), name.into());
     }
     v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscribe::proto::{Progress, Row};
+
+    #[test]
+    fn retired_rows_are_forgotten_at_the_progress_that_retires_them() {
+        let mut state = State {
+            forget_retired: true,
+            ..State::default()
+        };
+        for window in [0, 60_000] {
+            state.apply(&SubFrame::Row(Row {
+                op: "upsert".into(),
+                key: "s1".into(),
+                window_start_ms: window,
+                status: Some("final".into()),
+                revision: 1,
+                value: Some(serde_json::Map::new()),
+            }));
+        }
+        let progress = |watermark_ms| {
+            SubFrame::Progress(Progress {
+                epoch: 1,
+                revision: 2,
+                watermark_ms,
+                snapshot: false,
+                published_unix_us: 0,
+                window_ms: 60_000,
+                retention_ms: 30_000,
+            })
+        };
+        state.apply(&progress(89_999));
+        assert_eq!(state.rows.len(), 2);
+        state.apply(&progress(90_000));
+        assert_eq!(state.rows.keys().map(|k| k.1).collect::<Vec<_>>(), [60_000]);
+    }
 }

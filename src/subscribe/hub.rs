@@ -119,8 +119,10 @@ impl Subscriber {
             None => q.order.push_back(key),
         }
         if q.pending.len() > max_pending.saturating_add(q.snapshot_rows) {
+            // No progress marker either: it would vouch for dropped rows.
             q.order.clear();
             q.pending.clear();
+            q.progress = None;
             q.closed = Some((
                 SubError::TooSlow,
                 format!("more than {max_pending} rows waited for this subscriber"),
@@ -132,6 +134,9 @@ impl Subscriber {
 
     fn progress(&self, p: Progress) {
         if let Ok(mut q) = self.queue.lock() {
+            if q.closed.is_some() {
+                return;
+            }
             // The snapshot marker is not replaced by a later plain one.
             let snapshot = q.progress.is_some_and(|old| old.snapshot);
             q.progress = Some(Progress {
@@ -146,6 +151,7 @@ impl Subscriber {
         if q.closed.is_none() && q.waiting_since.is_some_and(|t| t.elapsed() > max_lag) {
             q.order.clear();
             q.pending.clear();
+            q.progress = None;
             q.closed = Some((
                 SubError::TooSlow,
                 format!("read nothing for more than {} s", max_lag.as_secs_f64()),
@@ -343,6 +349,19 @@ impl Hub {
         }
     }
 
+    /// A progress marker of this node run.
+    fn progress(&self, revision: u64, watermark_ms: u64, snapshot: bool) -> Progress {
+        Progress {
+            epoch: self.epoch,
+            revision,
+            watermark_ms,
+            snapshot,
+            published_unix_us: now_us(),
+            window_ms: self.spec.size_ms,
+            retention_ms: self.spec.retention_ms,
+        }
+    }
+
     /// The encoded ROW frame of a change.
     fn frame(
         &self,
@@ -422,13 +441,7 @@ impl Hub {
         let watermark = st.watermark;
         let spec = self.spec;
         st.rows.retain(|k, _| spec.retire_at(k.window) > watermark);
-        let progress = Progress {
-            epoch: self.epoch,
-            revision: st.revision,
-            watermark_ms: st.watermark,
-            snapshot: false,
-            published_unix_us: now_us(),
-        };
+        let progress = self.progress(st.revision, st.watermark, false);
         for sub in &st.subscribers {
             sub.progress(progress);
             sub.check_lag(self.settings.max_lag);
@@ -487,13 +500,7 @@ impl Hub {
             .filter(|(key, r)| sub.interest.wants(key) && since.is_none_or(|s| r.revision > s))
             .map(|(key, r)| (*key, r.clone()))
             .collect();
-        let marker = Progress {
-            epoch: self.epoch,
-            revision: st.revision,
-            watermark_ms: st.watermark,
-            snapshot: true,
-            published_unix_us: now_us(),
-        };
+        let marker = self.progress(st.revision, st.watermark, true);
         st.subscribers.push(sub.clone());
         drop(st);
         let mut frames = Vec::with_capacity(rows.len());
@@ -764,6 +771,10 @@ mod tests {
         assert!(finals.too_slow());
         let f = frames(&finals.drain());
         assert!(matches!(f.last(), Some(SubFrame::Error(e)) if e.code == SubError::TooSlow as u16));
+        assert!(
+            !f.iter().any(|f| matches!(f, SubFrame::Progress(_))),
+            "no progress marker vouches for the dropped rows: {f:?}"
+        );
         // A queue not emptied for longer than max_lag: cut off too.
         let h = hub(100, std::time::Duration::ZERO);
         let idle = h

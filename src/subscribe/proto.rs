@@ -133,6 +133,25 @@ pub struct Progress {
     /// left the dataflow: subscribers on the same clock measure latency.
     #[serde(default)]
     pub published_unix_us: u64,
+    /// Window size, ms: a row's window ends `window_ms` after its start.
+    #[serde(default)]
+    pub window_ms: u64,
+    /// Retention, ms: a row retires (is forgotten without a retraction)
+    /// once `window_start_ms + window_ms + retention_ms <= watermark_ms`.
+    #[serde(default)]
+    pub retention_ms: u64,
+}
+
+impl Progress {
+    /// Whether the row of the window starting at `window_start_ms` has
+    /// retired at this marker (never, when the node did not say).
+    pub fn retired(&self, window_start_ms: u64) -> bool {
+        self.window_ms > 0
+            && window_start_ms
+                .saturating_add(self.window_ms)
+                .saturating_add(self.retention_ms)
+                <= self.watermark_ms
+    }
 }
 
 /// A lag notice.
@@ -251,6 +270,8 @@ mod tests {
                 watermark_ms: 60_000,
                 snapshot: true,
                 published_unix_us: 7,
+                window_ms: 60_000,
+                retention_ms: 900_000,
             }),
             SubFrame::Lagged(Lagged { coalesced: 3 }),
             SubFrame::error(SubError::Forbidden, "no"),

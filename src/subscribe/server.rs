@@ -93,32 +93,15 @@ impl SubContext {
     }
 
     /// A key's point for bounding-box filters: a segment's midpoint, a
-    /// charger's position, a zone's centre (mean of its outer ring, or the
-    /// H3 cell's centre).
+    /// charger's position, a zone's centre (of the zones in force: the
+    /// area-weighted centroid of a named zone's outer rings, or the H3
+    /// cell's centre).
     fn point(&self, kind: Kind, key: u32) -> Option<[f64; 2]> {
         let r = &self.reference;
         match kind {
             Kind::Congestion => crate::geo::zones::midpoint(&r.roads.get(key as usize)?.line),
             Kind::Charging => Some(r.chargers.get(key as usize)?.position),
-            Kind::Zone => {
-                let (id, zone_kind) = r.registry.id(key)?;
-                match zone_kind {
-                    ZoneKind::H3 => {
-                        let cell: h3o::CellIndex = id.parse().ok()?;
-                        let ll = h3o::LatLng::from(cell);
-                        Some([ll.lng(), ll.lat()])
-                    }
-                    ZoneKind::Named => {
-                        let zone = r.zones.iter().find(|z| z.id == id)?;
-                        let ring = zone.polygons.first()?.first()?;
-                        let n = ring.len() as f64;
-                        Some([
-                            ring.iter().map(|p| p[0]).sum::<f64>() / n,
-                            ring.iter().map(|p| p[1]).sum::<f64>() / n,
-                        ])
-                    }
-                }
-            }
+            Kind::Zone => r.registry.centre(key),
         }
     }
 
@@ -274,6 +257,7 @@ enum Written {
 /// Serves one subscription stream.
 async fn stream(
     ctx: Arc<SubContext>,
+    conn: quinn::Connection,
     mut send_half: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -306,8 +290,18 @@ async fn stream(
             return;
         }
     };
+    // Resolves when the connection is lost: the subscription ends then,
+    // not at the next change.
+    let gone = async move { conn.closed().await };
+    tokio::pin!(gone);
     loop {
-        sub.notify.notified().await;
+        tokio::select! {
+            _ = sub.notify.notified() => {}
+            _ = &mut gone => {
+                sub.close(SubError::ShuttingDown, "client gone".into());
+                return;
+            }
+        }
         let drained = sub.drain();
         // Write, but give up on a client that stopped reading once its
         // queue passed the limit (the write may never finish).
@@ -351,18 +345,29 @@ async fn stream(
 }
 
 /// Serves one subscription connection: a subscription per bidirectional
-/// stream, until the client closes it.
+/// stream, until the client closes it. A connection without a stream for
+/// `request_timeout` (none opened yet, or all ended) is closed: it would
+/// hold a connection slot for nothing.
 pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>) {
     let mut streams = tokio::task::JoinSet::new();
     let mut stopping = ctx.stopping.clone();
     loop {
+        let idle = tokio::time::sleep(ctx.request_timeout);
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send_half, recv)) => {
-                    streams.spawn(stream(ctx.clone(), send_half, recv));
+                    streams.spawn(stream(ctx.clone(), conn.clone(), send_half, recv));
                 }
                 Err(_) => break,
             },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = idle, if streams.is_empty() => {
+                conn.close(
+                    quinn::VarInt::from_u32(SubError::BadRequest as u32),
+                    b"no subscription in time",
+                );
+                break;
+            }
             _ = stopping.wait_for(|s| *s) => break,
         }
     }

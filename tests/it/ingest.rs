@@ -399,7 +399,7 @@ fn replay_zones(dir: &Path, input: &Path) -> String {
 }
 
 /// A raw client for protocol tests.
-async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
+pub(crate) async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
     let mut config = edgeflow::client::client_config(&node.ca).map_err(|e| e.to_string())?;
     if alpn != edgeflow::ingest::frame::ALPN {
         let mut roots = rustls::RootCertStore::empty();
@@ -778,7 +778,8 @@ fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
         );
         // A batch larger than the whole budget says why waiting will not help.
         match exchange(&conn, batch(1, &lines[..1500])).await {
-            Frame::Error { message, .. } => {
+            Frame::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BatchOverRate as u16);
                 assert!(message.contains("smaller batches"), "{message}")
             }
             other => panic!("expected an error, got {other:?}"),

@@ -498,3 +498,19 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
     );
     assert_state(&state, &want, "resumed");
 }
+
+#[test]
+fn a_subscription_connection_without_a_subscription_is_closed() {
+    let mut node = node("");
+    runtime().block_on(async {
+        let conn = crate::ingest::raw_connect(&node, ALPN)
+            .await
+            .expect("handshake");
+        // No stream: closed after the request deadline (500 ms here).
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("closed in time");
+        assert!(closed.to_string().contains("no subscription"), "{closed}");
+    });
+    node.stop();
+}
