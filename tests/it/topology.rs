@@ -136,3 +136,25 @@ fn malformed_zone_files_and_settings_are_reported_with_their_place() {
         .iter()
         .any(|p| p.to_string().contains("zones.geojson: not valid JSON")));
 }
+
+#[test]
+fn an_empty_zone_file_keeps_rollups_on_for_zones_added_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "t.toml",
+        &format!(
+            "[node]\nid = \"e1\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\nzones = \"zones.geojson\"\n[windows]\n",
+            root("topologies/karhula/roads.geojson").display(),
+            root("topologies/karhula/chargers.geojson").display()
+        ),
+    );
+    write(
+        dir.path(),
+        "zones.geojson",
+        r#"{"type":"FeatureCollection","features":[]}"#,
+    );
+    let t = Topology::load(&dir.path().join("t.toml")).expect("valid");
+    assert!(t.reference.zones.is_empty());
+    assert!(t.reference.rollups(), "roll-ups are built for a zone file");
+}
