@@ -75,10 +75,13 @@ pub struct SendReport {
     pub unconvertible: u64,
     /// Reconnects.
     pub reconnects: u32,
-    /// Batches found durable on reconnect whose ACK was lost: their
-    /// accepted and rejected counts are not known here (they are in
-    /// `batches`, not in `accepted` or `rejected`).
+    /// Batches this run sent, found durable on reconnect though their ACK
+    /// was lost: their accepted and rejected counts are not known here
+    /// (they are in `batches`, not in `accepted` or `rejected`).
     pub durable_unanswered: u64,
+    /// Batches the node had before this run (an earlier run sent them):
+    /// not sent again; in `batches` only.
+    pub already_durable: u64,
     /// The first rejection messages: (batch, index, message).
     pub rejections: Vec<(u64, u32, String)>,
 }
@@ -280,6 +283,8 @@ pub async fn send(
     let mut report = SendReport::default();
     let mut acked: BTreeMap<u64, ()> = BTreeMap::new();
     let mut attempt = 0u32;
+    // Batches below this were sent at least once by this run.
+    let mut sent_until = 0u64;
     loop {
         let (conn, _control, next) = match connect(&endpoint, opts).await {
             Ok(c) => c,
@@ -295,7 +300,11 @@ pub async fn send(
         for s in 0..next.min(total) {
             if acked.insert(s, ()).is_none() {
                 report.batches += 1;
-                report.durable_unanswered += 1;
+                if s < sent_until {
+                    report.durable_unanswered += 1;
+                } else {
+                    report.already_durable += 1;
+                }
             }
         }
         let mut in_flight = tokio::task::JoinSet::new();
@@ -334,6 +343,7 @@ pub async fn send(
                     batches[seq as usize].clone(),
                 ));
                 seq += 1;
+                sent_until = sent_until.max(seq);
             }
             if failed.is_some() {
                 break;

@@ -155,6 +155,10 @@ struct FilesSinks<'a> {
     seen: u64,
     /// Published after each durable write: how far the sinks are durable.
     durable: &'a AtomicU64,
+    /// No write before emissions reach this watermark: while the log is
+    /// replayed at start, the files on disk (which hold the windows being
+    /// recomputed) stay as they are.
+    hold_until: &'a AtomicU64,
 }
 
 impl FilesSinks<'_> {
@@ -166,6 +170,9 @@ impl FilesSinks<'_> {
     }
 
     fn write_if_due(&mut self) {
+        if self.seen < self.hold_until.load(Ordering::Acquire) {
+            return;
+        }
         if self.dirty && self.written.elapsed() >= SINK_INTERVAL {
             // A failed write stays dirty: it is tried again a second later.
             if write_sinks(&self.sinks, &self.table, self.topology) {
@@ -339,11 +346,14 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         None => (None, None),
     };
 
+    // Set once the log is replayed: the window the replay reaches.
+    let recovered_to = Arc::new(AtomicU64::new(u64::MAX));
     // The dataflow, fed live.
     let dataflow = {
         let topology = topology.clone();
         let reference = reference.clone();
         let sinks_durable = sinks_durable.clone();
+        let recovered_to = recovered_to.clone();
         let resume = resume.clone();
         let hub_df = hub.clone();
         let mut table = FinalTable::default();
@@ -368,6 +378,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                     written: Instant::now(),
                     dirty: false,
                     seen: 0,
+                    hold_until: &recovered_to,
                     durable: &sinks_durable,
                 });
                 let summary = crate::replay::run(
@@ -410,6 +421,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         .into_iter()
         .map(|(first, _)| first)
         .collect();
+    let mut last_watermark = 0;
     for entry in LogReader::open(&log_cfg.dir)? {
         let entry = entry?;
         if entry.seq < first_seq {
@@ -419,6 +431,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         if starts.contains(&entry.seq) {
             tracker.segment_started(entry.seq);
         }
+        last_watermark = tracker.watermark();
         tracker.observe(&chunk.resolve_all(&reference));
         if live_tx.send(chunk).is_err() {
             return Err(EdgeError::Runtime(
@@ -426,6 +439,10 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
             ));
         }
     }
+    recovered_to.store(
+        topology.time.window_start(last_watermark),
+        Ordering::Release,
+    );
     let mut next: rustc_hash::FxHashMap<String, u64> = recovery
         .senders
         .iter()

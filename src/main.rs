@@ -461,10 +461,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "sent {} batches: {} records accepted, {} rejected, {} not convertible, {} reconnects{}",
                 sent.batches, sent.accepted, sent.rejected, report.unconvertible, sent.reconnects,
-                match sent.durable_unanswered {
-                    0 => String::new(),
-                    n => format!(" ({n} batches were durable but their answer was lost: their counts are not included)"),
-                }
+                [
+                    (sent.already_durable, "the node had from an earlier run"),
+                    (sent.durable_unanswered, "were durable but their answer was lost"),
+                ]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("; {n} batches {what} (their records are not counted above)"))
+                .collect::<String>()
             );
             Ok(ExitCode::SUCCESS)
         }

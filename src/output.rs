@@ -62,11 +62,42 @@ impl FinalTable {
                 Err(e) => return Err(e),
             };
             let mut lines = text.lines().enumerate();
-            if lines.next().is_some_and(|(_, h)| h != header(kind)) {
+            let Some((_, found)) = lines.next() else {
+                continue;
+            };
+            // A file written before columns were added loads by column
+            // name, the new columns empty; any other header is not ours.
+            let old: Vec<&str> = found.split(',').collect();
+            let columns: Vec<Option<usize>> = header(kind)
+                .split(',')
+                .map(|c| old.iter().position(|o| *o == c))
+                .collect();
+            let same = found == header(kind);
+            let known = columns.iter().flatten().count() == old.len();
+            if !(same || known && columns[0] == Some(0)) {
                 warnings.push(format!("{}: unexpected header, not loaded", path.display()));
                 continue;
             }
+            if !same {
+                warnings.push(format!(
+                    "{}: written by an older version: columns added since are left empty in its rows",
+                    path.display()
+                ));
+            }
             for (i, line) in lines {
+                let line: std::borrow::Cow<'_, str> = if same {
+                    line.into()
+                } else {
+                    // Only the first field (the id) may hold commas.
+                    let mut f: Vec<&str> = line.rsplitn(old.len(), ',').collect();
+                    f.reverse();
+                    let fields: Vec<&str> = columns
+                        .iter()
+                        .map(|c| c.and_then(|c| f.get(c).copied()).unwrap_or(""))
+                        .collect();
+                    fields.join(",").into()
+                };
+                let line = line.as_ref();
                 match row_key(kind, line, reference) {
                     Some(key) => {
                         if frozen(&key) {
@@ -234,4 +265,31 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sink_file_from_before_a_column_was_added_loads_by_column_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_header = ZONES_HEADER.replace(",vehicles", "");
+        std::fs::write(
+            dir.path().join("zones.csv"),
+            format!("{old_header}\nz1,zone,0,60000,12,3,0.5000,1,0,0,0.000,0,0,0,2\n"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("congestion.csv"), "something,else\n1,2\n").expect("write");
+        let reference = Reference::default();
+        let mut table = FinalTable::default();
+        let warnings = table
+            .load_csv(dir.path(), &reference, |_| true)
+            .expect("loads");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("unexpected header"), "{warnings:?}");
+        assert!(warnings[1].contains("older version"), "{warnings:?}");
+        let row = table.kept.values().next().expect("the zone row");
+        assert_eq!(row, "z1,zone,0,60000,12,,3,0.5000,1,0,0,0.000,0,0,0,2");
+    }
 }

@@ -175,6 +175,12 @@ impl Input {
         if path.is_dir() {
             let segments =
                 crate::log::segments(path).map_err(|e| ReplayError::Log(e.to_string()))?;
+            if segments.is_empty() {
+                return Err(ReplayError::Log(format!(
+                    "{} holds no log segments: not a log directory",
+                    path.display()
+                )));
+            }
             let total = segments
                 .iter()
                 .filter_map(|(_, p)| std::fs::metadata(p).ok())
@@ -219,8 +225,15 @@ fn read_chunks(
             }
         }
         Input::Log(dir) => {
+            // Where the log ends: its first segment's start while no entry
+            // is read.
+            let mut end = crate::log::segments(&dir)
+                .map_err(|e| e.to_string())?
+                .first()
+                .map_or(0, |(first, _)| *first);
             for entry in crate::log::LogReader::open(&dir).map_err(|e| e.to_string())? {
                 let entry = entry.map_err(|e| e.to_string())?;
+                end = entry.seq + 1;
                 if entry.seq < first_seq {
                     // Before the checkpoint: left over from a crash between
                     // writing it and deleting these segments.
@@ -228,8 +241,15 @@ fn read_chunks(
                 }
                 bytes.fetch_add(entry.records.len() as u64 + 8, Ordering::Relaxed);
                 if !deal(Chunk::from_batch(entry.seq, entry.encoding, entry.records)) {
-                    break;
+                    return Ok(());
                 }
+            }
+            if first_seq > end {
+                return Err(format!(
+                    "{}: the checkpoint keeps entries from {first_seq} on, but the log ends before entry {end}: {} does not belong to this log",
+                    dir.display(),
+                    crate::checkpoint::FILE
+                ));
             }
         }
         Input::Live(live) => {

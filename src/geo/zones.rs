@@ -95,26 +95,35 @@ impl Zone {
             .any(|rings| rings.iter().filter(|ring| ring_contains(ring, p)).count() % 2 == 1)
     }
 
-    /// The centre of its outer rings (`[lon, lat]`): the area-weighted
-    /// centroid in lon/lat degrees (holes ignored), or the mean of the
-    /// vertices when the rings enclose no area.
+    /// The centre of its outer rings (`[lon, lat]`): the centroid of their
+    /// areas in lon/lat degrees (holes ignored; each ring weighs its area,
+    /// whichever way it winds), or the mean of the vertices when the rings
+    /// enclose no area.
     pub fn centre(&self) -> Option<[f64; 2]> {
-        let (mut a, mut cx, mut cy, mut n, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut area, mut cx, mut cy, mut n, mut sx, mut sy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for ring in self.polygons.iter().filter_map(|rings| rings.first()) {
             // Closed rings: the last position repeats the first.
+            let (mut a, mut x, mut y) = (0.0, 0.0, 0.0);
             for w in ring.windows(2) {
                 let (p, q) = (w[0], w[1]);
                 let cross = p[0] * q[1] - q[0] * p[1];
                 a += cross;
-                cx += (p[0] + q[0]) * cross;
-                cy += (p[1] + q[1]) * cross;
+                x += (p[0] + q[0]) * cross;
+                y += (p[1] + q[1]) * cross;
                 n += 1.0;
                 sx += p[0];
                 sy += p[1];
             }
+            if a != 0.0 {
+                // The ring's centroid is (x, y) / 3a; weigh it by |a|.
+                let weight = a.abs();
+                cx += x / (3.0 * a) * weight;
+                cy += y / (3.0 * a) * weight;
+                area += weight;
+            }
         }
-        if a.abs() > 1e-18 {
-            Some([cx / (3.0 * a), cy / (3.0 * a)])
+        if area > 1e-18 {
+            Some([cx / area, cy / area])
         } else {
             (n > 0.0).then(|| [sx / n, sy / n])
         }
@@ -520,6 +529,17 @@ mod tests {
         let c = z.centre().expect("centre");
         assert!(
             (c[0] - 5.0).abs() < 1e-9 && (c[1] - 5.0).abs() < 1e-9,
+            "{c:?}"
+        );
+        // Two outer rings winding opposite ways: weighed by area, 4 to 1.
+        let mut two = square("two", 0.0, 0.0, 2.0);
+        let mut clockwise = square("cw", 10.0, 0.0, 1.0).polygons.remove(0);
+        clockwise[0].reverse();
+        two.polygons.push(clockwise);
+        let c = two.centre().expect("centre");
+        let want = [(4.0 * 1.0 + 10.5) / 5.0, (4.0 * 1.0 + 0.5) / 5.0];
+        assert!(
+            (c[0] - want[0]).abs() < 1e-9 && (c[1] - want[1]).abs() < 1e-9,
             "{c:?}"
         );
         let reference = Reference::default();

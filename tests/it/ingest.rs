@@ -256,6 +256,7 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
     opts.to = node.addr();
     let r = send_file(&opts, &path);
     assert_eq!(r.accepted, 0, "the node knows every batch is durable");
+    assert_eq!((r.already_durable, r.durable_unanswered), (115, 0));
     node.stop();
     assert_eq!(node.sink("congestion.csv"), congestion);
     assert_eq!(node.sink("charging.csv"), charging);
@@ -270,20 +271,32 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
         Err(e) => assert!(e.to_string().contains("does not belong"), "{e}"),
         Ok(_) => panic!("a node started on a foreign checkpoint"),
     }
+    let replay_err = |dir: &Path| {
+        let (input, _) = edgeflow::replay::Input::open(dir).expect("log");
+        edgeflow::replay::run(
+            input,
+            reference.clone(),
+            topo_time(node.dir.path()),
+            edgeflow::replay::ReplayOptions::new(1),
+            |_| {},
+            |_| {},
+        )
+        .expect_err("refused")
+        .to_string()
+    };
+    let err = replay_err(&log);
+    assert!(err.contains("does not belong"), "{err}");
     // Without its checkpoint the log misses its first entries: replay says so.
     std::fs::remove_file(log.join(edgeflow::checkpoint::FILE)).expect("remove");
-    let (input, _) = edgeflow::replay::Input::open(&log).expect("log");
-    let err = edgeflow::replay::run(
-        input,
-        reference.clone(),
-        topo_time(node.dir.path()),
-        edgeflow::replay::ReplayOptions::new(1),
-        |_| {},
-        |_| {},
-    )
-    .expect_err("entries are missing");
-    assert!(err.to_string().contains("missing"), "{err}");
+    let err = replay_err(&log);
+    assert!(err.contains("missing"), "{err}");
     std::fs::write(log.join(edgeflow::checkpoint::FILE), saved).expect("restore");
+    // A directory that is no log.
+    let err = edgeflow::replay::Input::open(node.dir.path().join("out").as_path())
+        .err()
+        .expect("not a log")
+        .to_string();
+    assert!(err.contains("no log segments"), "{err}");
 }
 
 fn topo_time(dir: &Path) -> edgeflow::time::TimeSpec {
