@@ -65,7 +65,22 @@ fn watch_zones(
             continue;
         }
         seen = now;
-        match crate::geo::zones::load(&path) {
+        let loaded = crate::geo::zones::load(&path).and_then(|zones| {
+            let problems = crate::geo::zones::check_cover(&zones, &reference.zone_settings);
+            if problems.is_empty() {
+                Ok(zones)
+            } else {
+                Err(problems
+                    .into_iter()
+                    .map(|message| crate::reference::Problem {
+                        file: path.clone(),
+                        place: "zones.max_position_cells".into(),
+                        message,
+                    })
+                    .collect())
+            }
+        });
+        match loaded {
             Ok(zones) => {
                 let next = reference.membership(&zones);
                 let (gone, added) = current.diff(&next);
@@ -73,8 +88,8 @@ fn watch_zones(
                     "edgeflow: zones reloaded from {}: {} zones; {} memberships added, {} removed",
                     path.display(),
                     zones.len(),
-                    added.segments.len() + added.chargers.len(),
-                    gone.segments.len() + gone.chargers.len()
+                    added.segments.len() + added.chargers.len() + added.cells.len(),
+                    gone.segments.len() + gone.chargers.len() + gone.cells.len()
                 );
                 current = next;
                 if changes.send((gone, added)).is_err() {

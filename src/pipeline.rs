@@ -130,8 +130,9 @@ pub enum Item {
         speed: i64,
         /// How its segment was found, or why there is none.
         how: Matched,
-        /// An EV below the zone demand threshold, not charging.
-        low_soc: bool,
+        /// An EV below the zone demand threshold, not charging: the H3 cell
+        /// of its position at `[zones] position_resolution`.
+        low_soc: Option<u64>,
     },
     /// A charger connector reading.
     Reading {
@@ -160,10 +161,12 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
     match record {
         Record::Vehicle(v) => {
             let charging = v.ev.is_some_and(|ev| ev.charging == Some(true));
-            let low_soc = reference.rollups()
+            let zs = &reference.zone_settings;
+            let low_soc = (reference.rollups()
                 && !charging
-                && v.ev
-                    .is_some_and(|ev| ev.soc_pct < reference.zone_settings.low_soc_pct);
+                && v.ev.is_some_and(|ev| ev.soc_pct < zs.low_soc_pct))
+            .then(|| crate::geo::zones::position_cell([v.lon, v.lat], zs.position_resolution))
+            .flatten();
             let (segment, how) = match v.segment_id.as_deref() {
                 Some(id) => match reference.road(id) {
                     Some(i) => (Some(i), Matched::OnBoard),
@@ -235,7 +238,7 @@ pub struct Stage<'a> {
     pacing: Option<Pacing>,
     reports: FxHashMap<(u32, u64, u64), SpeedSum>,
     /// Low-SoC EV reports per `(segment, window, vehicle)`.
-    low_soc: FxHashMap<(u32, u64, u64), isize>,
+    low_soc: FxHashMap<(u64, u64, u64), isize>,
     readings: Vec<ChargerReading>,
     /// Time of the batch: the watermark of its first chunk.
     batch_time: Option<u64>,
@@ -364,17 +367,26 @@ impl<'a> Stage<'a> {
                     if how == Matched::ByNode {
                         self.stats.map_matched += 1;
                     }
-                    if low_soc {
-                        *self.low_soc.entry((segment, window, vehicle)).or_default() += 1;
+                    if let Some(cell) = low_soc {
+                        *self.low_soc.entry((cell, window, vehicle)).or_default() += 1;
                     }
                     let s = self.reports.entry((segment, window, vehicle)).or_default();
                     s.count += 1;
                     s.sum += speed;
                 }
-                Item::Report { how, .. } => {
+                Item::Report {
+                    how,
+                    low_soc,
+                    vehicle,
+                    ..
+                } => {
                     self.stats.vehicle += 1;
                     if let Matched::No(why) = how {
                         self.stats.unmatched[why.index()] += 1;
+                    }
+                    // Off the road, it still needs charge where it is.
+                    if let Some(cell) = low_soc {
+                        *self.low_soc.entry((cell, window, vehicle)).or_default() += 1;
                     }
                 }
                 Item::Reading {
@@ -430,8 +442,8 @@ impl<'a> Stage<'a> {
                     .congestion
                     .update_at(key, self.spec.retire_at(window), negated);
             }
-            for ((segment, window, vehicle), n) in self.low_soc.drain() {
-                let key = ((segment, window), vehicle);
+            for ((cell, window, vehicle), n) in self.low_soc.drain() {
+                let key = ((cell, window), vehicle);
                 inputs.low_soc.update_at(key, time, n);
                 inputs
                     .low_soc

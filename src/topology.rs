@@ -20,6 +20,8 @@
 //! [zones]                    # roll-ups; named zones: [reference] zones = "x.geojson"
 //! h3_resolution = 8
 //! low_soc_pct = 20
+//! position_resolution = 11   # where EVs' positions land in zones
+//! max_position_cells = 1000000
 //! ```
 //!
 //! Unknown keys are errors (`deny_unknown_fields`): a typo must not silently
@@ -154,6 +156,12 @@ pub struct ZonesSection {
     /// State of charge below which an EV that is not charging counts toward
     /// its zone's demand signal, percent. Default 20.
     pub low_soc_pct: Option<f64>,
+    /// H3 resolution at which such EVs' positions are placed in zones
+    /// (`h3_resolution`-15). Default 11 (cells about 25 m across).
+    pub position_resolution: Option<u8>,
+    /// Most cells all named zones may cover at `position_resolution`
+    /// (about 32 bytes each). Default 1,000,000.
+    pub max_position_cells: Option<usize>,
 }
 
 /// `[ingest]`: the QUIC endpoint and its limits. Paths are relative to the
@@ -664,9 +672,33 @@ impl Topology {
                 .zones
                 .low_soc_pct
                 .unwrap_or(crate::geo::zones::DEFAULT_LOW_SOC_PCT),
+            position_resolution: file
+                .zones
+                .position_resolution
+                .unwrap_or(crate::geo::zones::DEFAULT_POSITION_RESOLUTION),
+            max_position_cells: file
+                .zones
+                .max_position_cells
+                .unwrap_or(crate::geo::zones::DEFAULT_MAX_POSITION_CELLS),
         };
         if zone_settings.h3_resolution.is_some_and(|r| r > 15) {
             push(&mut problems, "zones.h3_resolution", "must be in [0, 15]");
+        }
+        // (An out-of-range h3_resolution is reported above, once.)
+        let min_position = zone_settings
+            .h3_resolution
+            .filter(|r| *r <= 15)
+            .unwrap_or(0);
+        if !(min_position..=15).contains(&zone_settings.position_resolution) {
+            push(
+                &mut problems,
+                "zones.position_resolution",
+                &format!("must be in [{min_position}, 15] (at least zones.h3_resolution)"),
+            );
+        } else {
+            for message in crate::geo::zones::check_cover(&zones, &zone_settings) {
+                push(&mut problems, "zones.max_position_cells", &message);
+            }
         }
         if !(0.0..=100.0).contains(&zone_settings.low_soc_pct) {
             push(

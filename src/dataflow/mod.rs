@@ -9,7 +9,7 @@
 //! zones (when the topology has any), per (zone, window), from the above:
 //!   congestion per segment   ⋈ segment→zone membership ┐
 //!   vehicles per segment     ⋈ segment→zone membership │
-//!   low-SoC EVs per segment  ⋈ segment→zone membership ├ concat -> reduce -> ZoneAgg
+//!   low-SoC EVs per H3 cell  ⋈ cell→zone membership    ├ concat -> reduce -> ZoneAgg
 //!   charging per charger     ⋈ charger→zone membership ┘
 //! all -> exchange to worker 0 -> Emitter -> Emission channel
 //! ```
@@ -64,12 +64,15 @@ pub struct Inputs {
     pub congestion: InputSession<u64, CongestionKey, SpeedSum>,
     /// Charger readings.
     pub charging: InputSession<u64, ChargerReading, isize>,
-    /// Reports of low-SoC EVs not charging: `((segment, window), vehicle)`.
-    pub low_soc: InputSession<u64, CongestionKey, isize>,
+    /// Reports of low-SoC EVs not charging, by the H3 cell of their
+    /// position: `((cell, window), vehicle)`.
+    pub low_soc: InputSession<u64, ((u64, u64), u64), isize>,
     /// Zone membership of segments: `(segment, zone)`.
     pub segment_zones: InputSession<u64, (u32, u32), isize>,
     /// Zone membership of chargers: `(charger, zone)`.
     pub charger_zones: InputSession<u64, (u32, u32), isize>,
+    /// Zone membership of H3 cells (positions): `(cell, zone)`.
+    pub cell_zones: InputSession<u64, (u64, u32), isize>,
 }
 
 impl Inputs {
@@ -90,11 +93,15 @@ impl Inputs {
         if *self.charger_zones.time() < time {
             self.charger_zones.advance_to(time);
         }
+        if *self.cell_zones.time() < time {
+            self.cell_zones.advance_to(time);
+        }
         self.congestion.flush();
         self.charging.flush();
         self.low_soc.flush();
         self.segment_zones.flush();
         self.charger_zones.flush();
+        self.cell_zones.flush();
     }
 
     /// Applies a change of zone membership at the inputs' current time.
@@ -105,6 +112,9 @@ impl Inputs {
             }
             for &p in &pairs.chargers {
                 self.charger_zones.update(p, diff);
+            }
+            for &p in &pairs.cells {
+                self.cell_zones.update(p, diff);
             }
         }
     }
@@ -141,6 +151,8 @@ pub struct ZoneFlow {
     pub free_flow: Arc<[f64]>,
     /// Connectors per charger.
     pub connectors: Arc<[u32]>,
+    /// Resolution of H3 roll-ups, if any.
+    pub h3_resolution: Option<u8>,
 }
 
 impl ZoneFlow {
@@ -149,6 +161,7 @@ impl ZoneFlow {
         reference.rollups().then(|| ZoneFlow {
             free_flow: reference.roads.iter().map(|r| r.free_flow_mps).collect(),
             connectors: reference.chargers.iter().map(|c| c.connectors).collect(),
+            h3_resolution: reference.zone_settings.h3_resolution,
         })
     }
 }
@@ -166,7 +179,8 @@ pub fn build(
     worker.dataflow::<u64, _, _>(move |scope| {
         let (congestion_input, reports) = scope.new_collection::<CongestionKey, SpeedSum>();
         let (charging_input, readings) = scope.new_collection::<ChargerReading, isize>();
-        let (low_soc_input, low_soc) = scope.new_collection::<CongestionKey, isize>();
+        let (low_soc_input, low_soc) = scope.new_collection::<((u64, u64), u64), isize>();
+        let (cell_zones_input, cell_zones) = scope.new_collection::<(u64, u32), isize>();
         let (segment_zones_input, segment_zones) = scope.new_collection::<(u32, u32), isize>();
         let (charger_zones_input, charger_zones) = scope.new_collection::<(u32, u32), isize>();
 
@@ -244,9 +258,17 @@ pub fn build(
                     ((*zone, *window), ZonePart::Vehicle { vehicle: *vehicle })
                 },
             );
+            // A position's cell reaches named zones directly and an H3
+            // zone through its ancestor at the roll-up resolution.
+            let h3 = z.h3_resolution;
             let demand_parts = low_soc
-                .map(|((segment, window), vehicle)| (segment, (window, vehicle)))
-                .join_map(segment_zones, |_, (window, vehicle), zone| {
+                .flat_map(move |((cell, window), vehicle)| {
+                    let up = h3.and_then(|r| crate::geo::zones::ancestor(cell, r));
+                    std::iter::once(cell)
+                        .chain(up.filter(|a| *a != cell))
+                        .map(move |c| (c, (window, vehicle)))
+                })
+                .join_map(cell_zones, |_, (window, vehicle), zone| {
                     ((*zone, *window), ZonePart::LowSoc { vehicle: *vehicle })
                 });
             let connectors = z.connectors.clone();
@@ -320,6 +342,7 @@ pub fn build(
                 low_soc: low_soc_input,
                 segment_zones: segment_zones_input,
                 charger_zones: charger_zones_input,
+                cell_zones: cell_zones_input,
             },
             Completion { probe, emitted_all },
         )

@@ -32,6 +32,12 @@ use crate::reference::{Problem, Reference};
 
 /// Default state-of-charge threshold of the demand signal, percent.
 pub const DEFAULT_LOW_SOC_PCT: f64 = 20.0;
+/// Default H3 resolution at which EV positions are placed in zones (11:
+/// cells of about 2,150 m², 25 m across).
+pub const DEFAULT_POSITION_RESOLUTION: u8 = 11;
+/// Default limit on the cells covering all named zones at the position
+/// resolution (about 32 bytes each in the dataflow).
+pub const DEFAULT_MAX_POSITION_CELLS: usize = 1_000_000;
 
 /// Zone settings (`[zones]` in the topology).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,6 +50,12 @@ pub struct ZoneSettings {
     /// An EV below this state of charge that is not charging counts toward
     /// its zone's demand signal.
     pub low_soc_pct: f64,
+    /// H3 resolution at which such an EV's position is placed in zones: a
+    /// named zone covers the cells whose centre it contains; an H3 zone
+    /// its descendants. At least `h3_resolution`.
+    pub position_resolution: u8,
+    /// Most cells the named zones may cover at `position_resolution`.
+    pub max_position_cells: usize,
 }
 
 impl Default for ZoneSettings {
@@ -52,6 +64,8 @@ impl Default for ZoneSettings {
             zone_file: false,
             h3_resolution: None,
             low_soc_pct: DEFAULT_LOW_SOC_PCT,
+            position_resolution: DEFAULT_POSITION_RESOLUTION,
+            max_position_cells: DEFAULT_MAX_POSITION_CELLS,
         }
     }
 }
@@ -224,12 +238,15 @@ pub struct Membership {
     pub segments: Vec<(u32, u32)>,
     /// `(charger index, zone number)`.
     pub chargers: Vec<(u32, u32)>,
+    /// `(H3 cell, zone number)`: the cells at `position_resolution` whose
+    /// centre a named zone contains, and each H3 zone's own cell.
+    pub cells: Vec<(u64, u32)>,
 }
 
 impl Membership {
     /// The pairs to retract and to add to go from `self` to `next`.
     pub fn diff(&self, next: &Membership) -> (Membership, Membership) {
-        fn minus(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
+        fn minus<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
             a.iter()
                 .filter(|x| b.binary_search(x).is_err())
                 .copied()
@@ -239,10 +256,12 @@ impl Membership {
             Membership {
                 segments: minus(&self.segments, &next.segments),
                 chargers: minus(&self.chargers, &next.chargers),
+                cells: minus(&self.cells, &next.cells),
             },
             Membership {
                 segments: minus(&next.segments, &self.segments),
                 chargers: minus(&next.chargers, &self.chargers),
+                cells: minus(&next.cells, &self.cells),
             },
         )
     }
@@ -277,6 +296,91 @@ pub fn h3_cell(p: [f64; 2], resolution: u8) -> Option<String> {
     let res = h3o::Resolution::try_from(resolution).ok()?;
     let ll = h3o::LatLng::new(p[1], p[0]).ok()?;
     Some(ll.to_cell(res).to_string())
+}
+
+/// The H3 cell (as its 64-bit index) of `[lon, lat]` at `resolution`.
+pub fn position_cell(p: [f64; 2], resolution: u8) -> Option<u64> {
+    let res = h3o::Resolution::try_from(resolution).ok()?;
+    let ll = h3o::LatLng::new(p[1], p[0]).ok()?;
+    Some(u64::from(ll.to_cell(res)))
+}
+
+/// The ancestor of `cell` at `resolution` (the cell itself at its own).
+pub fn ancestor(cell: u64, resolution: u8) -> Option<u64> {
+    let cell = h3o::CellIndex::try_from(cell).ok()?;
+    let res = h3o::Resolution::try_from(resolution).ok()?;
+    cell.parent(res).map(u64::from)
+}
+
+/// The cells at `resolution` whose centre lies in `zone`, sorted; `Err`
+/// with the count reached once it passes `limit`. A walk from cell to
+/// neighbouring cell over the zone's bounding box (widened by a cell).
+pub fn cover(zone: &Zone, resolution: u8, limit: usize) -> Result<Vec<u64>, usize> {
+    let Ok(res) = h3o::Resolution::try_from(resolution) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for rings in &zone.polygons {
+        let Some(outer) = rings.first() else { continue };
+        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+        for p in outer {
+            (x0, y0, x1, y1) = (x0.min(p[0]), y0.min(p[1]), x1.max(p[0]), y1.max(p[1]));
+        }
+        let Some(start) = outer
+            .first()
+            .and_then(|p| h3o::LatLng::new(p[1], p[0]).ok())
+            .map(|ll| ll.to_cell(res))
+        else {
+            continue;
+        };
+        // A cell's centre is within one edge length of any point in it.
+        let edge_deg = res.edge_length_km() / 111.0 * 1.5;
+        let lon_edge = edge_deg / y0.abs().max(y1.abs()).to_radians().cos().max(0.01);
+        let in_box = |ll: h3o::LatLng| {
+            (x0 - lon_edge..=x1 + lon_edge).contains(&ll.lng())
+                && (y0 - edge_deg..=y1 + edge_deg).contains(&ll.lat())
+        };
+        let mut seen = std::collections::HashSet::from([start]);
+        let mut queue = vec![start];
+        while let Some(cell) = queue.pop() {
+            let ll = h3o::LatLng::from(cell);
+            if zone.contains([ll.lng(), ll.lat()]) {
+                out.push(u64::from(cell));
+                if out.len() > limit {
+                    return Err(out.len());
+                }
+            }
+            for next in cell.grid_disk::<Vec<_>>(1) {
+                if in_box(h3o::LatLng::from(next)) && seen.insert(next) {
+                    queue.push(next);
+                }
+            }
+            if seen.len() > limit.saturating_mul(8).max(1 << 16) {
+                return Err(out.len().max(limit + 1));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Problems of `zones` with `settings`: zones covering more cells than
+/// `max_position_cells` in all at `position_resolution`.
+pub fn check_cover(zones: &[Zone], settings: &ZoneSettings) -> Vec<String> {
+    let mut left = settings.max_position_cells;
+    for z in zones {
+        match cover(z, settings.position_resolution, left) {
+            Ok(cells) => left -= cells.len(),
+            Err(_) => {
+                return vec![format!(
+                    "the zones cover more than zones.max_position_cells ({}) cells at zones.position_resolution {} (from zone {:?} on): use a coarser resolution or raise the limit",
+                    settings.max_position_cells, settings.position_resolution, z.id
+                )]
+            }
+        }
+    }
+    Vec::new()
 }
 
 /// Computes membership of `reference`'s segments and chargers in `zones`
@@ -341,9 +445,30 @@ pub fn membership(
         out.dedup();
         out
     };
+    // Positions: the cells covering each named zone, and each H3 zone's
+    // cell (positions reach it through their ancestor at its resolution).
+    let mut position_cells: Vec<(u64, u32)> = named
+        .iter()
+        .flat_map(|(n, z)| {
+            cover(z, settings.position_resolution, settings.max_position_cells)
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |c| (c, *n))
+        })
+        .collect();
+    for (_, zs) in seg_points.iter().chain(&charger_points) {
+        for (kind, id) in zs {
+            if let (ZoneKind::H3, Ok(cell)) = (kind, id.parse::<h3o::CellIndex>()) {
+                position_cells.push((u64::from(cell), number(ZoneKind::H3, id)));
+            }
+        }
+    }
+    position_cells.sort_unstable();
+    position_cells.dedup();
     Membership {
         segments: pairs(&seg_points),
         chargers: pairs(&charger_points),
+        cells: position_cells,
     }
 }
 
@@ -544,19 +669,52 @@ mod tests {
         );
         let reference = Reference::default();
         let b = square("b", 20.0, 20.0, 2.0);
-        let m = |zones: &[Zone]| {
-            membership(
-                &reference,
-                zones,
-                &ZoneSettings::default(),
-                &reference.registry,
-            )
+        // Zones of degrees: no position cells (over the limit at once).
+        let settings = ZoneSettings {
+            max_position_cells: 10,
+            ..ZoneSettings::default()
         };
+        let m = |zones: &[Zone]| membership(&reference, zones, &settings, &reference.registry);
         m(&[z.clone(), b.clone()]);
         let nb = reference.registry.get("b", ZoneKind::Named).expect("b");
         assert_eq!(reference.registry.centre(nb), Some([21.0, 21.0]));
         m(&[z]);
         assert_eq!(reference.registry.centre(nb), None, "b was removed");
+    }
+
+    #[test]
+    fn a_zones_cover_is_every_cell_whose_centre_it_holds() {
+        let mut z = square("k", 26.93, 60.52, 0.02);
+        z.polygons[0].push(square("hole", 26.94, 60.525, 0.004).polygons[0][0].clone());
+        let cells = cover(&z, 10, 100_000).expect("within the limit");
+        assert!(cells.len() > 50, "{}", cells.len());
+        let centre = |c: u64| {
+            let ll = h3o::LatLng::from(h3o::CellIndex::try_from(c).expect("cell"));
+            [ll.lng(), ll.lat()]
+        };
+        assert!(cells.iter().all(|c| z.contains(centre(*c))));
+        // Every position in the zone whose cell's centre is in it is covered.
+        for i in 0..=40 {
+            for j in 0..=40 {
+                let p = [
+                    26.93 + 0.02 * f64::from(i) / 40.0,
+                    60.52 + 0.02 * f64::from(j) / 40.0,
+                ];
+                let c = position_cell(p, 10).expect("cell");
+                assert_eq!(
+                    cells.binary_search(&c).is_ok(),
+                    z.contains(centre(c)),
+                    "{p:?}"
+                );
+            }
+        }
+        assert!(cover(&z, 10, 10).is_err(), "over the limit");
+        let settings = ZoneSettings {
+            position_resolution: 10,
+            max_position_cells: 10,
+            ..ZoneSettings::default()
+        };
+        assert_eq!(check_cover(&[z], &settings).len(), 1);
     }
 
     #[test]
@@ -569,15 +727,18 @@ mod tests {
         let old = Membership {
             segments: vec![(1, 0), (2, 0)],
             chargers: vec![(0, 0)],
+            cells: vec![(7, 0), (9, 1)],
         };
         let new = Membership {
             segments: vec![(2, 0), (3, 1)],
             chargers: vec![(0, 0)],
+            cells: vec![(8, 0), (9, 1)],
         };
         let (gone, added) = old.diff(&new);
         assert_eq!(gone.segments, vec![(1, 0)]);
         assert_eq!(added.segments, vec![(3, 1)]);
         assert!(gone.chargers.is_empty() && added.chargers.is_empty());
+        assert_eq!((gone.cells, added.cells), (vec![(7, 0)], vec![(8, 0)]));
     }
 
     #[test]

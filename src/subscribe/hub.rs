@@ -264,25 +264,38 @@ impl Hub {
     }
 
     /// What operators may see of a value (privacy, `min_vehicles`): rows
-    /// over fewer distinct vehicles are withheld. A zone row over too few
-    /// vehicles keeps its charger figures, shown as they would be with no
-    /// vehicle at all (so a subscriber cannot tell "none" from "a few").
+    /// over fewer distinct vehicles are withheld. A zone row shows its
+    /// road traffic only over enough distinct vehicles, and its low-SoC EVs
+    /// only when there are enough of them; a part under the threshold is
+    /// shown as if there were none (so a subscriber cannot tell "none" from
+    /// "a few"), and a row left with nothing to show is withheld.
     fn project(&self, value: &AggValue) -> Option<AggValue> {
         let k = self.settings.min_vehicles;
         match value {
             AggValue::Congestion(c) => (c.vehicles >= k).then(|| value.clone()),
             AggValue::Charging(_) => Some(value.clone()),
-            AggValue::Zone(z) if u64::from(z.vehicles) >= k => Some(value.clone()),
-            AggValue::Zone(z) if z.chargers > 0 => Some(AggValue::Zone(Box::new(ZoneAgg {
-                chargers: z.chargers,
-                energy_wh: z.energy_wh,
-                power_mw: z.power_mw,
-                occupied: z.occupied,
-                connectors: z.connectors,
-                faulted: z.faulted,
-                ..ZoneAgg::default()
-            }))),
-            AggValue::Zone(_) => None,
+            AggValue::Zone(z) => {
+                let mut shown = ZoneAgg {
+                    low_soc_evs: 0,
+                    ..**z
+                };
+                if u64::from(z.vehicles) < k {
+                    shown = ZoneAgg {
+                        chargers: z.chargers,
+                        energy_wh: z.energy_wh,
+                        power_mw: z.power_mw,
+                        occupied: z.occupied,
+                        connectors: z.connectors,
+                        faulted: z.faulted,
+                        ..ZoneAgg::default()
+                    };
+                }
+                if u64::from(z.low_soc_evs) >= k {
+                    shown.low_soc_evs = z.low_soc_evs;
+                }
+                (shown.vehicles > 0 || shown.chargers > 0 || shown.low_soc_evs > 0)
+                    .then(|| AggValue::Zone(Box::new(shown)))
+            }
         }
     }
 

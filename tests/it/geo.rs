@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use edgeflow::geo::zones::ZoneKind;
 use edgeflow::geo::Unmatched;
 use edgeflow::replay::ReplayOptions;
 use edgeflow::topology::Topology;
@@ -215,10 +216,6 @@ fn batch_zones(
             continue;
         }
         let charging = v["ev"]["charging"].as_bool() == Some(true);
-        let low_soc = !charging
-            && v["ev"]["soc_pct"]
-                .as_f64()
-                .is_some_and(|s| s < reference.zone_settings.low_soc_pct);
         let segment = match v["segment_id"].as_str() {
             Some(id) => reference.road(id),
             None => reference
@@ -242,9 +239,48 @@ fn batch_zones(
         {
             let a = acc.entry((*z, ts - ts % 60_000)).or_default();
             a.vehicles.insert(id.to_owned());
-            if low_soc {
-                a.low_soc.insert(id.to_owned());
-            }
+        }
+    }
+    // Low-SoC EVs by position, on the road or off it: a named zone holds
+    // the positions whose cell at position_resolution has its centre in the
+    // zone; an H3 zone those whose cell descends from it.
+    let settings = &reference.zone_settings;
+    for line in telemetry.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let low = v["type"] == "vehicle"
+            && v["ev"]["charging"].as_bool() != Some(true)
+            && v["ev"]["soc_pct"]
+                .as_f64()
+                .is_some_and(|s| s < settings.low_soc_pct);
+        if !low {
+            continue;
+        }
+        let ll = h3o::LatLng::new(
+            v["lat"].as_f64().expect("lat"),
+            v["lon"].as_f64().expect("lon"),
+        )
+        .expect("position");
+        let res = h3o::Resolution::try_from(settings.position_resolution).expect("res");
+        let cell = ll.to_cell(res);
+        let centre = h3o::LatLng::from(cell);
+        let mut zones: Vec<u32> = reference
+            .zones
+            .iter()
+            .filter(|z| z.contains([centre.lng(), centre.lat()]))
+            .filter_map(|z| reference.registry.get(&z.id, ZoneKind::Named))
+            .collect();
+        if let Some(r) = settings.h3_resolution {
+            let up = cell
+                .parent(h3o::Resolution::try_from(r).expect("res"))
+                .expect("ancestor");
+            zones.extend(reference.registry.get(&up.to_string(), ZoneKind::H3));
+        }
+        let ts = v["ts_ms"].as_u64().expect("ts");
+        for z in zones {
+            acc.entry((z, ts - ts % 60_000))
+                .or_default()
+                .low_soc
+                .insert(v["vehicle_id"].as_str().expect("id").to_owned());
         }
     }
     acc.into_iter()
@@ -380,7 +416,20 @@ fn a_charging_ev_on_the_road_geometry_is_parked_not_traffic() {
         resolve(line(r#","ev":{"soc_pct":15.0,"charging":false}"#)),
         edgeflow::pipeline::Item::Report {
             how: Matched::ByNode,
-            low_soc: true,
+            low_soc: Some(_),
+            ..
+        }
+    ));
+    // Low on charge and parked off the road: no segment, still demand.
+    let off_road = format!(
+        r#"{{"type":"vehicle","vehicle_id":"v2","ts_ms":1767258000000,"lat":{},"lon":{lon},"speed_mps":0.0,"ev":{{"soc_pct":9.0}}}}"#,
+        lat + 0.002
+    );
+    assert!(matches!(
+        resolve(off_road),
+        edgeflow::pipeline::Item::Report {
+            how: Matched::No(Unmatched::OffRoad),
+            low_soc: Some(_),
             ..
         }
     ));

@@ -193,26 +193,29 @@ fn the_default_privacy_threshold_withholds_rows_over_few_vehicles() {
         assert_eq!(error, None);
         let all = csv_rows(&node.sink(file));
         let few = |r: &BTreeMap<String, String>| r["vehicles"].parse::<u64>().expect("n") < 3;
-        // A zone over too few vehicles shows its chargers as if it had none.
+        // A zone shows its road traffic over 3 vehicles or more, its low-SoC
+        // EVs when there are 3 or more, its chargers always; a part under
+        // the threshold looks like none, and a row with nothing left goes.
         let want: BTreeMap<_, _> = all
             .iter()
             .filter_map(|(k, r)| match (few(r), kind) {
-                (false, _) => Some((k.clone(), r.clone())),
-                (true, "zone") if r["chargers"] != "0" => {
+                (false, "congestion") => Some((k.clone(), r.clone())),
+                (true, "congestion") => None,
+                _ => {
                     let mut r = r.clone();
-                    for f in [
-                        "samples",
-                        "vehicles",
-                        "segments",
-                        "jammed_segments",
-                        "low_soc_evs",
-                    ] {
-                        r.insert(f.into(), "0".into());
+                    if few(&r) {
+                        for f in ["samples", "vehicles", "segments", "jammed_segments"] {
+                            r.insert(f.into(), "0".into());
+                        }
+                        r.insert("mean_speed_ratio".into(), String::new());
                     }
-                    r.insert("mean_speed_ratio".into(), String::new());
-                    Some((k.clone(), r))
+                    if r["low_soc_evs"].parse::<u64>().expect("n") < 3 {
+                        r.insert("low_soc_evs".into(), "0".into());
+                    }
+                    let shown = |f: &str| r[f] != "0";
+                    (shown("vehicles") || shown("chargers") || shown("low_soc_evs"))
+                        .then(|| (k.clone(), r))
                 }
-                _ => None,
             })
             .collect();
         assert!(
@@ -427,12 +430,15 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
     std::fs::write(&first, &text[..cut]).expect("write");
 
     // A subscriber follows the first half, then goes away.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let held = std::sync::Arc::new(AtomicUsize::new(0));
     let (ready_tx, ready) = mpsc::channel();
     let early = {
-        let (opts, stop) = (
+        let (opts, stop, held) = (
             options(&node, SubscribeOptions::request(CITY, "congestion")),
             stop.clone(),
+            held.clone(),
         );
         std::thread::spawn(move || {
             let mut state = State::default();
@@ -440,11 +446,12 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
             runtime()
                 .block_on(subscribe(&opts, |f| {
                     state.apply(f);
+                    held.store(state.rows.len(), SeqCst);
                     if state.snapshot_done && !told {
                         told = true;
                         let _ = ready_tx.send(());
                     }
-                    !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    !stop.load(SeqCst)
                 }))
                 .expect("runs");
             state
@@ -455,8 +462,12 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
         .expect("snapshot");
     let opts = node.options(Encoding::JsonLines);
     send_file(&opts, &first);
-    std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    // It leaves once it holds the first half's windows (or after 20 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while held.load(SeqCst) <= 100 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, SeqCst);
     send_file(&opts, &path);
     let mut state = early.join().expect("thread");
     let resume = state.resume_point().expect("a progress marker");
