@@ -107,8 +107,8 @@ pub struct OperatorSection {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacySection {
-    /// Rows over fewer distinct vehicles are withheld from operators
-    /// (zone rows: fewer reports). Default 3.
+    /// Rows over fewer distinct vehicles are withheld from operators (a
+    /// zone row part by part: docs/PROTOCOL.md). Default 3.
     pub min_vehicles: Option<u64>,
 }
 
