@@ -33,7 +33,7 @@ use crate::reference::{Problem, Reference};
 /// Default state-of-charge threshold of the demand signal, percent.
 pub const DEFAULT_LOW_SOC_PCT: f64 = 20.0;
 /// Default H3 resolution at which EV positions are placed in zones (11:
-/// cells of about 2,150 m², 25 m across).
+/// cells of about 2,150 m², edges of about 29 m).
 pub const DEFAULT_POSITION_RESOLUTION: u8 = 11;
 /// Default limit on the cells covering all named zones at the position
 /// resolution (about 32 bytes each in the dataflow).
@@ -313,55 +313,53 @@ pub fn ancestor(cell: u64, resolution: u8) -> Option<u64> {
 }
 
 /// The cells at `resolution` whose centre lies in `zone`, sorted; `Err`
-/// with the count reached once it passes `limit`. A walk from cell to
-/// neighbouring cell over the zone's bounding box (widened by a cell).
+/// with the count reached once it passes `limit`. A walk that starts from
+/// the cells along the zone's rings (sampled at half a cell edge, with
+/// their neighbours: this catches parts thinner than a cell) and spreads
+/// only from cells whose centre is inside, so its cost follows the cover,
+/// not the zone's bounding box.
 pub fn cover(zone: &Zone, resolution: u8, limit: usize) -> Result<Vec<u64>, usize> {
     let Ok(res) = h3o::Resolution::try_from(resolution) else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    for rings in &zone.polygons {
-        let Some(outer) = rings.first() else { continue };
-        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
-        for p in outer {
-            (x0, y0, x1, y1) = (x0.min(p[0]), y0.min(p[1]), x1.max(p[0]), y1.max(p[1]));
+    // Half an edge, in degrees of latitude.
+    let step_deg = res.edge_length_km() / 111.0 / 2.0;
+    let mut seen = std::collections::HashSet::new();
+    let mut queue = Vec::new();
+    let mut visit = |cell: h3o::CellIndex, queue: &mut Vec<h3o::CellIndex>| {
+        for c in cell.grid_disk::<Vec<_>>(1) {
+            if seen.insert(c) {
+                queue.push(c);
+            }
         }
-        let Some(start) = outer
-            .first()
-            .and_then(|p| h3o::LatLng::new(p[1], p[0]).ok())
-            .map(|ll| ll.to_cell(res))
-        else {
-            continue;
-        };
-        // A cell's centre is within one edge length of any point in it.
-        let edge_deg = res.edge_length_km() / 111.0 * 1.5;
-        let lon_edge = edge_deg / y0.abs().max(y1.abs()).to_radians().cos().max(0.01);
-        let in_box = |ll: h3o::LatLng| {
-            (x0 - lon_edge..=x1 + lon_edge).contains(&ll.lng())
-                && (y0 - edge_deg..=y1 + edge_deg).contains(&ll.lat())
-        };
-        let mut seen = std::collections::HashSet::from([start]);
-        let mut queue = vec![start];
-        while let Some(cell) = queue.pop() {
-            let ll = h3o::LatLng::from(cell);
-            if zone.contains([ll.lng(), ll.lat()]) {
-                out.push(u64::from(cell));
-                if out.len() > limit {
-                    return Err(out.len());
+    };
+    for ring in zone.polygons.iter().flatten() {
+        for w in ring.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let cos = a[1].to_radians().cos().max(0.01);
+            let len = ((b[0] - a[0]) * cos).hypot(b[1] - a[1]);
+            let n = (len / step_deg).ceil().clamp(1.0, 1e7) as usize;
+            for k in 0..=n {
+                let t = k as f64 / n as f64;
+                let p = [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t];
+                if let Ok(ll) = h3o::LatLng::new(p[1], p[0]) {
+                    visit(ll.to_cell(res), &mut queue);
                 }
-            }
-            for next in cell.grid_disk::<Vec<_>>(1) {
-                if in_box(h3o::LatLng::from(next)) && seen.insert(next) {
-                    queue.push(next);
-                }
-            }
-            if seen.len() > limit.saturating_mul(8).max(1 << 16) {
-                return Err(out.len().max(limit + 1));
             }
         }
     }
+    let mut out = Vec::new();
+    while let Some(cell) = queue.pop() {
+        let ll = h3o::LatLng::from(cell);
+        if zone.contains([ll.lng(), ll.lat()]) {
+            out.push(u64::from(cell));
+            if out.len() > limit {
+                return Err(out.len());
+            }
+            visit(cell, &mut queue);
+        }
+    }
     out.sort_unstable();
-    out.dedup();
     Ok(out)
 }
 
@@ -709,6 +707,34 @@ mod tests {
             }
         }
         assert!(cover(&z, 10, 10).is_err(), "over the limit");
+        // A diagonal corridor about 20 m wide: thinner than a cell.
+        let (a, b, w) = ([26.93, 60.52], [26.96, 60.535], 0.0002);
+        let thin = Zone {
+            id: "thin".into(),
+            name: None,
+            polygons: vec![vec![vec![
+                [a[0], a[1]],
+                [b[0], b[1]],
+                [b[0], b[1] + w],
+                [a[0], a[1] + w],
+                [a[0], a[1]],
+            ]]],
+        };
+        let cells = cover(&thin, 11, 100_000).expect("within the limit");
+        assert!(!cells.is_empty());
+        for i in 0..=600 {
+            for j in 0..=4 {
+                let t = f64::from(i) / 600.0;
+                let p = [
+                    a[0] + (b[0] - a[0]) * t,
+                    a[1] + (b[1] - a[1]) * t + w * f64::from(j) / 4.0,
+                ];
+                let c = position_cell(p, 11).expect("cell");
+                if thin.contains(centre(c)) {
+                    assert!(cells.binary_search(&c).is_ok(), "{p:?}");
+                }
+            }
+        }
         let settings = ZoneSettings {
             position_resolution: 10,
             max_position_cells: 10,
