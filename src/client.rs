@@ -132,9 +132,12 @@ pub fn client_config_for(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     // Notice a dead node within seconds (the smaller of the two peers' idle
-    // timeouts applies), so resending starts soon.
+    // timeouts applies), so resending starts soon; keep-alive pings keep a
+    // connection to a live node open through quiet spells (a subscription
+    // to a node with nothing new, a paced send with gaps).
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Duration::from_secs(5).try_into().ok());
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

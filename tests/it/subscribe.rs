@@ -451,7 +451,9 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
                         told = true;
                         let _ = ready_tx.send(());
                     }
-                    !stop.load(SeqCst)
+                    // It leaves at a progress marker: everything it holds
+                    // is then covered by its resume point.
+                    !(stop.load(SeqCst) && matches!(f, SubFrame::Progress(_)))
                 }))
                 .expect("runs");
             state
@@ -524,4 +526,31 @@ fn a_subscription_connection_without_a_subscription_is_closed() {
         assert!(closed.to_string().contains("no subscription"), "{closed}");
     });
     node.stop();
+}
+
+#[test]
+fn a_subscription_outlives_a_quiet_spell_longer_than_the_idle_timeout() {
+    let mut node = node("[privacy]\nmin_vehicles = 1\n");
+    let (ready_tx, ready) = mpsc::channel();
+    let sub = follow(
+        options(&node, SubscribeOptions::request(CITY, "congestion")),
+        ready_tx,
+    );
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("snapshot marker");
+    // Nothing changes for longer than the client's 5 s idle timeout.
+    std::thread::sleep(Duration::from_secs(7));
+    send_file(
+        &node.options(Encoding::JsonLines),
+        &data("sumo-public/telemetry.jsonl"),
+    );
+    node.stop();
+    let (state, error) = sub.join().expect("subscriber thread");
+    assert_eq!(error, None, "the subscription survived the quiet spell");
+    assert_state(
+        &state,
+        &csv_rows(&node.sink("congestion.csv")),
+        "after a quiet spell",
+    );
 }
