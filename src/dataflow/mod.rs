@@ -244,7 +244,8 @@ pub fn build(
         let emitted_all = Rc::new(Cell::new(false));
         let finished = emitted_all.clone();
         let mut rows = congestion_rows.concat(charging_rows);
-        if let Some(z) = zones {
+        // `vehicles` exists exactly when `zones` does.
+        if let (Some(z), Some(vehicles)) = (zones, vehicles) {
             let free_flow = z.free_flow.clone();
             let segment_parts = congestion
                 .map(|((segment, window), c)| (segment, (window, c)))
@@ -252,12 +253,10 @@ pub fn build(
                     let ff = free_flow.get(*segment as usize).copied().unwrap_or(1.0);
                     ((*zone, *window), ZonePart::segment(*segment, c, ff))
                 });
-            let vehicle_parts = vehicles.expect("built with zones").join_map(
-                segment_zones.clone(),
-                |_, (window, vehicle), zone| {
+            let vehicle_parts =
+                vehicles.join_map(segment_zones.clone(), |_, (window, vehicle), zone| {
                     ((*zone, *window), ZonePart::Vehicle { vehicle: *vehicle })
-                },
-            );
+                });
             // A position's cell reaches named zones directly and an H3
             // zone through its ancestor at the roll-up resolution.
             let h3 = z.h3_resolution;

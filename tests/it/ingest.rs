@@ -441,6 +441,31 @@ pub(crate) async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Conne
         .map_err(|e| e.to_string())
 }
 
+/// A raw ingest session: connected, HELLO sent as `sender`, WELCOME read.
+/// The control streams are returned: the session lasts while they do.
+async fn session(
+    node: &Node,
+    sender: &str,
+) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
+    let conn = raw_connect(node, edgeflow::ingest::frame::ALPN)
+        .await
+        .expect("handshake");
+    let (mut control, mut welcome) = conn.open_bi().await.expect("control");
+    control
+        .write_all(
+            &Frame::Hello {
+                token: TOKEN.into(),
+                sender: sender.into(),
+            }
+            .to_bytes(),
+        )
+        .await
+        .expect("hello");
+    let mut head = [0u8; 13];
+    welcome.read_exact(&mut head).await.expect("welcome");
+    (conn, (control, welcome))
+}
+
 async fn exchange(conn: &quinn::Connection, frame: Bytes) -> Frame {
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     send.write_all(&frame).await.expect("write");
@@ -752,22 +777,7 @@ fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
     let mut node = start("max_records_per_s = 1000");
     let rt = runtime();
     rt.block_on(async {
-        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN)
-            .await
-            .expect("handshake");
-        let (mut control, mut welcome) = conn.open_bi().await.expect("control");
-        control
-            .write_all(
-                &Frame::Hello {
-                    token: TOKEN.into(),
-                    sender: "burst".into(),
-                }
-                .to_bytes(),
-            )
-            .await
-            .expect("hello");
-        let mut head = [0u8; 13];
-        welcome.read_exact(&mut head).await.expect("welcome");
+        let (conn, _control) = session(&node, "burst").await;
         let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
         let lines: Vec<&str> = text.lines().collect();
         // 1,000 records empty the one-second bucket; 900 more would need
@@ -834,22 +844,7 @@ fn a_batch_refused_early_does_not_strand_an_earlier_one_and_a_stalled_one_does_n
     }
     .to_bytes();
     let conn = rt.block_on(async {
-        let conn = raw_connect(&node, edgeflow::ingest::frame::ALPN)
-            .await
-            .expect("handshake");
-        let (mut control, mut welcome) = conn.open_bi().await.expect("control");
-        control
-            .write_all(
-                &Frame::Hello {
-                    token: TOKEN.into(),
-                    sender: "staller".into(),
-                }
-                .to_bytes(),
-            )
-            .await
-            .expect("hello");
-        let mut head = [0u8; 13];
-        welcome.read_exact(&mut head).await.expect("welcome");
+        let (conn, _control) = session(&node, "staller").await;
         // Batch 0 arrives slowly; the batch after it is refused at once.
         let (mut slow, mut slow_answer) = conn.open_bi().await.expect("stream");
         slow.write_all(&batch[..20]).await.expect("write");
