@@ -296,6 +296,8 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
                 size_ms: 60_000,
                 allowed_lateness_ms: 5_000,
                 retention_ms: 15 * 60_000,
+                max_future_ms: crate::time::DEFAULT_MAX_FUTURE_MS,
+                leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
             };
             let summary = crate::replay::run(
                 Input::open(&args.input)?.0,

@@ -10,10 +10,21 @@
 //! | field        | meaning |
 //! |--------------|---------|
 //! | `first_seq`  | the first entry kept: replay starts here |
-//! | `prefix_max_ts` | largest event time of the entries before `first_seq` (the watermark clock resumes from it, so every kept record is judged as it was live) |
+//! | `clock`      | the watermark clock after the entries before `first_seq` (its newest trusted event time and leaping devices, [`crate::time::EventClock`]): it resumes from it, so every kept record is judged as it was live |
 //! | `horizon`    | a watermark: windows retiring at or before it are *frozen*, their rows live in the sinks only, and replay ignores their records |
 //! | `carries`    | per charger connector, its last counted register reading in a frozen window: the energy baseline of the next window (TELEMETRY.md §3) |
 //! | `senders`    | next batch number per sender, so resends of batches in deleted segments are still recognised |
+//! | `settings`   | the settings the rest was computed with: window size, allowed lateness, retention, max_future, leap_quorum, and the SHA-256 of the roads and chargers files |
+//!
+//! Settings: `horizon` and `carries` mean something only under the window
+//! settings they were computed with (a longer retention would unfreeze
+//! windows whose records are gone). A node or replay whose window settings
+//! differ from the checkpoint's refuses to start, naming each difference
+//! ([`Checkpoint::check_settings`]). Changed reference data is allowed and
+//! said: windows still in the log are recomputed with it, frozen windows
+//! keep their rows. Version 1 checkpoints (no settings, a bare
+//! `prefix_max_ts`) are read as they are; the next checkpoint records the
+//! settings.
 //!
 //! Order of operations, so that a crash at any point is safe: the sinks are
 //! written durably up to a watermark `>= horizon`; then the checkpoint is
@@ -37,7 +48,7 @@ use thiserror::Error;
 use crate::dataflow::connectors::{ChargerReading, Reading};
 use crate::pipeline::Item;
 use crate::reference::Reference;
-use crate::time::{Fate, TimeSpec};
+use crate::time::{ChunkTimes, EventClock, Fate, TimeSpec};
 
 /// File name of the checkpoint inside the log directory.
 pub const FILE: &str = "checkpoint.json";
@@ -61,6 +72,45 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
+    /// The checkpoint was computed with other window settings.
+    #[error("{path}: the log was checkpointed with other window settings ({differences}); its frozen windows would be rewritten. Start with the settings it was written with, or start afresh with a new [log] dir and sink dir (the old ones stay readable)")]
+    Settings {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Each setting that differs, `name: checkpoint → topology`.
+        differences: String,
+    },
+}
+
+/// The settings a checkpoint was computed with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// `windows.size`, ms.
+    pub window_ms: u64,
+    /// `windows.allowed_lateness`, ms.
+    pub allowed_lateness_ms: u64,
+    /// `windows.retention`, ms.
+    pub retention_ms: u64,
+    /// `windows.max_future`, ms.
+    pub max_future_ms: u64,
+    /// `windows.leap_quorum`.
+    pub leap_quorum: u32,
+    /// SHA-256 (hex) of the roads file followed by the chargers file.
+    pub reference_sha256: String,
+}
+
+impl Settings {
+    /// The settings of a time spec and reference digest.
+    pub fn of(spec: &TimeSpec, reference_sha256: &str) -> Self {
+        Settings {
+            window_ms: spec.size_ms,
+            allowed_lateness_ms: spec.allowed_lateness_ms,
+            retention_ms: spec.retention_ms,
+            max_future_ms: spec.max_future_ms,
+            leap_quorum: spec.leap_quorum,
+            reference_sha256: reference_sha256.to_owned(),
+        }
+    }
 }
 
 /// One connector's energy baseline, by charger id (not index, so it
@@ -78,18 +128,25 @@ pub struct Carry {
 /// What the deleted part of the log leaves behind (see the module doc).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
-    /// Format version (1).
+    /// Format version (2; 1 is read).
     pub version: u32,
     /// First entry kept.
     pub first_seq: u64,
-    /// Largest event time before `first_seq`, ms.
+    /// Version 1 only: the clock's newest event time (read into `clock`).
+    #[serde(default, skip_serializing)]
     pub prefix_max_ts: Option<u64>,
+    /// The watermark clock before `first_seq`.
+    #[serde(default)]
+    pub clock: EventClock,
     /// Windows with `retire_at <= horizon` are frozen, ms.
     pub horizon: u64,
     /// Energy baselines.
     pub carries: Vec<Carry>,
     /// Next batch number per sender.
     pub senders: BTreeMap<String, u64>,
+    /// The settings it was computed with (`None` in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
 }
 
 impl Checkpoint {
@@ -107,16 +164,20 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CheckpointError::Io { path, source }),
         };
-        let cp: Checkpoint =
+        let mut cp: Checkpoint =
             serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-        if cp.version != 1 {
-            return Err(CheckpointError::Invalid {
-                path,
-                reason: format!("version {} (this build reads version 1)", cp.version),
-            });
+        match cp.version {
+            1 => cp.clock = EventClock::at(cp.prefix_max_ts.take()),
+            2 => {}
+            v => {
+                return Err(CheckpointError::Invalid {
+                    path,
+                    reason: format!("version {v} (this build reads versions 1 and 2)"),
+                })
+            }
         }
         if let Some(reason) = cp.out_of_range() {
             return Err(CheckpointError::Invalid { path, reason });
@@ -132,8 +193,11 @@ impl Checkpoint {
         // Watermarks and retirement times reach past the last event time by
         // at most a retention; a century is beyond any.
         let max_time = MAX_TS_MS + 100 * 365 * 86_400_000;
-        if self.prefix_max_ts.is_some_and(|t| t > MAX_TS_MS) {
-            return Some(format!("prefix_max_ts is after {MAX_TS_MS}"));
+        if self.clock.max.is_some_and(|t| t > MAX_TS_MS) {
+            return Some(format!("the clock is after {MAX_TS_MS}"));
+        }
+        if self.clock.leaps.values().any(|&t| t > MAX_TS_MS) {
+            return Some(format!("a leap of the clock is after {MAX_TS_MS}"));
         }
         if self.horizon > max_time {
             return Some(format!("horizon {} is out of range", self.horizon));
@@ -148,6 +212,60 @@ impl Checkpoint {
             return Some(format!("sender {s:?}: batch number {n} is out of range"));
         }
         None
+    }
+
+    /// Whether the window settings `current` match those this checkpoint
+    /// was computed with (module doc, "Settings"). A changed reference
+    /// digest is returned as a notice, not an error.
+    pub fn check_settings(
+        &self,
+        dir: &Path,
+        current: &Settings,
+    ) -> Result<Option<String>, CheckpointError> {
+        let Some(was) = &self.settings else {
+            return Ok(Some(format!(
+                "{}: a version 1 checkpoint records no settings; the next one will",
+                Self::path(dir).display()
+            )));
+        };
+        let mut differences = Vec::new();
+        let ms = |v: u64| humantime::format_duration(std::time::Duration::from_millis(v));
+        for (name, a, b) in [
+            ("windows.size", was.window_ms, current.window_ms),
+            (
+                "windows.allowed_lateness",
+                was.allowed_lateness_ms,
+                current.allowed_lateness_ms,
+            ),
+            ("windows.retention", was.retention_ms, current.retention_ms),
+            (
+                "windows.max_future",
+                was.max_future_ms,
+                current.max_future_ms,
+            ),
+        ] {
+            if a != b {
+                differences.push(format!("{name}: {} → {}", ms(a), ms(b)));
+            }
+        }
+        if was.leap_quorum != current.leap_quorum {
+            differences.push(format!(
+                "windows.leap_quorum: {} → {}",
+                was.leap_quorum, current.leap_quorum
+            ));
+        }
+        if !differences.is_empty() {
+            return Err(CheckpointError::Settings {
+                path: Self::path(dir),
+                differences: differences.join(", "),
+            });
+        }
+        Ok((was.reference_sha256 != current.reference_sha256).then(|| {
+            format!(
+                "{}: the roads or chargers changed since the checkpoint: windows still in the log are recomputed with the new ones, frozen windows keep their rows",
+                Self::path(dir).display()
+            )
+        }))
     }
 
     /// Writes it durably (temporary file, fsync, rename, directory fsync).
@@ -180,7 +298,7 @@ impl Checkpoint {
             .collect();
         Resume {
             first_seq: self.first_seq,
-            prefix_max_ts: self.prefix_max_ts,
+            clock: self.clock.clone(),
             horizon: self.horizon,
             carries,
         }
@@ -192,8 +310,8 @@ impl Checkpoint {
 pub struct Resume {
     /// Sequence number of the first chunk.
     pub first_seq: u64,
-    /// Largest event time before it.
-    pub prefix_max_ts: Option<u64>,
+    /// The watermark clock before it.
+    pub clock: EventClock,
     /// Records of windows retiring at or before this are ignored.
     pub horizon: u64,
     /// Energy baselines, fed to the dataflow before any record.
@@ -208,10 +326,10 @@ pub struct Resume {
 #[derive(Debug)]
 pub struct Tracker {
     spec: TimeSpec,
-    /// Largest event time of every entry seen.
-    prefix_max: Option<u64>,
-    /// Start of each segment still on disk → largest event time before it.
-    starts: BTreeMap<u64, Option<u64>>,
+    /// The watermark clock after every entry seen.
+    clock: EventClock,
+    /// Start of each segment still on disk → the clock before it.
+    starts: BTreeMap<u64, EventClock>,
     /// Last counted reading per connector, per window not yet frozen by a
     /// checkpoint.
     open: BTreeMap<u64, FxHashMap<(u32, u32), Reading>>,
@@ -231,7 +349,7 @@ impl Tracker {
             .collect();
         Tracker {
             spec,
-            prefix_max: resume.prefix_max_ts,
+            clock: resume.clock.clone(),
             starts: BTreeMap::new(),
             open: BTreeMap::new(),
             carries,
@@ -242,20 +360,28 @@ impl Tracker {
     /// A segment starts with entry `seq` (call before [`Tracker::observe`]
     /// of that entry).
     pub fn segment_started(&mut self, seq: u64) {
-        self.starts.insert(seq, self.prefix_max);
+        self.starts.insert(seq, self.clock.clone());
     }
 
     /// The current watermark.
     pub fn watermark(&self) -> u64 {
-        self.spec.watermark(self.prefix_max)
+        self.clock.watermark(&self.spec)
+    }
+
+    /// The window settings it follows.
+    pub fn spec(&self) -> &TimeSpec {
+        &self.spec
+    }
+
+    /// The watermark clock after every entry seen.
+    pub fn clock(&self) -> &EventClock {
+        &self.clock
     }
 
     /// Takes in one entry's records, in log order.
     pub fn observe(&mut self, items: &[Item]) {
         let watermark = self.watermark();
-        let mut max = None;
         for item in items {
-            max = max.max(Some(item.ts()));
             if let Item::Reading {
                 charger,
                 connector,
@@ -275,28 +401,35 @@ impl Tracker {
                 *last = (*last).max(*reading);
             }
         }
-        self.prefix_max = self.prefix_max.max(max);
+        let times = ChunkTimes::new(
+            items.iter().map(|i| (i.device(), i.ts())),
+            self.clock.max,
+            &self.spec,
+        );
+        self.clock.fold(&times, &self.spec);
     }
 
     /// The checkpoint that would delete the most segments now, if it would
     /// delete any, with a horizon at most `limit` (how far the sinks are
     /// durable): the newest segment start `J` (up to the newest segment)
     /// whose records before it all lie in windows retired by the horizon.
-    /// `senders` is the sender table as of now.
+    /// `senders` is the sender table as of now. Leaps are aggregated as on
+    /// time, so a segment whose clock holds leaps goes only once they
+    /// have retired too.
     pub fn proposal(
         &self,
         reference: &Reference,
         senders: &FxHashMap<String, u64>,
         limit: u64,
+        settings: &Settings,
     ) -> Option<Checkpoint> {
         let horizon = self.watermark().min(limit);
-        let (&first_seq, &prefix_max_ts) =
-            self.starts
-                .range(self.first_seq + 1..)
-                .rev()
-                .find(|(_, m)| {
-                    m.is_none_or(|m| self.spec.retire_at(self.spec.window_start(m)) <= horizon)
-                })?;
+        let retired = |t: &u64| self.spec.retire_at(self.spec.window_start(*t)) <= horizon;
+        let (&first_seq, clock) = self
+            .starts
+            .range(self.first_seq + 1..)
+            .rev()
+            .find(|(_, c)| c.max.is_none_or(|m| retired(&m)) && c.leaps.values().all(retired))?;
         // Readings of windows retired by the horizon, newest last.
         let mut lasts = self.carries.clone();
         for (_, window) in self
@@ -321,12 +454,14 @@ impl Tracker {
             .collect();
         carries.sort_by(|a, b| (&a.charger_id, a.connector).cmp(&(&b.charger_id, b.connector)));
         Some(Checkpoint {
-            version: 1,
+            version: 2,
             first_seq,
-            prefix_max_ts,
+            prefix_max_ts: None,
+            clock: clock.clone(),
             horizon,
             carries,
             senders: senders.iter().map(|(s, n)| (s.clone(), *n)).collect(),
+            settings: Some(settings.clone()),
         })
     }
 
@@ -360,6 +495,8 @@ mod tests {
             size_ms: 10_000,
             allowed_lateness_ms: 1_000,
             retention_ms: 20_000,
+            max_future_ms: crate::time::DEFAULT_MAX_FUTURE_MS,
+            leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
         }
     }
 
@@ -380,9 +517,9 @@ mod tests {
     fn a_checkpoint_out_of_range_is_refused_with_its_field() {
         let dir = tempfile::tempdir().expect("tempdir");
         let good = Checkpoint {
-            version: 1,
+            version: 2,
             first_seq: 3,
-            prefix_max_ts: Some(1_767_258_000_000),
+            clock: EventClock::at(Some(1_767_258_000_000)),
             horizon: 1_767_258_060_000,
             ..Checkpoint::default()
         };
@@ -394,8 +531,8 @@ mod tests {
         let mut bad = good.clone();
         bad.senders.insert("fleet".into(), u64::MAX);
         let mut late = good.clone();
-        late.prefix_max_ts = Some(u64::MAX);
-        for (cp, field) in [(bad, "batch number"), (late, "prefix_max_ts")] {
+        late.clock.max = Some(u64::MAX);
+        for (cp, field) in [(bad, "batch number"), (late, "the clock")] {
             cp.store(dir.path()).expect("store");
             match Checkpoint::load(dir.path()) {
                 Err(CheckpointError::Invalid { reason, .. }) => {
@@ -422,15 +559,25 @@ mod tests {
         // Window [0, 10 s) retires at watermark 30 s: not yet.
         t.observe(&[reading(30_000, 30)]);
         assert!(t
-            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .proposal(
+                &reference,
+                &FxHashMap::default(),
+                u64::MAX,
+                &Settings::default()
+            )
             .is_none());
         t.segment_started(3);
         t.observe(&[reading(31_000, 31)]);
         let cp = t
-            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .proposal(
+                &reference,
+                &FxHashMap::default(),
+                u64::MAX,
+                &Settings::default(),
+            )
             .expect("segment 0 may go");
         assert_eq!(
-            (cp.first_seq, cp.prefix_max_ts, cp.horizon),
+            (cp.first_seq, cp.clock.max, cp.horizon),
             (1, Some(9_000), 30_000)
         );
         t.checkpointed(&cp);
@@ -438,13 +585,23 @@ mod tests {
         // at 60 s.
         t.observe(&[reading(59_000, 41)]);
         assert!(t
-            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .proposal(
+                &reference,
+                &FxHashMap::default(),
+                u64::MAX,
+                &Settings::default()
+            )
             .is_none());
         t.observe(&[reading(61_000, 42)]);
         let cp = t
-            .proposal(&reference, &FxHashMap::default(), u64::MAX)
+            .proposal(
+                &reference,
+                &FxHashMap::default(),
+                u64::MAX,
+                &Settings::default(),
+            )
             .expect("segment 1 may go");
-        assert_eq!((cp.first_seq, cp.prefix_max_ts), (3, Some(30_000)));
+        assert_eq!((cp.first_seq, cp.clock.max), (3, Some(30_000)));
         let carry = cp.carries.first().map(|c| c.reading.energy_wh);
         assert_eq!(carry, None, "charger 0 is not in an empty reference");
     }
@@ -462,10 +619,20 @@ mod tests {
         let reference = Reference::default();
         // The sinks are durable up to 25 s only: nothing retired by then.
         assert!(t
-            .proposal(&reference, &FxHashMap::default(), 25_000)
+            .proposal(
+                &reference,
+                &FxHashMap::default(),
+                25_000,
+                &Settings::default()
+            )
             .is_none());
         let cp = t
-            .proposal(&reference, &FxHashMap::default(), 30_000)
+            .proposal(
+                &reference,
+                &FxHashMap::default(),
+                30_000,
+                &Settings::default(),
+            )
             .expect("window 0 retired by 30 s");
         assert_eq!((cp.first_seq, cp.horizon), (1, 30_000));
         t.checkpointed(&cp);

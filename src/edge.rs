@@ -27,7 +27,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::aggregate::Kind;
-use crate::checkpoint::{Checkpoint, CheckpointError, Tracker};
+use crate::checkpoint::{Checkpoint, CheckpointError, Settings, Tracker};
 use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{self, IngestContext, IngestCounters};
 use crate::input::Chunk;
@@ -277,12 +277,20 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         ));
     }
 
-    let checkpoint = Checkpoint::load(&log_cfg.dir)?;
+    // The lock first: nothing is read or repaired while another node runs.
     let (mut writer, recovery) = LogWriter::open(&log_cfg.dir, log_cfg.segment_bytes)?;
-    if recovery.truncated_bytes > 0 {
+    let checkpoint = Checkpoint::load(&log_cfg.dir)?;
+    let settings = Settings::of(&topology.time, &topology.reference_sha256);
+    if let Some(cp) = &checkpoint {
+        if let Some(notice) = cp.check_settings(&log_cfg.dir, &settings)? {
+            eprintln!("edgeflow: {notice}");
+        }
+    }
+    if let Some((path, at)) = &recovery.truncated_at {
         eprintln!(
-            "edgeflow: log: cut a torn tail of {} bytes (never acknowledged)",
-            recovery.truncated_bytes
+            "edgeflow: log: cut a torn tail of {} bytes at byte {at} of {} (written after the last fsync: never acknowledged)",
+            recovery.truncated_bytes,
+            path.display()
         );
     }
     let first_seq = checkpoint.as_ref().map_or(0, |cp| cp.first_seq);
@@ -472,9 +480,18 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         reference: reference.clone(),
         dir: log_cfg.dir.clone(),
         sinks_durable,
+        settings,
     };
-    let (committer, commit_thread) = Committer::start(writer, next, live_tx, retention)
-        .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    let counters = Arc::new(IngestCounters::default());
+    let (committer, commit_thread) = Committer::start(
+        writer,
+        next,
+        live_tx,
+        retention,
+        counters.log_failures.clone(),
+    )
+    .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    let max_future_ms = topology.time.max_future_ms;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (addr_tx, addr_rx) =
@@ -496,6 +513,8 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
                 token_hashes,
                 committer,
                 ingest.clone(),
+                counters,
+                max_future_ms,
             ));
             let counters = ctx.counters.clone();
             let served = runtime.block_on(async {
@@ -572,13 +591,15 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
 pub fn print_report(r: &EdgeReport) {
     let c = &r.counters;
     eprintln!(
-        "edge stopped: {} connections, {} batches acknowledged ({} resends recognised), {} records accepted, {} rejected, {} datagrams",
+        "edge stopped: {} connections, {} batches acknowledged ({} resends recognised), {} records accepted, {} rejected ({} too late), {} datagrams, {} failed log writes",
         c.connections.load(Ordering::Relaxed),
         c.batches.load(Ordering::Relaxed),
         c.duplicates.load(Ordering::Relaxed),
         c.accepted.load(Ordering::Relaxed),
         c.rejected.load(Ordering::Relaxed),
+        c.expired.load(Ordering::Relaxed),
         c.datagrams.load(Ordering::Relaxed),
+        c.log_failures.load(Ordering::Relaxed),
     );
     eprintln!(
         "  log: {} entries recovered at start ({} torn bytes cut); dataflow: {} records, {} windows final, {} corrections",

@@ -17,6 +17,7 @@ use crate::codec::{cbor_sequence, decode_json, CborItem};
 use crate::log::Encoding;
 use crate::model::{Record, RecordError, RejectReason};
 use crate::pipeline::Item;
+use crate::time::{ChunkTimes, EventClock, TimeSpec};
 use std::sync::Arc;
 
 /// Lines per chunk. Fixed, because the watermark advances per chunk and
@@ -240,25 +241,27 @@ impl<R: Read> Chunker<R> {
     }
 }
 
-/// The watermark of each chunk: the largest event time in all chunks before
-/// it, minus the allowed lateness (the caller subtracts). Workers decode
-/// chunks in parallel; each publishes its chunk's largest event time, and
-/// waits for the prefix before it to classify its records.
-#[derive(Debug, Default)]
+/// The watermark of each chunk: the [`EventClock`] as it stood after all
+/// chunks before it (the caller subtracts the allowed lateness). Workers
+/// decode chunks in parallel; each publishes its chunk's [`ChunkTimes`],
+/// and waits for the prefix before it to classify its records. Chunks are
+/// folded into the clock strictly in order, whoever publishes last.
+#[derive(Debug)]
 pub struct ChunkClock {
+    spec: TimeSpec,
     state: Mutex<ClockState>,
     changed: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct ClockState {
-    /// Published maxima of chunks not yet folded into the prefix.
-    published: BTreeMap<u64, Option<u64>>,
+    /// Published chunks not yet folded in.
+    published: BTreeMap<u64, ChunkTimes>,
     /// Every chunk below this is folded in.
     next: u64,
-    /// Largest event time of chunks `< next`.
-    prefix_max: Option<u64>,
-    /// Prefix maxima waiting to be picked up, by chunk.
+    /// The clock after chunks `< next`.
+    clock: EventClock,
+    /// Newest trusted event time before each chunk, waiting to be picked up.
     ready: BTreeMap<u64, Option<u64>>,
     /// Largest event time of the first chunk with a record, for pacing.
     first_max: Option<u64>,
@@ -266,47 +269,56 @@ struct ClockState {
 
 impl ChunkClock {
     /// A clock at chunk 0.
-    pub fn new() -> Self {
-        Self::starting_at(0, None)
+    pub fn new(spec: TimeSpec) -> Self {
+        Self::starting_at(0, EventClock::default(), spec)
     }
 
-    /// A clock whose first chunk is `seq`, with `prefix_max` the largest
-    /// event time before it (a log resumed from a checkpoint).
-    pub fn starting_at(seq: u64, prefix_max: Option<u64>) -> Self {
-        let clock = ChunkClock::default();
-        if let Ok(mut st) = clock.state.lock() {
-            st.next = seq;
-            st.prefix_max = prefix_max;
-            st.ready.insert(seq, prefix_max);
+    /// A clock whose first chunk is `seq`, with `clock` the clock before it
+    /// (a log resumed from a checkpoint).
+    pub fn starting_at(seq: u64, clock: EventClock, spec: TimeSpec) -> Self {
+        let mut st = ClockState {
+            next: seq,
+            ..ClockState::default()
+        };
+        st.ready.insert(seq, clock.max);
+        st.clock = clock;
+        ChunkClock {
+            spec,
+            state: Mutex::new(st),
+            changed: Condvar::new(),
         }
-        clock
     }
 
-    /// Publishes the largest event time of chunk `seq` (`None`: no valid
-    /// record in it).
-    pub fn publish(&self, seq: u64, max_ts: Option<u64>) {
+    /// A clock state that precedes every chunk not yet published (for
+    /// [`ChunkTimes::new`]).
+    pub fn floor(&self) -> Option<u64> {
+        self.state.lock().ok().and_then(|st| st.clock.max)
+    }
+
+    /// Publishes the times of chunk `seq`.
+    pub fn publish(&self, seq: u64, times: ChunkTimes) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        st.published.insert(seq, max_ts);
-        while let Some(m) = {
+        st.published.insert(seq, times);
+        while let Some(t) = {
             let next = st.next;
             st.published.remove(&next)
         } {
             if st.first_max.is_none() {
-                st.first_max = m;
+                st.first_max = t.far.iter().map(|f| f.1).max().max(t.near_max);
             }
-            st.prefix_max = st.prefix_max.max(m);
+            st.clock.fold(&t, &self.spec);
             st.next += 1;
-            let (next, prefix) = (st.next, st.prefix_max);
-            st.ready.insert(next, prefix);
+            let (next, max) = (st.next, st.clock.max);
+            st.ready.insert(next, max);
         }
         self.changed.notify_all();
     }
 
     /// Blocks until every chunk before `seq` is published; returns the
-    /// largest event time among them, and chunk 0's largest event time.
-    /// Each `seq` may be asked once.
+    /// clock's newest trusted event time before it, and chunk 0's largest
+    /// event time. Each `seq` may be asked once.
     pub fn prefix_before(&self, seq: u64) -> (Option<u64>, Option<u64>) {
         let Ok(mut st) = self.state.lock() else {
             return (None, None);
@@ -350,10 +362,16 @@ mod tests {
 
     #[test]
     fn clock_gives_each_chunk_the_prefix_before_it() {
-        let clock = ChunkClock::new();
-        clock.publish(1, Some(50));
-        clock.publish(0, Some(70));
-        clock.publish(2, None);
+        let spec = TimeSpec::new(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(900),
+        );
+        let clock = ChunkClock::new(spec);
+        let times = |ts: &[u64]| ChunkTimes::new(ts.iter().map(|&t| (t, t)), None, &spec);
+        clock.publish(1, times(&[50]));
+        clock.publish(0, times(&[70]));
+        clock.publish(2, times(&[]));
         assert_eq!(clock.prefix_before(0), (None, Some(70)));
         assert_eq!(clock.prefix_before(1), (Some(70), Some(70)));
         assert_eq!(clock.prefix_before(2), (Some(70), Some(70)));

@@ -3,10 +3,11 @@
 //! on disk (group commit: one fsync for every batch waiting). The log is
 //! also the recording: replaying it reproduces the node's aggregates.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //! A log is a directory of segment files named `{first_seq:020}.seg`, where
-//! `first_seq` is the sequence number of the segment's first entry. A
-//! segment is the 8-byte magic `EFLOG\0\0\x01` followed by entries:
+//! `first_seq` is the sequence number of the segment's first entry, and a
+//! `LOCK` file. A segment is the 8-byte magic `EFLOG\0\0\x02` followed by
+//! entries:
 //!
 //! ```text
 //! u32 LE   payload length N (1 ..= MAX_ENTRY_BYTES)
@@ -14,11 +15,17 @@
 //! N bytes  payload:
 //!            u64 LE  seq          entry sequence number
 //!            u64 LE  sender_seq   the sender's batch number (deduplication)
+//!            u64 LE  durable      bytes of this segment fsynced when the
+//!                                 entry was written
 //!            u8      L            sender id length (0 ..= 64)
 //!            L bytes sender id    UTF-8
 //!            u8      encoding     0 = JSON Lines, 1 = CBOR sequence
 //!            rest    records      the accepted records, in that encoding
 //! ```
+//!
+//! Version 1 segments (magic ending in `\x01`, payload without `durable`)
+//! are read as they are; a node appends only to version 2 segments (it
+//! starts a new one after a version 1 segment).
 //!
 //! # Invariants
 //! - Sequence numbers start at 0 and are contiguous across segments.
@@ -31,17 +38,32 @@
 //!   newer one exists, and a new segment starts only after the previous one
 //!   is fsynced.
 //! - An entry is acknowledged only after an fsync that covers it.
+//! - One writer: [`LogWriter::open`] takes an exclusive lock on `LOCK` for
+//!   the writer's life, so a second node on the same directory is refused
+//!   ([`LogError::Locked`]).
+//! - After a failed write or fsync, [`LogWriter::rollback`] cuts the
+//!   segment back to its last fsynced length (nothing after it was
+//!   acknowledged) and the writer carries on from there.
 //!
-//! # Recovery
-//! Only the newest segment can end in a torn write (a crash mid-append). On
-//! open, it is scanned; at the first entry that is incomplete, too long,
-//! fails its checksum or breaks the sequence, the file is truncated there:
-//! those entries were never acknowledged. The same damage in an older
-//! segment is not a torn tail but corruption, and opening fails with
-//! [`LogError::Corrupt`] naming the file and offset. A newest segment
-//! shorter than its header, or all zeros (a crash while it was created),
-//! gets its header again; a bad header before data is corruption (the
-//! header is fsynced before any entry is written).
+//! # Recovery: a torn tail, or damage
+//! A crash can only tear what was written after the last fsync, at the end
+//! of the newest segment. On open, the newest segment is scanned; at the
+//! first entry that is incomplete, too long, fails its checksum or breaks
+//! the sequence, the rest of the file is searched for a valid entry whose
+//! `durable` field lies beyond that point. Such an entry proves the
+//! damaged bytes had been fsynced (and acknowledged) before it was
+//! written: that is corruption, and opening fails with
+//! [`LogError::Corrupt`] naming the file and offset. Without one, the
+//! damage is a torn tail: the file is cut there (those entries were never
+//! acknowledged). Damage in an older segment is always corruption. A
+//! newest segment shorter than its header, or all zeros (a crash while it
+//! was created), gets its header again; a bad header before data is
+//! corruption (the header is fsynced before any entry is written).
+//!
+//! What recovery cannot tell: damage in the entries of the very last group
+//! commit before a crash (nothing written after them carries proof that
+//! they were durable) is taken for a torn tail; a version 1 segment has no
+//! `durable` fields, so any damage at its end is too.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -51,17 +73,27 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 
-/// Segment file magic, with the format version in the last byte.
-pub const MAGIC: &[u8; 8] = b"EFLOG\0\0\x01";
+/// Segment file magic (version 2), with the format version in the last
+/// byte.
+pub const MAGIC: &[u8; 8] = b"EFLOG\0\0\x02";
+/// The magic of version 1 segments (read only).
+pub const MAGIC_V1: &[u8; 8] = b"EFLOG\0\0\x01";
 /// Largest entry payload, bytes: bounds what recovery and readers allocate.
 pub const MAX_ENTRY_BYTES: usize = 16 << 20;
 /// Longest sender id, bytes.
 pub const MAX_SENDER_LEN: usize = 64;
 /// Default segment size before rolling to a new file (64 MiB).
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Name of the lock file in a log directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// Bytes an entry takes besides its sender id and records (header and
+/// fixed payload fields): a batch of `n` record bytes needs
+/// `n + ENTRY_OVERHEAD + sender id length <= MAX_ENTRY_BYTES + 8`.
+pub const ENTRY_OVERHEAD: usize = 8 + FIXED_PAYLOAD;
 
 const HEADER: usize = 8;
-const FIXED_PAYLOAD: usize = 8 + 8 + 1 + 1;
+const FIXED_PAYLOAD: usize = 8 + 8 + 8 + 1 + 1;
+const FIXED_PAYLOAD_V1: usize = 8 + 8 + 1 + 1;
 
 /// Errors of the log.
 #[derive(Debug, Error)]
@@ -74,7 +106,7 @@ pub enum LogError {
         /// The error.
         source: io::Error,
     },
-    /// An older segment is damaged: not a torn tail.
+    /// Damaged bytes that had been acknowledged: not a torn tail.
     #[error("{path}: corrupt at byte {offset}: {reason}")]
     Corrupt {
         /// The segment.
@@ -87,6 +119,20 @@ pub enum LogError {
     /// An entry to append breaks a limit.
     #[error("entry rejected: {0}")]
     Invalid(String),
+    /// Another process writes this log.
+    #[error("{path} is locked by another process: another node uses this log directory (one log, one node)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+impl LogError {
+    /// Whether the error is about the disk (full, failing), so that the
+    /// same append may succeed later.
+    pub fn is_io(&self) -> bool {
+        matches!(self, LogError::Io { .. })
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -120,12 +166,39 @@ pub struct Entry {
     pub records: Bytes,
 }
 
+/// A segment's format version, from its magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    fn of(magic: &[u8]) -> Option<Version> {
+        if magic == MAGIC {
+            Some(Version::V2)
+        } else if magic == MAGIC_V1 {
+            Some(Version::V1)
+        } else {
+            None
+        }
+    }
+
+    fn fixed(self) -> usize {
+        match self {
+            Version::V1 => FIXED_PAYLOAD_V1,
+            Version::V2 => FIXED_PAYLOAD,
+        }
+    }
+}
+
 impl Entry {
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, durable: u64, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; 8]);
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.sender_seq.to_le_bytes());
+        out.extend_from_slice(&durable.to_le_bytes());
         out.push(self.sender.len() as u8);
         out.extend_from_slice(self.sender.as_bytes());
         out.push(self.encoding as u8);
@@ -137,9 +210,11 @@ impl Entry {
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decodes a checksummed payload.
-    fn decode(payload: &[u8]) -> Result<Entry, String> {
-        if payload.len() < FIXED_PAYLOAD {
+    /// Decodes a checksummed payload; returns the entry and its `durable`
+    /// field (0 in version 1).
+    fn decode(payload: &[u8], version: Version) -> Result<(Entry, u64), String> {
+        let fixed = version.fixed();
+        if payload.len() < fixed {
             return Err("payload shorter than its fixed fields".into());
         }
         let u64_at = |i: usize| {
@@ -149,24 +224,29 @@ impl Entry {
         };
         let seq = u64_at(0);
         let sender_seq = u64_at(8);
-        let l = payload[16] as usize;
-        if l > MAX_SENDER_LEN || payload.len() < FIXED_PAYLOAD + l {
+        let (durable, at) = match version {
+            Version::V1 => (0, 16),
+            Version::V2 => (u64_at(16), 24),
+        };
+        let l = payload[at] as usize;
+        if l > MAX_SENDER_LEN || payload.len() < fixed + l {
             return Err(format!("sender id length {l} does not fit"));
         }
-        let sender = std::str::from_utf8(&payload[17..17 + l])
+        let sender = std::str::from_utf8(&payload[at + 1..at + 1 + l])
             .map_err(|_| "sender id is not UTF-8".to_owned())?;
-        let encoding = match payload[17 + l] {
+        let encoding = match payload[at + 1 + l] {
             0 => Encoding::JsonLines,
             1 => Encoding::Cbor,
             e => return Err(format!("unknown encoding {e}")),
         };
-        Ok(Entry {
+        let entry = Entry {
             seq,
             sender: sender.to_owned(),
             sender_seq,
             encoding,
-            records: Bytes::copy_from_slice(&payload[18 + l..]),
-        })
+            records: Bytes::copy_from_slice(&payload[at + 2 + l..]),
+        };
+        Ok((entry, durable))
     }
 }
 
@@ -177,7 +257,7 @@ enum Read1 {
     Damaged(String),
 }
 
-fn read_entry<R: Read>(r: &mut R) -> io::Result<Read1> {
+fn read_entry<R: Read>(r: &mut R, version: Version) -> io::Result<Read1> {
     let mut head = [0u8; 8];
     let mut got = 0;
     while got < 8 {
@@ -205,10 +285,48 @@ fn read_entry<R: Read>(r: &mut R) -> io::Result<Read1> {
     if crc32fast::hash(&payload) != crc {
         return Ok(Read1::Damaged("checksum mismatch".into()));
     }
-    Ok(match Entry::decode(&payload) {
-        Ok(e) => Read1::Entry(e, 8 + len as u64),
+    Ok(match Entry::decode(&payload, version) {
+        Ok((e, _)) => Read1::Entry(e, 8 + len as u64),
         Err(reason) => Read1::Damaged(reason),
     })
+}
+
+/// Searches a version 2 segment after damage at `at` for proof that the
+/// damaged bytes were durable: a valid entry, numbered after `last_seq`,
+/// whose `durable` field lies beyond `at`. Returns its offset.
+fn durable_after(path: &Path, at: u64, last_seq: Option<u64>) -> Result<Option<u64>, LogError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(at)).map_err(io_err(path))?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).map_err(io_err(path))?;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let u64_at = |b: &[u8], i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(x)
+    };
+    // Entries numbered after the damage; at most one per FIXED_PAYLOAD + 8 bytes.
+    let first = last_seq.map_or(0, |s| s + 1);
+    let most = first + (rest.len() / (FIXED_PAYLOAD + 8)) as u64 + 1;
+    for o in 1..rest.len().saturating_sub(8 + FIXED_PAYLOAD) {
+        let len = u32_at(&rest, o) as usize;
+        if len < FIXED_PAYLOAD || len > MAX_ENTRY_BYTES || o + 8 + len > rest.len() {
+            continue;
+        }
+        let payload = &rest[o + 8..o + 8 + len];
+        let (seq, durable) = (u64_at(payload, 0), u64_at(payload, 16));
+        let offset = at + o as u64;
+        // Cheap filters first: a plausible number, durable past the damage.
+        if seq < first || seq > most || durable <= at || durable > offset {
+            continue;
+        }
+        if crc32fast::hash(payload) == u32_at(&rest, o + 4)
+            && Entry::decode(payload, Version::V2).is_ok()
+        {
+            return Ok(Some(offset));
+        }
+    }
+    Ok(None)
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -261,6 +379,8 @@ pub struct Recovery {
     pub entries: u64,
     /// Bytes cut from a torn tail (0 after a clean shutdown).
     pub truncated_bytes: u64,
+    /// Where the torn tail was cut, when one was.
+    pub truncated_at: Option<(PathBuf, u64)>,
     /// Last batch number per sender, for deduplicating resends.
     pub senders: FxHashMap<String, u64>,
 }
@@ -275,7 +395,13 @@ pub struct LogWriter {
     next_seq: u64,
     /// First sequence number of the current segment.
     first_seq: u64,
+    /// Bytes of the current segment covered by an fsync.
+    durable_len: u64,
+    /// Entries before this are covered by an fsync.
+    durable_seq: u64,
     buf: Vec<u8>,
+    /// Held for the writer's life: one writer per directory.
+    _lock: File,
 }
 
 /// Whether every byte of the file is zero.
@@ -297,60 +423,101 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
         .map_err(io_err(dir))
 }
 
+/// Takes the directory's lock, or says who holds it.
+fn lock(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io { path, source }),
+    }
+}
+
+/// Creates a segment file with its header, fsynced with its directory.
+fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), LogError> {
+    let path = dir.join(segment_name(first_seq));
+    let created = (|| {
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let written = file
+            .write_all(MAGIC)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&path));
+        if let Err(e) = written {
+            // Nothing was ever in it: let the next attempt create it anew.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(file)
+    })()?;
+    sync_dir(dir)?;
+    Ok((created, path))
+}
+
 impl LogWriter {
-    /// Opens (creating if needed) the log in `dir`, recovering a torn tail.
-    /// Reads every entry once to rebuild the sender table.
+    /// Opens (creating if needed) the log in `dir`, recovering a torn tail
+    /// and refusing damage (module doc, "Recovery"). Reads every entry
+    /// once to rebuild the sender table. Fails with [`LogError::Locked`]
+    /// while another writer has the directory.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(LogWriter, Recovery), LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock(dir)?;
         let segs = segments(dir)?;
-        let mut recovery = Recovery::default();
-        // Older segments may have been deleted (retention): the log starts
-        // at its oldest segment; the checkpoint says where it must start.
-        let mut next_seq = segs.first().map_or(0, |(first, _)| *first);
-        recovery.first_seq = next_seq;
-        for (i, (first, path)) in segs.iter().enumerate() {
+        let mut recovery = Recovery {
+            first_seq: segs.first().map_or(0, |s| s.0),
+            ..Recovery::default()
+        };
+        let mut next_seq = recovery.first_seq;
+        let mut last_version = Version::V2;
+        for (i, (_, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
-            if *first != next_seq {
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset: 0,
-                    reason: format!("segment starts at entry {first}, expected {next_seq}"),
-                });
-            }
             let mut f = OpenOptions::new()
                 .read(true)
-                .write(last)
+                .write(true)
                 .open(path)
                 .map_err(io_err(path))?;
             let size = f.metadata().map_err(io_err(path))?.len();
-            let mut r = BufReader::new(&mut f);
-            let mut magic = [0u8; 8];
-            let mut offset = HEADER as u64;
-            let damage = match r.read_exact(&mut magic) {
-                Ok(()) if &magic == MAGIC => None,
-                Ok(()) => Some((0, "not an edgeflow log segment (bad magic)".to_owned())),
-                Err(_) => Some((0, "shorter than the segment header".to_owned())),
+            let mut r = BufReader::with_capacity(1 << 20, &mut f);
+            let mut magic = [0u8; HEADER];
+            let version = match r.read_exact(&mut magic) {
+                Ok(()) => Version::of(&magic),
+                Err(_) => None,
             };
-            let damage = match damage {
-                Some(d) => Some(d),
-                None => loop {
-                    match read_entry(&mut r).map_err(io_err(path))? {
-                        Read1::End => break None,
-                        Read1::Damaged(reason) => break Some((offset, reason)),
-                        Read1::Entry(e, n) if e.seq == next_seq => {
-                            recovery.entries += 1;
-                            recovery.senders.insert(e.sender, e.sender_seq);
-                            next_seq += 1;
-                            offset += n;
-                        }
-                        Read1::Entry(e, _) => {
-                            break Some((
-                                offset,
-                                format!("entry {} where {next_seq} was expected", e.seq),
-                            ))
+            let mut last_seq = next_seq.checked_sub(1);
+            let damage = match version {
+                None => Some((0, "bad segment header (magic)".to_owned())),
+                Some(version) => {
+                    last_version = version;
+                    let mut offset = HEADER as u64;
+                    loop {
+                        match read_entry(&mut r, version).map_err(io_err(path))? {
+                            Read1::End => break None,
+                            Read1::Damaged(reason) => break Some((offset, reason)),
+                            Read1::Entry(e, n) if e.seq == next_seq => {
+                                recovery.senders.insert(e.sender, e.sender_seq);
+                                recovery.entries += 1;
+                                last_seq = Some(e.seq);
+                                next_seq += 1;
+                                offset += n;
+                            }
+                            Read1::Entry(e, _) => {
+                                break Some((
+                                    offset,
+                                    format!("entry {} where {next_seq} was expected", e.seq),
+                                ))
+                            }
                         }
                     }
-                },
+                }
             };
             drop(r);
             if let Some((at, reason)) = damage {
@@ -372,69 +539,80 @@ impl LogWriter {
                         reason,
                     });
                 }
+                if at > 0 && version == Some(Version::V2) {
+                    if let Some(proof) = durable_after(path, at, last_seq)? {
+                        return Err(LogError::Corrupt {
+                            path: path.clone(),
+                            offset: at,
+                            reason: format!(
+                                "{reason}, and the entry at byte {proof} was written after these bytes were durable: acknowledged data is damaged (restore the segment from a copy, or move the log aside)"
+                            ),
+                        });
+                    }
+                }
                 recovery.truncated_bytes = size - at;
+                recovery.truncated_at = Some((path.clone(), at));
                 if at == 0 {
                     f.set_len(0).map_err(io_err(path))?;
                     f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
                     f.write_all(MAGIC).map_err(io_err(path))?;
+                    last_version = Version::V2;
                 } else {
                     f.set_len(at).map_err(io_err(path))?;
                 }
                 f.sync_all().map_err(io_err(path))?;
             }
         }
-        let writer = match segs.last() {
-            Some((first_seq, path)) => {
-                let mut file = OpenOptions::new()
+        let (file, path, first_seq) = match segs.last() {
+            // Appends go to a version 2 segment only.
+            Some((first_seq, path)) if last_version == Version::V2 => {
+                let file = OpenOptions::new()
                     .append(true)
                     .open(path)
                     .map_err(io_err(path))?;
-                let len = file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
-                LogWriter {
-                    dir: dir.to_owned(),
-                    segment_bytes,
-                    file,
-                    path: path.clone(),
-                    len,
-                    next_seq,
-                    first_seq: *first_seq,
-                    buf: Vec::new(),
-                }
+                (file, path.clone(), *first_seq)
             }
-            None => Self::create_segment(dir, segment_bytes, next_seq)?,
+            Some((first_seq, path)) if *first_seq == next_seq => {
+                // An empty version 1 segment: give it a version 2 header.
+                std::fs::write(path, MAGIC).map_err(io_err(path))?;
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                file.sync_all().map_err(io_err(path))?;
+                (file, path.clone(), *first_seq)
+            }
+            _ => {
+                let (file, path) = create_segment(dir, next_seq)?;
+                (file, path, next_seq)
+            }
         };
-        Ok((writer, recovery))
-    }
-
-    fn create_segment(
-        dir: &Path,
-        segment_bytes: u64,
-        first_seq: u64,
-    ) -> Result<LogWriter, LogError> {
-        let path = dir.join(segment_name(first_seq));
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.write_all(MAGIC).map_err(io_err(&path))?;
-        file.sync_all().map_err(io_err(&path))?;
-        sync_dir(dir)?;
-        Ok(LogWriter {
+        let mut file = file;
+        let len = file.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
+        let writer = LogWriter {
             dir: dir.to_owned(),
             segment_bytes,
             file,
             path,
-            len: HEADER as u64,
-            next_seq: first_seq,
+            len,
+            next_seq,
             first_seq,
+            durable_len: len,
+            durable_seq: next_seq,
             buf: Vec::new(),
-        })
+            _lock: lock,
+        };
+        Ok((writer, recovery))
     }
 
     /// Sequence number the next entry gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Entries before this are durable (covered by an fsync).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
     }
 
     /// First sequence number of the segment being written.
@@ -450,7 +628,8 @@ impl LogWriter {
     }
 
     /// Appends one batch (not yet durable: call [`LogWriter::sync`]).
-    /// Returns its sequence number.
+    /// Returns its sequence number. After an error, call
+    /// [`LogWriter::rollback`] before appending again.
     pub fn append(
         &mut self,
         sender: &str,
@@ -465,13 +644,18 @@ impl LogWriter {
         }
         if records.len() + FIXED_PAYLOAD + sender.len() > MAX_ENTRY_BYTES {
             return Err(LogError::Invalid(format!(
-                "batch larger than {MAX_ENTRY_BYTES} bytes"
+                "batch larger than {} bytes",
+                MAX_ENTRY_BYTES - FIXED_PAYLOAD - sender.len()
             )));
         }
         if self.len >= self.segment_bytes {
             self.sync()?;
-            let next = Self::create_segment(&self.dir, self.segment_bytes, self.next_seq)?;
-            *self = next;
+            let (file, path) = create_segment(&self.dir, self.next_seq)?;
+            self.file = file;
+            self.path = path;
+            self.len = HEADER as u64;
+            self.durable_len = self.len;
+            self.first_seq = self.next_seq;
         }
         let entry = Entry {
             seq: self.next_seq,
@@ -481,7 +665,7 @@ impl LogWriter {
             records,
         };
         self.buf.clear();
-        entry.encode(&mut self.buf);
+        entry.encode(self.durable_len, &mut self.buf);
         self.file.write_all(&self.buf).map_err(io_err(&self.path))?;
         self.len += self.buf.len() as u64;
         self.next_seq += 1;
@@ -490,27 +674,58 @@ impl LogWriter {
 
     /// Makes every appended entry durable (one `fdatasync`).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.durable_len = self.len;
+        self.durable_seq = self.next_seq;
+        Ok(())
+    }
+
+    /// After a failed append or sync: cuts the segment back to its last
+    /// fsynced length and forgets the entries after it (none was
+    /// acknowledged), reopening the file so that no failed write lingers
+    /// in its pages. On success the writer can append again; on failure,
+    /// call it again later.
+    pub fn rollback(&mut self) -> Result<(), LogError> {
+        let path = self.path.clone();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.set_len(self.durable_len).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))?;
+        self.file = file;
+        self.len = self.durable_len;
+        self.next_seq = self.durable_seq;
+        Ok(())
     }
 }
 
 /// Reads every entry of a log directory in order.
 pub struct LogReader {
     segments: std::vec::IntoIter<(u64, PathBuf)>,
-    current: Option<(PathBuf, BufReader<File>, u64)>,
+    current: Option<(PathBuf, BufReader<File>, u64, Version)>,
     next_seq: Option<u64>,
+    torn: Option<(PathBuf, u64)>,
 }
 
 impl LogReader {
     /// Opens a log directory for reading. Damage anywhere is reported by the
     /// iterator as [`LogError::Corrupt`], except a torn tail of the newest
-    /// segment, which ends the log.
+    /// segment, which ends the log ([`LogReader::torn_tail`] says where).
     pub fn open(dir: &Path) -> Result<LogReader, LogError> {
         Ok(LogReader {
             segments: segments(dir)?.into_iter(),
             current: None,
             next_seq: None,
+            torn: None,
         })
+    }
+
+    /// Where the log ended in a torn tail (the newest segment and the
+    /// offset of its first incomplete entry), once the iterator has ended
+    /// there.
+    pub fn torn_tail(&self) -> Option<&(PathBuf, u64)> {
+        self.torn.as_ref()
     }
 }
 
@@ -526,18 +741,22 @@ impl Iterator for LogReader {
                     Err(e) => return Some(Err(LogError::Io { path, source: e })),
                 };
                 let mut magic = [0u8; 8];
-                if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+                let version = match r.read_exact(&mut magic) {
+                    Ok(()) => Version::of(&magic),
+                    Err(_) => None,
+                };
+                let Some(version) = version else {
                     return Some(Err(LogError::Corrupt {
                         path,
                         offset: 0,
                         reason: "bad segment header".into(),
                     }));
-                }
-                self.current = Some((path, r, HEADER as u64));
+                };
+                self.current = Some((path, r, HEADER as u64, version));
             }
             let last = self.segments.len() == 0;
-            let (path, r, offset) = self.current.as_mut()?;
-            match read_entry(r) {
+            let (path, r, offset, version) = self.current.as_mut()?;
+            match read_entry(r, *version) {
                 Err(e) => {
                     return Some(Err(LogError::Io {
                         path: path.clone(),
@@ -545,7 +764,30 @@ impl Iterator for LogReader {
                     }))
                 }
                 Ok(Read1::End) => self.current = None,
-                Ok(Read1::Damaged(_)) if last => return None,
+                Ok(Read1::Damaged(reason)) if last => {
+                    let proof = match *version {
+                        Version::V2 => {
+                            match durable_after(path, *offset, self.next_seq.map(|s| s - 1)) {
+                                Ok(p) => p,
+                                Err(e) => return Some(Err(e)),
+                            }
+                        }
+                        Version::V1 => None,
+                    };
+                    let (path, at) = (path.clone(), *offset);
+                    self.current = None;
+                    return match proof {
+                        Some(proof) => Some(Err(LogError::Corrupt {
+                            path,
+                            offset: at,
+                            reason: format!("{reason}, and the entry at byte {proof} was written after these bytes were durable"),
+                        })),
+                        None => {
+                            self.torn = Some((path, at));
+                            None
+                        }
+                    };
+                }
                 Ok(Read1::Damaged(reason)) => {
                     return Some(Err(LogError::Corrupt {
                         path: path.clone(),
@@ -738,5 +980,154 @@ mod tests {
             Err(LogError::Invalid(_))
         ));
         assert_eq!(w.next_seq(), 0);
+    }
+
+    /// Offsets of every entry of a segment.
+    fn entry_offsets(path: &Path) -> Vec<u64> {
+        let bytes = std::fs::read(path).expect("read");
+        let mut at = HEADER;
+        let mut out = Vec::new();
+        while at + 8 <= bytes.len() {
+            out.push(at as u64);
+            let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+            at += 8 + len as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn damage_inside_the_newest_segment_with_durable_entries_after_it_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("open");
+        // Four group commits of 5 entries each.
+        for g in 0..4 {
+            for i in 0..5 {
+                let n = g * 5 + i;
+                w.append(
+                    "fleet-a",
+                    n,
+                    Encoding::JsonLines,
+                    Bytes::from(format!("{{\"n\":{n}}}\n")),
+                )
+                .expect("append");
+            }
+            w.sync().expect("sync");
+        }
+        drop(w);
+        let (_, path) = segments(dir.path()).expect("list").pop().expect("segment");
+        let offsets = entry_offsets(&path);
+        let size = std::fs::metadata(&path).expect("meta").len();
+        // One flipped bit in entry 7 (second group): entries 10.. prove it durable.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[offsets[7] as usize + 20] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("write");
+        match LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES) {
+            Err(LogError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, offsets[7]);
+                assert!(reason.contains("durable"), "{reason}");
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
+        }
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            size,
+            "nothing cut"
+        );
+        let read: Vec<_> = LogReader::open(dir.path()).expect("open").collect();
+        assert!(
+            matches!(read.last(), Some(Err(LogError::Corrupt { .. }))),
+            "readers report it too"
+        );
+        // Damage to the length field: found by the search for a later entry.
+        bytes[offsets[7] as usize + 20] ^= 0x04;
+        bytes[offsets[7] as usize + 2] ^= 0x10;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(
+            LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES),
+            Err(LogError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn damage_in_the_last_unsynced_group_is_a_torn_tail_even_with_whole_entries_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("open");
+        append_n(&mut w, 3);
+        // A group written but never fsynced: after a power loss its pages
+        // may come back in any state, a later one whole, an earlier one not.
+        for n in 3..6 {
+            w.append("fleet-a", n, Encoding::JsonLines, Bytes::from("{}\n"))
+                .expect("append");
+        }
+        drop(w);
+        let (_, path) = segments(dir.path()).expect("list").pop().expect("segment");
+        let offsets = entry_offsets(&path);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[offsets[4] as usize + 9] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let (w, rec) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("a torn tail");
+        assert_eq!(
+            (w.next_seq(), rec.truncated_at.map(|t| t.1)),
+            (4, Some(offsets[4]))
+        );
+    }
+
+    #[test]
+    fn a_second_writer_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("open");
+        match LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES) {
+            Err(LogError::Locked { path }) => assert!(path.ends_with(LOCK_FILE)),
+            other => panic!("expected the lock, got {:?}", other.map(|(_, r)| r)),
+        }
+        append_n(&mut w, 2);
+        drop(w);
+        let (_, rec) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("free again");
+        assert_eq!(rec.entries, 2);
+    }
+
+    #[test]
+    fn a_failed_write_rolls_back_to_the_last_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut w, _) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("open");
+        append_n(&mut w, 3);
+        let (_, path) = segments(dir.path()).expect("list").pop().expect("segment");
+        let durable = std::fs::metadata(&path).expect("meta").len();
+        w.append("fleet-a", 3, Encoding::JsonLines, Bytes::from("{}\n"))
+            .expect("append");
+        // As if its fsync had failed: back to the last durable state.
+        w.rollback().expect("rollback");
+        assert_eq!(w.next_seq(), 3);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), durable);
+        append_n(&mut w, 1);
+        assert_eq!(read_all(dir.path()).len(), 4);
+    }
+
+    #[test]
+    fn a_version_1_log_is_read_and_continued_in_a_version_2_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Two version 1 entries, written by hand.
+        let mut seg = MAGIC_V1.to_vec();
+        for n in 0..2u64 {
+            let mut payload = n.to_le_bytes().to_vec();
+            payload.extend_from_slice(&n.to_le_bytes());
+            payload.push(7);
+            payload.extend_from_slice(b"fleet-a");
+            payload.push(0);
+            payload.extend_from_slice(b"{}\n");
+            seg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            seg.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            seg.extend_from_slice(&payload);
+        }
+        std::fs::write(dir.path().join(segment_name(0)), &seg).expect("write");
+        let (mut w, rec) = LogWriter::open(dir.path(), DEFAULT_SEGMENT_BYTES).expect("open");
+        assert_eq!((rec.entries, rec.senders.get("fleet-a")), (2, Some(&1)));
+        w.append("fleet-a", 2, Encoding::JsonLines, Bytes::from("{}\n"))
+            .expect("append");
+        w.sync().expect("sync");
+        assert_eq!(w.segment_first_seq(), 2, "a new segment");
+        let all = read_all(dir.path());
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(all[1].sender, "fleet-a");
     }
 }

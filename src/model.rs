@@ -200,11 +200,18 @@ pub enum RejectReason {
     UnknownCharger,
     /// A connector number above the charger's connector count.
     UnknownConnector,
+    /// An event time further ahead of the node's wall clock than
+    /// `[windows] max_future` (live ingest only).
+    Future,
+    /// Its window had retired when the batch reached the log: it could
+    /// change nothing (DESIGN.md: older than retention, counted and
+    /// dropped). Never acknowledged as accepted.
+    Expired,
 }
 
 impl RejectReason {
     /// Every reason, for reporting.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Syntax,
         RejectReason::InvalidUtf8,
         RejectReason::TooLong,
@@ -216,6 +223,8 @@ impl RejectReason {
         RejectReason::UnknownStatus,
         RejectReason::UnknownCharger,
         RejectReason::UnknownConnector,
+        RejectReason::Future,
+        RejectReason::Expired,
     ];
 
     /// Stable snake_case label (metrics, summaries).
@@ -232,6 +241,8 @@ impl RejectReason {
             RejectReason::UnknownStatus => "unknown_status",
             RejectReason::UnknownCharger => "unknown_charger",
             RejectReason::UnknownConnector => "unknown_connector",
+            RejectReason::Future => "future",
+            RejectReason::Expired => "expired",
         }
     }
 

@@ -17,7 +17,7 @@ use crate::dataflow::Inputs;
 use crate::input::{Chunk, ChunkClock};
 use crate::model::{Record, RecordError, RejectReason};
 use crate::reference::Reference;
-use crate::time::{Fate, TimeSpec};
+use crate::time::{ChunkTimes, Fate, TimeSpec};
 
 /// Distinct keys in a pre-aggregation batch before it is flushed. Bounds the
 /// batch map: about 40 bytes per key, so 2.6 MiB per worker at worst.
@@ -151,6 +151,16 @@ impl Item {
         match self {
             Item::Report { ts, .. } => *ts,
             Item::Reading { reading, .. } => reading.ts_ms,
+        }
+    }
+
+    /// The device that sent it, for the watermark's leap quorum
+    /// ([`crate::time::EventClock`]): the vehicle's id hash, or the
+    /// charger's index with the top bit set.
+    pub fn device(&self) -> u64 {
+        match self {
+            Item::Report { vehicle, .. } => *vehicle,
+            Item::Reading { charger, .. } => u64::from(*charger) | 1 << 63,
         }
     }
 }
@@ -301,29 +311,30 @@ impl<'a> Stage<'a> {
 
     /// Decodes, classifies and pre-aggregates one chunk.
     pub fn process(&mut self, chunk: &Chunk, inputs: &Inputs) {
-        let mut max_ts = None;
         let (reference, stats, items) = (self.reference, &mut self.stats, &mut self.items);
         match &chunk.resolved {
             // Resolved at ingest: nothing to decode.
             Some(resolved) => {
                 for (i, item) in resolved.iter().enumerate() {
                     stats.records += 1;
-                    max_ts = max_ts.max(Some(item.ts()));
                     items.push((chunk.first_line + i as u64, *item));
                 }
             }
             None => chunk.for_each_record(|line, record| {
                 stats.records += 1;
                 match record.and_then(|r| resolve(&r, reference)) {
-                    Ok(item) => {
-                        max_ts = max_ts.max(Some(item.ts()));
-                        items.push((line, item));
-                    }
+                    Ok(item) => items.push((line, item)),
                     Err(e) => stats.reject(line, &e),
                 }
             }),
         }
-        self.clock.publish(chunk.seq, max_ts);
+        let max_ts = items.iter().map(|(_, i)| i.ts()).max();
+        let times = ChunkTimes::new(
+            items.iter().map(|(_, i)| (i.device(), i.ts())),
+            self.clock.floor(),
+            &self.spec,
+        );
+        self.clock.publish(chunk.seq, times);
         let (prefix, first) = self.clock.prefix_before(chunk.seq);
         let watermark = self.spec.watermark(prefix);
         if let (Some(p), Some(first), Some(max)) = (self.pacing, first, max_ts) {

@@ -319,7 +319,8 @@ pub fn run(
 
     let clock = Arc::new(ChunkClock::starting_at(
         resume.first_seq,
-        resume.prefix_max_ts,
+        resume.clock.clone(),
+        spec,
     ));
     let resume = Arc::new(resume);
     let (emit_tx, emit_rx) = mpsc::channel::<Vec<Emission>>();

@@ -43,6 +43,11 @@ use crate::time::TimeSpec;
 pub const MAX_TOPOLOGY_BYTES: u64 = 1 << 20;
 /// Most worker threads a topology may ask for.
 pub const MAX_WORKERS: usize = 256;
+/// Largest `[ingest] max_frame_bytes`: a BATCH frame (8-byte batch number,
+/// 1-byte encoding, records) whose records fit one log entry with the
+/// longest sender id.
+pub const MAX_FRAME_BYTES: usize =
+    crate::log::MAX_ENTRY_BYTES + 9 - crate::log::ENTRY_OVERHEAD + 8 - crate::log::MAX_SENDER_LEN;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -310,6 +315,24 @@ pub struct WindowsSection {
     /// state: memory grows with retention, never with history. Default 15m.
     #[serde(default = "default_retention")]
     pub retention: String,
+    /// How far ahead one record may move the watermark, and, live, how far
+    /// ahead of the node's wall clock an event time may be (further:
+    /// rejected as `future`). Default 5m. See [`crate::time`], "One outlier
+    /// never moves the watermark".
+    #[serde(default = "default_max_future")]
+    pub max_future: String,
+    /// Distinct devices that must agree before the watermark jumps further
+    /// than `max_future` at once (a recording resuming after a gap).
+    /// Default 3.
+    #[serde(default = "default_leap_quorum")]
+    pub leap_quorum: u32,
+}
+
+fn default_max_future() -> String {
+    "5m".into()
+}
+fn default_leap_quorum() -> u32 {
+    crate::time::DEFAULT_LEAP_QUORUM
 }
 
 fn default_size() -> String {
@@ -357,6 +380,9 @@ pub struct Topology {
     pub workers: usize,
     /// Roads and chargers.
     pub reference: Reference,
+    /// SHA-256 (hex) of the roads file followed by the chargers file,
+    /// recorded in checkpoints.
+    pub reference_sha256: String,
     /// QUIC ingest, with paths resolved.
     pub ingest: Option<Ingest>,
     /// Log directory and segment size, with the path resolved.
@@ -475,6 +501,22 @@ impl Topology {
                 );
             }
         }
+        let max_future = duration(
+            &file.windows.max_future,
+            "windows.max_future",
+            path,
+            &mut problems,
+        );
+        if max_future.is_some_and(|f| f.is_zero()) {
+            push(
+                &mut problems,
+                "windows.max_future",
+                "must be more than 0 (a clock a little ahead is normal)",
+            );
+        }
+        if file.windows.leap_quorum == 0 {
+            push(&mut problems, "windows.leap_quorum", "must be at least 1");
+        }
         if let (Some(l), Some(r)) = (lateness, retention) {
             if r < l {
                 push(&mut problems, "windows.retention", "must be at least allowed_lateness, or late records could never correct a window");
@@ -522,11 +564,11 @@ impl Topology {
                     );
                 }
             }
-            if i.max_frame_bytes < 1024 || i.max_frame_bytes > crate::log::MAX_ENTRY_BYTES {
+            if i.max_frame_bytes < 1024 || i.max_frame_bytes > MAX_FRAME_BYTES {
                 push(
                     &mut problems,
                     "ingest.max_frame_bytes",
-                    &format!("must be between 1024 and {}", crate::log::MAX_ENTRY_BYTES),
+                    &format!("must be between 1024 and {MAX_FRAME_BYTES} (the largest batch a log entry holds)"),
                 );
             }
             if i.max_connections == 0 || i.max_streams == 0 || i.max_records_per_s == 0 {
@@ -619,6 +661,10 @@ impl Topology {
             &base.join(&file.reference.roads),
             &base.join(&file.reference.chargers),
         );
+        let reference_sha256 = digest(&[
+            base.join(&file.reference.roads),
+            base.join(&file.reference.chargers),
+        ]);
         let mut reference = match reference {
             Ok(r) => Some(r),
             Err(mut p) => {
@@ -712,11 +758,27 @@ impl Topology {
             r.zones = zones;
             r.zone_settings = zone_settings;
         }
-        match (problems.is_empty(), size, lateness, retention, reference) {
-            (true, Some(size), Some(lateness), Some(retention), Some(reference)) => Ok(Topology {
+        match (
+            problems.is_empty(),
+            size,
+            lateness,
+            retention,
+            max_future,
+            reference,
+        ) {
+            (
+                true,
+                Some(size),
+                Some(lateness),
+                Some(retention),
+                Some(max_future),
+                Some(reference),
+            ) => Ok(Topology {
                 node_id: file.node.id,
                 path: path.to_owned(),
-                time: TimeSpec::new(size, lateness, retention),
+                time: TimeSpec::new(size, lateness, retention)
+                    .with_future(max_future, file.windows.leap_quorum),
+                reference_sha256,
                 workers: file.dataflow.workers,
                 reference,
                 ingest,
@@ -732,4 +794,17 @@ impl Topology {
             _ => Err(problems),
         }
     }
+}
+
+/// SHA-256 (hex) of the files' contents one after the other, read in
+/// pieces; an unreadable file adds nothing (loading it reports why).
+fn digest(paths: &[PathBuf]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in paths {
+        if let Ok(mut f) = std::fs::File::open(p) {
+            let _ = std::io::copy(&mut f, &mut h);
+        }
+    }
+    hex::encode(h.finalize())
 }

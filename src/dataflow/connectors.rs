@@ -288,6 +288,8 @@ mod tests {
             size_ms: 60_000,
             allowed_lateness_ms: 0,
             retention_ms: 60_000,
+            max_future_ms: crate::time::DEFAULT_MAX_FUTURE_MS,
+            leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
         };
         let mut st = ConnectorState::default();
         st.add(0, reading(10_000, 100));

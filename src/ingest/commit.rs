@@ -23,14 +23,19 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpoint::Tracker;
+use crate::checkpoint::{Settings, Tracker};
 use crate::input::Chunk;
-use crate::log::{Encoding, LogWriter};
+use crate::log::{Encoding, LogError, LogWriter};
 use crate::pipeline::Item;
 use crate::reference::Reference;
+use crate::time::{ChunkTimes, Fate};
 
 /// Least time between two attempts to write a checkpoint after one failed.
 pub const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
+/// Least time between two attempts to write the log after a write or fsync
+/// failed (a full disk, a failing device). Meanwhile batches are answered
+/// `log_unavailable` (retryable) at once.
+pub const LOG_RETRY: Duration = Duration::from_secs(1);
 
 /// What log retention needs: the tracker, and how far the sinks are durable.
 pub struct Retention {
@@ -43,6 +48,8 @@ pub struct Retention {
     /// Watermark up to which every sink has durably written the final rows
     /// (published by the sink writer).
     pub sinks_durable: Arc<AtomicU64>,
+    /// The settings checkpoints record.
+    pub settings: Settings,
 }
 
 impl Retention {
@@ -51,7 +58,9 @@ impl Retention {
     fn maybe_checkpoint(&mut self, log: &mut LogWriter, senders: &SenderTable) -> bool {
         let durable = self.sinks_durable.load(Ordering::Acquire);
         let proposal = match senders.lock() {
-            Ok(t) => self.tracker.proposal(&self.reference, &t, durable),
+            Ok(t) => self
+                .tracker
+                .proposal(&self.reference, &t, durable, &self.settings),
             Err(_) => return true,
         };
         let Some(cp) = proposal else { return true };
@@ -76,8 +85,15 @@ pub const COMMIT_QUEUE: usize = 256;
 /// What became of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
-    /// Durable, at this log position.
-    Appended(u64),
+    /// Durable, at this log position. `expired` are the positions (in the
+    /// batch's valid records) of records left out because their window had
+    /// retired when the batch reached the log: they could change nothing.
+    Appended {
+        /// Log position.
+        seq: u64,
+        /// Positions of the records left out as too late.
+        expired: Vec<u32>,
+    },
     /// Already accepted earlier: nothing appended.
     Duplicate,
     /// Not the next batch of its sender: `expected` is.
@@ -85,16 +101,32 @@ pub enum Committed {
         /// The next batch number expected.
         expected: u64,
     },
-    /// The log failed: the node cannot accept anything.
+    /// The log cannot take this batch (a limit); others go on.
+    Refused(String),
+    /// The log cannot be written now (disk full or failing): retry later.
+    Unavailable(String),
+    /// The node cannot accept anything (it is stopping).
     Failed(String),
 }
 
+/// A batch for the log: its valid records, as bytes and resolved.
+pub struct Batch {
+    /// Who sent it (empty: an unsequenced datagram).
+    pub sender: String,
+    /// The sender's batch number.
+    pub sender_seq: u64,
+    /// Encoding of `records`.
+    pub encoding: Encoding,
+    /// The valid records' bytes, back to back.
+    pub records: Bytes,
+    /// End offset in `records` of each valid record's bytes.
+    pub ends: Vec<u32>,
+    /// The valid records, resolved for the dataflow.
+    pub items: Vec<Item>,
+}
+
 struct Request {
-    sender: String,
-    sender_seq: u64,
-    encoding: Encoding,
-    records: Bytes,
-    resolved: Arc<[Item]>,
+    batch: Batch,
     reply: oneshot::Sender<Committed>,
 }
 
@@ -109,103 +141,279 @@ pub struct Committer {
     senders: SenderTable,
 }
 
+/// A batch appended in the current group, not yet known durable.
+struct Staged {
+    reply: oneshot::Sender<Committed>,
+    seq: u64,
+    sender: String,
+    sender_seq: u64,
+    segment_start: bool,
+    chunk: Chunk,
+    items: Arc<[Item]>,
+    expired: Vec<u32>,
+}
+
+/// The commit thread's state.
+struct CommitLoop {
+    log: LogWriter,
+    table: SenderTable,
+    live: SyncSender<Chunk>,
+    retention: Retention,
+    /// Why the log cannot be written, since when it failed, how often.
+    unavailable: Option<(String, Instant, u64)>,
+    /// The node cannot accept anything any more.
+    failed: Option<String>,
+    next_checkpoint: Instant,
+    log_failures: Arc<AtomicU64>,
+}
+
+impl CommitLoop {
+    /// Appends, syncs and answers one group of requests.
+    fn group(&mut self, requests: Vec<Request>) {
+        let mut answers: Vec<(oneshot::Sender<Committed>, Committed)> = Vec::new();
+        if let Some(why) = &self.failed {
+            for r in requests {
+                answers.push((r.reply, Committed::Failed(why.clone())));
+            }
+            return Self::answer(answers);
+        }
+        if let Some((why, since, attempts)) = &mut self.unavailable {
+            if since.elapsed() < LOG_RETRY {
+                let why = format!("the log cannot be written ({why}); retry later");
+                for r in requests {
+                    answers.push((r.reply, Committed::Unavailable(why.clone())));
+                }
+                return Self::answer(answers);
+            }
+            *attempts += 1;
+            if let Err(e) = self.log.rollback() {
+                *why = e.to_string();
+                *since = Instant::now();
+                let why = format!("the log cannot be written ({e}); retry later");
+                for r in requests {
+                    answers.push((r.reply, Committed::Unavailable(why.clone())));
+                }
+                return Self::answer(answers);
+            }
+        }
+        let spec = *self.retention.tracker.spec();
+        let mut clock = self.retention.tracker.clock().clone();
+        // Batch numbers as this group leaves them (applied once durable).
+        let mut overlay: FxHashMap<String, u64> = FxHashMap::default();
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut io_error: Option<LogError> = None;
+        for Request { batch, reply } in requests {
+            if io_error.is_some() {
+                answers.push((reply, Committed::Unavailable(String::new())));
+                continue;
+            }
+            let next = overlay.get(&batch.sender).copied().unwrap_or_else(|| {
+                self.table
+                    .lock()
+                    .ok()
+                    .and_then(|t| t.get(&batch.sender).copied())
+                    .unwrap_or(0)
+            });
+            // The empty sender: unsequenced datagrams, no deduplication.
+            let sequenced = !batch.sender.is_empty();
+            if sequenced && batch.sender_seq < next {
+                answers.push((reply, Committed::Duplicate));
+                continue;
+            }
+            if sequenced && batch.sender_seq > next {
+                answers.push((reply, Committed::Gap { expected: next }));
+                continue;
+            }
+            // Records whose window retired before this entry: the dataflow
+            // would judge them expired (same clock), so they are left out
+            // and the sender is told.
+            let watermark = clock.watermark(&spec);
+            let expired: Vec<u32> = batch
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| spec.classify(i.ts(), watermark) == Fate::Expired)
+                .map(|(n, _)| n as u32)
+                .collect();
+            let (records, items) = if expired.is_empty() {
+                (batch.records, batch.items)
+            } else {
+                keep_all_but(&batch.records, &batch.ends, batch.items, &expired)
+            };
+            match self.log.append(
+                &batch.sender,
+                batch.sender_seq,
+                batch.encoding,
+                records.clone(),
+            ) {
+                Ok(seq) => {
+                    let times = ChunkTimes::new(
+                        items.iter().map(|i| (i.device(), i.ts())),
+                        clock.max,
+                        &spec,
+                    );
+                    clock.fold(&times, &spec);
+                    if sequenced {
+                        overlay.insert(batch.sender.clone(), next + 1);
+                    }
+                    let items: Arc<[Item]> = items.into();
+                    staged.push(Staged {
+                        reply,
+                        seq,
+                        sender: batch.sender,
+                        sender_seq: batch.sender_seq,
+                        segment_start: self.log.segment_first_seq() == seq,
+                        chunk: Chunk::from_batch(seq, batch.encoding, records)
+                            .with_resolved(items.clone()),
+                        items,
+                        expired,
+                    });
+                }
+                Err(e) if e.is_io() => {
+                    answers.push((reply, Committed::Unavailable(String::new())));
+                    io_error = Some(e);
+                }
+                Err(e) => answers.push((reply, Committed::Refused(e.to_string()))),
+            }
+        }
+        if !staged.is_empty() && io_error.is_none() {
+            if let Err(e) = self.log.sync() {
+                io_error = Some(e);
+            }
+        }
+        // Entries up to the last fsync are durable, even in a failed group
+        // (a segment roll syncs the segment it leaves).
+        let durable = self.log.durable_seq();
+        let mut chunks = Vec::new();
+        for s in staged {
+            if s.seq >= durable {
+                answers.push((s.reply, Committed::Unavailable(String::new())));
+                continue;
+            }
+            let t = &mut self.retention.tracker;
+            if s.segment_start {
+                t.segment_started(s.seq);
+            }
+            t.observe(&s.items);
+            if !s.sender.is_empty() {
+                if let Ok(mut table) = self.table.lock() {
+                    table.insert(s.sender, s.sender_seq + 1);
+                }
+            }
+            chunks.push(s.chunk);
+            answers.push((
+                s.reply,
+                Committed::Appended {
+                    seq: s.seq,
+                    expired: s.expired,
+                },
+            ));
+        }
+        match io_error {
+            Some(e) => {
+                self.log_failures.fetch_add(1, Ordering::Relaxed);
+                let why = e.to_string();
+                if self.unavailable.is_none() {
+                    eprintln!("edgeflow: log: {why}: batches are refused as retryable (log_unavailable) until the log can be written again; retrying every {LOG_RETRY:?}");
+                }
+                let attempts = self.unavailable.as_ref().map_or(1, |u| u.2);
+                self.unavailable = Some((why.clone(), Instant::now(), attempts));
+                let why = format!("the log cannot be written ({why}); retry later");
+                for (_, outcome) in answers.iter_mut() {
+                    if *outcome == Committed::Unavailable(String::new()) {
+                        *outcome = Committed::Unavailable(why.clone());
+                    }
+                }
+                // Tried again before the next attempt too.
+                if let Err(e) = self.log.rollback() {
+                    eprintln!("edgeflow: log: cannot roll back to the last fsync yet: {e}");
+                }
+            }
+            None => {
+                if let Some((_, _, attempts)) = self.unavailable.take() {
+                    eprintln!("edgeflow: log: writing again after {attempts} failed attempt(s)");
+                }
+            }
+        }
+        Self::answer(answers);
+        for chunk in chunks {
+            if self.live.send(chunk).is_err() {
+                self.failed = Some("the dataflow stopped".into());
+            }
+        }
+        if self.failed.is_none()
+            && self.unavailable.is_none()
+            && Instant::now() >= self.next_checkpoint
+            && !self.retention.maybe_checkpoint(&mut self.log, &self.table)
+        {
+            self.next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
+        }
+    }
+
+    fn answer(answers: Vec<(oneshot::Sender<Committed>, Committed)>) {
+        for (reply, outcome) in answers {
+            // A sender that went away no longer needs its answer.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// The records of a batch without those at positions `drop` (sorted).
+fn keep_all_but(
+    records: &Bytes,
+    ends: &[u32],
+    items: Vec<Item>,
+    drop: &[u32],
+) -> (Bytes, Vec<Item>) {
+    let mut bytes = Vec::with_capacity(records.len());
+    let mut kept = Vec::with_capacity(items.len() - drop.len());
+    let mut skip = drop.iter().peekable();
+    let mut start = 0usize;
+    for (n, item) in items.into_iter().enumerate() {
+        let end = ends.get(n).map_or(records.len(), |&e| e as usize);
+        if skip.peek() == Some(&&(n as u32)) {
+            skip.next();
+        } else {
+            bytes.extend_from_slice(&records[start..end]);
+            kept.push(item);
+        }
+        start = end;
+    }
+    (bytes.into(), kept)
+}
+
 impl Committer {
     /// Starts the commit thread. `senders` holds each sender's next batch
     /// number (from log recovery); new entries go to `live` in order.
+    /// `log_failures` counts failed log writes.
     pub fn start(
-        mut log: LogWriter,
+        log: LogWriter,
         senders: FxHashMap<String, u64>,
         live: SyncSender<Chunk>,
-        mut retention: Retention,
+        retention: Retention,
+        log_failures: Arc<AtomicU64>,
     ) -> std::io::Result<(Committer, JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::channel::<Request>(COMMIT_QUEUE);
         let senders: SenderTable = Arc::new(Mutex::new(senders));
-        let table = senders.clone();
+        let mut state = CommitLoop {
+            log,
+            table: senders.clone(),
+            live,
+            retention,
+            unavailable: None,
+            failed: None,
+            next_checkpoint: Instant::now(),
+            log_failures,
+        };
         let thread = std::thread::Builder::new()
             .name("edgeflow-commit".into())
             .spawn(move || {
-                let mut failed: Option<String> = None;
-                let mut pending: Vec<(Request, Committed)> = Vec::new();
-                let mut chunks = Vec::new();
-                let mut next_checkpoint = Instant::now();
                 while let Some(first) = rx.blocking_recv() {
-                    let mut batch = vec![first];
+                    let mut group = vec![first];
                     while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
+                        group.push(more);
                     }
-                    for req in batch {
-                        let outcome = match &failed {
-                            Some(e) => Committed::Failed(e.clone()),
-                            None => {
-                                let Ok(mut t) = table.lock() else { break };
-                                let next = t.get(&req.sender).copied().unwrap_or(0);
-                                // The empty sender: unsequenced datagrams, no deduplication.
-                                let sequenced = !req.sender.is_empty();
-                                if sequenced && req.sender_seq < next {
-                                    Committed::Duplicate
-                                } else if sequenced && req.sender_seq > next {
-                                    Committed::Gap { expected: next }
-                                } else {
-                                    match log.append(
-                                        &req.sender,
-                                        req.sender_seq,
-                                        req.encoding,
-                                        req.records.clone(),
-                                    ) {
-                                        Ok(seq) => {
-                                            if log.segment_first_seq() == seq {
-                                                retention.tracker.segment_started(seq);
-                                            }
-                                            retention.tracker.observe(&req.resolved);
-                                            if sequenced {
-                                                t.insert(req.sender.clone(), next + 1);
-                                            }
-                                            chunks.push(
-                                                Chunk::from_batch(
-                                                    seq,
-                                                    req.encoding,
-                                                    req.records.clone(),
-                                                )
-                                                .with_resolved(req.resolved.clone()),
-                                            );
-                                            Committed::Appended(seq)
-                                        }
-                                        Err(e) => {
-                                            failed = Some(e.to_string());
-                                            Committed::Failed(e.to_string())
-                                        }
-                                    }
-                                }
-                            }
-                        };
-                        pending.push((req, outcome));
-                    }
-                    if !chunks.is_empty() {
-                        if let Err(e) = log.sync() {
-                            failed = Some(e.to_string());
-                            for (_, outcome) in pending.iter_mut() {
-                                if matches!(outcome, Committed::Appended(_)) {
-                                    *outcome = Committed::Failed(e.to_string());
-                                }
-                            }
-                            chunks.clear();
-                        }
-                    }
-                    for (req, outcome) in pending.drain(..) {
-                        // A sender that went away no longer needs its answer.
-                        let _ = req.reply.send(outcome);
-                    }
-                    for chunk in chunks.drain(..) {
-                        if live.send(chunk).is_err() {
-                            failed = Some("the dataflow stopped".into());
-                        }
-                    }
-                    if failed.is_none()
-                        && Instant::now() >= next_checkpoint
-                        && !retention.maybe_checkpoint(&mut log, &table)
-                    {
-                        next_checkpoint = Instant::now() + CHECKPOINT_RETRY;
-                    }
+                    state.group(group);
                 }
             })?;
         Ok((Committer { tx, senders }, thread))
@@ -222,26 +430,10 @@ impl Committer {
 
     /// Queues a batch for the log, in call order; the returned future
     /// resolves once it is durable (or refused). Queue batches of one sender
-    /// in their order, then await: they share one fsync. `resolved` are the
-    /// batch's records as the dataflow needs them (from validation).
-    pub async fn submit(
-        &self,
-        sender: &str,
-        sender_seq: u64,
-        encoding: Encoding,
-        records: Bytes,
-        resolved: Arc<[Item]>,
-    ) -> impl std::future::Future<Output = Committed> {
+    /// in their order, then await: they share one fsync.
+    pub async fn submit(&self, batch: Batch) -> impl std::future::Future<Output = Committed> {
         let (reply, answer) = oneshot::channel();
-        let req = Request {
-            sender: sender.to_owned(),
-            sender_seq,
-            encoding,
-            records,
-            resolved,
-            reply,
-        };
-        let queued = self.tx.send(req).await.is_ok();
+        let queued = self.tx.send(Request { batch, reply }).await.is_ok();
         async move {
             match (queued, answer.await) {
                 (true, Ok(c)) => c,
@@ -251,16 +443,29 @@ impl Committer {
     }
 
     /// Commits a batch; resolves once it is durable (or refused).
-    pub async fn commit(
-        &self,
-        sender: &str,
-        sender_seq: u64,
-        encoding: Encoding,
-        records: Bytes,
-        resolved: Arc<[Item]>,
-    ) -> Committed {
-        self.submit(sender, sender_seq, encoding, records, resolved)
-            .await
-            .await
+    pub async fn commit(&self, batch: Batch) -> Committed {
+        self.submit(batch).await.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_left_out_keep_the_others_bytes_whole() {
+        let records = Bytes::from("{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+        let ends = vec![8, 16, 24];
+        let item = Item::Report {
+            segment: None,
+            vehicle: 1,
+            ts: 5,
+            speed: 0,
+            how: crate::pipeline::Matched::OnBoard,
+            low_soc: None,
+        };
+        let (bytes, items) = keep_all_but(&records, &ends, vec![item; 3], &[1]);
+        assert_eq!(bytes, Bytes::from("{\"a\":1}\n{\"c\":3}\n"));
+        assert_eq!(items.len(), 2);
     }
 }

@@ -50,6 +50,9 @@ pub enum ErrorCode {
     /// A batch with more records than the per-connection rate allows in a
     /// second: it can never pass.
     BatchOverRate = 10,
+    /// The node cannot write its log now (disk full or failing): nothing of
+    /// the batch was kept; retry later.
+    LogUnavailable = 11,
 }
 
 impl ErrorCode {
@@ -67,15 +70,31 @@ impl ErrorCode {
             Overloaded,
             ShuttingDown,
             BatchOverRate,
+            LogUnavailable,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
     }
 }
 
-/// Wire code of a rejection reason (1-based, in [`RejectReason::ALL`] order).
+/// Wire code of a rejection reason (docs/PROTOCOL.md "Rejection reasons"):
+/// fixed here, never by declaration order.
 pub fn reason_code(r: RejectReason) -> u8 {
-    r.index() as u8 + 1
+    match r {
+        RejectReason::Syntax => 1,
+        RejectReason::InvalidUtf8 => 2,
+        RejectReason::TooLong => 3,
+        RejectReason::MissingField => 4,
+        RejectReason::WrongType => 5,
+        RejectReason::OutOfRange => 6,
+        RejectReason::InvalidId => 7,
+        RejectReason::UnknownType => 8,
+        RejectReason::UnknownStatus => 9,
+        RejectReason::UnknownCharger => 10,
+        RejectReason::UnknownConnector => 11,
+        RejectReason::Future => 12,
+        RejectReason::Expired => 13,
+    }
 }
 
 /// One frame.

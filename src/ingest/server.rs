@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::commit::{Committed, Committer};
+use super::commit::{Batch, Committed, Committer};
 use super::frame::{kind, reason_code, ErrorCode, Frame, ALPN};
 use crate::codec::{cbor_items, decode_json, CborItem};
 use crate::log::Encoding;
@@ -72,6 +72,12 @@ pub struct IngestCounters {
     pub rejected: AtomicU64,
     /// Datagram records accepted.
     pub datagrams: AtomicU64,
+    /// Records left out of acknowledged batches as too late (reason
+    /// `expired`; also counted in `rejected`).
+    pub expired: AtomicU64,
+    /// Log appends or fsyncs that failed (batches answered
+    /// `log_unavailable` meanwhile).
+    pub log_failures: Arc<AtomicU64>,
 }
 
 /// Everything a connection needs.
@@ -86,6 +92,9 @@ pub struct IngestContext {
     pub limits: Ingest,
     /// Counters.
     pub counters: Arc<IngestCounters>,
+    /// `[windows] max_future`, ms: records further ahead of the wall clock
+    /// are refused.
+    pub max_future_ms: u64,
     live_connections: Arc<AtomicUsize>,
 }
 
@@ -96,13 +105,16 @@ impl IngestContext {
         token_hashes: Vec<[u8; 32]>,
         committer: Committer,
         limits: Ingest,
+        counters: Arc<IngestCounters>,
+        max_future_ms: u64,
     ) -> Self {
         IngestContext {
             reference,
             token_hashes,
             committer,
             limits,
-            counters: Arc::new(IngestCounters::default()),
+            counters,
+            max_future_ms,
             live_connections: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -491,17 +503,27 @@ impl RateLimit {
 /// A batch after validation.
 #[derive(Debug, Default)]
 pub struct Validated {
-    /// The accepted records' bytes, in the batch's encoding.
+    /// The accepted records' bytes, in the batch's encoding, back to back.
     pub kept: Vec<u8>,
+    /// End offset in `kept` of each accepted record.
+    pub ends: Vec<u32>,
     /// The accepted records, resolved for the dataflow.
     pub items: Vec<Item>,
+    /// Index in the batch of each accepted record.
+    pub index: Vec<u32>,
     /// Rejections: index in the batch, reason code, message.
     pub rejections: Vec<(u32, u8, String)>,
 }
 
 /// Validates a batch record by record against the model and the reference
-/// data.
-pub fn validate(encoding: Encoding, records: &[u8], reference: &Reference) -> Validated {
+/// data. Records stamped after `latest_ts` (the node's wall clock plus
+/// `[windows] max_future`) are rejected as `future`.
+pub fn validate(
+    encoding: Encoding,
+    records: &[u8],
+    reference: &Reference,
+    latest_ts: u64,
+) -> Validated {
     let mut v = Validated {
         kept: Vec::with_capacity(records.len()),
         ..Validated::default()
@@ -511,13 +533,30 @@ pub fn validate(encoding: Encoding, records: &[u8], reference: &Reference) -> Va
                  bytes: &[u8],
                  newline: bool,
                  v: &mut Validated| {
-        match r.and_then(|rec| resolve(&rec, reference)) {
+        let item = r.and_then(|rec| resolve(&rec, reference)).and_then(|item| {
+            if item.ts() > latest_ts {
+                Err(RecordError::field(
+                    crate::model::RejectReason::Future,
+                    "ts_ms",
+                    format!(
+                        "{} is {} ms ahead of the node's clock, more than windows.max_future allows",
+                        item.ts(),
+                        item.ts() - latest_ts
+                    ),
+                ))
+            } else {
+                Ok(item)
+            }
+        });
+        match item {
             Ok(item) => {
                 v.kept.extend_from_slice(bytes);
                 if newline {
                     v.kept.push(b'\n');
                 }
+                v.ends.push(v.kept.len() as u32);
                 v.items.push(item);
+                v.index.push(i);
             }
             Err(e) => v.rejections.push((i, reason_code(e.reason), e.to_string())),
         }
@@ -555,6 +594,63 @@ pub fn validate(encoding: Encoding, records: &[u8], reference: &Reference) -> Va
     v
 }
 
+/// Most rejections listed in one ACK; the rest are counted (module doc of
+/// docs/PROTOCOL.md: records − accepted − listed).
+pub const MAX_ACK_REJECTIONS: usize = 1000;
+/// Longest rejection message in an ACK, bytes.
+pub const MAX_REJECTION_MESSAGE: usize = 200;
+
+/// The ACK of a batch, its rejections capped so that the frame stays within
+/// `max_frame_bytes` and [`MAX_ACK_REJECTIONS`]; the last one listed says
+/// how many more there were.
+pub fn ack(
+    sender_seq: u64,
+    accepted: u32,
+    mut rejections: Vec<(u32, u8, String)>,
+    max_frame_bytes: usize,
+) -> Frame {
+    let total = rejections.len();
+    let mut size = 5 + 16;
+    let mut listed = 0;
+    for (_, _, m) in rejections.iter_mut() {
+        if m.len() > MAX_REJECTION_MESSAGE {
+            let mut cut = MAX_REJECTION_MESSAGE;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+        }
+        // Room for this one and the note on the last.
+        let cost = 7 + m.len();
+        if listed == MAX_ACK_REJECTIONS || size + cost + 64 > max_frame_bytes {
+            break;
+        }
+        size += cost;
+        listed += 1;
+    }
+    rejections.truncate(listed);
+    if listed < total {
+        if let Some((_, _, m)) = rejections.last_mut() {
+            m.push_str(&format!(
+                " (and {} more rejections not listed)",
+                total - listed
+            ));
+        }
+    }
+    Frame::Ack {
+        sender_seq,
+        accepted,
+        rejections,
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the node's wall clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 async fn batch(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -590,18 +686,22 @@ async fn batch(
         return;
     };
     let reference = ctx.reference.clone();
+    let latest = now_ms().saturating_add(ctx.max_future_ms);
     let Validated {
         kept,
+        ends,
         items,
-        rejections,
-    } = match tokio::task::spawn_blocking(move || validate(encoding, &records, &reference)).await {
+        index,
+        mut rejections,
+    } = match tokio::task::spawn_blocking(move || validate(encoding, &records, &reference, latest))
+        .await
+    {
         Ok(v) => v,
         Err(_) => {
             send_error(&mut send, fail(ErrorCode::Overloaded), "validation failed").await;
             return;
         }
     };
-    let accepted = items.len() as u32;
     let allowed = rate
         .lock()
         .map(|mut r| r.take(items.len() + rejections.len()))
@@ -622,31 +722,49 @@ async fn batch(
         return;
     }
     turn.0.wait(turn.1).await;
+    let valid = items.len();
     let durable = ctx
         .committer
-        .submit(
-            sender,
+        .submit(Batch {
+            sender: sender.to_owned(),
             sender_seq,
             encoding,
-            Bytes::from(kept),
-            items.into(),
-        )
+            records: Bytes::from(kept),
+            ends,
+            items,
+        })
         .await;
     drop(turn);
     match durable.await {
-        Committed::Appended(_) => {
+        Committed::Appended { expired, .. } => {
+            let accepted = (valid - expired.len()) as u32;
+            for &e in &expired {
+                let i = index.get(e as usize).copied().unwrap_or(e);
+                rejections.push((
+                    i,
+                    reason_code(crate::model::RejectReason::Expired),
+                    "too late: its window had retired (older than windows.retention behind the watermark)".into(),
+                ));
+            }
+            if !expired.is_empty() {
+                rejections.sort_by_key(|r| r.0);
+                ctx.counters
+                    .expired
+                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            }
             ctx.counters.batches.fetch_add(1, Ordering::Relaxed);
             ctx.counters
                 .accepted
-                .fetch_add(accepted as u64, Ordering::Relaxed);
+                .fetch_add(u64::from(accepted), Ordering::Relaxed);
             ctx.counters
                 .rejected
                 .fetch_add(rejections.len() as u64, Ordering::Relaxed);
-            let ack = Frame::Ack {
+            let ack = ack(
                 sender_seq,
                 accepted,
                 rejections,
-            }
+                ctx.limits.section.max_frame_bytes,
+            )
             .to_bytes();
             let _ = send.write_all(&ack).await;
             let _ = send.finish();
@@ -670,7 +788,11 @@ async fn batch(
             )
             .await;
         }
-        Committed::Failed(why) => send_error(&mut send, ErrorCode::Overloaded, &why).await,
+        Committed::Refused(why) => {
+            send_error(&mut send, fail(ErrorCode::FrameTooLarge), &why).await
+        }
+        Committed::Unavailable(why) => send_error(&mut send, ErrorCode::LogUnavailable, &why).await,
+        Committed::Failed(why) => send_error(&mut send, ErrorCode::ShuttingDown, &why).await,
     }
     // Wait until the peer has the answer before dropping the stream.
     let _ = tokio::time::timeout(ANSWER_GRACE, send.stopped()).await;
@@ -682,19 +804,30 @@ async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
     } else {
         Encoding::Cbor
     };
-    let Validated { kept, items, .. } = validate(encoding, &datagram, &ctx.reference);
+    let latest = now_ms().saturating_add(ctx.max_future_ms);
+    let Validated {
+        kept, ends, items, ..
+    } = validate(encoding, &datagram, &ctx.reference, latest);
     if items.len() != 1 {
         ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
         return;
     }
     // Datagrams are unsequenced (the empty sender: no deduplication), best
     // effort and never acknowledged.
-    if let Committed::Appended(_) = ctx
-        .committer
-        .commit("", 0, encoding, Bytes::from(kept), items.into())
-        .await
-    {
-        ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+    let batch = Batch {
+        sender: String::new(),
+        sender_seq: 0,
+        encoding,
+        records: Bytes::from(kept),
+        ends,
+        items,
+    };
+    if let Committed::Appended { expired, .. } = ctx.committer.commit(batch).await {
+        if expired.is_empty() {
+            ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+        } else {
+            ctx.counters.expired.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

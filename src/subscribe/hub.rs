@@ -585,6 +585,8 @@ mod tests {
             size_ms: 60_000,
             allowed_lateness_ms: 0,
             retention_ms: 60_000,
+            max_future_ms: crate::time::DEFAULT_MAX_FUTURE_MS,
+            leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
         };
         Hub::new(
             Arc::new(Reference::new(vec![road], Vec::new())),

@@ -336,6 +336,8 @@ fn incremental_output_equals_batch_recomputation() {
                     size_ms: SIZE,
                     allowed_lateness_ms: lateness,
                     retention_ms: RETENTION,
+                    max_future_ms: edgeflow::time::DEFAULT_MAX_FUTURE_MS,
+                    leap_quorum: edgeflow::time::DEFAULT_LEAP_QUORUM,
                 };
                 let (want_congestion, want_charging, want_fates) =
                     oracle(&recs, chunk_lines, lateness);
