@@ -443,7 +443,7 @@ pub(crate) async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Conne
 
 /// A raw ingest session: connected, HELLO sent as `sender`, WELCOME read.
 /// The control streams are returned: the session lasts while they do.
-async fn session(
+pub(crate) async fn session(
     node: &Node,
     sender: &str,
 ) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
@@ -466,7 +466,7 @@ async fn session(
     (conn, (control, welcome))
 }
 
-async fn exchange(conn: &quinn::Connection, frame: Bytes) -> Frame {
+pub(crate) async fn exchange(conn: &quinn::Connection, frame: Bytes) -> Frame {
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     send.write_all(&frame).await.expect("write");
     let _ = send.finish();

@@ -14,11 +14,15 @@
 //! - `ingest`, `subscribe`: nodes on loopback QUIC, their logs, restarts,
 //!   retention, zone reloads, subscribers, and every bad client.
 //! - `geo`: map matching and zone roll-ups against batch recomputations.
+//! - `faults`: one test per defect of the fault and attack probe (issue
+//!   10): records from the future, damaged logs, a shared log directory,
+//!   a full disk, changed settings, hostile clients.
 //! - `interop`: an independent Python/aioquic client written from
 //!   docs/PROTOCOL.md.
 
 mod bad_input;
 mod cli;
+mod faults;
 mod geo;
 mod golden;
 mod ingest;

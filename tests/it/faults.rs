@@ -1,0 +1,404 @@
+//! The defects a fault and attack probe found (issue 10), one test each,
+//! named after the failure: each failed before its fix.
+//!
+//! Strategy: the real node on loopback QUIC (or the real replay path), the
+//! fault made for real (a record from the future, a flipped bit in a log
+//! segment, a second process on one log directory, a full filesystem, a
+//! changed setting), and the answer checked against the sumo-public
+//! expected tables: nothing acknowledged lost, nothing counted twice.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgeflow::ingest::frame::{reason_code, ErrorCode, Frame};
+use edgeflow::log::Encoding;
+use edgeflow::model::RejectReason;
+use edgeflow::replay::ReplayOptions;
+use edgeflow::topology::Topology;
+
+use crate::ingest::{
+    exchange, restart_in, runtime, send_file, session, start, start_with, topology_text,
+};
+use crate::support::{assert_expected, data, replay, root};
+
+/// First event time of the recording and the end of its last window.
+const REC_START: u64 = 1_767_258_000_000;
+const REC_END: u64 = REC_START + 11 * 60_000;
+
+/// Rows of a CSV text whose window starts inside the recording.
+fn recording_rows(csv: &str) -> String {
+    csv.lines()
+        .enumerate()
+        .filter(|(i, l)| {
+            *i == 0
+                || l.split(',')
+                    .nth(1)
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .is_some_and(|w| (REC_START..REC_END).contains(&w))
+        })
+        .map(|(_, l)| format!("{l}\n"))
+        .collect()
+}
+
+/// A vehicle report on a real segment, as another vehicle at another time.
+fn moved(line: &str, vehicle: &str, ts: u64) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(line).expect("json");
+    v["vehicle_id"] = vehicle.into();
+    v["ts_ms"] = ts.into();
+    v.to_string()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+#[test]
+fn a_record_from_the_future_does_not_poison_the_watermark_in_replay() {
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let lines: Vec<&str> = text.lines().collect();
+    let on_segment = lines
+        .iter()
+        .find(|l| l.contains("\"segment_id\""))
+        .expect("a report on a segment");
+    let mut poisoned = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        poisoned.push(line.to_string());
+        if i == 40 {
+            // Stamped 2099, inside the first chunk.
+            poisoned.push(moved(on_segment, "v-2099", 4_070_908_800_000));
+        }
+        if i % 500 == 250 {
+            // A device whose clock runs an hour ahead, all along.
+            let ts: u64 = serde_json::from_str::<serde_json::Value>(line).expect("json")["ts_ms"]
+                .as_u64()
+                .expect("ts");
+            poisoned.push(moved(on_segment, "v-ahead", ts + 3_600_000));
+        }
+    }
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+    let reference = Arc::new(topo.reference.clone());
+    for workers in [1, 2] {
+        let input = (poisoned.join("\n") + "\n").into_bytes();
+        let (congestion, charging, summary) =
+            replay(input, &reference, topo.time, ReplayOptions::new(workers));
+        assert_eq!(summary.ingest.expired, 0, "nothing expired");
+        assert_expected(&recording_rows(&congestion), &recording_rows(&charging));
+        // The outliers are not lost either: each is its own window's row.
+        assert!(congestion.lines().any(|l| l.contains(",4070908800000,")));
+    }
+}
+
+#[test]
+fn a_record_from_the_future_is_refused_live_and_a_too_late_one_is_never_acknowledged_silently() {
+    let mut node = start("");
+    let path = data("sumo-public/telemetry.jsonl");
+    let r = send_file(&node.options(Encoding::JsonLines), &path);
+    assert_eq!(r.accepted, 11_486);
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    let on_segment = text
+        .lines()
+        .find(|l| l.contains("\"segment_id\""))
+        .expect("a report on a segment");
+    let now = now_ms();
+    let batch = |seq: u64, records: Vec<String>| {
+        Frame::Batch {
+            sender_seq: seq,
+            encoding: Encoding::JsonLines,
+            records: Bytes::from(records.join("\n") + "\n"),
+        }
+        .to_bytes()
+    };
+    runtime().block_on(async {
+        let (conn, _control) = session(&node, "probe").await;
+        // An hour ahead of the node's clock: refused, with its own code.
+        let ahead = vec![moved(on_segment, "v-ahead", now + 3_600_000)];
+        match exchange(&conn, batch(0, ahead)).await {
+            Frame::Ack {
+                accepted: 0,
+                rejections,
+                ..
+            } => {
+                assert_eq!(rejections.len(), 1);
+                assert_eq!(rejections[0].1, reason_code(RejectReason::Future));
+                assert!(rejections[0].2.contains("max_future"), "{rejections:?}");
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+        // A minute ahead of the wall clock (eleven months ahead of the
+        // recording): accepted, and it moves no watermark.
+        let soon = vec![moved(on_segment, "v-soon", now + 60_000)];
+        assert!(matches!(
+            exchange(&conn, batch(1, soon)).await,
+            Frame::Ack { accepted: 1, .. }
+        ));
+        // Within retention of the recording's watermark: still counted.
+        // An hour before it: too late, and the ACK says so.
+        let records = vec![
+            moved(on_segment, "v-late", REC_START + 9 * 60_000 + 1),
+            moved(on_segment, "v-expired", REC_START - 3_600_000),
+        ];
+        match exchange(&conn, batch(2, records)).await {
+            Frame::Ack {
+                accepted: 1,
+                rejections,
+                ..
+            } => {
+                assert_eq!(rejections.len(), 1, "{rejections:?}");
+                assert_eq!(
+                    (rejections[0].0, rejections[0].1),
+                    (1, reason_code(RejectReason::Expired))
+                );
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+    });
+    let stopped = node.stop();
+    assert_eq!(
+        stopped
+            .counters
+            .expired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        stopped.summary.ingest.expired, 0,
+        "none reached the dataflow"
+    );
+    // The late record corrected its window: v-late is one more sample there.
+    let congestion = node.sink("congestion.csv");
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+    let segment = serde_json::from_str::<serde_json::Value>(on_segment).expect("json")
+        ["segment_id"]
+        .as_str()
+        .expect("segment")
+        .to_owned();
+    let window = REC_START + 9 * 60_000;
+    let samples = |csv: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{segment},{window},")))
+            .and_then(|l| {
+                l.split(',')
+                    .nth(3)
+                    .map(|s| s.parse::<u64>().expect("samples"))
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(samples(&congestion), samples(&expected) + 1);
+    // A restart replays the log to the same rows (the expired record is
+    // not in it; the one a minute ahead still moves nothing).
+    node.handle = Some(restart_in(node.dir.path()));
+    node.stop();
+    assert_eq!(node.sink("congestion.csv"), congestion);
+}
+
+#[test]
+fn damage_inside_the_newest_log_segment_stops_the_node_instead_of_cutting_acknowledged_data() {
+    let mut node = start_with(|dir| {
+        topology_text(dir, "").replace("segment_bytes = 262144", "segment_bytes = 67108864")
+    });
+    let mut opts = node.options(Encoding::JsonLines);
+    opts.batch_lines = 200;
+    let r = send_file(&opts, &data("sumo-public/telemetry.jsonl"));
+    assert_eq!(r.accepted, 11_486);
+    node.stop();
+    let congestion = node.sink("congestion.csv");
+    let log = node.dir.path().join("log");
+    let (_, newest) = edgeflow::log::segments(&log)
+        .expect("segments")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x20;
+    std::fs::write(&newest, &bytes).expect("write");
+    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    match edgeflow::edge::start(topo, 1) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("corrupt at byte") && e.contains(".seg"), "{e}");
+        }
+        Ok(_) => panic!("a node started on a damaged log"),
+    }
+    assert_eq!(
+        std::fs::read(&newest).expect("read"),
+        bytes,
+        "nothing was cut from the segment"
+    );
+    assert_eq!(
+        node.sink("congestion.csv"),
+        congestion,
+        "the sink is untouched"
+    );
+    // A replay of it refuses too, rather than give a partial result.
+    let (input, _) = edgeflow::replay::Input::open(&log).expect("log");
+    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    let err = edgeflow::replay::run(
+        input,
+        Arc::new(topo.reference.clone()),
+        topo.time,
+        ReplayOptions::new(1),
+        |_| {},
+        |_| {},
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[test]
+fn two_nodes_on_one_log_directory_the_second_is_refused() {
+    let mut node = start("");
+    let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
+    match edgeflow::edge::start(topo, 1) {
+        Err(e) => assert!(e.to_string().contains("another node"), "{e}"),
+        Ok(_) => panic!("a second node shares the log"),
+    }
+    let r = send_file(
+        &node.options(Encoding::Cbor),
+        &data("sumo-public/telemetry.jsonl"),
+    );
+    assert_eq!(r.accepted, 11_486);
+    let stopped = node.stop();
+    assert_eq!(stopped.summary.ingest.records, 11_486);
+    assert_expected(&node.sink("congestion.csv"), &node.sink("charging.csv"));
+    // Stopped, it lets go of the directory.
+    node.handle = Some(restart_in(node.dir.path()));
+    assert_eq!(node.stop().recovered_entries, 23);
+}
+
+#[test]
+fn changed_retention_over_a_checkpoint_is_refused_not_silently_rewritten() {
+    let topology = |dir: &Path| {
+        topology_text(dir, "")
+            .replace("[windows]\n", "[windows]\nretention = \"60s\"\n")
+            .replace("segment_bytes = 262144", "segment_bytes = 4096")
+    };
+    let mut node = start_with(topology);
+    let mut opts = node.options(Encoding::JsonLines);
+    opts.batch_lines = 100;
+    opts.pace = Some(150.0);
+    assert_eq!(
+        send_file(&opts, &data("sumo-public/telemetry.jsonl")).accepted,
+        11_486
+    );
+    node.stop();
+    let log = node.dir.path().join("log");
+    let cp = edgeflow::checkpoint::Checkpoint::load(&log)
+        .expect("readable")
+        .expect("a checkpoint");
+    assert_eq!(cp.settings.map(|s| s.retention_ms), Some(60_000));
+    let congestion = node.sink("congestion.csv");
+    let toml = node.dir.path().join("edge.toml");
+    let text = std::fs::read_to_string(&toml).expect("topology");
+    std::fs::write(
+        &toml,
+        text.replace("retention = \"60s\"", "retention = \"15m\""),
+    )
+    .expect("write");
+    match edgeflow::edge::start(Topology::load(&toml).expect("valid"), 1) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("windows.retention: 1m → 15m"), "{e}");
+        }
+        Ok(_) => panic!("a node started over a checkpoint of other settings"),
+    }
+    assert_eq!(
+        node.sink("congestion.csv"),
+        congestion,
+        "the sink is untouched"
+    );
+    // Back to the settings it was written with: it starts, unchanged.
+    std::fs::write(&toml, text).expect("write");
+    node.handle = Some(restart_in(node.dir.path()));
+    node.stop();
+    assert_eq!(node.sink("congestion.csv"), congestion);
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped. `None` when
+/// this process may not mount (not root): the test is then skipped, unless
+/// `EDGEFLOW_REQUIRE_TMPFS` is set (CI).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(Tmpfs(at.to_owned()));
+        }
+        assert!(
+            std::env::var_os("EDGEFLOW_REQUIRE_TMPFS").is_none(),
+            "EDGEFLOW_REQUIRE_TMPFS is set but a tmpfs cannot be mounted"
+        );
+        eprintln!(
+            "skipped: mounting a tmpfs needs root (set EDGEFLOW_REQUIRE_TMPFS to require it)"
+        );
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_answered_as_retryable_and_ingest_resumes_once_space_is_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_disk) = Tmpfs::mount(&dir.path().join("disk"), 3 << 20) else {
+        return;
+    };
+    // Nearly full: room for about a third of the recording.
+    let filler = dir.path().join("disk/filler");
+    std::fs::write(&filler, vec![0u8; (3 << 20) - (900 << 10)]).expect("filler");
+    let mut node = start_with(|d| {
+        topology_text(d, "").replace(
+            "dir = \"log\"",
+            &format!("dir = \"{}\"", dir.path().join("disk/log").display()),
+        )
+    });
+    let path = data("sumo-public/telemetry.jsonl");
+    let mut opts = node.options(Encoding::JsonLines);
+    opts.max_reconnects = 2;
+    let mut report = edgeflow::client::SendReport::default();
+    let batches = edgeflow::client::batches(&path, opts.encoding, opts.batch_lines, &mut report)
+        .expect("batches");
+    let err = runtime()
+        .block_on(edgeflow::client::send(&opts, batches.clone(), |_, _| {}))
+        .expect_err("the disk is full");
+    assert!(
+        err.to_string()
+            .contains(&format!("node error {}", ErrorCode::LogUnavailable as u16)),
+        "{err:#}"
+    );
+    let failures = node
+        .handle
+        .as_ref()
+        .expect("running")
+        .counters
+        .log_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(failures > 0);
+    // Space freed: the same sender carries on where the log stopped.
+    std::fs::remove_file(&filler).expect("free space");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = runtime()
+        .block_on(edgeflow::client::send(&opts, batches, |_, _| {}))
+        .expect("sent");
+    assert!(r.already_durable > 0, "{r:?}");
+    node.stop();
+    assert_expected(&node.sink("congestion.csv"), &node.sink("charging.csv"));
+}
