@@ -219,6 +219,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         max_records_per_s: 200_000,
         receive_window: 8 << 20,
         client_ca: None,
+        batch_timeout: "60s".into(),
+        max_buffered_bytes: 256 << 20,
+        max_unauthenticated: 1024,
+        max_unauthenticated_per_source: 32,
     };
     topology.ingest = Some(Ingest {
         listen: "127.0.0.1:0".parse()?,
@@ -226,6 +230,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(30),
         hello_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(10),
+        batch_timeout: Duration::from_secs(60),
     });
     topology.log = Some(LogSection {
         dir: log_dir,

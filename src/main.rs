@@ -101,7 +101,9 @@ enum Command {
     /// Start an edge node on loopback with the bundled Karhula topology,
     /// send it the recorded telemetry over QUIC and show the aggregates live.
     Demo(edgeflow::demo::DemoArgs),
-    /// Make a development CA and a server certificate (PEM) for local nodes.
+    /// Make a development CA (its key kept, 0600), a server certificate
+    /// and a client certificate (PEM) for local nodes; or, with --client,
+    /// issue another client certificate from the CA in --out.
     Certs {
         /// Output directory.
         #[arg(long)]
@@ -109,6 +111,14 @@ enum Command {
         /// Names the server certificate is valid for.
         #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
         names: Vec<String>,
+        /// Issue a client certificate named NAME (client-NAME.pem and .key)
+        /// from the CA already in --out.
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// Replace existing files (a new CA breaks every client that
+        /// trusts the old one).
+        #[arg(long)]
+        force: bool,
     },
     /// Measure the replay path on synthetic telemetry against a plain
     /// single-threaded loop; prints one JSON object.
@@ -476,11 +486,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             edgeflow::demo::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Certs { out, names } => {
-            let paths = edgeflow::edge::make_certs(&out, &names)?;
+        Command::Certs {
+            out,
+            names,
+            client: Some(name),
+            force,
+        } => {
+            let _ = names;
+            let (cert, key) = edgeflow::edge::issue_client_cert(&out, &name, force)?;
+            println!("client certificate: {}", cert.display());
+            println!("client key: {}", key.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs {
+            out,
+            names,
+            client: None,
+            force,
+        } => {
+            let paths = edgeflow::edge::make_certs_in(&out, &names, force)?;
             println!("CA (give to clients): {}", paths.ca.display());
+            println!(
+                "CA key (keep it safe; issues client certificates): {}",
+                paths.ca_key.display()
+            );
             println!("server certificate: {}", paths.cert.display());
             println!("server key: {}", paths.key.display());
+            println!(
+                "client certificate: {} (key {})",
+                paths.client_cert.display(),
+                paths.client_key.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchSubscribe(args) => {

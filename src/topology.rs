@@ -215,6 +215,43 @@ pub struct IngestSection {
     /// certificate signed by this CA (PEM); the token is still required.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// Longest a batch may take to arrive, from its first byte to its last
+    /// (a 4 MiB batch at 1 Mbit/s takes about 34 s). Default 60s. A batch
+    /// not complete by then is answered `batch_timeout` and its buffer
+    /// freed: a client cannot hold memory by never finishing a batch.
+    #[serde(default = "default_batch_timeout")]
+    pub batch_timeout: String,
+    /// Bytes the node buffers for batches and subscription requests still
+    /// arriving or waiting for the log, all connections together. Default
+    /// 256 MiB. When it is used up, reads wait (QUIC flow control then
+    /// stops the senders). Worst-case memory of ingest buffers is this plus
+    /// what QUIC holds unread: `receive_window` per connection, for
+    /// `max_connections + max_unauthenticated` connections.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_bytes: usize,
+    /// Connections not yet authenticated (handshake, HELLO or the first
+    /// SUBSCRIBE under way), node-wide. Default 1,024. They do not take
+    /// `max_connections` slots, so idle strangers cannot keep fleets out;
+    /// past half of this, new clients must first prove their address
+    /// (a QUIC Retry).
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Connections not yet authenticated from one IP address. Default 32.
+    #[serde(default = "default_max_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: usize,
+}
+
+fn default_batch_timeout() -> String {
+    "60s".into()
+}
+fn default_max_buffered() -> usize {
+    256 << 20
+}
+fn default_max_unauthenticated() -> usize {
+    1024
+}
+fn default_max_unauthenticated_per_source() -> usize {
+    32
 }
 
 fn default_max_frame() -> usize {
@@ -416,6 +453,8 @@ pub struct Ingest {
     pub hello_timeout: Duration,
     /// Shutdown grace for batches under way.
     pub drain_timeout: Duration,
+    /// Deadline of one batch's arrival.
+    pub batch_timeout: Duration,
 }
 
 fn duration(text: &str, place: &str, file: &Path, problems: &mut Vec<Problem>) -> Option<Duration> {
@@ -551,6 +590,53 @@ impl Topology {
                 path,
                 &mut problems,
             );
+            let batch_timeout = duration(
+                &i.batch_timeout,
+                "ingest.batch_timeout",
+                path,
+                &mut problems,
+            );
+            for (place, d) in [
+                ("ingest.idle_timeout", idle),
+                ("ingest.hello_timeout", hello),
+                ("ingest.drain_timeout", drain),
+                ("ingest.batch_timeout", batch_timeout),
+            ] {
+                if d.is_some_and(|d| d < Duration::from_millis(100)) {
+                    push(
+                        &mut problems,
+                        place,
+                        "must be at least 100ms (a zero timeout would close every connection)",
+                    );
+                }
+            }
+            if i.receive_window < i.max_frame_bytes as u64 + 64 {
+                push(
+                    &mut problems,
+                    "ingest.receive_window",
+                    &format!(
+                        "must be at least max_frame_bytes + 64 ({}): a batch must fit in flight",
+                        i.max_frame_bytes + 64
+                    ),
+                );
+            }
+            if i.max_buffered_bytes < i.max_frame_bytes {
+                push(
+                    &mut problems,
+                    "ingest.max_buffered_bytes",
+                    &format!(
+                        "must be at least max_frame_bytes ({}): one batch must fit",
+                        i.max_frame_bytes
+                    ),
+                );
+            }
+            if i.max_unauthenticated == 0 || i.max_unauthenticated_per_source == 0 {
+                push(
+                    &mut problems,
+                    "ingest",
+                    "max_unauthenticated and max_unauthenticated_per_source must be at least 1",
+                );
+            }
             let client_ca = i.client_ca.as_ref().map(|p| ("ingest.client_ca", p));
             for (what, p) in [("ingest.cert", &i.cert), ("ingest.key", &i.key)]
                 .into_iter()
@@ -588,6 +674,7 @@ impl Topology {
                 idle_timeout: idle?,
                 hello_timeout: hello?,
                 drain_timeout: drain?,
+                batch_timeout: batch_timeout?,
             })
         });
         for (n, fleet) in file.fleet.iter().enumerate() {

@@ -53,6 +53,9 @@ pub enum ErrorCode {
     /// The node cannot write its log now (disk full or failing): nothing of
     /// the batch was kept; retry later.
     LogUnavailable = 11,
+    /// A batch that did not arrive within `batch_timeout`: it was dropped
+    /// unacknowledged; send it again.
+    BatchTimeout = 12,
 }
 
 impl ErrorCode {
@@ -71,6 +74,7 @@ impl ErrorCode {
             ShuttingDown,
             BatchOverRate,
             LogUnavailable,
+            BatchTimeout,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)

@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use super::admission::{self, Admission, Admit, Unauthenticated};
+use super::budget::{Budget, ReadError};
 use super::commit::{Batch, Committed, Committer};
 use super::frame::{kind, reason_code, ErrorCode, Frame, ALPN};
 use crate::codec::{cbor_items, decode_json, CborItem};
@@ -95,7 +97,10 @@ pub struct IngestContext {
     /// `[windows] max_future`, ms: records further ahead of the wall clock
     /// are refused.
     pub max_future_ms: u64,
-    live_connections: Arc<AtomicUsize>,
+    /// Connection slots.
+    pub admission: Arc<Admission>,
+    /// Bytes buffered for frames still arriving or waiting for the log.
+    pub budget: Budget,
 }
 
 impl IngestContext {
@@ -107,15 +112,21 @@ impl IngestContext {
         limits: Ingest,
         counters: Arc<IngestCounters>,
         max_future_ms: u64,
+        budget: Budget,
     ) -> Self {
         IngestContext {
             reference,
             token_hashes,
             committer,
-            limits,
             counters,
             max_future_ms,
-            live_connections: Arc::new(AtomicUsize::new(0)),
+            admission: Admission::new(admission::Limits {
+                max_connections: limits.section.max_connections,
+                max_unauthenticated: limits.section.max_unauthenticated,
+                max_unauthenticated_per_source: limits.section.max_unauthenticated_per_source,
+            }),
+            budget,
+            limits,
         }
     }
 
@@ -246,43 +257,44 @@ pub async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if ctx.live_connections.load(Ordering::Relaxed) >= ctx.limits.section.max_connections {
-                    ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    incoming.refuse();
-                    continue;
-                }
+                let source = incoming.remote_address().ip();
+                let pending = match ctx.admission.arrive(source, incoming.remote_address_validated()) {
+                    Admit::Yes(pending) => pending,
+                    Admit::Retry => {
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().refuse();
+                        }
+                        continue;
+                    }
+                    Admit::Refuse(_) => {
+                        ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        incoming.refuse();
+                        continue;
+                    }
+                };
                 let ctx = ctx.clone();
                 let stop = shutdown.clone();
                 let (subs, sub_tasks) = (subscriptions.clone(), sub_tasks.clone());
                 tasks.spawn(async move {
-                    ctx.live_connections.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(conn) = incoming.await {
-                        if alpn(&conn).as_deref() == Some(crate::subscribe::proto::ALPN) {
-                            match (subs, sub_tasks.lock()) {
-                                (Some(subs), Ok(mut set)) => {
-                                    // Reap the subscription connections that ended.
-                                    while set.try_join_next().is_some() {}
-                                    // It counts toward max_connections while it
-                                    // lasts. (Not the whole context: that holds
-                                    // the committer, which must end with ingest.)
-                                    let live = ctx.live_connections.clone();
-                                    set.spawn(async move {
-                                        crate::subscribe::server::connection(conn, subs).await;
-                                        live.fetch_sub(1, Ordering::Relaxed);
-                                    });
-                                    return;
-                                }
-                                _ => conn.close(
-                                    quinn::VarInt::from_u32(ErrorCode::Unauthorized as u32),
-                                    b"this node has no operators",
-                                ),
+                    let Ok(conn) = incoming.await else { return };
+                    if alpn(&conn).as_deref() == Some(crate::subscribe::proto::ALPN) {
+                        match (subs, sub_tasks.lock()) {
+                            (Some(subs), Ok(mut set)) => {
+                                // Reap the subscription connections that ended.
+                                while set.try_join_next().is_some() {}
+                                // (Not the whole context: that holds the
+                                // committer, which must end with ingest.)
+                                set.spawn(crate::subscribe::server::connection(conn, subs, pending));
                             }
-                        } else {
-                            ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-                            connection(conn, &ctx, stop).await;
+                            _ => conn.close(
+                                quinn::VarInt::from_u32(ErrorCode::Unauthorized as u32),
+                                b"this node has no operators",
+                            ),
                         }
+                    } else {
+                        ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        connection(conn, &ctx, stop, pending).await;
                     }
-                    ctx.live_connections.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             _ = shutdown.changed() => break,
@@ -315,6 +327,7 @@ async fn connection(
     conn: quinn::Connection,
     ctx: &Arc<IngestContext>,
     mut shutdown: watch::Receiver<bool>,
+    pending: Unauthenticated,
 ) {
     let close = |code: ErrorCode, why: &str| {
         conn.close(quinn::VarInt::from_u32(code as u32), why.as_bytes())
@@ -367,6 +380,18 @@ async fn connection(
             }
             (send, sender)
         }
+    };
+    // Authenticated: from now on it holds one of `max_connections` slots.
+    let Some(_slot) = pending.authenticate() else {
+        ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
+        send_error(
+            &mut control,
+            ErrorCode::Overloaded,
+            "the node serves max_connections sessions; retry later",
+        )
+        .await;
+        close(ErrorCode::Overloaded, "too many connections");
+        return;
     };
     let welcome = Frame::Welcome {
         next_sender_seq: ctx.committer.next_sender_seq(&sender),
@@ -663,9 +688,40 @@ async fn batch(
         ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
         code
     };
-    let frame = match read_frame(&mut recv, ctx.limits.section.max_frame_bytes).await {
-        Ok(f) => f,
-        Err((code, why)) => {
+    // The whole batch within `batch_timeout`, its bytes within the
+    // node's budget (held until it is answered).
+    let max = ctx.limits.section.max_frame_bytes;
+    let read = tokio::time::timeout(
+        ctx.limits.batch_timeout,
+        ctx.budget.read_frame(&mut recv, max),
+    );
+    let (frame, _held) = match read.await {
+        Ok(Ok((mut buf, held))) => match Frame::decode(&mut buf, max) {
+            Ok(Some(f)) => (f, held),
+            Ok(None) => {
+                send_error(&mut send, fail(ErrorCode::BadFrame), "incomplete frame").await;
+                return;
+            }
+            Err(e) => {
+                send_error(&mut send, fail(ErrorCode::BadFrame), &e.to_string()).await;
+                return;
+            }
+        },
+        Ok(Err(e)) => {
+            let code = match e {
+                ReadError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                ReadError::CutShort(_) => ErrorCode::BadFrame,
+            };
+            send_error(&mut send, fail(code), &e.to_string()).await;
+            let _ = recv.stop(quinn::VarInt::from_u32(code as u32));
+            return;
+        }
+        Err(_) => {
+            let code = ErrorCode::BatchTimeout;
+            let why = format!(
+                "the batch did not arrive within batch_timeout ({:?}); send it again",
+                ctx.limits.batch_timeout
+            );
             send_error(&mut send, fail(code), &why).await;
             let _ = recv.stop(quinn::VarInt::from_u32(code as u32));
             return;

@@ -15,6 +15,8 @@ use super::hub::{Hub, Interest, Refused};
 use super::proto::{Filter, SubError, SubFrame, Subscribe};
 use crate::aggregate::Kind;
 use crate::geo::zones::ZoneKind;
+use crate::ingest::admission::Unauthenticated;
+use crate::ingest::budget::Budget;
 use crate::reference::Reference;
 
 /// Largest SUBSCRIBE frame, bytes (an id filter of a few thousand keys).
@@ -47,6 +49,9 @@ pub struct SubContext {
     pub reference: Arc<Reference>,
     /// How long a client may take to send SUBSCRIBE.
     pub request_timeout: Duration,
+    /// The node-wide budget of buffered frame bytes (SUBSCRIBE requests
+    /// are read within it).
+    pub budget: Budget,
     /// Becomes true when the node has published its last aggregates.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -226,25 +231,22 @@ async fn send(stream: &mut quinn::SendStream, frames: &[SubFrame]) -> bool {
     stream.write_all(&buf).await.is_ok()
 }
 
-async fn read_request(recv: &mut quinn::RecvStream) -> Result<Subscribe, (SubError, String)> {
-    let mut buf = BytesMut::new();
-    loop {
-        match SubFrame::decode(&mut buf, MAX_REQUEST_BYTES) {
-            Ok(Some(SubFrame::Subscribe(s))) => return Ok(s),
-            Ok(Some(_)) => {
-                return Err((
-                    SubError::BadRequest,
-                    "the first frame must be SUBSCRIBE".into(),
-                ))
-            }
-            Ok(None) => {}
-            Err(e) => return Err((SubError::BadRequest, e.to_string())),
-        }
-        let mut chunk = [0u8; 16 << 10];
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            _ => return Err((SubError::BadRequest, "stream ended before SUBSCRIBE".into())),
-        }
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    budget: &Budget,
+) -> Result<Subscribe, (SubError, String)> {
+    let (mut buf, _held) = budget
+        .read_frame(recv, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|e| (SubError::BadRequest, e.to_string()))?;
+    match SubFrame::decode(&mut buf, MAX_REQUEST_BYTES) {
+        Ok(Some(SubFrame::Subscribe(s))) => Ok(s),
+        Ok(Some(_)) => Err((
+            SubError::BadRequest,
+            "the first frame must be SUBSCRIBE".into(),
+        )),
+        Ok(None) => Err((SubError::BadRequest, "incomplete frame".into())),
+        Err(e) => Err((SubError::BadRequest, e.to_string())),
     }
 }
 
@@ -260,8 +262,10 @@ async fn stream(
     conn: quinn::Connection,
     mut send_half: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    authenticated: Option<tokio::sync::oneshot::Sender<bool>>,
 ) {
-    let req = match tokio::time::timeout(ctx.request_timeout, read_request(&mut recv)).await {
+    let read = read_request(&mut recv, &ctx.budget);
+    let req = match tokio::time::timeout(ctx.request_timeout, read).await {
         Ok(Ok(r)) => r,
         Ok(Err((code, msg))) => {
             send(&mut send_half, &[SubFrame::error(code, msg)]).await;
@@ -279,10 +283,15 @@ async fn stream(
             return;
         }
     };
-    let sub = match ctx.interest(&req).and_then(|i| {
+    let sub = ctx.interest(&req).and_then(|i| {
         ctx.hub
             .subscribe(i, req.resume, req.snapshot_if_unavailable)
-    }) {
+    });
+    if let Some(tx) = authenticated {
+        let known = !matches!(&sub, Err(Refused(SubError::Unauthorized, _)));
+        let _ = tx.send(known);
+    }
+    let sub = match sub {
         Ok(s) => s,
         Err(Refused(code, msg)) => {
             send(&mut send_half, &[SubFrame::error(code, msg)]).await;
@@ -345,21 +354,57 @@ async fn stream(
 }
 
 /// Serves one subscription connection: a subscription per bidirectional
-/// stream, until the client closes it. A connection without a stream for
+/// stream, until the client closes it. Until a SUBSCRIBE with a known
+/// operator token arrives, the connection is unauthenticated: it holds a
+/// ticket of the unauthenticated pool, has one stream read at a time, and
+/// is closed after an unknown token. Then it takes one of the node's
+/// `max_connections` slots. A connection without a stream for
 /// `request_timeout` (none opened yet, or all ended) is closed: it would
-/// hold a connection slot for nothing.
-pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>) {
+/// hold a slot for nothing.
+pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>, pending: Unauthenticated) {
+    let mut pending = Some(pending);
+    let mut _slot = None;
+    let mut verdict: Option<tokio::sync::oneshot::Receiver<bool>> = None;
+    let mut refused = false;
     let mut streams = tokio::task::JoinSet::new();
     let mut stopping = ctx.stopping.clone();
     loop {
         let idle = tokio::time::sleep(ctx.request_timeout);
+        let waiting = verdict.is_some();
         tokio::select! {
-            accepted = conn.accept_bi() => match accepted {
+            accepted = conn.accept_bi(), if !refused && (pending.is_none() || streams.is_empty()) => match accepted {
                 Ok((send_half, recv)) => {
-                    streams.spawn(stream(ctx.clone(), conn.clone(), send_half, recv));
+                    let tell = pending.is_some().then(|| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        verdict = Some(rx);
+                        tx
+                    });
+                    streams.spawn(stream(ctx.clone(), conn.clone(), send_half, recv, tell));
                 }
                 Err(_) => break,
             },
+            known = async {
+                match verdict.as_mut() {
+                    Some(rx) => rx.await.unwrap_or(false),
+                    None => false,
+                }
+            }, if waiting => {
+                verdict = None;
+                if known {
+                    match pending.take().and_then(Unauthenticated::authenticate) {
+                        Some(slot) => _slot = Some(slot),
+                        None => {
+                            conn.close(
+                                quinn::VarInt::from_u32(SubError::ShuttingDown as u32),
+                                b"the node serves max_connections; retry later",
+                            );
+                            break;
+                        }
+                    }
+                } else {
+                    refused = true;
+                }
+            }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             _ = idle, if streams.is_empty() => {
                 conn.close(
@@ -369,6 +414,13 @@ pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>) {
                 break;
             }
             _ = stopping.wait_for(|s| *s) => break,
+        }
+        if refused && streams.is_empty() {
+            conn.close(
+                quinn::VarInt::from_u32(SubError::Unauthorized as u32),
+                b"unknown operator token",
+            );
+            break;
         }
     }
     while streams.join_next().await.is_some() {}

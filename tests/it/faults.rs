@@ -402,3 +402,180 @@ fn a_full_disk_is_answered_as_retryable_and_ingest_resumes_once_space_is_freed()
     node.stop();
     assert_expected(&node.sink("congestion.csv"), &node.sink("charging.csv"));
 }
+
+#[test]
+fn unfinished_batches_cannot_hold_memory_and_time_out() {
+    let mut node =
+        start("max_frame_bytes = 262144\nmax_buffered_bytes = 1048576\nbatch_timeout = \"1s\"");
+    let budget = node.handle.as_ref().expect("running").budget.clone();
+    assert_eq!(budget.available(), 1 << 20);
+    let rt = runtime();
+    let stuck = rt.block_on(async {
+        let (conn, control) = session(&node, "hostile").await;
+        // Eight streams that each declare a 256 KiB batch and send all of
+        // it but its last byte.
+        let mut streams = Vec::new();
+        for seq in 0..8u64 {
+            let (mut send, recv) = conn.open_bi().await.expect("stream");
+            let mut frame = vec![edgeflow::ingest::frame::kind::BATCH];
+            frame.extend_from_slice(&(262_144u32).to_be_bytes());
+            frame.extend_from_slice(&seq.to_be_bytes());
+            frame.push(0);
+            frame.resize(5 + 262_144 - 1, b' ');
+            tokio::spawn(async move {
+                let _ = send.write_all(&frame).await;
+                // Never finished: held open.
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                drop(send);
+            });
+            streams.push(recv);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let held = (1 << 20) - budget.available();
+        assert!(held <= 1 << 20, "never more than the budget");
+        // Each is answered batch_timeout, and the budget is free again.
+        let mut codes = Vec::new();
+        for mut recv in streams {
+            let bytes = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                recv.read_to_end(1 << 16),
+            )
+            .await
+            .expect("answered in time")
+            .unwrap_or_default();
+            let frame = Frame::decode(&mut bytes::BytesMut::from(&bytes[..]), 1 << 16)
+                .ok()
+                .flatten();
+            codes.push(match frame {
+                Some(Frame::Error { code, .. }) => code,
+                other => panic!("expected an error, got {other:?}"),
+            });
+        }
+        drop((conn, control));
+        codes
+    });
+    // Streams that waited for the budget time out too, or are cut short
+    // when their sender gives up; none is acknowledged.
+    assert!(
+        stuck.iter().all(|&c| c == ErrorCode::BatchTimeout as u16),
+        "{stuck:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(budget.available(), 1 << 20, "everything given back");
+    // Fleets are served as ever.
+    let mut opts = node.options(Encoding::Cbor);
+    opts.batch_lines = 200;
+    let r = send_file(&opts, &data("sumo-public/telemetry.jsonl"));
+    assert_eq!(r.accepted, 11_486);
+    node.stop();
+    assert_expected(&node.sink("congestion.csv"), &node.sink("charging.csv"));
+}
+
+#[test]
+fn idle_unauthenticated_connections_take_no_fleet_slots() {
+    let mut node = start_with(|dir| {
+        topology_text(
+            dir,
+            "max_connections = 2\nmax_unauthenticated_per_source = 6",
+        )
+        .replace("hello_timeout = \"500ms\"", "hello_timeout = \"20s\"")
+    });
+    let rt = runtime();
+    let idle = rt.block_on(async {
+        // Ten strangers from 127.0.0.2 connect and say nothing: six get in
+        // (the per-source limit), the rest are refused.
+        let mut idle = Vec::new();
+        let mut refused = 0;
+        for _ in 0..10 {
+            match crate::ingest::raw_connect_from(
+                &node,
+                edgeflow::ingest::frame::ALPN,
+                "127.0.0.2:0",
+            )
+            .await
+            {
+                Ok(c) => idle.push(c),
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!((idle.len(), refused), (6, 4));
+        idle
+    });
+    // A fleet from another address is served at once, on both slots.
+    let started = std::time::Instant::now();
+    let mut opts = node.options(Encoding::Cbor);
+    opts.batch_lines = 200;
+    let r = send_file(&opts, &data("sumo-public/telemetry.jsonl"));
+    assert_eq!(r.accepted, 11_486);
+    assert_eq!(r.reconnects, 0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    drop(idle);
+    node.stop();
+}
+
+#[test]
+fn certs_keeps_keys_private_and_its_ca_and_never_replaces_it_silently() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
+            .arg("certs")
+            .arg("--out")
+            .arg(&certs)
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    assert!(run(&[]).status.success());
+    for key in ["ca.key", "server.key", "client.key"] {
+        let mode = std::fs::metadata(certs.join(key))
+            .expect(key)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let ca = std::fs::read(certs.join("ca.pem")).expect("ca");
+    // Again: refused, the CA untouched.
+    let again = run(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read(certs.join("ca.pem")).expect("ca"), ca);
+    // A client certificate issued later from the kept CA key.
+    let issued = run(&["--client", "bus-7"]);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let mode = std::fs::metadata(certs.join("client-bus-7.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !run(&["--client", "bus-7"]).status.success(),
+        "not replaced"
+    );
+    // A node requiring client certificates from that CA accepts it.
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(certs.join(f), dir.path().join(f)).expect("copy");
+    }
+    let text = topology_text(dir.path(), "client_ca = \"ca.pem\"");
+    std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
+    let mut node = crate::ingest::Node {
+        ca: dir.path().join("ca.pem"),
+        handle: Some(restart_in(dir.path())),
+        dir,
+    };
+    let mut opts = node.options(Encoding::Cbor);
+    opts.identity = Some((
+        certs.join("client-bus-7.pem"),
+        certs.join("client-bus-7.key"),
+    ));
+    assert_eq!(
+        send_file(&opts, &data("sumo-public/telemetry.jsonl")).accepted,
+        11_486
+    );
+    node.stop();
+}

@@ -413,6 +413,16 @@ fn replay_zones(dir: &Path, input: &Path) -> String {
 
 /// A raw client for protocol tests.
 pub(crate) async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Connection, String> {
+    raw_connect_from(node, alpn, "127.0.0.1:0").await
+}
+
+/// A raw client bound to `bind` (another loopback address is another
+/// source).
+pub(crate) async fn raw_connect_from(
+    node: &Node,
+    alpn: &[u8],
+    bind: &str,
+) -> Result<quinn::Connection, String> {
     let mut config = edgeflow::client::client_config(&node.ca).map_err(|e| e.to_string())?;
     if alpn != edgeflow::ingest::frame::ALPN {
         let mut roots = rustls::RootCertStore::empty();
@@ -431,8 +441,7 @@ pub(crate) async fn raw_connect(node: &Node, alpn: &[u8]) -> Result<quinn::Conne
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic"),
         ));
     }
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let mut endpoint = quinn::Endpoint::client(bind.parse().expect("addr")).expect("endpoint");
     endpoint.set_default_client_config(config);
     endpoint
         .connect(node.addr(), "localhost")
