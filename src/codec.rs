@@ -139,7 +139,16 @@ pub fn cbor_items(bytes: &[u8]) -> impl Iterator<Item = (std::ops::Range<usize>,
             return None;
         }
         let mut d = minicbor::Decoder::new(&bytes[pos..]);
-        match d.skip() {
+        // A break code (0xff) outside an indefinite-length item is not
+        // well-formed CBOR (RFC 8949 §3.2.1), whatever a decoder skips.
+        let skipped = if bytes[pos] == 0xff {
+            Err(minicbor::decode::Error::message(
+                "a break code outside an indefinite-length item",
+            ))
+        } else {
+            d.skip()
+        };
+        match skipped {
             Ok(()) => {
                 let range = pos..pos + d.position();
                 pos = range.end;
@@ -170,6 +179,18 @@ mod tests {
 
     const VEHICLE: &str = r#"{"type":"vehicle","vehicle_id":"v-000042","ts_ms":1767258000000,"lat":60.16952,"lon":24.93545,"speed_mps":12.4,"heading_deg":87.0,"segment_id":"-2345#1","ev":{"soc_pct":54.2}}"#;
     const CHARGER: &str = r#"{"type":"charger","charger_id":"cs-kamppi-1","connector":1,"ts_ms":1767258000000,"status":"Occupied","power_kw":48.5,"energy_wh":1234567}"#;
+
+    #[test]
+    fn a_lone_break_code_is_malformed_cbor_and_ends_the_batch() {
+        let mut bytes = vec![0xff];
+        bytes.extend_from_slice(&[0xa0]);
+        let items: Vec<_> = cbor_items(&bytes).collect();
+        assert_eq!(items.len(), 1);
+        match &items[0].1 {
+            CborItem::Fatal(e) => assert_eq!(e.reason, RejectReason::Syntax),
+            _ => panic!("expected the batch to end"),
+        }
+    }
 
     #[test]
     fn decodes_the_contract_examples() {

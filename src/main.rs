@@ -47,6 +47,10 @@ enum Command {
         /// Directory for the CSV files (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// A damaged log: replay it up to the damage (and say so) instead
+        /// of failing.
+        #[arg(long)]
+        accept_damage: bool,
     },
     /// Run an edge node: QUIC ingest, durable log, live dataflow, sinks.
     /// Stops gracefully on SIGINT/SIGTERM.
@@ -316,8 +320,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             speed,
             input,
             out,
+            accept_damage,
         } => {
             let topo = load_topology(&topology)?;
+            if input.is_dir() {
+                // The window settings must be the checkpoint's.
+                let settings =
+                    edgeflow::checkpoint::Settings::of(&topo.time, &topo.reference_sha256);
+                if let Some(cp) = edgeflow::checkpoint::Checkpoint::load(&input)? {
+                    if let Some(notice) = cp.check_settings(&input, &settings)? {
+                        eprintln!("edgeflow: {notice}");
+                    }
+                }
+            }
             if let Some(s) = speed {
                 if !(s.is_finite() && s >= 0.001) {
                     bail!("--speed must be a number >= 0.001 (times event time), got {s}");
@@ -349,6 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 topo.time,
                 ReplayOptions {
                     speed,
+                    accept_damage,
                     ..ReplayOptions::new(workers)
                 },
                 |batch| table.apply(batch),
@@ -366,6 +382,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write CSV files into {}", out.display()))?;
             edgeflow::metrics::publish(&summary);
             print_summary(&summary, workers, &out);
+            for note in &summary.log_notes {
+                eprintln!("edgeflow: warning: {note}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

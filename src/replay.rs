@@ -64,6 +64,9 @@ pub struct ReplayOptions {
     /// Part of how an input is read, like a log's batch boundaries: results
     /// are identical for any worker count given the same chunk size.
     pub chunk_lines: usize,
+    /// Replay a damaged log up to its damage (and say so in
+    /// [`RunSummary::log_notes`]) instead of failing.
+    pub accept_damage: bool,
 }
 
 impl ReplayOptions {
@@ -74,6 +77,7 @@ impl ReplayOptions {
             speed: None,
             provisional: false,
             chunk_lines: crate::input::CHUNK_LINES,
+            accept_damage: false,
         }
     }
 }
@@ -89,6 +93,10 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Input bytes read.
     pub bytes: u64,
+    /// What reading a log found that a person should know: a torn tail
+    /// (normal after a crash: never acknowledged), or damage accepted with
+    /// `accept_damage`.
+    pub log_notes: Vec<String>,
 }
 
 impl RunSummary {
@@ -204,10 +212,12 @@ impl Input {
 fn read_chunks(
     input: Input,
     first_seq: u64,
-    chunk_lines: usize,
+    options: &ReplayOptions,
     bytes: Arc<AtomicU64>,
     queue: mpsc::SyncSender<Chunk>,
+    notes: &mut Vec<String>,
 ) -> Result<(), String> {
+    let chunk_lines = options.chunk_lines.max(1);
     let deal = |chunk: Chunk| queue.send(chunk).is_ok();
     match input {
         Input::JsonLines(reader) => {
@@ -231,8 +241,20 @@ fn read_chunks(
                 .map_err(|e| e.to_string())?
                 .first()
                 .map_or(0, |(first, _)| *first);
-            for entry in crate::log::LogReader::open(&dir).map_err(|e| e.to_string())? {
-                let entry = entry.map_err(|e| e.to_string())?;
+            let mut reader = crate::log::LogReader::open(&dir).map_err(|e| e.to_string())?;
+            for entry in reader.by_ref() {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e @ crate::log::LogError::Corrupt { .. }) if options.accept_damage => {
+                        notes.push(format!(
+                            "the log is damaged ({e}); replayed up to the damage only (--accept-damage)"
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(format!("{e} (--accept-damage replays up to the damage)"))
+                    }
+                };
                 end = entry.seq + 1;
                 if entry.seq < first_seq {
                     // Before the checkpoint: left over from a crash between
@@ -243,6 +265,12 @@ fn read_chunks(
                 if !deal(Chunk::from_batch(entry.seq, entry.encoding, entry.records)) {
                     return Ok(());
                 }
+            }
+            if let Some((path, at)) = reader.torn_tail() {
+                notes.push(format!(
+                    "the log ends in a torn tail at byte {at} of {} (written after the node's last fsync, so never acknowledged; normal after a crash)",
+                    path.display()
+                ));
             }
             if first_seq > end {
                 return Err(format!(
@@ -301,18 +329,19 @@ pub fn run(
         Membership::default()
     });
     let first_seq = resume.first_seq;
-    let chunk_lines = options.chunk_lines.max(1);
     let reader = {
         let bytes = bytes.clone();
         let read_error = read_error.clone();
         std::thread::Builder::new()
             .name("edgeflow-reader".into())
             .spawn(move || {
-                if let Err(e) = read_chunks(input, first_seq, chunk_lines, bytes, queue) {
+                let mut notes = Vec::new();
+                if let Err(e) = read_chunks(input, first_seq, &options, bytes, queue, &mut notes) {
                     if let Ok(mut slot) = read_error.lock() {
                         *slot = Some(e);
                     }
                 }
+                notes
             })
             .map_err(|e| ReplayError::Dataflow(format!("cannot start the reader thread: {e}")))?
     };
@@ -436,7 +465,7 @@ pub fn run(
         let stats = result.map_err(ReplayError::Dataflow)?;
         ingest.merge(&stats);
     }
-    let _ = reader.join();
+    let log_notes = reader.join().unwrap_or_default();
     if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
         return Err(ReplayError::Read(e));
     }
@@ -445,5 +474,6 @@ pub fn run(
         emitted,
         elapsed: start.elapsed(),
         bytes: bytes.load(Ordering::Relaxed),
+        log_notes,
     })
 }

@@ -332,41 +332,49 @@ async fn connection(
     let close = |code: ErrorCode, why: &str| {
         conn.close(quinn::VarInt::from_u32(code as u32), why.as_bytes())
     };
-    // HELLO on the first bidirectional stream, within the deadline.
-    let hello = tokio::time::timeout(ctx.limits.hello_timeout, async {
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|_| None)?;
-        match read_frame(&mut recv, MAX_HELLO_BYTES).await {
-            Ok(Frame::Hello { token, sender }) => Ok((send, token, sender)),
-            Ok(_) => {
-                send_error(
-                    &mut send,
-                    ErrorCode::BadHello,
-                    "the first frame must be HELLO",
-                )
-                .await;
-                Err(Some(ErrorCode::BadHello))
-            }
-            Err((_, why)) => {
-                send_error(&mut send, ErrorCode::BadHello, &why).await;
-                Err(Some(ErrorCode::BadHello))
-            }
+    // HELLO on the first bidirectional stream, within the deadline; a stop
+    // meanwhile is answered too.
+    let deadline = tokio::time::Instant::now() + ctx.limits.hello_timeout;
+    let accepted = tokio::select! {
+        r = tokio::time::timeout_at(deadline, conn.accept_bi()) => r,
+        _ = shutdown.changed() => {
+            close(ErrorCode::ShuttingDown, "node stopping");
+            return;
         }
-    })
-    .await;
-    let (mut control, sender) = match hello {
+    };
+    let (mut send, mut recv) = match accepted {
         Err(_) => {
+            // No stream to answer on: the close carries the code.
             ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
             close(ErrorCode::HelloTimeout, "no HELLO in time");
             return;
         }
-        Ok(Err(code)) => {
-            ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            if let Some(code) = code {
-                close(code, "bad HELLO");
-            }
+        Ok(Err(_)) => return,
+        Ok(Ok(streams)) => streams,
+    };
+    let read = tokio::select! {
+        r = tokio::time::timeout_at(deadline, read_frame(&mut recv, MAX_HELLO_BYTES)) => Some(r),
+        _ = shutdown.changed() => None,
+    };
+    let (mut control, sender) = match read {
+        None => {
+            send_error(&mut send, ErrorCode::ShuttingDown, "node stopping").await;
+            close(ErrorCode::ShuttingDown, "node stopping");
             return;
         }
-        Ok(Ok((mut send, token, sender))) => {
+        Some(Err(_)) => {
+            ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            send_error(&mut send, ErrorCode::HelloTimeout, "no HELLO in time").await;
+            close(ErrorCode::HelloTimeout, "no HELLO in time");
+            return;
+        }
+        Some(Ok(Err((_, why)))) => {
+            ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            send_error(&mut send, ErrorCode::BadHello, &why).await;
+            close(ErrorCode::BadHello, "bad HELLO");
+            return;
+        }
+        Some(Ok(Ok(Frame::Hello { token, sender }))) => {
             if !ctx.authorized(&token) {
                 ctx.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
                 send_error(&mut send, ErrorCode::Unauthorized, "unknown token").await;
@@ -379,6 +387,13 @@ async fn connection(
                 return;
             }
             (send, sender)
+        }
+        Some(Ok(Ok(_))) => {
+            ctx.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            let why = "the first frame must be HELLO";
+            send_error(&mut send, ErrorCode::BadHello, why).await;
+            close(ErrorCode::BadHello, why);
+            return;
         }
     };
     // Authenticated: from now on it holds one of `max_connections` slots.

@@ -247,6 +247,30 @@ fn damage_inside_the_newest_log_segment_stops_the_node_instead_of_cutting_acknow
     )
     .expect_err("refused");
     assert!(err.to_string().contains("corrupt"), "{err}");
+    // The command says so and fails, unless told to accept the damage.
+    let replay_cli = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
+            .arg("replay")
+            .arg("--topology")
+            .arg(node.dir.path().join("edge.toml"))
+            .arg(&log)
+            .arg("--out")
+            .arg(node.dir.path().join("replayed"))
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    let refused = replay_cli(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("corrupt") && stderr.contains("--accept-damage"),
+        "{stderr}"
+    );
+    let partial = replay_cli(&["--accept-damage"]);
+    let stderr = String::from_utf8_lossy(&partial.stderr);
+    assert!(partial.status.success(), "{stderr}");
+    assert!(stderr.contains("replayed up to the damage"), "{stderr}");
 }
 
 #[test]
@@ -578,4 +602,55 @@ fn certs_keeps_keys_private_and_its_ca_and_never_replaces_it_silently() {
         11_486
     );
     node.stop();
+}
+
+/// Reads the frame the node sends on a control stream.
+async fn answer_on(recv: &mut quinn::RecvStream) -> Option<u16> {
+    let bytes = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        recv.read_to_end(1 << 16),
+    )
+    .await
+    .expect("answered in time")
+    .ok()?;
+    match Frame::decode(&mut bytes::BytesMut::from(&bytes[..]), 1 << 16).ok()?? {
+        Frame::Error { code, .. } => Some(code),
+        _ => None,
+    }
+}
+
+#[test]
+fn no_hello_in_time_gets_its_error_frame_and_so_does_a_client_in_hello_at_shutdown() {
+    // Long enough that the second client is surely still in HELLO at the stop.
+    let mut node = start_with(|dir| {
+        topology_text(dir, "").replace("hello_timeout = \"500ms\"", "hello_timeout = \"3s\"")
+    });
+    let rt = runtime();
+    let (late, mut stopping) = rt.block_on(async {
+        let conn = crate::ingest::raw_connect(&node, edgeflow::ingest::frame::ALPN)
+            .await
+            .expect("handshake");
+        // The control stream with one byte of a HELLO, then nothing.
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        send.write_all(&[edgeflow::ingest::frame::kind::HELLO])
+            .await
+            .expect("write");
+        let code = answer_on(&mut recv).await;
+        // Another one, still in HELLO when the node stops.
+        let other = crate::ingest::raw_connect(&node, edgeflow::ingest::frame::ALPN)
+            .await
+            .expect("handshake");
+        let (mut send2, recv2) = other.open_bi().await.expect("stream");
+        send2
+            .write_all(&[edgeflow::ingest::frame::kind::HELLO])
+            .await
+            .expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        (code, (other, send2, recv2))
+    });
+    assert_eq!(late, Some(ErrorCode::HelloTimeout as u16));
+    let stopper = std::thread::spawn(move || node.stop());
+    let code = rt.block_on(answer_on(&mut stopping.2));
+    assert_eq!(code, Some(ErrorCode::ShuttingDown as u16));
+    stopper.join().expect("stopped");
 }
