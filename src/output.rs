@@ -253,23 +253,18 @@ fn row_key(kind: Kind, line: &str, reference: &Reference) -> Option<AggKey> {
 
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the rename itself durable.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    write_and_rename(path, bytes, 0o644)
 }
 
 /// Like [`write_durably`], for a secret: the file is readable and
 /// writable by its owner only (mode 0600) from the moment it exists.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_and_rename(path, bytes, 0o600)
+}
+
+/// Writes a temporary file created with `mode` (before the umask), fsyncs
+/// it, renames it over `path` and fsyncs the directory.
+fn write_and_rename(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -277,13 +272,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the rename itself durable.
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
