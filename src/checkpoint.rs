@@ -380,6 +380,17 @@ impl Tracker {
 
     /// Takes in one entry's records, in log order.
     pub fn observe(&mut self, items: &[Item]) {
+        let times = ChunkTimes::new(
+            items.iter().map(|i| (i.device(), i.ts())),
+            self.clock.max,
+            &self.spec,
+        );
+        self.observe_with(items, &times);
+    }
+
+    /// [`Tracker::observe`] with the entry's [`ChunkTimes`] already made
+    /// (by the commit thread, which judged the entry with them).
+    pub fn observe_with(&mut self, items: &[Item], times: &ChunkTimes) {
         let watermark = self.watermark();
         for item in items {
             if let Item::Reading {
@@ -401,12 +412,7 @@ impl Tracker {
                 *last = (*last).max(*reading);
             }
         }
-        let times = ChunkTimes::new(
-            items.iter().map(|i| (i.device(), i.ts())),
-            self.clock.max,
-            &self.spec,
-        );
-        self.clock.fold(&times, &self.spec);
+        self.clock.fold(times, &self.spec);
     }
 
     /// The checkpoint that would delete the most segments now, if it would

@@ -28,11 +28,11 @@ use tokio::sync::watch;
 
 use crate::aggregate::Kind;
 use crate::checkpoint::{Checkpoint, CheckpointError, Settings, Tracker};
-use crate::ingest::budget::Budget;
 use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{self, IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::{LogReader, LogWriter};
+use crate::net::budget::Budget;
 use crate::output::FinalTable;
 use crate::replay::{Input, ReplayOptions, RunSummary};
 use crate::subscribe::hub::{Hub, HubSettings};

@@ -306,7 +306,7 @@ impl ChunkClock {
             st.published.remove(&next)
         } {
             if st.first_max.is_none() {
-                st.first_max = t.far.iter().map(|f| f.1).max().max(t.near_max);
+                st.first_max = t.max;
             }
             st.clock.fold(&t, &self.spec);
             st.next += 1;

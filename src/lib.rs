@@ -18,6 +18,8 @@
 //! - [`geo`]: map matching (R-tree over the road network), zones and H3 cells.
 //! - [`topology`]: the TOML topology file and its validation.
 //! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
+//! - [`net`]: what the QUIC servers share: connection slots, the frame
+//!   byte budget.
 //! - [`ingest`]: the QUIC ingest protocol and server.
 //! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
 //! - [`log`]: the durable, segmented, checksummed log of accepted batches.
@@ -61,6 +63,7 @@ pub mod loadgen;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod output;
 pub mod pipeline;
 pub mod reference;

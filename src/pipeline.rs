@@ -328,12 +328,12 @@ impl<'a> Stage<'a> {
                 }
             }),
         }
-        let max_ts = items.iter().map(|(_, i)| i.ts()).max();
         let times = ChunkTimes::new(
             items.iter().map(|(_, i)| (i.device(), i.ts())),
             self.clock.floor(),
             &self.spec,
         );
+        let max_ts = times.max;
         self.clock.publish(chunk.seq, times);
         let (prefix, first) = self.clock.prefix_before(chunk.seq);
         let watermark = self.spec.watermark(prefix);

@@ -145,6 +145,8 @@ impl TimeSpec {
 pub struct ChunkTimes {
     /// Oldest event time in the chunk.
     pub min: Option<u64>,
+    /// Newest event time in the chunk (trusted or not).
+    pub max: Option<u64>,
     /// Newest event time among records surely within reach of the clock.
     pub near_max: Option<u64>,
     /// `(device, ts)` of every other record, in chunk order.
@@ -165,6 +167,7 @@ impl ChunkTimes {
         let mut t = ChunkTimes::default();
         for (device, ts) in records {
             t.min = Some(t.min.map_or(ts, |m| m.min(ts)));
+            t.max = t.max.max(Some(ts));
             if reach.is_some_and(|r| ts <= r) {
                 t.near_max = t.near_max.max(Some(ts));
             } else {

@@ -150,7 +150,20 @@ struct Staged {
     segment_start: bool,
     chunk: Chunk,
     items: Arc<[Item]>,
+    times: ChunkTimes,
     expired: Vec<u32>,
+}
+
+/// Why the log cannot be written now.
+struct Outage {
+    /// The last error.
+    why: String,
+    /// When the last attempt failed.
+    since: Instant,
+    /// Failed attempts so far.
+    attempts: u64,
+    /// Whether the log still has to be cut back to its last fsync.
+    rollback_due: bool,
 }
 
 /// The commit thread's state.
@@ -159,8 +172,8 @@ struct CommitLoop {
     table: SenderTable,
     live: SyncSender<Chunk>,
     retention: Retention,
-    /// Why the log cannot be written, since when it failed, how often.
-    unavailable: Option<(String, Instant, u64)>,
+    /// Set while the log cannot be written.
+    outage: Option<Outage>,
     /// The node cannot accept anything any more.
     failed: Option<String>,
     next_checkpoint: Instant,
@@ -168,34 +181,68 @@ struct CommitLoop {
 }
 
 impl CommitLoop {
+    /// Whether the log may be tried now; answers nothing. During an outage
+    /// it is tried once per [`LOG_RETRY`], after cutting it back.
+    fn log_ready(&mut self) -> bool {
+        let Some(o) = &mut self.outage else {
+            return true;
+        };
+        if o.since.elapsed() < LOG_RETRY {
+            return false;
+        }
+        if o.rollback_due {
+            if let Err(e) = self.log.rollback() {
+                o.why = e.to_string();
+                o.since = Instant::now();
+                o.attempts += 1;
+                return false;
+            }
+            o.rollback_due = false;
+        }
+        true
+    }
+
+    /// A write or fsync failed: cut the log back, refuse until it works.
+    fn fail(&mut self, e: &LogError) {
+        self.log_failures.fetch_add(1, Ordering::Relaxed);
+        let why = e.to_string();
+        if self.outage.is_none() {
+            eprintln!("edgeflow: log: {why}: batches are refused as retryable (log_unavailable) until the log can be written again; retrying every {LOG_RETRY:?}");
+        }
+        let rollback_due = match self.log.rollback() {
+            Ok(()) => false,
+            Err(e) => {
+                eprintln!("edgeflow: log: cannot roll back to the last fsync yet: {e}");
+                true
+            }
+        };
+        let attempts = self.outage.as_ref().map_or(0, |o| o.attempts) + 1;
+        self.outage = Some(Outage {
+            why,
+            since: Instant::now(),
+            attempts,
+            rollback_due,
+        });
+    }
+
     /// Appends, syncs and answers one group of requests.
     fn group(&mut self, requests: Vec<Request>) {
-        let mut answers: Vec<(oneshot::Sender<Committed>, Committed)> = Vec::new();
         if let Some(why) = &self.failed {
             for r in requests {
-                answers.push((r.reply, Committed::Failed(why.clone())));
+                reply(r.reply, Committed::Failed(why.clone()));
             }
-            return Self::answer(answers);
+            return;
         }
-        if let Some((why, since, attempts)) = &mut self.unavailable {
-            if since.elapsed() < LOG_RETRY {
-                let why = format!("the log cannot be written ({why}); retry later");
-                for r in requests {
-                    answers.push((r.reply, Committed::Unavailable(why.clone())));
-                }
-                return Self::answer(answers);
+        if !self.log_ready() {
+            let why = self.unavailable_message();
+            for r in requests {
+                reply(r.reply, Committed::Unavailable(why.clone()));
             }
-            *attempts += 1;
-            if let Err(e) = self.log.rollback() {
-                *why = e.to_string();
-                *since = Instant::now();
-                let why = format!("the log cannot be written ({e}); retry later");
-                for r in requests {
-                    answers.push((r.reply, Committed::Unavailable(why.clone())));
-                }
-                return Self::answer(answers);
-            }
+            return;
         }
+        let mut answers: Vec<(oneshot::Sender<Committed>, Committed)> = Vec::new();
+        // Answered `log_unavailable` once the group is over.
+        let mut not_kept: Vec<oneshot::Sender<Committed>> = Vec::new();
         let spec = *self.retention.tracker.spec();
         let mut clock = self.retention.tracker.clock().clone();
         // Batch numbers as this group leaves them (applied once durable).
@@ -204,7 +251,7 @@ impl CommitLoop {
         let mut io_error: Option<LogError> = None;
         for Request { batch, reply } in requests {
             if io_error.is_some() {
-                answers.push((reply, Committed::Unavailable(String::new())));
+                not_kept.push(reply);
                 continue;
             }
             let next = overlay.get(&batch.sender).copied().unwrap_or_else(|| {
@@ -266,11 +313,12 @@ impl CommitLoop {
                         chunk: Chunk::from_batch(seq, batch.encoding, records)
                             .with_resolved(items.clone()),
                         items,
+                        times,
                         expired,
                     });
                 }
                 Err(e) if e.is_io() => {
-                    answers.push((reply, Committed::Unavailable(String::new())));
+                    not_kept.push(reply);
                     io_error = Some(e);
                 }
                 Err(e) => answers.push((reply, Committed::Refused(e.to_string()))),
@@ -287,62 +335,51 @@ impl CommitLoop {
         let mut chunks = Vec::new();
         for s in staged {
             if s.seq >= durable {
-                answers.push((s.reply, Committed::Unavailable(String::new())));
+                not_kept.push(s.reply);
                 continue;
             }
             let t = &mut self.retention.tracker;
             if s.segment_start {
                 t.segment_started(s.seq);
             }
-            t.observe(&s.items);
+            t.observe_with(&s.items, &s.times);
             if !s.sender.is_empty() {
                 if let Ok(mut table) = self.table.lock() {
                     table.insert(s.sender, s.sender_seq + 1);
                 }
             }
             chunks.push(s.chunk);
-            answers.push((
-                s.reply,
-                Committed::Appended {
-                    seq: s.seq,
-                    expired: s.expired,
-                },
-            ));
+            let outcome = Committed::Appended {
+                seq: s.seq,
+                expired: s.expired,
+            };
+            answers.push((s.reply, outcome));
         }
-        match io_error {
-            Some(e) => {
-                self.log_failures.fetch_add(1, Ordering::Relaxed);
-                let why = e.to_string();
-                if self.unavailable.is_none() {
-                    eprintln!("edgeflow: log: {why}: batches are refused as retryable (log_unavailable) until the log can be written again; retrying every {LOG_RETRY:?}");
-                }
-                let attempts = self.unavailable.as_ref().map_or(1, |u| u.2);
-                self.unavailable = Some((why.clone(), Instant::now(), attempts));
-                let why = format!("the log cannot be written ({why}); retry later");
-                for (_, outcome) in answers.iter_mut() {
-                    if *outcome == Committed::Unavailable(String::new()) {
-                        *outcome = Committed::Unavailable(why.clone());
-                    }
-                }
-                // Tried again before the next attempt too.
-                if let Err(e) = self.log.rollback() {
-                    eprintln!("edgeflow: log: cannot roll back to the last fsync yet: {e}");
-                }
-            }
+        match &io_error {
+            Some(e) => self.fail(e),
             None => {
-                if let Some((_, _, attempts)) = self.unavailable.take() {
-                    eprintln!("edgeflow: log: writing again after {attempts} failed attempt(s)");
+                if let Some(o) = self.outage.take() {
+                    eprintln!(
+                        "edgeflow: log: writing again after {} failed attempt(s)",
+                        o.attempts
+                    );
                 }
             }
         }
-        Self::answer(answers);
+        for (to, outcome) in answers {
+            reply(to, outcome);
+        }
+        let why = self.unavailable_message();
+        for to in not_kept {
+            reply(to, Committed::Unavailable(why.clone()));
+        }
         for chunk in chunks {
             if self.live.send(chunk).is_err() {
                 self.failed = Some("the dataflow stopped".into());
             }
         }
         if self.failed.is_none()
-            && self.unavailable.is_none()
+            && self.outage.is_none()
             && Instant::now() >= self.next_checkpoint
             && !self.retention.maybe_checkpoint(&mut self.log, &self.table)
         {
@@ -350,12 +387,16 @@ impl CommitLoop {
         }
     }
 
-    fn answer(answers: Vec<(oneshot::Sender<Committed>, Committed)>) {
-        for (reply, outcome) in answers {
-            // A sender that went away no longer needs its answer.
-            let _ = reply.send(outcome);
-        }
+    /// What a sender is told while the log cannot be written.
+    fn unavailable_message(&self) -> String {
+        let why = self.outage.as_ref().map_or("", |o| o.why.as_str());
+        format!("the log cannot be written ({why}); retry later")
     }
+}
+
+/// Answers a request (a sender that went away no longer needs it).
+fn reply(to: oneshot::Sender<Committed>, outcome: Committed) {
+    let _ = to.send(outcome);
 }
 
 /// The records of a batch without those at positions `drop` (sorted).
@@ -400,7 +441,7 @@ impl Committer {
             table: senders.clone(),
             live,
             retention,
-            unavailable: None,
+            outage: None,
             failed: None,
             next_checkpoint: Instant::now(),
             log_failures,

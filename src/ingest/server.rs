@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -22,14 +22,12 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::admission::{self, Admission, Admit, Unauthenticated};
-use super::budget::{Budget, ReadError};
 use super::commit::{Batch, Committed, Committer};
 use super::frame::{kind, reason_code, ErrorCode, Frame, ALPN};
-use crate::codec::{cbor_items, decode_json, CborItem};
+use super::validate::{ack, now_ms, validate, Validated};
 use crate::log::Encoding;
-use crate::model::RecordError;
-use crate::pipeline::{resolve, Item};
+use crate::net::admission::{self, Admission, Admit, Unauthenticated};
+use crate::net::budget::{Budget, Held, ReadError};
 use crate::reference::Reference;
 use crate::subscribe::server::SubContext;
 use crate::topology::Ingest;
@@ -212,30 +210,22 @@ async fn send_error(send: &mut quinn::SendStream, code: ErrorCode, message: &str
     let _ = tokio::time::timeout(ANSWER_GRACE, send.stopped()).await;
 }
 
-/// Reads one frame of at most `max` payload bytes.
+/// Reads and decodes one frame of at most `max` payload bytes, its bytes
+/// taken from the node's budget (held while the result lives).
 async fn read_frame(
+    budget: &Budget,
     recv: &mut quinn::RecvStream,
     max: usize,
-) -> Result<Frame, (ErrorCode, String)> {
-    let mut head = [0u8; 5];
-    recv.read_exact(&mut head)
-        .await
-        .map_err(|e| (ErrorCode::BadFrame, format!("frame header: {e}")))?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > max {
-        return Err((
-            ErrorCode::FrameTooLarge,
-            format!("frame of {len} bytes is larger than the limit of {max}"),
-        ));
-    }
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.extend_from_slice(&head);
-    buf.resize(5 + len, 0);
-    recv.read_exact(&mut buf[5..])
-        .await
-        .map_err(|e| (ErrorCode::BadFrame, format!("frame cut short: {e}")))?;
+) -> Result<(Frame, Held), (ErrorCode, String)> {
+    let (mut buf, held) = budget.read_frame(recv, max).await.map_err(|e| {
+        let code = match e {
+            ReadError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            ReadError::CutShort(_) => ErrorCode::BadFrame,
+        };
+        (code, e.to_string())
+    })?;
     match Frame::decode(&mut buf, max) {
-        Ok(Some(f)) => Ok(f),
+        Ok(Some(f)) => Ok((f, held)),
         Ok(None) => Err((ErrorCode::BadFrame, "incomplete frame".into())),
         Err(e) => Err((ErrorCode::BadFrame, e.to_string())),
     }
@@ -353,7 +343,7 @@ async fn connection(
         Ok(Ok(streams)) => streams,
     };
     let read = tokio::select! {
-        r = tokio::time::timeout_at(deadline, read_frame(&mut recv, MAX_HELLO_BYTES)) => Some(r),
+        r = tokio::time::timeout_at(deadline, read_frame(&ctx.budget, &mut recv, MAX_HELLO_BYTES)) => Some(r),
         _ = shutdown.changed() => None,
     };
     let (mut control, sender) = match read {
@@ -374,7 +364,7 @@ async fn connection(
             close(ErrorCode::BadHello, "bad HELLO");
             return;
         }
-        Some(Ok(Ok(Frame::Hello { token, sender }))) => {
+        Some(Ok(Ok((Frame::Hello { token, sender }, _hello_bytes)))) => {
             if !ctx.authorized(&token) {
                 ctx.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
                 send_error(&mut send, ErrorCode::Unauthorized, "unknown token").await;
@@ -540,157 +530,6 @@ impl RateLimit {
     }
 }
 
-/// A batch after validation.
-#[derive(Debug, Default)]
-pub struct Validated {
-    /// The accepted records' bytes, in the batch's encoding, back to back.
-    pub kept: Vec<u8>,
-    /// End offset in `kept` of each accepted record.
-    pub ends: Vec<u32>,
-    /// The accepted records, resolved for the dataflow.
-    pub items: Vec<Item>,
-    /// Index in the batch of each accepted record.
-    pub index: Vec<u32>,
-    /// Rejections: index in the batch, reason code, message.
-    pub rejections: Vec<(u32, u8, String)>,
-}
-
-/// Validates a batch record by record against the model and the reference
-/// data. Records stamped after `latest_ts` (the node's wall clock plus
-/// `[windows] max_future`) are rejected as `future`.
-pub fn validate(
-    encoding: Encoding,
-    records: &[u8],
-    reference: &Reference,
-    latest_ts: u64,
-) -> Validated {
-    let mut v = Validated {
-        kept: Vec::with_capacity(records.len()),
-        ..Validated::default()
-    };
-    let judge = |i: u32,
-                 r: Result<crate::model::Record<'_>, RecordError>,
-                 bytes: &[u8],
-                 newline: bool,
-                 v: &mut Validated| {
-        let item = r.and_then(|rec| resolve(&rec, reference)).and_then(|item| {
-            if item.ts() > latest_ts {
-                Err(RecordError::field(
-                    crate::model::RejectReason::Future,
-                    "ts_ms",
-                    format!(
-                        "{} is {} ms ahead of the node's clock, more than windows.max_future allows",
-                        item.ts(),
-                        item.ts() - latest_ts
-                    ),
-                ))
-            } else {
-                Ok(item)
-            }
-        });
-        match item {
-            Ok(item) => {
-                v.kept.extend_from_slice(bytes);
-                if newline {
-                    v.kept.push(b'\n');
-                }
-                v.ends.push(v.kept.len() as u32);
-                v.items.push(item);
-                v.index.push(i);
-            }
-            Err(e) => v.rejections.push((i, reason_code(e.reason), e.to_string())),
-        }
-    };
-    match encoding {
-        Encoding::JsonLines => {
-            let mut i = 0u32;
-            for line in records.split(|&b| b == b'\n') {
-                let l = line.strip_suffix(b"\r").unwrap_or(line);
-                if l.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let r = if l.len() > crate::input::MAX_LINE_BYTES {
-                    Err(RecordError::record(
-                        crate::model::RejectReason::TooLong,
-                        "line too long",
-                    ))
-                } else {
-                    decode_json(l)
-                };
-                judge(i, r, l, true, &mut v);
-                i += 1;
-            }
-        }
-        Encoding::Cbor => {
-            for (i, (range, item)) in cbor_items(records).enumerate() {
-                let r = match item {
-                    CborItem::Record(r) => Ok(r),
-                    CborItem::Invalid(e) | CborItem::Fatal(e) => Err(e),
-                };
-                judge(i as u32, r, &records[range], false, &mut v);
-            }
-        }
-    }
-    v
-}
-
-/// Most rejections listed in one ACK; the rest are counted (module doc of
-/// docs/PROTOCOL.md: records − accepted − listed).
-pub const MAX_ACK_REJECTIONS: usize = 1000;
-/// Longest rejection message in an ACK, bytes.
-pub const MAX_REJECTION_MESSAGE: usize = 200;
-
-/// The ACK of a batch, its rejections capped so that the frame stays within
-/// `max_frame_bytes` and [`MAX_ACK_REJECTIONS`]; the last one listed says
-/// how many more there were.
-pub fn ack(
-    sender_seq: u64,
-    accepted: u32,
-    mut rejections: Vec<(u32, u8, String)>,
-    max_frame_bytes: usize,
-) -> Frame {
-    let total = rejections.len();
-    let mut size = 5 + 16;
-    let mut listed = 0;
-    for (_, _, m) in rejections.iter_mut() {
-        if m.len() > MAX_REJECTION_MESSAGE {
-            let mut cut = MAX_REJECTION_MESSAGE;
-            while !m.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            m.truncate(cut);
-        }
-        // Room for this one and the note on the last.
-        let cost = 7 + m.len();
-        if listed == MAX_ACK_REJECTIONS || size + cost + 64 > max_frame_bytes {
-            break;
-        }
-        size += cost;
-        listed += 1;
-    }
-    rejections.truncate(listed);
-    if listed < total {
-        if let Some((_, _, m)) = rejections.last_mut() {
-            m.push_str(&format!(
-                " (and {} more rejections not listed)",
-                total - listed
-            ));
-        }
-    }
-    Frame::Ack {
-        sender_seq,
-        accepted,
-        rejections,
-    }
-}
-
-/// Milliseconds since the Unix epoch, by the node's wall clock.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn batch(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -708,26 +547,12 @@ async fn batch(
     let max = ctx.limits.section.max_frame_bytes;
     let read = tokio::time::timeout(
         ctx.limits.batch_timeout,
-        ctx.budget.read_frame(&mut recv, max),
+        read_frame(&ctx.budget, &mut recv, max),
     );
     let (frame, _held) = match read.await {
-        Ok(Ok((mut buf, held))) => match Frame::decode(&mut buf, max) {
-            Ok(Some(f)) => (f, held),
-            Ok(None) => {
-                send_error(&mut send, fail(ErrorCode::BadFrame), "incomplete frame").await;
-                return;
-            }
-            Err(e) => {
-                send_error(&mut send, fail(ErrorCode::BadFrame), &e.to_string()).await;
-                return;
-            }
-        },
-        Ok(Err(e)) => {
-            let code = match e {
-                ReadError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-                ReadError::CutShort(_) => ErrorCode::BadFrame,
-            };
-            send_error(&mut send, fail(code), &e.to_string()).await;
+        Ok(Ok(read)) => read,
+        Ok(Err((code, why))) => {
+            send_error(&mut send, fail(code), &why).await;
             let _ = recv.stop(quinn::VarInt::from_u32(code as u32));
             return;
         }

@@ -15,8 +15,8 @@ use super::hub::{Hub, Interest, Refused};
 use super::proto::{Filter, SubError, SubFrame, Subscribe};
 use crate::aggregate::Kind;
 use crate::geo::zones::ZoneKind;
-use crate::ingest::admission::Unauthenticated;
-use crate::ingest::budget::Budget;
+use crate::net::admission::Unauthenticated;
+use crate::net::budget::Budget;
 use crate::reference::Reference;
 
 /// Largest SUBSCRIBE frame, bytes (an id filter of a few thousand keys).
@@ -250,6 +250,14 @@ async fn read_request(
     }
 }
 
+/// Answers a stream with an ERROR frame and ends it, once the client has
+/// it (so that a connection close cannot overtake it), or after a grace.
+async fn refuse(mut send_half: quinn::SendStream, code: SubError, message: String) {
+    send(&mut send_half, &[SubFrame::error(code, message)]).await;
+    let _ = send_half.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send_half.stopped()).await;
+}
+
 enum Written {
     Done,
     Gone,
@@ -267,20 +275,10 @@ async fn stream(
     let read = read_request(&mut recv, &ctx.budget);
     let req = match tokio::time::timeout(ctx.request_timeout, read).await {
         Ok(Ok(r)) => r,
-        Ok(Err((code, msg))) => {
-            send(&mut send_half, &[SubFrame::error(code, msg)]).await;
-            let _ = send_half.finish();
-            return;
-        }
+        Ok(Err((code, msg))) => return refuse(send_half, code, msg).await,
         Err(_) => {
-            let msg = "no SUBSCRIBE in time";
-            send(
-                &mut send_half,
-                &[SubFrame::error(SubError::BadRequest, msg)],
-            )
-            .await;
-            let _ = send_half.finish();
-            return;
+            let msg = "no SUBSCRIBE in time".into();
+            return refuse(send_half, SubError::BadRequest, msg).await;
         }
     };
     let sub = ctx.interest(&req).and_then(|i| {
@@ -293,11 +291,7 @@ async fn stream(
     }
     let sub = match sub {
         Ok(s) => s,
-        Err(Refused(code, msg)) => {
-            send(&mut send_half, &[SubFrame::error(code, msg)]).await;
-            let _ = send_half.finish();
-            return;
-        }
+        Err(Refused(code, msg)) => return refuse(send_half, code, msg).await,
     };
     // Resolves when the connection is lost: the subscription ends then,
     // not at the next change.
@@ -385,12 +379,13 @@ pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>, pending: 
             },
             known = async {
                 match verdict.as_mut() {
-                    Some(rx) => rx.await.unwrap_or(false),
-                    None => false,
+                    // No answer: the request never got as far as its token.
+                    Some(rx) => rx.await.ok(),
+                    None => None,
                 }
             }, if waiting => {
                 verdict = None;
-                if known {
+                if known == Some(true) {
                     match pending.take().and_then(Unauthenticated::authenticate) {
                         Some(slot) => _slot = Some(slot),
                         None => {
@@ -401,7 +396,7 @@ pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>, pending: 
                             break;
                         }
                     }
-                } else {
+                } else if known == Some(false) {
                     refused = true;
                 }
             }

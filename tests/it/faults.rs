@@ -484,7 +484,11 @@ fn unfinished_batches_cannot_hold_memory_and_time_out() {
         stuck.iter().all(|&c| c == ErrorCode::BatchTimeout as u16),
         "{stuck:?}"
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The streams' tasks end just after their answers: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while budget.available() < 1 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(budget.available(), 1 << 20, "everything given back");
     // Fleets are served as ever.
     let mut opts = node.options(Encoding::Cbor);

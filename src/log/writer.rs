@@ -1,0 +1,339 @@
+//! Appending to the log, rolling segments, and recovery on open.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+use super::format::{durable_after, read_entry, Read1, Version};
+use super::{
+    delete_before, io_err, segment_name, segments, sync_dir, Encoding, Entry, LogError,
+    FIXED_PAYLOAD, HEADER, LOCK_FILE, MAGIC, MAX_ENTRY_BYTES, MAX_SENDER_LEN,
+};
+
+/// What opening a log found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Sequence number of the oldest entry on disk (0 unless old segments
+    /// were deleted).
+    pub first_seq: u64,
+    /// Entries in the log.
+    pub entries: u64,
+    /// Bytes cut from a torn tail (0 after a clean shutdown).
+    pub truncated_bytes: u64,
+    /// Where the torn tail was cut, when one was.
+    pub truncated_at: Option<(PathBuf, u64)>,
+    /// Last batch number per sender, for deduplicating resends.
+    pub senders: FxHashMap<String, u64>,
+}
+
+/// Appends entries to the newest segment and rolls segments.
+pub struct LogWriter {
+    dir: PathBuf,
+    segment_bytes: u64,
+    file: File,
+    path: PathBuf,
+    len: u64,
+    next_seq: u64,
+    /// First sequence number of the current segment.
+    first_seq: u64,
+    /// Bytes of the current segment covered by an fsync.
+    durable_len: u64,
+    /// Entries before this are covered by an fsync.
+    durable_seq: u64,
+    buf: Vec<u8>,
+    /// Held for the writer's life: one writer per directory.
+    _lock: File,
+}
+
+/// Whether every byte of the file is zero.
+fn all_zeros(path: &Path) -> Result<bool, LogError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match f.read(&mut buf).map_err(io_err(path))? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
+/// Takes the directory's lock, or says who holds it.
+fn lock(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io { path, source }),
+    }
+}
+
+/// Creates a segment file with its header, fsynced with its directory.
+fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), LogError> {
+    let path = dir.join(segment_name(first_seq));
+    let created = (|| {
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let written = file
+            .write_all(MAGIC)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&path));
+        if let Err(e) = written {
+            // Nothing was ever in it: let the next attempt create it anew.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(file)
+    })()?;
+    sync_dir(dir)?;
+    Ok((created, path))
+}
+
+impl LogWriter {
+    /// Opens (creating if needed) the log in `dir`, recovering a torn tail
+    /// and refusing damage (module doc, "Recovery"). Reads every entry
+    /// once to rebuild the sender table. Fails with [`LogError::Locked`]
+    /// while another writer has the directory.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(LogWriter, Recovery), LogError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock(dir)?;
+        let segs = segments(dir)?;
+        let mut recovery = Recovery {
+            first_seq: segs.first().map_or(0, |s| s.0),
+            ..Recovery::default()
+        };
+        let mut next_seq = recovery.first_seq;
+        let mut last_version = Version::V2;
+        for (i, (_, path)) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            let size = f.metadata().map_err(io_err(path))?.len();
+            let mut r = BufReader::with_capacity(1 << 20, &mut f);
+            let mut magic = [0u8; HEADER];
+            let version = match r.read_exact(&mut magic) {
+                Ok(()) => Version::of(&magic),
+                Err(_) => None,
+            };
+            let mut last_seq = next_seq.checked_sub(1);
+            let damage = match version {
+                None => Some((0, "bad segment header (magic)".to_owned())),
+                Some(version) => {
+                    last_version = version;
+                    let mut offset = HEADER as u64;
+                    loop {
+                        match read_entry(&mut r, version).map_err(io_err(path))? {
+                            Read1::End => break None,
+                            Read1::Damaged(reason) => break Some((offset, reason)),
+                            Read1::Entry(e, n) if e.seq == next_seq => {
+                                recovery.senders.insert(e.sender, e.sender_seq);
+                                recovery.entries += 1;
+                                last_seq = Some(e.seq);
+                                next_seq += 1;
+                                offset += n;
+                            }
+                            Read1::Entry(e, _) => {
+                                break Some((
+                                    offset,
+                                    format!("entry {} where {next_seq} was expected", e.seq),
+                                ))
+                            }
+                        }
+                    }
+                }
+            };
+            drop(r);
+            if let Some((at, reason)) = damage {
+                if !last {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: at,
+                        reason,
+                    });
+                }
+                // A torn tail: cut it (with a missing header, rewrite it).
+                // A bad header before data is not a torn write (the header
+                // is synced before any entry is written): refuse, unless
+                // the file is all zeros (a crash while it was created).
+                if at == 0 && size > HEADER as u64 && !all_zeros(path)? {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: 0,
+                        reason,
+                    });
+                }
+                if at > 0 && version == Some(Version::V2) {
+                    if let Some(proof) = durable_after(path, at, last_seq)? {
+                        return Err(LogError::Corrupt {
+                            path: path.clone(),
+                            offset: at,
+                            reason: format!(
+                                "{reason}, and the entry at byte {proof} was written after these bytes were durable: acknowledged data is damaged (restore the segment from a copy, or move the log aside)"
+                            ),
+                        });
+                    }
+                }
+                recovery.truncated_bytes = size - at;
+                recovery.truncated_at = Some((path.clone(), at));
+                if at == 0 {
+                    f.set_len(0).map_err(io_err(path))?;
+                    f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+                    f.write_all(MAGIC).map_err(io_err(path))?;
+                    last_version = Version::V2;
+                } else {
+                    f.set_len(at).map_err(io_err(path))?;
+                }
+                f.sync_all().map_err(io_err(path))?;
+            }
+        }
+        let (file, path, first_seq) = match segs.last() {
+            // Appends go to a version 2 segment only.
+            Some((first_seq, path)) if last_version == Version::V2 => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                (file, path.clone(), *first_seq)
+            }
+            Some((first_seq, path)) if *first_seq == next_seq => {
+                // An empty version 1 segment: give it a version 2 header.
+                std::fs::write(path, MAGIC).map_err(io_err(path))?;
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                file.sync_all().map_err(io_err(path))?;
+                (file, path.clone(), *first_seq)
+            }
+            _ => {
+                let (file, path) = create_segment(dir, next_seq)?;
+                (file, path, next_seq)
+            }
+        };
+        let mut file = file;
+        let len = file.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
+        let writer = LogWriter {
+            dir: dir.to_owned(),
+            segment_bytes,
+            file,
+            path,
+            len,
+            next_seq,
+            first_seq,
+            durable_len: len,
+            durable_seq: next_seq,
+            buf: Vec::new(),
+            _lock: lock,
+        };
+        Ok((writer, recovery))
+    }
+
+    /// Sequence number the next entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Entries before this are durable (covered by an fsync).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// First sequence number of the segment being written.
+    pub fn segment_first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Deletes every segment whose entries all precede `seq` (never the
+    /// segment being written), then syncs the directory. Returns how many
+    /// segments went. Call only once a checkpoint at `seq` is durable.
+    pub fn delete_before(&mut self, seq: u64) -> Result<usize, LogError> {
+        delete_before(&self.dir, seq.min(self.first_seq))
+    }
+
+    /// Appends one batch (not yet durable: call [`LogWriter::sync`]).
+    /// Returns its sequence number. After an error, call
+    /// [`LogWriter::rollback`] before appending again.
+    pub fn append(
+        &mut self,
+        sender: &str,
+        sender_seq: u64,
+        encoding: Encoding,
+        records: Bytes,
+    ) -> Result<u64, LogError> {
+        if sender.len() > MAX_SENDER_LEN {
+            return Err(LogError::Invalid(format!(
+                "sender id longer than {MAX_SENDER_LEN} bytes"
+            )));
+        }
+        if records.len() + FIXED_PAYLOAD + sender.len() > MAX_ENTRY_BYTES {
+            return Err(LogError::Invalid(format!(
+                "batch larger than {} bytes",
+                MAX_ENTRY_BYTES - FIXED_PAYLOAD - sender.len()
+            )));
+        }
+        if self.len >= self.segment_bytes {
+            self.sync()?;
+            let (file, path) = create_segment(&self.dir, self.next_seq)?;
+            self.file = file;
+            self.path = path;
+            self.len = HEADER as u64;
+            self.durable_len = self.len;
+            self.first_seq = self.next_seq;
+        }
+        let entry = Entry {
+            seq: self.next_seq,
+            sender: sender.to_owned(),
+            sender_seq,
+            encoding,
+            records,
+        };
+        self.buf.clear();
+        entry.encode(self.durable_len, &mut self.buf);
+        self.file.write_all(&self.buf).map_err(io_err(&self.path))?;
+        self.len += self.buf.len() as u64;
+        self.next_seq += 1;
+        Ok(entry.seq)
+    }
+
+    /// Makes every appended entry durable (one `fdatasync`).
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.durable_len = self.len;
+        self.durable_seq = self.next_seq;
+        Ok(())
+    }
+
+    /// After a failed append or sync: cuts the segment back to its last
+    /// fsynced length and forgets the entries after it (none was
+    /// acknowledged), reopening the file so that no failed write lingers
+    /// in its pages. On success the writer can append again; on failure,
+    /// call it again later.
+    pub fn rollback(&mut self) -> Result<(), LogError> {
+        let path = self.path.clone();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.set_len(self.durable_len).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))?;
+        self.file = file;
+        self.len = self.durable_len;
+        self.next_seq = self.durable_seq;
+        Ok(())
+    }
+}
