@@ -270,13 +270,22 @@ impl Checkpoint {
 
     /// Writes it durably (temporary file, fsync, rename, directory fsync).
     pub fn store(&self, dir: &Path) -> Result<(), CheckpointError> {
+        self.store_on(&crate::log::disk::Disk::real(), dir)
+    }
+
+    /// [`Checkpoint::store`] through `disk` (the log's).
+    pub fn store_on(
+        &self,
+        disk: &crate::log::disk::Disk,
+        dir: &Path,
+    ) -> Result<(), CheckpointError> {
         let path = Self::path(dir);
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| CheckpointError::Invalid {
             path: path.clone(),
             reason: e.to_string(),
         })?;
         json.push(b'\n');
-        crate::output::write_durably(&path, &json)
+        disk.write_file(&path, &json)
             .map_err(|source| CheckpointError::Io { path, source })
     }
 

@@ -31,6 +31,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError, Settings, Tracker};
 use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{self, IngestContext, IngestCounters};
 use crate::input::Chunk;
+use crate::log::disk::Disk;
 use crate::log::{LogReader, LogWriter};
 use crate::net::budget::Budget;
 use crate::output::FinalTable;
@@ -259,6 +260,11 @@ fn write_sinks(sinks: &[SinkSection], table: &FinalTable, topology: &Topology) -
 
 /// Starts a node; returns once it listens.
 pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError> {
+    start_on(topology, workers, Disk::real())
+}
+
+/// [`start`] with its log on `disk` (a simulated one in power-loss tests).
+pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHandle, EdgeError> {
     let ingest = topology
         .ingest
         .clone()
@@ -281,7 +287,8 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
     }
 
     // The lock first: nothing is read or repaired while another node runs.
-    let (mut writer, recovery) = LogWriter::open(&log_cfg.dir, log_cfg.segment_bytes)?;
+    let (mut writer, recovery) =
+        LogWriter::open_on(&log_cfg.dir, log_cfg.segment_bytes, disk.clone())?;
     let checkpoint = Checkpoint::load(&log_cfg.dir)?;
     let settings = Settings::of(&topology.time, &topology.reference_sha256);
     if let Some(cp) = &checkpoint {
@@ -487,6 +494,7 @@ pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError
         dir: log_cfg.dir.clone(),
         sinks_durable,
         settings,
+        disk,
     };
     let counters = Arc::new(IngestCounters::default());
     let (committer, commit_thread) = Committer::start(

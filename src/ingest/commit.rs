@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{Settings, Tracker};
 use crate::input::Chunk;
+use crate::log::disk::Disk;
 use crate::log::{Encoding, LogError, LogWriter};
 use crate::pipeline::Item;
 use crate::reference::Reference;
@@ -50,6 +51,8 @@ pub struct Retention {
     pub sinks_durable: Arc<AtomicU64>,
     /// The settings checkpoints record.
     pub settings: Settings,
+    /// The log's disk (checkpoints are written through it).
+    pub disk: Disk,
 }
 
 impl Retention {
@@ -64,7 +67,7 @@ impl Retention {
             Err(_) => return true,
         };
         let Some(cp) = proposal else { return true };
-        if let Err(e) = cp.store(&self.dir) {
+        if let Err(e) = cp.store_on(&self.disk, &self.dir) {
             eprintln!("edgeflow: log retention: cannot write the checkpoint: {e}");
             return false;
         }

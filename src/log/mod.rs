@@ -60,18 +60,22 @@
 //! was created), gets its header again; a bad header before data is
 //! corruption (the header is fsynced before any entry is written).
 //!
+//! Every write, fsync, rename and removal goes through a [`disk::Disk`]:
+//! the operating system's, or a simulated one that can lose power and
+//! then discards exactly what no fsync covered (the power-loss test).
+//!
 //! What recovery cannot tell: damage in the entries of the very last group
 //! commit before a crash (nothing written after them carries proof that
 //! they were durable) is taken for a torn tail; a version 1 segment has no
 //! `durable` fields, so any damage at its end is too.
 
+pub mod disk;
 mod format;
 mod reader;
 #[cfg(test)]
 mod tests;
 mod writer;
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -197,7 +201,7 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
 
 /// Deletes every segment of the log in `dir` whose entries all precede
 /// `seq`: those followed by a segment starting at or before `seq`.
-pub fn delete_before(dir: &Path, seq: u64) -> Result<usize, LogError> {
+pub fn delete_before(disk: &disk::Disk, dir: &Path, seq: u64) -> Result<usize, LogError> {
     let segs = segments(dir)?;
     let mut deleted = 0;
     for pair in segs.windows(2) {
@@ -205,17 +209,11 @@ pub fn delete_before(dir: &Path, seq: u64) -> Result<usize, LogError> {
         if *next_first > seq {
             break;
         }
-        std::fs::remove_file(path).map_err(io_err(path))?;
+        disk.remove(path).map_err(io_err(path))?;
         deleted += 1;
     }
     if deleted > 0 {
-        sync_dir(dir)?;
+        disk.sync_dir(dir).map_err(io_err(dir))?;
     }
     Ok(deleted)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }

@@ -1,16 +1,17 @@
 //! Appending to the log, rolling segments, and recovery on open.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
+use super::disk::Disk;
 use super::format::{durable_after, read_entry, Read1, Version};
 use super::{
-    delete_before, io_err, segment_name, segments, sync_dir, Encoding, Entry, LogError,
-    FIXED_PAYLOAD, HEADER, LOCK_FILE, MAGIC, MAX_ENTRY_BYTES, MAX_SENDER_LEN,
+    delete_before, io_err, segment_name, segments, Encoding, Entry, LogError, FIXED_PAYLOAD,
+    HEADER, LOCK_FILE, MAGIC, MAX_ENTRY_BYTES, MAX_SENDER_LEN,
 };
 
 /// What opening a log found.
@@ -44,6 +45,8 @@ pub struct LogWriter {
     /// Entries before this are covered by an fsync.
     durable_seq: u64,
     buf: Vec<u8>,
+    /// What it writes through.
+    disk: Disk,
     /// Held for the writer's life: one writer per directory.
     _lock: File,
 }
@@ -78,26 +81,22 @@ fn lock(dir: &Path) -> Result<File, LogError> {
 }
 
 /// Creates a segment file with its header, fsynced with its directory.
-fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), LogError> {
+fn create_segment(disk: &Disk, dir: &Path, first_seq: u64) -> Result<(File, PathBuf), LogError> {
     let path = dir.join(segment_name(first_seq));
     let created = (|| {
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let written = file
-            .write_all(MAGIC)
-            .and_then(|()| file.sync_all())
+        let mut file = disk.create_new(&path).map_err(io_err(&path))?;
+        let written = disk
+            .write(&mut file, &path, MAGIC)
+            .and_then(|()| disk.sync(&file, &path))
             .map_err(io_err(&path));
         if let Err(e) = written {
             // Nothing was ever in it: let the next attempt create it anew.
-            let _ = std::fs::remove_file(&path);
+            let _ = disk.remove(&path);
             return Err(e);
         }
         Ok(file)
     })()?;
-    sync_dir(dir)?;
+    disk.sync_dir(dir).map_err(io_err(dir))?;
     Ok((created, path))
 }
 
@@ -107,6 +106,16 @@ impl LogWriter {
     /// once to rebuild the sender table. Fails with [`LogError::Locked`]
     /// while another writer has the directory.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(LogWriter, Recovery), LogError> {
+        Self::open_on(dir, segment_bytes, Disk::real())
+    }
+
+    /// [`LogWriter::open`] on the given [`Disk`] (a simulated one in
+    /// power-loss tests).
+    pub fn open_on(
+        dir: &Path,
+        segment_bytes: u64,
+        disk: Disk,
+    ) -> Result<(LogWriter, Recovery), LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = lock(dir)?;
         let segs = segments(dir)?;
@@ -118,11 +127,7 @@ impl LogWriter {
         let mut last_version = Version::V2;
         for (i, (_, path)) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(io_err(path))?;
+            let mut f = disk.open_rw(path).map_err(io_err(path))?;
             let size = f.metadata().map_err(io_err(path))?.len();
             let mut r = BufReader::with_capacity(1 << 20, &mut f);
             let mut magic = [0u8; HEADER];
@@ -190,38 +195,31 @@ impl LogWriter {
                 }
                 recovery.truncated_bytes = size - at;
                 recovery.truncated_at = Some((path.clone(), at));
+                disk.set_len(&f, path, at).map_err(io_err(path))?;
                 if at == 0 {
-                    f.set_len(0).map_err(io_err(path))?;
                     f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
-                    f.write_all(MAGIC).map_err(io_err(path))?;
+                    disk.write(&mut f, path, MAGIC).map_err(io_err(path))?;
                     last_version = Version::V2;
-                } else {
-                    f.set_len(at).map_err(io_err(path))?;
                 }
-                f.sync_all().map_err(io_err(path))?;
+                disk.sync(&f, path).map_err(io_err(path))?;
             }
         }
         let (file, path, first_seq) = match segs.last() {
             // Appends go to a version 2 segment only.
             Some((first_seq, path)) if last_version == Version::V2 => {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
+                let file = disk.open_append(path).map_err(io_err(path))?;
                 (file, path.clone(), *first_seq)
             }
             Some((first_seq, path)) if *first_seq == next_seq => {
                 // An empty version 1 segment: give it a version 2 header.
-                std::fs::write(path, MAGIC).map_err(io_err(path))?;
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
-                file.sync_all().map_err(io_err(path))?;
+                let mut file = disk.open_append(path).map_err(io_err(path))?;
+                disk.set_len(&file, path, 0).map_err(io_err(path))?;
+                disk.write(&mut file, path, MAGIC).map_err(io_err(path))?;
+                disk.sync(&file, path).map_err(io_err(path))?;
                 (file, path.clone(), *first_seq)
             }
             _ => {
-                let (file, path) = create_segment(dir, next_seq)?;
+                let (file, path) = create_segment(&disk, dir, next_seq)?;
                 (file, path, next_seq)
             }
         };
@@ -238,6 +236,7 @@ impl LogWriter {
             durable_len: len,
             durable_seq: next_seq,
             buf: Vec::new(),
+            disk,
             _lock: lock,
         };
         Ok((writer, recovery))
@@ -262,7 +261,7 @@ impl LogWriter {
     /// segment being written), then syncs the directory. Returns how many
     /// segments went. Call only once a checkpoint at `seq` is durable.
     pub fn delete_before(&mut self, seq: u64) -> Result<usize, LogError> {
-        delete_before(&self.dir, seq.min(self.first_seq))
+        delete_before(&self.disk, &self.dir, seq.min(self.first_seq))
     }
 
     /// Appends one batch (not yet durable: call [`LogWriter::sync`]).
@@ -288,7 +287,7 @@ impl LogWriter {
         }
         if self.len >= self.segment_bytes {
             self.sync()?;
-            let (file, path) = create_segment(&self.dir, self.next_seq)?;
+            let (file, path) = create_segment(&self.disk, &self.dir, self.next_seq)?;
             self.file = file;
             self.path = path;
             self.len = HEADER as u64;
@@ -304,7 +303,9 @@ impl LogWriter {
         };
         self.buf.clear();
         entry.encode(self.durable_len, &mut self.buf);
-        self.file.write_all(&self.buf).map_err(io_err(&self.path))?;
+        self.disk
+            .write(&mut self.file, &self.path, &self.buf)
+            .map_err(io_err(&self.path))?;
         self.len += self.buf.len() as u64;
         self.next_seq += 1;
         Ok(entry.seq)
@@ -312,7 +313,9 @@ impl LogWriter {
 
     /// Makes every appended entry durable (one `fdatasync`).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.disk
+            .sync(&self.file, &self.path)
+            .map_err(io_err(&self.path))?;
         self.durable_len = self.len;
         self.durable_seq = self.next_seq;
         Ok(())
@@ -325,12 +328,11 @@ impl LogWriter {
     /// call it again later.
     pub fn rollback(&mut self) -> Result<(), LogError> {
         let path = self.path.clone();
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
+        let file = self.disk.open_append(&path).map_err(io_err(&path))?;
+        self.disk
+            .set_len(&file, &path, self.durable_len)
             .map_err(io_err(&path))?;
-        file.set_len(self.durable_len).map_err(io_err(&path))?;
-        file.sync_all().map_err(io_err(&path))?;
+        self.disk.sync(&file, &path).map_err(io_err(&path))?;
         self.file = file;
         self.len = self.durable_len;
         self.next_seq = self.durable_seq;
