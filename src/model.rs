@@ -22,8 +22,11 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MIN_TS_MS: u64 = 946_684_800_000;
 /// Latest accepted event time: 2100-01-01T00:00:00Z.
 pub const MAX_TS_MS: u64 = 4_102_444_800_000;
-/// Fastest accepted ground speed, m/s (540 km/h): above any road vehicle.
-pub const MAX_SPEED_MPS: f64 = 150.0;
+/// Fastest plausible ground speed, m/s (324 km/h): above any road
+/// vehicle on a public road, with room for GNSS speed error. A report
+/// above it is a broken receiver or a wrong unit (km/h sent as m/s), and
+/// would drag a segment's mean speed: rejected as `out_of_range`.
+pub const MAX_SPEED_MPS: f64 = 90.0;
 /// Highest accepted connector power, kW (10 MW: above megawatt charging).
 pub const MAX_POWER_KW: f64 = 10_000.0;
 /// Largest accepted energy register, Wh (2^53: exact in every JSON parser).

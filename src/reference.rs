@@ -165,7 +165,17 @@ impl Reference {
     /// Loads both files, reporting every problem in either.
     pub fn load(roads: &Path, chargers: &Path) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
-        let roads = load_features(roads, &mut problems, parse_road);
+        let before = problems.len();
+        let roads_path = roads;
+        let roads = load_features(roads_path, &mut problems, parse_road);
+        if roads.is_empty() && problems.len() == before {
+            problems.push(Problem {
+                file: roads_path.to_owned(),
+                place: "features".into(),
+                message: "the road network has no segments: nothing could be matched or aggregated"
+                    .into(),
+            });
+        }
         let chargers = load_features(chargers, &mut problems, parse_charger);
         if problems.is_empty() {
             Ok(Reference::new(roads, chargers))
@@ -306,14 +316,25 @@ fn load_features<T>(
             return out;
         }
     };
-    let doc: Value = match serde_json::from_slice(&text) {
+    // The features stay raw slices of the text, each parsed on its own:
+    // memory is the file plus one feature, not a tree of the whole file.
+    #[derive(serde::Deserialize)]
+    struct Collection<'a> {
+        #[serde(rename = "type")]
+        kind: Option<Value>,
+        #[serde(borrow)]
+        features: Option<Vec<&'a serde_json::value::RawValue>>,
+    }
+    let doc: Collection<'_> = match serde_json::from_slice(&text) {
         Ok(v) => v,
         Err(e) => {
-            problems.push(problem(format!("not valid JSON: {e}")));
+            problems.push(problem(format!(
+                "not valid JSON (a FeatureCollection): {e}"
+            )));
             return out;
         }
     };
-    if doc.get("type").and_then(Value::as_str) != Some("FeatureCollection") {
+    if doc.kind.as_ref().and_then(Value::as_str) != Some("FeatureCollection") {
         problems.push(Problem {
             file: path.to_owned(),
             place: "type".into(),
@@ -321,7 +342,7 @@ fn load_features<T>(
         });
         return out;
     }
-    let Some(features) = doc.get("features").and_then(Value::as_array) else {
+    let Some(features) = doc.features else {
         problems.push(Problem {
             file: path.to_owned(),
             place: "features".into(),
@@ -330,7 +351,19 @@ fn load_features<T>(
         return out;
     };
     let mut seen: FxHashMap<String, usize> = FxHashMap::default();
-    for (i, feature) in features.iter().enumerate() {
+    for (i, raw) in features.iter().enumerate() {
+        let feature: Value = match serde_json::from_str(raw.get()) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(Problem {
+                    file: path.to_owned(),
+                    place: format!("features[{i}]"),
+                    message: format!("not valid JSON: {e}"),
+                });
+                continue;
+            }
+        };
+        let feature = &feature;
         let mut ctx = Ctx {
             file: path,
             prefix: format!("features[{i}]"),
@@ -414,6 +447,15 @@ fn parse_road(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Road> {
                 .filter(|pts| pts.len() >= 2)
         },
     );
+    if line
+        .as_ref()
+        .is_some_and(|pts| pts.windows(2).all(|p| p[0] == p[1]))
+    {
+        ctx.push(
+            "geometry.coordinates",
+            "the segment has zero length: all its positions are the same",
+        );
+    }
     let props = properties(ctx, feature)?;
     let id = feature_id(ctx, props);
     let free_flow = ctx.number(
@@ -431,7 +473,7 @@ fn parse_road(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Road> {
         "an integer in [1, 64]",
     );
     let name = ctx.text(props, "name", false);
-    let length_m = ctx.number(props, "length_m", false, |v| v >= 0.0, ">= 0");
+    let length_m = ctx.number(props, "length_m", false, |v| v > 0.0, "> 0 metres");
     Some(Road {
         id: id?,
         free_flow_mps: free_flow?,

@@ -614,14 +614,96 @@ fn polygon(v: &Value) -> Result<Vec<Vec<[f64; 2]>>, String> {
                     "ring {r}: not closed (the last position must equal the first)"
                 ));
             }
+            if let Some((i, j)) = self_crossing(&pts) {
+                return Err(format!(
+                    "ring {r}: edges {i} and {j} cross or touch: a ring must not intersect itself (membership would be ambiguous)"
+                ));
+            }
             Ok(pts)
         })
         .collect()
 }
 
+/// Two edges of a closed ring that cross or touch, other than neighbours
+/// at their shared vertex: edges are indexed from the ring's first
+/// position. Candidates come from an R-tree of edge envelopes, so a ring
+/// of many thousand vertices is checked in about `n log n`.
+fn self_crossing(ring: &[[f64; 2]]) -> Option<(usize, usize)> {
+    use rstar::primitives::{GeomWithData, Rectangle};
+    let n = ring.len() - 1; // edges; the last position closes the ring
+    let edges: Vec<GeomWithData<Rectangle<[f64; 2]>, usize>> = (0..n)
+        .map(|i| GeomWithData::new(Rectangle::from_corners(ring[i], ring[i + 1]), i))
+        .collect();
+    let tree = rstar::RTree::bulk_load(edges);
+    for i in 0..n {
+        let envelope = rstar::AABB::from_corners(ring[i], ring[i + 1]);
+        for other in tree.locate_in_envelope_intersecting(envelope) {
+            let j = other.data;
+            let neighbours = j == i
+                || j == i + 1
+                || i == j + 1
+                || (i == 0 && j == n - 1)
+                || (j == 0 && i == n - 1);
+            if j > i && !neighbours && segments_meet(ring[i], ring[i + 1], ring[j], ring[j + 1]) {
+                return Some((i, j));
+            }
+        }
+    }
+    None
+}
+
+/// Whether segments `ab` and `cd` share a point.
+fn segments_meet(a: [f64; 2], b: [f64; 2], c: [f64; 2], d: [f64; 2]) -> bool {
+    let orient = |p: [f64; 2], q: [f64; 2], r: [f64; 2]| {
+        let v = (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0]);
+        if v > 0.0 {
+            1
+        } else if v < 0.0 {
+            -1
+        } else {
+            0
+        }
+    };
+    let on = |p: [f64; 2], q: [f64; 2], r: [f64; 2]| {
+        r[0] >= p[0].min(q[0])
+            && r[0] <= p[0].max(q[0])
+            && r[1] >= p[1].min(q[1])
+            && r[1] <= p[1].max(q[1])
+    };
+    let (o1, o2, o3, o4) = (
+        orient(a, b, c),
+        orient(a, b, d),
+        orient(c, d, a),
+        orient(c, d, b),
+    );
+    (o1 != o2 && o3 != o4)
+        || (o1 == 0 && on(a, b, c))
+        || (o2 == 0 && on(a, b, d))
+        || (o3 == 0 && on(c, d, a))
+        || (o4 == 0 && on(c, d, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ring_that_crosses_itself_is_found_and_a_simple_one_is_not() {
+        let square = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]];
+        assert_eq!(self_crossing(&square), None);
+        let bowtie = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]];
+        assert_eq!(self_crossing(&bowtie), Some((0, 2)));
+        // A vertex touching another edge.
+        let pinched = [
+            [0.0, 0.0],
+            [2.0, 0.0],
+            [2.0, 2.0],
+            [1.0, 0.0],
+            [0.0, 2.0],
+            [0.0, 0.0],
+        ];
+        assert!(self_crossing(&pinched).is_some());
+    }
 
     fn square(id: &str, x0: f64, y0: f64, size: f64) -> Zone {
         Zone {

@@ -17,7 +17,6 @@ pub const MAX_FRAME_BYTES: usize =
 /// `[ingest]`: the QUIC endpoint and its limits. Paths are relative to the
 /// topology file.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct IngestSection {
     /// UDP address to listen on, e.g. `0.0.0.0:4433`.
     pub listen: String,

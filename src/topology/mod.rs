@@ -24,7 +24,8 @@
 //! max_position_cells = 1000000
 //! ```
 //!
-//! Unknown keys are errors (`deny_unknown_fields`): a typo must not silently
+//! Unknown keys are errors (collected with `serde_ignored`, all of them, each
+//! with its line; a sink's keys by `deny_unknown_fields`): a typo must not silently
 //! fall back to a default. [`Topology::load`] reports every problem at once,
 //! in the topology and in its reference files, each with its place.
 //! Later roles (ingest, sinks, operators) add their own sections here.
@@ -49,7 +50,6 @@ pub const MAX_WORKERS: usize = 256;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TopologyFile {
     /// This node.
     pub node: NodeSection,
@@ -89,7 +89,6 @@ pub struct TopologyFile {
 
 /// `[[operator]]`: a mobility operator, its token and its scopes.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct OperatorSection {
     /// Operator name.
     pub name: String,
@@ -108,7 +107,6 @@ pub struct OperatorSection {
 
 /// `[privacy]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct PrivacySection {
     /// Rows over fewer distinct vehicles are withheld from operators (a
     /// zone row part by part: docs/PROTOCOL.md). Default 3.
@@ -117,7 +115,6 @@ pub struct PrivacySection {
 
 /// `[subscriptions]`.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct SubscriptionsSection {
     /// Rows waiting for one subscriber (one per row: newer values replace
     /// queued ones) before it is disconnected as too slow. Default
@@ -137,7 +134,6 @@ pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
 
 /// `[matching]`: map matching (see [`crate::geo::matcher`] for the rule).
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct MatchingSection {
     /// Largest distance from a segment, metres. Default 25.
     pub radius_m: Option<f64>,
@@ -152,7 +148,6 @@ pub struct MatchingSection {
 
 /// `[zones]`: zone roll-ups (named zones come from `[reference] zones`).
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct ZonesSection {
     /// Roll up into H3 cells of this resolution (0-15) too. Default: none.
     pub h3_resolution: Option<u8>,
@@ -169,7 +164,6 @@ pub struct ZonesSection {
 
 /// `[log]`: where accepted batches are made durable.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct LogSection {
     /// Directory (relative to the topology file).
     pub dir: PathBuf,
@@ -184,7 +178,6 @@ fn default_segment() -> u64 {
 
 /// `[[fleet]]`: a sender of telemetry and its token's SHA-256 (hex).
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
 pub struct FleetSection {
     /// Fleet name.
     pub name: String,
@@ -206,7 +199,6 @@ pub enum SinkSection {
 
 /// `[node]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// Node id, unique in the city (used as `edge` in pushed aggregates).
     pub id: String,
@@ -214,7 +206,6 @@ pub struct NodeSection {
 
 /// `[reference]`: paths relative to the topology file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReferenceSection {
     /// Road network GeoJSON.
     pub roads: PathBuf,
@@ -226,7 +217,6 @@ pub struct ReferenceSection {
 
 /// `[windows]`: durations as `60s`, `5m`, `1h` (humantime syntax).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WindowsSection {
     /// Tumbling window length. Must divide a day, so windows align on every
     /// day boundary. Default 60s.
@@ -272,7 +262,6 @@ fn default_retention() -> String {
 
 /// `[dataflow]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DataflowSection {
     /// Timely worker threads. Default 1. Each worker holds its share of the
     /// keys, so memory does not grow with workers beyond thread stacks.
@@ -362,7 +351,11 @@ impl Topology {
                 .map_err(|e| vec![problem("", format!("cannot read: {e}"))])?,
             Err(e) => return Err(vec![problem("", format!("cannot read: {e}"))]),
         };
-        let file: TopologyFile = toml::from_str(&text).map_err(|e| {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(&text);
+        let parsed: Result<TopologyFile, _> =
+            serde_ignored::deserialize(de, |key| unknown.push(key.to_string()));
+        let file: TopologyFile = parsed.map_err(|e| {
             let place = e
                 .span()
                 .map(|s| {
@@ -372,7 +365,28 @@ impl Topology {
                 .unwrap_or_default();
             vec![problem(&place, e.message().to_owned())]
         })?;
-        Self::from_file(path, file)
+        let unknown: Vec<Problem> = unknown
+            .iter()
+            .map(|key| {
+                let place = match key_line(&text, key) {
+                    Some(line) => format!("line {line}: {key}"),
+                    None => key.clone(),
+                };
+                problem(
+                    &place,
+                    format!("unknown key `{key}` (a typo? the README lists every key)"),
+                )
+            })
+            .collect();
+        match Self::from_file(path, file) {
+            Ok(t) if unknown.is_empty() => Ok(t),
+            Ok(_) => Err(unknown),
+            Err(mut problems) => {
+                let mut all = unknown;
+                all.append(&mut problems);
+                Err(all)
+            }
+        }
     }
 
     /// Checks a parsed file; loads its reference data.
@@ -661,4 +675,34 @@ fn digest(paths: &[PathBuf]) -> String {
         }
     }
     hex::encode(h.finalize())
+}
+
+/// The line of `key` (a dotted path such as `ingest.max_frame_byte` or
+/// `fleet.0.nmae`) in a topology's text: the first line assigning its last
+/// part after the header of its table.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let (name, tables) = parts.split_last()?;
+    let table: Vec<&str> = tables
+        .iter()
+        .copied()
+        .filter(|p| p.parse::<usize>().is_err())
+        .collect();
+    let header = table.join(".");
+    let mut in_table = header.is_empty();
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            let h = l.trim_matches(|c| c == '[' || c == ']').trim();
+            in_table = h == header;
+            continue;
+        }
+        let assigns = l
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim().trim_matches('"') == *name);
+        if in_table && assigns {
+            return Some(n + 1);
+        }
+    }
+    None
 }

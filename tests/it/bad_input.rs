@@ -25,6 +25,8 @@ fn bad_lines() -> Vec<(Vec<u8>, RejectReason, Option<&'static str>)> {
         (format!(r#"{{{V},"speed_mps":"fast"}}"#).into_bytes(), RejectReason::WrongType, Some("speed_mps")),
         (format!(r#"{{{V}}}"#).into_bytes(), RejectReason::MissingField, Some("speed_mps")),
         (format!(r#"{{{V},"speed_mps":-2}}"#).into_bytes(), RejectReason::OutOfRange, Some("speed_mps")),
+        // 540 km/h: above the plausibility bound.
+        (format!(r#"{{{V},"speed_mps":150}}"#).into_bytes(), RejectReason::OutOfRange, Some("speed_mps")),
         (format!(r#"{{{V},"speed_mps":3,"heading_deg":400}}"#).into_bytes(), RejectReason::OutOfRange, Some("heading_deg")),
         (format!(r#"{{{V},"speed_mps":NaN}}"#).into_bytes(), RejectReason::Syntax, None),
         (format!(r#"{{{V},"speed_mps":1e999}}"#).into_bytes(), RejectReason::Syntax, None),

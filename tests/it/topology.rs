@@ -29,11 +29,25 @@ fn bundled_karhula_topology_is_valid() {
 #[test]
 fn unknown_keys_are_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write(dir.path(), "t.toml", "[node]\nid = \"e1\"\ncolour = \"red\"\n[reference]\nroads = \"r\"\nchargers = \"c\"\n[windows]\n");
+    write(dir.path(), "t.toml", "[node]\nid = \"e1\"\ncolour = \"red\"\n[reference]\nroads = \"r\"\nchargers = \"c\"\n[windows]\nsise = \"60s\"\n");
     let problems = Topology::load(&dir.path().join("t.toml")).expect_err("invalid");
-    assert_eq!(problems.len(), 1, "{problems:?}");
+    // Every unknown key, each with its line, and the other problems too.
     let text = problems[0].to_string();
-    assert!(text.contains("colour") && text.contains("line 3"), "{text}");
+    assert!(
+        text.contains("node.colour") && text.contains("line 3"),
+        "{text}"
+    );
+    let text = problems[1].to_string();
+    assert!(
+        text.contains("windows.sise") && text.contains("line 8"),
+        "{text}"
+    );
+    assert!(
+        problems[2..]
+            .iter()
+            .any(|p| p.to_string().contains("cannot read")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -157,4 +171,52 @@ fn an_empty_zone_file_keeps_rollups_on_for_zones_added_later() {
     let t = Topology::load(&dir.path().join("t.toml")).expect("valid");
     assert!(t.reference.zones.is_empty());
     assert!(t.reference.rollups(), "roll-ups are built for a zone file");
+}
+
+#[test]
+fn empty_networks_zero_length_segments_crossing_zones_and_zero_timeouts_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chargers = root("topologies/karhula/chargers.geojson");
+    let topo = |roads: &str, extra: &str| {
+        format!(
+            "[node]\nid = \"e1\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{}\"\nzones = \"zones.geojson\"\n[windows]\n{extra}",
+            chargers.display()
+        )
+    };
+    write(
+        dir.path(),
+        "empty.geojson",
+        r#"{"type":"FeatureCollection","features":[]}"#,
+    );
+    write(
+        dir.path(),
+        "zero.geojson",
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"LineString","coordinates":[[26.9,60.5],[26.9,60.5]]},"properties":{"id":"s1","free_flow_mps":10,"lanes":1}}]}"#,
+    );
+    write(
+        dir.path(),
+        "zones.geojson",
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[[26.9,60.5],[27.0,60.6],[27.0,60.5],[26.9,60.6],[26.9,60.5]]]},"properties":{"id":"bowtie"}}]}"#,
+    );
+    write(dir.path(), "a.toml", &topo("empty.geojson", ""));
+    let problems = Topology::load(&dir.path().join("a.toml")).expect_err("invalid");
+    let all = format!("{problems:?}");
+    assert!(all.contains("no segments"), "{all}");
+    assert!(all.contains("bowtie") || all.contains("cross"), "{all}");
+    write(
+        dir.path(),
+        "b.toml",
+        &(topo("zero.geojson", "")
+            + "[ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\nhello_timeout = \"0s\"\nreceive_window = 1\n"),
+    );
+    let problems = Topology::load(&dir.path().join("b.toml")).expect_err("invalid");
+    let all = format!("{problems:?}");
+    for expected in [
+        "zero length",
+        "ingest.hello_timeout",
+        "ingest.receive_window",
+        "cross",
+    ] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
 }
