@@ -707,6 +707,12 @@ fn print_summary(s: &RunSummary, workers: usize, out: &std::path::Path) {
         "  late {} (window still open), late-corrected {}, dropped past retention {}",
         i.late, i.corrections, i.expired
     );
+    if i.energy_resets + i.energy_capped > 0 {
+        eprintln!(
+            "  charger windows: {} energy registers went backwards (counted from their lowest reading), {} capped as beyond rated power",
+            i.energy_resets, i.energy_capped
+        );
+    }
     let unmatched: Vec<String> = edgeflow::geo::Unmatched::ALL
         .iter()
         .filter(|u| i.unmatched[u.index()] > 0)

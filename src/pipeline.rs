@@ -58,6 +58,12 @@ pub struct IngestStats {
     /// Vehicle reports counting toward no segment, by
     /// [`Unmatched::index`].
     pub unmatched: [u64; Unmatched::ALL.len()],
+    /// Connector windows whose energy register went backwards (counted
+    /// from their lowest reading; [`crate::dataflow::connectors`]).
+    pub energy_resets: u64,
+    /// Connector windows whose energy was above what the connector can
+    /// deliver, capped.
+    pub energy_capped: u64,
     /// The first errors, as `(line, message)`.
     pub errors: Vec<(u64, String)>,
 }
@@ -75,6 +81,8 @@ impl IngestStats {
         self.corrections += o.corrections;
         self.expired += o.expired;
         self.map_matched += o.map_matched;
+        self.energy_resets += o.energy_resets;
+        self.energy_capped += o.energy_capped;
         for (a, b) in self.unmatched.iter_mut().zip(o.unmatched) {
             *a += b;
         }

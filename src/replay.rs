@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::checkpoint::{Checkpoint, Resume};
+use crate::dataflow::connectors::ChargerLimits;
 use crate::dataflow::emit::{Emission, EmitStats, Status};
 use crate::geo::zones::Membership;
 use crate::input::{Chunk, ChunkClock, Chunker};
@@ -359,6 +360,8 @@ pub fn run(
     let finished = Arc::new(AtomicUsize::new(0));
     let all_finished = finished.clone();
 
+    let limits = Arc::new(ChargerLimits::of(&reference));
+    let counted = limits.clone();
     let config = if workers == 1 {
         timely::Config::thread()
     } else {
@@ -370,8 +373,14 @@ pub fn run(
         } else {
             None
         };
-        let (mut inputs, completion) =
-            crate::dataflow::build(worker, spec, provisional, zone_flow.clone(), tx);
+        let (mut inputs, completion) = crate::dataflow::build(
+            worker,
+            spec,
+            provisional,
+            zone_flow.clone(),
+            tx,
+            limits.clone(),
+        );
         // Worker 0 feeds the reference collections; the others see them
         // through the exchange.
         let zone_changes = if worker.index() == 0 {
@@ -465,6 +474,8 @@ pub fn run(
         let stats = result.map_err(ReplayError::Dataflow)?;
         ingest.merge(&stats);
     }
+    ingest.energy_resets = counted.anomalies.resets.load(Ordering::Relaxed);
+    ingest.energy_capped = counted.anomalies.capped.load(Ordering::Relaxed);
     let log_notes = reader.join().unwrap_or_default();
     if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
         return Err(ReplayError::Read(e));

@@ -52,7 +52,7 @@ use crate::aggregate::{
 use crate::geo::zones::Membership;
 use crate::reference::Reference;
 use crate::time::TimeSpec;
-use connectors::{connector_windows, ChargerReading};
+use connectors::{connector_windows, ChargerLimits, ChargerReading};
 use emit::{Emission, Emitter};
 
 /// A congestion input update: `((segment, window_start), vehicle_hash)`.
@@ -175,6 +175,7 @@ pub fn build(
     provisional: bool,
     zones: Option<ZoneFlow>,
     emissions: Option<Sender<Vec<Emission>>>,
+    limits: Arc<ChargerLimits>,
 ) -> (Inputs, Completion) {
     worker.dataflow::<u64, _, _>(move |scope| {
         let (congestion_input, reports) = scope.new_collection::<CongestionKey, SpeedSum>();
@@ -218,7 +219,7 @@ pub fn build(
             )
         });
 
-        let charging = connector_windows(readings, spec).reduce_named(
+        let charging = connector_windows(readings, spec, limits).reduce_named(
             "Charging",
             |_key, connectors: &[(&ConnectorWindow, isize)], out: &mut Vec<(Charging, isize)>| {
                 out.push((

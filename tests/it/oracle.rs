@@ -159,8 +159,16 @@ fn generate(seed: u64, vehicles: usize, lateness: u64) -> Vec<Rec> {
                     power_milli: rng.below(50_000),
                     energy,
                 });
-                ts += 1_000 + rng.below(9_000);
-                energy += rng.below(400);
+                let step = 1_000 + rng.below(9_000);
+                ts += step;
+                energy = match rng.below(60) {
+                    // A new meter: the register starts again.
+                    0 => rng.below(100),
+                    // A jump no 50 kW connector can deliver.
+                    1 => energy + 1_000_000,
+                    // Up to the connector's 50 kW over the step.
+                    _ => energy + rng.below(step * 50_000 / 3_600_000 + 1),
+                };
             }
         }
     }
@@ -287,7 +295,17 @@ fn oracle(recs: &[Rec], chunk_lines: usize, lateness: u64) -> (String, String, F
             let last = inside[inside.len() - 1];
             let before = readings.iter().rfind(|r| r.0 < w).unwrap_or(inside[0]);
             let e = charging.entry((charger.clone(), w)).or_default();
-            e.0 += last.1.saturating_sub(before.1);
+            // TELEMETRY.md §3: a register that went backwards counts from
+            // the window's lowest reading; no more than 50 kW x the time
+            // counted, + 10 %.
+            let (delivered, since) = if last.1 < before.1 {
+                let low = inside.iter().map(|r| (r.1, r.0)).min().expect("a reading");
+                (last.1 - low.0, low.1)
+            } else {
+                (last.1 - before.1, before.0)
+            };
+            let bound = 50_000u128 * u128::from(last.0 - since) * 11 / 36_000_000;
+            e.0 += (delivered as u128).min(bound) as u64;
             e.1 += inside.iter().map(|r| r.3 as f64 / 1000.0).sum::<f64>() / inside.len() as f64;
             e.2 += u32::from(last.2 == "Occupied");
             e.3 += u32::from(last.2 == "Faulted" || last.2 == "Unavailable");
