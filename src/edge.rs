@@ -457,6 +457,12 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
         .into_iter()
         .map(|(first, _)| first)
         .collect();
+    // The input watermark, as the tracker follows the log; bounds what the
+    // hub tells subscribers.
+    let input_watermark = hub
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicU64::new(0)), |h| h.input_watermark());
+    input_watermark.store(tracker.watermark(), Ordering::Release);
     let mut last_watermark = 0;
     for entry in LogReader::open(&log_cfg.dir)? {
         let entry = entry?;
@@ -469,6 +475,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
         }
         last_watermark = tracker.watermark();
         tracker.observe(&chunk.resolve_all(&reference));
+        input_watermark.store(tracker.watermark(), Ordering::Release);
         if live_tx.send(chunk).is_err() {
             return Err(EdgeError::Runtime(
                 "the dataflow stopped during recovery".into(),
@@ -495,6 +502,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
         sinks_durable,
         settings,
         disk,
+        watermark: input_watermark,
     };
     let counters = Arc::new(IngestCounters::default());
     let (committer, commit_thread) = Committer::start(

@@ -53,6 +53,9 @@ pub struct Retention {
     pub settings: Settings,
     /// The log's disk (checkpoints are written through it).
     pub disk: Disk,
+    /// Where the input watermark is published after each group (for the
+    /// subscription hub).
+    pub watermark: Arc<AtomicU64>,
 }
 
 impl Retention {
@@ -346,6 +349,9 @@ impl CommitLoop {
                 t.segment_started(s.seq);
             }
             t.observe_with(&s.items, &s.times);
+            self.retention
+                .watermark
+                .store(t.watermark(), Ordering::Release);
             if !s.sender.is_empty() {
                 if let Ok(mut table) = self.table.lock() {
                     table.insert(s.sender, s.sender_seq + 1);

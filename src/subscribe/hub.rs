@@ -234,6 +234,12 @@ pub struct Hub {
     /// This node run: revisions of another epoch mean nothing here.
     pub epoch: u64,
     state: Mutex<HubState>,
+    /// The watermark of the node's input (newest trusted event time minus
+    /// the allowed lateness), set by the node. PROGRESS never says more: at
+    /// a graceful stop the dataflow closes every window and its last
+    /// emissions carry retirement times, which would make subscribers
+    /// forget windows the sinks keep.
+    input_watermark: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a subscription cannot start.
@@ -260,7 +266,13 @@ impl Hub {
                 subscribers: Vec::new(),
                 closed: false,
             }),
+            input_watermark: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         }
+    }
+
+    /// Where the node publishes its input watermark (see the field).
+    pub fn input_watermark(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.input_watermark.clone()
     }
 
     /// What operators may see of a value (privacy, `min_vehicles`): rows
@@ -394,9 +406,13 @@ impl Hub {
             return;
         };
         let st = &mut *st;
+        let bound = self
+            .input_watermark
+            .load(std::sync::atomic::Ordering::Acquire);
         for e in emissions {
-            if e.watermark != u64::MAX {
-                st.watermark = st.watermark.max(e.watermark);
+            let watermark = e.watermark.min(bound);
+            if watermark != u64::MAX {
+                st.watermark = st.watermark.max(watermark);
             }
             let old = st.rows.get(&e.key).cloned();
             let retract = e.status == Status::Retraction;

@@ -147,9 +147,23 @@ fn subscribers_rebuild_the_sink_in_final_and_provisional_modes() {
         11_486
     );
     node.stop();
+    // The newest event time of the recording, minus the allowed lateness:
+    // the watermark of the stop, which the last PROGRESS may not exceed.
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let newest = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["ts_ms"].as_u64())
+        .max()
+        .expect("records");
     for (kind, mode, sub) in subs {
         let (state, error) = sub.join().expect("subscriber thread");
         assert_eq!(error, None, "{kind} {mode}");
+        let last = state.progress.as_ref().map(|p| p.watermark_ms);
+        assert_eq!(
+            last,
+            Some(newest - 5_000),
+            "{kind} {mode}: the last PROGRESS"
+        );
         let file = match kind {
             "congestion" => "congestion.csv",
             "charging" => "charging.csv",
