@@ -224,6 +224,17 @@ pub async fn connect(
     }
 }
 
+/// Records in a batch: non-blank lines, or CBOR items.
+fn records_in(encoding: Encoding, batch: &Bytes) -> u64 {
+    match encoding {
+        Encoding::JsonLines => batch
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .count() as u64,
+        Encoding::Cbor => crate::codec::cbor_items(batch).count() as u64,
+    }
+}
+
 /// An error that a reconnect cannot fix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -363,7 +374,12 @@ pub async fn send(
                     if acked.insert(s, ()).is_none() {
                         report.batches += 1;
                         report.accepted += u64::from(accepted);
-                        report.rejected += rejections.len() as u64;
+                        // An ACK lists at most 1,000 rejections: the rest
+                        // of the batch that was not accepted counts too.
+                        let records = records_in(opts.encoding, &batches[s as usize]);
+                        report.rejected += records
+                            .saturating_sub(u64::from(accepted))
+                            .max(rejections.len() as u64);
                         for (i, _, m) in rejections {
                             if report.rejections.len() < 20 {
                                 report.rejections.push((s, i, m));

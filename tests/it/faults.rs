@@ -824,3 +824,45 @@ fn power_loss_at_random_points_loses_nothing_acknowledged_and_counts_nothing_twi
         "some crashes caught writes in flight"
     );
 }
+
+#[test]
+fn an_ack_lists_at_most_a_thousand_rejections_and_says_how_many_more() {
+    let mut node = start("");
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let good = text.lines().next().expect("a record");
+    let mut lines = vec!["{}"; 2_500];
+    lines.push(good);
+    let body = lines.join("\n") + "\n";
+    let frame = Frame::Batch {
+        sender_seq: 0,
+        encoding: Encoding::JsonLines,
+        records: Bytes::from(body.clone()),
+    };
+    runtime().block_on(async {
+        let (conn, _control) = session(&node, "probe").await;
+        match exchange(&conn, frame.to_bytes()).await {
+            Frame::Ack {
+                accepted: 1,
+                rejections,
+                ..
+            } => {
+                assert_eq!(rejections.len(), 1_000);
+                let last = &rejections[999].2;
+                assert!(
+                    last.contains("(and 1500 more rejections not listed)"),
+                    "{last}"
+                );
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+    });
+    // `send` counts every rejection, listed or not.
+    let file = node.dir.path().join("bad.jsonl");
+    std::fs::write(&file, &body).expect("write");
+    let mut opts = node.options(Encoding::JsonLines);
+    opts.batch_lines = 5_000;
+    opts.sender = "recorder-9".into();
+    let r = send_file(&opts, &file);
+    assert_eq!((r.accepted, r.rejected), (1, 2_500));
+    node.stop();
+}
