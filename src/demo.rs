@@ -233,6 +233,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         batch_timeout: Duration::from_secs(60),
     });
     topology.log = Some(LogSection {
+        on_corruption: crate::log::OnCorruption::Stop,
         dir: log_dir,
         segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
     });

@@ -136,6 +136,9 @@ pub struct EdgeReport {
     pub recovered_entries: u64,
     /// Bytes of torn tail cut at start.
     pub truncated_bytes: u64,
+    /// Log entries lost to damage skipped at start (`[log] on_corruption
+    /// = "skip"`).
+    pub skipped_entries: u64,
     /// Ingest counters.
     pub counters: Arc<IngestCounters>,
 }
@@ -287,8 +290,22 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
     }
 
     // The lock first: nothing is read or repaired while another node runs.
-    let (mut writer, recovery) =
-        LogWriter::open_on(&log_cfg.dir, log_cfg.segment_bytes, disk.clone())?;
+    let (mut writer, recovery) = LogWriter::open_on(
+        &log_cfg.dir,
+        log_cfg.segment_bytes,
+        disk.clone(),
+        log_cfg.on_corruption,
+    )?;
+    for s in &recovery.skipped {
+        eprintln!(
+            "edgeflow: log: skipped damage at byte {} of {}: {} bytes, {} entries lost ({}), as [log] on_corruption = \"skip\" allows",
+            s.offset,
+            s.path.display(),
+            s.bytes,
+            s.entries,
+            s.reason
+        );
+    }
     let checkpoint = Checkpoint::load(&log_cfg.dir)?;
     let settings = Settings::of(&topology.time, &topology.reference_sha256);
     if let Some(cp) = &checkpoint {
@@ -464,7 +481,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
         .map_or_else(|| Arc::new(AtomicU64::new(0)), |h| h.input_watermark());
     input_watermark.store(tracker.watermark(), Ordering::Release);
     let mut last_watermark = 0;
-    for entry in LogReader::open(&log_cfg.dir)? {
+    for entry in LogReader::open_with(&log_cfg.dir, log_cfg.on_corruption)? {
         let entry = entry?;
         if entry.seq < first_seq {
             continue;
@@ -520,6 +537,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
         mpsc::channel::<Result<(SocketAddr, Arc<IngestCounters>), EdgeError>>();
     let recovered_entries = recovery.entries;
     let truncated_bytes = recovery.truncated_bytes;
+    let skipped_entries = recovery.skipped.iter().map(|s| s.entries).sum();
     let thread = std::thread::Builder::new()
         .name("edgeflow-edge".into())
         .spawn(move || {
@@ -588,6 +606,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
                 summary: summary?,
                 recovered_entries,
                 truncated_bytes,
+                skipped_entries,
                 counters,
             })
         })

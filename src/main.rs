@@ -47,7 +47,7 @@ enum Command {
         /// Directory for the CSV files (created if missing).
         #[arg(long)]
         out: PathBuf,
-        /// A damaged log: replay it up to the damage (and say so) instead
+        /// A damaged log: skip its damaged entries (and say how many) instead
         /// of failing.
         #[arg(long)]
         accept_damage: bool,

@@ -65,8 +65,8 @@ pub struct ReplayOptions {
     /// Part of how an input is read, like a log's batch boundaries: results
     /// are identical for any worker count given the same chunk size.
     pub chunk_lines: usize,
-    /// Replay a damaged log up to its damage (and say so in
-    /// [`RunSummary::log_notes`]) instead of failing.
+    /// Replay a damaged log, skipping its damaged entries (and saying so in
+    /// [`RunSummary::log_notes`]), instead of failing.
     pub accept_damage: bool,
 }
 
@@ -242,20 +242,16 @@ fn read_chunks(
                 .map_err(|e| e.to_string())?
                 .first()
                 .map_or(0, |(first, _)| *first);
-            let mut reader = crate::log::LogReader::open(&dir).map_err(|e| e.to_string())?;
+            let policy = if options.accept_damage {
+                crate::log::OnCorruption::Skip
+            } else {
+                crate::log::OnCorruption::Stop
+            };
+            let mut reader =
+                crate::log::LogReader::open_with(&dir, policy).map_err(|e| e.to_string())?;
             for entry in reader.by_ref() {
-                let entry = match entry {
-                    Ok(e) => e,
-                    Err(e @ crate::log::LogError::Corrupt { .. }) if options.accept_damage => {
-                        notes.push(format!(
-                            "the log is damaged ({e}); replayed up to the damage only (--accept-damage)"
-                        ));
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(format!("{e} (--accept-damage replays up to the damage)"))
-                    }
-                };
+                let entry =
+                    entry.map_err(|e| format!("{e} (--accept-damage skips damaged entries)"))?;
                 end = entry.seq + 1;
                 if entry.seq < first_seq {
                     // Before the checkpoint: left over from a crash between
@@ -266,6 +262,16 @@ fn read_chunks(
                 if !deal(Chunk::from_batch(entry.seq, entry.encoding, entry.records)) {
                     return Ok(());
                 }
+            }
+            for s in reader.skipped() {
+                notes.push(format!(
+                    "skipped damage at byte {} of {}: {} bytes, {} entries lost ({}) (--accept-damage)",
+                    s.offset,
+                    s.path.display(),
+                    s.bytes,
+                    s.entries,
+                    s.reason
+                ));
             }
             if let Some((path, at)) = reader.torn_tail() {
                 notes.push(format!(

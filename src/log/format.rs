@@ -137,14 +137,18 @@ pub(super) fn read_entry<R: Read>(r: &mut R, version: Version) -> io::Result<Rea
     })
 }
 
-/// Searches a version 2 segment after damage at `at` for proof that the
-/// damaged bytes were durable: a valid entry, numbered after `last_seq`,
-/// whose `durable` field lies beyond `at`. Returns its offset.
-pub(super) fn durable_after(
+/// Searches a segment after damage at `at` for the first valid entry
+/// numbered after `last_seq` that `wanted(seq, durable, offset)` accepts
+/// (`durable` is 0 in version 1). Returns its offset, the entry and its
+/// size on disk. Cheap filters (a plausible length and number) come before
+/// the checksum, so the scan costs about one pass over the rest.
+pub(super) fn find_entry(
     path: &Path,
     at: u64,
     last_seq: Option<u64>,
-) -> Result<Option<u64>, LogError> {
+    version: Version,
+    wanted: impl Fn(u64, u64, u64) -> bool,
+) -> Result<Option<(u64, Entry, u64)>, LogError> {
     let mut f = File::open(path).map_err(io_err(path))?;
     f.seek(SeekFrom::Start(at)).map_err(io_err(path))?;
     let mut rest = Vec::new();
@@ -155,26 +159,44 @@ pub(super) fn durable_after(
         x.copy_from_slice(&b[i..i + 8]);
         u64::from_le_bytes(x)
     };
-    // Entries numbered after the damage; at most one per FIXED_PAYLOAD + 8 bytes.
+    let fixed = version.fixed();
+    // Entries numbered after the damage; at most one per `fixed + 8` bytes.
     let first = last_seq.map_or(0, |s| s + 1);
-    let most = first + (rest.len() / (FIXED_PAYLOAD + 8)) as u64 + 1;
-    for o in 1..rest.len().saturating_sub(8 + FIXED_PAYLOAD) {
+    let most = first + (rest.len() / (fixed + 8)) as u64 + 1;
+    for o in 1..rest.len().saturating_sub(8 + fixed) {
         let len = u32_at(&rest, o) as usize;
-        if len < FIXED_PAYLOAD || len > MAX_ENTRY_BYTES || o + 8 + len > rest.len() {
+        if !(fixed..=MAX_ENTRY_BYTES).contains(&len) || o + 8 + len > rest.len() {
             continue;
         }
         let payload = &rest[o + 8..o + 8 + len];
-        let (seq, durable) = (u64_at(payload, 0), u64_at(payload, 16));
+        let seq = u64_at(payload, 0);
+        let durable = match version {
+            Version::V1 => 0,
+            Version::V2 => u64_at(payload, 16),
+        };
         let offset = at + o as u64;
-        // Cheap filters first: a plausible number, durable past the damage.
-        if seq < first || seq > most || durable <= at || durable > offset {
+        if seq < first || seq > most || !wanted(seq, durable, offset) {
             continue;
         }
-        if crc32fast::hash(payload) == u32_at(&rest, o + 4)
-            && Entry::decode(payload, Version::V2).is_ok()
-        {
-            return Ok(Some(offset));
+        if crc32fast::hash(payload) == u32_at(&rest, o + 4) {
+            if let Ok((entry, _)) = Entry::decode(payload, version) {
+                return Ok(Some((offset, entry, 8 + len as u64)));
+            }
         }
     }
     Ok(None)
+}
+
+/// Searches a version 2 segment after damage at `at` for proof that the
+/// damaged bytes were durable: a valid entry, numbered after `last_seq`,
+/// whose `durable` field lies beyond `at`. Returns its offset.
+pub(super) fn durable_after(
+    path: &Path,
+    at: u64,
+    last_seq: Option<u64>,
+) -> Result<Option<u64>, LogError> {
+    let proof = find_entry(path, at, last_seq, Version::V2, |_, durable, offset| {
+        durable > at && durable <= offset
+    })?;
+    Ok(proof.map(|(offset, _, _)| offset))
 }

@@ -60,6 +60,13 @@
 //! was created), gets its header again; a bad header before data is
 //! corruption (the header is fsynced before any entry is written).
 //!
+//! With `[log] on_corruption = "skip"` ([`OnCorruption::Skip`]), damage is
+//! skipped instead: reading resumes at the next valid entry of the segment
+//! (or the next segment), the entries lost are counted ([`Skipped`]) and
+//! read as empty ones, so numbering, the watermark clock and retention stay
+//! whole; a newest segment with a damaged header is moved aside
+//! (`.damaged`). A torn tail is cut either way.
+//!
 //! Every write, fsync, rename and removal goes through a [`disk::Disk`]:
 //! the operating system's, or a simulated one that can lose power and
 //! then discards exactly what no fsync covered (the power-loss test).
@@ -82,7 +89,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use thiserror::Error;
 
-pub use reader::LogReader;
+pub use reader::{LogReader, OnCorruption, Skipped};
 pub use writer::{LogWriter, Recovery};
 
 /// Segment file magic (version 2), with the format version in the last

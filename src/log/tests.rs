@@ -317,3 +317,43 @@ fn a_version_1_log_is_read_and_continued_in_a_version_2_segment() {
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
     assert_eq!(all[1].sender, "fleet-a");
 }
+
+#[test]
+fn with_skip_damage_is_skipped_counted_and_the_numbering_stays_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut w, _) = LogWriter::open(dir.path(), 300).expect("open");
+    append_n(&mut w, 4);
+    for n in 4..20 {
+        w.append("fleet-a", n, Encoding::JsonLines, Bytes::from("{}\n"))
+            .expect("append");
+        w.sync().expect("sync");
+    }
+    drop(w);
+    let segs = segments(dir.path()).expect("list");
+    assert!(segs.len() > 2, "small segments");
+    // Damage in an older segment and in the newest one.
+    for (_, path) in [&segs[0], segs.last().expect("newest")] {
+        let offsets = entry_offsets(path);
+        let mut bytes = std::fs::read(path).expect("read");
+        bytes[offsets[0] as usize + 12] ^= 0x01;
+        std::fs::write(path, bytes).expect("write");
+    }
+    assert!(matches!(
+        LogWriter::open(dir.path(), 300),
+        Err(LogError::Corrupt { .. })
+    ));
+    let (mut w, rec) =
+        LogWriter::open_on(dir.path(), 300, disk::Disk::real(), OnCorruption::Skip).expect("skips");
+    assert_eq!(rec.skipped.len(), 2, "{:?}", rec.skipped);
+    assert_eq!(rec.skipped.iter().map(|s| s.entries).sum::<u64>(), 2);
+    assert_eq!((rec.entries, w.next_seq()), (18, 20));
+    append_n(&mut w, 1);
+    drop(w);
+    let all: Vec<Entry> = LogReader::open_with(dir.path(), OnCorruption::Skip)
+        .expect("open")
+        .collect::<Result<_, _>>()
+        .expect("readable, skipping");
+    assert_eq!(all.len(), 21, "every number, the lost ones empty");
+    assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+    assert_eq!(all.iter().filter(|e| e.is_placeholder()).count(), 2);
+}

@@ -1,14 +1,15 @@
 //! Appending to the log, rolling segments, and recovery on open.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use super::disk::Disk;
-use super::format::{durable_after, read_entry, Read1, Version};
+use super::format::Version;
+use super::reader::{LogReader, OnCorruption, Skipped};
 use super::{
     delete_before, io_err, segment_name, segments, Encoding, Entry, LogError, FIXED_PAYLOAD,
     HEADER, LOCK_FILE, MAGIC, MAX_ENTRY_BYTES, MAX_SENDER_LEN,
@@ -26,6 +27,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// Where the torn tail was cut, when one was.
     pub truncated_at: Option<(PathBuf, u64)>,
+    /// Damage skipped (`[log] on_corruption = "skip"`).
+    pub skipped: Vec<Skipped>,
     /// Last batch number per sender, for deduplicating resends.
     pub senders: FxHashMap<String, u64>,
 }
@@ -49,19 +52,6 @@ pub struct LogWriter {
     disk: Disk,
     /// Held for the writer's life: one writer per directory.
     _lock: File,
-}
-
-/// Whether every byte of the file is zero.
-fn all_zeros(path: &Path) -> Result<bool, LogError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut buf = [0u8; 64 << 10];
-    loop {
-        match f.read(&mut buf).map_err(io_err(path))? {
-            0 => return Ok(true),
-            n if buf[..n].iter().any(|&b| b != 0) => return Ok(false),
-            _ => {}
-        }
-    }
 }
 
 /// Takes the directory's lock, or says who holds it.
@@ -106,15 +96,16 @@ impl LogWriter {
     /// once to rebuild the sender table. Fails with [`LogError::Locked`]
     /// while another writer has the directory.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(LogWriter, Recovery), LogError> {
-        Self::open_on(dir, segment_bytes, Disk::real())
+        Self::open_on(dir, segment_bytes, Disk::real(), OnCorruption::Stop)
     }
 
     /// [`LogWriter::open`] on the given [`Disk`] (a simulated one in
-    /// power-loss tests).
+    /// power-loss tests), damage handled by `policy`.
     pub fn open_on(
         dir: &Path,
         segment_bytes: u64,
         disk: Disk,
+        policy: OnCorruption,
     ) -> Result<(LogWriter, Recovery), LogError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = lock(dir)?;
@@ -123,94 +114,56 @@ impl LogWriter {
             first_seq: segs.first().map_or(0, |s| s.0),
             ..Recovery::default()
         };
-        let mut next_seq = recovery.first_seq;
-        let mut last_version = Version::V2;
-        for (i, (_, path)) in segs.iter().enumerate() {
-            let last = i + 1 == segs.len();
-            let mut f = disk.open_rw(path).map_err(io_err(path))?;
-            let size = f.metadata().map_err(io_err(path))?.len();
-            let mut r = BufReader::with_capacity(1 << 20, &mut f);
-            let mut magic = [0u8; HEADER];
-            let version = match r.read_exact(&mut magic) {
-                Ok(()) => Version::of(&magic),
-                Err(_) => None,
-            };
-            let mut last_seq = next_seq.checked_sub(1);
-            let damage = match version {
-                None => Some((0, "bad segment header (magic)".to_owned())),
-                Some(version) => {
-                    last_version = version;
-                    let mut offset = HEADER as u64;
-                    loop {
-                        match read_entry(&mut r, version).map_err(io_err(path))? {
-                            Read1::End => break None,
-                            Read1::Damaged(reason) => break Some((offset, reason)),
-                            Read1::Entry(e, n) if e.seq == next_seq => {
-                                recovery.senders.insert(e.sender, e.sender_seq);
-                                recovery.entries += 1;
-                                last_seq = Some(e.seq);
-                                next_seq += 1;
-                                offset += n;
-                            }
-                            Read1::Entry(e, _) => {
-                                break Some((
-                                    offset,
-                                    format!("entry {} where {next_seq} was expected", e.seq),
-                                ))
-                            }
-                        }
-                    }
-                }
-            };
-            drop(r);
-            if let Some((at, reason)) = damage {
-                if !last {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset: at,
-                        reason,
-                    });
-                }
-                // A torn tail: cut it (with a missing header, rewrite it).
-                // A bad header before data is not a torn write (the header
-                // is synced before any entry is written): refuse, unless
-                // the file is all zeros (a crash while it was created).
-                if at == 0 && size > HEADER as u64 && !all_zeros(path)? {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset: 0,
-                        reason,
-                    });
-                }
-                if at > 0 && version == Some(Version::V2) {
-                    if let Some(proof) = durable_after(path, at, last_seq)? {
-                        return Err(LogError::Corrupt {
-                            path: path.clone(),
-                            offset: at,
-                            reason: format!(
-                                "{reason}, and the entry at byte {proof} was written after these bytes were durable: acknowledged data is damaged (restore the segment from a copy, or move the log aside)"
-                            ),
-                        });
-                    }
-                }
-                recovery.truncated_bytes = size - at;
-                recovery.truncated_at = Some((path.clone(), at));
-                disk.set_len(&f, path, at).map_err(io_err(path))?;
-                if at == 0 {
-                    f.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
-                    disk.write(&mut f, path, MAGIC).map_err(io_err(path))?;
-                    last_version = Version::V2;
-                }
-                disk.sync(&f, path).map_err(io_err(path))?;
+        // One pass through the reader: entries, senders, and where the log
+        // ends (a torn tail, or damage it refuses or skips).
+        let mut reader = LogReader::open_with(dir, policy)?;
+        for entry in reader.by_ref() {
+            let e = entry?;
+            if !e.is_placeholder() {
+                recovery.senders.insert(e.sender, e.sender_seq);
+                recovery.entries += 1;
             }
         }
+        let mut next_seq = reader.next_seq().unwrap_or(recovery.first_seq);
+        recovery.skipped = reader.skipped().to_vec();
+        if let Some((path, at)) = reader.torn_tail().cloned() {
+            let mut f = disk.open_rw(&path).map_err(io_err(&path))?;
+            let size = f.metadata().map_err(io_err(&path))?.len();
+            recovery.truncated_bytes = size - at;
+            disk.set_len(&f, &path, at).map_err(io_err(&path))?;
+            if at == 0 {
+                // A crash while it was created: give it its header again.
+                f.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
+                disk.write(&mut f, &path, MAGIC).map_err(io_err(&path))?;
+            }
+            disk.sync(&f, &path).map_err(io_err(&path))?;
+            recovery.truncated_at = Some((path, at));
+        }
+        // Appends go to a version 2 segment only.
+        let last_version = match segs.last() {
+            Some((_, path)) => {
+                let mut magic = [0u8; HEADER];
+                File::open(path)
+                    .and_then(|mut f| f.read_exact(&mut magic))
+                    .map_err(io_err(path))?;
+                Version::of(&magic)
+            }
+            None => Some(Version::V2),
+        };
+        if let (None, Some((first, path))) = (last_version, segs.last()) {
+            // A newest segment skipped whole (bad header): moved aside, so a
+            // new one can take its number.
+            let aside = path.with_extension("damaged");
+            std::fs::rename(path, &aside).map_err(io_err(path))?;
+            disk.sync_dir(dir).map_err(io_err(dir))?;
+            next_seq = next_seq.max(*first);
+        }
         let (file, path, first_seq) = match segs.last() {
-            // Appends go to a version 2 segment only.
-            Some((first_seq, path)) if last_version == Version::V2 => {
+            Some((first_seq, path)) if last_version == Some(Version::V2) => {
                 let file = disk.open_append(path).map_err(io_err(path))?;
                 (file, path.clone(), *first_seq)
             }
-            Some((first_seq, path)) if *first_seq == next_seq => {
+            Some((first_seq, path)) if last_version.is_some() && *first_seq == next_seq => {
                 // An empty version 1 segment: give it a version 2 header.
                 let mut file = disk.open_append(path).map_err(io_err(path))?;
                 disk.set_len(&file, path, 0).map_err(io_err(path))?;

@@ -170,6 +170,11 @@ pub struct LogSection {
     /// Segment size before rolling. Default 64 MiB.
     #[serde(default = "default_segment")]
     pub segment_bytes: u64,
+    /// Damage in the log that is not a torn tail: `"stop"` (default: the
+    /// node does not start, naming the file and offset) or `"skip"` (the
+    /// damaged entries are skipped, counted and reported at start).
+    #[serde(default)]
+    pub on_corruption: crate::log::OnCorruption,
 }
 
 fn default_segment() -> u64 {
@@ -513,6 +518,7 @@ impl Topology {
         }
         .unwrap_or(Duration::from_secs(30));
         let log = file.log.as_ref().map(|l| LogSection {
+            on_corruption: l.on_corruption,
             dir: base.join(&l.dir),
             segment_bytes: l.segment_bytes.max(4096),
         });
