@@ -14,7 +14,7 @@
 //! - [`model`]: telemetry records and their validation.
 //! - [`codec`]: JSON Lines and CBOR decoding/encoding of records.
 //! - [`time`]: windows, watermark, and the fate of a late record.
-//! - [`reference`]: road network and charger list from GeoJSON.
+//! - [`reference`](mod@reference): road network and charger list from GeoJSON.
 //! - [`geo`]: map matching (R-tree over the road network), zones and H3 cells.
 //! - [`topology`]: the TOML topology file and its validation.
 //! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
@@ -22,7 +22,9 @@
 //!   byte budget.
 //! - [`ingest`]: the QUIC ingest protocol and server.
 //! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
-//! - [`log`]: the durable, segmented, checksummed log of accepted batches.
+//! - [`log`]: the durable, segmented, checksummed log of accepted batches
+//!   (format, writer and recovery, reader, and the [`log::disk::Disk`] it
+//!   writes through, which tests can cut the power of).
 //! - [`checkpoint`]: log retention: what deleted segments leave behind.
 //! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
 //! - [`dataflow`]: the timely/differential dataflow and its emitter.
@@ -31,7 +33,7 @@
 //! - [`client`]: `send`: streaming a recording to a node, with resends.
 //! - [`output`]: final tables and durable CSV files.
 //! - [`replay`]: running recorded telemetry through the dataflow.
-//! - [`bench`]: the synthetic benchmark and its plain-loop baseline.
+//! - [`bench`](mod@bench): the synthetic benchmark and its plain-loop baseline.
 //! - [`bench_ingest`]: an edge node under synthetic QUIC load.
 //! - [`bench_match`]: map-matching throughput on a road network.
 //! - [`bench_subscribe`]: ingest and subscriber latency with many subscribers.
