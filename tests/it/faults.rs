@@ -879,3 +879,53 @@ fn an_ack_lists_at_most_a_thousand_rejections_and_says_how_many_more() {
     assert_eq!((r.accepted, r.rejected), (1, 2_500));
     node.stop();
 }
+
+#[test]
+fn an_unauthenticated_subscription_connection_buffers_one_request_at_a_time() {
+    use edgeflow::subscribe::proto::ALPN as SUB_ALPN;
+    use sha2::Digest;
+    let mut node = start_with(|dir| {
+        let hash = hex::encode(sha2::Sha256::digest(crate::subscribe::CITY.as_bytes()));
+        topology_text(dir, "max_buffered_bytes = 8388608")
+            + &format!("[[operator]]\nname = \"city\"\ntoken_sha256 = \"{hash}\"\n")
+    });
+    let budget = node.handle.as_ref().expect("running").budget.clone();
+    let full = budget.available();
+    let held = runtime().block_on(async {
+        let conn = crate::ingest::raw_connect(&node, SUB_ALPN)
+            .await
+            .expect("handshake");
+        // Eight streams, each a SUBSCRIBE declaring 1 MiB, 900 KiB of it sent.
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            let (mut send, recv) = conn.open_bi().await.expect("stream");
+            let mut frame = vec![0x11];
+            frame.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            frame.resize(5 + (900 << 10), b' ');
+            tokio::spawn(async move {
+                let _ = send.write_all(&frame).await;
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                drop(send);
+            });
+            streams.push(recv);
+        }
+        // Wait until the first request's bytes are read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while full - budget.available() < 800 << 10 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let held = full - budget.available();
+        drop((conn, streams));
+        held
+    });
+    assert!(
+        held >= 800 << 10,
+        "the first request is read ({held} bytes)"
+    );
+    assert!(
+        held <= 1 << 20,
+        "one request at a time, not eight ({held} bytes)"
+    );
+    node.stop();
+}

@@ -207,7 +207,7 @@ fn empty_networks_zero_length_segments_crossing_zones_and_zero_timeouts_are_refu
         dir.path(),
         "b.toml",
         &(topo("zero.geojson", "")
-            + "[ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\nhello_timeout = \"0s\"\nreceive_window = 1\n"),
+            + "[ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"c\"\nkey = \"k\"\nhello_timeout = \"0s\"\nreceive_window = 1\nmax_frame_bytes = 16777216\n"),
     );
     let problems = Topology::load(&dir.path().join("b.toml")).expect_err("invalid");
     let all = format!("{problems:?}");
