@@ -169,7 +169,7 @@ pub fn generate(args: &BenchArgs, path: &Path) -> std::io::Result<()> {
             }
             written += 1;
         }
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             for c in 0..chargers {
                 for k in 0..2u32 {
                     if written >= args.records {

@@ -231,7 +231,7 @@ async fn device_loop(
                     device,
                     load.batch_records,
                     opts.encoding,
-                    sent % 10 == 0,
+                    sent.is_multiple_of(10),
                 ),
             };
             let stream = conn.open_bi().await?;

@@ -286,7 +286,7 @@ impl<'a> Stage<'a> {
     ) -> Self {
         // Final values only: one time per window. Provisional values are
         // wanted fresh: one time per second of event time.
-        let tick_ms = if provisional && spec.size_ms % 1000 == 0 {
+        let tick_ms = if provisional && spec.size_ms.is_multiple_of(1000) {
             1000
         } else {
             spec.size_ms

@@ -34,11 +34,14 @@ struct Sim {
     files: HashMap<PathBuf, SimFile>,
     /// Removals whose directory was not synced: the file, moved aside.
     removed: Vec<(PathBuf, PathBuf, SimFile)>,
-    /// Renames whose directory was not synced: from, to, and the file `to`
-    /// replaced, moved aside.
-    renamed: Vec<(PathBuf, PathBuf, Option<(PathBuf, SimFile)>)>,
+    /// Renames whose directory was not synced.
+    renamed: Vec<Renamed>,
     aside: u64,
 }
+
+/// A rename not yet made durable: from, to, and the file `to` replaced,
+/// moved aside.
+type Renamed = (PathBuf, PathBuf, Option<(PathBuf, SimFile)>);
 
 #[derive(Clone, Copy, Debug)]
 struct SimFile {
@@ -344,7 +347,7 @@ impl Disk {
             lost.bytes_kept += kept;
             let file = OpenOptions::new().write(true).open(&path)?;
             file.set_len(f.durable + kept)?;
-            if kept > 0 && random() % 2 == 0 {
+            if kept > 0 && random().is_multiple_of(2) {
                 // A page of the kept part never reached the disk.
                 let span = (random() % kept.min(4096)) + 1;
                 let at = f.durable + random() % (kept - span + 1);

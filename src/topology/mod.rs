@@ -422,7 +422,7 @@ impl Topology {
         );
         if let Some(size) = size {
             let ms = size.as_millis() as u64;
-            if ms == 0 || ms % 1000 != 0 || 86_400_000 % ms != 0 {
+            if ms == 0 || !ms.is_multiple_of(1000) || 86_400_000 % ms != 0 {
                 push(
                     &mut problems,
                     "windows.size",

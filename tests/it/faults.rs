@@ -754,7 +754,7 @@ fn power_loss_at_random_points_loses_nothing_acknowledged_and_counts_nothing_twi
     let seed: u64 = std::env::var("EDGEFLOW_POWER_LOSS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_0f_f00d);
+        .unwrap_or(407_704_170_509);
     let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
     let lines: Vec<&str> = text.lines().collect();
     // Three senders, each a third of the recording in batches of 40.
