@@ -105,7 +105,17 @@ pub struct Reference {
 
 impl Reference {
     /// Builds the indexes; `roads` and `chargers` may come in any order.
-    pub fn new(mut roads: Vec<Road>, mut chargers: Vec<Charger>) -> Self {
+    pub fn new(roads: Vec<Road>, chargers: Vec<Charger>) -> Self {
+        Self::with_matching(roads, chargers, MatchSettings::default())
+    }
+
+    /// [`Reference::new`] with map matching by `settings` (the index is
+    /// built once).
+    pub fn with_matching(
+        mut roads: Vec<Road>,
+        mut chargers: Vec<Charger>,
+        settings: MatchSettings,
+    ) -> Self {
         roads.sort_by(|a, b| a.id.cmp(&b.id));
         chargers.sort_by(|a, b| a.id.cmp(&b.id));
         let road_index = roads
@@ -118,7 +128,7 @@ impl Reference {
             .enumerate()
             .map(|(i, c)| (c.id.clone(), i as u32))
             .collect();
-        let matcher = Matcher::new(&roads, MatchSettings::default());
+        let matcher = Matcher::new(&roads, settings);
         Reference {
             roads,
             chargers,
@@ -162,8 +172,13 @@ impl Reference {
         self.charger_index.get(id).copied()
     }
 
-    /// Loads both files, reporting every problem in either.
-    pub fn load(roads: &Path, chargers: &Path) -> Result<Self, Vec<Problem>> {
+    /// Loads both files, reporting every problem in either; map matching
+    /// by `matching`.
+    pub fn load(
+        roads: &Path,
+        chargers: &Path,
+        matching: MatchSettings,
+    ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let before = problems.len();
         let roads_path = roads;
@@ -178,7 +193,7 @@ impl Reference {
         }
         let chargers = load_features(chargers, &mut problems, parse_charger);
         if problems.is_empty() {
-            Ok(Reference::new(roads, chargers))
+            Ok(Reference::with_matching(roads, chargers, matching))
         } else {
             Err(problems)
         }

@@ -531,9 +531,19 @@ impl Topology {
                 },
             })
             .collect();
+        let defaults = MatchSettings::default();
+        let m = &file.matching;
+        let matching = MatchSettings {
+            radius_m: m.radius_m.unwrap_or(defaults.radius_m),
+            heading_tolerance_deg: m
+                .heading_tolerance_deg
+                .unwrap_or(defaults.heading_tolerance_deg),
+            end_slack_m: m.end_slack_m.unwrap_or(defaults.end_slack_m),
+        };
         let reference = Reference::load(
             &base.join(&file.reference.roads),
             &base.join(&file.reference.chargers),
+            matching,
         );
         let reference_sha256 = digest(&[
             base.join(&file.reference.roads),
@@ -554,15 +564,6 @@ impl Topology {
                 problems.append(&mut p);
                 Vec::new()
             }
-        };
-        let defaults = MatchSettings::default();
-        let m = &file.matching;
-        let matching = MatchSettings {
-            radius_m: m.radius_m.unwrap_or(defaults.radius_m),
-            heading_tolerance_deg: m
-                .heading_tolerance_deg
-                .unwrap_or(defaults.heading_tolerance_deg),
-            end_slack_m: m.end_slack_m.unwrap_or(defaults.end_slack_m),
         };
         if !(matching.radius_m > 0.0 && matching.radius_m <= 1000.0) {
             push(
@@ -628,7 +629,6 @@ impl Topology {
             );
         }
         if let Some(r) = reference.as_mut() {
-            r.set_matching(matching);
             r.zones = zones;
             r.zone_settings = zone_settings;
         }
