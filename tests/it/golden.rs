@@ -47,7 +47,10 @@ fn sumo_public_reproduces_expected_aggregates_for_any_worker_count() {
         assert!(u[Unmatched::Junction.index()] >= 1_070, "{u:?}");
         assert_eq!(summary.ingest.expired, 0);
         let n = assert_same_rows(&congestion, &expected_congestion, "congestion");
-        assert_eq!(n, 1_275);
+        assert_eq!(
+            n, 1_276,
+            "the 1,275 expected rows and one only map matching fills"
+        );
         let n = assert_same_rows(&charging, &expected_charging, "charging");
         assert_eq!(n, 40);
         match &first {

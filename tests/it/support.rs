@@ -71,17 +71,20 @@ pub fn rows(csv: &str) -> (Vec<String>, Rows) {
     (header, out)
 }
 
-/// Whether two printed numbers agree up to one unit in the last printed
-/// digit of `expected` (TELEMETRY.md §4), or are equal strings.
+/// Whether two printed numbers agree: integers (and every other field)
+/// exactly; rounded decimals up to one unit in the last printed digit of
+/// `expected` (TELEMETRY.md §4 grants that to rounding only).
 pub fn close(actual: &str, expected: &str) -> bool {
     if actual == expected {
         return true;
     }
+    let Some((_, digits)) = expected.split_once('.') else {
+        return false; // an integer or a word: exact
+    };
     let (Ok(a), Ok(e)) = (actual.parse::<f64>(), expected.parse::<f64>()) else {
         return false;
     };
-    let decimals = expected.split('.').nth(1).map_or(0, str::len);
-    (a - e).abs() <= 10f64.powi(-(decimals as i32)) * 1.000_001
+    (a - e).abs() <= 10f64.powi(-(digits.len() as i32)) * 1.000_001
 }
 
 /// The (segment id, window start) pairs that map matching changes in the
@@ -129,14 +132,15 @@ pub fn map_matched_pairs() -> &'static BTreeSet<(String, u64)> {
     })
 }
 
-/// Asserts two CSV texts hold the same rows, numbers within one unit in the
-/// last digit. Returns the number of rows. Congestion rows of
+/// Asserts two CSV texts hold the same rows, integers exact, rounded
+/// decimals within one unit in the last digit. Returns the number of rows
+/// of `actual`. Congestion rows of
 /// [`map_matched_pairs`] are skipped.
 pub fn assert_same_rows(actual: &str, expected: &str, what: &str) -> usize {
     let (ha, mut a) = rows(actual);
-    let (he, e) = rows(expected);
-    let n = e.len();
-    let mut e = e;
+    // The rows the output holds.
+    let n = a.len();
+    let (he, mut e) = rows(expected);
     if what == "congestion" {
         for k in map_matched_pairs() {
             a.remove(k);
@@ -152,6 +156,13 @@ pub fn assert_same_rows(actual: &str, expected: &str, what: &str) -> usize {
     );
     for (k, ev) in &e {
         let av = &a[k];
+        assert_eq!(
+            av.len(),
+            ev.len(),
+            "{what}: row {k:?} has {} fields, expected {}",
+            av.len(),
+            ev.len()
+        );
         for (i, (x, y)) in av.iter().zip(ev).enumerate() {
             assert!(
                 close(x, y),
@@ -167,7 +178,9 @@ pub fn assert_same_rows(actual: &str, expected: &str, what: &str) -> usize {
 pub fn assert_expected(congestion: &str, charging: &str) {
     let expected =
         std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
-    assert_eq!(assert_same_rows(congestion, &expected, "congestion"), 1_275);
+    // The expected table's 1,275 rows, and one (segment, window) that only
+    // the node's map matching fills (see `map_matched_pairs`).
+    assert_eq!(assert_same_rows(congestion, &expected, "congestion"), 1_276);
     let expected =
         std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
     assert_eq!(assert_same_rows(charging, &expected, "charging"), 40);
