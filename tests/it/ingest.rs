@@ -330,9 +330,19 @@ fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
     let zones_csv = node.dir.path().join("out/zones.csv");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&zones_csv).is_ok_and(|t| t.contains("\nkarhula-centre,")) {
+        if std::time::Instant::now() >= deadline {
+            // Say what the node did before failing (a stall seen twice under
+            // heavy load, not reproduced since).
+            diagnose(&mut node);
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "no zone rows in the sink"
+            "no zone rows in the sink: {:?}",
+            std::fs::read_to_string(&zones_csv).map(|t| t
+                .lines()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | "))
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -385,6 +395,34 @@ fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
     let got = node.sink("zones.csv");
     assert!(got.contains("\nkarhula-centre,") && !got.contains("karhula-east-half"));
     assert_eq!(got, replay_zones(node.dir.path(), &path));
+}
+
+/// Prints what a node that seems stuck has done: its counters, whether it
+/// stops within 30 s and what its dataflow counted, the sink's files.
+fn diagnose(node: &mut Node) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(h) = node.handle.take() else { return };
+    let c = &h.counters;
+    eprintln!(
+        "diagnosis: {} batches acknowledged, {} records accepted, {} rejected, {} log failures",
+        c.batches.load(Relaxed),
+        c.accepted.load(Relaxed),
+        c.rejected.load(Relaxed),
+        c.log_failures.load(Relaxed)
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let stopped = h.shutdown();
+        let _ = tx.send(stopped.map(|r| (r.summary.ingest, r.summary.emitted)));
+    });
+    eprintln!(
+        "diagnosis: stop: {:?}",
+        rx.recv_timeout(Duration::from_secs(30))
+    );
+    let files: Vec<_> = std::fs::read_dir(node.dir.path().join("out"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    eprintln!("diagnosis: sink files {files:?}");
 }
 
 /// zones.csv of a replay of `input` with the node's topology in `dir`, in
