@@ -442,6 +442,21 @@ impl<'a> Stage<'a> {
         watermark - watermark % self.tick_ms
     }
 
+    /// Brings an idle worker's watermark up to the clock's: every chunk it
+    /// may still take comes after every chunk folded into the clock, so its
+    /// watermark is at least that. Without this, a worker that took no chunk
+    /// for a while (the others took them all) would hold its input, and so
+    /// the frontier, back: no window would become final until it took one.
+    pub fn follow_clock(&mut self) {
+        let watermark = self.spec.watermark(self.clock.floor());
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// The watermark this worker's input has reached (for tests).
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
     /// Whether the input paused long enough to flush a partial batch.
     pub fn idle_flush_due(&self) -> bool {
         self.batch_opened.is_none_or(|t| t.elapsed() >= FLUSH_IDLE)
@@ -475,5 +490,30 @@ impl<'a> Stage<'a> {
         }
         let time = self.tick(self.watermark).max(inputs.time());
         inputs.advance_to(time);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_took_no_chunk_follows_the_clock_so_windows_can_close() {
+        let spec = TimeSpec::new(
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            Duration::from_secs(900),
+        );
+        let clock = ChunkClock::new(spec);
+        let reference = Reference::default();
+        let mut idle = Stage::new(&reference, spec, &clock, None, false);
+        // Another worker took chunks 0 and 1 and published them.
+        let t = 1_767_258_000_000;
+        for (seq, ts) in [(0, t), (1, t + 120_000)] {
+            clock.publish(seq, ChunkTimes::new([(1, ts)], clock.floor(), &spec));
+        }
+        assert_eq!(idle.watermark(), 0);
+        idle.follow_clock();
+        assert_eq!(idle.watermark(), t + 120_000 - 5_000);
     }
 }

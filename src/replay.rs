@@ -408,6 +408,7 @@ pub fn run(
                 Ok(Ok(chunk)) => Some(chunk),
                 Ok(Err(TryRecvError::Empty)) => {
                     if stage.idle_flush_due() {
+                        stage.follow_clock();
                         stage.flush(&mut inputs);
                     }
                     worker.step();
