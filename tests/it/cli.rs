@@ -57,7 +57,7 @@ fn replay_of_gzip_input_writes_both_csv_files_and_a_summary() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("replayed 11486 records"), "{stderr}");
     assert!(
-        stderr.contains("junction 10") && stderr.contains("charging 1337"),
+        stderr.contains("unmatched 2417 (junction 1077, wrong_heading 3, charging 1337)"),
         "{stderr}"
     );
     let congestion = std::fs::read_to_string(out_dir.join("congestion.csv")).expect("written");

@@ -814,7 +814,9 @@ fn simulated_devices_are_served_and_counted() {
         5 * 3,
         "first batch per connection is warm-up"
     );
-    assert!(report.latency_ms(0.99) > 0.0);
+    // Every acknowledgement took some time, and none more than the test.
+    let (p50, p99) = (report.latency_ms(0.5), report.latency_ms(0.99));
+    assert!(p50 > 0.0 && p50 <= p99 && p99 < 30_000.0, "{p50} {p99}");
     let stopped = node.stop();
     assert_eq!(stopped.summary.ingest.records, 400);
 }
