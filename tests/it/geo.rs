@@ -8,7 +8,7 @@ use edgeflow::geo::Unmatched;
 use edgeflow::replay::ReplayOptions;
 use edgeflow::topology::Topology;
 
-use crate::support::{data, replay, root, rows};
+use crate::support::{close, data, replay, root, rows};
 
 /// A vehicle report of the recording: (original segment_id, lon, lat,
 /// heading, charging).
@@ -62,8 +62,19 @@ fn positions_alone_find_the_segment_the_vehicle_named() {
          junction reports left unmatched: {junction_unmatched}/{junction} = {junction_share:.4}",
         share
     );
-    assert!(share >= 0.99, "{share}");
-    assert!(junction_share >= 0.8, "{junction_share}");
+    // Pinned to what the matcher does on this recording (8,391 of 8,406 and
+    // 1,077 of 1,083): a regression of a handful of reports fails here. A
+    // better matcher (issue 14) lowers these bounds.
+    assert!(
+        on_road - right <= 15,
+        "{} on-road reports matched wrongly",
+        on_road - right
+    );
+    assert!(
+        junction - junction_unmatched <= 6,
+        "{} junction reports matched to a road",
+        junction - junction_unmatched
+    );
 }
 
 #[test]
@@ -96,27 +107,41 @@ fn congestion_from_positions_alone_is_within_tolerance_of_the_expected() {
         .iter()
         .position(|h| h == "mean_speed_mps")
         .expect("column");
-    let (mut pairs, mut within) = (0, 0);
+    // Each expected row either comes out identical (every report of the
+    // pair matched to its own segment), or differs because a report went to
+    // a neighbour; the pairs with >= 10 samples must all stay within
+    // max(0.5 m/s, 10%).
+    let (mut identical, mut pairs, mut within) = (0, 0, 0);
     for (key, row) in &want {
+        let got = got.get(key);
+        if got.is_some_and(|g| g.len() == row.len() && g.iter().zip(row).all(|(a, e)| close(a, e)))
+        {
+            identical += 1;
+        }
         if row[samples].parse::<u64>().expect("samples") < 10 {
             continue;
         }
         pairs += 1;
         let e: f64 = row[speed].parse().expect("speed");
-        if let Some(g) = got.get(key) {
+        if let Some(g) = got {
             let g: f64 = g[speed].parse().expect("speed");
             if (g - e).abs() <= (0.1 * e).max(0.5) {
                 within += 1;
             }
         }
     }
-    let share = within as f64 / pairs as f64;
     eprintln!(
-        "map-matched {} reports; pairs with >= 10 samples within max(0.5 m/s, 10%): {within}/{pairs} = {share:.4}",
-        summary.ingest.map_matched
+        "map-matched {} reports; rows identical to the expected: {identical}/{}; \
+         pairs with >= 10 samples within max(0.5 m/s, 10%): {within}/{pairs}",
+        summary.ingest.map_matched,
+        want.len()
     );
     assert!(pairs > 200);
-    assert!(share >= 0.9, "{share}");
+    assert_eq!(within, pairs, "every well-sampled pair within tolerance");
+    // 1,257 of 1,275 rows come out identical today: the 15 misplaced
+    // reports touch 18 rows.
+    let differ = want.len() - identical;
+    assert!(differ <= 18, "{differ} rows differ from the expected table");
 }
 
 #[test]
