@@ -73,12 +73,9 @@ pub fn spawn_node(
 ) -> anyhow::Result<(Child, std::net::SocketAddr, std::path::PathBuf)> {
     let certs = crate::edge::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let text = format!(
         "[node]\nid = \"bench-edge\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n[windows]\n[dataflow]\nworkers = 1\n\
-         [ingest]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\nmax_connections = 20000\nmax_records_per_s = 10000000\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nmax_connections = 20000\nmax_records_per_s = 10000000\n\
          [log]\ndir = \"{}\"\n[[fleet]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n",
         base.join("karhula/roads.geojson").display(),
         base.join("karhula/chargers.geojson").display(),
@@ -89,13 +86,18 @@ pub fn spawn_node(
     );
     let path = dir.join("edge.toml");
     std::fs::write(&path, text + extra)?;
-    let child = spawn_edge_process(&std::env::current_exe()?, &path)?;
-    Ok((child, format!("127.0.0.1:{port}").parse()?, certs.ca))
+    let (child, addr) = spawn_edge_process(&std::env::current_exe()?, &path)?;
+    Ok((child, addr, certs.ca))
 }
 
-/// Starts `exe edge --topology topology` and returns once it listens (its
-/// stderr keeps being drained so the node never blocks on it).
-pub fn spawn_edge_process(exe: &Path, topology: &Path) -> anyhow::Result<Child> {
+/// Starts `exe edge --topology topology` and returns it with the address it
+/// listens on, read from its own "listening on" line (so a topology may
+/// listen on port 0: nothing races for the port). Its stderr keeps being
+/// drained so the node never blocks on it.
+pub fn spawn_edge_process(
+    exe: &Path,
+    topology: &Path,
+) -> anyhow::Result<(Child, std::net::SocketAddr)> {
     use std::io::BufRead;
     let mut child = Command::new(exe)
         .args(["edge", "--topology"])
@@ -109,14 +111,23 @@ pub fn spawn_edge_process(exe: &Path, topology: &Path) -> anyhow::Result<Child> 
             .lines()
             .map_while(Result::ok)
         {
-            if line.contains("listening on") {
-                let _ = tx.send(());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                let _ = tx.send(addr);
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60))
-        .context("the node did not start")?;
-    Ok(child)
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Some(addr)) => Ok((child, addr)),
+        Ok(None) => {
+            let _ = child.kill();
+            anyhow::bail!("the node's \"listening on\" line has no address")
+        }
+        Err(_) => {
+            let _ = child.kill();
+            anyhow::bail!("the node did not start within 60 s")
+        }
+    }
 }
 
 /// Runs the benchmark; returns the JSON report.

@@ -41,6 +41,9 @@ pub enum SubError {
     ResumeUnavailable = 5,
     /// The client read too slowly: its queue passed the hard limit.
     TooSlow = 6,
+    /// The node serves `max_connections` sessions; retry later (the code of
+    /// the connection close, as in the ingest protocol).
+    Overloaded = 8,
     /// The node is stopping.
     ShuttingDown = 9,
 }

@@ -273,12 +273,21 @@ async fn stream(
     authenticated: Option<tokio::sync::oneshot::Sender<bool>>,
 ) {
     let read = read_request(&mut recv, &ctx.budget);
-    let req = match tokio::time::timeout(ctx.request_timeout, read).await {
-        Ok(Ok(r)) => r,
-        Ok(Err((code, msg))) => return refuse(send_half, code, msg).await,
-        Err(_) => {
-            let msg = "no SUBSCRIBE in time".into();
-            return refuse(send_half, SubError::BadRequest, msg).await;
+    let mut stopping = ctx.stopping.clone();
+    let req = tokio::select! {
+        read = tokio::time::timeout(ctx.request_timeout, read) => match read {
+            Ok(Ok(r)) => r,
+            Ok(Err((code, msg))) => return refuse(send_half, code, msg).await,
+            Err(_) => {
+                let msg = "no SUBSCRIBE in time".into();
+                return refuse(send_half, SubError::BadRequest, msg).await;
+            }
+        },
+        // A request still arriving when the node stops is told so, as an
+        // ingest client still in HELLO is.
+        () = async { drop(stopping.wait_for(|s| *s).await) } => {
+            let msg = "the node is stopping".into();
+            return refuse(send_half, SubError::ShuttingDown, msg).await;
         }
     };
     let sub = ctx.interest(&req).and_then(|i| {
@@ -390,8 +399,8 @@ pub async fn connection(conn: quinn::Connection, ctx: Arc<SubContext>, pending: 
                         Some(slot) => _slot = Some(slot),
                         None => {
                             conn.close(
-                                quinn::VarInt::from_u32(SubError::ShuttingDown as u32),
-                                b"the node serves max_connections; retry later",
+                                quinn::VarInt::from_u32(SubError::Overloaded as u32),
+                                b"the node serves max_connections sessions; retry later",
                             );
                             break;
                         }

@@ -376,8 +376,9 @@ impl Tmpfs {
             std::env::var_os("EDGEFLOW_REQUIRE_TMPFS").is_none(),
             "EDGEFLOW_REQUIRE_TMPFS is set but a tmpfs cannot be mounted"
         );
-        eprintln!(
-            "skipped: mounting a tmpfs needs root (set EDGEFLOW_REQUIRE_TMPFS to require it)"
+        crate::support::skip(
+            "full disk",
+            "mounting a tmpfs needs root (scripts/test as root requires it)",
         );
         None
     }
@@ -604,11 +605,9 @@ fn certs_keeps_keys_private_and_its_ca_and_never_replaces_it_silently() {
     }
     let text = topology_text(dir.path(), "client_ca = \"ca.pem\"");
     std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
-    let mut node = crate::ingest::Node {
-        ca: dir.path().join("ca.pem"),
-        handle: Some(restart_in(dir.path())),
-        dir,
-    };
+    let handle = restart_in(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let mut node = crate::ingest::Node::new(dir, ca, handle);
     let mut opts = node.options(Encoding::Cbor);
     opts.identity = Some((
         certs.join("client-bus-7.pem"),

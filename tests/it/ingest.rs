@@ -22,13 +22,22 @@ pub(crate) struct Node {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) ca: PathBuf,
     pub(crate) handle: Option<EdgeHandle>,
+    /// A test with a node fails instead of hanging.
+    _deadline: crate::support::Deadline,
 }
 
+/// A node's topology in `dir`; `extra` goes into its `[ingest]` section
+/// (a `hello_timeout` there replaces the default of 500 ms).
 pub(crate) fn topology_text(dir: &Path, extra: &str) -> String {
     let hash = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let hello = if extra.contains("hello_timeout") {
+        ""
+    } else {
+        "hello_timeout = \"500ms\"\n"
+    };
     format!(
         "[node]\nid = \"test-edge\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\n[windows]\n\
-         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\nhello_timeout = \"500ms\"\n{extra}\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n{hello}{extra}\n\
          [log]\ndir = \"log\"\nsegment_bytes = 262144\n[[fleet]]\nname = \"test\"\ntoken_sha256 = \"{hash}\"\n\
          [[sink]]\ntype = \"files\"\ndir = \"{out}\"\n",
         roads = root("topologies/karhula/roads.geojson").display(),
@@ -46,11 +55,7 @@ pub(crate) fn start_with(topology: impl Fn(&Path) -> String) -> Node {
     let certs = make_certs(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("certs");
     std::fs::write(dir.path().join("edge.toml"), topology(dir.path())).expect("write topology");
     let handle = restart_in(dir.path());
-    Node {
-        ca: certs.ca,
-        handle: Some(handle),
-        dir,
-    }
+    Node::new(dir, certs.ca, handle)
 }
 
 pub(crate) fn restart_in(dir: &Path) -> EdgeHandle {
@@ -59,6 +64,15 @@ pub(crate) fn restart_in(dir: &Path) -> EdgeHandle {
 }
 
 impl Node {
+    /// A node started in `dir`, with its CA for clients.
+    pub(crate) fn new(dir: tempfile::TempDir, ca: PathBuf, handle: EdgeHandle) -> Node {
+        Node {
+            _deadline: crate::support::deadline(),
+            dir,
+            ca,
+            handle: Some(handle),
+        }
+    }
     pub(crate) fn addr(&self) -> std::net::SocketAddr {
         self.handle.as_ref().expect("running").addr
     }
@@ -95,6 +109,15 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// Sends the whole recording in CBOR batches of 200 records; all of it
+/// must be accepted.
+pub(crate) fn send_recording(node: &Node) {
+    let mut opts = node.options(Encoding::Cbor);
+    opts.batch_lines = 200;
+    let report = send_file(&opts, &data("sumo-public/telemetry.jsonl"));
+    assert_eq!((report.accepted, report.rejected), (11_486, 0));
 }
 
 pub(crate) fn send_file(opts: &SendOptions, path: &Path) -> SendReport {
@@ -618,15 +641,8 @@ fn bad_clients_get_their_documented_errors_and_good_ones_are_served() {
     assert_eq!(stopped.summary.ingest.records, 11_486 + 3);
 }
 
-/// A free UDP port on loopback (bound, read, released).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn spawn_edge(dir: &Path) -> std::process::Child {
+/// Starts `edgeflow edge` in `dir`; returns it with its address.
+pub(crate) fn spawn_edge(dir: &Path) -> (std::process::Child, std::net::SocketAddr) {
     let exe = Path::new(env!("CARGO_BIN_EXE_edgeflow"));
     edgeflow::bench_ingest::spawn_edge_process(exe, &dir.join("edge.toml")).expect("node listens")
 }
@@ -644,18 +660,20 @@ fn log_bytes(dir: &Path) -> u64 {
 
 #[test]
 fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
+    let _deadline = crate::support::deadline();
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("certs");
-    let port = free_port();
-    let text = topology_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let text = topology_text(dir.path(), "");
+    std::fs::write(dir.path().join("edge.toml"), &text).expect("topology");
+    let (mut node, addr) = spawn_edge(dir.path());
+    // The restart listens where the sender reconnects: the same port.
+    let text = text.replace("127.0.0.1:0", &addr.to_string());
     std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
-
-    let mut node = spawn_edge(dir.path());
     let sender = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))
         .args([
             "send",
             "--to",
-            &format!("127.0.0.1:{port}"),
+            &addr.to_string(),
             "--token",
             TOKEN,
             "--server-name",
@@ -687,7 +705,7 @@ fn sigkill_mid_send_then_restart_loses_nothing_and_counts_nothing_twice() {
         "killed before the end ({killed_at} bytes logged)"
     );
 
-    let mut node = spawn_edge(dir.path());
+    let (mut node, _) = spawn_edge(dir.path());
     let out = sender.wait_with_output().expect("send finishes");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -766,11 +784,8 @@ fn mtls_node_refuses_clients_without_a_certificate_from_its_ca() {
     let certs = make_certs(dir.path(), &["localhost".into()]).expect("certs");
     let text = topology_text(dir.path(), "client_ca = \"ca.pem\"");
     std::fs::write(dir.path().join("edge.toml"), text).expect("topology");
-    let mut node = Node {
-        ca: certs.ca.clone(),
-        handle: Some(restart_in(dir.path())),
-        dir,
-    };
+    let handle = restart_in(dir.path());
+    let mut node = Node::new(dir, certs.ca.clone(), handle);
     let file = data("sumo-public/telemetry.jsonl");
 
     let mut anonymous = node.options(Encoding::Cbor);

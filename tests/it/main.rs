@@ -17,6 +17,10 @@
 //! - `faults`: one test per defect of the fault and attack probe (issue
 //!   10): records from the future, damaged logs, a shared log directory,
 //!   a full disk, changed settings, hostile clients.
+//! - `limits`: the connection-level promises of PROTOCOL.md: connection
+//!   limits over both protocols, bad HELLOs, idle timeouts, several
+//!   subscriptions per connection, mTLS for subscribers, shutting down,
+//!   SIGINT.
 //! - `interop`: an independent Python/aioquic client written from
 //!   docs/PROTOCOL.md.
 
@@ -27,6 +31,7 @@ mod geo;
 mod golden;
 mod ingest;
 mod interop;
+mod limits;
 mod oracle;
 mod subscribe;
 mod support;

@@ -14,14 +14,19 @@ use edgeflow::subscribe::client::{subscribe, State, SubscribeOptions};
 use edgeflow::subscribe::proto::{Filter, ResumePoint, SubError, SubFrame, Subscribe, ALPN};
 use sha2::{Digest, Sha256};
 
-use crate::ingest::{runtime, send_file, start_with, topology_text, Node};
+use crate::ingest::{runtime, send_file, send_recording, start_with, topology_text, Node};
 use crate::support::{data, root};
 
 pub(crate) const CITY: &str = "city-traffic-department";
-const CPO: &str = "charge-point-operator";
-const CPO_CHARGER: &str = "cs-hiidenkirnuntie-1";
+pub(crate) const CPO: &str = "charge-point-operator";
+pub(crate) const CPO_CHARGER: &str = "cs-hiidenkirnuntie-1";
 
 pub(crate) fn node(extra: &str) -> Node {
+    node_with("", extra)
+}
+
+/// A node as [`node`], with `ingest` added to its `[ingest]` section.
+pub(crate) fn node_with(ingest: &str, extra: &str) -> Node {
     let zones = std::fs::read_to_string(root("topologies/karhula/zones.geojson")).expect("zones");
     let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
     let extra = format!(
@@ -33,12 +38,12 @@ pub(crate) fn node(extra: &str) -> Node {
     );
     start_with(move |dir: &Path| {
         std::fs::write(dir.join("zones.geojson"), &zones).expect("zones");
-        topology_text(dir, "").replace("[windows]\n", "zones = \"zones.geojson\"\n[windows]\n")
+        topology_text(dir, ingest).replace("[windows]\n", "zones = \"zones.geojson\"\n[windows]\n")
             + &extra
     })
 }
 
-fn options(node: &Node, request: Subscribe) -> SubscribeOptions {
+pub(crate) fn options(node: &Node, request: Subscribe) -> SubscribeOptions {
     SubscribeOptions {
         to: node.addr(),
         server_name: "localhost".into(),
@@ -49,7 +54,7 @@ fn options(node: &Node, request: Subscribe) -> SubscribeOptions {
 
 /// Subscribes on a thread of its own; reports the snapshot marker on
 /// `ready`; returns the state and the error text at the end of the stream.
-fn follow(
+pub(crate) fn follow(
     opts: SubscribeOptions,
     ready: mpsc::Sender<()>,
 ) -> std::thread::JoinHandle<(State, Option<String>)> {
@@ -71,6 +76,15 @@ fn follow(
         }
         (state, error)
     })
+}
+
+/// The files sink's file of an aggregate kind.
+pub(crate) fn sink_file(kind: &str) -> &'static str {
+    match kind {
+        "congestion" => "congestion.csv",
+        "charging" => "charging.csv",
+        _ => "zones.csv",
+    }
 }
 
 /// CSV rows by (id, window start) → fields by header name.
@@ -95,7 +109,7 @@ pub(crate) fn csv_rows(csv: &str) -> BTreeMap<(String, u64), BTreeMap<String, St
 }
 
 /// Asserts the subscriber holds exactly `want`, field by field.
-fn assert_state(
+pub(crate) fn assert_state(
     state: &State,
     want: &BTreeMap<(String, u64), BTreeMap<String, String>>,
     what: &str,
@@ -140,12 +154,7 @@ fn subscribers_rebuild_the_sink_in_final_and_provisional_modes() {
             .recv_timeout(Duration::from_secs(10))
             .expect("snapshot marker");
     }
-    let mut opts = node.options(Encoding::Cbor);
-    opts.batch_lines = 200;
-    assert_eq!(
-        send_file(&opts, &data("sumo-public/telemetry.jsonl")).accepted,
-        11_486
-    );
+    send_recording(&node);
     node.stop();
     // The newest event time of the recording, minus the allowed lateness:
     // the watermark of the stop, which the last PROGRESS may not exceed.
@@ -164,11 +173,7 @@ fn subscribers_rebuild_the_sink_in_final_and_provisional_modes() {
             Some(newest - 5_000),
             "{kind} {mode}: the last PROGRESS"
         );
-        let file = match kind {
-            "congestion" => "congestion.csv",
-            "charging" => "charging.csv",
-            _ => "zones.csv",
-        };
+        let file = sink_file(kind);
         let want = csv_rows(&node.sink(file));
         assert!(want.len() > 30, "{kind}: {} rows", want.len());
         assert_state(&state, &want, &format!("{kind} {mode}"));
@@ -249,7 +254,7 @@ fn the_default_privacy_threshold_withholds_rows_over_few_vehicles() {
 
 /// Subscribes with `req` and returns the first frame (the error, for a
 /// refused request).
-fn first_frame(node: &Node, req: Subscribe) -> SubFrame {
+pub(crate) fn first_frame(node: &Node, req: Subscribe) -> SubFrame {
     let mut first = None;
     runtime()
         .block_on(subscribe(&options(node, req), |f| {
@@ -260,7 +265,7 @@ fn first_frame(node: &Node, req: Subscribe) -> SubFrame {
     first.expect("a frame")
 }
 
-fn code(frame: &SubFrame) -> Option<u16> {
+pub(crate) fn code(frame: &SubFrame) -> Option<u16> {
     match frame {
         SubFrame::Error(e) => Some(e.code),
         _ => None,
@@ -359,35 +364,74 @@ fn node_charger_other_than(id: &str) -> String {
         .expect("two chargers")
 }
 
+/// A provisional congestion subscriber with a tiny receive window that
+/// never reads.
+async fn stalled_subscriber(node: &Node) -> (quinn::Connection, quinn::RecvStream) {
+    let mut endpoint =
+        quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
+    let mut config = edgeflow::client::client_config_for(&node.ca, None, ALPN).expect("config");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(2048u32.into());
+    transport.receive_window(4096u32.into());
+    config.transport_config(std::sync::Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    let conn = endpoint
+        .connect(node.addr(), "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, recv) = conn.open_bi().await.expect("stream");
+    let mut buf = BytesMut::new();
+    let mut req = SubscribeOptions::request(CITY, "congestion");
+    req.mode = "provisional".into();
+    SubFrame::Subscribe(req).encode(&mut buf);
+    send.write_all(&buf).await.expect("write");
+    (conn, recv)
+}
+
+/// Reads what a stalled subscriber's stream still holds: it must end in a
+/// reset with code 6 (`too_slow`), within 15 s.
+async fn assert_reset_too_slow(mut stalled: quinn::RecvStream) {
+    let mut sink = vec![0u8; 1 << 16];
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stalled.read(&mut sink)).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => break other,
+            Err(_) => panic!("the stalled stream neither ended nor was reset"),
+        }
+    };
+    match end {
+        Err(quinn::ReadError::Reset(code)) => {
+            assert_eq!(code.into_inner(), SubError::TooSlow as u64)
+        }
+        other => panic!("expected a reset stream, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_subscriber_that_stops_reading_is_cut_off_and_nobody_else_waits() {
-    let mut node = node("[privacy]\nmin_vehicles = 1\n[subscriptions]\nmax_pending = 600\n");
-    // A client with a tiny receive window that never reads. The limit is
-    // above what a healthy subscriber ever has queued (about two windows of
-    // rows at the end of the run) and below the run's 1,275 rows.
+    // The limit is above what a healthy subscriber ever has queued (about
+    // two windows of rows at the end of the run) and below the run's 1,275
+    // rows.
+    a_stalled_subscriber_is_cut_off("max_pending = 600");
+}
+
+#[test]
+fn a_subscriber_that_reads_nothing_for_max_lag_is_too_slow() {
+    // max_pending stays at its default (far above this run's rows): only
+    // the time limit can cut the stalled subscriber off.
+    a_stalled_subscriber_is_cut_off("max_lag = \"1s\"");
+}
+
+/// With `limit` in `[subscriptions]`, a subscriber that never reads is cut
+/// off with `too_slow` while a healthy one gets every row and ingest is not
+/// held up.
+fn a_stalled_subscriber_is_cut_off(limit: &str) {
+    let mut node = node(&format!(
+        "[privacy]\nmin_vehicles = 1\n[subscriptions]\n{limit}\n"
+    ));
     let rt = runtime();
-    let (conn, mut stalled) = rt.block_on(async {
-        let mut endpoint =
-            quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
-        let mut config = edgeflow::client::client_config_for(&node.ca, None, ALPN).expect("config");
-        let mut transport = quinn::TransportConfig::default();
-        transport.stream_receive_window(2048u32.into());
-        transport.receive_window(4096u32.into());
-        config.transport_config(std::sync::Arc::new(transport));
-        endpoint.set_default_client_config(config);
-        let conn = endpoint
-            .connect(node.addr(), "localhost")
-            .expect("connect")
-            .await
-            .expect("handshake");
-        let (mut send, recv) = conn.open_bi().await.expect("stream");
-        let mut buf = BytesMut::new();
-        let mut req = SubscribeOptions::request(CITY, "congestion");
-        req.mode = "provisional".into();
-        SubFrame::Subscribe(req).encode(&mut buf);
-        send.write_all(&buf).await.expect("write");
-        (conn, recv)
-    });
+    let (conn, stalled) = rt.block_on(stalled_subscriber(&node));
     let (ready_tx, ready) = mpsc::channel();
     let healthy = follow(
         options(&node, SubscribeOptions::request(CITY, "congestion")),
@@ -412,21 +456,7 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_nobody_else_waits() {
         "the healthy subscriber",
     );
     // The stalled one finds its stream reset with the documented code.
-    let end = rt.block_on(async {
-        let mut sink = vec![0u8; 1 << 16];
-        loop {
-            match stalled.read(&mut sink).await {
-                Ok(Some(_)) => continue,
-                other => break other,
-            }
-        }
-    });
-    match end {
-        Err(quinn::ReadError::Reset(code)) => {
-            assert_eq!(code.into_inner(), SubError::TooSlow as u64)
-        }
-        other => panic!("expected a reset stream, got {other:?}"),
-    }
+    rt.block_on(assert_reset_too_slow(stalled));
     drop(conn);
 }
 
@@ -493,7 +523,7 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
     // It comes back with its resume point: only the changes since.
     let mut req = SubscribeOptions::request(CITY, "congestion");
     req.resume = Some(resume);
-    let (ready_tx, _ready) = mpsc::channel();
+    let (ready_tx, ready) = mpsc::channel();
     let mut rows = 0;
     let later = {
         let opts = options(&node, req);
@@ -501,15 +531,29 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
             let mut frames = Vec::new();
             let error = runtime()
                 .block_on(subscribe(&opts, |f| {
+                    if matches!(f, SubFrame::Progress(p) if p.snapshot) {
+                        let _ = ready_tx.send(());
+                    }
                     frames.push(f.clone());
                     true
                 }))
                 .expect("runs");
-            let _ = ready_tx.send(());
             (frames, error)
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the resumed subscriber's snapshot marker");
+    // A resume point beyond the newest revision is not in the history.
+    let mut beyond = SubscribeOptions::request(CITY, "congestion");
+    beyond.resume = Some(ResumePoint {
+        revision: resume.revision + 1_000_000,
+        ..resume
+    });
+    assert_eq!(
+        code(&first_frame(&node, beyond)),
+        Some(SubError::ResumeUnavailable as u16)
+    );
     node.stop();
     let (frames, error) = later.join().expect("thread");
     assert_eq!(error, None);

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use edgeflow::aggregate::Kind;
 use edgeflow::output::FinalTable;
@@ -21,6 +22,57 @@ pub fn data(rel: &str) -> PathBuf {
 /// The repository root.
 pub fn root(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A watchdog for a test that can hang (a node, a network peer, a child
+/// process): libtest has no timeouts, so if the guard is still alive after
+/// the limit, the test binary says which test ran over and exits with a
+/// failure. The limit is `EDGEFLOW_TEST_DEADLINE_S` (default 300 s: about
+/// ten times the slowest test on a loaded 2-core machine).
+pub struct Deadline(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+pub fn deadline() -> Deadline {
+    let limit = std::env::var("EDGEFLOW_TEST_DEADLINE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs);
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let watched = done.clone();
+    std::thread::spawn(move || {
+        let (lock, cvar) = &*watched;
+        let Ok(guard) = lock.lock() else { return };
+        let Ok((guard, _)) = cvar.wait_timeout_while(guard, limit, |done| !*done) else {
+            return;
+        };
+        if !*guard {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "DEADLINE: {test} still running after {limit:?} (EDGEFLOW_TEST_DEADLINE_S); failing the run"
+            );
+            std::process::exit(101);
+        }
+    });
+    Deadline(done)
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.0;
+        if let Ok(mut done) = lock.lock() {
+            *done = true;
+        }
+        cvar.notify_all();
+    }
+}
+
+/// Says on the terminal that `test` did not run and why. Written to the
+/// process's stderr directly: libtest captures `eprintln!` of passing tests,
+/// and a skip must be seen.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// Replays `input` and returns the CSV texts and the summary.
