@@ -57,6 +57,7 @@ fn watch_zones(
     reference: Arc<crate::reference::Reference>,
     changes: mpsc::Sender<crate::replay::ZoneChange>,
     stop: mpsc::Receiver<()>,
+    reloads: Arc<AtomicU64>,
 ) {
     let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
@@ -97,6 +98,7 @@ fn watch_zones(
                 if changes.send((gone, added)).is_err() {
                     return;
                 }
+                reloads.fetch_add(1, Ordering::Relaxed);
             }
             Err(problems) => {
                 for p in problems {
@@ -151,6 +153,8 @@ pub struct EdgeHandle {
     pub counters: Arc<IngestCounters>,
     /// The budget of buffered frame bytes, live.
     pub budget: Budget,
+    /// Zone files loaded and handed to the dataflow since the start.
+    pub zone_reloads: Arc<AtomicU64>,
     shutdown: watch::Sender<bool>,
     thread: JoinHandle<Result<EdgeReport, EdgeError>>,
 }
@@ -385,14 +389,16 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
     let sinks_durable = Arc::new(AtomicU64::new(0));
 
     // Zone file reloads.
+    let zone_reloads = Arc::new(AtomicU64::new(0));
     let (zone_rx, zone_watch) = match &topology.zone_file {
         Some(path) => {
             let (tx, rx) = mpsc::channel();
             let (stop_tx, stop_rx) = mpsc::channel();
             let (path, reference) = (path.clone(), reference.clone());
+            let reloads = zone_reloads.clone();
             std::thread::Builder::new()
                 .name("edgeflow-zones".into())
-                .spawn(move || watch_zones(path, reference, tx, stop_rx))
+                .spawn(move || watch_zones(path, reference, tx, stop_rx, reloads))
                 .map_err(|e| EdgeError::Runtime(e.to_string()))?;
             (Some(rx), Some(stop_tx))
         }
@@ -616,6 +622,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
             addr,
             counters,
             budget: handle_budget,
+            zone_reloads,
             shutdown: shutdown_tx,
             thread,
         }),
