@@ -612,3 +612,226 @@ fn a_subscription_outlives_a_quiet_spell_longer_than_the_idle_timeout() {
         "after a quiet spell",
     );
 }
+
+/// Halfway along a LineString by great-circle length (haversine): the
+/// node measures in a local flat projection; both agree far below the
+/// margin the filter test keeps from the box's edges.
+fn halfway(line: &[[f64; 2]]) -> [f64; 2] {
+    let metres = |a: [f64; 2], b: [f64; 2]| {
+        let (p1, p2) = (a[1].to_radians(), b[1].to_radians());
+        let h = ((p2 - p1) / 2.0).sin().powi(2)
+            + p1.cos() * p2.cos() * ((b[0] - a[0]).to_radians() / 2.0).sin().powi(2);
+        2.0 * 6_371_008.8 * h.sqrt().asin()
+    };
+    let total: f64 = line.windows(2).map(|w| metres(w[0], w[1])).sum();
+    let mut left = total / 2.0;
+    for w in line.windows(2) {
+        let l = metres(w[0], w[1]);
+        if l >= left && l > 0.0 {
+            let t = left / l;
+            return [
+                w[0][0] + (w[1][0] - w[0][0]) * t,
+                w[0][1] + (w[1][1] - w[0][1]) * t,
+            ];
+        }
+        left -= l;
+    }
+    line[line.len() - 1]
+}
+
+/// The ids of a GeoJSON file's features with their points: a LineString's
+/// halfway point, a Point itself.
+fn feature_points(file: &str) -> BTreeMap<String, [f64; 2]> {
+    let text = std::fs::read_to_string(root(file)).expect("reference data");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("GeoJSON");
+    let point = |v: &serde_json::Value| [v[0].as_f64().expect("lon"), v[1].as_f64().expect("lat")];
+    doc["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|f| {
+            let coords = &f["geometry"]["coordinates"];
+            let at = match f["geometry"]["type"].as_str() {
+                Some("Point") => point(coords),
+                _ => halfway(
+                    &coords
+                        .as_array()
+                        .expect("line")
+                        .iter()
+                        .map(point)
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            (f["properties"]["id"].as_str().expect("id").to_owned(), at)
+        })
+        .collect()
+}
+
+/// Keys of `points` inside `bbox`, inclusive; fails if one lies within
+/// 1e-6 degrees (about 0.1 m) of an edge, where the two midpoint methods
+/// could disagree.
+fn inside(
+    points: &BTreeMap<String, [f64; 2]>,
+    bbox: [f64; 4],
+) -> std::collections::BTreeSet<String> {
+    let near = |v: f64, edge: f64| (v - edge).abs() < 1e-6;
+    points
+        .iter()
+        .filter(|(id, p)| {
+            assert!(
+                !(near(p[0], bbox[0])
+                    || near(p[0], bbox[2])
+                    || near(p[1], bbox[1])
+                    || near(p[1], bbox[3])),
+                "{id} lies on the box's edge"
+            );
+            (bbox[0]..=bbox[2]).contains(&p[0]) && (bbox[1]..=bbox[3]).contains(&p[1])
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[test]
+fn filters_and_allow_lists_select_exactly_their_keys() {
+    // The three segments with the most windows, and a fourth.
+    let expected =
+        std::fs::read_to_string(data("sumo-public/expected-congestion.csv")).expect("fixture");
+    let mut windows: BTreeMap<String, usize> = BTreeMap::new();
+    for line in expected.lines().skip(1) {
+        *windows
+            .entry(line.split(',').next().expect("id").to_owned())
+            .or_default() += 1;
+    }
+    let mut busiest: Vec<(usize, String)> = windows.into_iter().map(|(id, n)| (n, id)).collect();
+    busiest.sort_by(|a, b| b.cmp(a));
+    let [s1, s2, s3, other] = [0, 1, 2, 3].map(|i| busiest[i].1.clone());
+    const CORRIDOR: &str = "corridor-operator";
+    let mut node = node(&format!(
+        "[privacy]\nmin_vehicles = 1\n\
+         [[operator]]\nname = \"corridor\"\ntoken_sha256 = \"{}\"\nkinds = [\"congestion\", \"zone\"]\n\
+         segments = [\"{s1}\", \"{s2}\", \"{s3}\"]\nzones = [\"karhula-centre\"]\n",
+        hex::encode(Sha256::digest(CORRIDOR.as_bytes()))
+    ));
+    let roads = feature_points("topologies/karhula/roads.geojson");
+    let chargers = feature_points("topologies/karhula/chargers.geojson");
+    // A box around the busiest segment (odd offsets keep its edges off
+    // every midpoint), and one holding two of the four chargers.
+    let [x, y] = roads[&s1];
+    let road_box = [x - 0.00613, y - 0.00371, x + 0.00587, y + 0.00429];
+    let charger_box = [26.94, 60.52, 26.97, 60.535];
+    let ids = |v: &[&String]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let request = |token: &str, kind: &str, filter: Option<Filter>| {
+        let mut req = SubscribeOptions::request(token, kind);
+        req.filter = filter;
+        req
+    };
+    let by_ids = |v: &[&String]| {
+        Some(Filter {
+            ids: Some(v.iter().map(|s| s.to_string()).collect()),
+            bbox: None,
+        })
+    };
+    let by_box = |b: [f64; 4]| {
+        Some(Filter {
+            ids: None,
+            bbox: Some(b),
+        })
+    };
+    let in_road_box = inside(&roads, road_box);
+    let corridor = ids(&[&s1, &s2, &s3]);
+    let cases = vec![
+        (
+            "ids",
+            request(CITY, "congestion", by_ids(&[&s1, &other])),
+            ids(&[&s1, &other]),
+        ),
+        (
+            "bbox",
+            request(CITY, "congestion", by_box(road_box)),
+            in_road_box.clone(),
+        ),
+        (
+            "charger bbox",
+            request(CITY, "charging", by_box(charger_box)),
+            inside(&chargers, charger_box),
+        ),
+        (
+            "allow-list",
+            request(CORRIDOR, "congestion", None),
+            corridor.clone(),
+        ),
+        (
+            "allow-list and bbox",
+            request(CORRIDOR, "congestion", by_box(road_box)),
+            corridor.intersection(&in_road_box).cloned().collect(),
+        ),
+        (
+            "zone allow-list",
+            request(CORRIDOR, "zone", None),
+            ["karhula-centre".to_owned()].into(),
+        ),
+    ];
+    // (103 of the 517 segments, one of the corridor's three.)
+    // The cases mean something: each selects some keys and not all.
+    assert!(!in_road_box.is_empty() && in_road_box.len() < roads.len());
+    let both = corridor.intersection(&in_road_box).count();
+    assert!(both > 0 && both < corridor.len(), "{both}");
+    assert!(in_road_box
+        .iter()
+        .any(|id| expected.contains(&format!("\n{id},"))));
+    // Refused beyond the allow-lists.
+    assert_eq!(
+        code(&first_frame(
+            &node,
+            request(CORRIDOR, "congestion", by_ids(&[&other]))
+        )),
+        Some(SubError::Forbidden as u16)
+    );
+    assert_eq!(
+        code(&first_frame(&node, request(CORRIDOR, "charging", None))),
+        Some(SubError::Forbidden as u16)
+    );
+    let nw = "karhula-nw".to_owned();
+    assert_eq!(
+        code(&first_frame(
+            &node,
+            request(CORRIDOR, "zone", by_ids(&[&nw]))
+        )),
+        Some(SubError::Forbidden as u16)
+    );
+
+    let (ready_tx, ready) = mpsc::channel();
+    let subs: Vec<_> = cases
+        .into_iter()
+        .map(|(what, req, keys)| {
+            let file = sink_file(&req.kind);
+            (
+                what,
+                file,
+                keys,
+                follow(options(&node, req), ready_tx.clone()),
+            )
+        })
+        .collect();
+    for _ in &subs {
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("snapshot marker");
+    }
+    send_recording(&node);
+    node.stop();
+    for (what, file, keys, sub) in subs {
+        let (state, error) = sub.join().expect("subscriber thread");
+        assert_eq!(error, None, "{what}");
+        let want: BTreeMap<_, _> = csv_rows(&node.sink(file))
+            .into_iter()
+            .filter(|((id, _), _)| keys.contains(id))
+            .collect();
+        assert!(!want.is_empty(), "{what}: the sink has rows of these keys");
+        assert_state(&state, &want, what);
+    }
+}
