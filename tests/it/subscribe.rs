@@ -78,6 +78,16 @@ pub(crate) fn follow(
     })
 }
 
+/// Waits for `n` subscribers started by [`follow`] to report their
+/// snapshot marker (30 s at most: a loaded machine, an empty node).
+pub(crate) fn await_snapshots(ready: &mpsc::Receiver<()>, n: usize) {
+    for i in 0..n {
+        if ready.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("{} of {n} subscribers got no snapshot marker", n - i);
+        }
+    }
+}
+
 /// The files sink's file of an aggregate kind.
 pub(crate) fn sink_file(kind: &str) -> &'static str {
     match kind {
@@ -149,11 +159,7 @@ fn subscribers_rebuild_the_sink_in_final_and_provisional_modes() {
         req.mode = mode.into();
         subs.push((kind, mode, follow(options(&node, req), ready_tx.clone())));
     }
-    for _ in &subs {
-        ready
-            .recv_timeout(Duration::from_secs(10))
-            .expect("snapshot marker");
-    }
+    await_snapshots(&ready, subs.len());
     send_recording(&node);
     node.stop();
     // The newest event time of the recording, minus the allowed lateness:
@@ -197,11 +203,7 @@ fn the_default_privacy_threshold_withholds_rows_over_few_vehicles() {
             (kind, file, follow(options(&node, req), ready_tx.clone()))
         })
         .collect();
-    for _ in &subs {
-        ready
-            .recv_timeout(Duration::from_secs(10))
-            .expect("snapshot marker");
-    }
+    await_snapshots(&ready, subs.len());
     send_file(
         &node.options(Encoding::JsonLines),
         &data("sumo-public/telemetry.jsonl"),
@@ -341,9 +343,7 @@ fn scopes_tokens_and_bad_requests_get_their_errors() {
     // The charge point operator sees its charger only, and may resume.
     let (ready_tx, ready) = mpsc::channel();
     let sub = follow(options(&node, req(CPO, "charging")), ready_tx);
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("snapshot");
+    await_snapshots(&ready, 1);
     node.stop();
     let (state, error) = sub.join().expect("thread");
     assert_eq!(error, None);
@@ -437,9 +437,7 @@ fn a_stalled_subscriber_is_cut_off(limit: &str) {
         options(&node, SubscribeOptions::request(CITY, "congestion")),
         ready_tx,
     );
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("snapshot");
+    await_snapshots(&ready, 1);
     // Paced (ten minutes of event time in three seconds), so windows close
     // one after another as they would live.
     let mut opts = node.options(Encoding::JsonLines);
@@ -503,9 +501,7 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
             state
         })
     };
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("snapshot");
+    await_snapshots(&ready, 1);
     let opts = node.options(Encoding::JsonLines);
     send_file(&opts, &first);
     // It leaves once it holds the first half's windows (or after 20 s).
@@ -541,9 +537,7 @@ fn a_resumed_subscriber_gets_only_what_changed_and_ends_equal_to_the_sink() {
             (frames, error)
         })
     };
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the resumed subscriber's snapshot marker");
+    await_snapshots(&ready, 1);
     // A resume point beyond the newest revision is not in the history.
     let mut beyond = SubscribeOptions::request(CITY, "congestion");
     beyond.resume = Some(ResumePoint {
@@ -594,9 +588,7 @@ fn a_subscription_outlives_a_quiet_spell_longer_than_the_idle_timeout() {
         options(&node, SubscribeOptions::request(CITY, "congestion")),
         ready_tx,
     );
-    ready
-        .recv_timeout(Duration::from_secs(10))
-        .expect("snapshot marker");
+    await_snapshots(&ready, 1);
     // Nothing changes for longer than the client's 5 s idle timeout.
     std::thread::sleep(Duration::from_secs(7));
     send_file(
@@ -817,11 +809,7 @@ fn filters_and_allow_lists_select_exactly_their_keys() {
             )
         })
         .collect();
-    for _ in &subs {
-        ready
-            .recv_timeout(Duration::from_secs(10))
-            .expect("snapshot marker");
-    }
+    await_snapshots(&ready, subs.len());
     send_recording(&node);
     node.stop();
     for (what, file, keys, sub) in subs {
