@@ -263,6 +263,9 @@ pub struct Stage<'a> {
     /// When the batch got its first chunk.
     batch_opened: Option<Instant>,
     batch_records: u64,
+    /// Records in a batch before it is flushed ([`FLUSH_RECORDS`] unless
+    /// the run says otherwise).
+    pub flush_records: u64,
     /// Watermark of the last chunk processed.
     watermark: u64,
     /// Granularity of dataflow times, ms (see [`Stage::tick`]).
@@ -302,6 +305,7 @@ impl<'a> Stage<'a> {
             batch_time: None,
             batch_opened: None,
             batch_records: 0,
+            flush_records: FLUSH_RECORDS,
             watermark: 0,
             tick_ms,
             items: Vec::new(),
@@ -431,7 +435,7 @@ impl<'a> Stage<'a> {
     pub fn should_flush(&self) -> bool {
         self.pacing.is_some()
             || self.reports.len() >= FLUSH_KEYS
-            || self.batch_records >= FLUSH_RECORDS
+            || self.batch_records >= self.flush_records
     }
 
     /// The dataflow time for a watermark: rounded down to the tick, so the

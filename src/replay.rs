@@ -68,6 +68,12 @@ pub struct ReplayOptions {
     /// Replay a damaged log, skipping its damaged entries (and saying so in
     /// [`RunSummary::log_notes`]), instead of failing.
     pub accept_damage: bool,
+    /// Records a worker pre-aggregates before handing them to the dataflow
+    /// ([`crate::pipeline::FLUSH_RECORDS`]; distinct keys are bounded by
+    /// [`crate::pipeline::FLUSH_KEYS`] too): with retention, this bounds the
+    /// dataflow's state. Smaller batches cost throughput and change no
+    /// result.
+    pub flush_records: u64,
 }
 
 impl ReplayOptions {
@@ -79,6 +85,7 @@ impl ReplayOptions {
             provisional: false,
             chunk_lines: crate::input::CHUNK_LINES,
             accept_damage: false,
+            flush_records: crate::pipeline::FLUSH_RECORDS,
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct RunSummary {
     /// (normal after a crash: never acknowledged), or damage accepted with
     /// `accept_damage`.
     pub log_notes: Vec<String>,
+    /// Updates the dataflow's arrangements held: at the end and at most.
+    pub state: crate::dataflow::gauge::StateReading,
 }
 
 impl RunSummary {
@@ -368,6 +377,8 @@ pub fn run(
 
     let limits = Arc::new(ChargerLimits::of(&reference));
     let counted = limits.clone();
+    let gauge = Arc::new(crate::dataflow::gauge::StateGauge::default());
+    let state = gauge.clone();
     let config = if workers == 1 {
         timely::Config::thread()
     } else {
@@ -379,6 +390,7 @@ pub fn run(
         } else {
             None
         };
+        gauge.attach(worker);
         let (mut inputs, completion) = crate::dataflow::build(
             worker,
             spec,
@@ -396,6 +408,7 @@ pub fn run(
             None
         };
         let mut stage = Stage::new(&reference, spec, &clock, pacing, provisional);
+        stage.flush_records = options.flush_records.max(1);
         stage.freeze(resume.horizon);
         if worker.index() == 0 {
             for carry in &resume.carries {
@@ -493,5 +506,6 @@ pub fn run(
         elapsed: start.elapsed(),
         bytes: bytes.load(Ordering::Relaxed),
         log_notes,
+        state: state.read(),
     })
 }

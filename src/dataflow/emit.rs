@@ -261,3 +261,196 @@ impl Emitter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::aggregate::{Congestion, Kind};
+
+    /// Windows of 60 s, retention 120 s.
+    fn spec() -> TimeSpec {
+        TimeSpec::new(
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            Duration::from_secs(120),
+        )
+    }
+
+    fn key(segment: u32, window: u64) -> AggKey {
+        AggKey {
+            kind: Kind::Congestion,
+            key: segment,
+            window,
+        }
+    }
+
+    fn value(samples: u64) -> AggValue {
+        AggValue::Congestion(Congestion {
+            samples,
+            vehicles: 1,
+            speed_sum: 0,
+        })
+    }
+
+    /// What `advance(frontier)` emits, as (status, segment, window, samples).
+    fn advance(e: &mut Emitter, frontier: Option<u64>) -> Vec<(Status, u32, u64, u64)> {
+        let mut out = Vec::new();
+        e.advance(frontier, &mut out);
+        out.into_iter()
+            .map(|m| match m.value {
+                AggValue::Congestion(c) => (m.status, m.key.key, m.key.window, c.samples),
+                _ => unreachable!("congestion only"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn open_windows_are_provisional_then_final_once_the_watermark_passes_their_end() {
+        let mut e = Emitter::new(spec(), true);
+        e.push(10_000, key(1, 0), value(1), 1);
+        assert_eq!(
+            advance(&mut e, Some(10_001)),
+            [(Status::Provisional, 1, 0, 1)]
+        );
+        // Same window, new value: the old one retracted, the new one added.
+        e.push(20_000, key(1, 0), value(1), -1);
+        e.push(20_000, key(1, 0), value(2), 1);
+        assert_eq!(
+            advance(&mut e, Some(20_001)),
+            [(Status::Provisional, 1, 0, 2)]
+        );
+        // Nothing changes, the watermark passes 60 s: final, once.
+        assert_eq!(advance(&mut e, Some(60_000)), [(Status::Final, 1, 0, 2)]);
+        assert_eq!(advance(&mut e, Some(61_000)), []);
+        assert_eq!(
+            e.stats(),
+            EmitStats {
+                provisional: 2,
+                finals: 1,
+                corrections: 0,
+                retractions: 0
+            }
+        );
+    }
+
+    #[test]
+    fn without_provisional_only_final_rows_and_corrections_leave() {
+        let mut e = Emitter::new(spec(), false);
+        e.push(10_000, key(1, 0), value(1), 1);
+        assert_eq!(advance(&mut e, Some(30_000)), []);
+        assert_eq!(advance(&mut e, Some(60_000)), [(Status::Final, 1, 0, 1)]);
+        // A late record within retention: a correction with the new value.
+        e.push(70_000, key(1, 0), value(1), -1);
+        e.push(70_000, key(1, 0), value(3), 1);
+        assert_eq!(
+            advance(&mut e, Some(70_001)),
+            [(Status::Correction, 1, 0, 3)]
+        );
+    }
+
+    #[test]
+    fn a_window_ending_between_two_timestamps_is_final_before_the_later_one_applies() {
+        let mut e = Emitter::new(spec(), false);
+        e.push(10_000, key(1, 0), value(1), 1);
+        // At 65 s the window [0, 60 s) has ended: the diff then corrects it.
+        e.push(65_000, key(1, 0), value(1), -1);
+        e.push(65_000, key(1, 0), value(2), 1);
+        assert_eq!(
+            advance(&mut e, Some(70_000)),
+            [(Status::Final, 1, 0, 1), (Status::Correction, 1, 0, 2)]
+        );
+    }
+
+    #[test]
+    fn diffs_at_or_beyond_the_frontier_wait() {
+        let mut e = Emitter::new(spec(), true);
+        e.push(10_000, key(1, 0), value(1), 1);
+        e.push(30_000, key(2, 0), value(1), 1);
+        assert_eq!(
+            advance(&mut e, Some(30_000)),
+            [(Status::Provisional, 1, 0, 1)]
+        );
+        assert_eq!(
+            advance(&mut e, Some(30_001)),
+            [(Status::Provisional, 2, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn a_removed_row_is_retracted_only_if_it_was_ever_sent() {
+        // Final mode: row 1 was final, row 2 was never sent.
+        let mut e = Emitter::new(spec(), false);
+        e.push(10_000, key(1, 0), value(1), 1);
+        e.push(70_000, key(2, 60_000), value(1), 1);
+        assert_eq!(advance(&mut e, Some(70_001)), [(Status::Final, 1, 0, 1)]);
+        e.push(80_000, key(1, 0), value(1), -1);
+        e.push(80_000, key(2, 60_000), value(1), -1);
+        assert_eq!(
+            advance(&mut e, Some(80_001)),
+            [(Status::Retraction, 1, 0, 1)]
+        );
+        // Gone: its window end passes without a final.
+        assert_eq!(advance(&mut e, Some(200_000)), []);
+        assert_eq!(e.stats().retractions, 1);
+    }
+
+    #[test]
+    fn a_retraction_that_does_not_match_the_row_is_not_trusted() {
+        let mut e = Emitter::new(spec(), true);
+        e.push(10_000, key(1, 0), value(2), 1);
+        advance(&mut e, Some(10_001));
+        e.push(20_000, key(1, 0), value(5), -1);
+        assert_eq!(advance(&mut e, Some(20_001)), []);
+        assert_eq!(advance(&mut e, Some(60_000)), [(Status::Final, 1, 0, 2)]);
+    }
+
+    #[test]
+    fn retired_rows_are_forgotten_and_state_stays_bounded() {
+        let mut e = Emitter::new(spec(), false);
+        // An hour of windows over ten segments, the watermark following.
+        for minute in 0..60u64 {
+            let start = minute * 60_000;
+            for segment in 0..10 {
+                e.push(start + 1_000, key(segment, start), value(minute + 1), 1);
+            }
+            advance(&mut e, Some(start + 1_001));
+            // Held: the open window and those within retention (two), each
+            // of ten rows; never more, however long it runs.
+            assert!(e.rows.len() <= 40, "minute {minute}: {} rows", e.rows.len());
+            assert!(e.retiring.len() <= 4 && e.awaiting.len() <= 2);
+        }
+        assert_eq!(e.stats().finals, 59 * 10);
+        // The input ends: the last windows are final, then all retire.
+        let last = advance(&mut e, None);
+        assert_eq!(last.len(), 10);
+        assert!(last.iter().all(|r| r.0 == Status::Final && r.3 == 60));
+        assert!(e.rows.is_empty() && e.retiring.is_empty() && e.awaiting.is_empty());
+    }
+
+    #[test]
+    fn the_order_of_diffs_within_a_timestamp_changes_nothing() {
+        let diffs = [
+            (10_000, key(1, 0), value(1), 1),
+            (10_000, key(2, 0), value(4), 1),
+            (20_000, key(1, 0), value(1), -1),
+            (20_000, key(1, 0), value(2), 1),
+            (20_000, key(3, 0), value(7), 1),
+        ];
+        let run = |order: &[usize]| {
+            let mut e = Emitter::new(spec(), true);
+            for &i in order {
+                let (t, k, v, d) = diffs[i].clone();
+                e.push(t, k, v, d);
+            }
+            let mut all = advance(&mut e, Some(30_000));
+            all.extend(advance(&mut e, None));
+            all
+        };
+        let first = run(&[0, 1, 2, 3, 4]);
+        assert_eq!(first, run(&[4, 3, 2, 1, 0]));
+        assert_eq!(first, run(&[3, 0, 4, 2, 1]));
+        assert!(first.contains(&(Status::Final, 1, 0, 2)));
+    }
+}

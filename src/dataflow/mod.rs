@@ -29,6 +29,7 @@
 
 pub mod connectors;
 pub mod emit;
+pub mod gauge;
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -577,6 +577,11 @@ impl Hub {
         }
     }
 
+    /// Rows held (the windows still in retention).
+    pub fn rows(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.rows.len())
+    }
+
     /// Subscribers connected.
     pub fn subscribers(&self) -> usize {
         self.state.lock().map_or(0, |s| s.subscribers.len())
@@ -814,5 +819,20 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         h.publish(&[emission(0, 2, Status::Provisional)]);
         assert!(idle.too_slow());
+    }
+
+    #[test]
+    fn rows_are_forgotten_once_their_window_retires() {
+        let hub = hub(1_000, std::time::Duration::from_secs(30));
+        // A hundred minutes of one segment's windows, each final at its end.
+        for minute in 0..100u64 {
+            let start = minute * 60_000;
+            let mut e = emission(start, 3, Status::Final);
+            e.watermark = start + 60_000;
+            hub.publish(&[e]);
+            // Held: windows whose retirement (end + 60 s) is still ahead.
+            assert!(hub.rows() <= 2, "minute {minute}: {} rows", hub.rows());
+        }
+        assert_eq!(hub.rows(), 1);
     }
 }

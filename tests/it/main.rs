@@ -9,6 +9,8 @@
 //!   recomputation written here from TELEMETRY.md, for 1 to 4 workers.
 //! - `bad_input`: every kind of malformed line is rejected with its reason
 //!   and line, and costs nothing else.
+//! - `bounded`: the dataflow's state is bounded by retention, measured by
+//!   differential's own count of the updates its arrangements hold.
 //! - `topology`: validation reports every problem at once, with its place.
 //! - `cli`: the binary's commands, exit codes and messages.
 //! - `ingest`, `subscribe`: nodes on loopback QUIC, their logs, restarts,
@@ -25,6 +27,7 @@
 //!   docs/PROTOCOL.md.
 
 mod bad_input;
+mod bounded;
 mod cli;
 mod faults;
 mod geo;
