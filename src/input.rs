@@ -189,7 +189,14 @@ impl<R: Read> Chunker<R> {
             let pending = &self.buf[self.start..];
             match memchr::memchr(b'\n', pending) {
                 Some(i) => {
-                    if self.skipping || i > MAX_LINE_BYTES {
+                    // The line's length without its end (`\n` or `\r\n`),
+                    // as live ingest counts it.
+                    let len = if pending[..i].ends_with(b"\r") {
+                        i - 1
+                    } else {
+                        i
+                    };
+                    if self.skipping || len > MAX_LINE_BYTES {
                         too_long.push(self.line);
                         data.push(b'\n');
                         self.skipping = false;
@@ -200,7 +207,8 @@ impl<R: Read> Chunker<R> {
                     self.line += 1;
                     lines += 1;
                 }
-                None if pending.len() > MAX_LINE_BYTES => {
+                // Longer than a line plus its `\r`: too long, whatever ends it.
+                None if pending.len() > MAX_LINE_BYTES + 1 => {
                     // Drop what we have of the long line; remember to skip its rest.
                     self.skipping = true;
                     self.start = self.buf.len();
@@ -208,7 +216,8 @@ impl<R: Read> Chunker<R> {
                 None if self.eof => {
                     if !pending.is_empty() || self.skipping {
                         // A last line without a newline.
-                        if self.skipping {
+                        let len = pending.len() - pending.ends_with(b"\r") as usize;
+                        if self.skipping || len > MAX_LINE_BYTES {
                             too_long.push(self.line);
                             data.push(b'\n');
                             self.skipping = false;
@@ -358,6 +367,45 @@ mod tests {
         );
         assert_eq!(chunk.too_long, vec![3]);
         assert!(c.next_chunk().expect("read").is_none());
+    }
+
+    #[test]
+    fn the_line_limit_counts_neither_lf_nor_crlf_nor_where_the_reads_split() {
+        let x = |n: usize| vec![b'x'; n];
+        // At the limit with each end, at the end of input without one, and
+        // one byte over with each.
+        let mut text = Vec::new();
+        for (body, end) in [
+            (x(MAX_LINE_BYTES), &b"\n"[..]),
+            (x(MAX_LINE_BYTES), b"\r\n"),
+            (x(MAX_LINE_BYTES + 1), b"\n"),
+            (x(MAX_LINE_BYTES + 1), b"\r\n"),
+        ] {
+            text.extend_from_slice(&body);
+            text.extend_from_slice(end);
+        }
+        let last = [x(MAX_LINE_BYTES), b"\r".to_vec()].concat();
+        for (tail, too_long) in [(last, vec![3, 4]), (x(MAX_LINE_BYTES + 1), vec![3, 4, 5])] {
+            let input = [text.clone(), tail].concat();
+            // Small reads too: the line's end may arrive after its body.
+            struct Trickle<'a>(&'a [u8]);
+            impl std::io::Read for Trickle<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                    let n = buf.len().min(self.0.len()).min(4093);
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            for chunk in [
+                Chunker::new(&input[..]).next_chunk(),
+                Chunker::new(Trickle(&input)).next_chunk(),
+            ] {
+                let chunk = chunk.expect("read").expect("chunk");
+                assert_eq!(chunk.lines().count(), 5);
+                assert_eq!(chunk.too_long, too_long);
+            }
+        }
     }
 
     #[test]

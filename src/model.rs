@@ -299,8 +299,8 @@ pub struct RawRecord<'a> {
     #[serde(borrow, default, deserialize_with = "cow_opt")]
     pub vehicle_id: Option<Cow<'a, str>>,
     /// Event time.
-    #[serde(default, deserialize_with = "num_opt")]
-    pub ts_ms: Option<f64>,
+    #[serde(default, deserialize_with = "int_opt")]
+    pub ts_ms: Option<Num>,
     /// Latitude.
     #[serde(default, deserialize_with = "num_opt")]
     pub lat: Option<f64>,
@@ -322,8 +322,8 @@ pub struct RawRecord<'a> {
     #[serde(borrow, default, deserialize_with = "cow_opt")]
     pub charger_id: Option<Cow<'a, str>>,
     /// Connector number.
-    #[serde(default, deserialize_with = "num_opt")]
-    pub connector: Option<f64>,
+    #[serde(default, deserialize_with = "int_opt")]
+    pub connector: Option<Num>,
     /// Connector status.
     #[serde(borrow, default, deserialize_with = "cow_opt")]
     pub status: Option<Cow<'a, str>>,
@@ -331,8 +331,8 @@ pub struct RawRecord<'a> {
     #[serde(default, deserialize_with = "num_opt")]
     pub power_kw: Option<f64>,
     /// Energy register.
-    #[serde(default, deserialize_with = "num_opt")]
-    pub energy_wh: Option<f64>,
+    #[serde(default, deserialize_with = "int_opt")]
+    pub energy_wh: Option<Num>,
 }
 
 /// Deserializes an optional string, borrowing it from the input when it has
@@ -369,20 +369,53 @@ fn cow_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str
 /// Deserializes an optional number given as an integer or a float (CBOR
 /// keeps the two apart; a client may send either).
 fn num_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(int_opt(d)?.map(Num::as_f64))
+}
+
+/// A number of an integer field as the record wrote it: an integer exactly
+/// (JSON without fraction or exponent, a CBOR integer), anything else as
+/// the nearest double.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Num {
+    /// Written as an integer.
+    Int(i128),
+    /// Written with a fraction or exponent (or a CBOR float).
+    Float(f64),
+}
+
+impl Num {
+    /// The nearest double.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+}
+
+/// Deserializes an optional number of an integer field without rounding
+/// it through a double.
+fn int_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Num>, D::Error> {
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Option<f64>;
+        type Value = Option<Num>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a number")
         }
         fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v as f64))
+            Ok(Some(Num::Int(v.into())))
         }
         fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v as f64))
+            Ok(Some(Num::Int(v.into())))
+        }
+        fn visit_u128<E>(self, v: u128) -> Result<Self::Value, E> {
+            Ok(Some(Num::Int(i128::try_from(v).unwrap_or(i128::MAX))))
+        }
+        fn visit_i128<E>(self, v: i128) -> Result<Self::Value, E> {
+            Ok(Some(Num::Int(v)))
         }
         fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-            Ok(Some(v))
+            Ok(Some(Num::Float(v)))
         }
         fn visit_none<E>(self) -> Result<Self::Value, E> {
             Ok(None)
@@ -429,15 +462,31 @@ fn ranged(v: f64, field: &str, lo: f64, hi: f64) -> Result<f64, RecordError> {
     }
 }
 
-fn integer(v: f64, field: &str, lo: u64, hi: u64) -> Result<u64, RecordError> {
-    if v.is_finite() && v.fract() == 0.0 && v >= lo as f64 && v <= hi as f64 {
-        Ok(v as u64)
-    } else {
-        Err(RecordError::field(
+/// Largest integer a double holds exactly, and so the largest that may be
+/// written with a fraction part of zero (`12.0`).
+const EXACT_IN_F64: f64 = (1u64 << 53) as f64;
+
+fn integer(v: Num, field: &str, lo: u64, hi: u64) -> Result<u64, RecordError> {
+    let exact = match v {
+        Num::Int(i) => u64::try_from(i).ok(),
+        // `12.0` is the integer 12; a fraction finer than a double can hold
+        // at that magnitude (below about 0.0002 for today's ts_ms) cannot
+        // be seen once parsed, so such a number reads as the integer.
+        Num::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() <= EXACT_IN_F64 => {
+            (f >= 0.0).then_some(f as u64)
+        }
+        Num::Float(_) => None,
+    };
+    match exact {
+        Some(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(RecordError::field(
             RejectReason::OutOfRange,
             field,
-            format!("{v} is not an integer in [{lo}, {hi}]"),
-        ))
+            match v {
+                Num::Int(i) => format!("{i} is not an integer in [{lo}, {hi}]"),
+                Num::Float(f) => format!("{f} is not an integer in [{lo}, {hi}]"),
+            },
+        )),
     }
 }
 

@@ -82,3 +82,950 @@ fn replay_reports_a_missing_input_clearly() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The commands run as commands: `certs`, a node process (`edge`) fed by
+// `send` and `simulate` and followed by `subscribe`, and `demo`.
+// ---------------------------------------------------------------------------
+
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A child process of the binary whose stdout and stderr are collected as
+/// they come, killed when dropped (a failing test leaves nothing behind).
+struct Proc {
+    what: String,
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Proc {
+    fn spawn(what: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+        let (stdout, stderr) = (Arc::default(), Arc::default());
+        let collect = |from: Box<dyn std::io::Read + Send>, into: &Arc<Mutex<String>>| {
+            let into = Arc::clone(into);
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut from = from;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    into.lock()
+                        .expect("output lock")
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let readers = vec![
+            collect(Box::new(child.stdout.take().expect("stdout")), &stdout),
+            collect(Box::new(child.stderr.take().expect("stderr")), &stderr),
+        ];
+        Proc {
+            what: what.to_owned(),
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().expect("output lock").clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("output lock").clone()
+    }
+
+    /// Polls until `ready(stdout, stderr)` holds; fails (and kills the
+    /// process) if it exits first or `within` passes.
+    fn wait_until(&mut self, within: Duration, event: &str, ready: impl Fn(&str, &str) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            if ready(&self.stdout(), &self.stderr()) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.join_readers();
+                assert!(
+                    ready(&self.stdout(), &self.stderr()),
+                    "{}: exited ({status}) before {event}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{}: no {event} within {within:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit; kills it and fails after `within`.
+    /// Returns its status, stdout and stderr.
+    fn finish(&mut self, within: Duration) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.join_readers();
+                panic!(
+                    "{}: still running after {within:?} (killed)\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.join_readers();
+        (status, self.stdout(), self.stderr())
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "{}: SIGTERM not delivered", self.what);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `edgeflow ARGS` to its end within `within` (killed and failed
+/// after): status, stdout, stderr.
+fn run(within: Duration, args: &[&std::ffi::OsStr]) -> (ExitStatus, String, String) {
+    let mut cmd = edgeflow();
+    cmd.args(args);
+    let what = format!(
+        "edgeflow {}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Proc::spawn(&what, cmd).finish(within)
+}
+
+/// `&str`s and paths as one argument list.
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(std::ffi::OsStr::new(&$a)),*] };
+}
+
+/// The six files `certs` writes.
+const CERT_FILES: [&str; 6] = [
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "client.pem",
+    "client.key",
+];
+
+mod pki {
+    //! Checks with rustls' own WebPKI verifiers (the node and clients use
+    //! the same library, but not this code): a certificate chains to a CA
+    //! by signature, names and validity, and a key matches its certificate.
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+    fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(path)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()))
+            .map(|c| c.expect("a PEM certificate"))
+            .collect()
+    }
+
+    fn roots(ca: &Path) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(ca) {
+            roots.add(c).expect("a CA certificate");
+        }
+        Arc::new(roots)
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Whether `cert` verifies as a TLS client certificate issued by `ca`.
+    pub fn client_cert_verifies(ca: &Path, cert: &Path) -> Result<(), rustls::Error> {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca), provider())
+                .build()
+                .expect("verifier");
+        let chain = certs(cert);
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map(|_| ())
+    }
+
+    /// Whether `cert` verifies as a server certificate for `name` issued
+    /// by `ca`.
+    pub fn server_cert_verifies(ca: &Path, cert: &Path, name: &str) -> Result<(), rustls::Error> {
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca), provider())
+                .build()
+                .expect("verifier");
+        let chain = certs(cert);
+        let name = ServerName::try_from(name.to_owned()).expect("a server name");
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    /// Whether the private key in `key` belongs to the certificate in
+    /// `cert`.
+    pub fn key_matches(cert: &Path, key: &Path) -> Result<(), rustls::Error> {
+        let key = PrivateKeyDer::from_pem_file(key)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", key.display()));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)?;
+        rustls::sign::CertifiedKey::new(certs(cert), signer).keys_match()
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn contents(dir: &Path, names: &[&str]) -> Vec<Vec<u8>> {
+    names
+        .iter()
+        .map(|n| std::fs::read(dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}")))
+        .collect()
+}
+
+#[test]
+fn certs_makes_a_ca_that_signs_server_and_clients_and_never_replaces_files_without_force() {
+    const T: Duration = Duration::from_secs(20);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("certs");
+    let (status, stdout, stderr) = run(T, args!["certs", "--out", dir]);
+    assert!(status.success(), "{stderr}");
+    for name in CERT_FILES {
+        let path = dir.join(name);
+        assert!(
+            stdout.contains(&path.display().to_string()),
+            "the output names {name}: {stdout}"
+        );
+        let text = std::fs::read_to_string(&path).expect("written");
+        let kind = if name.ends_with(".key") {
+            "PRIVATE KEY-----"
+        } else {
+            "-----BEGIN CERTIFICATE-----"
+        };
+        assert!(text.contains(kind), "{name}: {text}");
+        if name.ends_with(".key") {
+            assert_eq!(mode(&path), 0o600, "{name} is readable by its owner only");
+        }
+    }
+    let ca = dir.join("ca.pem");
+    // Each key is its certificate's; both certificates chain to the CA, the
+    // server's for the default names, the client's for client auth.
+    for (cert, key) in [
+        ("ca.pem", "ca.key"),
+        ("server.pem", "server.key"),
+        ("client.pem", "client.key"),
+    ] {
+        pki::key_matches(&dir.join(cert), &dir.join(key))
+            .unwrap_or_else(|e| panic!("{key} belongs to {cert}: {e}"));
+    }
+    for name in ["localhost", "127.0.0.1"] {
+        pki::server_cert_verifies(&ca, &dir.join("server.pem"), name)
+            .unwrap_or_else(|e| panic!("server certificate for {name}: {e}"));
+    }
+    assert!(pki::server_cert_verifies(&ca, &dir.join("server.pem"), "example.org").is_err());
+    pki::client_cert_verifies(&ca, &dir.join("client.pem")).expect("client certificate");
+
+    // A second CA: what it issued does not verify against the first (the
+    // check above can fail).
+    let other = tmp.path().join("other");
+    let (status, _, stderr) = run(T, args!["certs", "--out", other, "--names", "localhost"]);
+    assert!(status.success(), "{stderr}");
+    assert!(pki::client_cert_verifies(&ca, &other.join("client.pem")).is_err());
+    assert!(pki::server_cert_verifies(&ca, &other.join("server.pem"), "localhost").is_err());
+    pki::server_cert_verifies(
+        &other.join("ca.pem"),
+        &other.join("server.pem"),
+        "localhost",
+    )
+    .expect("--names");
+    assert!(
+        pki::server_cert_verifies(
+            &other.join("ca.pem"),
+            &other.join("server.pem"),
+            "127.0.0.1"
+        )
+        .is_err(),
+        "--names replaces the default names"
+    );
+
+    // Existing files are never replaced without --force: non-zero exit, a
+    // message naming the file and the way out, every file unchanged.
+    let before = contents(&dir, &CERT_FILES);
+    let (status, _, stderr) = run(T, args!["certs", "--out", dir]);
+    assert!(!status.success(), "a second `certs` must refuse");
+    assert!(
+        stderr.contains(" exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(
+        CERT_FILES
+            .iter()
+            .any(|n| stderr.contains(&dir.join(n).display().to_string())),
+        "the message names the file: {stderr}"
+    );
+    assert_eq!(contents(&dir, &CERT_FILES), before, "nothing was replaced");
+    // One file in the way is enough, and nothing is written beside it.
+    let partial = tmp.path().join("partial");
+    std::fs::create_dir(&partial).expect("mkdir");
+    std::fs::write(partial.join("server.key"), "mine").expect("write");
+    let (status, _, stderr) = run(T, args!["certs", "--out", partial]);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("server.key exists"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(partial.join("server.key")).expect("kept"),
+        "mine"
+    );
+    assert_eq!(
+        std::fs::read_dir(&partial).expect("dir").count(),
+        1,
+        "nothing else written"
+    );
+
+    // --client NAME: another client certificate from the same CA.
+    let (status, stdout, stderr) = run(T, args!["certs", "--out", dir, "--client", "bus-7"]);
+    assert!(status.success(), "{stderr}");
+    let (alice, alice_key) = (dir.join("client-bus-7.pem"), dir.join("client-bus-7.key"));
+    assert!(stdout.contains(&alice.display().to_string()), "{stdout}");
+    assert_eq!(mode(&alice_key), 0o600);
+    pki::key_matches(&alice, &alice_key).expect("its key");
+    pki::client_cert_verifies(&ca, &alice).expect("issued by the CA in --out");
+    assert!(pki::client_cert_verifies(&other.join("ca.pem"), &alice).is_err());
+    assert_eq!(
+        contents(&dir, &CERT_FILES),
+        before,
+        "the CA is kept as it was"
+    );
+    // Not again without --force; with it, a new one, still from the CA.
+    let first = std::fs::read(&alice).expect("cert");
+    let (status, _, stderr) = run(T, args!["certs", "--out", dir, "--client", "bus-7"]);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("client-bus-7.pem exists"), "{stderr}");
+    assert_eq!(std::fs::read(&alice).expect("cert"), first);
+    let (status, _, stderr) = run(
+        T,
+        args!["certs", "--out", dir, "--client", "bus-7", "--force"],
+    );
+    assert!(status.success(), "{stderr}");
+    assert_ne!(std::fs::read(&alice).expect("cert"), first, "replaced");
+    pki::client_cert_verifies(&ca, &alice).expect("still from the CA");
+    pki::key_matches(&alice, &alice_key).expect("its new key");
+    // A name that is not an id (it would name a file elsewhere) is refused.
+    let (status, _, stderr) = run(T, args!["certs", "--out", dir, "--client", "../evil"]);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("client name"), "{stderr}");
+    assert!(!tmp.path().join("evil.pem").exists() && !dir.join("client-../evil.pem").exists());
+    // Without a CA key there is nothing to issue from.
+    let (status, _, stderr) = run(
+        T,
+        args!["certs", "--out", other.join("none"), "--client", "x"],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("ca.key"), "{stderr}");
+
+    // --force replaces the CA: what the old one issued no longer verifies.
+    let (status, _, stderr) = run(T, args!["certs", "--out", dir, "--force"]);
+    assert!(status.success(), "{stderr}");
+    assert_ne!(contents(&dir, &CERT_FILES), before);
+    pki::client_cert_verifies(&ca, &dir.join("client.pem")).expect("the new client");
+    assert!(
+        pki::client_cert_verifies(&ca, &alice).is_err(),
+        "issued by the old CA"
+    );
+}
+
+const FLEET_TOKEN: &str = "cli-fleet-token";
+const OPERATOR_TOKEN: &str = "cli-operator-token";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A topology for a node process in `dir`, in the shape of
+/// `ingest::topology_text`: the Karhula roads and chargers, an ephemeral
+/// loopback port, a fleet, a files sink in `dir/out`, and an operator that
+/// may subscribe to everything (k = 1, so every row can be seen).
+fn node_topology(dir: &Path, certs: &Path) -> String {
+    format!(
+        "[node]\nid = \"cli-edge\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\n[windows]\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         [log]\ndir = \"{log}\"\n[[fleet]]\nname = \"cli\"\ntoken_sha256 = \"{fleet}\"\n\
+         [[sink]]\ntype = \"files\"\ndir = \"{out}\"\n\
+         [[operator]]\nname = \"city\"\ntoken_sha256 = \"{operator}\"\n\
+         [privacy]\nmin_vehicles = 1\n",
+        roads = root("topologies/karhula/roads.geojson").display(),
+        chargers = root("topologies/karhula/chargers.geojson").display(),
+        cert = certs.join("server.pem").display(),
+        key = certs.join("server.key").display(),
+        log = dir.join("log").display(),
+        out = dir.join("out").display(),
+        fleet = sha256_hex(FLEET_TOKEN),
+        operator = sha256_hex(OPERATOR_TOKEN),
+    )
+}
+
+/// The number right before `what` in `text` ("... 11486 records accepted").
+fn number_before(text: &str, what: &str) -> u64 {
+    let at = text
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in: {text}"));
+    text[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in: {text}"))
+}
+
+/// The rows a subscriber rebuilds from `subscribe --format jsonl` output:
+/// every frame applied in order (upsert sets, retract deletes), retired
+/// rows kept as history.
+struct Subscription {
+    rows: std::collections::BTreeMap<(String, u64), serde_json::Map<String, serde_json::Value>>,
+    /// Snapshot markers seen.
+    snapshots: usize,
+    /// `window_ms` and `retention_ms` of the last progress marker.
+    window_ms: u64,
+    retention_ms: u64,
+}
+
+fn subscription_state(jsonl: &str) -> Subscription {
+    let mut rows = std::collections::BTreeMap::new();
+    let (mut snapshots, mut window_ms, mut retention_ms) = (0, 0, 0);
+    for line in jsonl.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        match v["frame"].as_str() {
+            Some("row") => {
+                let key = (
+                    v["key"].as_str().expect("key").to_owned(),
+                    v["window_start_ms"].as_u64().expect("window"),
+                );
+                match v["op"].as_str() {
+                    Some("upsert") => {
+                        assert!(
+                            matches!(v["status"].as_str(), Some("final" | "correction")),
+                            "a final-mode subscription sees final values only: {line}"
+                        );
+                        rows.insert(key, v["value"].as_object().expect("value").clone());
+                    }
+                    Some("retract") => {
+                        rows.remove(&key);
+                    }
+                    other => panic!("op {other:?}: {line}"),
+                }
+            }
+            Some("progress") => {
+                snapshots += usize::from(v["snapshot"] == true);
+                window_ms = v["window_ms"].as_u64().expect("window_ms");
+                retention_ms = v["retention_ms"].as_u64().expect("retention_ms");
+            }
+            Some("error") => panic!("the subscription ended with an error: {line}"),
+            _ => {}
+        }
+    }
+    Subscription {
+        rows,
+        snapshots,
+        window_ms,
+        retention_ms,
+    }
+}
+
+/// One node process, the whole client side as commands: subscribers (JSON
+/// Lines and table) started first, `send --format binary` of the recording,
+/// `simulate`, then SIGTERM; each command exits 0 and says what it did, and
+/// the JSON subscriber's final state is the node's congestion.csv.
+#[test]
+fn a_node_process_serves_send_simulate_and_subscribe_commands_and_stops_on_sigterm() {
+    const T: Duration = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = dir.join("certs");
+    let (status, _, stderr) = run(T, args!["certs", "--out", certs]);
+    assert!(status.success(), "{stderr}");
+    let ca = certs.join("ca.pem");
+    let topology = dir.join("edge.toml");
+    std::fs::write(&topology, node_topology(dir, &certs)).expect("topology");
+
+    let mut cmd = edgeflow();
+    cmd.args(["edge", "--topology"])
+        .arg(&topology)
+        .current_dir(dir);
+    let mut node = Proc::spawn("edgeflow edge", cmd);
+    node.wait_until(T, "\"listening on\"", |_, err| err.contains("listening on"));
+    let to = node
+        .stderr()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address")
+        .to_owned();
+    assert!(to.starts_with("127.0.0.1:") && !to.ends_with(":0"), "{to}");
+
+    let subscriber = |format: &str| {
+        let mut cmd = edgeflow();
+        cmd.args(["subscribe", "--to", &to, "--token", OPERATOR_TOKEN, "--ca"])
+            .arg(&ca)
+            .args(["--kind", "congestion", "--format", format]);
+        Proc::spawn(&format!("edgeflow subscribe --format {format}"), cmd)
+    };
+    let mut jsonl = subscriber("jsonl");
+    let mut table = subscriber("table");
+    // Both hold their (empty) snapshot before anything is sent.
+    jsonl.wait_until(T, "snapshot marker", |out, _| {
+        out.contains("\"snapshot\":true")
+    });
+    table.wait_until(T, "table", |out, _| {
+        out.contains("edgeflow subscribe congestion: 0 rows")
+    });
+
+    let recording = data("sumo-public/telemetry.jsonl");
+    let records = std::fs::read_to_string(&recording)
+        .expect("fixture")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64;
+    let (status, _, sent) = run(
+        T,
+        args![
+            "send",
+            "--to",
+            to,
+            "--token",
+            FLEET_TOKEN,
+            "--ca",
+            ca,
+            "--format",
+            "binary",
+            recording
+        ],
+    );
+    assert!(status.success(), "{sent}");
+    assert!(sent.starts_with("sent "), "{sent}");
+    assert_eq!(number_before(&sent, "records accepted"), records, "{sent}");
+    assert_eq!(number_before(&sent, "rejected"), 0, "{sent}");
+    assert_eq!(number_before(&sent, "not convertible"), 0, "{sent}");
+
+    // Live synthetic traffic: 12 vehicles on 3 connections, a batch per
+    // connection every 2 s for 3 s.
+    let (status, _, simulated) = run(
+        T,
+        args![
+            "simulate",
+            "--to",
+            to,
+            "--token",
+            FLEET_TOKEN,
+            "--ca",
+            ca,
+            "--topology",
+            root("topologies/karhula.toml"),
+            "--vehicles",
+            "12",
+            "--connections",
+            "3",
+            "--seconds",
+            "3"
+        ],
+    );
+    assert!(status.success(), "{simulated}");
+    assert!(
+        simulated.contains("simulated 12 vehicles over 3 connections for 3 s"),
+        "{simulated}"
+    );
+    let live = number_before(&simulated, "records accepted");
+    assert!(
+        live >= 12,
+        "at least one round of every vehicle: {simulated}"
+    );
+    assert_eq!(number_before(&simulated, "rejected"), 0, "{simulated}");
+    assert_eq!(
+        number_before(&simulated, "connections failed"),
+        0,
+        "{simulated}"
+    );
+
+    node.terminate();
+    let (status, _, report) = node.finish(T);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM stops the node with exit 0: {report}"
+    );
+    assert!(report.contains("edgeflow edge: stopping"), "{report}");
+    // The node counted every record both commands had acknowledged.
+    assert_eq!(
+        number_before(&report, "records accepted"),
+        records + live,
+        "{report}"
+    );
+    assert_eq!(number_before(&report, "rejected ("), 0, "{report}");
+    assert_eq!(
+        number_before(&report, "records, "),
+        records + live,
+        "the dataflow's count: {report}"
+    );
+
+    // The subscribers end with the node's stream.
+    let (status, out, err) = jsonl.finish(T);
+    assert!(status.success(), "{err}");
+    let subscription = subscription_state(&out);
+    assert_eq!(subscription.snapshots, 1, "one snapshot, then changes");
+    let state = &subscription.rows;
+    let want = crate::subscribe::csv_rows(
+        &std::fs::read_to_string(dir.join("out/congestion.csv")).expect("the files sink"),
+    );
+    assert!(want.len() > 1_000, "the recording's rows: {}", want.len());
+    let got = state
+        .iter()
+        .map(|(key, value)| (key.clone(), serde_json::Value::Object(value.clone())))
+        .collect();
+    crate::subscribe::assert_json_rows(&got, &want, "subscriber against congestion.csv");
+
+    let (status, out, err) = table.finish(T);
+    assert!(status.success(), "{err}");
+    check_last_table(
+        &out,
+        &want,
+        subscription.window_ms,
+        subscription.retention_ms,
+    );
+    eprintln!(
+        "{}{}{report}subscriber rows: {} (congestion.csv {})",
+        sent,
+        simulated,
+        state.len(),
+        want.len()
+    );
+}
+
+/// `subscribe --format table` redraws a table at every progress marker: a
+/// header line (rows held, watermark, revision), then the newest window's
+/// rows, one per key. The last one drawn is checked against the sink: the
+/// rows not yet retired at its watermark (with the window and retention of
+/// the progress markers), the newest window's listed.
+fn check_last_table(
+    out: &str,
+    sink: &std::collections::BTreeMap<(String, u64), std::collections::BTreeMap<String, String>>,
+    window: u64,
+    retention: u64,
+) {
+    let last = out
+        .rsplit("\x1b[2J\x1b[H")
+        .next()
+        .filter(|t| t.starts_with("edgeflow subscribe congestion: "))
+        .unwrap_or_else(|| panic!("no table drawn: {out:?}"));
+    let mut lines = last.lines();
+    let header = lines.next().expect("header");
+    let held = number_before(header, "rows");
+    let watermark = number_before(header, "ms,");
+    // Rows retire when window_start + window + retention <= watermark.
+    assert!(window > 0 && retention > 0, "progress markers seen");
+    let live: Vec<&(String, u64)> = sink
+        .keys()
+        .filter(|(_, w)| w + window + retention > watermark)
+        .collect();
+    assert_eq!(held, live.len() as u64, "rows held: {header}");
+    eprintln!("last table: {header}");
+    let newest = live.iter().map(|(_, w)| *w).max().expect("rows");
+    let listed: Vec<(&str, &str)> = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next().expect("key"), l)
+        })
+        .collect();
+    let expected: Vec<&str> = live
+        .iter()
+        .filter(|(_, w)| *w == newest)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        listed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        expected,
+        "the newest window's keys: {last}"
+    );
+    for (key, line) in listed {
+        let row = &sink[&(key.to_owned(), newest)];
+        for name in ["samples", "vehicles", "level"] {
+            assert!(
+                line.split_whitespace()
+                    .any(|f| f == format!("{name}={}", row[name])
+                        || f == format!("{name}=\"{}\"", row[name])),
+                "{key}: {name}={} not in {line:?}",
+                row[name]
+            );
+        }
+    }
+}
+
+/// Splits a table of the demo's view into its rows' whitespace-separated
+/// cells (the heading line first).
+fn cells(block: &str) -> Vec<Vec<String>> {
+    block
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// `demo` starts a node, sends it the recording over QUIC at `--speed`
+/// times event time, and shows the newest closed window: the ten slowest
+/// segments, every charger, every named zone. It exits 0; its files are
+/// the recording's aggregates, and its log replays to the same files.
+#[test]
+fn demo_shows_the_newest_window_and_leaves_the_aggregates_and_a_replayable_log() {
+    const T: Duration = Duration::from_secs(90);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("demo");
+    let topology = root("topologies/karhula.toml");
+    let input = data("sumo-public/telemetry.jsonl");
+    // Ten minutes of event time at 600x: about a second of sending.
+    let (status, stdout, stderr) = run(
+        T,
+        args![
+            "demo",
+            "--speed",
+            "600",
+            "--topology",
+            topology,
+            "--input",
+            input,
+            "--out",
+            out
+        ],
+    );
+    assert!(status.success(), "{stderr}\n{stdout}");
+    let records = std::fs::read_to_string(&input)
+        .expect("fixture")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64;
+    assert_eq!(
+        number_before(&stderr, "records accepted"),
+        records,
+        "{stderr}"
+    );
+    assert_eq!(number_before(&stderr, "rejected ("), 0, "{stderr}");
+
+    // Its files: the recording's aggregates (docs/TELEMETRY.md §3-4).
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).expect(name);
+    let (congestion, charging, zones) = (
+        read("congestion.csv"),
+        read("charging.csv"),
+        read("zones.csv"),
+    );
+    crate::support::assert_expected(&congestion, &charging);
+    assert!(zones.lines().count() > 1, "zone roll-ups written");
+    assert!(
+        stdout.contains(&format!(
+            "aggregates: {0}/congestion.csv, charging.csv and zones.csv; the log (the recording): {0}/log",
+            out.display()
+        )),
+        "{stdout}"
+    );
+
+    // The final view is the newest window of those files.
+    let view = &stdout[stdout
+        .rfind("edgeflow demo: Karhula, window ")
+        .unwrap_or_else(|| panic!("no view: {stdout}"))..];
+    let blocks: Vec<&str> = view.split("\n\n").collect();
+    let (header, segments) = crate::support::rows(&congestion);
+    let col = |header: &[String], name: &str| header.iter().position(|h| h == name).expect(name);
+    let newest = segments.keys().map(|(_, w)| *w).max().expect("rows");
+    let in_window: Vec<&Vec<String>> = segments
+        .iter()
+        .filter(|((_, w), _)| *w == newest)
+        .map(|(_, r)| r)
+        .collect();
+    let minute_of_day = newest / 60_000 % 1_440;
+    let batches = records.div_ceil(100); // the demo sends 100 records a batch
+    assert_eq!(
+        blocks[0],
+        format!(
+            "edgeflow demo: Karhula, window {:02}:{:02} UTC ({} segments reporting)   {batches}/{batches} batches acknowledged",
+            minute_of_day / 60,
+            minute_of_day % 60,
+            in_window.len()
+        )
+    );
+    // The ten slowest segments, slowest first: congestion.csv columns
+    // segment_id, samples, vehicles, mean_speed_mps, speed_ratio, level.
+    let table = cells(blocks[1]);
+    assert_eq!(
+        table[0],
+        ["segment", "samples", "vehicles", "mean", "m/s", "ratio", "level"]
+    );
+    let shown = &table[1..];
+    assert_eq!(shown.len(), in_window.len().min(10), "{}", blocks[1]);
+    let pick = |r: &Vec<String>| -> Vec<String> {
+        [
+            "segment_id",
+            "samples",
+            "vehicles",
+            "mean_speed_mps",
+            "speed_ratio",
+            "level",
+        ]
+        .iter()
+        .map(|name| r[col(&header, name)].clone())
+        .collect()
+    };
+    let ratio = |cells: &[String]| cells[4].parse::<f64>().expect("ratio");
+    for row in shown {
+        assert!(
+            in_window.iter().any(|r| pick(r) == *row),
+            "{row:?} is not a row of window {newest}"
+        );
+    }
+    assert!(
+        shown.windows(2).all(|w| ratio(&w[0]) <= ratio(&w[1])),
+        "slowest first"
+    );
+    let slowest_shown = ratio(shown.last().expect("a row"));
+    let not_shown = in_window
+        .iter()
+        .map(|r| pick(r))
+        .filter(|r| !shown.contains(r));
+    for r in not_shown {
+        assert!(
+            ratio(&r) >= slowest_shown,
+            "{r:?} is slower than a row shown"
+        );
+    }
+    // Every charger of the window: charger_id, energy_wh, mean_power_kw,
+    // occupied/connectors, faulted.
+    let (h, chargers) = crate::support::rows(&charging);
+    let want: Vec<Vec<String>> = chargers
+        .iter()
+        .filter(|((_, w), _)| *w == newest)
+        .map(|(_, r)| {
+            let f = |name: &str| r[col(&h, name)].clone();
+            vec![
+                f("charger_id"),
+                f("energy_wh"),
+                f("mean_power_kw"),
+                format!("{}/{}", f("occupied"), f("connectors")),
+                f("faulted"),
+            ]
+        })
+        .collect();
+    let table = cells(blocks[2]);
+    assert_eq!(table[0][0], "charger");
+    assert_eq!(table[1..], want[..], "{}", blocks[2]);
+    // Every named zone of the window (an empty ratio shows as nothing).
+    let h: Vec<String> = zones
+        .lines()
+        .next()
+        .expect("header")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<Vec<String>> = zones
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[col(&h, "zone_type")] == "zone")
+        .filter(|f| f[col(&h, "window_start_ms")] == newest.to_string())
+        .map(|f| {
+            [
+                "zone_id",
+                "samples",
+                "vehicles",
+                "mean_speed_ratio",
+                "jammed_segments",
+                "energy_wh",
+                "low_soc_evs",
+            ]
+            .iter()
+            .map(|name| f[col(&h, name)].to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+        })
+        .collect();
+    assert!(!want.is_empty(), "named zones in the newest window");
+    let table = cells(blocks[3]);
+    assert_eq!(table[0][0], "zone");
+    assert_eq!(table[1..], want[..], "{}", blocks[3]);
+
+    // The log is a recording: replayed, it gives the same files.
+    let again = tmp.path().join("replayed");
+    let (status, _, stderr) = run(
+        T,
+        args![
+            "replay",
+            "--topology",
+            topology,
+            out.join("log"),
+            "--out",
+            again
+        ],
+    );
+    assert!(status.success(), "{stderr}");
+    for name in ["congestion.csv", "charging.csv", "zones.csv"] {
+        assert!(
+            std::fs::read_to_string(again.join(name)).expect(name) == read(name),
+            "{name}: the replayed log differs from the demo's"
+        );
+    }
+}

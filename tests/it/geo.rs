@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use edgeflow::geo::zones::ZoneKind;
 use edgeflow::geo::Unmatched;
 use edgeflow::replay::ReplayOptions;
 use edgeflow::topology::Topology;
@@ -168,31 +167,289 @@ fn the_index_finds_what_an_exhaustive_scan_finds() {
     assert_eq!(outcomes.len(), 4, "{outcomes:?}");
 }
 
+/// Zone membership recomputed here from the GeoJSON files alone, by other
+/// methods than the node's (src/geo/zones.rs):
+///
+/// | | the node | here |
+/// |---|---|---|
+/// | point in polygon | even-odd ray crossing over all rings (`Zone::contains`) | winding number (Sunday): inside the outer ring (winding ≠ 0) and in no hole |
+/// | a segment's point | halfway by an equirectangular length scaled at its first vertex (`geo::zones::midpoint`) | halfway by great-circle (haversine) length |
+/// | GeoJSON | `geo::zones::load`, `Reference` | read here with serde_json |
+/// | H3 cells | `h3o` via `geo::zones::h3_cell` | `h3o` directly (H3 is the definition) |
+///
+/// The two midpoints differ by less than 2 cm on Karhula's roads; no
+/// segment has its midpoint that close to a boundary of the test zones.
+mod zoning {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// `[lon, lat]`.
+    pub type Point = [f64; 2];
+
+    /// A named zone: polygons of rings (the first outer, the rest holes).
+    pub struct GeoZone {
+        pub id: String,
+        pub polygons: Vec<Vec<Vec<Point>>>,
+    }
+
+    /// `zone` or `h3`, as in zones.csv.
+    pub type ZoneKey = (String, &'static str);
+
+    /// Which zones hold each segment (by id) and charger (by id).
+    pub struct Zoning {
+        pub named: Vec<GeoZone>,
+        pub segments: BTreeMap<String, Vec<ZoneKey>>,
+        pub chargers: BTreeMap<String, Vec<ZoneKey>>,
+        /// H3 zones: the cells of segment midpoints and chargers.
+        pub h3_zones: BTreeSet<String>,
+        pub h3_resolution: Option<u8>,
+        /// Segment midpoints by segment id (to check what the data covers).
+        pub midpoints: BTreeMap<String, Point>,
+    }
+
+    fn read(path: &Path) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn features(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
+        doc["features"].as_array().expect("a FeatureCollection")
+    }
+
+    fn point(v: &serde_json::Value) -> Point {
+        [v[0].as_f64().expect("lon"), v[1].as_f64().expect("lat")]
+    }
+
+    fn ring(v: &serde_json::Value) -> Vec<Point> {
+        v.as_array().expect("ring").iter().map(point).collect()
+    }
+
+    /// Zones of a GeoJSON file of `Polygon` and `MultiPolygon` features.
+    pub fn zones(path: &Path) -> Vec<GeoZone> {
+        features(&read(path))
+            .iter()
+            .map(|f| {
+                let g = &f["geometry"];
+                let polygon = |p: &serde_json::Value| -> Vec<Vec<Point>> {
+                    p.as_array().expect("rings").iter().map(ring).collect()
+                };
+                let polygons = match g["type"].as_str() {
+                    Some("Polygon") => vec![polygon(&g["coordinates"])],
+                    Some("MultiPolygon") => g["coordinates"]
+                        .as_array()
+                        .expect("polygons")
+                        .iter()
+                        .map(polygon)
+                        .collect(),
+                    other => panic!("zone geometry {other:?}"),
+                };
+                GeoZone {
+                    id: f["properties"]["id"].as_str().expect("id").to_owned(),
+                    polygons,
+                }
+            })
+            .collect()
+    }
+
+    /// > 0 when `p` is left of the line through `a` and `b`.
+    fn is_left(a: Point, b: Point, p: Point) -> f64 {
+        (b[0] - a[0]) * (p[1] - a[1]) - (p[0] - a[0]) * (b[1] - a[1])
+    }
+
+    /// The winding number of `ring` around `p` (Sunday's algorithm); the
+    /// ring is closed here if its last position does not repeat the first.
+    pub fn winding(ring: &[Point], p: Point) -> i32 {
+        let mut closed = ring.to_vec();
+        if closed.first() != closed.last() {
+            closed.push(closed[0]);
+        }
+        let mut wn = 0;
+        for e in closed.windows(2) {
+            let (a, b) = (e[0], e[1]);
+            if a[1] <= p[1] {
+                if b[1] > p[1] && is_left(a, b, p) > 0.0 {
+                    wn += 1;
+                }
+            } else if b[1] <= p[1] && is_left(a, b, p) < 0.0 {
+                wn -= 1;
+            }
+        }
+        wn
+    }
+
+    impl GeoZone {
+        /// In one of its polygons: wound by the outer ring, in no hole.
+        pub fn holds(&self, p: Point) -> bool {
+            self.polygons.iter().any(|rings| {
+                winding(&rings[0], p) != 0 && rings[1..].iter().all(|hole| winding(hole, p) == 0)
+            })
+        }
+
+        /// Whether `p` is inside an outer ring but in a hole.
+        pub fn in_a_hole(&self, p: Point) -> bool {
+            self.polygons.iter().any(|rings| {
+                winding(&rings[0], p) != 0 && rings[1..].iter().any(|hole| winding(hole, p) != 0)
+            })
+        }
+    }
+
+    /// Great-circle distance, metres.
+    fn haversine(a: Point, b: Point) -> f64 {
+        let (la1, la2) = (a[1].to_radians(), b[1].to_radians());
+        let (dla, dlo) = (la2 - la1, (b[0] - a[0]).to_radians());
+        let h = (dla / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlo / 2.0).sin().powi(2);
+        2.0 * 6_371_008.8 * h.sqrt().asin()
+    }
+
+    /// The point halfway along a polyline by great-circle length (linear in
+    /// lon/lat within the piece it falls on).
+    pub fn midpoint(line: &[Point]) -> Point {
+        let total: f64 = line.windows(2).map(|w| haversine(w[0], w[1])).sum();
+        let mut left = total / 2.0;
+        for w in line.windows(2) {
+            let l = haversine(w[0], w[1]);
+            if l > 0.0 && l >= left {
+                let t = left / l;
+                return [
+                    w[0][0] + (w[1][0] - w[0][0]) * t,
+                    w[0][1] + (w[1][1] - w[0][1]) * t,
+                ];
+            }
+            left -= l;
+        }
+        *line.last().expect("a point")
+    }
+
+    /// The H3 cell of `p` at `resolution`, in hex.
+    pub fn cell(p: Point, resolution: u8) -> h3o::CellIndex {
+        h3o::LatLng::new(p[1], p[0])
+            .expect("a position")
+            .to_cell(h3o::Resolution::try_from(resolution).expect("a resolution"))
+    }
+
+    impl Zoning {
+        /// Membership of the roads and chargers in the zone file, and in H3
+        /// cells at `h3_resolution`.
+        pub fn new(
+            roads: &Path,
+            chargers: &Path,
+            zones: &Path,
+            h3_resolution: Option<u8>,
+        ) -> Zoning {
+            let named = self::zones(zones);
+            let mut h3_zones = BTreeSet::new();
+            let mut place = |p: Point| -> Vec<ZoneKey> {
+                let mut out: Vec<ZoneKey> = named
+                    .iter()
+                    .filter(|z| z.holds(p))
+                    .map(|z| (z.id.clone(), "zone"))
+                    .collect();
+                if let Some(r) = h3_resolution {
+                    let c = cell(p, r).to_string();
+                    h3_zones.insert(c.clone());
+                    out.push((c, "h3"));
+                }
+                out
+            };
+            let mut segments = BTreeMap::new();
+            let mut midpoints = BTreeMap::new();
+            for f in features(&read(roads)) {
+                let id = f["properties"]["id"].as_str().expect("id").to_owned();
+                let m = midpoint(&ring(&f["geometry"]["coordinates"]));
+                segments.insert(id.clone(), place(m));
+                midpoints.insert(id, m);
+            }
+            let mut charger_zones = BTreeMap::new();
+            for f in features(&read(chargers)) {
+                let id = f["properties"]["id"].as_str().expect("id").to_owned();
+                charger_zones.insert(id, place(point(&f["geometry"]["coordinates"])));
+            }
+            Zoning {
+                named,
+                segments,
+                chargers: charger_zones,
+                h3_zones,
+                h3_resolution,
+                midpoints,
+            }
+        }
+
+        /// The zones an EV position at `p` counts in: a named zone when the
+        /// centre of its cell at `position_resolution` is in it, an H3 zone
+        /// when that cell descends from it.
+        pub fn position(&self, p: Point, position_resolution: u8) -> Vec<ZoneKey> {
+            let c = cell(p, position_resolution);
+            let centre = h3o::LatLng::from(c);
+            let mut out: Vec<ZoneKey> = self
+                .named
+                .iter()
+                .filter(|z| z.holds([centre.lng(), centre.lat()]))
+                .map(|z| (z.id.clone(), "zone"))
+                .collect();
+            if let Some(r) = self.h3_resolution {
+                let up = c
+                    .parent(h3o::Resolution::try_from(r).expect("a resolution"))
+                    .expect("an ancestor")
+                    .to_string();
+                if self.h3_zones.contains(&up) {
+                    out.push((up, "h3"));
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn winding_numbers_of_simple_shapes() {
+        // Counter-clockwise unit square, and the same clockwise.
+        let ccw = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]];
+        let cw: Vec<Point> = ccw.iter().rev().copied().collect();
+        assert_eq!(winding(&ccw, [0.5, 0.5]), 1);
+        assert_eq!(winding(&cw, [0.5, 0.5]), -1);
+        assert_eq!(winding(&ccw, [1.5, 0.5]), 0);
+        assert_eq!(winding(&ccw, [0.5, -0.5]), 0);
+        // A square with a square hole; a point in the hole is out.
+        let zone = GeoZone {
+            id: "z".into(),
+            polygons: vec![vec![
+                ccw.to_vec(),
+                vec![
+                    [0.25, 0.25],
+                    [0.25, 0.75],
+                    [0.75, 0.75],
+                    [0.75, 0.25],
+                    [0.25, 0.25],
+                ],
+            ]],
+        };
+        assert!(zone.holds([0.1, 0.1]));
+        assert!(!zone.holds([0.5, 0.5]) && zone.in_a_hole([0.5, 0.5]));
+        assert!(!zone.holds([2.0, 0.5]));
+        // Halfway along an L: the corner, for equal legs.
+        let m = midpoint(&[
+            [26.9, 60.5],
+            [26.9, 60.51],
+            [26.9 + 0.01 / (60.505f64).to_radians().cos(), 60.51],
+        ]);
+        assert!(
+            (m[0] - 26.9).abs() < 1e-4 && (m[1] - 60.51).abs() < 1e-4,
+            "{m:?}"
+        );
+    }
+}
+
 /// Zone rows recomputed in one batch from the segment and charger rows of
-/// the same run, the zone membership, and the raw low-SoC EV reports.
+/// the same run, the raw low-SoC EV reports, and `zoning` (the membership
+/// recomputed in [`zoning`], not the node's).
 fn batch_zones(
     reference: &edgeflow::reference::Reference,
+    zoning: &zoning::Zoning,
     congestion: &str,
     charging: &str,
     telemetry: &str,
 ) -> std::collections::BTreeMap<(String, u64), Vec<String>> {
     use std::collections::{BTreeMap, BTreeSet};
-    let membership = reference.membership(&reference.zones);
-    let zone_name = |n: u32| reference.registry.id(n).expect("numbered zone");
-    let mut seg_zones: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (s, z) in &membership.segments {
-        seg_zones
-            .entry(reference.roads[*s as usize].id.as_str())
-            .or_default()
-            .push(*z);
-    }
-    let mut charger_zones: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (c, z) in &membership.chargers {
-        charger_zones
-            .entry(reference.chargers[*c as usize].id.as_str())
-            .or_default()
-            .push(*z);
-    }
     #[derive(Default)]
     struct Acc {
         samples: u64,
@@ -208,12 +465,12 @@ fn batch_zones(
         vehicles: BTreeSet<String>,
         low_soc: BTreeSet<String>,
     }
-    let mut acc: BTreeMap<(u32, u64), Acc> = BTreeMap::new();
+    let mut acc: BTreeMap<(zoning::ZoneKey, u64), Acc> = BTreeMap::new();
     let (h, rows_c) = rows(congestion);
     let col = |h: &[String], name: &str| h.iter().position(|x| x == name).expect(name);
     for ((seg, window), r) in &rows_c {
-        for z in seg_zones.get(seg.as_str()).into_iter().flatten() {
-            let a = acc.entry((*z, *window)).or_default();
+        for z in zoning.segments.get(seg).into_iter().flatten() {
+            let a = acc.entry((z.clone(), *window)).or_default();
             let samples: u64 = r[col(&h, "samples")].parse().expect("n");
             a.samples += samples;
             a.segments += 1;
@@ -224,8 +481,8 @@ fn batch_zones(
     }
     let (h, rows_h) = rows(charging);
     for ((charger, window), r) in &rows_h {
-        for z in charger_zones.get(charger.as_str()).into_iter().flatten() {
-            let a = acc.entry((*z, *window)).or_default();
+        for z in zoning.chargers.get(charger).into_iter().flatten() {
+            let a = acc.entry((z.clone(), *window)).or_default();
             let int = |name: &str| r[col(&h, name)].parse::<u64>().expect(name);
             a.chargers += 1;
             a.energy += int("energy_wh");
@@ -257,18 +514,13 @@ fn batch_zones(
         let Some(segment) = segment else { continue };
         let ts = v["ts_ms"].as_u64().expect("ts");
         let id = v["vehicle_id"].as_str().expect("id");
-        for z in seg_zones
-            .get(reference.roads[segment as usize].id.as_str())
-            .into_iter()
-            .flatten()
-        {
-            let a = acc.entry((*z, ts - ts % 60_000)).or_default();
+        let road = &reference.roads[segment as usize].id;
+        for z in zoning.segments.get(road).into_iter().flatten() {
+            let a = acc.entry((z.clone(), ts - ts % 60_000)).or_default();
             a.vehicles.insert(id.to_owned());
         }
     }
-    // Low-SoC EVs by position, on the road or off it: a named zone holds
-    // the positions whose cell at position_resolution has its centre in the
-    // zone; an H3 zone those whose cell descends from it.
+    // Low-SoC EVs by position, on the road or off it.
     let settings = &reference.zone_settings;
     for line in telemetry.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
@@ -280,28 +532,12 @@ fn batch_zones(
         if !low {
             continue;
         }
-        let ll = h3o::LatLng::new(
-            v["lat"].as_f64().expect("lat"),
+        let p = [
             v["lon"].as_f64().expect("lon"),
-        )
-        .expect("position");
-        let res = h3o::Resolution::try_from(settings.position_resolution).expect("res");
-        let cell = ll.to_cell(res);
-        let centre = h3o::LatLng::from(cell);
-        let mut zones: Vec<u32> = reference
-            .zones
-            .iter()
-            .filter(|z| z.contains([centre.lng(), centre.lat()]))
-            .filter_map(|z| reference.registry.get(&z.id, ZoneKind::Named))
-            .collect();
-        if let Some(r) = settings.h3_resolution {
-            let up = cell
-                .parent(h3o::Resolution::try_from(r).expect("res"))
-                .expect("ancestor");
-            zones.extend(reference.registry.get(&up.to_string(), ZoneKind::H3));
-        }
+            v["lat"].as_f64().expect("lat"),
+        ];
         let ts = v["ts_ms"].as_u64().expect("ts");
-        for z in zones {
+        for z in zoning.position(p, settings.position_resolution) {
             acc.entry((z, ts - ts % 60_000))
                 .or_default()
                 .low_soc
@@ -309,8 +545,7 @@ fn batch_zones(
         }
     }
     acc.into_iter()
-        .map(|((z, window), a)| {
-            let (id, kind) = zone_name(z);
+        .map(|(((id, kind), window), a)| {
             let ratio = if a.samples > 0 {
                 format!("{:.4}", a.weighted_ratio / a.samples as f64)
             } else {
@@ -318,7 +553,7 @@ fn batch_zones(
             };
             let row = vec![
                 id.clone(),
-                kind.as_str().to_owned(),
+                kind.to_owned(),
                 window.to_string(),
                 (window + 60_000).to_string(),
                 a.samples.to_string(),
@@ -339,14 +574,18 @@ fn batch_zones(
         .collect()
 }
 
-#[test]
-fn zone_rollups_equal_a_batch_recomputation() {
-    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
+/// Replays the recording on `topology` with 1 and 2 workers and compares
+/// the zones table with [`batch_zones`] over `zoning`. Returns the rows.
+fn assert_zones_match_the_batch(
+    topology: &std::path::Path,
+    zoning: &zoning::Zoning,
+) -> std::collections::BTreeMap<(String, u64), Vec<String>> {
+    let topo = Topology::load(topology).unwrap_or_else(|p| panic!("{p:?}"));
     let reference = Arc::new(topo.reference.clone());
     let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
-    let mut table = edgeflow::output::FinalTable::default();
     let mut out = Vec::new();
     for workers in [1, 2] {
+        let mut table = edgeflow::output::FinalTable::default();
         let summary = edgeflow::replay::run(
             edgeflow::replay::Input::JsonLines(Box::new(std::io::Cursor::new(text.clone()))),
             reference.clone(),
@@ -366,7 +605,7 @@ fn zone_rollups_equal_a_batch_recomputation() {
     }
     assert_eq!(out[0], out[1], "zones do not depend on the worker count");
     let (congestion, charging, zones) = &out[0];
-    let want = batch_zones(&reference, congestion, charging, &text);
+    let want = batch_zones(&reference, zoning, congestion, charging, &text);
     let mut lines = zones.lines();
     let header: Vec<String> = lines
         .next()
@@ -381,14 +620,10 @@ fn zone_rollups_equal_a_batch_recomputation() {
         })
         .collect();
     assert_eq!(header.join(","), edgeflow::aggregate::ZONES_HEADER);
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "the same (zone, window) rows"
-    );
-    let mut low_soc = 0;
+    crate::support::assert_same_keys(&got, &want, "the same (zone, window) rows");
     for (key, w) in &want {
         let g = &got[key];
+        assert_eq!(g.len(), w.len(), "{key:?}: {g:?}");
         for (i, (a, b)) in g.iter().zip(w).enumerate() {
             // Ratios and power: sums of rounded per-row values in the batch.
             let close = match (a.parse::<f64>(), b.parse::<f64>()) {
@@ -398,16 +633,122 @@ fn zone_rollups_equal_a_batch_recomputation() {
             };
             assert!(close, "{key:?} {}: got {a}, batch {b}", header[i]);
         }
-        low_soc += w[15].parse::<u32>().expect("n");
     }
+    want
+}
+
+#[test]
+fn zone_rollups_equal_a_batch_recomputation() {
+    let topology = root("topologies/karhula.toml");
+    let h3 = Topology::load(&topology)
+        .expect("valid")
+        .reference
+        .zone_settings
+        .h3_resolution;
+    let zoning = zoning::Zoning::new(
+        &root("topologies/karhula/roads.geojson"),
+        &root("topologies/karhula/chargers.geojson"),
+        &root("topologies/karhula/zones.geojson"),
+        h3,
+    );
+    let want = assert_zones_match_the_batch(&topology, &zoning);
     // Every kind of zone and every part of the roll-up is exercised.
     assert!(want.keys().any(|(id, _)| id == "karhula-centre"));
-    assert!(got.values().any(|r| r[1] == "h3"));
-    assert!(low_soc > 0, "the recording has low-SoC EVs on the road");
+    assert!(want.values().any(|r| r[1] == "h3"));
     assert!(
-        got.values().any(|r| r[10] != "0"),
+        want.values().any(|r| r[15] != "0"),
+        "the recording has low-SoC EVs on the road"
+    );
+    assert!(
+        want.values().any(|r| r[10] != "0"),
         "charging energy rolls up"
     );
+}
+
+/// The same comparison with zones whose shapes tell point-in-polygon rules
+/// apart: a concave (L-shaped) zone wound clockwise, a zone with a hole, a
+/// multipolygon of two parts one of which has a hole, and a slanted
+/// triangle overlapping them; H3 cells at resolution 9.
+#[test]
+fn zone_rollups_of_concave_holed_and_multipart_zones_equal_a_batch_recomputation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Karhula's roads span about 26.925-26.975 E, 60.515-60.545 N.
+    let rect = |x0: f64, y0: f64, x1: f64, y1: f64, ccw: bool| {
+        let mut r = vec![[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]];
+        if !ccw {
+            r.reverse();
+        }
+        serde_json::json!(r)
+    };
+    let feature = |id: &str, geometry: serde_json::Value| serde_json::json!({"type": "Feature", "properties": {"id": id}, "geometry": geometry});
+    let l_shape = serde_json::json!([[
+        [26.925, 60.515],
+        [26.925, 60.545],
+        [26.938, 60.545],
+        [26.938, 60.526],
+        [26.960, 60.526],
+        [26.960, 60.515],
+        [26.925, 60.515]
+    ]]);
+    let zones = serde_json::json!({
+        "type": "FeatureCollection",
+        "features": [
+            feature("ell", serde_json::json!({"type": "Polygon", "coordinates": l_shape})),
+            feature("ring", serde_json::json!({"type": "Polygon", "coordinates": [
+                rect(26.935, 60.522, 26.965, 60.540, true),
+                rect(26.943, 60.528, 26.957, 60.535, false),
+            ]})),
+            feature("two-parts", serde_json::json!({"type": "MultiPolygon", "coordinates": [
+                [rect(26.925, 60.536, 26.935, 60.545, true)],
+                [rect(26.955, 60.515, 26.975, 60.530, true), rect(26.960, 60.519, 26.970, 60.526, true)],
+            ]})),
+            feature("slant", serde_json::json!({"type": "Polygon", "coordinates": [[
+                [26.930, 60.518], [26.972, 60.531], [26.941, 60.544], [26.930, 60.518]
+            ]]})),
+        ]
+    });
+    let zones_path = dir.path().join("zones.geojson");
+    std::fs::write(&zones_path, zones.to_string()).expect("zones");
+    let roads = root("topologies/karhula/roads.geojson");
+    let chargers = root("topologies/karhula/chargers.geojson");
+    let topology = dir.path().join("t.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[node]\nid = \"shapes\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\nzones = \"zones.geojson\"\n\
+             [windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n[zones]\nh3_resolution = 9\n",
+            roads.display(),
+            chargers.display()
+        ),
+    )
+    .expect("topology");
+    let zoning = zoning::Zoning::new(&roads, &chargers, &zones_path, Some(9));
+    // The shapes matter for this data: segments fall in the L's notch and
+    // in it, in holes (out of their zone) and around them, in both parts.
+    let count =
+        |f: &dyn Fn(&zoning::Point) -> bool| zoning.midpoints.values().filter(|p| f(p)).count();
+    let zone = |id: &str| zoning.named.iter().find(|z| z.id == id).expect(id);
+    for id in ["ell", "ring", "two-parts", "slant"] {
+        assert!(count(&|p| zone(id).holds(*p)) >= 5, "segments in {id}");
+    }
+    assert!(
+        count(&|p| zone("ring").in_a_hole(*p)) >= 5,
+        "segments in the ring's hole"
+    );
+    assert!(
+        count(&|p| zone("two-parts").in_a_hole(*p)) >= 1,
+        "segments in the part's hole"
+    );
+    let notch =
+        |p: &zoning::Point| p[0] > 26.938 && p[0] < 26.960 && p[1] > 60.526 && p[1] < 60.545;
+    assert!(
+        count(&|p| notch(p) && !zone("ell").holds(*p)) >= 5,
+        "segments in the L's notch"
+    );
+    let want = assert_zones_match_the_batch(&topology, &zoning);
+    for id in ["ell", "ring", "two-parts", "slant"] {
+        assert!(want.keys().any(|(z, _)| z == id), "rows of {id}");
+    }
 }
 
 #[test]

@@ -67,6 +67,31 @@ impl Drop for Deadline {
     }
 }
 
+/// Asserts two tables have the same keys; names up to five missing and
+/// five extra ones.
+pub fn assert_same_keys<K: Ord + std::fmt::Debug, A, B>(
+    got: &BTreeMap<K, A>,
+    want: &BTreeMap<K, B>,
+    what: &str,
+) {
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, extra {extra:?} ({} rows against {})",
+        got.len(),
+        want.len()
+    );
+}
+
 /// Says on the terminal that `test` did not run and why. Written to the
 /// process's stderr directly: libtest captures `eprintln!` of passing tests,
 /// and a skip must be seen.
