@@ -432,10 +432,20 @@ fn a_full_disk_is_answered_as_retryable_and_ingest_resumes_once_space_is_freed()
     assert!(failures > 0);
     // Space freed: the same sender carries on where the log stopped.
     std::fs::remove_file(&filler).expect("free space");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let r = runtime()
-        .block_on(edgeflow::client::send(&opts, batches, |_, _| {}))
-        .expect("sent");
+    // The node retries its log every second: until then it still answers
+    // `log_unavailable`, after that it takes the batches.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let r = loop {
+        match runtime().block_on(edgeflow::client::send(&opts, batches.clone(), |_, _| {})) {
+            Ok(r) => break r,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let unavailable = format!("node error {}", ErrorCode::LogUnavailable as u16);
+                assert!(e.to_string().contains(&unavailable), "{e:#}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("the log did not come back within 30 s: {e:#}"),
+        }
+    };
     assert!(r.already_durable > 0, "{r:?}");
     node.stop();
     assert_expected(&node.sink("congestion.csv"), &node.sink("charging.csv"));
@@ -656,12 +666,23 @@ fn no_hello_in_time_gets_its_error_frame_and_so_does_a_client_in_hello_at_shutdo
         let other = crate::ingest::raw_connect(&node, edgeflow::ingest::frame::ALPN)
             .await
             .expect("handshake");
+        // A HELLO header announcing 64 bytes, and 10 of them: the node
+        // takes budget for the frame once it reads the header, which is how
+        // the test knows the node is in this HELLO when it stops.
+        let budget = node.handle.as_ref().expect("running").budget.clone();
+        let full = budget.available();
         let (mut send2, recv2) = other.open_bi().await.expect("stream");
-        send2
-            .write_all(&[edgeflow::ingest::frame::kind::HELLO])
-            .await
-            .expect("write");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut partial = vec![edgeflow::ingest::frame::kind::HELLO, 0, 0, 0, 64];
+        partial.extend_from_slice(&[b'{'; 10]);
+        send2.write_all(&partial).await.expect("write");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while budget.available() == full {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node never read the HELLO header"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         (code, (other, send2, recv2))
     });
     assert_eq!(late, Some(ErrorCode::HelloTimeout as u16));
