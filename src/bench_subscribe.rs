@@ -84,7 +84,7 @@ async fn slow_reader(opts: SubscribeOptions, stop: Arc<AtomicBool>, read: Arc<At
     else {
         return;
     };
-    let Ok(config) = crate::client::client_config_for(&opts.ca, None, ALPN) else {
+    let Ok(config) = crate::wire::tls::client_config(&opts.ca, None, ALPN) else {
         return;
     };
     endpoint.set_default_client_config(config);

@@ -10,18 +10,15 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use crate::codec::{decode_json, encode_cbor};
 use crate::ingest::frame::{Frame, ALPN};
 use crate::log::Encoding;
+use crate::wire::{envelope, tls};
 
 /// How to send.
 #[derive(Debug, Clone)]
@@ -84,62 +81,6 @@ pub struct SendReport {
     pub already_durable: u64,
     /// The first rejection messages: (batch, index, message).
     pub rejections: Vec<(u64, u32, String)>,
-}
-
-/// Client TLS/QUIC configuration trusting `ca`, without a client
-/// certificate.
-pub fn client_config(ca: &Path) -> anyhow::Result<quinn::ClientConfig> {
-    client_config_with(ca, None)
-}
-
-/// Client TLS/QUIC configuration trusting `ca`, presenting `identity`
-/// (certificate chain and key, PEM) when given.
-pub fn client_config_with(
-    ca: &Path,
-    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-) -> anyhow::Result<quinn::ClientConfig> {
-    client_config_for(ca, identity, ALPN)
-}
-
-/// Client TLS/QUIC configuration for the protocol `alpn`.
-pub fn client_config_for(
-    ca: &Path,
-    identity: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-    alpn: &[u8],
-) -> anyhow::Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("cannot read CA {}", ca.display()))?
-    {
-        roots.add(cert.with_context(|| format!("bad PEM in {}", ca.display()))?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots);
-    let mut tls = match identity {
-        None => tls.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("cannot read {}", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("bad PEM in {}", cert.display()))?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read key {}", key.display()))?;
-            tls.with_client_auth_cert(chain, key)?
-        }
-    };
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    // Notice a dead node within seconds (the smaller of the two peers' idle
-    // timeouts applies), so resending starts soon; keep-alive pings keep a
-    // connection to a live node open through quiet spells (a subscription
-    // to a node with nothing new, a paced send with gaps).
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Duration::from_secs(5).try_into().ok());
-    transport.keep_alive_interval(Some(Duration::from_secs(2)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
 }
 
 /// Reads the file into batches in the chosen encoding.
@@ -206,20 +147,12 @@ pub async fn connect(
         .to_bytes(),
     )
     .await?;
-    let mut head = [0u8; 5];
-    recv.read_exact(&mut head)
+    let (kind, payload) = envelope::read(&mut recv, 4096)
         .await
         .context("no answer to HELLO")?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > 4096 {
-        bail!("answer to HELLO too long");
-    }
-    let mut buf = BytesMut::from(&head[..]);
-    buf.resize(5 + len, 0);
-    recv.read_exact(&mut buf[5..]).await?;
-    match Frame::decode(&mut buf, 4096)? {
-        Some(Frame::Welcome { next_sender_seq }) => Ok((conn, send, next_sender_seq)),
-        Some(Frame::Error { code, message }) => bail!("node refused: error {code}: {message}"),
+    match Frame::parse(kind, payload)? {
+        Frame::Welcome { next_sender_seq } => Ok((conn, send, next_sender_seq)),
+        Frame::Error { code, message } => bail!("node refused: error {code}: {message}"),
         other => bail!("unexpected answer to HELLO: {other:?}"),
     }
 }
@@ -292,7 +225,7 @@ pub async fn send(
         })
         .parse()?,
     )?;
-    endpoint.set_default_client_config(client_config_with(&opts.ca, opts.identity.as_ref())?);
+    endpoint.set_default_client_config(tls::client_config(&opts.ca, opts.identity.as_ref(), ALPN)?);
     let total = batches.len() as u64;
     let mut report = SendReport::default();
     let mut acked: BTreeMap<u64, ()> = BTreeMap::new();

@@ -29,16 +29,16 @@ use tokio::sync::watch;
 use crate::aggregate::Kind;
 use crate::checkpoint::{Checkpoint, CheckpointError, Settings, Tracker};
 use crate::ingest::commit::{Committer, Retention};
-use crate::ingest::server::{self, IngestContext, IngestCounters};
+use crate::ingest::server::{IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::disk::Disk;
 use crate::log::{LogReader, LogWriter};
-use crate::net::budget::Budget;
 use crate::output::FinalTable;
 use crate::replay::{Input, ReplayOptions, RunSummary};
 use crate::subscribe::hub::{Hub, HubSettings};
 use crate::subscribe::server::{Operator, SubContext};
 use crate::topology::{SinkSection, Topology};
+use crate::wire::budget::Budget;
 
 /// Chunks queued between the commit thread and the dataflow reader.
 pub const LIVE_QUEUE: usize = 64;
@@ -123,7 +123,7 @@ pub enum EdgeError {
     Checkpoint(#[from] CheckpointError),
     /// The server could not start.
     #[error("ingest: {0}")]
-    Server(#[from] server::ServerError),
+    Server(#[from] crate::node::listener::ListenError),
     /// A thread or runtime could not start, or the dataflow failed.
     #[error("runtime: {0}")]
     Runtime(String),
@@ -552,8 +552,6 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
                 .enable_all()
                 .build()
                 .map_err(|e| EdgeError::Runtime(e.to_string()))?;
-            let cert = ingest.section.cert.clone();
-            let key = ingest.section.key.clone();
             let ctx = Arc::new(IngestContext::new(
                 reference,
                 token_hashes,
@@ -565,7 +563,7 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
             ));
             let counters = ctx.counters.clone();
             let served = runtime.block_on(async {
-                let endpoint = match server::endpoint(&ingest, &cert, &key) {
+                let endpoint = match crate::node::listener::endpoint(&ingest) {
                     Ok(e) => e,
                     Err(e) => {
                         let _ = addr_tx.send(Err(EdgeError::Server(e)));
@@ -574,7 +572,8 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
                 };
                 let addr = endpoint.local_addr().unwrap_or(ingest.listen);
                 let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
-                let subs = server::serve(endpoint.clone(), ctx, shutdown_rx, sub_ctx).await;
+                let subs =
+                    crate::node::listener::serve(endpoint.clone(), ctx, sub_ctx, shutdown_rx).await;
                 Some((endpoint, subs))
             });
             // Every ingest connection is done: closing the log hand-over

@@ -14,11 +14,13 @@ use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 
 use crate::bench::SplitMix;
-use crate::client::{client_config, connect, SendOptions};
+use crate::client::{connect, SendOptions};
 use crate::ingest::frame::Frame;
+use crate::ingest::frame::ALPN;
 use crate::log::Encoding;
 use crate::model::{ChargerReport, ConnectorStatus, EvState, Record, VehicleReport};
 use crate::reference::Reference;
+use crate::wire::tls::client_config;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -133,7 +135,7 @@ pub fn synthetic_batch(
 /// Runs the load; returns when every connection is done.
 pub async fn run(load: &Load, reference: Arc<Reference>) -> anyhow::Result<LoadReport> {
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-    endpoint.set_default_client_config(client_config(&load.target.ca)?);
+    endpoint.set_default_client_config(client_config(&load.target.ca, None, ALPN)?);
     // At full speed, batches are made before the clock starts: the
     // generator shares the machine with the node and is not what is measured.
     let prepared: Vec<Vec<Bytes>> = match (load.interval, load.batches) {
@@ -299,7 +301,7 @@ fn opts_encoding(records: &Bytes) -> Encoding {
 /// Opens `n` authenticated connections and keeps them idle for `hold`.
 pub async fn idle(target: &SendOptions, n: usize, hold: Duration) -> anyhow::Result<usize> {
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-    endpoint.set_default_client_config(client_config(&target.ca)?);
+    endpoint.set_default_client_config(client_config(&target.ca, None, ALPN)?);
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
         let mut opts = target.clone();

@@ -2,8 +2,8 @@
 //! decoding, no sockets. The decoder tells "need more bytes" from "invalid",
 //! and never allocates more than the frame-size limit allows.
 
+use crate::wire::envelope;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use thiserror::Error;
 
 use crate::log::Encoding;
 use crate::model::RejectReason;
@@ -143,21 +143,7 @@ pub enum Frame {
     },
 }
 
-/// Why bytes are not a frame.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum FrameError {
-    /// The length prefix is above the limit: the stream cannot go on.
-    #[error("frame of {len} bytes is larger than the limit of {max}")]
-    TooLarge {
-        /// Announced length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A malformed frame: the stream cannot go on.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-}
+pub use crate::wire::envelope::FrameError;
 
 fn put_str8(out: &mut BytesMut, s: &str) {
     out.put_u8(s.len().min(255) as u8);
@@ -167,18 +153,20 @@ fn put_str8(out: &mut BytesMut, s: &str) {
 impl Frame {
     /// Appends the frame's bytes to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        let start = out.len();
-        out.put_u8(0);
-        out.put_u32(0);
         let t = match self {
+            Frame::Hello { .. } => kind::HELLO,
+            Frame::Welcome { .. } => kind::WELCOME,
+            Frame::Batch { .. } => kind::BATCH,
+            Frame::Ack { .. } => kind::ACK,
+            Frame::Error { .. } => kind::ERROR,
+        };
+        envelope::put(out, t, |out| match self {
             Frame::Hello { token, sender } => {
                 put_str8(out, token);
                 put_str8(out, sender);
-                kind::HELLO
             }
             Frame::Welcome { next_sender_seq } => {
                 out.put_u64(*next_sender_seq);
-                kind::WELCOME
             }
             Frame::Batch {
                 sender_seq,
@@ -188,7 +176,6 @@ impl Frame {
                 out.put_u64(*sender_seq);
                 out.put_u8(*encoding as u8);
                 out.put_slice(records);
-                kind::BATCH
             }
             Frame::Ack {
                 sender_seq,
@@ -205,19 +192,14 @@ impl Frame {
                     out.put_u16(m.len() as u16);
                     out.put_slice(m);
                 }
-                kind::ACK
             }
             Frame::Error { code, message } => {
                 out.put_u16(*code);
                 let m = &message.as_bytes()[..message.len().min(u16::MAX as usize)];
                 out.put_u16(m.len() as u16);
                 out.put_slice(m);
-                kind::ERROR
             }
-        };
-        let len = (out.len() - start - 5) as u32;
-        out[start] = t;
-        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        });
     }
 
     /// The frame as bytes.
@@ -231,23 +213,15 @@ impl Frame {
     /// more bytes are needed (nothing consumed). A length above `max_len` is
     /// an error before any payload is buffered.
     pub fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
-        if buf.len() < 5 {
-            return Ok(None);
+        match envelope::split(buf, max_len)? {
+            Some((t, payload)) => Self::parse(t, payload).map(Some),
+            None => Ok(None),
         }
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if len > max_len {
-            return Err(FrameError::TooLarge { len, max: max_len });
-        }
-        if buf.len() < 5 + len {
-            return Ok(None);
-        }
-        let t = buf[0];
-        buf.advance(5);
-        let payload = buf.split_to(len).freeze();
-        Self::parse(t, payload).map(Some)
     }
 
-    fn parse(t: u8, mut p: Bytes) -> Result<Frame, FrameError> {
+    /// A frame from its type and payload (as [`envelope::split`] gives
+    /// them).
+    pub fn parse(t: u8, mut p: Bytes) -> Result<Frame, FrameError> {
         let short = || FrameError::Malformed("payload cut short".into());
         let str8 = |p: &mut Bytes| -> Result<String, FrameError> {
             if p.remaining() < 1 {

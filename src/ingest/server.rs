@@ -1,55 +1,31 @@
-//! The QUIC ingest server: `serve(endpoint, context, shutdown)`, so tests
-//! run the real server on 127.0.0.1:0.
-//!
-//! Per connection: a HELLO on the first bidirectional stream within
+//! The QUIC ingest server, per connection (the node's listener accepts
+//! connections and hands those that speak this protocol to [`connection`]):
+//! a HELLO on the first bidirectional stream within
 //! `hello_timeout` (token checked against the fleets' SHA-256 hashes), then
 //! one batch per bidirectional stream, each validated record by record,
 //! committed durably and acknowledged. Every failure is an ERROR frame with a
 //! documented code to that client; nothing a client sends can stop the
 //! server or slow the others beyond the shared log.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quinn::crypto::rustls::QuicServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
-use thiserror::Error;
 use tokio::sync::watch;
 
 use super::commit::{Batch, Committed, Committer};
-use super::frame::{kind, reason_code, ErrorCode, Frame, ALPN};
+use super::frame::{kind, reason_code, ErrorCode, Frame};
 use super::validate::{ack, now_ms, validate, Validated};
 use crate::log::Encoding;
-use crate::net::admission::{self, Admission, Admit, Unauthenticated};
-use crate::net::budget::{Budget, Held, ReadError};
 use crate::reference::Reference;
-use crate::subscribe::server::SubContext;
 use crate::topology::Ingest;
+use crate::wire::admission::Unauthenticated;
+use crate::wire::budget::{Budget, Held};
+use crate::wire::envelope::FrameError;
 
 /// Largest HELLO frame, bytes.
 pub const MAX_HELLO_BYTES: usize = 1024;
-
-/// Errors setting up the server.
-#[derive(Debug, Error)]
-pub enum ServerError {
-    /// Certificate or key unreadable or invalid.
-    #[error("TLS setup: {0}")]
-    Tls(String),
-    /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-}
 
 /// Counters of the ingest server (published as metrics by the node).
 #[derive(Debug, Default)]
@@ -95,8 +71,6 @@ pub struct IngestContext {
     /// `[windows] max_future`, ms: records further ahead of the wall clock
     /// are refused.
     pub max_future_ms: u64,
-    /// Connection slots.
-    pub admission: Arc<Admission>,
     /// Bytes buffered for frames still arriving or waiting for the log.
     pub budget: Budget,
 }
@@ -118,81 +92,14 @@ impl IngestContext {
             committer,
             counters,
             max_future_ms,
-            admission: Admission::new(admission::Limits {
-                max_connections: limits.section.max_connections,
-                max_unauthenticated: limits.section.max_unauthenticated,
-                max_unauthenticated_per_source: limits.section.max_unauthenticated_per_source,
-            }),
             budget,
             limits,
         }
     }
 
     fn authorized(&self, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Compare every hash fully: no early exit on the first byte.
-        self.token_hashes.iter().fold(false, |ok, h| {
-            ok | (h.iter().zip(digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
-        })
+        crate::wire::token::find(self.token_hashes.iter().copied(), token).is_some()
     }
-}
-
-/// No client certificates, or (mTLS) ones signed by `client_ca`.
-fn client_verifier(
-    limits: &Ingest,
-    provider: &Arc<rustls::crypto::CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ServerError> {
-    let Some(ca) = &limits.section.client_ca else {
-        return Ok(rustls::server::WebPkiClientVerifier::no_client_auth());
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?
-    {
-        let cert = cert.map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| ServerError::Tls(format!("{}: {e}", ca.display())))?;
-    }
-    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| ServerError::Tls(e.to_string()))
-}
-
-/// Builds the QUIC server endpoint from PEM files and limits.
-pub fn endpoint(limits: &Ingest, cert: &Path, key: &Path) -> Result<quinn::Endpoint, ServerError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ServerError::Tls(e.to_string()))?
-        .with_client_cert_verifier(client_verifier(limits, &provider)?)
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec(), crate::subscribe::proto::ALPN.to_vec()];
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    let s = &limits.section;
-    transport
-        .max_concurrent_bidi_streams(s.max_streams.into())
-        .max_concurrent_uni_streams(0u8.into())
-        .max_idle_timeout(limits.idle_timeout.try_into().ok())
-        .receive_window(quinn::VarInt::from_u64(s.receive_window).unwrap_or(quinn::VarInt::MAX))
-        .stream_receive_window(
-            quinn::VarInt::from_u64((s.max_frame_bytes as u64 + 64).min(s.receive_window))
-                .unwrap_or(quinn::VarInt::MAX),
-        )
-        .datagram_receive_buffer_size(Some(64 << 10));
-    config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, limits.listen).map_err(|source| ServerError::Bind {
-        addr: limits.listen,
-        source,
-    })
 }
 
 /// How long to wait for a peer to receive an answer before moving on.
@@ -219,8 +126,8 @@ async fn read_frame(
 ) -> Result<(Frame, Held), (ErrorCode, String)> {
     let (mut buf, held) = budget.read_frame(recv, max).await.map_err(|e| {
         let code = match e {
-            ReadError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-            ReadError::CutShort(_) => ErrorCode::BadFrame,
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::CutShort(_) | FrameError::Malformed(_) => ErrorCode::BadFrame,
         };
         (code, e.to_string())
     })?;
@@ -231,89 +138,10 @@ async fn read_frame(
     }
 }
 
-/// Serves until `shutdown` turns true; then stops accepting, lets every
-/// connection finish its batches, and returns.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    ctx: Arc<IngestContext>,
-    mut shutdown: watch::Receiver<bool>,
-    subscriptions: Option<Arc<SubContext>>,
-) -> tokio::task::JoinSet<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    // Subscriptions outlive ingest at shutdown: they carry the last
-    // aggregates, computed after ingest has stopped.
-    let sub_tasks = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let source = incoming.remote_address().ip();
-                let pending = match ctx.admission.arrive(source, incoming.remote_address_validated()) {
-                    Admit::Yes(pending) => pending,
-                    Admit::Retry => {
-                        if let Err(e) = incoming.retry() {
-                            e.into_incoming().refuse();
-                        }
-                        continue;
-                    }
-                    Admit::Refuse(_) => {
-                        ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
-                        incoming.refuse();
-                        continue;
-                    }
-                };
-                let ctx = ctx.clone();
-                let stop = shutdown.clone();
-                let (subs, sub_tasks) = (subscriptions.clone(), sub_tasks.clone());
-                tasks.spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
-                    if alpn(&conn).as_deref() == Some(crate::subscribe::proto::ALPN) {
-                        match (subs, sub_tasks.lock()) {
-                            (Some(subs), Ok(mut set)) => {
-                                // Reap the subscription connections that ended.
-                                while set.try_join_next().is_some() {}
-                                // (Not the whole context: that holds the
-                                // committer, which must end with ingest.)
-                                set.spawn(crate::subscribe::server::connection(conn, subs, pending));
-                            }
-                            _ => conn.close(
-                                quinn::VarInt::from_u32(ErrorCode::Unauthorized as u32),
-                                b"this node has no operators",
-                            ),
-                        }
-                    } else {
-                        ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-                        connection(conn, &ctx, stop, pending).await;
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
-    // Drain: connections see the shutdown, finish their batches, close.
-    while tasks.join_next().await.is_some() {}
-    if subscriptions.is_none() {
-        endpoint.close(
-            quinn::VarInt::from_u32(ErrorCode::ShuttingDown as u32),
-            b"shutting down",
-        );
-    }
-    sub_tasks
-        .lock()
-        .map(|mut set| std::mem::take(&mut *set))
-        .unwrap_or_default()
-}
-
-/// The protocol a connection negotiated.
-fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data()?
-        .downcast::<quinn::crypto::rustls::HandshakeData>()
-        .ok()?
-        .protocol
-}
-
-async fn connection(
+/// Serves one ingest connection (the node's listener hands it over after
+/// admission, [`crate::node::listener`]): HELLO, then batches, until the
+/// client leaves or `shutdown` turns true.
+pub async fn connection(
     conn: quinn::Connection,
     ctx: &Arc<IngestContext>,
     mut shutdown: watch::Receiver<bool>,

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use bytes::BytesMut;
 
+use crate::wire::envelope;
+
 use super::proto::{Filter, Progress, ResumePoint, Row, SubFrame, Subscribe, ALPN};
 
 /// Largest frame a client accepts, bytes.
@@ -99,23 +101,16 @@ pub async fn subscribe(
 ) -> anyhow::Result<Option<String>> {
     let mut error = None;
     let mut bad = None;
-    let ended = subscribe_raw(opts, |t, payload| {
-        let mut one = BytesMut::with_capacity(payload.len() + 5);
-        one.extend_from_slice(&[t]);
-        one.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        one.extend_from_slice(payload);
-        match SubFrame::decode(&mut one, MAX_FRAME_BYTES) {
-            Ok(Some(frame)) => {
-                if let SubFrame::Error(e) = &frame {
-                    error = Some(format!("error {}: {}", e.code, e.message));
-                }
-                on_frame(&frame)
+    let ended = subscribe_raw(opts, |t, payload| match SubFrame::parse(t, payload) {
+        Ok(frame) => {
+            if let SubFrame::Error(e) = &frame {
+                error = Some(format!("error {}: {}", e.code, e.message));
             }
-            Ok(None) => true,
-            Err(e) => {
-                bad = Some(e);
-                false
-            }
+            on_frame(&frame)
+        }
+        Err(e) => {
+            bad = Some(e);
+            false
         }
     })
     .await?;
@@ -134,7 +129,7 @@ pub async fn subscribe_raw(
 ) -> anyhow::Result<Option<String>> {
     let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
         .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
-    endpoint.set_default_client_config(crate::client::client_config_for(&opts.ca, None, ALPN)?);
+    endpoint.set_default_client_config(crate::wire::tls::client_config(&opts.ca, None, ALPN)?);
     let conn = endpoint
         .connect(opts.to, &opts.server_name)?
         .await
@@ -147,16 +142,8 @@ pub async fn subscribe_raw(
     let mut ended = None;
     let mut chunk = vec![0u8; 64 << 10];
     'read: loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len > MAX_FRAME_BYTES {
-                anyhow::bail!("frame of {len} bytes from the node");
-            }
-            if buf.len() < 5 + len {
-                break;
-            }
-            let frame = buf.split_to(5 + len);
-            if !on_frame(frame[0], &frame[5..]) {
+        while let Some((kind, payload)) = envelope::split(&mut buf, MAX_FRAME_BYTES)? {
+            if !on_frame(kind, &payload) {
                 break 'read;
             }
         }

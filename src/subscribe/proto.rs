@@ -3,10 +3,11 @@
 //! length, payload) with a JSON object as every payload, so a client in any
 //! language needs a QUIC library and a JSON parser, nothing else.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::frame::FrameError;
+use crate::wire::envelope;
+pub use crate::wire::envelope::FrameError;
 
 /// ALPN of the subscription protocol.
 pub const ALPN: &[u8] = b"edgeflow-subscribe/1";
@@ -209,40 +210,33 @@ impl SubFrame {
         };
         // Serializing these plain structs cannot fail.
         let json = json.unwrap_or_default();
-        out.put_u8(t);
-        out.put_u32(json.len() as u32);
-        out.put_slice(&json);
+        envelope::put(out, t, |out| out.put_slice(&json));
     }
 
     /// Decodes one frame from the front of `buf`, consuming it; `Ok(None)`:
     /// more bytes are needed.
     pub fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<SubFrame>, FrameError> {
-        if buf.len() < 5 {
-            return Ok(None);
+        match envelope::split(buf, max_len)? {
+            Some((t, payload)) => Self::parse(t, &payload).map(Some),
+            None => Ok(None),
         }
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if len > max_len {
-            return Err(FrameError::TooLarge { len, max: max_len });
-        }
-        if buf.len() < 5 + len {
-            return Ok(None);
-        }
-        let t = buf[0];
-        buf.advance(5);
-        let payload: Bytes = buf.split_to(len).freeze();
+    }
+
+    /// A frame from its type and JSON payload.
+    pub fn parse(t: u8, payload: &[u8]) -> Result<SubFrame, FrameError> {
         let bad = |e: serde_json::Error| FrameError::Malformed(e.to_string());
-        Ok(Some(match t {
-            kind::SUBSCRIBE => SubFrame::Subscribe(serde_json::from_slice(&payload).map_err(bad)?),
-            kind::ROW => SubFrame::Row(serde_json::from_slice(&payload).map_err(bad)?),
-            kind::PROGRESS => SubFrame::Progress(serde_json::from_slice(&payload).map_err(bad)?),
-            kind::LAGGED => SubFrame::Lagged(serde_json::from_slice(&payload).map_err(bad)?),
-            kind::ERROR => SubFrame::Error(serde_json::from_slice(&payload).map_err(bad)?),
+        Ok(match t {
+            kind::SUBSCRIBE => SubFrame::Subscribe(serde_json::from_slice(payload).map_err(bad)?),
+            kind::ROW => SubFrame::Row(serde_json::from_slice(payload).map_err(bad)?),
+            kind::PROGRESS => SubFrame::Progress(serde_json::from_slice(payload).map_err(bad)?),
+            kind::LAGGED => SubFrame::Lagged(serde_json::from_slice(payload).map_err(bad)?),
+            kind::ERROR => SubFrame::Error(serde_json::from_slice(payload).map_err(bad)?),
             other => {
                 return Err(FrameError::Malformed(format!(
                     "unknown frame type {other:#04x}"
                 )))
             }
-        }))
+        })
     }
 }
 

@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rustc_hash::FxHashSet;
-use sha2::{Digest, Sha256};
 
 use super::hub::{Hub, Interest, Refused};
 use super::proto::{Filter, SubError, SubFrame, Subscribe};
 use crate::aggregate::Kind;
 use crate::geo::zones::ZoneKind;
-use crate::net::admission::Unauthenticated;
-use crate::net::budget::Budget;
 use crate::reference::Reference;
+use crate::wire::admission::Unauthenticated;
+use crate::wire::budget::Budget;
 
 /// Largest SUBSCRIBE frame, bytes (an id filter of a few thousand keys).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -67,21 +66,8 @@ fn parse_kind(kind: &str) -> Option<Kind> {
 
 impl SubContext {
     fn operator(&self, token: &str) -> Option<&Operator> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Compare every hash fully: no early exit.
-        let mut found = None;
-        for op in &self.operators {
-            let same = op
-                .token_sha256
-                .iter()
-                .zip(digest)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-            if same && found.is_none() {
-                found = Some(op);
-            }
-        }
-        found
+        let hashes = self.operators.iter().map(|op| op.token_sha256);
+        crate::wire::token::find(hashes, token).map(|i| &self.operators[i])
     }
 
     /// The key number of an id of `kind`.

@@ -502,24 +502,8 @@ pub(crate) async fn raw_connect_from(
     alpn: &[u8],
     bind: &str,
 ) -> Result<quinn::Connection, String> {
-    let mut config = edgeflow::client::client_config(&node.ca).map_err(|e| e.to_string())?;
-    if alpn != edgeflow::ingest::frame::ALPN {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(&node.ca).expect("ca") {
-            roots.add(c.expect("pem")).expect("add");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls13")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![alpn.to_vec()];
-        config = quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic"),
-        ));
-    }
+    let config =
+        edgeflow::wire::tls::client_config(&node.ca, None, alpn).map_err(|e| e.to_string())?;
     let mut endpoint = quinn::Endpoint::client(bind.parse().expect("addr")).expect("endpoint");
     endpoint.set_default_client_config(config);
     endpoint

@@ -222,7 +222,7 @@ fn a_bad_hello_closes_the_connection_with_bad_hello() {
 fn a_connection_silent_for_the_idle_timeout_is_closed_and_keep_alive_holds_it() {
     let mut node = crate::ingest::start("idle_timeout = \"1s\"");
     let client = |keep_alive: Option<Duration>| {
-        let mut config = edgeflow::client::client_config(&node.ca).expect("config");
+        let mut config = edgeflow::wire::tls::client_config(&node.ca, None, ALPN).expect("config");
         let mut transport = quinn::TransportConfig::default();
         // The client would wait a minute: only the node's 1 s can close it.
         transport.max_idle_timeout(Some(Duration::from_secs(60).try_into().expect("idle")));
@@ -339,7 +339,7 @@ fn a_node_requiring_client_certificates_requires_them_of_subscribers_too() {
     runtime().block_on(async {
         let connect = |identity: Option<&(std::path::PathBuf, std::path::PathBuf)>| {
             let config =
-                edgeflow::client::client_config_for(&certs.ca, identity, SUB_ALPN).expect("config");
+                edgeflow::wire::tls::client_config(&certs.ca, identity, SUB_ALPN).expect("config");
             let mut endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into())
                 .expect("endpoint");
             endpoint.set_default_client_config(config);

@@ -341,7 +341,7 @@ fn scopes_tokens_and_bad_requests_get_their_errors() {
         let mut endpoint =
             quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
         endpoint.set_default_client_config(
-            edgeflow::client::client_config_for(&node.ca, None, ALPN).expect("config"),
+            edgeflow::wire::tls::client_config(&node.ca, None, ALPN).expect("config"),
         );
         let conn = endpoint
             .connect(node.addr(), "localhost")
@@ -388,7 +388,7 @@ fn node_charger_other_than(id: &str) -> String {
 async fn stalled_subscriber(node: &Node) -> (quinn::Connection, quinn::RecvStream) {
     let mut endpoint =
         quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).expect("endpoint");
-    let mut config = edgeflow::client::client_config_for(&node.ca, None, ALPN).expect("config");
+    let mut config = edgeflow::wire::tls::client_config(&node.ca, None, ALPN).expect("config");
     let mut transport = quinn::TransportConfig::default();
     transport.stream_receive_window(2048u32.into());
     transport.receive_window(4096u32.into());

@@ -8,27 +8,12 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use thiserror::Error;
+
+use super::envelope::{self, FrameError, HEADER_BYTES};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes read (and taken from the budget) at a time.
 pub const READ_CHUNK: usize = 64 << 10;
-
-/// Why a frame could not be read.
-#[derive(Debug, Error)]
-pub enum ReadError {
-    /// The announced length is above the limit.
-    #[error("frame of {len} bytes is larger than the limit of {max}")]
-    TooLarge {
-        /// Announced length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The stream ended or failed before the frame was complete.
-    #[error("frame cut short: {0}")]
-    CutShort(String),
-}
 
 /// Bytes buffered for frames, all connections together.
 #[derive(Debug, Clone)]
@@ -66,26 +51,26 @@ impl Budget {
         &self,
         recv: &mut quinn::RecvStream,
         max: usize,
-    ) -> Result<(BytesMut, Held), ReadError> {
-        let mut head = [0u8; 5];
+    ) -> Result<(BytesMut, Held), FrameError> {
+        let mut head = [0u8; HEADER_BYTES];
         recv.read_exact(&mut head)
             .await
-            .map_err(|e| ReadError::CutShort(format!("frame header: {e}")))?;
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            .map_err(|e| FrameError::CutShort(format!("frame header: {}", envelope::chain(&e))))?;
+        let len = envelope::length(&head);
         if len > max {
-            return Err(ReadError::TooLarge { len, max });
+            return Err(FrameError::TooLarge { len, max });
         }
         let mut held = Held(None);
-        let mut buf = BytesMut::with_capacity(5 + len.min(READ_CHUNK));
+        let mut buf = BytesMut::with_capacity(HEADER_BYTES + len.min(READ_CHUNK));
         buf.extend_from_slice(&head);
-        while buf.len() < 5 + len {
-            let n = (5 + len - buf.len()).min(READ_CHUNK);
+        while buf.len() < HEADER_BYTES + len {
+            let n = (HEADER_BYTES + len - buf.len()).min(READ_CHUNK);
             self.take(n, &mut held).await;
             let at = buf.len();
             buf.resize(at + n, 0);
             recv.read_exact(&mut buf[at..])
                 .await
-                .map_err(|e| ReadError::CutShort(e.to_string()))?;
+                .map_err(|e| FrameError::CutShort(envelope::chain(&e)))?;
         }
         Ok((buf, held))
     }
