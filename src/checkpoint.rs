@@ -45,9 +45,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::dataflow::connectors::{ChargerReading, Reading};
-use crate::pipeline::Item;
+use crate::dataflow::connectors::ChargerReading;
 use crate::reference::Reference;
+use crate::resolve::Item;
+use crate::resolve::Reading;
 use crate::time::{ChunkTimes, EventClock, Fate, TimeSpec};
 
 /// File name of the checkpoint inside the log directory.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::codec::{cbor_sequence, decode_json, CborItem};
 use crate::log::Encoding;
 use crate::model::{Record, RecordError, RejectReason};
-use crate::pipeline::Item;
+use crate::resolve::Item;
 use crate::time::{ChunkTimes, EventClock, TimeSpec};
 use std::sync::Arc;
 
@@ -105,7 +105,7 @@ impl Chunk {
         }
         let mut items = Vec::new();
         self.for_each_record(|_, record| {
-            if let Ok(item) = record.and_then(|r| crate::pipeline::resolve(&r, reference)) {
+            if let Ok(item) = record.and_then(|r| crate::resolve::resolve(&r, reference)) {
                 items.push(item);
             }
         });

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use crate::aggregate::{power_fixed, speed_fixed, SpeedSum};
-use crate::dataflow::connectors::{ChargerReading, Reading};
+use crate::aggregate::SpeedSum;
+use crate::dataflow::connectors::ChargerReading;
 use crate::dataflow::Inputs;
 use crate::input::{Chunk, ChunkClock};
-use crate::model::{Record, RecordError, RejectReason};
+use crate::model::{RecordError, RejectReason};
 use crate::reference::Reference;
+use crate::resolve::{resolve, Item, Matched};
 use crate::time::{ChunkTimes, Fate, TimeSpec};
 
 /// Distinct keys in a pre-aggregation batch before it is flushed. Bounds the
@@ -105,136 +106,6 @@ impl IngestStats {
         self.rejected[err.reason.index()] += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
             self.errors.push((line, err.to_string()));
-        }
-    }
-}
-
-/// How a vehicle report's segment was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Matched {
-    /// The vehicle named it (`segment_id`).
-    OnBoard,
-    /// The node map-matched its position ([`crate::geo::matcher`]).
-    ByNode,
-    /// It has none.
-    No(Unmatched),
-}
-
-/// A valid record reduced to what the dataflow needs, resolved against the
-/// reference data. Live ingest resolves each record once, to accept or
-/// reject it, and hands the items on with the batch, so the dataflow does
-/// not decode it again.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Item {
-    /// A vehicle report.
-    Report {
-        /// Segment index, when matched.
-        segment: Option<u32>,
-        /// Hash of the vehicle id.
-        vehicle: u64,
-        /// Event time, ms.
-        ts: u64,
-        /// Speed, µm/s.
-        speed: i64,
-        /// How its segment was found, or why there is none.
-        how: Matched,
-        /// An EV below the zone demand threshold, not charging: the H3 cell
-        /// of its position at `[zones] position_resolution`.
-        low_soc: Option<u64>,
-    },
-    /// A charger connector reading.
-    Reading {
-        /// Charger index.
-        charger: u32,
-        /// Connector number.
-        connector: u32,
-        /// The reading.
-        reading: Reading,
-    },
-}
-
-impl Item {
-    /// Event time, ms.
-    pub fn ts(&self) -> u64 {
-        match self {
-            Item::Report { ts, .. } => *ts,
-            Item::Reading { reading, .. } => reading.ts_ms,
-        }
-    }
-
-    /// The device that sent it, for the watermark's leap quorum
-    /// ([`crate::time::EventClock`]): the vehicle's id hash, or the
-    /// charger's index with the top bit set.
-    pub fn device(&self) -> u64 {
-        match self {
-            Item::Report { vehicle, .. } => *vehicle,
-            Item::Reading { charger, .. } => u64::from(*charger) | 1 << 63,
-        }
-    }
-}
-
-/// Resolves a valid record against the reference data (known charger,
-/// connector in range): what ingest rejects before acknowledging.
-pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, RecordError> {
-    match record {
-        Record::Vehicle(v) => {
-            let charging = v.ev.is_some_and(|ev| ev.charging == Some(true));
-            let zs = &reference.zone_settings;
-            let low_soc = (reference.rollups()
-                && !charging
-                && v.ev.is_some_and(|ev| ev.soc_pct < zs.low_soc_pct))
-            .then(|| crate::geo::zones::position_cell([v.lon, v.lat], zs.position_resolution))
-            .flatten();
-            let (segment, how) = match v.segment_id.as_deref() {
-                Some(id) => match reference.road(id) {
-                    Some(i) => (Some(i), Matched::OnBoard),
-                    None => (None, Matched::No(Unmatched::UnknownSegment)),
-                },
-                // Parked in a charging bay, not on the road.
-                None if charging => (None, Matched::No(Unmatched::Charging)),
-                None => match reference.matcher.locate(v.lon, v.lat, v.heading_deg) {
-                    Ok(i) => (Some(i), Matched::ByNode),
-                    Err(why) => (None, Matched::No(why)),
-                },
-            };
-            Ok(Item::Report {
-                segment,
-                vehicle: xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes()),
-                ts: v.ts_ms,
-                speed: speed_fixed(v.speed_mps),
-                how,
-                low_soc,
-            })
-        }
-        Record::Charger(c) => {
-            let charger = reference.charger(&c.charger_id).ok_or_else(|| {
-                RecordError::field(
-                    RejectReason::UnknownCharger,
-                    "charger_id",
-                    format!("{:?} is not in the charger list", c.charger_id),
-                )
-            })?;
-            let connectors = reference.chargers[charger as usize].connectors;
-            if c.connector > connectors {
-                return Err(RecordError::field(
-                    RejectReason::UnknownConnector,
-                    "connector",
-                    format!(
-                        "{} but charger {:?} has {connectors} connectors",
-                        c.connector, c.charger_id
-                    ),
-                ));
-            }
-            Ok(Item::Reading {
-                charger,
-                connector: c.connector,
-                reading: Reading {
-                    ts_ms: c.ts_ms,
-                    energy_wh: c.energy_wh,
-                    status: c.status,
-                    power_mw: power_fixed(c.power_kw),
-                },
-            })
         }
     }
 }

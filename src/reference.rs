@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use crate::geo::zones::{Membership, Zone, ZoneRegistry, ZoneSettings};
 use crate::geo::{MatchSettings, Matcher};
-use std::fmt;
-use std::path::{Path, PathBuf};
+
+use std::path::Path;
 
 use rustc_hash::FxHashMap;
 use serde_json::Value;
@@ -25,31 +25,11 @@ use crate::model::check_id;
 /// within it; a bigger file is a mistake, not a network).
 pub const MAX_REFERENCE_BYTES: u64 = 512 << 20;
 
-/// One problem found in a configuration or reference file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The file.
-    pub file: PathBuf,
-    /// Where in it (`features[3].properties.id`, `windows.size`).
-    pub place: String,
-    /// What is wrong.
-    pub message: String,
-}
+pub use crate::problem::Problem;
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.place.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.place,
-                self.message
-            )
-        }
-    }
+/// The roads' lines, in order (segment `i` is `roads[i]`).
+fn lines(roads: &[Road]) -> Vec<&[[f64; 2]]> {
+    roads.iter().map(|r| r.line.as_slice()).collect()
 }
 
 /// A road segment.
@@ -128,7 +108,7 @@ impl Reference {
             .enumerate()
             .map(|(i, c)| (c.id.clone(), i as u32))
             .collect();
-        let matcher = Matcher::new(&roads, settings);
+        let matcher = Matcher::new(&lines(&roads), settings);
         Reference {
             roads,
             chargers,
@@ -152,12 +132,20 @@ impl Reference {
     /// Zone membership of the segments and chargers for `zones` (numbering
     /// new zones in the registry).
     pub fn membership(&self, zones: &[Zone]) -> Membership {
-        crate::geo::zones::membership(self, zones, &self.zone_settings, &self.registry)
+        let lines = lines(&self.roads);
+        let positions: Vec<[f64; 2]> = self.chargers.iter().map(|c| c.position).collect();
+        crate::geo::zones::membership(
+            &lines,
+            &positions,
+            zones,
+            &self.zone_settings,
+            &self.registry,
+        )
     }
 
     /// Rebuilds the map-matching index with `settings`.
     pub fn set_matching(&mut self, settings: MatchSettings) {
-        self.matcher = Matcher::new(&self.roads, settings);
+        self.matcher = Matcher::new(&lines(&self.roads), settings);
     }
 
     /// Index of a segment id.

@@ -40,23 +40,8 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use crate::aggregate::ConnectorWindow;
-use crate::model::ConnectorStatus;
+pub use crate::resolve::Reading;
 use crate::time::TimeSpec;
-
-/// One register reading. Ordered by time first, then the other fields, so
-/// "last" and "first" are total orders and ties resolve the same way
-/// everywhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Reading {
-    /// Event time, ms.
-    pub ts_ms: u64,
-    /// Energy register, Wh.
-    pub energy_wh: u64,
-    /// Connector status.
-    pub status: ConnectorStatus,
-    /// Power, mW.
-    pub power_mw: i64,
-}
 
 /// A reading addressed to its connector and window: the input of the charging
 /// dataflow.
@@ -383,6 +368,7 @@ pub fn connector_windows<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ConnectorStatus;
 
     /// A 50 kW connector.
     const W: u64 = 50_000;

@@ -24,11 +24,9 @@
 //!
 //! An EV reporting `ev.charging = true` sits in a charging bay, not on the
 //! road: it is [`Unmatched::Charging`] before any geometry is looked at
-//! (see [`crate::pipeline::resolve`]).
+//! (see [`crate::resolve::resolve`]).
 
 use rstar::{RTree, RTreeObject, AABB};
-
-use crate::reference::Road;
 
 /// Map-matching settings (`[matching]` in the topology).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -157,10 +155,10 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// Indexes `roads` (segment `i` is `roads[i]`).
-    pub fn new(roads: &[Road], settings: MatchSettings) -> Self {
+    /// Indexes the road network's lines (segment `i` is `lines[i]`).
+    pub fn new<L: AsRef<[[f64; 2]]>>(lines: &[L], settings: MatchSettings) -> Self {
         let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
-        for p in roads.iter().flat_map(|r| &r.line) {
+        for p in lines.iter().flat_map(|l| l.as_ref()) {
             sx += p[0];
             sy += p[1];
             n += 1.0;
@@ -171,9 +169,9 @@ impl Matcher {
             Plane::default()
         };
         let mut pieces = Vec::new();
-        for (i, road) in roads.iter().enumerate() {
-            let pts: Vec<[f64; 2]> = road
-                .line
+        for (i, line) in lines.iter().enumerate() {
+            let pts: Vec<[f64; 2]> = line
+                .as_ref()
                 .iter()
                 .map(|p| plane.project(p[0], p[1]))
                 .collect();
@@ -320,15 +318,9 @@ mod tests {
         [26.94 + x / plane.kx, 60.53 + y / plane.ky]
     }
 
-    fn road(id: &str, pts: &[(f64, f64)]) -> Road {
-        Road {
-            id: id.into(),
-            free_flow_mps: 13.9,
-            lanes: 1,
-            name: None,
-            length_m: None,
-            line: pts.iter().map(|&(x, y)| at(x, y)).collect(),
-        }
+    /// A segment's line (its id only names it in the test).
+    fn road(_id: &str, pts: &[(f64, f64)]) -> Vec<[f64; 2]> {
+        pts.iter().map(|&(x, y)| at(x, y)).collect()
     }
 
     fn matcher() -> Matcher {

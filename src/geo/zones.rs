@@ -28,7 +28,7 @@ use std::sync::RwLock;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
-use crate::reference::{Problem, Reference};
+use crate::problem::Problem;
 
 /// Default state-of-charge threshold of the demand signal, percent.
 pub const DEFAULT_LOW_SOC_PCT: f64 = 20.0;
@@ -381,10 +381,12 @@ pub fn check_cover(zones: &[Zone], settings: &ZoneSettings) -> Vec<String> {
     Vec::new()
 }
 
-/// Computes membership of `reference`'s segments and chargers in `zones`
-/// and (with a resolution) H3 cells, numbering zones in `registry`.
+/// Computes membership of segments (by their lines' midpoints) and chargers
+/// (by their positions), numbered by their index, in `zones` and (with a
+/// resolution) H3 cells, numbering zones in `registry`.
 pub fn membership(
-    reference: &Reference,
+    lines: &[&[[f64; 2]]],
+    positions: &[[f64; 2]],
     zones: &[Zone],
     settings: &ZoneSettings,
     registry: &ZoneRegistry,
@@ -407,17 +409,15 @@ pub fn membership(
         }
         out
     };
-    let seg_points: Vec<(u32, Vec<(ZoneKind, String)>)> = reference
-        .roads
+    let seg_points: Vec<(u32, Vec<(ZoneKind, String)>)> = lines
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Some((i as u32, points(midpoint(&r.line)?))))
+        .filter_map(|(i, line)| Some((i as u32, points(midpoint(line)?))))
         .collect();
-    let charger_points: Vec<(u32, Vec<(ZoneKind, String)>)> = reference
-        .chargers
+    let charger_points: Vec<(u32, Vec<(ZoneKind, String)>)> = positions
         .iter()
         .enumerate()
-        .map(|(i, c)| (i as u32, points(c.position)))
+        .map(|(i, p)| (i as u32, points(*p)))
         .collect();
     // H3 cells are numbered after the named zones, in id order.
     let mut cells: Vec<&String> = seg_points
@@ -747,19 +747,19 @@ mod tests {
             (c[0] - want[0]).abs() < 1e-9 && (c[1] - want[1]).abs() < 1e-9,
             "{c:?}"
         );
-        let reference = Reference::default();
+        let registry = ZoneRegistry::default();
         let b = square("b", 20.0, 20.0, 2.0);
         // Zones of degrees: no position cells (over the limit at once).
         let settings = ZoneSettings {
             max_position_cells: 10,
             ..ZoneSettings::default()
         };
-        let m = |zones: &[Zone]| membership(&reference, zones, &settings, &reference.registry);
+        let m = |zones: &[Zone]| membership(&[], &[], zones, &settings, &registry);
         m(&[z.clone(), b.clone()]);
-        let nb = reference.registry.get("b", ZoneKind::Named).expect("b");
-        assert_eq!(reference.registry.centre(nb), Some([21.0, 21.0]));
+        let nb = registry.get("b", ZoneKind::Named).expect("b");
+        assert_eq!(registry.centre(nb), Some([21.0, 21.0]));
         m(&[z]);
-        assert_eq!(reference.registry.centre(nb), None, "b was removed");
+        assert_eq!(registry.centre(nb), None, "b was removed");
     }
 
     #[test]

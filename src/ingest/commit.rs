@@ -27,8 +27,8 @@ use crate::checkpoint::{Settings, Tracker};
 use crate::input::Chunk;
 use crate::log::disk::Disk;
 use crate::log::{Encoding, LogError, LogWriter};
-use crate::pipeline::Item;
 use crate::reference::Reference;
+use crate::resolve::Item;
 use crate::time::{ChunkTimes, Fate};
 
 /// Least time between two attempts to write a checkpoint after one failed.
@@ -511,7 +511,7 @@ mod tests {
             vehicle: 1,
             ts: 5,
             speed: 0,
-            how: crate::pipeline::Matched::OnBoard,
+            how: crate::resolve::Matched::OnBoard,
             low_soc: None,
         };
         let (bytes, items) = keep_all_but(&records, &ends, vec![item; 3], &[1]);

@@ -5,7 +5,7 @@
 use crate::codec::{cbor_items, decode_json, CborItem};
 use crate::log::Encoding;
 use crate::model::RecordError;
-use crate::pipeline::{resolve, Item};
+use crate::resolve::{resolve, Item};
 use crate::reference::Reference;
 
 use super::frame::{reason_code, Frame};

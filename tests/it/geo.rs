@@ -766,13 +766,13 @@ fn a_charging_ev_on_the_road_geometry_is_parked_not_traffic() {
     };
     let resolve = |text: String| {
         let record = edgeflow::codec::decode_json(text.as_bytes()).expect("valid");
-        edgeflow::pipeline::resolve(&record, &topo.reference).expect("resolves")
+        edgeflow::resolve::resolve(&record, &topo.reference).expect("resolves")
     };
     let how = |item| match item {
-        edgeflow::pipeline::Item::Report { how, .. } => how,
+        edgeflow::resolve::Item::Report { how, .. } => how,
         other => panic!("{other:?}"),
     };
-    use edgeflow::pipeline::Matched;
+    use edgeflow::resolve::Matched;
     assert_eq!(how(resolve(line(""))), Matched::ByNode, "on the road");
     assert_eq!(
         how(resolve(line(r#","ev":{"soc_pct":15.0,"charging":true}"#))),
@@ -780,7 +780,7 @@ fn a_charging_ev_on_the_road_geometry_is_parked_not_traffic() {
     );
     assert!(matches!(
         resolve(line(r#","ev":{"soc_pct":15.0,"charging":false}"#)),
-        edgeflow::pipeline::Item::Report {
+        edgeflow::resolve::Item::Report {
             how: Matched::ByNode,
             low_soc: Some(_),
             ..
@@ -793,7 +793,7 @@ fn a_charging_ev_on_the_road_geometry_is_parked_not_traffic() {
     );
     assert!(matches!(
         resolve(off_road),
-        edgeflow::pipeline::Item::Report {
+        edgeflow::resolve::Item::Report {
             how: Matched::No(Unmatched::OffRoad),
             low_soc: Some(_),
             ..

@@ -19,6 +19,8 @@
 //! - `faults`: one test per defect of the fault and attack probe (issue
 //!   10): records from the future, damaged logs, a shared log directory,
 //!   a full disk, changed settings, hostile clients.
+//! - `layering`: no import circle between the crate's modules; the
+//!   protocols never import each other.
 //! - `limits`: the connection-level promises of PROTOCOL.md: connection
 //!   limits over both protocols, bad HELLOs, idle timeouts, several
 //!   subscriptions per connection, mTLS for subscribers, shutting down,
@@ -34,6 +36,7 @@ mod geo;
 mod golden;
 mod ingest;
 mod interop;
+mod layering;
 mod limits;
 mod oracle;
 mod subscribe;
