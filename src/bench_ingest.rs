@@ -71,7 +71,7 @@ pub fn spawn_node(
     topology: &Path,
     extra: &str,
 ) -> anyhow::Result<(Child, std::net::SocketAddr, std::path::PathBuf)> {
-    let certs = crate::edge::make_certs(&dir.join("certs"), &["localhost".into()])?;
+    let certs = crate::node::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
     let text = format!(
         "[node]\nid = \"bench-edge\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n[windows]\n[dataflow]\nworkers = 1\n\

@@ -73,6 +73,29 @@ pub enum CheckpointError {
         /// What is wrong.
         reason: String,
     },
+    /// Entries between the checkpoint's first one and the oldest segment
+    /// are gone.
+    #[error("log {}: entries {from}..{to} are missing ({why})", dir.display())]
+    Missing {
+        /// The log directory.
+        dir: PathBuf,
+        /// The first missing entry.
+        from: u64,
+        /// The first entry present.
+        to: u64,
+        /// How they went missing.
+        why: &'static str,
+    },
+    /// The checkpoint keeps entries the log does not reach.
+    #[error("log {}: the checkpoint keeps entries from {first_seq} on, but the log ends before entry {end}: {FILE} does not belong to this log", dir.display())]
+    Foreign {
+        /// The log directory.
+        dir: PathBuf,
+        /// The checkpoint's first entry.
+        first_seq: u64,
+        /// The number after the log's last entry.
+        end: u64,
+    },
     /// The checkpoint was computed with other window settings.
     #[error("{path}: the log was checkpointed with other window settings ({differences}); its frozen windows would be rewritten. Start with the settings it was written with, or start afresh with a new [log] dir and sink dir (the old ones stay readable)")]
     Settings {
@@ -81,6 +104,44 @@ pub enum CheckpointError {
         /// Each setting that differs, `name: checkpoint → topology`.
         differences: String,
     },
+}
+
+/// Checks that a log's oldest segment starts at or before `first_seq`,
+/// where its checkpoint (if any) says the kept entries begin: else entries
+/// were deleted that nothing covers. A node checks this at start, replay
+/// before reading.
+pub fn check_oldest(
+    dir: &Path,
+    first_seq: u64,
+    has_checkpoint: bool,
+    oldest: Option<u64>,
+) -> Result<(), CheckpointError> {
+    match oldest {
+        Some(oldest) if oldest > first_seq => Err(CheckpointError::Missing {
+            dir: dir.to_owned(),
+            from: first_seq,
+            to: oldest,
+            why: if has_checkpoint {
+                "the oldest segment starts after the checkpoint's first entry"
+            } else {
+                "deleted without a checkpoint that covers them"
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that the log reaches the checkpoint's first entry (`end` is the
+/// number after its last entry): else the checkpoint is another log's.
+pub fn check_end(dir: &Path, first_seq: u64, end: u64) -> Result<(), CheckpointError> {
+    if first_seq > end {
+        return Err(CheckpointError::Foreign {
+            dir: dir.to_owned(),
+            first_seq,
+            end,
+        });
+    }
+    Ok(())
 }
 
 /// The settings a checkpoint was computed with.

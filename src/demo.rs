@@ -205,7 +205,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     for (_, name) in crate::output::FILES {
         let _ = std::fs::remove_file(args.out.join(name));
     }
-    let certs = crate::edge::make_certs(&args.out.join("certs"), &["localhost".into()])?;
+    let certs = crate::node::make_certs(&args.out.join("certs"), &["localhost".into()])?;
     let section = IngestSection {
         listen: "127.0.0.1:0".into(),
         cert: certs.cert.clone(),
@@ -245,7 +245,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         dir: args.out.clone(),
     }];
     let workers = topology.workers;
-    let node = crate::edge::start(topology, workers)?;
+    let node = crate::node::start(topology, workers)?;
     eprintln!(
         "edge node on {} (QUIC); sending {} at {}x event time",
         node.addr,
@@ -313,7 +313,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         print!("\x1b[2J\x1b[H");
     }
     println!("{view}");
-    crate::edge::print_report(&stopped);
+    crate::node::print_report(&stopped);
     println!(
         "aggregates: {0}/congestion.csv, charging.csv and zones.csv; the log (the recording): {0}/log",
         args.out.display()

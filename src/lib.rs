@@ -57,7 +57,7 @@ pub mod client;
 pub mod codec;
 pub mod dataflow;
 pub mod demo;
-pub mod edge;
+
 pub mod geo;
 pub mod ingest;
 pub mod input;

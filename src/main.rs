@@ -398,7 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let node = edgeflow::edge::start(topo, workers)?;
+            let node = edgeflow::node::start(topo, workers)?;
             eprintln!("edgeflow edge: listening on {} (QUIC, ALPN edgeflow-ingest/1); Ctrl-C or SIGTERM stops", node.addr);
             runtime.block_on(async {
                 let mut term =
@@ -413,7 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "edgeflow edge: stopping: draining connections, flushing the dataflow and sinks"
             );
             let report = node.shutdown()?;
-            edgeflow::edge::print_report(&report);
+            edgeflow::node::print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
         Command::Send {
@@ -512,7 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
         } => {
             let _ = names;
-            let (cert, key) = edgeflow::edge::issue_client_cert(&out, &name, force)?;
+            let (cert, key) = edgeflow::node::issue_client_cert(&out, &name, force)?;
             println!("client certificate: {}", cert.display());
             println!("client key: {}", key.display());
             Ok(ExitCode::SUCCESS)
@@ -523,7 +523,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client: None,
             force,
         } => {
-            let paths = edgeflow::edge::make_certs_in(&out, &names, force)?;
+            let paths = edgeflow::node::make_certs_in(&out, &names, force)?;
             println!("CA (give to clients): {}", paths.ca.display());
             println!(
                 "CA key (keep it safe; issues client certificates): {}",

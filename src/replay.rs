@@ -162,22 +162,24 @@ impl Input {
         match self {
             Input::JsonLines(_) => Ok(Resume::default()),
             Input::Log(dir) => {
-                let resume = Checkpoint::load(dir)
-                    .map_err(|e| ReplayError::Log(e.to_string()))?
+                let log = |e: &dyn std::fmt::Display| ReplayError::Log(e.to_string());
+                let checkpoint = Checkpoint::load(dir).map_err(|e| log(&e))?;
+                let resume = checkpoint
+                    .as_ref()
                     .map(|cp| cp.resume(reference))
                     .unwrap_or_default();
                 let oldest = crate::log::segments(dir)
-                    .map_err(|e| ReplayError::Log(e.to_string()))?
+                    .map_err(|e| log(&e))?
                     .first()
                     .map(|(first, _)| *first);
-                match oldest {
-                    Some(oldest) if oldest > resume.first_seq => Err(ReplayError::Log(format!(
-                        "{}: entries {}..{oldest} are missing (deleted without a checkpoint that covers them)",
-                        dir.display(),
-                        resume.first_seq
-                    ))),
-                    _ => Ok(resume),
-                }
+                crate::checkpoint::check_oldest(
+                    dir,
+                    resume.first_seq,
+                    checkpoint.is_some(),
+                    oldest,
+                )
+                .map_err(|e| log(&e))?;
+                Ok(resume)
             }
             Input::Live(live) => Ok(live.resume.clone()),
         }
@@ -288,13 +290,7 @@ fn read_chunks(
                     path.display()
                 ));
             }
-            if first_seq > end {
-                return Err(format!(
-                    "{}: the checkpoint keeps entries from {first_seq} on, but the log ends before entry {end}: {} does not belong to this log",
-                    dir.display(),
-                    crate::checkpoint::FILE
-                ));
-            }
+            crate::checkpoint::check_end(&dir, first_seq, end).map_err(|e| e.to_string())?;
         }
         Input::Live(live) => {
             for chunk in live.chunks {

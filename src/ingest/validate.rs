@@ -5,8 +5,8 @@
 use crate::codec::{cbor_items, decode_json, CborItem};
 use crate::log::Encoding;
 use crate::model::RecordError;
-use crate::resolve::{resolve, Item};
 use crate::reference::Reference;
+use crate::resolve::{resolve, Item};
 
 use super::frame::{reason_code, Frame};
 

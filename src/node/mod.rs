@@ -1,6 +1,522 @@
-//! The node: the parts of a running edge (and, later, central) node that
-//! compose the layers below: its listener serving both protocols.
+//! The edge node: QUIC ingest → durable log → dataflow → sinks.
+//!
+//! ```text
+//! QUIC connections ─ validate ─> commit thread ─ fsync ─> ACK
+//!                                     │ (bounded: backpressure)
+//!                                     v
+//!                      replay::run(Input::Live) ─> emissions ─> files sink
+//! ```
+//!
+//! On start the node opens its log (cutting a torn tail), replays every
+//! entry from its checkpoint on into a fresh dataflow (the files sink keeps
+//! the rows of windows before it), then accepts new batches; so a restarted
+//! node carries on with the state it had, and senders' resends are
+//! recognised by their batch numbers. [`EdgeHandle::shutdown`] stops
+//! accepting, lets in-flight batches finish, drains the dataflow and writes
+//! the sinks one last time.
 //!
 //! - [`listener`]: the QUIC endpoint, admission, dispatch by ALPN.
+//! - [`sinks`]: the files sinks.
+//! - [`zones`]: the zone file watcher.
+//! - [`certs`]: development certificates.
 
+pub mod certs;
+pub mod dataflow;
 pub mod listener;
+pub mod recover;
+pub mod sinks;
+pub mod zones;
+
+pub use certs::{issue_client_cert, make_certs, make_certs_in, CertPaths};
+pub use zones::ZONE_POLL;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::aggregate::Kind;
+use crate::checkpoint::{CheckpointError, Tracker};
+use crate::ingest::commit::{Committer, Retention};
+use crate::ingest::server::{IngestContext, IngestCounters};
+use crate::input::Chunk;
+use crate::log::disk::Disk;
+use crate::replay::RunSummary;
+use crate::subscribe::hub::{Hub, HubSettings};
+use crate::subscribe::server::{Operator, SubContext};
+use crate::topology::Topology;
+use crate::wire::budget::Budget;
+
+/// Chunks queued between the commit thread and the dataflow reader.
+pub const LIVE_QUEUE: usize = 64;
+/// Longest wait at shutdown for subscribers to read their last rows.
+pub const SUBSCRIBER_DRAIN: Duration = Duration::from_secs(10);
+
+/// Why a node cannot start or run.
+#[derive(Debug, Error)]
+pub enum EdgeError {
+    /// The topology lacks what the edge role needs.
+    #[error("topology: {0}")]
+    Topology(String),
+    /// The log could not be opened or replayed.
+    #[error("log: {0}")]
+    Log(#[from] crate::log::LogError),
+    /// The log's checkpoint could not be read.
+    #[error("log: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The server could not start.
+    #[error("ingest: {0}")]
+    Server(#[from] crate::node::listener::ListenError),
+    /// A thread or runtime could not start, or the dataflow failed.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+/// What a node did, reported when it stops.
+#[derive(Debug)]
+pub struct EdgeReport {
+    /// The dataflow's run summary.
+    pub summary: RunSummary,
+    /// Entries found in the log at start.
+    pub recovered_entries: u64,
+    /// Bytes of torn tail cut at start.
+    pub truncated_bytes: u64,
+    /// Log entries lost to damage skipped at start (`[log] on_corruption
+    /// = "skip"`).
+    pub skipped_entries: u64,
+    /// Ingest counters.
+    pub counters: Arc<IngestCounters>,
+}
+
+/// A running node.
+pub struct EdgeHandle {
+    /// The bound UDP address.
+    pub addr: SocketAddr,
+    /// Ingest counters, live.
+    pub counters: Arc<IngestCounters>,
+    /// The budget of buffered frame bytes, live.
+    pub budget: Budget,
+    /// Zone files loaded and handed to the dataflow since the start.
+    pub zone_reloads: Arc<AtomicU64>,
+    shutdown: watch::Sender<bool>,
+    thread: JoinHandle<Result<EdgeReport, EdgeError>>,
+}
+
+impl EdgeHandle {
+    /// Stops the node gracefully and waits for it.
+    pub fn shutdown(self) -> Result<EdgeReport, EdgeError> {
+        let _ = self.shutdown.send(true);
+        self.thread
+            .join()
+            .map_err(|_| EdgeError::Runtime("the node thread panicked".into()))?
+    }
+}
+
+/// The topology's operators, checked.
+fn operators(topology: &Topology) -> Result<Vec<Operator>, EdgeError> {
+    topology
+        .operators
+        .iter()
+        .map(|o| {
+            let mut token_sha256 = [0u8; 32];
+            hex::decode_to_slice(&o.token_sha256, &mut token_sha256)
+                .map_err(|e| EdgeError::Topology(format!("operator {}: {e}", o.name)))?;
+            let kinds = match &o.kinds {
+                None => vec![Kind::Congestion, Kind::Charging, Kind::Zone],
+                Some(k) => k
+                    .iter()
+                    .filter_map(|k| match k.as_str() {
+                        "congestion" => Some(Kind::Congestion),
+                        "charging" => Some(Kind::Charging),
+                        "zone" => Some(Kind::Zone),
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            Ok(Operator {
+                name: o.name.clone(),
+                token_sha256,
+                kinds,
+                segments: o.segments.clone(),
+                chargers: o.chargers.clone(),
+                zones: o.zones.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Starts a node; returns once it listens.
+pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError> {
+    start_on(topology, workers, Disk::real())
+}
+
+/// [`start`] with its log on `disk` (a simulated one in power-loss tests):
+/// recover (open and check the log), build (hub, zone watcher, dataflow),
+/// replay the log into the dataflow, serve (commit thread, listener).
+pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHandle, EdgeError> {
+    let ingest = topology
+        .ingest
+        .clone()
+        .ok_or_else(|| EdgeError::Topology("the edge role needs an [ingest] section".into()))?;
+    let log = topology
+        .log
+        .clone()
+        .ok_or_else(|| EdgeError::Topology("the edge role needs a [log] section".into()))?;
+    let tokens = fleet_tokens(&topology)?;
+    let recovered = recover::open(&topology, &log, disk.clone())?;
+    let built = build(&topology, &ingest, workers, &recovered.resume)?;
+    let mut tracker = Tracker::new(topology.time, &recovered.resume);
+    let replayed = recover::replay(
+        &topology,
+        &log,
+        &recovered,
+        &built.reference,
+        &mut tracker,
+        &built.live_tx,
+        &built.input_watermark,
+    )?;
+    built.recovered_to.store(replayed.window, Ordering::Release);
+    serve(Serve {
+        topology,
+        ingest,
+        log,
+        tokens,
+        disk,
+        recovered,
+        next: replayed.next,
+        tracker,
+        built,
+    })
+}
+
+/// The fleets' token hashes; at least one.
+fn fleet_tokens(topology: &Topology) -> Result<Vec<[u8; 32]>, EdgeError> {
+    let mut token_hashes = Vec::new();
+    for f in &topology.fleets {
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(&f.token_sha256, &mut h)
+            .map_err(|e| EdgeError::Topology(format!("fleet {}: {e}", f.name)))?;
+        token_hashes.push(h);
+    }
+    if token_hashes.is_empty() {
+        return Err(EdgeError::Topology(
+            "no [[fleet]]: nobody could send telemetry".into(),
+        ));
+    }
+    Ok(token_hashes)
+}
+
+/// What [`build`] starts: the dataflow fed live (with its files sinks and
+/// the subscription hub), the zone watcher, and what the listener and the
+/// commit thread need of them.
+struct Built {
+    reference: Arc<crate::reference::Reference>,
+    hub: Option<Arc<Hub>>,
+    sub_ctx: Option<Arc<SubContext>>,
+    stopping_tx: watch::Sender<bool>,
+    budget: Budget,
+    live_tx: mpsc::SyncSender<Chunk>,
+    sinks_durable: Arc<AtomicU64>,
+    zone_reloads: Arc<AtomicU64>,
+    zone_watch: Option<mpsc::Sender<()>>,
+    recovered_to: Arc<AtomicU64>,
+    dataflow: JoinHandle<Result<RunSummary, crate::replay::ReplayError>>,
+    input_watermark: Arc<AtomicU64>,
+}
+
+/// Starts the node's parts that do not listen: the subscription hub (when
+/// operators may subscribe), the zone watcher, and the dataflow thread with
+/// its files sinks, fed live from `resume` on.
+fn build(
+    topology: &Topology,
+    ingest: &crate::topology::Ingest,
+    workers: usize,
+    resume: &crate::checkpoint::Resume,
+) -> Result<Built, EdgeError> {
+    let reference = Arc::new(topology.reference.clone());
+    // Subscriptions: a hub fed by the dataflow, when operators may subscribe.
+    let operators = operators(topology)?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let hub = (!operators.is_empty()).then(|| {
+        Arc::new(Hub::new(
+            reference.clone(),
+            topology.time,
+            HubSettings {
+                min_vehicles: topology.privacy_min_vehicles,
+                max_pending: topology.sub_max_pending,
+                max_lag: topology.sub_max_lag,
+            },
+            epoch,
+        ))
+    });
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let budget = Budget::new(ingest.section.max_buffered_bytes);
+    let sub_ctx = hub.as_ref().map(|hub| {
+        Arc::new(SubContext {
+            hub: hub.clone(),
+            operators,
+            reference: reference.clone(),
+            request_timeout: ingest.hello_timeout,
+            budget: budget.clone(),
+            stopping: stopping_rx,
+        })
+    });
+    let (live_tx, live_rx) = mpsc::sync_channel::<Chunk>(LIVE_QUEUE);
+    let sinks_durable = Arc::new(AtomicU64::new(0));
+
+    // Zone file reloads.
+    let zones = zones::Watcher::start(topology.zone_file.clone(), reference.clone())
+        .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    // Set once the log is replayed: the window the replay reaches.
+    let recovered_to = Arc::new(AtomicU64::new(u64::MAX));
+    // The dataflow, fed live, and its files sinks.
+    let dataflow = dataflow::start(dataflow::Feed {
+        topology: topology.clone(),
+        reference: reference.clone(),
+        workers,
+        resume: resume.clone(),
+        hub: hub.clone(),
+        live: live_rx,
+        zones: zones.changes,
+        sinks_durable: sinks_durable.clone(),
+        recovered_to: recovered_to.clone(),
+    })?;
+    // The input watermark, as the commit thread follows the log; bounds
+    // what the hub tells subscribers.
+    let input_watermark = hub
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicU64::new(0)), |h| h.input_watermark());
+    Ok(Built {
+        reference,
+        hub,
+        sub_ctx,
+        stopping_tx,
+        budget,
+        live_tx,
+        sinks_durable,
+        zone_reloads: zones.reloads,
+        zone_watch: zones.stop,
+        recovered_to,
+        dataflow,
+        input_watermark,
+    })
+}
+
+/// Everything [`serve`] takes over.
+struct Serve {
+    topology: Topology,
+    ingest: crate::topology::Ingest,
+    log: crate::topology::LogSection,
+    tokens: Vec<[u8; 32]>,
+    disk: Disk,
+    recovered: recover::Recovered,
+    next: rustc_hash::FxHashMap<String, u64>,
+    tracker: Tracker,
+    built: Built,
+}
+
+/// Starts the commit thread on the recovered log and the listener; returns
+/// once the node listens.
+fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
+    let Serve {
+        topology,
+        ingest,
+        log,
+        tokens: token_hashes,
+        disk,
+        recovered,
+        next,
+        tracker,
+        built,
+    } = s;
+    let Built {
+        reference,
+        hub,
+        sub_ctx,
+        stopping_tx,
+        budget,
+        live_tx,
+        sinks_durable,
+        zone_reloads,
+        zone_watch,
+        recovered_to: _,
+        dataflow,
+        input_watermark,
+    } = built;
+    let handle_budget = budget.clone();
+    let recovery = recovered.recovery;
+    let retention = Retention {
+        tracker,
+        reference: reference.clone(),
+        dir: log.dir.clone(),
+        sinks_durable,
+        settings: recovered.settings,
+        disk,
+        watermark: input_watermark,
+    };
+    let counters = Arc::new(IngestCounters::default());
+    let (committer, commit_thread) = Committer::start(
+        recovered.writer,
+        next,
+        live_tx,
+        retention,
+        counters.log_failures.clone(),
+    )
+    .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    let max_future_ms = topology.time.max_future_ms;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (addr_tx, addr_rx) =
+        mpsc::channel::<Result<(SocketAddr, Arc<IngestCounters>), EdgeError>>();
+    let recovered_entries = recovery.entries;
+    let truncated_bytes = recovery.truncated_bytes;
+    let skipped_entries = recovery.skipped.iter().map(|s| s.entries).sum();
+    let thread = std::thread::Builder::new()
+        .name("edgeflow-edge".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+            let ctx = Arc::new(IngestContext::new(
+                reference,
+                token_hashes,
+                committer,
+                ingest.clone(),
+                counters,
+                max_future_ms,
+                budget,
+            ));
+            let counters = ctx.counters.clone();
+            let served = runtime.block_on(async {
+                let endpoint = match crate::node::listener::endpoint(&ingest) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(EdgeError::Server(e)));
+                        return None;
+                    }
+                };
+                let addr = endpoint.local_addr().unwrap_or(ingest.listen);
+                let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
+                let subs =
+                    crate::node::listener::serve(endpoint.clone(), ctx, sub_ctx, shutdown_rx).await;
+                Some((endpoint, subs))
+            });
+            let summary = wind_down(WindDown {
+                runtime,
+                served,
+                zone_watch,
+                commit_thread,
+                dataflow,
+                hub,
+                stopping_tx,
+            });
+            Ok(EdgeReport {
+                summary: summary?,
+                recovered_entries,
+                truncated_bytes,
+                skipped_entries,
+                counters,
+            })
+        })
+        .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    match addr_rx.recv() {
+        Ok(Ok((addr, counters))) => Ok(EdgeHandle {
+            addr,
+            counters,
+            budget: handle_budget,
+            zone_reloads,
+            shutdown: shutdown_tx,
+            thread,
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(EdgeError::Runtime("the node stopped while starting".into())),
+        },
+    }
+}
+
+/// What is left to stop once ingest has stopped serving.
+struct WindDown {
+    runtime: tokio::runtime::Runtime,
+    served: Option<(quinn::Endpoint, tokio::task::JoinSet<()>)>,
+    zone_watch: Option<mpsc::Sender<()>>,
+    commit_thread: JoinHandle<()>,
+    dataflow: JoinHandle<Result<RunSummary, crate::replay::ReplayError>>,
+    hub: Option<Arc<Hub>>,
+    stopping_tx: watch::Sender<bool>,
+}
+
+/// Stops the rest of a node, in order: every ingest connection is done, so
+/// closing the log hand-over ends the dataflow once it has taken in
+/// everything acknowledged; subscriptions go on until its last emissions,
+/// then are drained and the endpoint closed (on failure too, before the
+/// error is returned).
+fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
+    let WindDown {
+        runtime,
+        served,
+        zone_watch,
+        commit_thread,
+        dataflow,
+        hub,
+        stopping_tx,
+    } = w;
+    drop(zone_watch);
+    commit_thread
+        .join()
+        .map_err(|_| EdgeError::Runtime("the commit thread panicked".into()))?;
+    let summary = dataflow
+        .join()
+        .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))
+        .and_then(|r| r.map_err(|e| EdgeError::Runtime(e.to_string())));
+    if let Some(hub) = &hub {
+        hub.close();
+    }
+    let _ = stopping_tx.send(true);
+    if let Some((endpoint, mut subs)) = served {
+        runtime.block_on(async {
+            let drained = async { while subs.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(SUBSCRIBER_DRAIN, drained).await;
+            endpoint.close(
+                quinn::VarInt::from_u32(crate::ingest::frame::ErrorCode::ShuttingDown as u32),
+                b"shutting down",
+            );
+            endpoint.wait_idle().await;
+        });
+    }
+    drop(runtime);
+    summary
+}
+
+/// Prints a node's report to stderr.
+pub fn print_report(r: &EdgeReport) {
+    let c = &r.counters;
+    eprintln!(
+        "edge stopped: {} connections, {} batches acknowledged ({} resends recognised), {} records accepted, {} rejected ({} too late), {} datagrams, {} failed log writes",
+        c.connections.load(Ordering::Relaxed),
+        c.batches.load(Ordering::Relaxed),
+        c.duplicates.load(Ordering::Relaxed),
+        c.accepted.load(Ordering::Relaxed),
+        c.rejected.load(Ordering::Relaxed),
+        c.expired.load(Ordering::Relaxed),
+        c.datagrams.load(Ordering::Relaxed),
+        c.log_failures.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "  log: {} entries recovered at start ({} torn bytes cut); dataflow: {} records, {} windows final, {} corrections",
+        r.recovered_entries, r.truncated_bytes, r.summary.ingest.records, r.summary.emitted.finals, r.summary.emitted.corrections
+    );
+}

@@ -217,7 +217,7 @@ fn damage_inside_the_newest_log_segment_stops_the_node_instead_of_cutting_acknow
     bytes[at] ^= 0x20;
     std::fs::write(&newest, &bytes).expect("write");
     let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
-    match edgeflow::edge::start(topo, 1) {
+    match edgeflow::node::start(topo, 1) {
         Err(e) => {
             let e = e.to_string();
             assert!(e.contains("corrupt at byte") && e.contains(".seg"), "{e}");
@@ -290,7 +290,7 @@ fn damage_inside_the_newest_log_segment_stops_the_node_instead_of_cutting_acknow
 fn two_nodes_on_one_log_directory_the_second_is_refused() {
     let mut node = start("");
     let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
-    match edgeflow::edge::start(topo, 1) {
+    match edgeflow::node::start(topo, 1) {
         Err(e) => assert!(e.to_string().contains("another node"), "{e}"),
         Ok(_) => panic!("a second node shares the log"),
     }
@@ -336,7 +336,7 @@ fn changed_retention_over_a_checkpoint_is_refused_not_silently_rewritten() {
         text.replace("retention = \"60s\"", "retention = \"15m\""),
     )
     .expect("write");
-    match edgeflow::edge::start(Topology::load(&toml).expect("valid"), 1) {
+    match edgeflow::node::start(Topology::load(&toml).expect("valid"), 1) {
         Err(e) => {
             let e = e.to_string();
             assert!(e.contains("windows.retention: 1m → 15m"), "{e}");
@@ -801,7 +801,7 @@ fn power_loss_at_random_points_loses_nothing_acknowledged_and_counts_nothing_twi
         node.stop();
         let disk = edgeflow::log::disk::Disk::simulated();
         let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
-        node.handle = Some(edgeflow::edge::start_on(topo, 2, disk.clone()).expect("starts"));
+        node.handle = Some(edgeflow::node::start_on(topo, 2, disk.clone()).expect("starts"));
         let delay = run_rng.next() % 700;
         let acked: Vec<Option<u64>> = rt.block_on(async {
             let send = |k: usize| send_until_refused(&node, &senders[k].0, &senders[k].1);
@@ -825,7 +825,7 @@ fn power_loss_at_random_points_loses_nothing_acknowledged_and_counts_nothing_twi
         lost_total.entries_undone += lost.entries_undone;
         // It must start again: a torn tail is cut, never taken for damage.
         node.handle = Some(
-            edgeflow::edge::start(
+            edgeflow::node::start(
                 Topology::load(&node.dir.path().join("edge.toml")).expect("valid"),
                 2,
             )

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edgeflow::client::{SendOptions, SendReport};
-use edgeflow::edge::{make_certs, EdgeHandle};
 use edgeflow::ingest::frame::{ErrorCode, Frame};
 use edgeflow::log::Encoding;
+use edgeflow::node::{make_certs, EdgeHandle};
 use edgeflow::topology::Topology;
 use sha2::{Digest, Sha256};
 
@@ -60,7 +60,7 @@ pub(crate) fn start_with(topology: impl Fn(&Path) -> String) -> Node {
 
 pub(crate) fn restart_in(dir: &Path) -> EdgeHandle {
     let topo = Topology::load(&dir.join("edge.toml")).unwrap_or_else(|p| panic!("{p:?}"));
-    edgeflow::edge::start(topo, 2).expect("node starts")
+    edgeflow::node::start(topo, 2).expect("node starts")
 }
 
 impl Node {
@@ -91,7 +91,7 @@ impl Node {
             identity: None,
         }
     }
-    pub(crate) fn stop(&mut self) -> edgeflow::edge::EdgeReport {
+    pub(crate) fn stop(&mut self) -> edgeflow::node::EdgeReport {
         self.handle
             .take()
             .expect("running")
@@ -295,7 +295,7 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
     foreign.first_seq = 1_000_000;
     foreign.store(&log).expect("store");
     let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
-    match edgeflow::edge::start(topo, 1) {
+    match edgeflow::node::start(topo, 1) {
         Err(e) => assert!(e.to_string().contains("does not belong"), "{e}"),
         Ok(_) => panic!("a node started on a foreign checkpoint"),
     }

@@ -328,7 +328,7 @@ fn several_subscriptions_share_one_connection() {
 #[test]
 fn a_node_requiring_client_certificates_requires_them_of_subscribers_too() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = edgeflow::edge::make_certs(dir.path(), &["localhost".into()]).expect("certs");
+    let certs = edgeflow::node::make_certs(dir.path(), &["localhost".into()]).expect("certs");
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(CITY.as_bytes()));
     let text = topology_text(dir.path(), "client_ca = \"ca.pem\"")
         + &format!("[[operator]]\nname = \"city\"\ntoken_sha256 = \"{hash}\"\n");
@@ -412,7 +412,7 @@ fn a_subscribe_still_arriving_at_a_stop_is_answered_shutting_down() {
 fn sigint_drains_the_node_and_exits_zero() {
     let _deadline = crate::support::deadline();
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = edgeflow::edge::make_certs(dir.path(), &["localhost".into()]).expect("certs");
+    let certs = edgeflow::node::make_certs(dir.path(), &["localhost".into()]).expect("certs");
     std::fs::write(dir.path().join("edge.toml"), topology_text(dir.path(), "")).expect("topology");
     let (mut child, addr) = spawn_edge(dir.path());
     let sent = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"))

@@ -1,0 +1,110 @@
+//! The node's dataflow thread: the live input (the log's batches, zone
+//! changes) through [`crate::replay::run`], every batch of emissions to the
+//! files sinks and the subscription hub. At start the files sinks keep the
+//! rows of frozen windows (before the checkpoint); the kept log rebuilds
+//! the rest.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::sinks::FilesSinks;
+use super::EdgeError;
+use crate::checkpoint::Resume;
+use crate::input::Chunk;
+use crate::output::FinalTable;
+use crate::reference::Reference;
+use crate::replay::{Input, ReplayError, ReplayOptions, RunSummary, ZoneChange};
+use crate::subscribe::hub::Hub;
+use crate::topology::{SinkSection, Topology};
+
+/// What the dataflow thread is fed and feeds.
+pub struct Feed {
+    /// The node's topology.
+    pub topology: Topology,
+    /// Its reference data.
+    pub reference: Arc<Reference>,
+    /// Worker threads.
+    pub workers: usize,
+    /// Where the log starts.
+    pub resume: Resume,
+    /// The subscription hub, when operators may subscribe.
+    pub hub: Option<Arc<Hub>>,
+    /// The log's batches, in order.
+    pub live: mpsc::Receiver<Chunk>,
+    /// Zone membership changes.
+    pub zones: Option<mpsc::Receiver<ZoneChange>>,
+    /// Where the files sinks publish how far they are durable.
+    pub sinks_durable: Arc<AtomicU64>,
+    /// The window the log replay reaches: no sink write before it.
+    pub recovered_to: Arc<AtomicU64>,
+}
+
+/// Starts the dataflow thread; it ends when the live input ends, with the
+/// run's summary (an error if the sinks' last write failed).
+pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, ReplayError>>, EdgeError> {
+    let Feed {
+        topology,
+        reference,
+        workers,
+        resume,
+        hub: hub_df,
+        live: live_rx,
+        zones: zone_rx,
+        sinks_durable,
+        recovered_to,
+    } = feed;
+    let mut table = FinalTable::default();
+    for sink in &topology.sinks {
+        let SinkSection::Files { dir } = sink;
+        // Rows of frozen windows only: the kept log rebuilds the rest.
+        let (spec, horizon) = (topology.time, resume.horizon);
+        let warnings = table
+            .load_csv(dir, &reference, |k| spec.retire_at(k.window) <= horizon)
+            .map_err(|e| EdgeError::Runtime(format!("files sink {}: {e}", dir.display())))?;
+        for w in warnings {
+            eprintln!("edgeflow: files sink: {w}");
+        }
+    }
+    std::thread::Builder::new()
+        .name("edgeflow-dataflow".into())
+        .spawn(move || {
+            let sink = std::cell::RefCell::new(FilesSinks::new(
+                table,
+                &topology,
+                &recovered_to,
+                &sinks_durable,
+            ));
+            let summary = crate::replay::run(
+                Input::Live(crate::replay::Live {
+                    chunks: live_rx,
+                    resume,
+                    zones: zone_rx,
+                }),
+                reference,
+                topology.time,
+                ReplayOptions {
+                    // Provisional values only when someone can see them.
+                    provisional: hub_df.is_some(),
+                    ..ReplayOptions::new(workers)
+                },
+                |batch| {
+                    sink.borrow_mut().apply(batch);
+                    if let Some(hub) = &hub_df {
+                        hub.publish(batch);
+                    }
+                },
+                // Called when no emission came for a while: write what
+                // is still unwritten.
+                |_| sink.borrow_mut().write_if_due(),
+            );
+            let written = sink.into_inner().finish();
+            summary.and_then(|s| {
+                written.then_some(s).ok_or_else(|| {
+                    ReplayError::Dataflow("the files sink's last write failed (see above)".into())
+                })
+            })
+        })
+        .map_err(|e| EdgeError::Runtime(e.to_string()))
+}
