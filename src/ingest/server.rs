@@ -27,7 +27,8 @@ use crate::wire::envelope::FrameError;
 /// Largest HELLO frame, bytes.
 pub const MAX_HELLO_BYTES: usize = 1024;
 
-/// Counters of the ingest server (published as metrics by the node).
+/// Counters of the ingest server, live in the node's handle and printed in
+/// its report at a stop.
 #[derive(Debug, Default)]
 pub struct IngestCounters {
     /// Connections accepted.

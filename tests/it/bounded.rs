@@ -40,6 +40,7 @@ fn run(minutes: u64, workers: usize) -> RunSummary {
         spec,
         ReplayOptions {
             flush_records: 2_000,
+            measure_state: true,
             ..ReplayOptions::new(workers)
         },
         |_| {},
