@@ -64,18 +64,41 @@ pub fn peak_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A benchmark's node process: stopped with SIGTERM (and reaped) when
+/// dropped, on every path, so a failed benchmark leaves no node behind.
+pub struct NodeProcess(Child);
+
+impl NodeProcess {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a node for benchmarks in `dir` (certificates, log) on the road
-/// network next to `topology`; `extra` is appended to its topology.
+/// network next to `topology`; `extra` is appended to its topology. All its
+/// load comes from one address (loopback), so the per-source limit on
+/// unauthenticated connections is lifted to the connection limit.
 pub fn spawn_node(
     dir: &Path,
     topology: &Path,
     extra: &str,
-) -> anyhow::Result<(Child, std::net::SocketAddr, std::path::PathBuf)> {
+) -> anyhow::Result<(NodeProcess, std::net::SocketAddr, std::path::PathBuf)> {
     let certs = crate::node::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
     let text = format!(
         "[node]\nid = \"bench-edge\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n[windows]\n[dataflow]\nworkers = 1\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nmax_connections = 20000\nmax_records_per_s = 10000000\n\
+         max_unauthenticated = 20000\nmax_unauthenticated_per_source = 20000\n\
          [log]\ndir = \"{}\"\n[[fleet]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n",
         base.join("karhula/roads.geojson").display(),
         base.join("karhula/chargers.geojson").display(),
@@ -87,7 +110,7 @@ pub fn spawn_node(
     let path = dir.join("edge.toml");
     std::fs::write(&path, text + extra)?;
     let (child, addr) = spawn_edge_process(&std::env::current_exe()?, &path)?;
-    Ok((child, addr, certs.ca))
+    Ok((NodeProcess(child), addr, certs.ca))
 }
 
 /// Starts `exe edge --topology topology` and returns it with the address it
@@ -144,7 +167,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
     let topo =
         crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let reference = Arc::new(topo.reference);
-    let (mut node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
+    let (node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
     let target = SendOptions {
         to: addr,
         server_name: "localhost".into(),
@@ -188,9 +211,6 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
             "node_peak_rss_bytes": peak_rss(node.id()),
         })
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &node.id().to_string()])
-        .status();
-    let _ = node.wait();
+    drop(node);
     Ok(result)
 }

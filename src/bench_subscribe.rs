@@ -128,7 +128,7 @@ fn phase(
         hex::encode(Sha256::digest(OPERATOR.as_bytes()))
     );
     let result = (|| {
-        let (mut node, addr, ca) = spawn_node(&dir, &args.topology, &extra)?;
+        let (node, addr, ca) = spawn_node(&dir, &args.topology, &extra)?;
         let topo = crate::topology::Topology::load(&args.topology)
             .map_err(|p| anyhow::anyhow!("{p:?}"))?;
         let reference = Arc::new(topo.reference);
@@ -219,10 +219,7 @@ fn phase(
         let report = runtime.block_on(crate::loadgen::run(&load, reference))?;
         stop.store(true, Ordering::Relaxed);
         let rss = peak_rss(node.id());
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &node.id().to_string()])
-            .status();
-        let _ = node.wait();
+        drop(node);
         runtime.shutdown_timeout(Duration::from_secs(5));
         Ok(serde_json::json!({
             "subscribers": subscribers,
