@@ -167,6 +167,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 3] = [Kind::Congestion, Kind::Charging, Kind::Zone];
+
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -174,6 +177,18 @@ impl Kind {
             Kind::Charging => "charging",
             Kind::Zone => "zone",
         }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    /// From its lower-case name; the error says which names there are.
+    fn from_str(name: &str) -> Result<Kind, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| format!("{name:?}: expected congestion, charging or zone"))
     }
 }
 

@@ -127,16 +127,9 @@ fn operators(topology: &Topology) -> Result<Vec<Operator>, EdgeError> {
             hex::decode_to_slice(&o.token_sha256, &mut token_sha256)
                 .map_err(|e| EdgeError::Topology(format!("operator {}: {e}", o.name)))?;
             let kinds = match &o.kinds {
-                None => vec![Kind::Congestion, Kind::Charging, Kind::Zone],
-                Some(k) => k
-                    .iter()
-                    .filter_map(|k| match k.as_str() {
-                        "congestion" => Some(Kind::Congestion),
-                        "charging" => Some(Kind::Charging),
-                        "zone" => Some(Kind::Zone),
-                        _ => None,
-                    })
-                    .collect(),
+                None => Kind::ALL.to_vec(),
+                // Validated with the topology: every name parses.
+                Some(k) => k.iter().filter_map(|k| k.parse().ok()).collect(),
             };
             Ok(Operator {
                 name: o.name.clone(),

@@ -55,15 +55,6 @@ pub struct SubContext {
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-fn parse_kind(kind: &str) -> Option<Kind> {
-    match kind {
-        "congestion" => Some(Kind::Congestion),
-        "charging" => Some(Kind::Charging),
-        "zone" => Some(Kind::Zone),
-        _ => None,
-    }
-}
-
 impl SubContext {
     fn operator(&self, token: &str) -> Option<&Operator> {
         let hashes = self.operators.iter().map(|op| op.token_sha256);
@@ -112,14 +103,9 @@ impl SubContext {
         let Some(op) = self.operator(&req.token) else {
             return refuse(SubError::Unauthorized, "unknown operator token".into());
         };
-        let Some(kind) = parse_kind(&req.kind) else {
-            return refuse(
-                SubError::UnknownKey,
-                format!(
-                    "unknown kind {:?}: expected congestion, charging or zone",
-                    req.kind
-                ),
-            );
+        let kind = match req.kind.parse::<Kind>() {
+            Ok(kind) => kind,
+            Err(why) => return refuse(SubError::UnknownKey, format!("unknown kind {why}")),
         };
         if !op.kinds.contains(&kind) {
             return refuse(

@@ -491,12 +491,8 @@ impl Topology {
                 );
             }
             for (i, k) in op.kinds.iter().flatten().enumerate() {
-                if !["congestion", "charging", "zone"].contains(&k.as_str()) {
-                    push(
-                        &mut problems,
-                        &format!("operator[{n}].kinds[{i}]"),
-                        &format!("{k:?}: expected congestion, charging or zone"),
-                    );
+                if let Err(why) = k.parse::<crate::aggregate::Kind>() {
+                    push(&mut problems, &format!("operator[{n}].kinds[{i}]"), &why);
                 }
             }
         }
