@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use crate::client::{SendOptions, SendReport};
 use crate::log::Encoding;
-use crate::topology::{FleetSection, Ingest, IngestSection, LogSection, SinkSection, Topology};
+use crate::topology::{Fleet, Ingest, IngestSection, LogSection, SinkSection, Topology};
 
 const TOKEN: &str = "edgeflow-demo-token";
 
@@ -237,9 +236,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         dir: log_dir,
         segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
     });
-    topology.fleets = vec![FleetSection {
+    topology.fleets = vec![Fleet {
         name: "demo".into(),
-        token_sha256: hex::encode(Sha256::digest(TOKEN.as_bytes())),
+        token_sha256: crate::wire::token::digest(TOKEN),
     }];
     topology.sinks = vec![SinkSection::Files {
         dir: args.out.clone(),

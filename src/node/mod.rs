@@ -40,7 +40,6 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::aggregate::Kind;
 use crate::checkpoint::{CheckpointError, Tracker};
 use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{IngestContext, IngestCounters};
@@ -48,7 +47,7 @@ use crate::input::Chunk;
 use crate::log::disk::Disk;
 use crate::replay::RunSummary;
 use crate::subscribe::hub::{Hub, HubSettings};
-use crate::subscribe::server::{Operator, SubContext};
+use crate::subscribe::server::SubContext;
 use crate::topology::Topology;
 use crate::wire::budget::Budget;
 
@@ -117,32 +116,6 @@ impl EdgeHandle {
     }
 }
 
-/// The topology's operators, checked.
-fn operators(topology: &Topology) -> Result<Vec<Operator>, EdgeError> {
-    topology
-        .operators
-        .iter()
-        .map(|o| {
-            let mut token_sha256 = [0u8; 32];
-            hex::decode_to_slice(&o.token_sha256, &mut token_sha256)
-                .map_err(|e| EdgeError::Topology(format!("operator {}: {e}", o.name)))?;
-            let kinds = match &o.kinds {
-                None => Kind::ALL.to_vec(),
-                // Validated with the topology: every name parses.
-                Some(k) => k.iter().filter_map(|k| k.parse().ok()).collect(),
-            };
-            Ok(Operator {
-                name: o.name.clone(),
-                token_sha256,
-                kinds,
-                segments: o.segments.clone(),
-                chargers: o.chargers.clone(),
-                zones: o.zones.clone(),
-            })
-        })
-        .collect()
-}
-
 /// Starts a node; returns once it listens.
 pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError> {
     start_on(topology, workers, Disk::real())
@@ -189,19 +162,12 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
 
 /// The fleets' token hashes; at least one.
 fn fleet_tokens(topology: &Topology) -> Result<Vec<[u8; 32]>, EdgeError> {
-    let mut token_hashes = Vec::new();
-    for f in &topology.fleets {
-        let mut h = [0u8; 32];
-        hex::decode_to_slice(&f.token_sha256, &mut h)
-            .map_err(|e| EdgeError::Topology(format!("fleet {}: {e}", f.name)))?;
-        token_hashes.push(h);
-    }
-    if token_hashes.is_empty() {
+    if topology.fleets.is_empty() {
         return Err(EdgeError::Topology(
             "no [[fleet]]: nobody could send telemetry".into(),
         ));
     }
-    Ok(token_hashes)
+    Ok(topology.fleets.iter().map(|f| f.token_sha256).collect())
 }
 
 /// What [`build`] starts: the dataflow fed live (with its files sinks and
@@ -233,7 +199,7 @@ fn build(
 ) -> Result<Built, EdgeError> {
     let reference = Arc::new(topology.reference.clone());
     // Subscriptions: a hub fed by the dataflow, when operators may subscribe.
-    let operators = operators(topology)?;
+    let operators = topology.operators.clone();
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

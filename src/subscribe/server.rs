@@ -21,22 +21,7 @@ use crate::wire::budget::Budget;
 /// Largest SUBSCRIBE frame, bytes (an id filter of a few thousand keys).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
-/// An operator as the server checks it.
-#[derive(Clone, Debug)]
-pub struct Operator {
-    /// Name (for logs).
-    pub name: String,
-    /// SHA-256 of its token.
-    pub token_sha256: [u8; 32],
-    /// Kinds it may see.
-    pub kinds: Vec<Kind>,
-    /// Keys it may see per kind, by id; `None`: all of that kind.
-    pub segments: Option<Vec<String>>,
-    /// Chargers, by id.
-    pub chargers: Option<Vec<String>>,
-    /// Zones, by id.
-    pub zones: Option<Vec<String>>,
-}
+pub use crate::topology::Operator;
 
 /// What the subscription server needs.
 pub struct SubContext {

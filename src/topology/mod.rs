@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::aggregate::Kind;
 use crate::geo::zones::ZoneSettings;
 use crate::geo::MatchSettings;
 use crate::reference::{Problem, Reference};
@@ -286,6 +287,42 @@ fn default_workers() -> usize {
     1
 }
 
+/// A fleet allowed to send telemetry.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    /// Name.
+    pub name: String,
+    /// SHA-256 of its token.
+    pub token_sha256: [u8; 32],
+}
+
+/// A mobility operator and its scopes, as the subscription server checks
+/// them.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    /// Name (for logs).
+    pub name: String,
+    /// SHA-256 of its token.
+    pub token_sha256: [u8; 32],
+    /// Kinds it may see.
+    pub kinds: Vec<Kind>,
+    /// Segments it may see, by id; `None`: all.
+    pub segments: Option<Vec<String>>,
+    /// Chargers, by id.
+    pub chargers: Option<Vec<String>>,
+    /// Zones, by id.
+    pub zones: Option<Vec<String>>,
+}
+
+/// A SHA-256 written as 64 lower-case hex characters.
+fn token_hash(hex_text: &str) -> Option<[u8; 32]> {
+    let lower = hex_text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let mut hash = [0u8; 32];
+    (lower && hex::decode_to_slice(hex_text, &mut hash).is_ok()).then_some(hash)
+}
+
 /// A loaded, validated topology with its reference data.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -306,14 +343,14 @@ pub struct Topology {
     pub ingest: Option<Ingest>,
     /// Log directory and segment size, with the path resolved.
     pub log: Option<LogSection>,
-    /// Fleets.
-    pub fleets: Vec<FleetSection>,
+    /// Fleets, with their token hashes decoded.
+    pub fleets: Vec<Fleet>,
     /// Sinks, with paths resolved.
     pub sinks: Vec<SinkSection>,
     /// The named zone file, resolved (its zones are in `reference`).
     pub zone_file: Option<PathBuf>,
-    /// Operators.
-    pub operators: Vec<OperatorSection>,
+    /// Operators, with their token hashes and kinds decoded.
+    pub operators: Vec<Operator>,
     /// `privacy.min_vehicles`.
     pub privacy_min_vehicles: u64,
     /// `subscriptions.max_pending`.
@@ -463,37 +500,50 @@ impl Topology {
             .ingest
             .as_ref()
             .and_then(|i| ingest::check(i, base, path, &mut problems));
+        let mut fleets = Vec::new();
         for (n, fleet) in file.fleet.iter().enumerate() {
-            let ok = fleet.token_sha256.len() == 64
-                && fleet
-                    .token_sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !ok {
-                push(
+            match token_hash(&fleet.token_sha256) {
+                Some(token_sha256) => fleets.push(Fleet {
+                    name: fleet.name.clone(),
+                    token_sha256,
+                }),
+                None => push(
                     &mut problems,
                     &format!("fleet[{n}].token_sha256"),
                     "must be 64 lower-case hex characters (sha256sum of the token)",
-                );
+                ),
             }
         }
+        let mut operators = Vec::new();
         for (n, op) in file.operator.iter().enumerate() {
-            let ok = op.token_sha256.len() == 64
-                && op
-                    .token_sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if !ok {
+            let token_sha256 = token_hash(&op.token_sha256);
+            if token_sha256.is_none() {
                 push(
                     &mut problems,
                     &format!("operator[{n}].token_sha256"),
                     "must be 64 lower-case hex characters (sha256sum of the token)",
                 );
             }
+            let mut kinds = Vec::new();
             for (i, k) in op.kinds.iter().flatten().enumerate() {
-                if let Err(why) = k.parse::<crate::aggregate::Kind>() {
-                    push(&mut problems, &format!("operator[{n}].kinds[{i}]"), &why);
+                match k.parse::<Kind>() {
+                    Ok(kind) => kinds.push(kind),
+                    Err(why) => push(&mut problems, &format!("operator[{n}].kinds[{i}]"), &why),
                 }
+            }
+            if let Some(token_sha256) = token_sha256 {
+                operators.push(Operator {
+                    name: op.name.clone(),
+                    token_sha256,
+                    kinds: if op.kinds.is_some() {
+                        kinds
+                    } else {
+                        Kind::ALL.to_vec()
+                    },
+                    segments: op.segments.clone(),
+                    chargers: op.chargers.clone(),
+                    zones: op.zones.clone(),
+                });
             }
         }
         let privacy_min_vehicles = file.privacy.min_vehicles.unwrap_or(DEFAULT_MIN_VEHICLES);
@@ -653,10 +703,10 @@ impl Topology {
                 reference,
                 ingest,
                 log,
-                fleets: file.fleet,
+                fleets,
                 sinks,
                 zone_file,
-                operators: file.operator,
+                operators,
                 privacy_min_vehicles,
                 sub_max_pending,
                 sub_max_lag,
