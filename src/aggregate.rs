@@ -5,7 +5,6 @@
 //! the result cannot depend on how records were split among workers or
 //! batches; floating point appears only when a row is printed.
 
-use std::fmt::Write as _;
 use std::ops::AddAssign;
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Semigroup};
@@ -350,6 +349,114 @@ pub const CHARGING_HEADER: &str =
 /// CSV header of zone rows.
 pub const ZONES_HEADER: &str = "zone_id,zone_type,window_start_ms,window_end_ms,samples,vehicles,segments,mean_speed_ratio,jammed_segments,chargers,energy_wh,power_kw,occupied,connectors,faulted,low_soc_evs";
 
+/// One field of an aggregate row, as TELEMETRY.md §4 prints it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Field {
+    /// Text (ids, `level`, `zone_type`).
+    Text(String),
+    /// A number, printed (integers in full, decimals rounded as §4 says);
+    /// subscriptions send the same figure as a JSON number.
+    Number(String),
+    /// Nothing (a zone's `mean_speed_ratio` without samples).
+    Empty,
+}
+
+impl Field {
+    /// As printed in a CSV row.
+    pub fn text(&self) -> &str {
+        match self {
+            Field::Text(t) | Field::Number(t) => t,
+            Field::Empty => "",
+        }
+    }
+}
+
+/// The fields of the row of `key`/`value` (TELEMETRY.md §3-4), named by
+/// the CSV header of its kind, in its order: the one field list both the
+/// CSV writer and the subscription rows use. `None` when the key is not in
+/// the reference data.
+pub fn fields(
+    reference: &Reference,
+    window_ms: u64,
+    key: &AggKey,
+    value: &AggValue,
+) -> Option<Vec<(&'static str, Field)>> {
+    let end = key.window + window_ms;
+    let int = |n: &dyn std::fmt::Display| Field::Number(n.to_string());
+    let dec = |x: f64, places: usize| Field::Number(format!("{x:.places$}"));
+    let window = [
+        ("window_start_ms", int(&key.window)),
+        ("window_end_ms", int(&end)),
+    ];
+    Some(match value {
+        AggValue::Congestion(c) => {
+            let road = reference.roads.get(key.key as usize)?;
+            let mean = c.mean_speed_mps();
+            let ratio = mean / road.free_flow_mps;
+            let mut f = vec![("segment_id", Field::Text(road.id.clone()))];
+            f.extend(window);
+            f.extend([
+                ("samples", int(&c.samples)),
+                ("vehicles", int(&c.vehicles)),
+                ("mean_speed_mps", dec(mean, 4)),
+                (
+                    "free_flow_mps",
+                    Field::Number(road.free_flow_mps.to_string()),
+                ),
+                ("speed_ratio", dec(ratio, 4)),
+                ("level", Field::Text(level(ratio).to_string())),
+            ]);
+            f
+        }
+        AggValue::Charging(c) => {
+            let charger = reference.chargers.get(key.key as usize)?;
+            let mut f = vec![("charger_id", Field::Text(charger.id.clone()))];
+            f.extend(window);
+            f.extend([
+                ("energy_wh", int(&c.energy_wh)),
+                (
+                    "mean_power_kw",
+                    dec(c.mean_power_mw as f64 / POWER_SCALE, 3),
+                ),
+                ("occupied", int(&c.occupied)),
+                ("connectors", int(&u64::from(charger.connectors))),
+                (
+                    "utilization",
+                    dec(c.occupied as f64 / charger.connectors as f64, 4),
+                ),
+                ("faulted", int(&c.faulted)),
+            ]);
+            f
+        }
+        AggValue::Zone(z) => {
+            let (id, kind) = reference.registry.id(key.key)?;
+            let mut f = vec![
+                ("zone_id", Field::Text(id)),
+                ("zone_type", Field::Text(kind.as_str().to_owned())),
+            ];
+            f.extend(window);
+            f.extend([
+                ("samples", int(&z.samples)),
+                ("vehicles", int(&z.vehicles)),
+                ("segments", int(&z.segments)),
+                (
+                    "mean_speed_ratio",
+                    z.mean_speed_ratio().map_or(Field::Empty, |r| dec(r, 4)),
+                ),
+                ("jammed_segments", int(&z.jammed)),
+                ("chargers", int(&z.chargers)),
+                ("energy_wh", int(&z.energy_wh)),
+                ("power_kw", dec(z.power_mw as f64 / POWER_SCALE, 3)),
+                ("occupied", int(&z.occupied)),
+                ("connectors", int(&z.connectors)),
+                ("faulted", int(&z.faulted)),
+                ("low_soc_evs", int(&z.low_soc_evs)),
+            ]);
+            f
+        }
+    })
+}
+
 /// Appends the CSV row of `key`/`value` (TELEMETRY.md §4) to `out`, without
 /// a newline. Returns false when the key is not in the reference data.
 pub fn write_csv_row(
@@ -359,71 +466,14 @@ pub fn write_csv_row(
     key: &AggKey,
     value: &AggValue,
 ) -> bool {
-    let end = key.window + window_ms;
-    match value {
-        AggValue::Congestion(c) => {
-            let Some(road) = reference.roads.get(key.key as usize) else {
-                return false;
-            };
-            let mean = c.mean_speed_mps();
-            let ratio = mean / road.free_flow_mps;
-            let _ = write!(
-                out,
-                "{},{},{},{},{},{:.4},{},{:.4},{}",
-                road.id,
-                key.window,
-                end,
-                c.samples,
-                c.vehicles,
-                mean,
-                road.free_flow_mps,
-                ratio,
-                level(ratio)
-            );
+    let Some(fields) = fields(reference, window_ms, key, value) else {
+        return false;
+    };
+    for (i, (_, field)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
-        AggValue::Charging(c) => {
-            let Some(charger) = reference.chargers.get(key.key as usize) else {
-                return false;
-            };
-            let _ = write!(
-                out,
-                "{},{},{},{},{:.3},{},{},{:.4},{}",
-                charger.id,
-                key.window,
-                end,
-                c.energy_wh,
-                c.mean_power_mw as f64 / POWER_SCALE,
-                c.occupied,
-                charger.connectors,
-                c.occupied as f64 / charger.connectors as f64,
-                c.faulted
-            );
-        }
-        AggValue::Zone(z) => {
-            let Some((id, kind)) = reference.registry.id(key.key) else {
-                return false;
-            };
-            let _ = write!(
-                out,
-                "{id},{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{}",
-                kind.as_str(),
-                key.window,
-                end,
-                z.samples,
-                z.vehicles,
-                z.segments,
-                z.mean_speed_ratio()
-                    .map_or(String::new(), |r| format!("{r:.4}")),
-                z.jammed,
-                z.chargers,
-                z.energy_wh,
-                z.power_mw as f64 / POWER_SCALE,
-                z.occupied,
-                z.connectors,
-                z.faulted,
-                z.low_soc_evs
-            );
-        }
+        out.push_str(field.text());
     }
     true
 }

@@ -310,4 +310,47 @@ mod tests {
         let row = table.kept.values().next().expect("the zone row");
         assert_eq!(row, "z1,zone,0,60000,12,,3,0.5000,1,0,0,0.000,0,0,0,2");
     }
+
+    #[test]
+    fn every_kinds_fields_are_named_and_ordered_as_its_csv_header() {
+        use crate::aggregate::{fields, Charging, Congestion};
+        use crate::geo::zones::ZoneKind;
+        let road = crate::reference::Road {
+            id: "s1".into(),
+            free_flow_mps: 13.89,
+            lanes: 1,
+            name: None,
+            length_m: None,
+            line: vec![[26.9, 60.5], [26.91, 60.5]],
+        };
+        let charger = crate::reference::Charger {
+            id: "c1".into(),
+            connectors: 2,
+            max_kw: 50.0,
+            name: None,
+            position: [26.9, 60.5],
+        };
+        let reference = Reference::new(vec![road], vec![charger]);
+        let zone = reference.registry.intern("z1", ZoneKind::Named);
+        let key = |kind, key| AggKey {
+            kind,
+            key,
+            window: 60_000,
+        };
+        for (k, value) in [
+            (
+                key(Kind::Congestion, 0),
+                AggValue::Congestion(Congestion::default()),
+            ),
+            (
+                key(Kind::Charging, 0),
+                AggValue::Charging(Charging::default()),
+            ),
+            (key(Kind::Zone, zone), AggValue::Zone(Box::default())),
+        ] {
+            let f = fields(&reference, 60_000, &k, &value).expect("a known key");
+            let names: Vec<&str> = f.iter().map(|(n, _)| *n).collect();
+            assert_eq!(names.join(","), header(k.kind), "{:?}", k.kind);
+        }
+    }
 }

@@ -17,9 +17,8 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::proto::{Lagged, Progress, Row, SubError, SubFrame};
-use crate::aggregate::{write_csv_row, AggKey, AggValue, Kind, ZoneAgg};
+use crate::aggregate::{fields, AggKey, AggValue, Field, Kind, ZoneAgg};
 use crate::dataflow::emit::{Emission, Status};
-use crate::output::header;
 use crate::reference::Reference;
 use crate::time::TimeSpec;
 
@@ -311,7 +310,18 @@ impl Hub {
         }
     }
 
-    /// The row as sent: fields by CSV header name.
+    /// A key's id (a segment's, a charger's, a zone's).
+    fn id(&self, key: &AggKey) -> String {
+        let r = &self.reference;
+        match key.kind {
+            Kind::Congestion => r.roads.get(key.key as usize).map(|r| r.id.clone()),
+            Kind::Charging => r.chargers.get(key.key as usize).map(|c| c.id.clone()),
+            Kind::Zone => r.registry.id(key.key).map(|(id, _)| id),
+        }
+        .unwrap_or_default()
+    }
+
+    /// The row as sent: fields by CSV header name ([`fields`]).
     pub(crate) fn row(
         &self,
         key: &AggKey,
@@ -319,38 +329,25 @@ impl Hub {
         status: Status,
         revision: u64,
     ) -> Row {
-        let id = match key.kind {
-            Kind::Congestion => self
-                .reference
-                .roads
-                .get(key.key as usize)
-                .map(|r| r.id.clone()),
-            Kind::Charging => self
-                .reference
-                .chargers
-                .get(key.key as usize)
-                .map(|c| c.id.clone()),
-            Kind::Zone => self.reference.registry.id(key.key).map(|(id, _)| id),
-        }
-        .unwrap_or_default();
-        let fields = value.map(|v| {
-            let mut line = String::new();
-            write_csv_row(&mut line, &self.reference, self.spec.size_ms, key, v);
-            header(key.kind)
-                .split(',')
-                .zip(line.split(','))
-                // The key and window are the row's own fields.
-                .filter(|(name, _)| !name.ends_with("_id") && !name.starts_with("window_"))
+        let row = value.and_then(|v| fields(&self.reference, self.spec.size_ms, key, v));
+        // The key and window are the row's own fields; the rest its value.
+        let id = row
+            .as_ref()
+            .and_then(|f| f.first())
+            .map(|(_, id)| id.text().to_owned())
+            .unwrap_or_else(|| self.id(key));
+        let fields = row.map(|fields| {
+            fields
+                .into_iter()
+                .skip(1)
+                .filter(|(name, _)| !name.starts_with("window_"))
                 .map(|(name, field)| {
-                    let v = match field.parse::<serde_json::Number>() {
-                        Ok(n)
-                            if name != "segment_id"
-                                && name != "charger_id"
-                                && name != "zone_id" =>
-                        {
-                            serde_json::Value::Number(n)
-                        }
-                        _ => serde_json::Value::String(field.to_owned()),
+                    let v = match &field {
+                        Field::Number(n) => n
+                            .parse::<serde_json::Number>()
+                            .map_or_else(|_| serde_json::Value::String(n.clone()), Into::into),
+                        Field::Text(t) => serde_json::Value::String(t.clone()),
+                        Field::Empty => serde_json::Value::String(String::new()),
                     };
                     (name.to_owned(), v)
                 })
