@@ -10,13 +10,14 @@
 //! `max_lag`, is closed with [`SubError::TooSlow`]. So memory per subscriber is bounded by its limit,
 //! and ingest and other subscribers never wait for a slow one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::proto::{Lagged, Progress, Row, SubError, SubFrame};
+use super::proto::{Progress, Row, SubError, SubFrame};
+use super::queue::Queue;
+pub use super::queue::{Drained, Interest, Subscriber};
 use crate::aggregate::{fields, AggKey, AggValue, Field, Kind, ZoneAgg};
 use crate::dataflow::emit::{Emission, Status};
 use crate::reference::Reference;
@@ -27,23 +28,6 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// What a subscription asked for, checked against the operator's scopes.
-#[derive(Clone, Debug)]
-pub struct Interest {
-    /// The aggregate kind.
-    pub kind: Kind,
-    /// Keys (segment, charger or zone numbers); `None`: all.
-    pub keys: Option<FxHashSet<u32>>,
-    /// Provisional values too.
-    pub provisional: bool,
-}
-
-impl Interest {
-    fn wants(&self, key: &AggKey) -> bool {
-        key.kind == self.kind && self.keys.as_ref().is_none_or(|k| k.contains(&key.key))
-    }
 }
 
 /// Hub settings.
@@ -66,155 +50,6 @@ struct HubRow {
     is_final: bool,
     status: Status,
     revision: u64,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    order: VecDeque<AggKey>,
-    /// The encoded ROW frame to send per row; one allocation shared by every
-    /// subscriber the change goes to.
-    pending: FxHashMap<AggKey, Bytes>,
-    /// When the queue last went from empty to non-empty.
-    waiting_since: Option<std::time::Instant>,
-    progress: Option<Progress>,
-    coalesced: u64,
-    closed: Option<(SubError, String)>,
-    /// The snapshot is still being queued: nothing is drained before it.
-    snapshot_pending: bool,
-    /// Snapshot rows not yet drained: they do not count against
-    /// `max_pending` (which bounds how far a subscriber falls behind).
-    snapshot_rows: usize,
-}
-
-/// One subscriber's queue.
-#[derive(Debug)]
-pub struct Subscriber {
-    interest: Interest,
-    queue: Mutex<Queue>,
-    /// Woken when the queue has something.
-    pub notify: tokio::sync::Notify,
-}
-
-/// What a subscriber's writer takes from its queue at once.
-#[derive(Debug, Default)]
-pub struct Drained {
-    /// Encoded frames to send, in order.
-    pub bytes: BytesMut,
-    /// The subscription is over (error or node stopping) after these.
-    pub end: bool,
-}
-
-impl Subscriber {
-    fn push(&self, key: AggKey, row: Bytes, max_pending: usize) {
-        let Ok(mut q) = self.queue.lock() else { return };
-        if q.closed.is_some() {
-            return;
-        }
-        if q.pending.is_empty() {
-            q.waiting_since = Some(std::time::Instant::now());
-        }
-        match q.pending.insert(key, row) {
-            Some(_) => q.coalesced += 1,
-            None => q.order.push_back(key),
-        }
-        if q.pending.len() > max_pending.saturating_add(q.snapshot_rows) {
-            // No progress marker either: it would vouch for dropped rows.
-            q.order.clear();
-            q.pending.clear();
-            q.progress = None;
-            q.closed = Some((
-                SubError::TooSlow,
-                format!("more than {max_pending} rows waited for this subscriber"),
-            ));
-            drop(q);
-            self.notify.notify_one();
-        }
-    }
-
-    fn progress(&self, p: Progress) {
-        if let Ok(mut q) = self.queue.lock() {
-            if q.closed.is_some() {
-                return;
-            }
-            // The snapshot marker is not replaced by a later plain one.
-            let snapshot = q.progress.is_some_and(|old| old.snapshot);
-            q.progress = Some(Progress {
-                snapshot: snapshot || p.snapshot,
-                ..p
-            });
-        }
-    }
-
-    fn check_lag(&self, max_lag: std::time::Duration) {
-        let Ok(mut q) = self.queue.lock() else { return };
-        if q.closed.is_none() && q.waiting_since.is_some_and(|t| t.elapsed() > max_lag) {
-            q.order.clear();
-            q.pending.clear();
-            q.progress = None;
-            q.closed = Some((
-                SubError::TooSlow,
-                format!("read nothing for more than {} s", max_lag.as_secs_f64()),
-            ));
-        }
-    }
-
-    /// Whether the queue was closed because the client reads too slowly.
-    pub fn too_slow(&self) -> bool {
-        self.queue
-            .lock()
-            .map_or(true, |q| matches!(q.closed, Some((SubError::TooSlow, _))))
-    }
-
-    /// Ends the subscription (the writer calls it when the client is gone).
-    pub fn close(&self, code: SubError, message: String) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.closed.get_or_insert((code, message));
-        }
-        self.notify.notify_one();
-    }
-
-    /// Takes everything queued: a lag notice if rows were coalesced, the
-    /// rows, then the latest progress marker; or the closing error.
-    pub fn drain(&self) -> Drained {
-        let Ok(mut q) = self.queue.lock() else {
-            return Drained {
-                bytes: BytesMut::new(),
-                end: true,
-            };
-        };
-        if q.snapshot_pending && q.closed.is_none() {
-            return Drained::default();
-        }
-        q.snapshot_rows = 0;
-        let mut bytes =
-            BytesMut::with_capacity(q.pending.values().map(|b| b.len()).sum::<usize>() + 256);
-        if q.coalesced > 0 {
-            SubFrame::Lagged(Lagged {
-                coalesced: q.coalesced,
-            })
-            .encode(&mut bytes);
-            q.coalesced = 0;
-        }
-        while let Some(key) = q.order.pop_front() {
-            if let Some(frame) = q.pending.remove(&key) {
-                bytes.extend_from_slice(&frame);
-            }
-        }
-        q.waiting_since = None;
-        if let Some(p) = q.progress.take() {
-            SubFrame::Progress(p).encode(&mut bytes);
-        }
-        // Stays set: the hub drops closed subscribers when it next publishes.
-        let end = match q.closed.clone() {
-            Some((SubError::ShuttingDown, _)) => true,
-            Some((code, message)) => {
-                SubFrame::error(code, message).encode(&mut bytes);
-                true
-            }
-            None => false,
-        };
-        Drained { bytes, end }
-    }
 }
 
 struct HubState {
@@ -589,6 +424,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::aggregate::Congestion;
+    use crate::subscribe::proto::Lagged;
 
     fn hub(max_pending: usize, max_lag: std::time::Duration) -> Hub {
         let road = crate::reference::Road {
