@@ -26,7 +26,7 @@
 //!    pre-aggregate, feed), [`dataflow`] (the timely/differential dataflow
 //!    and its emitter), [`output`] (final tables, durable CSV).
 //! 4. **Runs**: [`checkpoint`] (what deleted segments leave behind, the
-//!    checks a log passes at start) and [`replay`] (the runtime that runs a
+//!    checks a log passes at start) and [`runtime`] (the runtime that runs a
 //!    file, a log or a node's live input through the dataflow).
 //! 5. **Configuration**: [`topology`], the TOML topology file and its
 //!    validation.
@@ -38,34 +38,31 @@
 //! 7. **The node**: [`node`] composes them: recover the log, build the
 //!    dataflow with its sinks and hub, serve both protocols on one listener
 //!    (dispatched by ALPN).
-//! 8. **Clients and tools**: [`client`] (`send`), [`loadgen`]
-//!    (`simulate`), [`demo`], [`bench`](mod@bench), [`bench_ingest`],
-//!    [`bench_match`], [`bench_subscribe`], [`metrics`] (metric names);
-//!    `src/main.rs` is the command line over all of it.
+//! 8. **Tools**: [`tools`] (benchmarks, the demo, the load generator and
+//!    the measurement helpers they share), [`metrics`] (metric names).
+//!    The binary, `src/main.rs` with one module per subcommand under
+//!    `src/cli/`, is the command line over all of it.
+//!
+//! Each protocol carries its own client beside its server:
+//! [`ingest::client`] (`edgeflow send`) and [`subscribe::client`]
+//! (`edgeflow subscribe`).
 //!
 //! A record's way: a QUIC stream ([`node::listener`]) -> [`ingest::server`]
 //! (HELLO, BATCH frames of [`ingest::frame`], [`ingest::validate`] with
 //! [`resolve`]) -> [`ingest::commit`] (the log, fsync, ACK) -> the node's
-//! dataflow thread ([`node::dataflow`], [`replay::run`] with
+//! dataflow thread ([`node::dataflow`], [`runtime::run`] with
 //! [`pipeline::Stage`] and [`dataflow`]) -> emissions -> files sinks
 //! ([`node::sinks`]) and the hub ([`subscribe::hub`]) -> a subscriber's
 //! stream ([`subscribe::server`]).
 
 pub mod aggregate;
-pub mod bench;
-pub mod bench_ingest;
-pub mod bench_match;
-pub mod bench_subscribe;
 pub mod checkpoint;
-pub mod client;
 pub mod codec;
 pub mod dataflow;
-pub mod demo;
 
 pub mod geo;
 pub mod ingest;
 pub mod input;
-pub mod loadgen;
 pub mod log;
 pub mod metrics;
 pub mod model;
@@ -74,9 +71,10 @@ pub mod output;
 pub mod pipeline;
 pub mod problem;
 pub mod reference;
-pub mod replay;
 pub mod resolve;
+pub mod runtime;
 pub mod subscribe;
 pub mod time;
+pub mod tools;
 pub mod topology;
 pub mod wire;

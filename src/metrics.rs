@@ -19,7 +19,7 @@ pub const ROWS_EMITTED: &str = "edgeflow_rows_emitted_total";
 
 /// Publishes a run's counts to the installed `metrics` recorder (a no-op
 /// when none is installed).
-pub fn publish(summary: &crate::replay::RunSummary) {
+pub fn publish(summary: &crate::runtime::RunSummary) {
     let s = &summary.ingest;
     metrics::counter!(RECORDS_READ).increment(s.records);
     for reason in crate::model::RejectReason::ALL {

@@ -14,7 +14,7 @@
 //!
 //! Membership is data in the dataflow (a differential collection), not
 //! code: replacing the zone file on a running node changes the roll-ups of
-//! every window still in retention ([`crate::edge`] polls the file).
+//! every window still in retention ([`crate::node`] watches the file).
 //!
 //! # Zone numbers
 //! Aggregate keys are `u32`. A [`ZoneRegistry`] numbers zone ids in the

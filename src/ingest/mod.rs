@@ -5,7 +5,10 @@
 //!   dataflow.
 //! - [`validate`]: a batch's records judged one by one; the ACK.
 //! - [`server`]: the QUIC server.
+//! - [`client`]: the sender (`edgeflow send`, the load generator): batches
+//!   a recording, resends what was not acknowledged after a reconnect.
 
+pub mod client;
 pub mod commit;
 pub mod frame;
 pub mod server;

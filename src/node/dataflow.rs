@@ -1,5 +1,5 @@
 //! The node's dataflow thread: the live input (the log's batches, zone
-//! changes) through [`crate::replay::run`], every batch of emissions to the
+//! changes) through [`crate::runtime::run`], every batch of emissions to the
 //! files sinks and the subscription hub. At start the files sinks keep the
 //! rows of frozen windows (before the checkpoint); the kept log rebuilds
 //! the rest.
@@ -15,7 +15,7 @@ use crate::checkpoint::Resume;
 use crate::input::Chunk;
 use crate::output::FinalTable;
 use crate::reference::Reference;
-use crate::replay::{Input, ReplayError, ReplayOptions, RunSummary, ZoneChange};
+use crate::runtime::{Input, RunError, RunOptions, RunSummary, ZoneChange};
 use crate::subscribe::hub::Hub;
 use crate::topology::{SinkSection, Topology};
 
@@ -43,7 +43,7 @@ pub struct Feed {
 
 /// Starts the dataflow thread; it ends when the live input ends, with the
 /// run's summary (an error if the sinks' last write failed).
-pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, ReplayError>>, EdgeError> {
+pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, EdgeError> {
     let Feed {
         topology,
         reference,
@@ -76,18 +76,18 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, ReplayError>>, 
                 &recovered_to,
                 &sinks_durable,
             ));
-            let summary = crate::replay::run(
-                Input::Live(crate::replay::Live {
+            let summary = crate::runtime::run(
+                Input::Live(crate::runtime::Live {
                     chunks: live_rx,
                     resume,
                     zones: zone_rx,
                 }),
                 reference,
                 topology.time,
-                ReplayOptions {
+                RunOptions {
                     // Provisional values only when someone can see them.
                     provisional: hub_df.is_some(),
-                    ..ReplayOptions::new(workers)
+                    ..RunOptions::new(workers)
                 },
                 |batch| {
                     sink.borrow_mut().apply(batch);
@@ -102,7 +102,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, ReplayError>>, 
             let written = sink.into_inner().finish();
             summary.and_then(|s| {
                 written.then_some(s).ok_or_else(|| {
-                    ReplayError::Dataflow("the files sink's last write failed (see above)".into())
+                    RunError::Dataflow("the files sink's last write failed (see above)".into())
                 })
             })
         })

@@ -4,7 +4,7 @@
 //! QUIC connections ─ validate ─> commit thread ─ fsync ─> ACK
 //!                                     │ (bounded: backpressure)
 //!                                     v
-//!                      replay::run(Input::Live) ─> emissions ─> files sink
+//!                      runtime::run(Input::Live) ─> emissions ─> files sink
 //! ```
 //!
 //! On start the node opens its log (cutting a torn tail), replays every
@@ -45,7 +45,7 @@ use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::server::{IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::disk::Disk;
-use crate::replay::RunSummary;
+use crate::runtime::RunSummary;
 use crate::subscribe::hub::{Hub, HubSettings};
 use crate::subscribe::server::SubContext;
 use crate::topology::Topology;
@@ -184,7 +184,7 @@ struct Built {
     zone_reloads: Arc<AtomicU64>,
     zone_watch: Option<mpsc::Sender<()>>,
     recovered_to: Arc<AtomicU64>,
-    dataflow: JoinHandle<Result<RunSummary, crate::replay::ReplayError>>,
+    dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
     input_watermark: Arc<AtomicU64>,
 }
 
@@ -413,7 +413,7 @@ struct WindDown {
     served: Option<(quinn::Endpoint, tokio::task::JoinSet<()>)>,
     zone_watch: Option<mpsc::Sender<()>>,
     commit_thread: JoinHandle<()>,
-    dataflow: JoinHandle<Result<RunSummary, crate::replay::ReplayError>>,
+    dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
     hub: Option<Arc<Hub>>,
     stopping_tx: watch::Sender<bool>,
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub struct Watcher {
     /// The membership changes it finds (`None`: the topology has no zone
     /// file).
-    pub changes: Option<mpsc::Receiver<crate::replay::ZoneChange>>,
+    pub changes: Option<mpsc::Receiver<crate::runtime::ZoneChange>>,
     /// Dropping this stops it.
     pub stop: Option<mpsc::Sender<()>>,
     /// Zone files loaded and handed on since the start.
@@ -57,7 +57,7 @@ pub const ZONE_POLL: Duration = Duration::from_secs(1);
 fn watch_zones(
     path: PathBuf,
     reference: Arc<crate::reference::Reference>,
-    changes: mpsc::Sender<crate::replay::ZoneChange>,
+    changes: mpsc::Sender<crate::runtime::ZoneChange>,
     stop: mpsc::Receiver<()>,
     reloads: Arc<AtomicU64>,
 ) {

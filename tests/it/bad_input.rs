@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use edgeflow::model::RejectReason;
-use edgeflow::replay::ReplayOptions;
+use edgeflow::runtime::RunOptions;
 use edgeflow::topology::Topology;
 
 use crate::support::{data, replay, root};
@@ -78,9 +78,9 @@ fn each_malformed_line_is_rejected_with_line_field_and_reason_and_the_rest_is_pr
         .collect();
 
     for workers in [1, 3] {
-        let options = ReplayOptions {
+        let options = RunOptions {
             chunk_lines: 64,
-            ..ReplayOptions::new(workers)
+            ..RunOptions::new(workers)
         };
         let (c_mixed, h_mixed, s) = replay(mixed.clone(), &reference, topo.time, options);
         let (c_clean, h_clean, _) = replay(clean.clone(), &reference, topo.time, options);
@@ -584,7 +584,7 @@ fn each_validation_limit_holds_in_replay_with_its_line_and_reason() {
             input.extend_from_slice(&c.line);
             input.push(b'\n');
         }
-        let (_, _, s) = replay(input, &reference, topo.time, ReplayOptions::new(1));
+        let (_, _, s) = replay(input, &reference, topo.time, RunOptions::new(1));
         assert_eq!(s.ingest.records, group.len() as u64);
         for reason in RejectReason::ALL {
             let want = group
@@ -644,7 +644,7 @@ fn a_crlf_line_end_is_not_part_of_the_line_length_in_replay_or_live() {
         u64::MAX,
     );
     assert!(live.rejections.is_empty(), "live: {:?}", live.rejections);
-    let (_, _, s) = replay(input, &reference, topo.time, ReplayOptions::new(1));
+    let (_, _, s) = replay(input, &reference, topo.time, RunOptions::new(1));
     assert_eq!(
         s.ingest.rejected_total(),
         0,

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgeflow::bench::{generate, synthetic_reference, BenchArgs};
-use edgeflow::replay::{Input, ReplayOptions, RunSummary};
+use edgeflow::runtime::{Input, RunOptions, RunSummary};
 use edgeflow::time::TimeSpec;
+use edgeflow::tools::bench::{generate, synthetic_reference, BenchArgs};
 
 /// Replays `minutes` of synthetic traffic (100 vehicles every 2 s on 200
 /// segments, 5 % of reports late) with one-minute windows and two minutes
@@ -34,14 +34,14 @@ fn run(minutes: u64, workers: usize) -> RunSummary {
     );
     let reference = Arc::new(synthetic_reference(200));
     let (input, _) = Input::open(&path).expect("input");
-    edgeflow::replay::run(
+    edgeflow::runtime::run(
         input,
         reference,
         spec,
-        ReplayOptions {
+        RunOptions {
             flush_records: 2_000,
             measure_state: true,
-            ..ReplayOptions::new(workers)
+            ..RunOptions::new(workers)
         },
         |_| {},
         |_| {},

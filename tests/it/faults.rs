@@ -14,7 +14,7 @@ use bytes::Bytes;
 use edgeflow::ingest::frame::{reason_code, ErrorCode, Frame};
 use edgeflow::log::Encoding;
 use edgeflow::model::RejectReason;
-use edgeflow::replay::ReplayOptions;
+use edgeflow::runtime::RunOptions;
 use edgeflow::topology::Topology;
 
 use crate::ingest::{
@@ -84,7 +84,7 @@ fn a_record_from_the_future_does_not_poison_the_watermark_in_replay() {
     for workers in [1, 2] {
         let input = (poisoned.join("\n") + "\n").into_bytes();
         let (congestion, charging, summary) =
-            replay(input, &reference, topo.time, ReplayOptions::new(workers));
+            replay(input, &reference, topo.time, RunOptions::new(workers));
         assert_eq!(summary.ingest.expired, 0, "nothing expired");
         assert_expected(&recording_rows(&congestion), &recording_rows(&charging));
         // The outliers are not lost either: each is its own window's row.
@@ -235,13 +235,13 @@ fn damage_inside_the_newest_log_segment_stops_the_node_instead_of_cutting_acknow
         "the sink is untouched"
     );
     // A replay of it refuses too, rather than give a partial result.
-    let (input, _) = edgeflow::replay::Input::open(&log).expect("log");
+    let (input, _) = edgeflow::runtime::Input::open(&log).expect("log");
     let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
-    let err = edgeflow::replay::run(
+    let err = edgeflow::runtime::run(
         input,
         Arc::new(topo.reference.clone()),
         topo.time,
-        ReplayOptions::new(1),
+        RunOptions::new(1),
         |_| {},
         |_| {},
     )
@@ -411,11 +411,16 @@ fn a_full_disk_is_answered_as_retryable_and_ingest_resumes_once_space_is_freed()
     let path = data("sumo-public/telemetry.jsonl");
     let mut opts = node.options(Encoding::JsonLines);
     opts.max_reconnects = 2;
-    let mut report = edgeflow::client::SendReport::default();
-    let batches = edgeflow::client::batches(&path, opts.encoding, opts.batch_lines, &mut report)
-        .expect("batches");
+    let mut report = edgeflow::ingest::client::SendReport::default();
+    let batches =
+        edgeflow::ingest::client::batches(&path, opts.encoding, opts.batch_lines, &mut report)
+            .expect("batches");
     let err = runtime()
-        .block_on(edgeflow::client::send(&opts, batches.clone(), |_, _| {}))
+        .block_on(edgeflow::ingest::client::send(
+            &opts,
+            batches.clone(),
+            |_, _| {},
+        ))
         .expect_err("the disk is full");
     assert!(
         err.to_string()
@@ -436,7 +441,11 @@ fn a_full_disk_is_answered_as_retryable_and_ingest_resumes_once_space_is_freed()
     // `log_unavailable`, after that it takes the batches.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let r = loop {
-        match runtime().block_on(edgeflow::client::send(&opts, batches.clone(), |_, _| {})) {
+        match runtime().block_on(edgeflow::ingest::client::send(
+            &opts,
+            batches.clone(),
+            |_, _| {},
+        )) {
             Ok(r) => break r,
             Err(e) if std::time::Instant::now() < deadline => {
                 let unavailable = format!("node error {}", ErrorCode::LogUnavailable as u16);

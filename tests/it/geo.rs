@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use edgeflow::geo::Unmatched;
-use edgeflow::replay::ReplayOptions;
+use edgeflow::runtime::RunOptions;
 use edgeflow::topology::Topology;
 
 use crate::support::{close, data, replay, root, rows};
@@ -94,7 +94,7 @@ fn congestion_from_positions_alone_is_within_tolerance_of_the_expected() {
         stripped.into_bytes(),
         &reference,
         topo.time,
-        ReplayOptions::new(2),
+        RunOptions::new(2),
     );
     assert_eq!(summary.ingest.unmatched[Unmatched::Charging.index()], 1_340);
     let expected =
@@ -148,7 +148,7 @@ fn the_index_finds_what_an_exhaustive_scan_finds() {
     let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
     let m = &topo.reference.matcher;
     // Noise up to 30 m: on segments, in junctions, beyond the radius.
-    let probes = edgeflow::bench_match::probes(&topo.reference, 5_000, 30.0, 7);
+    let probes = edgeflow::tools::bench_match::probes(&topo.reference, 5_000, 30.0, 7);
     let mut outcomes = std::collections::BTreeMap::new();
     for p in &probes {
         for heading in [Some(p.heading), None, Some((p.heading + 180.0) % 360.0)] {
@@ -586,11 +586,11 @@ fn assert_zones_match_the_batch(
     let mut out = Vec::new();
     for workers in [1, 2] {
         let mut table = edgeflow::output::FinalTable::default();
-        let summary = edgeflow::replay::run(
-            edgeflow::replay::Input::JsonLines(Box::new(std::io::Cursor::new(text.clone()))),
+        let summary = edgeflow::runtime::run(
+            edgeflow::runtime::Input::JsonLines(Box::new(std::io::Cursor::new(text.clone()))),
             reference.clone(),
             topo.time,
-            ReplayOptions::new(workers),
+            RunOptions::new(workers),
             |b| table.apply(b),
             |_| {},
         )

@@ -6,7 +6,7 @@
 use edgeflow::geo::Unmatched;
 use std::sync::Arc;
 
-use edgeflow::replay::ReplayOptions;
+use edgeflow::runtime::RunOptions;
 use edgeflow::topology::Topology;
 
 use crate::support::{assert_expected, assert_same_rows, data, replay, root, rows};
@@ -27,7 +27,7 @@ fn sumo_public_reproduces_expected_aggregates_for_any_worker_count() {
             input.clone(),
             &reference,
             topo.time,
-            ReplayOptions::new(workers),
+            RunOptions::new(workers),
         );
         assert_eq!(summary.ingest.records, 11_486);
         assert_eq!(summary.ingest.rejected_total(), 0);
@@ -95,10 +95,10 @@ fn small_lateness_turns_out_of_order_records_into_corrections_with_the_same_fina
     spec.allowed_lateness_ms = 0;
     // Paced (at a million times real time) so every chunk is its own batch
     // and windows become final while the input is still arriving.
-    let options = ReplayOptions {
+    let options = RunOptions {
         chunk_lines: 16,
         speed: Some(1e6),
-        ..ReplayOptions::new(2)
+        ..RunOptions::new(2)
     };
     let (congestion, charging, summary) = replay(input, &reference, spec, options);
     assert!(
@@ -147,12 +147,12 @@ fn a_log_directory_replays_to_the_same_aggregates() {
     drop(log);
 
     let mut table = edgeflow::output::FinalTable::default();
-    let (input, _) = edgeflow::replay::Input::open(dir.path()).expect("a log dir");
-    let summary = edgeflow::replay::run(
+    let (input, _) = edgeflow::runtime::Input::open(dir.path()).expect("a log dir");
+    let summary = edgeflow::runtime::run(
         input,
         reference.clone(),
         topo.time,
-        ReplayOptions::new(2),
+        RunOptions::new(2),
         |b| table.apply(b),
         |_| {},
     )

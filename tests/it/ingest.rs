@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use edgeflow::client::{SendOptions, SendReport};
+use edgeflow::ingest::client::{SendOptions, SendReport};
 use edgeflow::ingest::frame::{ErrorCode, Frame};
 use edgeflow::log::Encoding;
 use edgeflow::node::{make_certs, EdgeHandle};
@@ -78,17 +78,12 @@ impl Node {
     }
     pub(crate) fn options(&self, encoding: Encoding) -> SendOptions {
         SendOptions {
-            to: self.addr(),
-            server_name: "localhost".into(),
-            ca: self.ca.clone(),
-            token: TOKEN.into(),
             sender: "recorder-1".into(),
             encoding,
             batch_lines: 500,
             window: 4,
             max_reconnects: 3,
-            pace: None,
-            identity: None,
+            ..SendOptions::new(self.addr(), "localhost", self.ca.clone(), TOKEN)
         }
     }
     pub(crate) fn stop(&mut self) -> edgeflow::node::EdgeReport {
@@ -122,10 +117,11 @@ pub(crate) fn send_recording(node: &Node) {
 
 pub(crate) fn send_file(opts: &SendOptions, path: &Path) -> SendReport {
     let mut report = SendReport::default();
-    let batches = edgeflow::client::batches(path, opts.encoding, opts.batch_lines, &mut report)
-        .expect("batches");
+    let batches =
+        edgeflow::ingest::client::batches(path, opts.encoding, opts.batch_lines, &mut report)
+            .expect("batches");
     runtime()
-        .block_on(edgeflow::client::send(opts, batches, |_, _| {}))
+        .block_on(edgeflow::ingest::client::send(opts, batches, |_, _| {}))
         .expect("send")
 }
 
@@ -133,12 +129,12 @@ fn replay_log(dir: &Path) -> (String, String) {
     let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
     let reference = Arc::new(topo.reference.clone());
     let mut table = edgeflow::output::FinalTable::default();
-    let (input, _) = edgeflow::replay::Input::open(&dir.join("log")).expect("log");
-    edgeflow::replay::run(
+    let (input, _) = edgeflow::runtime::Input::open(&dir.join("log")).expect("log");
+    edgeflow::runtime::run(
         input,
         reference.clone(),
         topo.time,
-        edgeflow::replay::ReplayOptions::new(1),
+        edgeflow::runtime::RunOptions::new(1),
         |b| table.apply(b),
         |_| {},
     )
@@ -257,7 +253,7 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
     // holds every window, those of deleted segments included.
     let topo = Topology::load(&node.dir.path().join("edge.toml")).expect("valid");
     let reference = Arc::new(topo.reference.clone());
-    let mut options = edgeflow::replay::ReplayOptions::new(1);
+    let mut options = edgeflow::runtime::RunOptions::new(1);
     options.chunk_lines = 100;
     let text = std::fs::read(&path).expect("fixture");
     let (congestion, charging, _) = crate::support::replay(text, &reference, topo.time, options);
@@ -300,12 +296,12 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
         Ok(_) => panic!("a node started on a foreign checkpoint"),
     }
     let replay_err = |dir: &Path| {
-        let (input, _) = edgeflow::replay::Input::open(dir).expect("log");
-        edgeflow::replay::run(
+        let (input, _) = edgeflow::runtime::Input::open(dir).expect("log");
+        edgeflow::runtime::run(
             input,
             reference.clone(),
             topo_time(node.dir.path()),
-            edgeflow::replay::ReplayOptions::new(1),
+            edgeflow::runtime::RunOptions::new(1),
             |_| {},
             |_| {},
         )
@@ -320,7 +316,7 @@ fn retention_deletes_old_segments_and_a_restart_changes_nothing() {
     assert!(err.contains("missing"), "{err}");
     std::fs::write(log.join(edgeflow::checkpoint::FILE), saved).expect("restore");
     // A directory that is no log.
-    let err = edgeflow::replay::Input::open(node.dir.path().join("out").as_path())
+    let err = edgeflow::runtime::Input::open(node.dir.path().join("out").as_path())
         .err()
         .expect("not a log")
         .to_string();
@@ -472,10 +468,10 @@ fn replay_zones(dir: &Path, input: &Path) -> String {
     let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
     let reference = Arc::new(topo.reference.clone());
     let mut table = edgeflow::output::FinalTable::default();
-    let mut options = edgeflow::replay::ReplayOptions::new(2);
+    let mut options = edgeflow::runtime::RunOptions::new(2);
     options.chunk_lines = 500;
-    edgeflow::replay::run(
-        edgeflow::replay::Input::open(input).expect("fixture").0,
+    edgeflow::runtime::run(
+        edgeflow::runtime::Input::open(input).expect("fixture").0,
         reference.clone(),
         topo.time,
         options,
@@ -617,7 +613,7 @@ fn bad_clients_get_their_documented_errors_and_good_ones_are_served() {
     // A batch over the frame limit is a clear, final error for its sender.
     let too_big = node.options(Encoding::JsonLines);
     let mut unused = SendReport::default();
-    let batches = edgeflow::client::batches(
+    let batches = edgeflow::ingest::client::batches(
         &data("sumo-public/telemetry.jsonl"),
         too_big.encoding,
         1000,
@@ -625,7 +621,7 @@ fn bad_clients_get_their_documented_errors_and_good_ones_are_served() {
     )
     .expect("batches");
     let err = runtime()
-        .block_on(edgeflow::client::send(&too_big, batches, |_, _| {}))
+        .block_on(edgeflow::ingest::client::send(&too_big, batches, |_, _| {}))
         .expect_err("too large");
     assert!(err.to_string().contains("--batch-lines"), "{err}");
     // Everyone else is still served.
@@ -641,7 +637,8 @@ fn bad_clients_get_their_documented_errors_and_good_ones_are_served() {
 /// Starts `edgeflow edge` in `dir`; returns it with its address.
 pub(crate) fn spawn_edge(dir: &Path) -> (std::process::Child, std::net::SocketAddr) {
     let exe = Path::new(env!("CARGO_BIN_EXE_edgeflow"));
-    edgeflow::bench_ingest::spawn_edge_process(exe, &dir.join("edge.toml")).expect("node listens")
+    edgeflow::tools::bench_ingest::spawn_edge_process(exe, &dir.join("edge.toml"))
+        .expect("node listens")
 }
 
 fn log_bytes(dir: &Path) -> u64 {
@@ -810,10 +807,14 @@ fn mtls_node_refuses_clients_without_a_certificate_from_its_ca() {
     let mut anonymous = node.options(Encoding::Cbor);
     anonymous.max_reconnects = 0;
     let mut unused = SendReport::default();
-    let batches =
-        edgeflow::client::batches(&file, anonymous.encoding, 500, &mut unused).expect("batches");
+    let batches = edgeflow::ingest::client::batches(&file, anonymous.encoding, 500, &mut unused)
+        .expect("batches");
     let err = runtime()
-        .block_on(edgeflow::client::send(&anonymous, batches, |_, _| {}))
+        .block_on(edgeflow::ingest::client::send(
+            &anonymous,
+            batches,
+            |_, _| {},
+        ))
         .expect_err("no client certificate");
     assert!(
         format!("{err:#}").to_lowercase().contains("certificate"),
@@ -832,7 +833,7 @@ fn simulated_devices_are_served_and_counted() {
     let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
     let mut target = node.options(Encoding::Cbor);
     target.sender = "sim".into();
-    let load = edgeflow::loadgen::Load {
+    let load = edgeflow::tools::loadgen::Load {
         target,
         connections: 5,
         batch_records: 20,
@@ -842,7 +843,10 @@ fn simulated_devices_are_served_and_counted() {
         window: 2,
     };
     let mut report = runtime()
-        .block_on(edgeflow::loadgen::run(&load, Arc::new(topo.reference)))
+        .block_on(edgeflow::tools::loadgen::run(
+            &load,
+            Arc::new(topo.reference),
+        ))
         .expect("load runs");
     assert_eq!(report.failed_connections, 0);
     assert_eq!(report.accepted + report.rejected, 5 * 4 * 20);
@@ -927,10 +931,11 @@ fn a_connection_over_its_record_rate_is_told_so_and_others_are_unaffected() {
         .collect();
     let path = node.dir.path().join("small.jsonl");
     std::fs::write(&path, lines).expect("write");
-    let batches = edgeflow::client::batches(&path, opts.encoding, opts.batch_lines, &mut unused)
-        .expect("batches");
+    let batches =
+        edgeflow::ingest::client::batches(&path, opts.encoding, opts.batch_lines, &mut unused)
+            .expect("batches");
     let r = runtime()
-        .block_on(edgeflow::client::send(&opts, batches, |_, _| {}))
+        .block_on(edgeflow::ingest::client::send(&opts, batches, |_, _| {}))
         .expect("served");
     assert_eq!(r.accepted, 500);
     node.stop();

@@ -14,10 +14,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use edgeflow::aggregate::{CHARGING_HEADER, CONGESTION_HEADER};
-use edgeflow::bench::SplitMix;
 use edgeflow::reference::{Charger, Reference, Road};
-use edgeflow::replay::ReplayOptions;
+use edgeflow::runtime::RunOptions;
 use edgeflow::time::TimeSpec;
+use edgeflow::tools::measure::SplitMix;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -360,9 +360,9 @@ fn incremental_output_equals_batch_recomputation() {
                 let (want_congestion, want_charging, want_fates) =
                     oracle(&recs, chunk_lines, lateness);
 
-                let one = ReplayOptions {
+                let one = RunOptions {
                     chunk_lines,
-                    ..ReplayOptions::new(1)
+                    ..RunOptions::new(1)
                 };
                 let (c1, h1, s1) = replay(input.clone().into_bytes(), &reference, spec, one);
                 assert_same_rows(&c1, &want_congestion, "congestion");
@@ -374,9 +374,9 @@ fn incremental_output_equals_batch_recomputation() {
                 };
                 prop_assert_eq!(got, want_fates);
 
-                let many = ReplayOptions {
+                let many = RunOptions {
                     chunk_lines,
-                    ..ReplayOptions::new(workers)
+                    ..RunOptions::new(workers)
                 };
                 let (cn, hn, _) = replay(input.into_bytes(), &reference, spec, many);
                 prop_assert!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use edgeflow::aggregate::Kind;
 use edgeflow::output::FinalTable;
 use edgeflow::reference::Reference;
-use edgeflow::replay::{Input, ReplayOptions, RunSummary};
+use edgeflow::runtime::{Input, RunOptions, RunSummary};
 use edgeflow::time::TimeSpec;
 
 /// The directory of test fixtures.
@@ -105,10 +105,10 @@ pub fn replay(
     input: Vec<u8>,
     reference: &Arc<Reference>,
     spec: TimeSpec,
-    options: ReplayOptions,
+    options: RunOptions,
 ) -> (String, String, RunSummary) {
     let mut table = FinalTable::default();
-    let summary = edgeflow::replay::run(
+    let summary = edgeflow::runtime::run(
         Input::JsonLines(Box::new(std::io::Cursor::new(input))),
         reference.clone(),
         spec,

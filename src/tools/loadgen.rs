@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 
-use crate::bench::SplitMix;
-use crate::client::{connect, SendOptions};
+use super::measure::SplitMix;
+use crate::ingest::client::{connect, SendOptions};
 use crate::ingest::frame::Frame;
 use crate::ingest::frame::ALPN;
 use crate::log::Encoding;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use crate::bench::SplitMix;
+use super::measure::{median, SplitMix};
 use crate::geo::Matcher;
 use crate::reference::Reference;
 
@@ -88,11 +88,6 @@ pub fn probes(reference: &Reference, n: usize, noise_m: f64, seed: u64) -> Vec<P
         });
     }
     out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Runs the benchmark; returns its JSON report.

@@ -48,6 +48,33 @@ pub struct SendOptions {
     pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+impl SendOptions {
+    /// Options to send to `to` with `token`, trusting `ca`: sender
+    /// `edgeflow`, CBOR, 1,000 records per batch, 8 batches in flight, no
+    /// reconnect, no pacing, no client certificate. Change any of them
+    /// with struct update syntax.
+    pub fn new(
+        to: SocketAddr,
+        server_name: impl Into<String>,
+        ca: impl Into<std::path::PathBuf>,
+        token: impl Into<String>,
+    ) -> Self {
+        SendOptions {
+            to,
+            server_name: server_name.into(),
+            ca: ca.into(),
+            token: token.into(),
+            sender: "edgeflow".into(),
+            encoding: Encoding::Cbor,
+            batch_lines: 1000,
+            window: 8,
+            max_reconnects: 0,
+            pace: None,
+            identity: None,
+        }
+    }
+}
+
 /// Largest event time in a batch (for pacing).
 fn batch_ts(encoding: Encoding, records: &Bytes) -> Option<u64> {
     let mut max = None;
@@ -90,8 +117,8 @@ pub fn batches(
     batch_lines: usize,
     report: &mut SendReport,
 ) -> anyhow::Result<Vec<Bytes>> {
-    let (input, _) = crate::replay::Input::open(path)?;
-    let crate::replay::Input::JsonLines(mut reader) = input else {
+    let (input, _) = crate::runtime::Input::open(path)?;
+    let crate::runtime::Input::JsonLines(mut reader) = input else {
         bail!("send takes a JSON Lines file")
     };
     let mut text = Vec::new();

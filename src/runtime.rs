@@ -1,4 +1,7 @@
-//! Replay: recorded telemetry through the same dataflow as live ingest.
+//! The dataflow runtime: runs an input through the dataflow, whether a
+//! recording (JSON Lines), a node's log (`edgeflow replay`) or a node's live
+//! input ([`Input::Live`], fed by the commit loop). The same code path for
+//! all three is what makes a replay reproduce what the node computed live.
 //!
 //! One reader thread cuts the input into chunks ([`crate::input`]) and queues
 //! them on one bounded channel that the timely workers take from; each worker
@@ -31,7 +34,7 @@ pub const CHUNK_QUEUE: usize = 4;
 
 /// What can stop a replay.
 #[derive(Debug, Error)]
-pub enum ReplayError {
+pub enum RunError {
     /// The input could not be opened or read.
     #[error("cannot read {path}: {source}")]
     Input {
@@ -53,7 +56,7 @@ pub enum ReplayError {
 
 /// How to run.
 #[derive(Clone, Copy, Debug)]
-pub struct ReplayOptions {
+pub struct RunOptions {
     /// Worker threads.
     pub workers: usize,
     /// Pace at this multiple of event time; `None`: as fast as possible.
@@ -81,10 +84,10 @@ pub struct ReplayOptions {
     pub measure_state: bool,
 }
 
-impl ReplayOptions {
+impl RunOptions {
     /// As fast as possible, final values only, default chunks.
     pub fn new(workers: usize) -> Self {
-        ReplayOptions {
+        RunOptions {
             workers,
             speed: None,
             provisional: false,
@@ -112,7 +115,7 @@ pub struct RunSummary {
     /// `accept_damage`.
     pub log_notes: Vec<String>,
     /// Updates the dataflow's arrangements held, at the end and at most
-    /// (zero unless [`ReplayOptions::measure_state`]).
+    /// (zero unless [`RunOptions::measure_state`]).
     pub state: crate::dataflow::gauge::StateReading,
 }
 
@@ -139,7 +142,7 @@ impl<R: Read> Read for Counting<R> {
 
 /// Where the records come from.
 pub enum Input {
-    /// JSON Lines, cut into chunks of `ReplayOptions::chunk_lines` lines.
+    /// JSON Lines, cut into chunks of `RunOptions::chunk_lines` lines.
     JsonLines(Box<dyn Read + Send>),
     /// A durable log directory: one chunk per entry, from its checkpoint
     /// if old segments were deleted ([`crate::checkpoint`]).
@@ -165,11 +168,11 @@ pub struct Live {
 
 impl Input {
     /// Where the dataflow starts: a log's checkpoint, or the beginning.
-    fn resume(&self, reference: &Reference) -> Result<Resume, ReplayError> {
+    fn resume(&self, reference: &Reference) -> Result<Resume, RunError> {
         match self {
             Input::JsonLines(_) => Ok(Resume::default()),
             Input::Log(dir) => {
-                let log = |e: &dyn std::fmt::Display| ReplayError::Log(e.to_string());
+                let log = |e: &dyn std::fmt::Display| RunError::Log(e.to_string());
                 let checkpoint = Checkpoint::load(dir).map_err(|e| log(&e))?;
                 let resume = checkpoint
                     .as_ref()
@@ -194,16 +197,15 @@ impl Input {
 
     /// Opens a recording: a log directory, or a JSON Lines file (gunzipped
     /// when its name ends in `.gz`). Returns it with its size in bytes.
-    pub fn open(path: &Path) -> Result<(Input, u64), ReplayError> {
-        let err = |source| ReplayError::Input {
+    pub fn open(path: &Path) -> Result<(Input, u64), RunError> {
+        let err = |source| RunError::Input {
             path: path.display().to_string(),
             source,
         };
         if path.is_dir() {
-            let segments =
-                crate::log::segments(path).map_err(|e| ReplayError::Log(e.to_string()))?;
+            let segments = crate::log::segments(path).map_err(|e| RunError::Log(e.to_string()))?;
             if segments.is_empty() {
-                return Err(ReplayError::Log(format!(
+                return Err(RunError::Log(format!(
                     "{} holds no log segments: not a log directory",
                     path.display()
                 )));
@@ -231,7 +233,7 @@ impl Input {
 fn read_chunks(
     input: Input,
     first_seq: u64,
-    options: &ReplayOptions,
+    options: &RunOptions,
     bytes: Arc<AtomicU64>,
     queue: mpsc::SyncSender<Chunk>,
     notes: &mut Vec<String>,
@@ -318,10 +320,10 @@ pub fn run(
     input: Input,
     reference: Arc<Reference>,
     spec: TimeSpec,
-    options: ReplayOptions,
+    options: RunOptions,
     mut on_emissions: impl FnMut(&[Emission]),
     mut on_progress: impl FnMut(u64),
-) -> Result<RunSummary, ReplayError> {
+) -> Result<RunSummary, RunError> {
     let workers = options.workers.max(1);
     let start = Instant::now();
     let bytes = Arc::new(AtomicU64::new(0));
@@ -362,7 +364,7 @@ pub fn run(
                 }
                 notes
             })
-            .map_err(|e| ReplayError::Dataflow(format!("cannot start the reader thread: {e}")))?
+            .map_err(|e| RunError::Dataflow(format!("cannot start the reader thread: {e}")))?
     };
 
     let clock = Arc::new(ChunkClock::starting_at(
@@ -464,7 +466,7 @@ pub fn run(
         finished.fetch_add(1, Ordering::SeqCst);
         stage.stats
     })
-    .map_err(ReplayError::Dataflow)?;
+    .map_err(RunError::Dataflow)?;
 
     let mut emitted = EmitStats::default();
     loop {
@@ -496,14 +498,14 @@ pub fn run(
     }
     let mut ingest = IngestStats::default();
     for result in guards.join() {
-        let stats = result.map_err(ReplayError::Dataflow)?;
+        let stats = result.map_err(RunError::Dataflow)?;
         ingest.merge(&stats);
     }
     ingest.energy_resets = counted.anomalies.resets.load(Ordering::Relaxed);
     ingest.energy_capped = counted.anomalies.capped.load(Ordering::Relaxed);
     let log_notes = reader.join().unwrap_or_default();
     if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
-        return Err(ReplayError::Read(e));
+        return Err(RunError::Read(e));
     }
     Ok(RunSummary {
         ingest,

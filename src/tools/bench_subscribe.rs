@@ -23,10 +23,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use sha2::{Digest, Sha256};
 
-use crate::bench_ingest::{peak_rss, spawn_node, TOKEN};
-use crate::client::SendOptions;
-use crate::loadgen::Load;
-use crate::log::Encoding;
+use super::bench_ingest::{spawn_node, TOKEN};
+use super::loadgen::Load;
+use super::measure::{median, peak_rss};
+use crate::ingest::client::SendOptions;
 use crate::subscribe::client::{subscribe_raw, SubscribeOptions};
 use crate::subscribe::hub::now_us;
 use crate::subscribe::proto::{kind, Progress, SubFrame, ALPN};
@@ -193,17 +193,10 @@ fn phase(
         );
         let load = Load {
             target: SendOptions {
-                to: addr,
-                server_name: "localhost".into(),
-                ca,
-                token: TOKEN.into(),
                 sender: "bench".into(),
-                encoding: Encoding::Cbor,
                 batch_lines: args.batch_records,
                 window: 4,
-                max_reconnects: 0,
-                pace: None,
-                identity: None,
+                ..SendOptions::new(addr, "localhost", ca, TOKEN)
             },
             connections: args.connections,
             batch_records: args.batch_records,
@@ -216,7 +209,7 @@ fn phase(
         if let Ok(mut v) = latencies.us.lock() {
             v.clear();
         }
-        let report = runtime.block_on(crate::loadgen::run(&load, reference))?;
+        let report = runtime.block_on(super::loadgen::run(&load, reference))?;
         stop.store(true, Ordering::Relaxed);
         let rss = peak_rss(node.id());
         drop(node);
@@ -246,9 +239,7 @@ pub fn run(args: &SubscribeBenchArgs) -> anyhow::Result<serde_json::Value> {
         phases[2].push(phase(args, args.subscribers, true)?);
     }
     let median = |runs: &[serde_json::Value], f: &dyn Fn(&serde_json::Value) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        median(runs.iter().map(f))
     };
     let rate = |v: &serde_json::Value| v["records_per_s"].as_f64().unwrap_or(0.0);
     let p99 = |v: &serde_json::Value| v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);

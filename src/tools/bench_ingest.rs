@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::client::SendOptions;
-use crate::loadgen::Load;
-use crate::log::Encoding;
+use super::loadgen::Load;
+use super::measure::peak_rss;
+use crate::ingest::client::SendOptions;
 
 /// The fleet token of benchmark nodes.
 pub const TOKEN: &str = "edgeflow-bench-token";
@@ -51,17 +51,6 @@ pub struct IngestBenchArgs {
     /// Topology with the reference data.
     #[arg(long, default_value = "topologies/karhula.toml")]
     pub topology: std::path::PathBuf,
-}
-
-/// Peak RSS of process `pid`, bytes.
-pub fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// A benchmark's node process: stopped with SIGTERM (and reaped) when
@@ -169,24 +158,17 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
     let reference = Arc::new(topo.reference);
     let (node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
     let target = SendOptions {
-        to: addr,
-        server_name: "localhost".into(),
-        ca,
-        token: TOKEN.into(),
         sender: "bench".into(),
-        encoding: Encoding::Cbor,
         batch_lines: args.batch_records,
         window: args.window,
-        max_reconnects: 0,
-        pace: None,
-        identity: None,
+        ..SendOptions::new(addr, "localhost", ca, TOKEN)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let result = if let Some(n) = args.idle {
-        let held = runtime.block_on(crate::loadgen::idle(&target, n, Duration::from_secs(3)))?;
+        let held = runtime.block_on(super::loadgen::idle(&target, n, Duration::from_secs(3)))?;
         serde_json::json!({ "mode": "idle", "idle_connections": held, "node_peak_rss_bytes": peak_rss(node.id()) })
     } else {
         let load = Load {
@@ -198,7 +180,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
             interval: args.interval_ms.map(Duration::from_millis),
             window: args.window,
         };
-        let mut report = runtime.block_on(crate::loadgen::run(&load, reference))?;
+        let mut report = runtime.block_on(super::loadgen::run(&load, reference))?;
         serde_json::json!({
             "mode": if args.interval_ms.is_some() { "latency" } else { "throughput" },
             "connections": args.connections,

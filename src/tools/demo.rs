@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::client::{SendOptions, SendReport};
-use crate::log::Encoding;
+use crate::ingest::client::{SendOptions, SendReport};
 use crate::topology::{Fleet, Ingest, IngestSection, LogSection, SinkSection, Topology};
 
 const TOKEN: &str = "edgeflow-demo-token";
@@ -253,21 +252,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     let opts = SendOptions {
-        to: node.addr,
-        server_name: "localhost".into(),
-        ca: certs.ca,
-        token: TOKEN.into(),
         sender: "demo-recorder".into(),
-        encoding: Encoding::Cbor,
         batch_lines: 100,
         window: 4,
         max_reconnects: 3,
         pace: Some(args.speed),
-        identity: None,
+        ..SendOptions::new(node.addr, "localhost", certs.ca, TOKEN)
     };
     let mut unused = SendReport::default();
     let batches =
-        crate::client::batches(&args.input, opts.encoding, opts.batch_lines, &mut unused)?;
+        crate::ingest::client::batches(&args.input, opts.encoding, opts.batch_lines, &mut unused)?;
     let total = batches.len() as u64;
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sender = {
@@ -277,7 +271,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
-            rt.block_on(crate::client::send(&opts, batches, |done, _| {
+            rt.block_on(crate::ingest::client::send(&opts, batches, |done, _| {
                 progress.store(done, std::sync::atomic::Ordering::Relaxed)
             }))
         })

@@ -27,8 +27,10 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::reference::{Charger, Reference, Road};
-use crate::replay::{Input, ReplayOptions};
+use crate::runtime::{Input, RunOptions};
 use crate::time::TimeSpec;
+
+use super::measure::{median, peak_rss, SplitMix};
 
 /// Options of `edgeflow bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,29 +53,6 @@ pub struct BenchArgs {
     /// Directory for the generated input (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-}
-
-/// Deterministic 64-bit generator (SplitMix64): no dependency, same stream
-/// on every machine. Also seeds the property tests' data.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (slightly biased for huge `n`; fine for test data).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 const FREE_FLOW: [f64; 4] = [8.33, 13.89, 16.67, 22.22];
@@ -243,29 +222,6 @@ pub fn baseline(path: &Path) -> anyhow::Result<(u64, usize)> {
     Ok((records, std::hint::black_box(agg).len()))
 }
 
-/// Peak resident set size of this process, bytes (`VmHWM`).
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    field("VmHWM:")
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
 /// One measured run, in a process of its own (see [`run_one`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOneArgs {
@@ -299,13 +255,13 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
                 max_future_ms: crate::time::DEFAULT_MAX_FUTURE_MS,
                 leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
             };
-            let summary = crate::replay::run(
+            let summary = crate::runtime::run(
                 Input::open(&args.input)?.0,
                 reference,
                 spec,
-                ReplayOptions {
+                RunOptions {
                     speed: None,
-                    ..ReplayOptions::new(args.workers)
+                    ..RunOptions::new(args.workers)
                 },
                 |_| {},
                 |_| {},
@@ -315,7 +271,9 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
         other => anyhow::bail!("unknown mode {other:?}: expected baseline or dataflow"),
     };
     let seconds = t.elapsed().as_secs_f64();
-    Ok(serde_json::json!({ "records": records, "seconds": seconds, "peak_rss_bytes": peak_rss() }))
+    Ok(
+        serde_json::json!({ "records": records, "seconds": seconds, "peak_rss_bytes": peak_rss(std::process::id()) }),
+    )
 }
 
 fn spawn_one(
@@ -396,12 +354,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             *peak_max = (*peak_max).max(peak);
         }
     }
-    let baseline_rate = median(&mut baseline_rates);
+    let baseline_rate = median(baseline_rates.iter().copied());
     let per_workers: Vec<serde_json::Value> = results
         .iter_mut()
         .map(|(w, rates, peak)| {
             let runs = rates.clone();
-            let m = median(rates);
+            let m = median(rates.iter().copied());
             serde_json::json!({
                 "workers": w,
                 "records_per_s": m.round(),

@@ -1,0 +1,202 @@
+//! The command line: one module per subcommand, each an argument struct
+//! and a `run` that returns the exit code. The subcommands that talk to a
+//! node (`send`, `subscribe`, `simulate`) share one argument group,
+//! [`Target`]. Everything else lives in the library; this is the shell
+//! that maps what a person types to it.
+
+mod certs;
+mod edge;
+mod replay;
+mod send;
+mod simulate;
+mod subscribe;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use edgeflow::tools;
+use edgeflow::topology::Topology;
+
+/// edgeflow: edge stream processing of city mobility and energy telemetry.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a topology file and its reference data; print every problem.
+    Validate(validate::Args),
+    /// Replay recorded telemetry (JSON Lines, optionally .gz, or an edge
+    /// node's log directory) through the dataflow and write congestion.csv
+    /// and charging.csv.
+    Replay(replay::Args),
+    /// Run an edge node: QUIC ingest, durable log, live dataflow, sinks
+    /// (the topology has [ingest], [log], [[fleet]]). Stops gracefully on
+    /// SIGINT/SIGTERM.
+    Edge(edge::Args),
+    /// Stream a recorded JSON Lines file to an edge node, resending what was
+    /// not acknowledged after a reconnect.
+    Send(send::Args),
+    /// Start an edge node on loopback with the bundled Karhula topology,
+    /// send it the recorded telemetry over QUIC and show the aggregates live.
+    Demo(tools::demo::DemoArgs),
+    /// Make a development CA (its key kept, 0600), a server certificate
+    /// and a client certificate (PEM) for local nodes; or, with --client,
+    /// issue another client certificate from the CA in --out.
+    Certs(certs::Args),
+    /// Measure the replay path on synthetic telemetry against a plain
+    /// single-threaded loop; prints one JSON object.
+    Bench(tools::bench::BenchArgs),
+    /// Measure an edge node (own process, durable log) under synthetic QUIC
+    /// load; prints one JSON object.
+    BenchIngest(tools::bench_ingest::IngestBenchArgs),
+    /// Measure map matching on a topology's road network (one core),
+    /// against the same rule without the spatial index; prints one JSON
+    /// object.
+    BenchMatch(tools::bench_match::MatchBenchArgs),
+    /// Measure ingest with subscribers (none, many, many plus a slow one),
+    /// each phase on a fresh node process; prints one JSON object.
+    BenchSubscribe(tools::bench_subscribe::SubscribeBenchArgs),
+    /// Follow live aggregates of a node as a mobility operator: the current
+    /// rows, then every change (docs/PROTOCOL.md, "Subscriptions").
+    Subscribe(subscribe::Args),
+    /// Send live synthetic traffic to a node over real QUIC connections, one
+    /// per vehicle fleet gateway, stamped with the wall clock.
+    Simulate(simulate::Args),
+    /// One measured run of `bench`, in a fresh process (used by `bench`).
+    #[command(hide = true)]
+    BenchOne(tools::bench::RunOneArgs),
+}
+
+/// Runs one command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Edge(args) => edge::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Demo(args) => tools::demo::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Certs(args) => certs::run(args),
+        Command::Subscribe(args) => subscribe::run(args),
+        Command::Simulate(args) => simulate::run(args),
+        Command::Bench(args) => print_json(tools::bench::run(&args)),
+        Command::BenchIngest(args) => print_json(tools::bench_ingest::run(&args)),
+        Command::BenchMatch(args) => print_json(tools::bench_match::run(&args)),
+        Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),
+        Command::BenchOne(args) => print_json(tools::bench::run_one(&args)),
+    }
+}
+
+/// A benchmark's report, one JSON object on stdout.
+fn print_json(report: anyhow::Result<serde_json::Value>) -> anyhow::Result<ExitCode> {
+    println!("{}", report?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The topology a dataflow runs with, and its worker count.
+#[derive(clap::Args)]
+pub struct Dataflow {
+    /// The topology file (TOML).
+    #[arg(long)]
+    topology: PathBuf,
+    /// Worker threads (default: the topology's `dataflow.workers`).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+impl Dataflow {
+    /// The topology (or its problems on stderr) and the worker count,
+    /// checked against [`edgeflow::topology::MAX_WORKERS`].
+    fn load(&self) -> anyhow::Result<(Topology, usize)> {
+        let topology = load_topology(&self.topology)?;
+        let workers = self.workers.unwrap_or(topology.workers);
+        if workers == 0 || workers > edgeflow::topology::MAX_WORKERS {
+            bail!(
+                "--workers must be between 1 and {}",
+                edgeflow::topology::MAX_WORKERS
+            );
+        }
+        Ok((topology, workers))
+    }
+}
+
+/// The node a client command talks to, and how it proves who it is.
+#[derive(clap::Args)]
+pub struct Target {
+    /// The node, HOST:PORT.
+    #[arg(long)]
+    to: String,
+    /// Bearer token: a fleet's (send, simulate) or an operator's
+    /// (subscribe).
+    #[arg(long)]
+    token: String,
+    /// CA certificate (PEM) to trust (from `edgeflow certs`).
+    #[arg(long)]
+    ca: PathBuf,
+    /// TLS server name (default: the host of --to).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+impl Target {
+    /// The node's address and the TLS server name: `--server-name`, or
+    /// the host of `--to`.
+    fn resolve(&self) -> anyhow::Result<(SocketAddr, String)> {
+        use std::net::ToSocketAddrs;
+        let to = &self.to;
+        let addr = to
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {to}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{to} resolves to no address"))?;
+        let host = to
+            .rsplit_once(':')
+            .map_or(to.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']']);
+        Ok((
+            addr,
+            self.server_name.clone().unwrap_or_else(|| host.to_owned()),
+        ))
+    }
+}
+
+/// A topology, or every problem it has on stderr and an error naming the
+/// command that lists them.
+fn load_topology(path: &Path) -> anyhow::Result<Topology> {
+    Topology::load(path).map_err(|problems| {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        anyhow::anyhow!(
+            "{} has {} problem(s); `edgeflow validate` lists them",
+            path.display(),
+            problems.len()
+        )
+    })
+}
+
+/// `--speed`: a pace of at least 0.001 times event time.
+fn check_speed(speed: Option<f64>) -> anyhow::Result<()> {
+    match speed {
+        Some(s) if !(s.is_finite() && s >= 0.001) => {
+            bail!("--speed must be a number >= 0.001 (times event time), got {s}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr()
+        .is_terminal()
+        .then(|| indicatif::ProgressBar::new(total))
+}

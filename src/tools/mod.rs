@@ -1,0 +1,21 @@
+//! Tools around the node, none of which the node needs: the benchmarks
+//! (`edgeflow bench`, `bench-ingest`, `bench-match`, `bench-subscribe`),
+//! the demo and the synthetic load generator (`edgeflow simulate`). They
+//! drive the node from outside, as an operator's tools would: through its
+//! public API, its process and its protocols.
+//!
+//! - [`measure`]: peak memory, medians, the seeded generator.
+//! - [`bench`](mod@bench): the replay path against a plain loop.
+//! - [`bench_ingest`]: a node process under QUIC load, durable acks.
+//! - [`bench_match`]: map matching with and without the spatial index.
+//! - [`bench_subscribe`]: ingest with subscribers, fast and slow.
+//! - [`loadgen`]: live synthetic traffic over real QUIC connections.
+//! - [`demo`]: the README's first command.
+
+pub mod bench;
+pub mod bench_ingest;
+pub mod bench_match;
+pub mod bench_subscribe;
+pub mod demo;
+pub mod loadgen;
+pub mod measure;
