@@ -65,8 +65,8 @@ pub struct IngestContext {
     pub token_hashes: Vec<[u8; 32]>,
     /// The log.
     pub committer: Committer,
-    /// Limits.
-    pub limits: Ingest,
+    /// The `[ingest]` settings: timeouts and limits.
+    pub settings: Ingest,
     /// Counters.
     pub counters: Arc<IngestCounters>,
     /// `[windows] max_future`, ms: records further ahead of the wall clock
@@ -82,7 +82,7 @@ impl IngestContext {
         reference: Arc<Reference>,
         token_hashes: Vec<[u8; 32]>,
         committer: Committer,
-        limits: Ingest,
+        settings: Ingest,
         counters: Arc<IngestCounters>,
         max_future_ms: u64,
         budget: Budget,
@@ -94,7 +94,7 @@ impl IngestContext {
             counters,
             max_future_ms,
             budget,
-            limits,
+            settings,
         }
     }
 
@@ -153,7 +153,7 @@ pub async fn connection(
     };
     // HELLO on the first bidirectional stream, within the deadline; a stop
     // meanwhile is answered too.
-    let deadline = tokio::time::Instant::now() + ctx.limits.hello_timeout;
+    let deadline = tokio::time::Instant::now() + ctx.settings.hello_timeout;
     let accepted = tokio::select! {
         r = tokio::time::timeout_at(deadline, conn.accept_bi()) => r,
         _ = shutdown.changed() => {
@@ -235,7 +235,7 @@ pub async fn connection(
         return;
     }
     let rate = Arc::new(Mutex::new(RateLimit::new(
-        ctx.limits.section.max_records_per_s,
+        ctx.settings.limits.max_records_per_s,
     )));
     let turns = Arc::new(Turns::default());
     let mut tickets = 0u64;
@@ -258,7 +258,7 @@ pub async fn connection(
                 // Batches under way get `drain_timeout` to arrive and commit;
                 // one still unread after that is dropped unacknowledged (its
                 // sender resends it), so no client can hold the stop up.
-                let drained = tokio::time::timeout(ctx.limits.drain_timeout, async {
+                let drained = tokio::time::timeout(ctx.settings.drain_timeout, async {
                     while batches.join_next().await.is_some() {}
                 })
                 .await;
@@ -373,9 +373,9 @@ async fn batch(
     };
     // The whole batch within `batch_timeout`, its bytes within the
     // node's budget (held until it is answered).
-    let max = ctx.limits.section.max_frame_bytes;
+    let max = ctx.settings.limits.max_frame_bytes;
     let read = tokio::time::timeout(
-        ctx.limits.batch_timeout,
+        ctx.settings.batch_timeout,
         read_frame(&ctx.budget, &mut recv, max),
     );
     let (frame, _held) = match read.await {
@@ -389,7 +389,7 @@ async fn batch(
             let code = ErrorCode::BatchTimeout;
             let why = format!(
                 "the batch did not arrive within batch_timeout ({:?}); send it again",
-                ctx.limits.batch_timeout
+                ctx.settings.batch_timeout
             );
             send_error(&mut send, fail(code), &why).await;
             let _ = recv.stop(quinn::VarInt::from_u32(code as u32));
@@ -432,7 +432,7 @@ async fn batch(
         .map(|mut r| r.take(items.len() + rejections.len()))
         .unwrap_or(false);
     if !allowed {
-        let limit = ctx.limits.section.max_records_per_s;
+        let limit = ctx.settings.limits.max_records_per_s;
         let records = items.len() + rejections.len();
         let (code, why) = if records as u64 > limit {
             // Waiting cannot help: the bucket never holds this many.
@@ -488,7 +488,7 @@ async fn batch(
                 sender_seq,
                 accepted,
                 rejections,
-                ctx.limits.section.max_frame_bytes,
+                ctx.settings.limits.max_frame_bytes,
             )
             .to_bytes();
             let _ = send.write_all(&ack).await;

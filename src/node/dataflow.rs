@@ -17,7 +17,7 @@ use crate::output::FinalTable;
 use crate::reference::Reference;
 use crate::runtime::{Input, RunError, RunOptions, RunSummary, ZoneChange};
 use crate::subscribe::hub::Hub;
-use crate::topology::{SinkSection, Topology};
+use crate::topology::{Sink, Topology};
 
 /// What the dataflow thread is fed and feeds.
 pub struct Feed {
@@ -57,7 +57,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
     } = feed;
     let mut table = FinalTable::default();
     for sink in &topology.sinks {
-        let SinkSection::Files { dir } = sink;
+        let Sink::Files { dir } = sink;
         // Rows of frozen windows only: the kept log rebuilds the rest.
         let (spec, horizon) = (topology.time, resume.horizon);
         let warnings = table

@@ -37,16 +37,21 @@ pub enum ListenError {
 /// Builds the node's QUIC endpoint from the `[ingest]` section: its
 /// certificate (mTLS with `client_ca`), both protocols by ALPN, and the
 /// transport limits of docs/PROTOCOL.md "Limits a client meets".
-pub fn endpoint(limits: &Ingest) -> Result<quinn::Endpoint, ListenError> {
-    let s = &limits.section;
+pub fn endpoint(settings: &Ingest) -> Result<quinn::Endpoint, ListenError> {
+    let s = &settings.limits;
     let alpns = [crate::ingest::frame::ALPN, crate::subscribe::proto::ALPN];
-    let crypto = crate::wire::tls::server_crypto(&s.cert, &s.key, s.client_ca.as_deref(), &alpns)?;
+    let crypto = crate::wire::tls::server_crypto(
+        &settings.cert,
+        &settings.key,
+        settings.client_ca.as_deref(),
+        &alpns,
+    )?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(s.max_streams.into())
         .max_concurrent_uni_streams(0u8.into())
-        .max_idle_timeout(limits.idle_timeout.try_into().ok())
+        .max_idle_timeout(settings.idle_timeout.try_into().ok())
         .receive_window(quinn::VarInt::from_u64(s.receive_window).unwrap_or(quinn::VarInt::MAX))
         .stream_receive_window(
             quinn::VarInt::from_u64((s.max_frame_bytes as u64 + 64).min(s.receive_window))
@@ -54,8 +59,8 @@ pub fn endpoint(limits: &Ingest) -> Result<quinn::Endpoint, ListenError> {
         )
         .datagram_receive_buffer_size(Some(64 << 10));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, limits.listen).map_err(|source| ListenError::Bind {
-        addr: limits.listen,
+    quinn::Endpoint::server(config, settings.listen).map_err(|source| ListenError::Bind {
+        addr: settings.listen,
         source,
     })
 }
@@ -72,7 +77,7 @@ pub async fn serve(
     subscriptions: Option<Arc<SubContext>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinSet<()> {
-    let limits = &ingest.limits.section;
+    let limits = &ingest.settings.limits;
     let admission = Admission::new(admission::Limits {
         max_connections: limits.max_connections,
         max_unauthenticated: limits.max_unauthenticated,

@@ -216,7 +216,7 @@ fn build(
         ))
     });
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let budget = Budget::new(ingest.section.max_buffered_bytes);
+    let budget = Budget::new(ingest.limits.max_buffered_bytes);
     let sub_ctx = hub.as_ref().map(|hub| {
         Arc::new(SubContext {
             hub: hub.clone(),
@@ -272,7 +272,7 @@ fn build(
 struct Serve {
     topology: Topology,
     ingest: crate::topology::Ingest,
-    log: crate::topology::LogSection,
+    log: crate::topology::Log,
     tokens: Vec<[u8; 32]>,
     disk: Disk,
     recovered: recover::Recovered,

@@ -18,7 +18,7 @@ use crate::input::Chunk;
 use crate::log::disk::Disk;
 use crate::log::{LogReader, LogWriter, Recovery};
 use crate::reference::Reference;
-use crate::topology::{LogSection, Topology};
+use crate::topology::{Log, Topology};
 
 /// A log opened and checked, ready to be replayed and appended to.
 pub struct Recovered {
@@ -36,7 +36,7 @@ pub struct Recovered {
 
 /// Opens the log of `topology` on `disk` and checks it; says on stderr what
 /// it repaired or skipped.
-pub fn open(topology: &Topology, log: &LogSection, disk: Disk) -> Result<Recovered, EdgeError> {
+pub fn open(topology: &Topology, log: &Log, disk: Disk) -> Result<Recovered, EdgeError> {
     let (mut writer, recovery) =
         LogWriter::open_on(&log.dir, log.segment_bytes, disk, log.on_corruption)?;
     for s in &recovery.skipped {
@@ -97,7 +97,7 @@ pub struct Replayed {
 /// `watermark`).
 pub fn replay(
     topology: &Topology,
-    log: &LogSection,
+    log: &Log,
     recovered: &Recovered,
     reference: &Reference,
     tracker: &mut Tracker,

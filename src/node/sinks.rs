@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::output::FinalTable;
-use crate::topology::{SinkSection, Topology};
+use crate::topology::{Sink, Topology};
 
 /// Least time between two rewrites of a files sink.
 pub const SINK_INTERVAL: Duration = Duration::from_secs(1);
@@ -16,7 +16,7 @@ pub const SINK_INTERVAL: Duration = Duration::from_secs(1);
 /// [`SINK_INTERVAL`] while it has unwritten changes.
 pub struct FilesSinks<'a> {
     table: FinalTable,
-    sinks: Vec<SinkSection>,
+    sinks: Vec<Sink>,
     topology: &'a Topology,
     written: Instant,
     dirty: bool,
@@ -84,11 +84,11 @@ impl<'a> FilesSinks<'a> {
 }
 
 /// Writes every sink; false if one failed.
-fn write_sinks(sinks: &[SinkSection], table: &FinalTable, topology: &Topology) -> bool {
+fn write_sinks(sinks: &[Sink], table: &FinalTable, topology: &Topology) -> bool {
     let mut ok = true;
     for sink in sinks {
         match sink {
-            SinkSection::Files { dir } => {
+            Sink::Files { dir } => {
                 if let Err(e) = table.write_csv(dir, &topology.reference, topology.time.size_ms) {
                     eprintln!("edgeflow: files sink {}: {e}", dir.display());
                     ok = false;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::ingest::client::{SendOptions, SendReport};
-use crate::topology::{Fleet, Ingest, IngestSection, LogSection, SinkSection, Topology};
+use crate::topology::{Fleet, Ingest, IngestLimits, Log, Sink, Topology};
 
 const TOKEN: &str = "edgeflow-demo-token";
 
@@ -204,33 +204,18 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(args.out.join(name));
     }
     let certs = crate::node::make_certs(&args.out.join("certs"), &["localhost".into()])?;
-    let section = IngestSection {
-        listen: "127.0.0.1:0".into(),
-        cert: certs.cert.clone(),
-        key: certs.key.clone(),
-        max_frame_bytes: 4 << 20,
-        max_connections: 100,
-        max_streams: 32,
-        idle_timeout: "30s".into(),
-        hello_timeout: "5s".into(),
-        drain_timeout: "10s".into(),
-        max_records_per_s: 200_000,
-        receive_window: 8 << 20,
-        client_ca: None,
-        batch_timeout: "60s".into(),
-        max_buffered_bytes: 256 << 20,
-        max_unauthenticated: 1024,
-        max_unauthenticated_per_source: 32,
-    };
     topology.ingest = Some(Ingest {
-        listen: "127.0.0.1:0".parse()?,
-        section,
-        idle_timeout: Duration::from_secs(30),
-        hello_timeout: Duration::from_secs(5),
-        drain_timeout: Duration::from_secs(10),
-        batch_timeout: Duration::from_secs(60),
+        limits: IngestLimits {
+            max_connections: 100,
+            ..IngestLimits::default()
+        },
+        ..Ingest::new(
+            "127.0.0.1:0".parse()?,
+            certs.cert.clone(),
+            certs.key.clone(),
+        )
     });
-    topology.log = Some(LogSection {
+    topology.log = Some(Log {
         on_corruption: crate::log::OnCorruption::Stop,
         dir: log_dir,
         segment_bytes: crate::log::DEFAULT_SEGMENT_BYTES,
@@ -239,7 +224,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         name: "demo".into(),
         token_sha256: crate::wire::token::digest(TOKEN),
     }];
-    topology.sinks = vec![SinkSection::Files {
+    topology.sinks = vec![Sink::Files {
         dir: args.out.clone(),
     }];
     let workers = topology.workers;
