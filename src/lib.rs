@@ -17,7 +17,10 @@
 //!    watermark clock, the fate of a late record), [`problem`] (what
 //!    validation reports), [`geo`] (map matching, zones, H3 cells),
 //!    [`reference`](mod@reference) (road network, chargers, zones from
-//!    GeoJSON), [`aggregate`] (aggregate values in fixed point, CSV rows).
+//!    GeoJSON), [`aggregate`] (aggregate values in fixed point, CSV rows),
+//!    [`partial`] (what an edge pushes to central: partial aggregates
+//!    that merge exactly, distinct-vehicle sketches, keyed vehicle
+//!    hashes).
 //! 2. **The log**: [`log`], segmented, checksummed, fsynced, and the disk
 //!    it writes through.
 //! 3. **Records to aggregates**: [`resolve`] (a valid record checked
@@ -68,6 +71,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod output;
+pub mod partial;
 pub mod pipeline;
 pub mod problem;
 pub mod reference;

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "geo",
         "reference",
         "aggregate",
+        "partial",
     ],
     &["log"],
     &["resolve", "input", "pipeline", "dataflow", "output"],
