@@ -23,6 +23,7 @@
 
 pub mod sketch;
 pub mod vehicle_key;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
 

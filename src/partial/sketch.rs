@@ -21,10 +21,11 @@
 //! bytes.
 //!
 //! # Encoding, version 1
+//! Integers big-endian, as everywhere in docs/PROTOCOL.md.
 //! ```text
 //! u8  version = 1
 //! u8  form: 0 sparse, 1 dense
-//! sparse: u16 LE n (<= SPARSE_MAX), then n u64 LE hashes, strictly increasing
+//! sparse: u16 n (<= SPARSE_MAX), then n u64 hashes, strictly increasing
 //! dense:  u8 P (= 16), then 2^P register bytes, each <= 64 - P + 1
 //! ```
 //! Anything else (another version, a form or precision this build does not
@@ -192,9 +193,9 @@ impl Sketch {
         match self {
             Sketch::Sparse(v) => {
                 out.push(0);
-                out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+                out.extend_from_slice(&(v.len() as u16).to_be_bytes());
                 for h in v {
-                    out.extend_from_slice(&h.to_le_bytes());
+                    out.extend_from_slice(&h.to_be_bytes());
                 }
             }
             Sketch::Dense(registers) => {
@@ -220,7 +221,7 @@ impl Sketch {
                 let (n, rest) = rest
                     .split_first_chunk::<2>()
                     .ok_or(SketchError::Truncated("sparse count"))?;
-                let n = u16::from_le_bytes(*n) as usize;
+                let n = u16::from_be_bytes(*n) as usize;
                 if n > SPARSE_MAX {
                     return Err(SketchError::NotCanonical(
                         "more hashes than a sparse sketch holds",
@@ -232,7 +233,7 @@ impl Sketch {
                 let (body, rest) = rest.split_at(n * 8);
                 let v: Vec<u64> = body
                     .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
                     .collect();
                 if v.windows(2).any(|w| w[0] >= w[1]) {
                     return Err(SketchError::NotCanonical("hashes not strictly increasing"));
@@ -411,7 +412,7 @@ mod tests {
             Err(SketchError::Truncated(_))
         ));
         let mut unsorted = good.clone();
-        unsorted[4..12].copy_from_slice(&9u64.to_le_bytes());
+        unsorted[4..12].copy_from_slice(&9u64.to_be_bytes());
         assert!(matches!(
             Sketch::decode(&unsorted),
             Err(SketchError::NotCanonical(_))
