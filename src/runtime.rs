@@ -22,6 +22,7 @@ use thiserror::Error;
 use crate::checkpoint::{Checkpoint, Resume};
 use crate::dataflow::connectors::ChargerLimits;
 use crate::dataflow::emit::{Emission, EmitStats, Status};
+use crate::dataflow::partials::PartialEmission;
 use crate::geo::zones::Membership;
 use crate::input::{Chunk, ChunkClock, Chunker};
 use crate::pipeline::{IngestStats, Pacing, Stage};
@@ -82,6 +83,9 @@ pub struct RunOptions {
     /// log costs about 7 % of replay throughput on one worker (`edgeflow
     /// bench`, 10M records: 0.70 against 0.75 times the plain loop).
     pub measure_state: bool,
+    /// Keep the partials an edge pushes to central and hand them to
+    /// [`run_with`]'s `on_partials` ([`crate::dataflow::partials`]).
+    pub partials: bool,
 }
 
 impl RunOptions {
@@ -95,6 +99,7 @@ impl RunOptions {
             accept_damage: false,
             flush_records: crate::pipeline::FLUSH_RECORDS,
             measure_state: false,
+            partials: false,
         }
     }
 }
@@ -321,7 +326,29 @@ pub fn run(
     reference: Arc<Reference>,
     spec: TimeSpec,
     options: RunOptions,
+    on_emissions: impl FnMut(&[Emission]),
+    on_progress: impl FnMut(u64),
+) -> Result<RunSummary, RunError> {
+    run_with(
+        input,
+        reference,
+        spec,
+        options,
+        on_emissions,
+        |_| {},
+        on_progress,
+    )
+}
+
+/// [`run`], and with [`RunOptions::partials`] `on_partials` sees every
+/// batch of partials on the calling thread.
+pub fn run_with(
+    input: Input,
+    reference: Arc<Reference>,
+    spec: TimeSpec,
+    options: RunOptions,
     mut on_emissions: impl FnMut(&[Emission]),
+    mut on_partials: impl FnMut(&[PartialEmission]),
     mut on_progress: impl FnMut(u64),
 ) -> Result<RunSummary, RunError> {
     let workers = options.workers.max(1);
@@ -375,6 +402,8 @@ pub fn run(
     let resume = Arc::new(resume);
     let (emit_tx, emit_rx) = mpsc::channel::<Vec<Emission>>();
     let emit_tx = Arc::new(Mutex::new(Some(emit_tx)));
+    let (partial_tx, partial_rx) = mpsc::channel::<Vec<PartialEmission>>();
+    let partial_tx = Arc::new(Mutex::new(options.partials.then_some(partial_tx)));
     let pacing = options.speed.map(|speed| Pacing { start, speed });
     let provisional = options.provisional;
     let finished = Arc::new(AtomicUsize::new(0));
@@ -390,10 +419,13 @@ pub fn run(
         timely::Config::process(workers)
     };
     let guards = timely::execute(config, move |worker| {
-        let tx = if worker.index() == 0 {
-            emit_tx.lock().ok().and_then(|mut t| t.take())
+        let (tx, partial_tx) = if worker.index() == 0 {
+            (
+                emit_tx.lock().ok().and_then(|mut t| t.take()),
+                partial_tx.lock().ok().and_then(|mut t| t.take()),
+            )
         } else {
-            None
+            (None, None)
         };
         if options.measure_state {
             gauge.attach(worker);
@@ -403,7 +435,11 @@ pub fn run(
             spec,
             provisional,
             zone_flow.clone(),
-            tx,
+            crate::dataflow::Outputs {
+                emissions: tx,
+                partials: options.partials,
+                partial_emissions: partial_tx,
+            },
             limits.clone(),
         );
         // Worker 0 feeds the reference collections; the others see them
@@ -495,6 +531,13 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => on_progress(bytes.load(Ordering::Relaxed)),
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        while let Ok(batch) = partial_rx.try_recv() {
+            on_partials(&batch);
+        }
+    }
+    // The workers are done: every partial sent is queued.
+    while let Ok(batch) = partial_rx.try_recv() {
+        on_partials(&batch);
     }
     let mut ingest = IngestStats::default();
     for result in guards.join() {

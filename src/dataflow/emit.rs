@@ -41,23 +41,37 @@ pub enum Status {
     Retraction,
 }
 
-/// One aggregate update leaving the dataflow.
+/// The key of a row: which window it is in.
+pub trait RowKey: Copy + Ord + std::hash::Hash + std::fmt::Debug {
+    /// The start of the row's window, ms.
+    fn window(&self) -> u64;
+}
+
+impl RowKey for AggKey {
+    fn window(&self) -> u64 {
+        self.window
+    }
+}
+
+/// One update leaving the dataflow: an aggregate row (by default), or
+/// another kind of row with a window, such as the partials an edge pushes
+/// to central ([`crate::dataflow::PartialKey`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Emission {
+pub struct Emission<K = AggKey, V = AggValue> {
     /// How final.
     pub status: Status,
     /// Which row.
-    pub key: AggKey,
+    pub key: K,
     /// Its value.
-    pub value: AggValue,
+    pub value: V,
     /// The watermark when it was emitted, ms.
     pub watermark: u64,
 }
 
 #[derive(Clone, Debug)]
-struct Row {
+struct Row<V> {
     /// `None` between a retraction and the update that replaces it.
-    value: Option<AggValue>,
+    value: Option<V>,
     final_sent: bool,
 }
 
@@ -76,20 +90,20 @@ pub struct EmitStats {
 
 /// Turns timestamped diffs of rows into emissions (see the module doc).
 #[derive(Debug)]
-pub struct Emitter {
+pub struct Emitter<K = AggKey, V = AggValue> {
     spec: TimeSpec,
-    pending: Vec<(u64, AggKey, AggValue, isize)>,
-    rows: FxHashMap<AggKey, Row>,
+    pending: Vec<(u64, K, V, isize)>,
+    rows: FxHashMap<K, Row<V>>,
     /// Open rows by window end, waiting for the watermark.
-    awaiting: BTreeMap<u64, Vec<AggKey>>,
+    awaiting: BTreeMap<u64, Vec<K>>,
     /// Rows by retirement time, to forget them.
-    retiring: BTreeMap<u64, Vec<AggKey>>,
+    retiring: BTreeMap<u64, Vec<K>>,
     /// Whether provisional values are wanted at all.
     provisional: bool,
     stats: EmitStats,
 }
 
-impl Emitter {
+impl<K: RowKey, V: Clone + PartialEq> Emitter<K, V> {
     /// A new emitter. Without `provisional`, only final rows and corrections
     /// are emitted (replay needs nothing else).
     pub fn new(spec: TimeSpec, provisional: bool) -> Self {
@@ -105,7 +119,7 @@ impl Emitter {
     }
 
     /// Buffers one diff of the output collection.
-    pub fn push(&mut self, time: u64, key: AggKey, value: AggValue, diff: isize) {
+    pub fn push(&mut self, time: u64, key: K, value: V, diff: isize) {
         self.pending.push((time, key, value, diff));
     }
 
@@ -118,15 +132,15 @@ impl Emitter {
     /// Applies every buffered diff before it, one timestamp at a time, and
     /// emits after each: a window whose end lies between two timestamps is
     /// final before the later one applies (which may be its retirement).
-    pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<Emission>) {
+    pub fn advance(&mut self, frontier: Option<u64>, out: &mut Vec<Emission<K, V>>) {
         let horizon = frontier.unwrap_or(u64::MAX);
         let (mut ready, rest): (Vec<_>, Vec<_>) =
             self.pending.drain(..).partition(|u| u.0 < horizon);
         self.pending = rest;
         // Within a time, retractions first, so `-old +new` leaves `new`.
         ready.sort_by_key(|&(t, k, _, d)| (t, k, d));
-        let mut dirty: Vec<AggKey> = Vec::new();
-        let mut retracted: FxHashMap<AggKey, AggValue> = FxHashMap::default();
+        let mut dirty: Vec<K> = Vec::new();
+        let mut retracted: FxHashMap<K, V> = FxHashMap::default();
         let mut ready = ready.into_iter().peekable();
         while let Some(&(time, ..)) = ready.peek() {
             while let Some((_, key, value, diff)) = ready.next_if(|u| u.0 == time) {
@@ -145,11 +159,11 @@ impl Emitter {
                             },
                         );
                         self.awaiting
-                            .entry(self.spec.window_end(key.window))
+                            .entry(self.spec.window_end(key.window()))
                             .or_default()
                             .push(key);
                         self.retiring
-                            .entry(self.spec.retire_at(key.window))
+                            .entry(self.spec.retire_at(key.window()))
                             .or_default()
                             .push(key);
                     }
@@ -170,10 +184,10 @@ impl Emitter {
 
     fn emit(
         &mut self,
-        dirty: &mut Vec<AggKey>,
-        retracted: &FxHashMap<AggKey, AggValue>,
+        dirty: &mut Vec<K>,
+        retracted: &FxHashMap<K, V>,
         watermark: u64,
-        out: &mut Vec<Emission>,
+        out: &mut Vec<Emission<K, V>>,
     ) {
         dirty.sort();
         dirty.dedup();
@@ -197,7 +211,7 @@ impl Emitter {
                 }
                 continue;
             };
-            let closed = self.spec.window_end(key.window) <= watermark;
+            let closed = self.spec.window_end(key.window()) <= watermark;
             let status = match (closed, row.final_sent) {
                 (false, _) if self.provisional => Status::Provisional,
                 (false, _) => continue,

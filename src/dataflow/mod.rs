@@ -30,6 +30,7 @@
 pub mod connectors;
 pub mod emit;
 pub mod gauge;
+pub mod partials;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -54,7 +55,8 @@ use crate::geo::zones::Membership;
 use crate::reference::Reference;
 use crate::time::TimeSpec;
 use connectors::{connector_windows, ChargerLimits, ChargerReading};
-use emit::{Emission, Emitter};
+use emit::{Emission, Emitter, RowKey};
+use partials::PartialEmission;
 
 /// A congestion input update: `((segment, window_start), vehicle_hash)`.
 pub type CongestionKey = ((u32, u64), u64);
@@ -129,14 +131,14 @@ impl Inputs {
 /// Tells when the dataflow has emitted everything.
 pub struct Completion {
     probe: ProbeHandle<u64>,
-    emitted_all: Rc<Cell<bool>>,
+    emitted_all: Vec<Rc<Cell<bool>>>,
 }
 
 impl Completion {
-    /// True once the inputs are closed and the emitter has seen the empty
-    /// frontier (so its last emissions are sent).
+    /// True once the inputs are closed and every emitter has seen the
+    /// empty frontier (so its last emissions are sent).
     pub fn done(&self) -> bool {
-        self.probe.done() && self.emitted_all.get()
+        self.probe.done() && self.emitted_all.iter().all(|e| e.get())
     }
 
     /// The frontier of the output, for progress: `None` when complete.
@@ -167,15 +169,73 @@ impl ZoneFlow {
     }
 }
 
-/// Builds the dataflow on this worker. Emissions go to `emissions` from
-/// worker 0 (the other workers pass `None`, nothing reaches them). With
-/// `zones`, the zone roll-up is built too.
+/// Where the dataflow's output goes. Only worker 0 holds senders; every
+/// worker must agree on `partials`.
+pub struct Outputs {
+    /// Aggregate emissions.
+    pub emissions: Option<Sender<Vec<Emission>>>,
+    /// Whether to keep the partials central needs ([`partials`]).
+    pub partials: bool,
+    /// Where they go.
+    pub partial_emissions: Option<Sender<Vec<PartialEmission>>>,
+}
+
+/// Sends `rows` through an emitter of their own to `tx` (from worker 0),
+/// tracked by `probe`; the flag turns true once the emitter has seen the
+/// empty frontier.
+fn emit_to<'scope, K, V>(
+    rows: differential_dataflow::VecCollection<'scope, u64, (K, V), isize>,
+    spec: TimeSpec,
+    provisional: bool,
+    tx: Option<Sender<Vec<Emission<K, V>>>>,
+    probe: &ProbeHandle<u64>,
+) -> Rc<Cell<bool>>
+where
+    K: RowKey + timely::ExchangeData,
+    V: Clone + PartialEq + timely::ExchangeData,
+{
+    let mut emitter = Emitter::<K, V>::new(spec, provisional);
+    let mut batch = Vec::new();
+    let emitted_all = Rc::new(Cell::new(false));
+    let finished = emitted_all.clone();
+    rows.inner
+        // Retirement retractions need not travel: the emitter forgets a
+        // row itself when its window retires (nothing else happens to a
+        // row at or after that time).
+        .filter(move |((key, _), time, _): &((K, V), u64, isize)| {
+            *time < spec.retire_at(key.window())
+        })
+        .probe_with(probe)
+        .sink(Exchange::new(|_| 0), "Emit", move |(input, frontier)| {
+            input.for_each(|_cap, data| {
+                for ((key, value), time, diff) in data.drain(..) {
+                    emitter.push(time, key, value, diff);
+                }
+            });
+            let at = frontier.frontier().first().copied();
+            emitter.advance(at, &mut batch);
+            finished.set(at.is_none());
+            if !batch.is_empty() {
+                if let Some(tx) = &tx {
+                    // A closed receiver means nobody listens any more:
+                    // the run is being torn down, dropping is right.
+                    let _ = tx.send(std::mem::take(&mut batch));
+                }
+                batch.clear();
+            }
+        });
+    emitted_all
+}
+
+/// Builds the dataflow on this worker. Emissions go to `outputs` from
+/// worker 0 (the other workers pass no senders, nothing reaches them).
+/// With `zones`, the zone roll-up is built too.
 pub fn build(
     worker: &mut Worker,
     spec: TimeSpec,
     provisional: bool,
     zones: Option<ZoneFlow>,
-    emissions: Option<Sender<Vec<Emission>>>,
+    outputs: Outputs,
     limits: Arc<ChargerLimits>,
 ) -> (Inputs, Completion) {
     worker.dataflow::<u64, _, _>(move |scope| {
@@ -197,6 +257,10 @@ pub fn build(
                 })
                 .as_collection()
         });
+        let connector_windows = connector_windows(readings, spec, limits);
+        let partial_rows = outputs
+            .partials
+            .then(|| partials::rows(&reports, &connector_windows, &low_soc));
         let congestion = reports.reduce_named(
             "Congestion",
             |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
@@ -220,7 +284,7 @@ pub fn build(
             )
         });
 
-        let charging = connector_windows(readings, spec, limits).reduce_named(
+        let charging = connector_windows.reduce_named(
             "Charging",
             |_key, connectors: &[(&ConnectorWindow, isize)], out: &mut Vec<(Charging, isize)>| {
                 out.push((
@@ -240,11 +304,7 @@ pub fn build(
             )
         });
 
-        let mut emitter = Emitter::new(spec, provisional);
-        let mut batch = Vec::new();
         let probe = ProbeHandle::new();
-        let emitted_all = Rc::new(Cell::new(false));
-        let finished = emitted_all.clone();
         let mut rows = congestion_rows.concat(charging_rows);
         // `vehicles` exists exactly when `zones` does.
         if let (Some(z), Some(vehicles)) = (zones, vehicles) {
@@ -308,34 +368,16 @@ pub fn build(
                 });
             rows = rows.concat(zone_rows);
         }
-        rows.inner
-            // Retirement retractions need not travel: the emitter forgets a
-            // row itself when its window retires (nothing else happens to a
-            // row at or after that time).
-            .filter(
-                move |((key, _), time, _): &((AggKey, AggValue), u64, isize)| {
-                    *time < spec.retire_at(key.window)
-                },
-            )
-            .probe_with(&probe)
-            .sink(Exchange::new(|_| 0), "Emit", move |(input, frontier)| {
-                input.for_each(|_cap, data| {
-                    for ((key, value), time, diff) in data.drain(..) {
-                        emitter.push(time, key, value, diff);
-                    }
-                });
-                let at = frontier.frontier().first().copied();
-                emitter.advance(at, &mut batch);
-                finished.set(at.is_none());
-                if !batch.is_empty() {
-                    if let Some(tx) = &emissions {
-                        // A closed receiver means nobody listens any more:
-                        // the run is being torn down, dropping is right.
-                        let _ = tx.send(std::mem::take(&mut batch));
-                    }
-                    batch.clear();
-                }
-            });
+        let mut emitted_all = vec![emit_to(rows, spec, provisional, outputs.emissions, &probe)];
+        if let Some(partial_rows) = partial_rows {
+            emitted_all.push(emit_to(
+                partial_rows,
+                spec,
+                provisional,
+                outputs.partial_emissions,
+                &probe,
+            ));
+        }
         (
             Inputs {
                 congestion: congestion_input,

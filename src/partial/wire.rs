@@ -242,9 +242,9 @@ fn check_distinct(count: u64, sketch: &Sketch) -> Result<(), UpdateError> {
         Sketch::Sparse(v) => v.len() as u64 == count,
         Sketch::Dense(_) => count > super::sketch::SPARSE_MAX as u64,
     };
-    agrees
-        .then_some(())
-        .ok_or(UpdateError::Figures("the distinct count and its sketch disagree"))
+    agrees.then_some(()).ok_or(UpdateError::Figures(
+        "the distinct count and its sketch disagree",
+    ))
 }
 
 fn decode_update(header: &Header, bytes: &[u8]) -> Result<Update, UpdateError> {

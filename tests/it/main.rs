@@ -30,6 +30,7 @@
 
 mod bad_input;
 mod bounded;
+mod central;
 mod cli;
 mod faults;
 mod geo;

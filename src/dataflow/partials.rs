@@ -1,0 +1,153 @@
+//! The partials an edge pushes to central ([`crate::partial`]), kept by the
+//! same dataflow as the aggregates when the node has a central sink:
+//!
+//! ```text
+//! congestion input ((segment, window), vehicle) : SpeedSum
+//!     -> reduce per (segment, window)  -> CongestionPartial {samples, speed_sum, vehicles, sketch}
+//! connector windows ((charger, window), ConnectorWindow)
+//!     -> reduce per (charger, window)  -> ChargingPartial {charging, connectors}
+//! low-SoC input ((cell, window), vehicle)
+//!     -> reduce per (cell, window)     -> LowSocPartial {evs, sketch}
+//! all -> exchange to worker 0 -> Emitter<PartialKey, PartialValue>
+//! ```
+//!
+//! They go through an [`Emitter`](super::emit::Emitter) of their own, so
+//! they are provisional, final and corrected exactly as the aggregates are.
+//! The vehicle hashes in the sketches are the dataflow's own, keyed
+//! ([`crate::partial::vehicle_key`]) when the node pushes.
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+
+use super::emit::{Emission, RowKey};
+use super::CongestionKey;
+use crate::aggregate::{Charging, ConnectorWindow, SpeedSum};
+use crate::partial::sketch::Sketch;
+use crate::partial::{ChargingPartial, CongestionPartial, LowSocPartial};
+
+/// What a partial is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PartialKind {
+    /// A road segment (key: its index in the road network).
+    Congestion,
+    /// A charger (key: its index in the charger list).
+    Charging,
+    /// An H3 cell of EV positions (key: the cell index).
+    LowSoc,
+}
+
+/// Which partial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartialKey {
+    /// What of.
+    pub kind: PartialKind,
+    /// Segment or charger index, or H3 cell.
+    pub key: u64,
+    /// Window start, ms.
+    pub window: u64,
+}
+
+impl RowKey for PartialKey {
+    fn window(&self) -> u64 {
+        self.window
+    }
+}
+
+/// A partial's value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PartialValue {
+    /// Of a segment.
+    Congestion(CongestionPartial),
+    /// Of a charger.
+    Charging(ChargingPartial),
+    /// Of a cell.
+    LowSoc(LowSocPartial),
+}
+
+/// A partial leaving the dataflow.
+pub type PartialEmission = Emission<PartialKey, PartialValue>;
+
+/// The partial rows, from the dataflow's inputs (see the module doc).
+pub fn rows<'scope>(
+    reports: &VecCollection<'scope, u64, CongestionKey, SpeedSum>,
+    connector_windows: &VecCollection<'scope, u64, ((u32, u64), ConnectorWindow), isize>,
+    low_soc: &VecCollection<'scope, u64, ((u64, u64), u64), isize>,
+) -> VecCollection<'scope, u64, (PartialKey, PartialValue), isize> {
+    let congestion = reports
+        .clone()
+        .reduce_named(
+            "CongestionPartial",
+            |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(CongestionPartial, isize)>| {
+                let mut p = CongestionPartial::default();
+                for (_, s) in vehicles {
+                    p.samples += s.count as u64;
+                    p.speed_sum += s.sum;
+                    p.vehicles += 1;
+                }
+                p.sketch = Sketch::of(vehicles.iter().map(|(v, _)| **v));
+                out.push((p, 1));
+            },
+        )
+        .map(|((segment, window), p)| {
+            (
+                PartialKey {
+                    kind: PartialKind::Congestion,
+                    key: u64::from(segment),
+                    window,
+                },
+                PartialValue::Congestion(p),
+            )
+        });
+    let charging = connector_windows
+        .clone()
+        .reduce_named(
+            "ChargingPartial",
+            |_key,
+             connectors: &[(&ConnectorWindow, isize)],
+             out: &mut Vec<(ChargingPartial, isize)>| {
+                out.push((
+                    ChargingPartial {
+                        charging: Charging::from_connectors(connectors.iter().map(|(c, _)| *c)),
+                        // Sorted: a connector window sorts by its number.
+                        connectors: connectors.iter().map(|(c, _)| c.connector).collect(),
+                    },
+                    1,
+                ));
+            },
+        )
+        .map(|((charger, window), p)| {
+            (
+                PartialKey {
+                    kind: PartialKind::Charging,
+                    key: u64::from(charger),
+                    window,
+                },
+                PartialValue::Charging(p),
+            )
+        });
+    let low_soc = low_soc
+        .clone()
+        .reduce_named(
+            "LowSocPartial",
+            |_key, vehicles: &[(&u64, isize)], out: &mut Vec<(LowSocPartial, isize)>| {
+                out.push((
+                    LowSocPartial {
+                        evs: vehicles.len() as u64,
+                        sketch: Sketch::of(vehicles.iter().map(|(v, _)| **v)),
+                    },
+                    1,
+                ));
+            },
+        )
+        .map(|((cell, window), p)| {
+            (
+                PartialKey {
+                    kind: PartialKind::LowSoc,
+                    key: cell,
+                    window,
+                },
+                PartialValue::LowSoc(p),
+            )
+        });
+    congestion.concat(charging).concat(low_soc)
+}

@@ -1,0 +1,191 @@
+//! Central's merge (issue 12): the partials two edges keep, merged, are
+//! exactly what one node seeing every record computes. The Karhula
+//! recording is split between a west and an east edge by a meridian
+//! through the town, each report going to the edge it is in, so vehicles
+//! cross from one edge to the other mid-trip and mid-window.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgeflow::aggregate::{AggValue, Charging, Congestion, Kind};
+use edgeflow::dataflow::emit::Status;
+use edgeflow::dataflow::partials::{PartialKey, PartialKind, PartialValue};
+use edgeflow::partial::{merge_charging, merge_congestion, merge_low_soc};
+use edgeflow::reference::Reference;
+use edgeflow::runtime::{Input, RunOptions};
+use edgeflow::topology::Topology;
+
+use crate::support::{data, root};
+
+/// The final partials and aggregates of one run.
+#[derive(Default)]
+struct Finals {
+    partials: BTreeMap<PartialKey, PartialValue>,
+    congestion: BTreeMap<(u32, u64), Congestion>,
+    charging: BTreeMap<(u32, u64), Charging>,
+}
+
+fn run(lines: &[&str], reference: &Arc<Reference>, topo: &Topology, workers: usize) -> Finals {
+    let mut finals = Finals::default();
+    let mut partials = BTreeMap::new();
+    let input = lines.join("\n").into_bytes();
+    edgeflow::runtime::run_with(
+        Input::JsonLines(Box::new(std::io::Cursor::new(input))),
+        reference.clone(),
+        topo.time,
+        RunOptions {
+            partials: true,
+            ..RunOptions::new(workers)
+        },
+        |batch| {
+            for e in batch {
+                if !matches!(e.status, Status::Final | Status::Correction) {
+                    continue;
+                }
+                match (&e.key.kind, &e.value) {
+                    (Kind::Congestion, AggValue::Congestion(c)) => {
+                        finals.congestion.insert((e.key.key, e.key.window), *c);
+                    }
+                    (Kind::Charging, AggValue::Charging(c)) => {
+                        finals.charging.insert((e.key.key, e.key.window), *c);
+                    }
+                    _ => {}
+                }
+            }
+        },
+        |batch| {
+            for e in batch {
+                match e.status {
+                    Status::Final | Status::Correction => {
+                        partials.insert(e.key, e.value.clone());
+                    }
+                    Status::Retraction => {
+                        partials.remove(&e.key);
+                    }
+                    Status::Provisional => {}
+                }
+            }
+        },
+        |_| {},
+    )
+    .expect("run");
+    finals.partials = partials;
+    finals
+}
+
+#[test]
+fn two_edges_merged_equal_one_node_seeing_everything() {
+    let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid topology");
+    let reference = Arc::new(topo.reference.clone());
+    let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    let lines: Vec<&str> = text.lines().collect();
+    // Where each report is: a vehicle's position, a charger's site.
+    let lon = |line: &str| {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        match v["type"].as_str() {
+            Some("charger") => {
+                let id = v["charger_id"].as_str().expect("charger id");
+                let i = reference.charger(id).expect("known charger") as usize;
+                reference.chargers[i].position[0]
+            }
+            _ => v["lon"].as_f64().expect("lon"),
+        }
+    };
+    let mut lons: Vec<f64> = lines.iter().map(|l| lon(l)).collect();
+    lons.sort_by(f64::total_cmp);
+    let meridian = lons[lons.len() / 2];
+    let (west, east): (Vec<&str>, Vec<&str>) = lines.iter().partition(|l| lon(l) < meridian);
+    assert!(
+        west.len() > 3_000 && east.len() > 3_000,
+        "{} {}",
+        west.len(),
+        east.len()
+    );
+
+    let whole = run(&lines, &reference, &topo, 2);
+    let edges = [
+        run(&west, &reference, &topo, 1),
+        run(&east, &reference, &topo, 2),
+    ];
+
+    // Every final partial of the whole run, merged from the edges.
+    let mut shared = [0usize; 3];
+    let mut crossings = 0;
+    for (key, value) in &whole.partials {
+        let parts: Vec<&PartialValue> = edges.iter().filter_map(|e| e.partials.get(key)).collect();
+        assert!(!parts.is_empty(), "{key:?} is at no edge");
+        if parts.len() > 1 {
+            shared[key.kind as usize] += 1;
+            // A vehicle both edges counted: the union counts it once.
+            let sum: u64 = parts
+                .iter()
+                .map(|p| match p {
+                    PartialValue::Congestion(c) => c.vehicles,
+                    _ => 0,
+                })
+                .sum();
+            if let PartialValue::Congestion(one) = value {
+                crossings += usize::from(sum > one.vehicles);
+            }
+        }
+        match (key.kind, value) {
+            (PartialKind::Congestion, PartialValue::Congestion(one)) => {
+                let merged = merge_congestion(parts.iter().map(|p| match p {
+                    PartialValue::Congestion(c) => c,
+                    other => panic!("{other:?}"),
+                }));
+                let expected = whole.congestion[&(key.key as u32, key.window)];
+                assert_eq!(merged, expected, "{key:?}");
+                assert_eq!(
+                    (one.samples, one.speed_sum, one.vehicles),
+                    (expected.samples, expected.speed_sum, expected.vehicles)
+                );
+            }
+            (PartialKind::Charging, PartialValue::Charging(_)) => {
+                let merged = merge_charging(parts.iter().map(|p| match p {
+                    PartialValue::Charging(c) => c,
+                    other => panic!("{other:?}"),
+                }));
+                assert_eq!(merged.split_connectors, 0, "{key:?}");
+                assert_eq!(
+                    merged.charging,
+                    whole.charging[&(key.key as u32, key.window)],
+                    "{key:?}"
+                );
+            }
+            (PartialKind::LowSoc, PartialValue::LowSoc(one)) => {
+                let merged = merge_low_soc(parts.iter().map(|p| match p {
+                    PartialValue::LowSoc(l) => l,
+                    other => panic!("{other:?}"),
+                }));
+                assert_eq!(merged, one.evs, "{key:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing at an edge that the whole run lacks.
+    for e in &edges {
+        for key in e.partials.keys() {
+            assert!(whole.partials.contains_key(key), "{key:?} only at an edge");
+        }
+    }
+    assert_eq!(
+        whole.congestion.len(),
+        whole
+            .partials
+            .keys()
+            .filter(|k| k.kind == PartialKind::Congestion)
+            .count()
+    );
+    assert_eq!(whole.charging.len(), 40);
+    // The split is a real one: segments and cells both edges saw in a
+    // window, vehicles crossing between them.
+    // (48 segment windows and 2 low-SoC cell windows of the 1,276 and 260.)
+    assert_eq!(shared, [48, 0, 2]);
+    let count = |k: PartialKind| whole.partials.keys().filter(|p| p.kind == k).count();
+    assert_eq!(count(PartialKind::LowSoc), 260);
+    assert!(
+        crossings > 0,
+        "no vehicle counted by both edges in one window"
+    );
+}
