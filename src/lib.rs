@@ -19,8 +19,8 @@
 //!    [`reference`](mod@reference) (road network, chargers, zones from
 //!    GeoJSON), [`aggregate`] (aggregate values in fixed point, CSV rows),
 //!    [`partial`] (what an edge pushes to central: partial aggregates
-//!    that merge exactly, distinct-vehicle sketches, keyed vehicle
-//!    hashes).
+//!    that merge exactly, distinct-vehicle sketches), [`privacy`] (keyed
+//!    vehicle hashes).
 //! 2. **The log**: [`log`], segmented, checksummed, fsynced, and the disk
 //!    it writes through.
 //! 3. **Records to aggregates**: [`resolve`] (a valid record checked
@@ -73,6 +73,7 @@ pub mod node;
 pub mod output;
 pub mod partial;
 pub mod pipeline;
+pub mod privacy;
 pub mod problem;
 pub mod reference;
 pub mod resolve;

@@ -81,6 +81,10 @@ pub struct Reference {
     pub zone_settings: ZoneSettings,
     /// Zone numbers, shared by every clone (see [`ZoneRegistry`]).
     pub registry: Arc<ZoneRegistry>,
+    /// `[privacy] vehicle_hash_key`, set when the node pushes to central:
+    /// vehicle ids hash under it, by day, so that the sketches of distinct
+    /// vehicles may leave the node ([`crate::privacy`]).
+    pub vehicle_key: Option<crate::privacy::VehicleKey>,
 }
 
 impl Reference {
@@ -118,6 +122,7 @@ impl Reference {
             zones: Vec::new(),
             zone_settings: ZoneSettings::default(),
             registry: Arc::default(),
+            vehicle_key: None,
         }
     }
 
@@ -127,6 +132,12 @@ impl Reference {
         self.zone_settings.zone_file
             || !self.zones.is_empty()
             || self.zone_settings.h3_resolution.is_some()
+    }
+
+    /// Whether low-SoC EVs are placed in H3 cells: for the zone roll-ups,
+    /// or for central's (a node that pushes has the vehicle key).
+    pub fn places_low_soc(&self) -> bool {
+        self.rollups() || self.vehicle_key.is_some()
     }
 
     /// Zone membership of the segments and chargers for `zones` (numbering

@@ -49,8 +49,13 @@ pub enum Item {
     Report {
         /// Segment index, when matched.
         segment: Option<u32>,
-        /// Hash of the vehicle id.
+        /// Hash of the vehicle id: the one distinct counts use, keyed by
+        /// day when the node pushes its sketches
+        /// ([`Reference::vehicle_key`]).
         vehicle: u64,
+        /// Hash of the vehicle id as a device of the event-time clock
+        /// (unkeyed: the same every day).
+        device: u64,
         /// Event time, ms.
         ts: u64,
         /// Speed, µm/s.
@@ -86,7 +91,7 @@ impl Item {
     /// charger's index with the top bit set.
     pub fn device(&self) -> u64 {
         match self {
-            Item::Report { vehicle, .. } => *vehicle,
+            Item::Report { device, .. } => *device,
             Item::Reading { charger, .. } => u64::from(*charger) | 1 << 63,
         }
     }
@@ -99,7 +104,7 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
         Record::Vehicle(v) => {
             let charging = v.ev.is_some_and(|ev| ev.charging == Some(true));
             let zs = &reference.zone_settings;
-            let low_soc = (reference.rollups()
+            let low_soc = (reference.places_low_soc()
                 && !charging
                 && v.ev.is_some_and(|ev| ev.soc_pct < zs.low_soc_pct))
             .then(|| crate::geo::zones::position_cell([v.lon, v.lat], zs.position_resolution))
@@ -116,9 +121,14 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
                     Err(why) => (None, Matched::No(why)),
                 },
             };
+            let device = xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes());
             Ok(Item::Report {
                 segment,
-                vehicle: xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes()),
+                vehicle: match &reference.vehicle_key {
+                    Some(key) => key.hash(&v.vehicle_id, v.ts_ms),
+                    None => device,
+                },
+                device,
                 ts: v.ts_ms,
                 speed: speed_fixed(v.speed_mps),
                 how,

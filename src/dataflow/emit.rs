@@ -55,7 +55,7 @@ impl RowKey for AggKey {
 
 /// One update leaving the dataflow: an aggregate row (by default), or
 /// another kind of row with a window, such as the partials an edge pushes
-/// to central ([`crate::dataflow::PartialKey`]).
+/// to central ([`crate::dataflow::partials::PartialKey`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Emission<K = AggKey, V = AggValue> {
     /// How final.

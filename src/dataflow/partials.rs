@@ -14,7 +14,7 @@
 //! They go through an [`Emitter`](super::emit::Emitter) of their own, so
 //! they are provisional, final and corrected exactly as the aggregates are.
 //! The vehicle hashes in the sketches are the dataflow's own, keyed
-//! ([`crate::partial::vehicle_key`]) when the node pushes.
+//! ([`crate::privacy`]) when the node pushes.
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};

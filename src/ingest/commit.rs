@@ -509,6 +509,7 @@ mod tests {
         let item = Item::Report {
             segment: None,
             vehicle: 1,
+            device: 1,
             ts: 5,
             speed: 0,
             how: crate::resolve::Matched::OnBoard,

@@ -8,7 +8,7 @@
 //! - Distinct vehicles do not add up (a vehicle crossing from one edge's
 //!   area into another's in a window counts once). Each edge sends its
 //!   exact count and a [`sketch::Sketch`] of the keyed vehicle hashes
-//!   ([`vehicle_key`]); the merged count is the edge's exact count where
+//!   ([`crate::privacy`]); the merged count is the edge's exact count where
 //!   one edge saw the key, else the union sketch's count: exact up to
 //!   [`sketch::SPARSE_MAX`] vehicles, within 2 % beyond.
 //! - Charging sums are exact when each connector reports to one edge (a
@@ -22,7 +22,6 @@
 //! Pure values; no I/O. The push protocol carries them.
 
 pub mod sketch;
-pub mod vehicle_key;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::aggregate::Kind;
 use crate::geo::zones::ZoneSettings;
 use crate::geo::MatchSettings;
+use crate::privacy::VehicleKey;
 use crate::reference::{Problem, Reference};
 use crate::time::TimeSpec;
 
@@ -112,6 +113,21 @@ impl Checker<'_> {
             }
         }
         Some(TimeSpec::new(size?, lateness?, retention?).with_future(max_future?, w.leap_quorum))
+    }
+
+    /// `[privacy] vehicle_hash_key`: 32 bytes in hex.
+    fn vehicle_key(&mut self, hex_text: &str) -> Option<VehicleKey> {
+        let mut secret = [0u8; 32];
+        match hex::decode_to_slice(hex_text.trim(), &mut secret) {
+            Ok(()) if secret != [0; 32] => Some(VehicleKey::new(secret)),
+            _ => {
+                self.push(
+                    "privacy.vehicle_hash_key",
+                    "must be 64 hex characters of random bytes (e.g. `openssl rand -hex 32`), not all zero",
+                );
+                None
+            }
+        }
     }
 
     /// `[[fleet]]`, token hashes decoded.
@@ -251,9 +267,15 @@ impl Checker<'_> {
             }
         };
         let settings = self.zones(&file.zones, &zones, zone_file.is_some());
+        let vehicle_key = file
+            .privacy
+            .vehicle_hash_key
+            .as_deref()
+            .and_then(|hex_text| self.vehicle_key(hex_text));
         let reference = reference.map(|mut r| {
             r.zones = zones;
             r.zone_settings = settings;
+            r.vehicle_key = vehicle_key;
             r
         });
         (reference, sha256, zone_file)

@@ -73,6 +73,12 @@ pub struct PrivacySection {
     /// Rows over fewer distinct vehicles are withheld from operators (a
     /// zone row part by part: docs/PROTOCOL.md). Default 3.
     pub min_vehicles: Option<u64>,
+    /// The city's secret for vehicle hashes, 64 hex characters (32 random
+    /// bytes, e.g. `openssl rand -hex 32`), the same on every edge of a
+    /// city: vehicle ids are hashed under it, by UTC day, before a
+    /// distinct-vehicle sketch leaves the node for central. Keep it like a
+    /// token: whoever has it can test a guessed vehicle id.
+    pub vehicle_hash_key: Option<String>,
 }
 
 /// `[subscriptions]`.

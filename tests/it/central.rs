@@ -11,6 +11,7 @@ use edgeflow::aggregate::{AggValue, Charging, Congestion, Kind};
 use edgeflow::dataflow::emit::Status;
 use edgeflow::dataflow::partials::{PartialKey, PartialKind, PartialValue};
 use edgeflow::partial::{merge_charging, merge_congestion, merge_low_soc};
+use edgeflow::privacy::VehicleKey;
 use edgeflow::reference::Reference;
 use edgeflow::runtime::{Input, RunOptions};
 use edgeflow::topology::Topology;
@@ -76,7 +77,10 @@ fn run(lines: &[&str], reference: &Arc<Reference>, topo: &Topology, workers: usi
 #[test]
 fn two_edges_merged_equal_one_node_seeing_everything() {
     let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid topology");
-    let reference = Arc::new(topo.reference.clone());
+    // Edges that push hash vehicle ids under the city's key.
+    let mut keyed = topo.reference.clone();
+    keyed.vehicle_key = Some(VehicleKey::new([0x5a; 32]));
+    let reference = Arc::new(keyed);
     let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
     let lines: Vec<&str> = text.lines().collect();
     // Where each report is: a vehicle's position, a charger's site.
@@ -103,6 +107,10 @@ fn two_edges_merged_equal_one_node_seeing_everything() {
     );
 
     let whole = run(&lines, &reference, &topo, 2);
+    // Keyed hashes count the same vehicles as the node's own.
+    let plain = run(&lines, &Arc::new(topo.reference.clone()), &topo, 1);
+    assert_eq!(plain.congestion, whole.congestion);
+    assert_eq!(plain.charging, whole.charging);
     let edges = [
         run(&west, &reference, &topo, 1),
         run(&east, &reference, &topo, 2),

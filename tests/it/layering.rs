@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "reference",
         "aggregate",
         "partial",
+        "privacy",
     ],
     &["log"],
     &["resolve", "input", "pipeline", "dataflow", "output"],

@@ -220,3 +220,30 @@ fn empty_networks_zero_length_segments_crossing_zones_and_zero_timeouts_are_refu
         assert!(all.contains(expected), "{expected}: {all}");
     }
 }
+
+#[test]
+fn the_vehicle_hash_key_is_32_random_bytes_in_hex() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let karhula = root("topologies/karhula");
+    let with_key = |key: &str| {
+        format!(
+            "[node]\nid = \"e1\"\n[reference]\nroads = {:?}\nchargers = {:?}\n[windows]\n[privacy]\nvehicle_hash_key = {key:?}\n",
+            karhula.join("roads.geojson"),
+            karhula.join("chargers.geojson"),
+        )
+    };
+    for bad in ["abc", &"0".repeat(64), &"g".repeat(64), &"ab".repeat(33)] {
+        write(dir.path(), "t.toml", &with_key(bad));
+        let problems = Topology::load(&dir.path().join("t.toml")).expect_err(bad);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].place, "privacy.vehicle_hash_key");
+    }
+    write(dir.path(), "t.toml", &with_key(&"5a".repeat(32)));
+    let t = Topology::load(&dir.path().join("t.toml")).expect("valid");
+    assert_eq!(
+        t.reference.vehicle_key,
+        Some(edgeflow::privacy::VehicleKey::new([0x5a; 32]))
+    );
+    // A node that pushes places low-SoC EVs in cells, zones or not.
+    assert!(!t.reference.rollups() && t.reference.places_low_soc());
+}

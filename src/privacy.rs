@@ -1,5 +1,6 @@
-//! Keyed vehicle hashes: what stands for a vehicle id wherever a distinct
-//! count must travel (the sketches an edge pushes to central).
+//! Privacy of vehicles: keyed vehicle hashes, what stands for a vehicle id
+//! wherever a distinct count must travel (the sketches an edge pushes to
+//! central).
 //!
 //! A vehicle id never leaves the edge. Its hash does, inside a sketch, so
 //! the hash must not let anyone who sees it find the id (ids are short and
@@ -28,8 +29,12 @@ use siphasher::sip::SipHasher13;
 pub const DAY_MS: u64 = 86_400_000;
 
 /// The city's secret for vehicle hashes.
-#[derive(Clone)]
-pub struct VehicleKey([u8; 32]);
+#[derive(Clone, PartialEq, Eq)]
+pub struct VehicleKey {
+    secret: [u8; 32],
+    /// Tells keys apart in the per-thread cache of day keys.
+    tag: u64,
+}
 
 impl std::fmt::Debug for VehicleKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,17 +42,29 @@ impl std::fmt::Debug for VehicleKey {
     }
 }
 
+thread_local! {
+    /// The day hasher last used on this thread, with its key's tag: reports
+    /// come nearly in event-time order, so one day's key serves millions.
+    static LAST: std::cell::Cell<Option<(u64, DayHasher)>> = const { std::cell::Cell::new(None) };
+}
+
 impl VehicleKey {
     /// A key from its 32 bytes.
     pub fn new(secret: [u8; 32]) -> Self {
-        VehicleKey(secret)
+        let digest = Sha256::digest([b"edgeflow vehicle key tag".as_slice(), &secret].concat());
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&digest[..8]);
+        VehicleKey {
+            secret,
+            tag: u64::from_le_bytes(tag),
+        }
     }
 
     /// The hasher of one UTC day (days since the Unix epoch).
     pub fn day(&self, day: u64) -> DayHasher {
         let mut h = Sha256::new();
         h.update(b"edgeflow vehicle hash v1");
-        h.update(self.0);
+        h.update(self.secret);
         h.update(day.to_le_bytes());
         let d = h.finalize();
         let word = |i: usize| {
@@ -60,6 +77,21 @@ impl VehicleKey {
             k0: word(0),
             k1: word(8),
         }
+    }
+
+    /// The hash of `vehicle_id` reported at `ts_ms`, under the key of
+    /// that UTC day (cached per thread).
+    pub fn hash(&self, vehicle_id: &str, ts_ms: u64) -> u64 {
+        let day = ts_ms / DAY_MS;
+        let hasher = match LAST.get() {
+            Some((tag, h)) if tag == self.tag && h.day == day => h,
+            _ => {
+                let h = self.day(day);
+                LAST.set(Some((self.tag, h)));
+                h
+            }
+        };
+        hasher.hash(vehicle_id)
     }
 }
 
@@ -85,31 +117,6 @@ impl DayHasher {
     }
 }
 
-/// Hashes vehicle ids by the day of their event time, keeping the last
-/// day's key (reports come in event-time order, nearly).
-#[derive(Clone, Debug)]
-pub struct VehicleHasher {
-    key: VehicleKey,
-    last: DayHasher,
-}
-
-impl VehicleHasher {
-    /// A hasher under `key`.
-    pub fn new(key: VehicleKey) -> Self {
-        let last = key.day(0);
-        VehicleHasher { key, last }
-    }
-
-    /// The hash of `vehicle_id` reported at `ts_ms`.
-    pub fn hash(&mut self, vehicle_id: &str, ts_ms: u64) -> u64 {
-        let day = ts_ms / DAY_MS;
-        if day != self.last.day {
-            self.last = self.key.day(day);
-        }
-        self.last.hash(vehicle_id)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,15 +124,16 @@ mod tests {
     #[test]
     fn same_day_same_hash_other_day_or_key_unrelated() {
         let key = VehicleKey::new([7; 32]);
-        let mut h = VehicleHasher::new(key.clone());
         let noon = 20_000 * DAY_MS + DAY_MS / 2;
-        let a = h.hash("veh-1", noon);
-        assert_eq!(a, h.hash("veh-1", noon + 3_600_000));
+        let a = key.hash("veh-1", noon);
+        assert_eq!(a, key.hash("veh-1", noon + 3_600_000));
         assert_eq!(a, key.day(20_000).hash("veh-1"));
-        assert_ne!(a, h.hash("veh-1", noon + DAY_MS));
-        assert_ne!(a, h.hash("veh-2", noon));
-        let mut other = VehicleHasher::new(VehicleKey::new([8; 32]));
+        assert_ne!(a, key.hash("veh-1", noon + DAY_MS));
+        assert_ne!(a, key.hash("veh-2", noon));
+        // Another key, alternating on one thread: the cache tells them apart.
+        let other = VehicleKey::new([8; 32]);
         assert_ne!(a, other.hash("veh-1", noon));
+        assert_eq!(a, key.hash("veh-1", noon));
     }
 
     #[test]
