@@ -37,7 +37,7 @@ use std::rc::Rc;
 use std::sync::mpsc::Sender;
 
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::AsCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::Filter;
 use timely::dataflow::operators::generic::Operator;
@@ -61,15 +61,9 @@ use partials::PartialEmission;
 /// A congestion input update: `((segment, window_start), vehicle_hash)`.
 pub type CongestionKey = ((u32, u64), u64);
 
-/// The dataflow's inputs on one worker.
-pub struct Inputs {
-    /// Vehicle reports, pre-aggregated per `(segment, window, vehicle)`.
-    pub congestion: InputSession<u64, CongestionKey, SpeedSum>,
-    /// Charger readings.
-    pub charging: InputSession<u64, ChargerReading, isize>,
-    /// Reports of low-SoC EVs not charging, by the H3 cell of their
-    /// position: `((cell, window), vehicle)`.
-    pub low_soc: InputSession<u64, ((u64, u64), u64), isize>,
+/// Zone membership, an input like the telemetry: a changed zone file
+/// retracts old pairs and adds new ones.
+pub struct ZoneInputs {
     /// Zone membership of segments: `(segment, zone)`.
     pub segment_zones: InputSession<u64, (u32, u32), isize>,
     /// Zone membership of chargers: `(charger, zone)`.
@@ -78,18 +72,8 @@ pub struct Inputs {
     pub cell_zones: InputSession<u64, (u64, u32), isize>,
 }
 
-impl Inputs {
-    /// Advances both inputs to `time` and flushes them.
-    pub fn advance_to(&mut self, time: u64) {
-        if *self.congestion.time() < time {
-            self.congestion.advance_to(time);
-        }
-        if *self.charging.time() < time {
-            self.charging.advance_to(time);
-        }
-        if *self.low_soc.time() < time {
-            self.low_soc.advance_to(time);
-        }
+impl ZoneInputs {
+    fn advance_to(&mut self, time: u64) {
         if *self.segment_zones.time() < time {
             self.segment_zones.advance_to(time);
         }
@@ -99,16 +83,13 @@ impl Inputs {
         if *self.cell_zones.time() < time {
             self.cell_zones.advance_to(time);
         }
-        self.congestion.flush();
-        self.charging.flush();
-        self.low_soc.flush();
         self.segment_zones.flush();
         self.charger_zones.flush();
         self.cell_zones.flush();
     }
 
     /// Applies a change of zone membership at the inputs' current time.
-    pub fn update_zones(&mut self, gone: &Membership, added: &Membership) {
+    pub fn update(&mut self, gone: &Membership, added: &Membership) {
         for (pairs, diff) in [(gone, -1), (added, 1)] {
             for &p in &pairs.segments {
                 self.segment_zones.update(p, diff);
@@ -121,8 +102,73 @@ impl Inputs {
             }
         }
     }
+}
 
-    /// The time both inputs are at.
+/// The membership collections, as the zone roll-up takes them.
+pub struct ZoneCollections<'scope> {
+    segment_zones: VecCollection<'scope, u64, (u32, u32), isize>,
+    charger_zones: VecCollection<'scope, u64, (u32, u32), isize>,
+    cell_zones: VecCollection<'scope, u64, (u64, u32), isize>,
+}
+
+/// New membership inputs in `scope`.
+pub fn zone_inputs<'scope>(
+    scope: timely::dataflow::Scope<'scope, u64>,
+) -> (ZoneInputs, ZoneCollections<'scope>) {
+    let (segment_zones_input, segment_zones) = scope.new_collection::<(u32, u32), isize>();
+    let (charger_zones_input, charger_zones) = scope.new_collection::<(u32, u32), isize>();
+    let (cell_zones_input, cell_zones) = scope.new_collection::<(u64, u32), isize>();
+    (
+        ZoneInputs {
+            segment_zones: segment_zones_input,
+            charger_zones: charger_zones_input,
+            cell_zones: cell_zones_input,
+        },
+        ZoneCollections {
+            segment_zones,
+            charger_zones,
+            cell_zones,
+        },
+    )
+}
+
+/// The dataflow's inputs on one worker.
+pub struct Inputs {
+    /// Vehicle reports, pre-aggregated per `(segment, window, vehicle)`.
+    pub congestion: InputSession<u64, CongestionKey, SpeedSum>,
+    /// Charger readings.
+    pub charging: InputSession<u64, ChargerReading, isize>,
+    /// Reports of low-SoC EVs not charging, by the H3 cell of their
+    /// position: `((cell, window), vehicle)`.
+    pub low_soc: InputSession<u64, ((u64, u64), u64), isize>,
+    /// Zone membership.
+    pub zones: ZoneInputs,
+}
+
+impl Inputs {
+    /// Advances every input to `time` and flushes them.
+    pub fn advance_to(&mut self, time: u64) {
+        if *self.congestion.time() < time {
+            self.congestion.advance_to(time);
+        }
+        if *self.charging.time() < time {
+            self.charging.advance_to(time);
+        }
+        if *self.low_soc.time() < time {
+            self.low_soc.advance_to(time);
+        }
+        self.congestion.flush();
+        self.charging.flush();
+        self.low_soc.flush();
+        self.zones.advance_to(time);
+    }
+
+    /// Applies a change of zone membership at the inputs' current time.
+    pub fn update_zones(&mut self, gone: &Membership, added: &Membership) {
+        self.zones.update(gone, added);
+    }
+
+    /// The time the inputs are at.
     pub fn time(&self) -> u64 {
         *self.congestion.time()
     }
@@ -227,6 +273,117 @@ where
     emitted_all
 }
 
+/// Where a low-SoC EV's cell counts: in the named zones holding the cell
+/// (the membership lists it) and in the H3 zone that is its ancestor at
+/// the roll-up resolution `h3`.
+pub fn cell_parts<'scope, V: timely::ExchangeData + Clone + Ord + std::fmt::Debug>(
+    by_cell: VecCollection<'scope, u64, ((u64, u64), V), isize>,
+    cell_zones: VecCollection<'scope, u64, (u64, u32), isize>,
+    h3: Option<u8>,
+) -> VecCollection<'scope, u64, ((u32, u64), V), isize> {
+    by_cell
+        .flat_map(move |((cell, window), v)| {
+            let up = h3.and_then(|r| crate::geo::zones::ancestor(cell, r));
+            std::iter::once(cell)
+                .chain(up.filter(|a| *a != cell))
+                .map(move |c| (c, (window, v.clone())))
+                .collect::<Vec<_>>()
+        })
+        .join_map(cell_zones, |_, (window, v), zone| {
+            ((*zone, *window), v.clone())
+        })
+}
+
+/// The zone roll-up: segments' congestion and chargers' charging placed in
+/// their zones, with `extra` parts (distinct vehicles and low-SoC EVs, as
+/// the edge and central each count them), reduced per (zone, window).
+pub fn zone_rows<'scope>(
+    z: &ZoneFlow,
+    memberships: &ZoneCollections<'scope>,
+    congestion: VecCollection<'scope, u64, ((u32, u64), Congestion), isize>,
+    charging: VecCollection<'scope, u64, ((u32, u64), Charging), isize>,
+    extra: VecCollection<'scope, u64, ((u32, u64), ZonePart), isize>,
+) -> VecCollection<'scope, u64, (AggKey, AggValue), isize> {
+    let free_flow = z.free_flow.clone();
+    let segment_parts = congestion
+        .map(|((segment, window), c)| (segment, (window, c)))
+        .join_map(
+            memberships.segment_zones.clone(),
+            move |segment, (window, c), zone| {
+                let ff = free_flow.get(*segment as usize).copied().unwrap_or(1.0);
+                ((*zone, *window), ZonePart::segment(*segment, c, ff))
+            },
+        );
+    let connectors = z.connectors.clone();
+    let charger_parts = charging
+        .map(|((charger, window), c)| (charger, (window, c)))
+        .join_map(
+            memberships.charger_zones.clone(),
+            move |charger, (window, value), zone| {
+                let connectors = connectors.get(*charger as usize).copied().unwrap_or(0);
+                (
+                    (*zone, *window),
+                    ZonePart::Charger {
+                        charger: *charger,
+                        value: *value,
+                        connectors,
+                    },
+                )
+            },
+        );
+    segment_parts
+        .concat(charger_parts)
+        .concat(extra)
+        .reduce_named(
+            "Zones",
+            |_key, parts: &[(&ZonePart, isize)], out: &mut Vec<(ZoneAgg, isize)>| {
+                out.push((ZoneAgg::from_parts(parts.iter().map(|(p, _)| *p)), 1));
+            },
+        )
+        .map(|((zone, window), z)| {
+            (
+                AggKey {
+                    kind: Kind::Zone,
+                    key: zone,
+                    window,
+                },
+                AggValue::Zone(Box::new(z)),
+            )
+        })
+}
+
+/// Congestion rows of the output.
+fn congestion_rows<'scope>(
+    congestion: VecCollection<'scope, u64, ((u32, u64), Congestion), isize>,
+) -> VecCollection<'scope, u64, (AggKey, AggValue), isize> {
+    congestion.map(|((segment, window), c)| {
+        (
+            AggKey {
+                kind: Kind::Congestion,
+                key: segment,
+                window,
+            },
+            AggValue::Congestion(c),
+        )
+    })
+}
+
+/// Charging rows of the output.
+fn charging_rows<'scope>(
+    charging: VecCollection<'scope, u64, ((u32, u64), Charging), isize>,
+) -> VecCollection<'scope, u64, (AggKey, AggValue), isize> {
+    charging.map(|((charger, window), c)| {
+        (
+            AggKey {
+                kind: Kind::Charging,
+                key: charger,
+                window,
+            },
+            AggValue::Charging(c),
+        )
+    })
+}
+
 /// Builds the dataflow on this worker. Emissions go to `outputs` from
 /// worker 0 (the other workers pass no senders, nothing reaches them).
 /// With `zones`, the zone roll-up is built too.
@@ -242,9 +399,7 @@ pub fn build(
         let (congestion_input, reports) = scope.new_collection::<CongestionKey, SpeedSum>();
         let (charging_input, readings) = scope.new_collection::<ChargerReading, isize>();
         let (low_soc_input, low_soc) = scope.new_collection::<((u64, u64), u64), isize>();
-        let (cell_zones_input, cell_zones) = scope.new_collection::<(u64, u32), isize>();
-        let (segment_zones_input, segment_zones) = scope.new_collection::<(u32, u32), isize>();
-        let (charger_zones_input, charger_zones) = scope.new_collection::<(u32, u32), isize>();
+        let (zone_inputs, memberships) = zone_inputs(scope);
 
         // Per (segment, window, vehicle) with its report count as the diff:
         // the zone roll-up counts distinct vehicles from it.
@@ -273,17 +428,6 @@ pub fn build(
                 out.push((c, 1));
             },
         );
-        let congestion_rows = congestion.clone().map(|((segment, window), c)| {
-            (
-                AggKey {
-                    kind: Kind::Congestion,
-                    key: segment,
-                    window,
-                },
-                AggValue::Congestion(c),
-            )
-        });
-
         let charging = connector_windows.reduce_named(
             "Charging",
             |_key, connectors: &[(&ConnectorWindow, isize)], out: &mut Vec<(Charging, isize)>| {
@@ -293,81 +437,26 @@ pub fn build(
                 ));
             },
         );
-        let charging_rows = charging.clone().map(|((charger, window), c)| {
-            (
-                AggKey {
-                    kind: Kind::Charging,
-                    key: charger,
-                    window,
-                },
-                AggValue::Charging(c),
-            )
-        });
-
-        let probe = ProbeHandle::new();
-        let mut rows = congestion_rows.concat(charging_rows);
+        let mut rows = congestion_rows(congestion.clone()).concat(charging_rows(charging.clone()));
         // `vehicles` exists exactly when `zones` does.
         if let (Some(z), Some(vehicles)) = (zones, vehicles) {
-            let free_flow = z.free_flow.clone();
-            let segment_parts = congestion
-                .map(|((segment, window), c)| (segment, (window, c)))
-                .join_map(segment_zones.clone(), move |segment, (window, c), zone| {
-                    let ff = free_flow.get(*segment as usize).copied().unwrap_or(1.0);
-                    ((*zone, *window), ZonePart::segment(*segment, c, ff))
-                });
-            let vehicle_parts =
-                vehicles.join_map(segment_zones.clone(), |_, (window, vehicle), zone| {
+            let vehicle_parts = vehicles.join_map(
+                memberships.segment_zones.clone(),
+                |_, (window, vehicle), zone| {
                     ((*zone, *window), ZonePart::Vehicle { vehicle: *vehicle })
-                });
-            // A position's cell reaches named zones directly and an H3
-            // zone through its ancestor at the roll-up resolution.
-            let h3 = z.h3_resolution;
-            let demand_parts = low_soc
-                .flat_map(move |((cell, window), vehicle)| {
-                    let up = h3.and_then(|r| crate::geo::zones::ancestor(cell, r));
-                    std::iter::once(cell)
-                        .chain(up.filter(|a| *a != cell))
-                        .map(move |c| (c, (window, vehicle)))
-                })
-                .join_map(cell_zones, |_, (window, vehicle), zone| {
-                    ((*zone, *window), ZonePart::LowSoc { vehicle: *vehicle })
-                });
-            let connectors = z.connectors.clone();
-            let charger_parts = charging
-                .map(|((charger, window), c)| (charger, (window, c)))
-                .join_map(charger_zones, move |charger, (window, value), zone| {
-                    let connectors = connectors.get(*charger as usize).copied().unwrap_or(0);
-                    (
-                        (*zone, *window),
-                        ZonePart::Charger {
-                            charger: *charger,
-                            value: *value,
-                            connectors,
-                        },
-                    )
-                });
-            let zone_rows = segment_parts
-                .concat(vehicle_parts)
-                .concat(demand_parts)
-                .concat(charger_parts)
-                .reduce_named(
-                    "Zones",
-                    |_key, parts: &[(&ZonePart, isize)], out: &mut Vec<(ZoneAgg, isize)>| {
-                        out.push((ZoneAgg::from_parts(parts.iter().map(|(p, _)| *p)), 1));
-                    },
-                )
-                .map(|((zone, window), z)| {
-                    (
-                        AggKey {
-                            kind: Kind::Zone,
-                            key: zone,
-                            window,
-                        },
-                        AggValue::Zone(Box::new(z)),
-                    )
-                });
-            rows = rows.concat(zone_rows);
+                },
+            );
+            let demand_parts = cell_parts(low_soc, memberships.cell_zones.clone(), z.h3_resolution)
+                .map(|(zone_window, vehicle)| (zone_window, ZonePart::LowSoc { vehicle }));
+            rows = rows.concat(zone_rows(
+                &z,
+                &memberships,
+                congestion,
+                charging,
+                vehicle_parts.concat(demand_parts),
+            ));
         }
+        let probe = ProbeHandle::new();
         let mut emitted_all = vec![emit_to(rows, spec, provisional, outputs.emissions, &probe)];
         if let Some(partial_rows) = partial_rows {
             emitted_all.push(emit_to(
@@ -383,9 +472,7 @@ pub fn build(
                 congestion: congestion_input,
                 charging: charging_input,
                 low_soc: low_soc_input,
-                segment_zones: segment_zones_input,
-                charger_zones: charger_zones_input,
-                cell_zones: cell_zones_input,
+                zones: zone_inputs,
             },
             Completion { probe, emitted_all },
         )
