@@ -250,6 +250,18 @@ pub enum ZonePart {
         /// Vehicle id hash.
         vehicle: u64,
     },
+    /// Distinct vehicles on the zone's segments, counted as a whole
+    /// (central: the union of its segments' sketches).
+    Vehicles {
+        /// How many.
+        count: u32,
+    },
+    /// Low-SoC EVs in the zone, counted as a whole (central: the union of
+    /// its cells' sketches).
+    LowSocEvs {
+        /// How many.
+        count: u32,
+    },
 }
 
 impl ZonePart {
@@ -328,6 +340,8 @@ impl ZoneAgg {
                 }
                 ZonePart::Vehicle { .. } => z.vehicles += 1,
                 ZonePart::LowSoc { .. } => z.low_soc_evs += 1,
+                ZonePart::Vehicles { count } => z.vehicles += count,
+                ZonePart::LowSocEvs { count } => z.low_soc_evs += count,
             }
         }
         z

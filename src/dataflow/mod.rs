@@ -27,6 +27,7 @@
 //! the window's retirement time, so state is bounded by retention: the
 //! arrangements forget a window once it retires.
 
+pub mod central;
 pub mod connectors;
 pub mod emit;
 pub mod gauge;

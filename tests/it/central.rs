@@ -3,13 +3,20 @@
 //! recording is split between a west and an east edge by a meridian
 //! through the town, each report going to the edge it is in, so vehicles
 //! cross from one edge to the other mid-trip and mid-window.
+//!
+//! Two levels: the edges' partials merged by the pure functions of
+//! `edgeflow::partial`, and central's dataflow fed those partials as they
+//! leave the edges, with central's watermark the oldest of the edges'.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edgeflow::aggregate::{AggValue, Charging, Congestion, Kind};
+use edgeflow::aggregate::{AggKey, AggValue, Charging, Congestion, Kind};
+use edgeflow::dataflow::central::{self, Upserts};
 use edgeflow::dataflow::emit::Status;
-use edgeflow::dataflow::partials::{PartialKey, PartialKind, PartialValue};
+use edgeflow::dataflow::partials::{PartialEmission, PartialKey, PartialKind, PartialValue};
+use edgeflow::dataflow::ZoneFlow;
+use edgeflow::geo::zones::Membership;
 use edgeflow::partial::{merge_charging, merge_congestion, merge_low_soc};
 use edgeflow::privacy::VehicleKey;
 use edgeflow::reference::Reference;
@@ -24,11 +31,16 @@ struct Finals {
     partials: BTreeMap<PartialKey, PartialValue>,
     congestion: BTreeMap<(u32, u64), Congestion>,
     charging: BTreeMap<(u32, u64), Charging>,
+    /// Every final row.
+    rows: BTreeMap<AggKey, AggValue>,
+    /// Every partial emission, in order.
+    emitted: Vec<PartialEmission>,
 }
 
 fn run(lines: &[&str], reference: &Arc<Reference>, topo: &Topology, workers: usize) -> Finals {
     let mut finals = Finals::default();
     let mut partials = BTreeMap::new();
+    let mut emitted = Vec::new();
     let input = lines.join("\n").into_bytes();
     edgeflow::runtime::run_with(
         Input::JsonLines(Box::new(std::io::Cursor::new(input))),
@@ -43,6 +55,7 @@ fn run(lines: &[&str], reference: &Arc<Reference>, topo: &Topology, workers: usi
                 if !matches!(e.status, Status::Final | Status::Correction) {
                     continue;
                 }
+                finals.rows.insert(e.key, e.value.clone());
                 match (&e.key.kind, &e.value) {
                     (Kind::Congestion, AggValue::Congestion(c)) => {
                         finals.congestion.insert((e.key.key, e.key.window), *c);
@@ -55,6 +68,7 @@ fn run(lines: &[&str], reference: &Arc<Reference>, topo: &Topology, workers: usi
             }
         },
         |batch| {
+            emitted.extend_from_slice(batch);
             for e in batch {
                 match e.status {
                     Status::Final | Status::Correction => {
@@ -71,18 +85,23 @@ fn run(lines: &[&str], reference: &Arc<Reference>, topo: &Topology, workers: usi
     )
     .expect("run");
     finals.partials = partials;
+    finals.emitted = emitted;
     finals
 }
 
-#[test]
-fn two_edges_merged_equal_one_node_seeing_everything() {
+/// The Karhula topology, its reference data with a city key (edges that
+/// push hash vehicle ids under it) and the recording.
+fn karhula_keyed() -> (Topology, Arc<Reference>, String) {
     let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid topology");
-    // Edges that push hash vehicle ids under the city's key.
     let mut keyed = topo.reference.clone();
     keyed.vehicle_key = Some(VehicleKey::new([0x5a; 32]));
-    let reference = Arc::new(keyed);
     let text = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
-    let lines: Vec<&str> = text.lines().collect();
+    (topo, Arc::new(keyed), text)
+}
+
+/// The recording split by a meridian through the median report: west and
+/// east, each report going to the edge it is in.
+fn split<'a>(lines: &[&'a str], reference: &Reference) -> (Vec<&'a str>, Vec<&'a str>) {
     // Where each report is: a vehicle's position, a charger's site.
     let lon = |line: &str| {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
@@ -105,6 +124,15 @@ fn two_edges_merged_equal_one_node_seeing_everything() {
         west.len(),
         east.len()
     );
+
+    (west, east)
+}
+
+#[test]
+fn two_edges_merged_equal_one_node_seeing_everything() {
+    let (topo, reference, text) = karhula_keyed();
+    let lines: Vec<&str> = text.lines().collect();
+    let (west, east) = split(&lines, &reference);
 
     let whole = run(&lines, &reference, &topo, 2);
     // Keyed hashes count the same vehicles as the node's own.
@@ -196,4 +224,92 @@ fn two_edges_merged_equal_one_node_seeing_everything() {
         crossings > 0,
         "no vehicle counted by both edges in one window"
     );
+}
+
+/// Central fed the edges' partials as they left each edge, interleaved by
+/// the edges' watermarks; its watermark is the oldest of theirs. Returns
+/// central's final rows.
+fn central_finals(
+    edges: Vec<Vec<PartialEmission>>,
+    reference: &Arc<Reference>,
+    topo: &Topology,
+) -> BTreeMap<AggKey, AggValue> {
+    let spec = topo.time;
+    let zones = ZoneFlow::of(reference);
+    let membership = reference.membership(&reference.zones);
+    let (tx, rx) = std::sync::mpsc::channel();
+    timely::execute_directly(move |worker| {
+        let (mut inputs, completion) = central::build(worker, spec, true, zones, Some(tx));
+        inputs.zones.update(&Membership::default(), &membership);
+        let mut order: Vec<(u64, usize, usize)> = edges
+            .iter()
+            .enumerate()
+            .flat_map(|(e, list)| {
+                list.iter()
+                    .enumerate()
+                    .map(move |(i, p)| (p.watermark, e, i))
+            })
+            .collect();
+        order.sort();
+        let mut marks = vec![0u64; edges.len()];
+        let mut upserts = Upserts::default();
+        for (watermark, e, i) in order {
+            marks[e] = watermark;
+            let central_mark = marks.iter().copied().min().unwrap_or(0);
+            // An edge at the end of its recording says u64::MAX; closing
+            // the inputs below ends central's run instead.
+            if central_mark > inputs.time() && central_mark < u64::MAX {
+                upserts.advance(&mut inputs, &spec, central_mark);
+                worker.step();
+            }
+            let p = &edges[e][i];
+            assert_ne!(p.status, Status::Retraction, "partials are never retracted");
+            upserts.apply(&mut inputs, e as u32, p.key, p.value.clone());
+        }
+        drop(inputs);
+        while !completion.done() {
+            worker.step();
+        }
+    });
+    let mut rows = BTreeMap::new();
+    for batch in rx.try_iter() {
+        for e in batch {
+            match e.status {
+                Status::Final | Status::Correction => {
+                    rows.insert(e.key, e.value);
+                }
+                Status::Retraction => {
+                    rows.remove(&e.key);
+                }
+                Status::Provisional => {}
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn central_merging_two_edges_computes_what_one_node_computes() {
+    let (topo, reference, text) = karhula_keyed();
+    let lines: Vec<&str> = text.lines().collect();
+    let (west, east) = split(&lines, &reference);
+    let whole = run(&lines, &reference, &topo, 1);
+    let edges = vec![
+        run(&west, &reference, &topo, 2).emitted,
+        run(&east, &reference, &topo, 1).emitted,
+    ];
+    let central = central_finals(edges, &reference, &topo);
+    let kinds = |rows: &BTreeMap<AggKey, AggValue>, k: Kind| {
+        rows.keys().filter(|key| key.kind == k).count()
+    };
+    assert_eq!(kinds(&central, Kind::Congestion), 1_276);
+    assert_eq!(kinds(&central, Kind::Charging), 40);
+    assert_eq!(kinds(&central, Kind::Zone), 155);
+    // Every row exactly as one node computes it: congestion (samples,
+    // distinct vehicles, mean speed), charging, and every zone row with
+    // its vehicles and low-SoC EVs counted across both edges.
+    for (key, value) in &whole.rows {
+        assert_eq!(central.get(key), Some(value), "{key:?}");
+    }
+    assert_eq!(central.len(), whole.rows.len());
 }
