@@ -432,3 +432,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_union_of_parts_is_the_sketch_of_the_whole(
+            hashes in proptest::collection::vec(any::<u64>(), 0..3_000),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(hashes.len() + 1)).collect();
+            bounds.push(0);
+            bounds.push(hashes.len());
+            bounds.sort_unstable();
+            let union = bounds
+                .windows(2)
+                .map(|w| Sketch::of(hashes[w[0]..w[1]].iter().copied()))
+                .fold(Sketch::default(), |u, s| u.merge(&s));
+            prop_assert_eq!(union, Sketch::of(hashes.iter().copied()));
+        }
+
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(s) = Sketch::decode(&bytes) {
+                let mut again = Vec::new();
+                s.encode(&mut again);
+                prop_assert_eq!(again, bytes, "what decodes re-encodes to the same bytes");
+            }
+        }
+    }
+}

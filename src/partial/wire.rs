@@ -489,3 +489,98 @@ mod tests {
         assert_eq!(decoded.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn update() -> impl Strategy<Value = Update> {
+        let window = (0u64..1_000).prop_map(|w| 1_767_225_600_000 + w * 60_000);
+        let hashes = proptest::collection::vec(any::<u64>(), 0..40);
+        let congestion = (
+            "[a-z0-9-]{1,20}",
+            0u64..1_000,
+            0i64..1 << 40,
+            hashes.clone(),
+        )
+            .prop_map(|(segment, extra, speed_sum, h)| {
+                let sketch = Sketch::of(h);
+                let vehicles = sketch.estimate();
+                Part::Congestion {
+                    segment,
+                    partial: CongestionPartial {
+                        samples: vehicles + extra,
+                        speed_sum,
+                        vehicles,
+                        sketch,
+                    },
+                }
+            });
+        let charging = (
+            "[a-z0-9-]{1,20}",
+            any::<u64>(),
+            any::<i64>(),
+            proptest::collection::btree_set(0u32..64, 0..8),
+        )
+            .prop_map(|(charger, energy_wh, mean_power_mw, set)| {
+                let connectors: Vec<u32> = set.into_iter().collect();
+                let n = connectors.len() as u32;
+                Part::Charging {
+                    charger,
+                    partial: ChargingPartial {
+                        charging: Charging {
+                            energy_wh,
+                            mean_power_mw,
+                            occupied: n / 2,
+                            faulted: n - n / 2,
+                        },
+                        connectors,
+                    },
+                }
+            });
+        (window, prop_oneof![congestion, charging]).prop_map(|(window_start_ms, part)| Update {
+            window_start_ms,
+            part,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn batches_round_trip(updates in proptest::collection::vec(update(), 0..20), mark in any::<u64>()) {
+            let header = Header { window_ms: 60_000, position_resolution: None, watermark_ms: mark };
+            let mut bytes = Vec::new();
+            encode(&header, &updates, &mut bytes);
+            let (h, decoded) = decode(&bytes).expect("header");
+            prop_assert_eq!(h, header);
+            let decoded: Vec<Update> = decoded.into_iter().map(|u| u.expect("valid")).collect();
+            prop_assert_eq!(decoded, updates);
+        }
+
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn damaged_batches_decode_without_panic(
+            updates in proptest::collection::vec(update(), 1..6),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let header = Header { window_ms: 60_000, position_resolution: None, watermark_ms: 0 };
+            let mut bytes = Vec::new();
+            encode(&header, &updates, &mut bytes);
+            for (at, byte) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            if let Ok((_, decoded)) = decode(&bytes) {
+                // Whatever decodes is a valid update.
+                for u in decoded.into_iter().flatten() {
+                    prop_assert_eq!(u.window_start_ms % 60_000, 0);
+                }
+            }
+        }
+    }
+}
