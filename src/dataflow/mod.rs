@@ -14,6 +14,11 @@
 //! all -> exchange to worker 0 -> Emitter -> Emission channel
 //! ```
 //!
+//! With a central to push to, [`partials`] keeps what central needs beside
+//! the aggregates; [`central`] is central's own dataflow, which merges the
+//! partials of every edge and rolls them into the same zones
+//! ([`zone_rows`], [`cell_parts`] serve both).
+//!
 //! Zone membership is an input collection like the telemetry: a changed
 //! zone file retracts old pairs and adds new ones, and every zone window
 //! still in retention follows.
