@@ -38,7 +38,8 @@
 //!    frame envelope, TLS, tokens, admission, the frame byte budget), and
 //!    on it the two protocols, which never import each other: [`ingest`]
 //!    (devices send batches; validation, the commit loop) and [`subscribe`]
-//!    (mobility operators follow aggregates: hub, protocol, server, client).
+//!    (mobility operators follow aggregates: hub, protocol, server, client);
+//!    [`push`] (an edge's partials to central).
 //! 7. **The node**: [`node`] composes them: recover the log, build the
 //!    dataflow with its sinks and hub, serve both protocols on one listener
 //!    (dispatched by ALPN).
@@ -76,6 +77,7 @@ pub mod partial;
 pub mod pipeline;
 pub mod privacy;
 pub mod problem;
+pub mod push;
 pub mod reference;
 pub mod resolve;
 pub mod runtime;

@@ -19,6 +19,8 @@ use edgeflow::dataflow::ZoneFlow;
 use edgeflow::geo::zones::Membership;
 use edgeflow::partial::{merge_charging, merge_congestion, merge_low_soc};
 use edgeflow::privacy::VehicleKey;
+use edgeflow::push::inbox;
+use edgeflow::push::outbox::Outbox;
 use edgeflow::reference::Reference;
 use edgeflow::runtime::{Input, RunOptions};
 use edgeflow::topology::Topology;
@@ -226,6 +228,43 @@ fn two_edges_merged_equal_one_node_seeing_everything() {
     );
 }
 
+/// Central's final rows from its emissions.
+fn finals_of(
+    rx: &std::sync::mpsc::Receiver<Vec<edgeflow::dataflow::emit::Emission>>,
+) -> BTreeMap<AggKey, AggValue> {
+    let mut rows = BTreeMap::new();
+    for batch in rx.try_iter() {
+        for e in batch {
+            match e.status {
+                Status::Final | Status::Correction => {
+                    rows.insert(e.key, e.value);
+                }
+                Status::Retraction => {
+                    rows.remove(&e.key);
+                }
+                Status::Provisional => {}
+            }
+        }
+    }
+    rows
+}
+
+/// The edges' partials as (watermark, edge, index), in the order they
+/// left their edges: by watermark, then edge.
+fn arrival_order(edges: &[Vec<PartialEmission>]) -> Vec<(u64, usize, usize)> {
+    let mut order: Vec<(u64, usize, usize)> = edges
+        .iter()
+        .enumerate()
+        .flat_map(|(e, list)| {
+            list.iter()
+                .enumerate()
+                .map(move |(i, p)| (p.watermark, e, i))
+        })
+        .collect();
+    order.sort();
+    order
+}
+
 /// Central fed the edges' partials as they left each edge, interleaved by
 /// the edges' watermarks; its watermark is the oldest of theirs. Returns
 /// central's final rows.
@@ -241,16 +280,7 @@ fn central_finals(
     timely::execute_directly(move |worker| {
         let (mut inputs, completion) = central::build(worker, spec, true, zones, Some(tx));
         inputs.zones.update(&Membership::default(), &membership);
-        let mut order: Vec<(u64, usize, usize)> = edges
-            .iter()
-            .enumerate()
-            .flat_map(|(e, list)| {
-                list.iter()
-                    .enumerate()
-                    .map(move |(i, p)| (p.watermark, e, i))
-            })
-            .collect();
-        order.sort();
+        let order = arrival_order(&edges);
         let mut marks = vec![0u64; edges.len()];
         let mut upserts = Upserts::default();
         for (watermark, e, i) in order {
@@ -271,21 +301,7 @@ fn central_finals(
             worker.step();
         }
     });
-    let mut rows = BTreeMap::new();
-    for batch in rx.try_iter() {
-        for e in batch {
-            match e.status {
-                Status::Final | Status::Correction => {
-                    rows.insert(e.key, e.value);
-                }
-                Status::Retraction => {
-                    rows.remove(&e.key);
-                }
-                Status::Provisional => {}
-            }
-        }
-    }
-    rows
+    finals_of(&rx)
 }
 
 #[test]
@@ -312,4 +328,104 @@ fn central_merging_two_edges_computes_what_one_node_computes() {
         assert_eq!(central.get(key), Some(value), "{key:?}");
     }
     assert_eq!(central.len(), whole.rows.len());
+}
+
+/// As [`central_finals`], but every partial goes the push's way: each
+/// edge's outbox coalesces and cuts batches of wire updates whenever its
+/// watermark moves, every fifth batch is lost on the way and cut again,
+/// and central reads each batch with its own reference data before
+/// applying it; an edge's watermark at central is the one its batches
+/// claim.
+fn central_finals_pushed(
+    edges: Vec<Vec<PartialEmission>>,
+    reference: &Arc<Reference>,
+    topo: &Topology,
+) -> (BTreeMap<AggKey, AggValue>, usize) {
+    let spec = topo.time;
+    let zones = ZoneFlow::of(reference);
+    let membership = reference.membership(&reference.zones);
+    let resolution = reference.zone_settings.position_resolution;
+    let reference = reference.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let batches = timely::execute_directly(move |worker| {
+        let (mut inputs, completion) = central::build(worker, spec, true, zones, Some(tx));
+        inputs.zones.update(&Membership::default(), &membership);
+        let order = arrival_order(&edges);
+        let n = edges.len();
+        let mut outboxes: Vec<Outbox> = (0..n)
+            .map(|_| Outbox::new(spec.size_ms, Some(resolution)))
+            .collect();
+        let mut seqs = vec![0u64; n];
+        let mut marks = vec![0u64; n];
+        let mut upserts = Upserts::default();
+        let mut batches = 0;
+        // Pushes what edge `e` has waiting; the last batch claims `last`.
+        let mut push = |e: usize,
+                        outboxes: &mut Vec<Outbox>,
+                        marks: &mut Vec<u64>,
+                        inputs: &mut central::CentralInputs,
+                        upserts: &mut Upserts| {
+            loop {
+                let cut = outboxes[e]
+                    .next_batch(seqs[e], &reference, 64)
+                    .expect("not holding");
+                batches += 1;
+                if batches % 5 == 0 {
+                    outboxes[e].lost(seqs[e]);
+                    continue;
+                }
+                let (header, read) =
+                    inbox::read(&cut.records, &reference, spec.size_ms, resolution)
+                        .expect("settings agree");
+                for r in read {
+                    let (key, value) = r.expect("every update applies");
+                    upserts.apply(inputs, e as u32, key, value);
+                }
+                outboxes[e].acked(seqs[e]);
+                seqs[e] += 1;
+                marks[e] = header.watermark_ms;
+                if outboxes[e].backlog() == (0, 0) {
+                    break;
+                }
+            }
+        };
+        let mut last = vec![0u64; n];
+        for (watermark, e, i) in order {
+            if watermark != last[e] && last[e] != 0 {
+                // The edge's watermark moved: what waits leaves.
+                push(e, &mut outboxes, &mut marks, &mut inputs, &mut upserts);
+            }
+            last[e] = watermark;
+            outboxes[e].offer(std::slice::from_ref(&edges[e][i]));
+            let central_mark = marks.iter().copied().min().unwrap_or(0);
+            if central_mark > inputs.time() && central_mark < u64::MAX {
+                upserts.advance(&mut inputs, &spec, central_mark);
+                worker.step();
+            }
+        }
+        for e in 0..n {
+            push(e, &mut outboxes, &mut marks, &mut inputs, &mut upserts);
+        }
+        drop(inputs);
+        while !completion.done() {
+            worker.step();
+        }
+        batches
+    });
+    (finals_of(&rx), batches)
+}
+
+#[test]
+fn pushed_through_outboxes_and_read_by_central_the_rows_are_the_same() {
+    let (topo, reference, text) = karhula_keyed();
+    let lines: Vec<&str> = text.lines().collect();
+    let (west, east) = split(&lines, &reference);
+    let whole = run(&lines, &reference, &topo, 1);
+    let edges = vec![
+        run(&west, &reference, &topo, 1).emitted,
+        run(&east, &reference, &topo, 2).emitted,
+    ];
+    let (central, batches) = central_finals_pushed(edges, &reference, &topo);
+    assert!(batches > 20, "{batches} batches");
+    assert_eq!(central, whole.rows);
 }

@@ -1,0 +1,364 @@
+//! What an edge still has to push to central, sans-IO.
+//!
+//! The edge's dataflow hands over partials as they change ([`offer`]).
+//! The outbox keeps the latest value per (kind, key, window) until it
+//! is sent, so a key that changes ten times while central is slow or away
+//! travels once. It cuts batches of wire updates ([`next_batch`]) and keeps
+//! them until central acknowledges them. A batch that is lost goes back
+//! into the outbox, unless a newer value of the same key is already
+//! waiting ([`lost`]).
+//!
+//! Two watermarks:
+//! - The **header watermark** of a batch is the edge's claim "every partial
+//!   of a window ending at or before this is in this batch or an earlier
+//!   one". Central finalizes windows by it, so it never passes a partial
+//!   still waiting here: it is the edge's watermark, capped at the
+//!   emission watermark of the oldest partial still waiting.
+//! - The **delivered frontier** ([`delivered`]) is the watermark up to
+//!   which everything the dataflow emitted is acknowledged by central:
+//!   the oldest emission watermark still waiting or in flight, or the
+//!   edge's watermark when nothing is. The node keeps the log segments
+//!   of windows past it.
+//!
+//! While the node replays its log at start, the outbox holds everything
+//! ([`hold`]): replay passes through intermediate values of windows that
+//! central already has complete, and sending them would move central's
+//! keys backwards. Coalesced, they are complete again by the end of the
+//! replay ([`release`]).
+//!
+//! [`offer`]: Outbox::offer
+//! [`next_batch`]: Outbox::next_batch
+//! [`lost`]: Outbox::lost
+//! [`delivered`]: Outbox::delivered
+//! [`hold`]: Outbox::hold
+//! [`release`]: Outbox::release
+
+use std::collections::BTreeMap;
+
+use crate::dataflow::emit::Status;
+use crate::dataflow::partials::{PartialEmission, PartialKey, PartialKind, PartialValue};
+use crate::partial::wire::{self, Header, Part, Update};
+use crate::reference::Reference;
+
+/// A partial waiting to leave, with the watermark it was emitted at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Waiting {
+    value: PartialValue,
+    emitted_at: u64,
+}
+
+/// A batch cut from the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Its records (BATCH encoding 2, [`crate::partial::wire`]).
+    pub records: Vec<u8>,
+    /// Updates in it.
+    pub updates: usize,
+    /// Its header watermark.
+    pub watermark: u64,
+}
+
+/// What an edge still has to push; see the module documentation.
+#[derive(Debug)]
+pub struct Outbox {
+    window_ms: u64,
+    position_resolution: Option<u8>,
+    waiting: BTreeMap<PartialKey, Waiting>,
+    /// Waiting keys by emission watermark (the oldest bounds both
+    /// watermarks).
+    by_age: BTreeMap<(u64, PartialKey), ()>,
+    in_flight: BTreeMap<u64, Vec<(PartialKey, Waiting)>>,
+    watermark: u64,
+    holding: bool,
+}
+
+impl Outbox {
+    /// An empty outbox for an edge with these settings.
+    pub fn new(window_ms: u64, position_resolution: Option<u8>) -> Self {
+        Outbox {
+            window_ms,
+            position_resolution,
+            waiting: BTreeMap::new(),
+            by_age: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            watermark: 0,
+            holding: false,
+        }
+    }
+
+    /// Holds every batch back (the node is replaying its log).
+    pub fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    /// Lets batches leave again.
+    pub fn release(&mut self) {
+        self.holding = false;
+    }
+
+    /// Takes the dataflow's partials. Provisional, final and corrected
+    /// values all replace what waits for their key.
+    pub fn offer(&mut self, emissions: &[PartialEmission]) {
+        for e in emissions {
+            self.watermark = self.watermark.max(e.watermark);
+            // Partials depend on no reference change: the dataflow never
+            // retracts one. If it ever did, central keeps the last value.
+            if e.status == Status::Retraction {
+                continue;
+            }
+            if let Some(old) = self.waiting.insert(
+                e.key,
+                Waiting {
+                    value: e.value.clone(),
+                    emitted_at: e.watermark,
+                },
+            ) {
+                self.by_age.remove(&(old.emitted_at, e.key));
+            }
+            self.by_age.insert((e.watermark, e.key), ());
+        }
+    }
+
+    /// The edge's watermark moved without a partial changing.
+    pub fn advance(&mut self, watermark: u64) {
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// Partials waiting, and in flight.
+    pub fn backlog(&self) -> (usize, usize) {
+        (
+            self.waiting.len(),
+            self.in_flight.values().map(Vec::len).sum(),
+        )
+    }
+
+    fn oldest_waiting(&self) -> Option<u64> {
+        self.by_age.first_key_value().map(|((w, _), _)| *w)
+    }
+
+    /// See the module documentation.
+    pub fn delivered(&self) -> u64 {
+        let in_flight = self
+            .in_flight
+            .values()
+            .flatten()
+            .map(|(_, w)| w.emitted_at)
+            .min();
+        [self.oldest_waiting(), in_flight]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.watermark)
+            .min(self.watermark)
+    }
+
+    /// Cuts batch `seq` of at most `max_updates` updates, oldest first;
+    /// `None` while holding. With nothing waiting it is a header alone,
+    /// which carries the edge's watermark (send one when it moved).
+    pub fn next_batch(
+        &mut self,
+        seq: u64,
+        reference: &Reference,
+        max_updates: usize,
+    ) -> Option<Cut> {
+        if self.holding {
+            return None;
+        }
+        let mut updates = Vec::new();
+        let mut sent = Vec::new();
+        while updates.len() < max_updates.max(1) {
+            let Some(((_, key), ())) = self.by_age.pop_first() else {
+                break;
+            };
+            let Some(w) = self.waiting.remove(&key) else {
+                continue;
+            };
+            if let Some(update) = to_update(&key, &w.value, reference) {
+                updates.push(update);
+            }
+            sent.push((key, w));
+        }
+        let watermark = self
+            .oldest_waiting()
+            .map_or(self.watermark, |w| w.min(self.watermark));
+        let header = Header {
+            window_ms: self.window_ms,
+            position_resolution: self.position_resolution,
+            watermark_ms: watermark,
+        };
+        let mut records = Vec::new();
+        wire::encode(&header, &updates, &mut records);
+        self.in_flight.insert(seq, sent);
+        Some(Cut {
+            records,
+            updates: updates.len(),
+            watermark,
+        })
+    }
+
+    /// Central acknowledged batch `seq` (it is in central's log).
+    pub fn acked(&mut self, seq: u64) {
+        self.in_flight.remove(&seq);
+    }
+
+    /// Central has every batch below `next` (its WELCOME after a
+    /// reconnect): they count as acknowledged.
+    pub fn acked_below(&mut self, next: u64) {
+        self.in_flight = self.in_flight.split_off(&next);
+    }
+
+    /// Batch `seq` and every later one in flight were lost: their partials
+    /// wait again, unless a newer value of the same key already does.
+    pub fn lost(&mut self, seq: u64) {
+        for (_, sent) in self.in_flight.split_off(&seq) {
+            for (key, w) in sent {
+                if !self.waiting.contains_key(&key) {
+                    self.by_age.insert((w.emitted_at, key), ());
+                    self.waiting.insert(key, w);
+                }
+            }
+        }
+    }
+}
+
+/// A partial as a wire update, its key by id; `None` for an index the
+/// reference data does not have (cannot happen: the dataflow's indexes
+/// come from the same reference).
+fn to_update(key: &PartialKey, value: &PartialValue, reference: &Reference) -> Option<Update> {
+    let part = match (key.kind, value) {
+        (PartialKind::Congestion, PartialValue::Congestion(p)) => Part::Congestion {
+            segment: reference.roads.get(key.key as usize)?.id.clone(),
+            partial: p.clone(),
+        },
+        (PartialKind::Charging, PartialValue::Charging(p)) => Part::Charging {
+            charger: reference.chargers.get(key.key as usize)?.id.clone(),
+            partial: p.clone(),
+        },
+        (PartialKind::LowSoc, PartialValue::LowSoc(p)) => Part::LowSoc {
+            cell: key.key,
+            partial: p.clone(),
+        },
+        _ => return None,
+    };
+    Some(Update {
+        window_start_ms: key.window,
+        part,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partial::sketch::Sketch;
+    use crate::partial::CongestionPartial;
+    use crate::reference::Road;
+
+    const W: u64 = 60_000;
+
+    fn reference() -> Reference {
+        let road = |id: &str| Road {
+            id: id.into(),
+            free_flow_mps: 10.0,
+            lanes: 1,
+            name: None,
+            length_m: None,
+            line: vec![[24.9, 60.1], [24.901, 60.1]],
+        };
+        Reference::new(vec![road("s-0"), road("s-1")], Vec::new())
+    }
+
+    fn emission(segment: u64, window: u64, samples: u64, watermark: u64) -> PartialEmission {
+        PartialEmission {
+            status: Status::Provisional,
+            key: PartialKey {
+                kind: PartialKind::Congestion,
+                key: segment,
+                window,
+            },
+            value: PartialValue::Congestion(CongestionPartial {
+                samples,
+                speed_sum: 0,
+                vehicles: 1,
+                sketch: Sketch::of([samples]),
+            }),
+            watermark,
+        }
+    }
+
+    fn samples(cut: &Cut) -> Vec<(String, u64)> {
+        let (_, updates) = wire::decode(&cut.records).expect("header");
+        updates
+            .into_iter()
+            .map(|u| match u.expect("update").part {
+                Part::Congestion { segment, partial } => (segment, partial.samples),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_that_changes_while_waiting_travels_once_with_its_last_value() {
+        let r = reference();
+        let mut o = Outbox::new(W, None);
+        o.offer(&[
+            emission(0, 0, 1, 10),
+            emission(0, 0, 2, 20),
+            emission(1, 0, 7, 25),
+        ]);
+        o.offer(&[emission(0, 0, 3, 30)]);
+        let cut = o.next_batch(0, &r, 10).expect("not holding");
+        assert_eq!(samples(&cut), vec![("s-1".into(), 7), ("s-0".into(), 3)]);
+        assert_eq!(cut.watermark, 30);
+        assert_eq!(o.backlog(), (0, 2));
+        assert_eq!(o.delivered(), 25);
+        o.acked(0);
+        assert_eq!(o.delivered(), 30);
+    }
+
+    #[test]
+    fn the_header_watermark_never_passes_a_partial_still_waiting() {
+        let r = reference();
+        let mut o = Outbox::new(W, None);
+        o.offer(&[emission(0, 0, 1, 61_000), emission(1, 0, 1, 62_000)]);
+        o.advance(200_000);
+        let first = o.next_batch(0, &r, 1).expect("cut");
+        assert_eq!(first.updates, 1);
+        assert_eq!(first.watermark, 62_000, "s-1's final value still waits");
+        let second = o.next_batch(1, &r, 1).expect("cut");
+        assert_eq!(second.watermark, 200_000);
+        // Nothing waiting: a header alone carries the watermark.
+        o.advance(260_000);
+        let third = o.next_batch(2, &r, 1).expect("cut");
+        assert_eq!((third.updates, third.watermark), (0, 260_000));
+    }
+
+    #[test]
+    fn lost_batches_wait_again_unless_a_newer_value_does() {
+        let r = reference();
+        let mut o = Outbox::new(W, None);
+        o.offer(&[emission(0, 0, 1, 10), emission(1, 0, 1, 11)]);
+        o.next_batch(5, &r, 1).expect("cut");
+        o.next_batch(6, &r, 1).expect("cut");
+        o.offer(&[emission(0, 0, 9, 12)]);
+        o.lost(5);
+        let again = o.next_batch(7, &r, 10).expect("cut");
+        assert_eq!(samples(&again), vec![("s-1".into(), 1), ("s-0".into(), 9)]);
+        // A reconnect's WELCOME says central has everything below 8.
+        o.acked_below(8);
+        assert_eq!(o.backlog(), (0, 0));
+        assert_eq!(o.delivered(), 12);
+    }
+
+    #[test]
+    fn nothing_leaves_while_the_log_replays() {
+        let r = reference();
+        let mut o = Outbox::new(W, None);
+        o.hold();
+        o.offer(&[emission(0, 0, 1, 10), emission(0, 0, 5, 20)]);
+        assert_eq!(o.next_batch(0, &r, 10), None);
+        assert_eq!(o.delivered(), 20);
+        o.release();
+        let cut = o.next_batch(0, &r, 10).expect("released");
+        assert_eq!(samples(&cut), vec![("s-0".into(), 5)]);
+    }
+}
