@@ -116,3 +116,109 @@ fn key_of(u: Update, reference: &Reference) -> Result<(PartialKey, PartialValue)
     };
     Ok((PartialKey { kind, key, window }, value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Charging;
+    use crate::partial::sketch::Sketch;
+    use crate::partial::{ChargingPartial, CongestionPartial};
+    use crate::reference::{Charger, Road};
+
+    fn reference() -> Reference {
+        Reference::new(
+            vec![Road {
+                id: "s-1".into(),
+                free_flow_mps: 10.0,
+                lanes: 1,
+                name: None,
+                length_m: None,
+                line: vec![[24.9, 60.1], [24.901, 60.1]],
+            }],
+            vec![Charger {
+                id: "c-1".into(),
+                connectors: 2,
+                max_kw: 22.0,
+                name: None,
+                position: [24.9, 60.1],
+            }],
+        )
+    }
+
+    fn batch(window_ms: u64, resolution: Option<u8>, updates: &[Update]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let header = Header {
+            window_ms,
+            position_resolution: resolution,
+            watermark_ms: 120_000,
+        };
+        wire::encode(&header, updates, &mut bytes);
+        bytes
+    }
+
+    fn congestion(segment: &str) -> Update {
+        Update {
+            window_start_ms: 60_000,
+            part: Part::Congestion {
+                segment: segment.into(),
+                partial: CongestionPartial {
+                    samples: 1,
+                    speed_sum: 5,
+                    vehicles: 1,
+                    sketch: Sketch::of([9]),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn updates_are_keyed_by_centrals_indexes_and_unknown_ids_refused() {
+        let r = reference();
+        let charging = Update {
+            window_start_ms: 0,
+            part: Part::Charging {
+                charger: "c-1".into(),
+                partial: ChargingPartial {
+                    charging: Charging::default(),
+                    connectors: vec![1],
+                },
+            },
+        };
+        let bytes = batch(
+            60_000,
+            None,
+            &[congestion("s-9"), congestion("s-1"), charging],
+        );
+        let (header, read) = read(&bytes, &r, 60_000, 11).expect("settings agree");
+        assert_eq!(header.watermark_ms, 120_000);
+        assert_eq!(read[0], Err((0, Refused::UnknownSegment("s-9".into()))));
+        let (key, _) = read[1].as_ref().expect("known segment");
+        assert_eq!(
+            (key.kind, key.key, key.window),
+            (PartialKind::Congestion, 0, 60_000)
+        );
+        let (key, _) = read[2].as_ref().expect("known charger");
+        assert_eq!((key.kind, key.key), (PartialKind::Charging, 0));
+    }
+
+    #[test]
+    fn other_settings_refuse_the_batch() {
+        let r = reference();
+        let bytes = batch(30_000, None, &[congestion("s-1")]);
+        assert_eq!(
+            read(&bytes, &r, 60_000, 11).map(|_| ()),
+            Err(Mismatch::Window {
+                edge: 30_000,
+                central: 60_000
+            })
+        );
+        let bytes = batch(60_000, Some(10), &[]);
+        assert_eq!(
+            read(&bytes, &r, 60_000, 11).map(|_| ()),
+            Err(Mismatch::Resolution {
+                edge: 10,
+                central: 11
+            })
+        );
+    }
+}
