@@ -71,6 +71,9 @@ enum Command {
     /// Send live synthetic traffic to a node over real QUIC connections, one
     /// per vehicle fleet gateway, stamped with the wall clock.
     Simulate(simulate::Args),
+    /// Measure central's merge of edges' partials (the dataflow alone, in
+    /// one process); prints one JSON object.
+    BenchCentral(tools::bench_central::CentralBenchArgs),
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(tools::bench::RunOneArgs),
@@ -91,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchIngest(args) => print_json(tools::bench_ingest::run(&args)),
         Command::BenchMatch(args) => print_json(tools::bench_match::run(&args)),
         Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),
+        Command::BenchCentral(args) => print_json(tools::bench_central::run(&args)),
         Command::BenchOne(args) => print_json(tools::bench::run_one(&args)),
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`measure`]: peak memory, medians, the seeded generator.
 //! - [`bench`](mod@bench): the replay path against a plain loop.
+//! - [`bench_central`]: central's merge of edges' partials, per core.
 //! - [`bench_ingest`]: a node process under QUIC load, durable acks.
 //! - [`bench_match`]: map matching with and without the spatial index.
 //! - [`bench_subscribe`]: ingest with subscribers, fast and slow.
@@ -13,6 +14,7 @@
 //! - [`demo`]: the README's first command.
 
 pub mod bench;
+pub mod bench_central;
 pub mod bench_ingest;
 pub mod bench_match;
 pub mod bench_subscribe;
