@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// Directory for the generated input (default: the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Also measure each worker count as an edge that pushes to central
+    /// (vehicle ids hashed under a city key, the partials for central
+    /// kept beside the aggregates), alternating with the plain dataflow.
+    #[arg(long)]
+    pub push: bool,
 }
 
 const FREE_FLOW: [f64; 4] = [8.33, 13.89, 16.67, 22.22];
@@ -246,8 +251,13 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
     let t = Instant::now();
     let records = match args.mode.as_str() {
         "baseline" => baseline(&args.input)?.0,
-        "dataflow" => {
-            let reference = Arc::new(synthetic_reference(args.segments));
+        mode @ ("dataflow" | "push") => {
+            let push = mode == "push";
+            let mut reference = synthetic_reference(args.segments);
+            if push {
+                reference.vehicle_key = Some(crate::privacy::VehicleKey::new([0x5a; 32]));
+            }
+            let reference = Arc::new(reference);
             let spec = TimeSpec {
                 size_ms: 60_000,
                 allowed_lateness_ms: 5_000,
@@ -255,20 +265,24 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
                 max_future_ms: crate::time::DEFAULT_MAX_FUTURE_MS,
                 leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
             };
-            let summary = crate::runtime::run(
+            let mut partials = 0usize;
+            let summary = crate::runtime::run_with(
                 Input::open(&args.input)?.0,
                 reference,
                 spec,
                 RunOptions {
                     speed: None,
+                    partials: push,
                     ..RunOptions::new(args.workers)
                 },
                 |_| {},
+                |batch| partials += batch.len(),
                 |_| {},
             )?;
+            std::hint::black_box(partials);
             summary.ingest.records
         }
-        other => anyhow::bail!("unknown mode {other:?}: expected baseline or dataflow"),
+        other => anyhow::bail!("unknown mode {other:?}: expected baseline, dataflow or push"),
     };
     let seconds = t.elapsed().as_secs_f64();
     Ok(
@@ -336,6 +350,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let mut baseline_peak = 0;
     let mut results: Vec<(usize, Vec<f64>, u64)> =
         args.workers.iter().map(|&w| (w, Vec::new(), 0)).collect();
+    let mut push_rates: Vec<Vec<f64>> = vec![Vec::new(); args.workers.len()];
     for run in 0..args.runs.max(1) {
         let (rate, peak) = spawn_one("baseline", &path, args.segments, 1)?;
         eprintln!(
@@ -353,20 +368,38 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             rates.push(rate);
             *peak_max = (*peak_max).max(peak);
         }
+        if args.push {
+            for (i, &workers) in args.workers.iter().enumerate() {
+                let (rate, _) = spawn_one("push", &path, args.segments, workers)?;
+                eprintln!("run {run}: {workers} worker(s) pushing {rate:.0} records/s");
+                push_rates[i].push(rate);
+            }
+        }
     }
     let baseline_rate = median(baseline_rates.iter().copied());
+    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
     let per_workers: Vec<serde_json::Value> = results
         .iter_mut()
-        .map(|(w, rates, peak)| {
+        .zip(&push_rates)
+        .map(|((w, rates, peak), pushing)| {
             let runs = rates.clone();
             let m = median(rates.iter().copied());
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "workers": w,
                 "records_per_s": m.round(),
                 "runs_records_per_s": runs.iter().map(|r| r.round()).collect::<Vec<_>>(),
                 "peak_rss_bytes": peak,
-                "vs_baseline": (m / baseline_rate * 1000.0).round() / 1000.0,
-            })
+                "vs_baseline": ratio(m, baseline_rate),
+            });
+            if args.push {
+                // Ratios per round, then their median: each round's two
+                // contenders ran side by side.
+                let p = median(pushing.iter().copied());
+                v["push_records_per_s"] = p.round().into();
+                v["push_vs_dataflow"] =
+                    ratio(median(pushing.iter().zip(&runs).map(|(p, d)| p / d)), 1.0).into();
+            }
+            v
         })
         .collect();
     let first = per_workers.first().cloned().unwrap_or_default();

@@ -25,6 +25,7 @@ fn run(minutes: u64, workers: usize) -> RunSummary {
         workers: vec![workers],
         runs: 1,
         dir: None,
+        push: false,
     };
     generate(&args, &path).expect("generated");
     let spec = TimeSpec::new(
