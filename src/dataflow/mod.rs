@@ -419,21 +419,37 @@ pub fn build(
                 .as_collection()
         });
         let connector_windows = connector_windows(readings, spec, limits);
-        let partial_rows = outputs
-            .partials
-            .then(|| partials::rows(&reports, &connector_windows, &low_soc));
-        let congestion = reports.reduce_named(
-            "Congestion",
-            |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
-                let mut c = Congestion::default();
-                for (_, s) in vehicles {
-                    c.samples += s.count as u64;
-                    c.speed_sum += s.sum;
-                    c.vehicles += 1;
-                }
-                out.push((c, 1));
-            },
-        );
+        // A node that pushes reduces congestion once, with the sketch, and
+        // projects the aggregate from it.
+        let (congestion, partial_rows) = if outputs.partials {
+            let with_sketch = partials::congestion(reports);
+            let congestion = with_sketch.clone().map(|(key, p)| {
+                (
+                    key,
+                    Congestion {
+                        samples: p.samples,
+                        vehicles: p.vehicles,
+                        speed_sum: p.speed_sum,
+                    },
+                )
+            });
+            let rows = partials::rows(with_sketch, &connector_windows, &low_soc);
+            (congestion, Some(rows))
+        } else {
+            let congestion = reports.reduce_named(
+                "Congestion",
+                |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(Congestion, isize)>| {
+                    let mut c = Congestion::default();
+                    for (_, s) in vehicles {
+                        c.samples += s.count as u64;
+                        c.speed_sum += s.sum;
+                        c.vehicles += 1;
+                    }
+                    out.push((c, 1));
+                },
+            );
+            (congestion, None)
+        };
         let charging = connector_windows.reduce_named(
             "Charging",
             |_key, connectors: &[(&ConnectorWindow, isize)], out: &mut Vec<(Charging, isize)>| {

@@ -67,37 +67,45 @@ pub enum PartialValue {
 /// A partial leaving the dataflow.
 pub type PartialEmission = Emission<PartialKey, PartialValue>;
 
-/// The partial rows, from the dataflow's inputs (see the module doc).
+/// Congestion per (segment, window) with its sketch: the edge's one
+/// congestion reduction when it pushes (the aggregate is a projection of
+/// it, so the vehicles are gone through once).
+pub fn congestion<'scope>(
+    reports: VecCollection<'scope, u64, CongestionKey, SpeedSum>,
+) -> VecCollection<'scope, u64, ((u32, u64), CongestionPartial), isize> {
+    reports.reduce_named(
+        "CongestionPartial",
+        |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(CongestionPartial, isize)>| {
+            let mut p = CongestionPartial::default();
+            for (_, s) in vehicles {
+                p.samples += s.count as u64;
+                p.speed_sum += s.sum;
+                p.vehicles += 1;
+            }
+            // The values come sorted and distinct: the sketch needs no sort.
+            p.sketch = Sketch::of_sorted(vehicles.iter().map(|(v, _)| **v));
+            out.push((p, 1));
+        },
+    )
+}
+
+/// The partial rows (see the module doc), from [`congestion`] and the
+/// dataflow's charger and low-SoC collections.
 pub fn rows<'scope>(
-    reports: &VecCollection<'scope, u64, CongestionKey, SpeedSum>,
+    congestion: VecCollection<'scope, u64, ((u32, u64), CongestionPartial), isize>,
     connector_windows: &VecCollection<'scope, u64, ((u32, u64), ConnectorWindow), isize>,
     low_soc: &VecCollection<'scope, u64, ((u64, u64), u64), isize>,
 ) -> VecCollection<'scope, u64, (PartialKey, PartialValue), isize> {
-    let congestion = reports
-        .clone()
-        .reduce_named(
-            "CongestionPartial",
-            |_key, vehicles: &[(&u64, SpeedSum)], out: &mut Vec<(CongestionPartial, isize)>| {
-                let mut p = CongestionPartial::default();
-                for (_, s) in vehicles {
-                    p.samples += s.count as u64;
-                    p.speed_sum += s.sum;
-                    p.vehicles += 1;
-                }
-                p.sketch = Sketch::of(vehicles.iter().map(|(v, _)| **v));
-                out.push((p, 1));
+    let congestion = congestion.map(|((segment, window), p)| {
+        (
+            PartialKey {
+                kind: PartialKind::Congestion,
+                key: u64::from(segment),
+                window,
             },
+            PartialValue::Congestion(p),
         )
-        .map(|((segment, window), p)| {
-            (
-                PartialKey {
-                    kind: PartialKind::Congestion,
-                    key: u64::from(segment),
-                    window,
-                },
-                PartialValue::Congestion(p),
-            )
-        });
+    });
     let charging = connector_windows
         .clone()
         .reduce_named(
@@ -133,7 +141,7 @@ pub fn rows<'scope>(
                 out.push((
                     LowSocPartial {
                         evs: vehicles.len() as u64,
-                        sketch: Sketch::of(vehicles.iter().map(|(v, _)| **v)),
+                        sketch: Sketch::of_sorted(vehicles.iter().map(|(v, _)| **v)),
                     },
                     1,
                 ));

@@ -115,6 +115,20 @@ impl Sketch {
         }
     }
 
+    /// A sketch of hashes already sorted and distinct (a reduction's
+    /// values): no sort needed. Out-of-order input is sorted anyway.
+    pub fn of_sorted(hashes: impl IntoIterator<Item = u64>) -> Self {
+        let v: Vec<u64> = hashes.into_iter().collect();
+        if v.windows(2).any(|w| w[0] >= w[1]) {
+            return Sketch::of(v);
+        }
+        if v.len() <= SPARSE_MAX {
+            Sketch::Sparse(v)
+        } else {
+            Sketch::dense_of(&v)
+        }
+    }
+
     fn dense_of(hashes: &[u64]) -> Self {
         let mut registers = vec![0u8; M].into_boxed_slice();
         for &h in hashes {
