@@ -53,6 +53,16 @@ impl RowKey for PartialKey {
     }
 }
 
+/// A partial row: its key and value, kind for kind.
+fn row(
+    kind: PartialKind,
+    key: u64,
+    window: u64,
+    value: PartialValue,
+) -> (PartialKey, PartialValue) {
+    (PartialKey { kind, key, window }, value)
+}
+
 /// A partial's value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PartialValue {
@@ -97,12 +107,10 @@ pub fn rows<'scope>(
     low_soc: &VecCollection<'scope, u64, ((u64, u64), u64), isize>,
 ) -> VecCollection<'scope, u64, (PartialKey, PartialValue), isize> {
     let congestion = congestion.map(|((segment, window), p)| {
-        (
-            PartialKey {
-                kind: PartialKind::Congestion,
-                key: u64::from(segment),
-                window,
-            },
+        row(
+            PartialKind::Congestion,
+            u64::from(segment),
+            window,
             PartialValue::Congestion(p),
         )
     });
@@ -124,12 +132,10 @@ pub fn rows<'scope>(
             },
         )
         .map(|((charger, window), p)| {
-            (
-                PartialKey {
-                    kind: PartialKind::Charging,
-                    key: u64::from(charger),
-                    window,
-                },
+            row(
+                PartialKind::Charging,
+                u64::from(charger),
+                window,
                 PartialValue::Charging(p),
             )
         });
@@ -147,15 +153,6 @@ pub fn rows<'scope>(
                 ));
             },
         )
-        .map(|((cell, window), p)| {
-            (
-                PartialKey {
-                    kind: PartialKind::LowSoc,
-                    key: cell,
-                    window,
-                },
-                PartialValue::LowSoc(p),
-            )
-        });
+        .map(|((cell, window), p)| row(PartialKind::LowSoc, cell, window, PartialValue::LowSoc(p)));
     congestion.concat(charging).concat(low_soc)
 }

@@ -58,10 +58,9 @@ fn run_once(args: &CentralBenchArgs, workers: usize) -> anyhow::Result<(u64, f64
     );
     let emitted = Arc::new(AtomicU64::new(0));
     let counted = emitted.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<crate::dataflow::emit::Emission>>();
     let counter = std::thread::spawn(move || {
         for batch in rx {
-            let batch: Vec<_> = batch;
             counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     });
