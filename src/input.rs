@@ -45,6 +45,9 @@ pub struct Chunk {
     /// The records already resolved (live ingest), in order; when present
     /// the dataflow uses them instead of decoding `data`.
     pub resolved: Option<Arc<[Item]>>,
+    /// Who sent it (a log entry's sender): a central node merges partials
+    /// per edge. Empty for files.
+    pub sender: Arc<str>,
 }
 
 impl Chunk {
@@ -57,7 +60,14 @@ impl Chunk {
             too_long: Vec::new(),
             encoding,
             resolved: None,
+            sender: Arc::from(""),
         }
+    }
+
+    /// The same chunk, sent by `sender`.
+    pub fn with_sender(mut self, sender: &str) -> Self {
+        self.sender = Arc::from(sender);
+        self
     }
 
     /// The same chunk with its records already resolved.
@@ -94,6 +104,9 @@ impl Chunk {
                     }
                 }
             }
+            // Partials are no telemetry: nothing to decode here (a central
+            // node reads them with `crate::push::inbox`).
+            Encoding::Partials => {}
         }
     }
 
@@ -244,6 +257,7 @@ impl<R: Read> Chunker<R> {
             too_long,
             encoding: Encoding::JsonLines,
             resolved: None,
+            sender: Arc::from(""),
         };
         self.seq += 1;
         Ok(Some(chunk))

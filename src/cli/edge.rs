@@ -1,26 +1,34 @@
-//! `edgeflow edge`: run an edge node until SIGINT or SIGTERM, then drain.
+//! `edgeflow edge` and `edgeflow central`: run a node in its role until
+//! SIGINT or SIGTERM, then drain.
 
 use std::process::ExitCode;
 
-/// Arguments of `edge`.
+use edgeflow::node::Role;
+
+/// Arguments of `edge` and `central`.
 #[derive(clap::Args)]
 pub struct Args {
-    // The topology needs [ingest], [log] and [[fleet]] besides what a
-    // replay needs.
+    // The topology needs [ingest], [log] and [[fleet]] (an edge) or
+    // [[edge]] (central) besides what a replay needs.
     #[command(flatten)]
     dataflow: super::Dataflow,
 }
 
 /// Starts the node, waits for a stop signal, shuts down gracefully and
 /// prints the node's report.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
     let (topo, workers) = args.dataflow.load()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let node = edgeflow::node::start(topo, workers)?;
+    let disk = edgeflow::log::disk::Disk::real();
+    let node = edgeflow::node::start_as(role, topo, workers, disk)?;
+    let (name, alpn) = match role {
+        Role::Edge => ("edge", "edgeflow-ingest/1"),
+        Role::Central => ("central", "edgeflow-push/1"),
+    };
     eprintln!(
-        "edgeflow edge: listening on {} (QUIC, ALPN edgeflow-ingest/1); Ctrl-C or SIGTERM stops",
+        "edgeflow {name}: listening on {} (QUIC, ALPN {alpn} and edgeflow-subscribe/1); Ctrl-C or SIGTERM stops",
         node.addr
     );
     runtime.block_on(async {
@@ -31,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
-    eprintln!("edgeflow edge: stopping: draining connections, flushing the dataflow and sinks");
+    eprintln!("edgeflow {name}: stopping: draining connections, flushing the dataflow and sinks");
     let report = node.shutdown()?;
     edgeflow::node::print_report(&report);
     Ok(ExitCode::SUCCESS)

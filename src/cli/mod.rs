@@ -42,6 +42,10 @@ enum Command {
     /// (the topology has [ingest], [log], [[fleet]]). Stops gracefully on
     /// SIGINT/SIGTERM.
     Edge(edge::Args),
+    /// Run a central node: edges push their partials over QUIC
+    /// (edgeflow-push/1), merged city-wide into the same files sink and
+    /// subscriptions as an edge's.
+    Central(edge::Args),
     /// Stream a recorded JSON Lines file to an edge node, resending what was
     /// not acknowledged after a reconnect.
     Send(send::Args),
@@ -84,7 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Replay(args) => replay::run(args),
-        Command::Edge(args) => edge::run(args),
+        Command::Edge(args) => edge::run(args, edgeflow::node::Role::Edge),
+        Command::Central(args) => edge::run(args, edgeflow::node::Role::Central),
         Command::Send(args) => send::run(args),
         Command::Demo(args) => tools::demo::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Certs(args) => certs::run(args),

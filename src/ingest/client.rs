@@ -141,6 +141,7 @@ pub fn batches(
                     Ok(r) => b.extend_from_slice(&encode_cbor(&r)),
                     Err(_) => report.unconvertible += 1,
                 },
+                Encoding::Partials => bail!("telemetry cannot be sent as partials"),
             }
         }
         out.push(b.freeze());
@@ -192,6 +193,7 @@ fn records_in(encoding: Encoding, batch: &Bytes) -> u64 {
             .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
             .count() as u64,
         Encoding::Cbor => crate::codec::cbor_items(batch).count() as u64,
+        Encoding::Partials => 0,
     }
 }
 
@@ -213,8 +215,8 @@ fn fatal_code(code: u64) -> bool {
     .any(|c| *c as u64 == code)
 }
 
-/// Sends one batch on its stream and waits for its ACK.
-async fn send_batch(
+/// Sends one batch on its stream and waits for its answer (ACK or ERROR).
+pub async fn send_batch(
     (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
     seq: u64,
     encoding: Encoding,

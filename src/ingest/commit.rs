@@ -56,13 +56,21 @@ pub struct Retention {
     /// Where the input watermark is published after each group (for the
     /// subscription hub).
     pub watermark: Arc<AtomicU64>,
+    /// Whether segments may be deleted behind a checkpoint (not in a
+    /// central node, whose log is its state).
+    pub deletes: bool,
+    /// More frontiers retention waits for, like `sinks_durable`: a
+    /// central sink's delivered frontier.
+    pub gates: Vec<Arc<AtomicU64>>,
 }
 
 impl Retention {
     /// Writes a checkpoint and deletes segments when the sinks allow it.
     /// False when writing the checkpoint failed (try again later).
     fn maybe_checkpoint(&mut self, log: &mut LogWriter, senders: &SenderTable) -> bool {
-        let durable = self.sinks_durable.load(Ordering::Acquire);
+        let durable = (self.gates.iter())
+            .map(|g| g.load(Ordering::Acquire))
+            .fold(self.sinks_durable.load(Ordering::Acquire), u64::min);
         let proposal = match senders.lock() {
             Ok(t) => self
                 .tracker
@@ -310,14 +318,16 @@ impl CommitLoop {
                         overlay.insert(batch.sender.clone(), next + 1);
                     }
                     let items: Arc<[Item]> = items.into();
+                    let chunk = Chunk::from_batch(seq, batch.encoding, records)
+                        .with_sender(&batch.sender)
+                        .with_resolved(items.clone());
                     staged.push(Staged {
                         reply,
                         seq,
                         sender: batch.sender,
                         sender_seq: batch.sender_seq,
                         segment_start: self.log.segment_first_seq() == seq,
-                        chunk: Chunk::from_batch(seq, batch.encoding, records)
-                            .with_resolved(items.clone()),
+                        chunk,
                         items,
                         times,
                         expired,
@@ -388,6 +398,7 @@ impl CommitLoop {
             }
         }
         if self.failed.is_none()
+            && self.retention.deletes
             && self.outage.is_none()
             && Instant::now() >= self.next_checkpoint
             && !self.retention.maybe_checkpoint(&mut self.log, &self.table)

@@ -56,6 +56,9 @@ pub enum ErrorCode {
     /// A batch that did not arrive within `batch_timeout`: it was dropped
     /// unacknowledged; send it again.
     BatchTimeout = 12,
+    /// A push batch whose settings (window length, H3 resolution, version)
+    /// disagree with the central node's: it can never be applied.
+    Mismatch = 13,
 }
 
 impl ErrorCode {
@@ -75,6 +78,7 @@ impl ErrorCode {
             BatchOverRate,
             LogUnavailable,
             BatchTimeout,
+            Mismatch,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -256,6 +260,7 @@ impl Frame {
                 let encoding = match p.get_u8() {
                     0 => Encoding::JsonLines,
                     1 => Encoding::Cbor,
+                    2 => Encoding::Partials,
                     e => return Err(FrameError::Malformed(format!("unknown encoding {e}"))),
                 };
                 Frame::Batch {

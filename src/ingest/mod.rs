@@ -11,5 +11,6 @@
 pub mod client;
 pub mod commit;
 pub mod frame;
+pub mod intake;
 pub mod server;
 pub mod validate;

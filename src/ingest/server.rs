@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::commit::{Batch, Committed, Committer};
 use super::frame::{kind, reason_code, ErrorCode, Frame};
+use super::intake::Intake;
 use super::validate::{ack, now_ms, validate, Validated};
 use crate::log::Encoding;
 use crate::reference::Reference;
@@ -59,10 +60,10 @@ pub struct IngestCounters {
 
 /// Everything a connection needs.
 pub struct IngestContext {
-    /// Reference data, to reject unknown chargers before acknowledging.
+    /// Reference data (datagrams are checked against it).
     pub reference: Arc<Reference>,
-    /// SHA-256 of every valid token.
-    pub token_hashes: Vec<[u8; 32]>,
+    /// Who may connect, and what their batches must hold.
+    pub intake: Arc<dyn Intake>,
     /// The log.
     pub committer: Committer,
     /// The `[ingest]` settings: timeouts and limits.
@@ -77,10 +78,10 @@ pub struct IngestContext {
 }
 
 impl IngestContext {
-    /// A context from decoded token hashes.
+    /// A context for connections checked by `intake`.
     pub fn new(
         reference: Arc<Reference>,
-        token_hashes: Vec<[u8; 32]>,
+        intake: Arc<dyn Intake>,
         committer: Committer,
         settings: Ingest,
         counters: Arc<IngestCounters>,
@@ -89,17 +90,13 @@ impl IngestContext {
     ) -> Self {
         IngestContext {
             reference,
-            token_hashes,
+            intake,
             committer,
             counters,
             max_future_ms,
             budget,
             settings,
         }
-    }
-
-    fn authorized(&self, token: &str) -> bool {
-        crate::wire::token::find(self.token_hashes.iter().copied(), token).is_some()
     }
 }
 
@@ -194,10 +191,10 @@ pub async fn connection(
             return;
         }
         Some(Ok(Ok((Frame::Hello { token, sender }, _hello_bytes)))) => {
-            if !ctx.authorized(&token) {
+            if let Err(why) = ctx.intake.admit(&token, &sender) {
                 ctx.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-                send_error(&mut send, ErrorCode::Unauthorized, "unknown token").await;
-                close(ErrorCode::Unauthorized, "unknown token");
+                send_error(&mut send, ErrorCode::Unauthorized, &why).await;
+                close(ErrorCode::Unauthorized, &why);
                 return;
             }
             if let Err(e) = crate::model::check_id(&sender, "sender") {
@@ -410,7 +407,7 @@ async fn batch(
         .await;
         return;
     };
-    let reference = ctx.reference.clone();
+    let intake = ctx.intake.clone();
     let latest = now_ms().saturating_add(ctx.max_future_ms);
     let Validated {
         kept,
@@ -418,10 +415,14 @@ async fn batch(
         items,
         index,
         mut rejections,
-    } = match tokio::task::spawn_blocking(move || validate(encoding, &records, &reference, latest))
-        .await
+        accepted: valid,
+    } = match tokio::task::spawn_blocking(move || intake.check(encoding, &records, latest)).await
     {
-        Ok(v) => v,
+        Ok(Ok(v)) => v,
+        Ok(Err((code, why))) => {
+            send_error(&mut send, fail(code), &why).await;
+            return;
+        }
         Err(_) => {
             send_error(&mut send, fail(ErrorCode::Overloaded), "validation failed").await;
             return;
@@ -429,11 +430,11 @@ async fn batch(
     };
     let allowed = rate
         .lock()
-        .map(|mut r| r.take(items.len() + rejections.len()))
+        .map(|mut r| r.take(valid + rejections.len()))
         .unwrap_or(false);
     if !allowed {
         let limit = ctx.settings.limits.max_records_per_s;
-        let records = items.len() + rejections.len();
+        let records = valid + rejections.len();
         let (code, why) = if records as u64 > limit {
             // Waiting cannot help: the bucket never holds this many.
             (ErrorCode::BatchOverRate, format!("a batch of {records} records exceeds max_records_per_s ({limit}): send smaller batches"))
@@ -447,7 +448,6 @@ async fn batch(
         return;
     }
     turn.0.wait(turn.1).await;
-    let valid = items.len();
     let durable = ctx
         .committer
         .submit(Batch {
@@ -524,6 +524,10 @@ async fn batch(
 }
 
 async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
+    if !ctx.intake.datagrams() {
+        ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let encoding = if datagram.first() == Some(&b'{') {
         Encoding::JsonLines
     } else {

@@ -23,6 +23,9 @@ pub struct Validated {
     pub index: Vec<u32>,
     /// Rejections: index in the batch, reason code, message.
     pub rejections: Vec<(u32, u8, String)>,
+    /// Units accepted: records (`items.len()`), or a push batch's updates
+    /// (whose `items` are empty: central reads them from the log entry).
+    pub accepted: usize,
 }
 
 /// Validates a batch record by record against the model and the reference
@@ -100,7 +103,13 @@ pub fn validate(
                 judge(i as u32, r, &records[range], false, &mut v);
             }
         }
+        Encoding::Partials => v.rejections.push((
+            0,
+            reason_code(crate::model::RejectReason::Syntax),
+            "partials are not telemetry: they go to a central node over edgeflow-push/1".into(),
+        )),
     }
+    v.accepted = v.items.len();
     v
 }
 

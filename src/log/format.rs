@@ -83,6 +83,7 @@ impl Entry {
         let encoding = match payload[at + 1 + l] {
             0 => Encoding::JsonLines,
             1 => Encoding::Cbor,
+            2 => Encoding::Partials,
             e => return Err(format!("unknown encoding {e}")),
         };
         let entry = Entry {

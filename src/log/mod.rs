@@ -168,6 +168,9 @@ pub enum Encoding {
     JsonLines = 0,
     /// A CBOR sequence.
     Cbor = 1,
+    /// A push batch of an edge's partials ([`crate::partial::wire`]):
+    /// the entries of a central node's log, never telemetry.
+    Partials = 2,
 }
 
 /// One log entry: an accepted ingest batch.

@@ -16,7 +16,9 @@ use crate::input::Chunk;
 use crate::output::FinalTable;
 use crate::reference::Reference;
 use crate::runtime::{Input, RunError, RunOptions, RunSummary, ZoneChange};
+use crate::push::client::Feed as PushFeed;
 use crate::subscribe::hub::Hub;
+use tokio::sync::mpsc::UnboundedSender;
 use crate::topology::{Sink, Topology};
 
 /// What the dataflow thread is fed and feeds.
@@ -39,6 +41,9 @@ pub struct Feed {
     pub sinks_durable: Arc<AtomicU64>,
     /// The window the log replay reaches: no sink write before it.
     pub recovered_to: Arc<AtomicU64>,
+    /// A central sink's push task: it takes the partials (computed only
+    /// then) and the watermark.
+    pub push: Option<UnboundedSender<PushFeed>>,
 }
 
 /// Starts the dataflow thread; it ends when the live input ends, with the
@@ -54,10 +59,11 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
         zones: zone_rx,
         sinks_durable,
         recovered_to,
+        push,
     } = feed;
     let mut table = FinalTable::default();
     for sink in &topology.sinks {
-        let Sink::Files { dir } = sink;
+        let Sink::Files { dir } = sink else { continue };
         // Rows of frozen windows only: the kept log rebuilds the rest.
         let (spec, horizon) = (topology.time, resume.horizon);
         let warnings = table
@@ -76,7 +82,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                 &recovered_to,
                 &sinks_durable,
             ));
-            let summary = crate::runtime::run(
+            let summary = crate::runtime::run_with(
                 Input::Live(crate::runtime::Live {
                     chunks: live_rx,
                     resume,
@@ -85,14 +91,24 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                 reference,
                 topology.time,
                 RunOptions {
-                    // Provisional values only when someone can see them.
-                    provisional: hub_df.is_some(),
+                    // Provisional values only when someone can see them
+                    // (operators, or central through the push).
+                    provisional: hub_df.is_some() || push.is_some(),
+                    partials: push.is_some(),
                     ..RunOptions::new(workers)
                 },
                 |batch| {
                     sink.borrow_mut().apply(batch);
                     if let Some(hub) = &hub_df {
                         hub.publish(batch);
+                    }
+                    if let (Some(push), Some(w)) = (&push, batch.iter().map(|e| e.watermark).max()) {
+                        let _ = push.send(PushFeed::Watermark(w));
+                    }
+                },
+                |partials| {
+                    if let Some(push) = &push {
+                        let _ = push.send(PushFeed::Partials(partials.to_vec()));
                     }
                 },
                 // Called when no emission came for a while: write what

@@ -35,11 +35,13 @@ pub enum ListenError {
 }
 
 /// Builds the node's QUIC endpoint from the `[ingest]` section: its
-/// certificate (mTLS with `client_ca`), both protocols by ALPN, and the
-/// transport limits of docs/PROTOCOL.md "Limits a client meets".
-pub fn endpoint(settings: &Ingest) -> Result<quinn::Endpoint, ListenError> {
+/// certificate (mTLS with `client_ca`), both protocols by ALPN (`intake`:
+/// telemetry ingest on an edge, the push protocol on central; and
+/// subscriptions), and the transport limits of docs/PROTOCOL.md "Limits a
+/// client meets".
+pub fn endpoint(settings: &Ingest, intake: &[u8]) -> Result<quinn::Endpoint, ListenError> {
     let s = &settings.limits;
-    let alpns = [crate::ingest::frame::ALPN, crate::subscribe::proto::ALPN];
+    let alpns = [intake, crate::subscribe::proto::ALPN];
     let crypto = crate::wire::tls::server_crypto(
         &settings.cert,
         &settings.key,

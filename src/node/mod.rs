@@ -20,6 +20,7 @@
 //! - [`zones`]: the zone file watcher.
 //! - [`certs`]: development certificates.
 
+pub mod central;
 pub mod certs;
 pub mod dataflow;
 pub mod listener;
@@ -42,6 +43,10 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{CheckpointError, Tracker};
 use crate::ingest::commit::{Committer, Retention};
+use crate::ingest::intake::{Intake, Telemetry};
+use crate::push::client::{Feed as PushFeed, PushStatus, Pusher};
+use crate::push::intake::Partials;
+use tokio::sync::mpsc::UnboundedReceiver;
 use crate::ingest::server::{IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::disk::Disk;
@@ -90,12 +95,21 @@ pub struct EdgeReport {
     pub skipped_entries: u64,
     /// Ingest counters.
     pub counters: Arc<IngestCounters>,
+    /// An edge's central sink.
+    pub push: Option<Arc<PushStatus>>,
+    /// A central node's edges.
+    pub edges: Option<Arc<central::EdgeMarks>>,
 }
 
 /// A running node.
 pub struct EdgeHandle {
     /// The bound UDP address.
     pub addr: SocketAddr,
+    /// A central node's edges: their pushed watermarks, updates applied
+    /// and resends recognised, live.
+    pub edges: Option<Arc<central::EdgeMarks>>,
+    /// An edge's central sink: what it pushed, live.
+    pub push: Option<Arc<PushStatus>>,
     /// Ingest counters, live.
     pub counters: Arc<IngestCounters>,
     /// The budget of buffered frame bytes, live.
@@ -116,15 +130,41 @@ impl EdgeHandle {
     }
 }
 
-/// Starts a node; returns once it listens.
+/// The role a node plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Devices send telemetry (`edgeflow-ingest/1`); the dataflow computes
+    /// aggregates (and, with a central sink, pushes partials).
+    Edge,
+    /// Edges push partials (`edgeflow-push/1`); the dataflow merges them
+    /// city-wide ([`central`]).
+    Central,
+}
+
+/// Starts an edge node; returns once it listens.
 pub fn start(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError> {
     start_on(topology, workers, Disk::real())
 }
 
-/// [`start`] with its log on `disk` (a simulated one in power-loss tests):
-/// recover (open and check the log), build (hub, zone watcher, dataflow),
-/// replay the log into the dataflow, serve (commit thread, listener).
+/// Starts a central node; returns once it listens.
+pub fn start_central(topology: Topology, workers: usize) -> Result<EdgeHandle, EdgeError> {
+    start_as(Role::Central, topology, workers, Disk::real())
+}
+
+/// [`start`] with its log on `disk` (a simulated one in power-loss tests).
 pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHandle, EdgeError> {
+    start_as(Role::Edge, topology, workers, disk)
+}
+
+/// Starts a node in `role` with its log on `disk`: recover (open and check
+/// the log), build (hub, zone watcher, dataflow), replay the log into the
+/// dataflow, serve (commit thread, listener).
+pub fn start_as(
+    role: Role,
+    topology: Topology,
+    workers: usize,
+    disk: Disk,
+) -> Result<EdgeHandle, EdgeError> {
     let ingest = topology
         .ingest
         .clone()
@@ -133,9 +173,9 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
         .log
         .clone()
         .ok_or_else(|| EdgeError::Topology("the edge role needs a [log] section".into()))?;
-    let tokens = fleet_tokens(&topology)?;
     let recovered = recover::open(&topology, &log, disk.clone())?;
-    let built = build(&topology, &ingest, workers, &recovered.resume)?;
+    let built = build(role, &topology, &ingest, workers, &recovered.resume)?;
+    let intake = intake(role, &topology, &built.reference)?;
     let mut tracker = Tracker::new(topology.time, &recovered.resume);
     let replayed = recover::replay(
         &topology,
@@ -148,10 +188,11 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
     )?;
     built.recovered_to.store(replayed.window, Ordering::Release);
     serve(Serve {
+        role,
         topology,
         ingest,
         log,
-        tokens,
+        intake,
         disk,
         recovered,
         next: replayed.next,
@@ -160,20 +201,41 @@ pub fn start_on(topology: Topology, workers: usize, disk: Disk) -> Result<EdgeHa
     })
 }
 
-/// The fleets' token hashes; at least one.
-fn fleet_tokens(topology: &Topology) -> Result<Vec<[u8; 32]>, EdgeError> {
-    if topology.fleets.is_empty() {
-        return Err(EdgeError::Topology(
+/// Who may connect to a node in `role`, and what they send: fleets'
+/// telemetry to an edge, edges' partials to central (at least one of
+/// them configured).
+fn intake(
+    role: Role,
+    topology: &Topology,
+    reference: &Arc<crate::reference::Reference>,
+) -> Result<Arc<dyn Intake>, EdgeError> {
+    match role {
+        Role::Edge if topology.fleets.is_empty() => Err(EdgeError::Topology(
             "no [[fleet]]: nobody could send telemetry".into(),
-        ));
+        )),
+        Role::Edge => Ok(Arc::new(Telemetry {
+            reference: reference.clone(),
+            token_hashes: topology.fleets.iter().map(|f| f.token_sha256).collect(),
+        })),
+        Role::Central if topology.edges.is_empty() => Err(EdgeError::Topology(
+            "no [[edge]]: no edge could push to this central node".into(),
+        )),
+        Role::Central => Ok(Arc::new(Partials {
+            reference: reference.clone(),
+            edges: topology.edges.clone(),
+            window_ms: topology.time.size_ms,
+        })),
     }
-    Ok(topology.fleets.iter().map(|f| f.token_sha256).collect())
 }
 
 /// What [`build`] starts: the dataflow fed live (with its files sinks and
 /// the subscription hub), the zone watcher, and what the listener and the
 /// commit thread need of them.
 struct Built {
+    /// A central sink's push task, to start on the node's runtime.
+    push: Option<(Pusher, UnboundedReceiver<PushFeed>, Arc<PushStatus>)>,
+    /// A central node's edges.
+    edges: Option<Arc<central::EdgeMarks>>,
     reference: Arc<crate::reference::Reference>,
     hub: Option<Arc<Hub>>,
     sub_ctx: Option<Arc<SubContext>>,
@@ -192,6 +254,7 @@ struct Built {
 /// operators may subscribe), the zone watcher, and the dataflow thread with
 /// its files sinks, fed live from `resume` on.
 fn build(
+    role: Role,
     topology: &Topology,
     ingest: &crate::topology::Ingest,
     workers: usize,
@@ -236,23 +299,65 @@ fn build(
     // Set once the log is replayed: the window the replay reaches.
     let recovered_to = Arc::new(AtomicU64::new(u64::MAX));
     // The dataflow, fed live, and its files sinks.
-    let dataflow = dataflow::start(dataflow::Feed {
-        topology: topology.clone(),
-        reference: reference.clone(),
-        workers,
-        resume: resume.clone(),
-        hub: hub.clone(),
-        live: live_rx,
-        zones: zones.changes,
-        sinks_durable: sinks_durable.clone(),
-        recovered_to: recovered_to.clone(),
-    })?;
+    let edges = (role == Role::Central).then(|| {
+        let names = topology.edges.iter().map(|e| e.name.clone()).collect();
+        Arc::new(central::EdgeMarks::new(names))
+    });
+    // A central sink: its push task, fed by the dataflow thread.
+    let central_sink = topology.sinks.iter().find_map(|s| match s {
+        crate::topology::Sink::Central(c) => Some(c.clone()),
+        _ => None,
+    });
+    let (push_tx, push) = match central_sink {
+        Some(sink) if role == Role::Edge => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let status = Arc::new(PushStatus::default());
+            let pusher = Pusher {
+                sink,
+                sender: topology.node_id.clone(),
+                reference: reference.clone(),
+                window_ms: topology.time.size_ms,
+                hold_until: recovered_to.clone(),
+                status: status.clone(),
+            };
+            (Some(tx), Some((pusher, rx, status)))
+        }
+        _ => (None, None),
+    };
+    let dataflow = match &edges {
+        None => dataflow::start(dataflow::Feed {
+            push: push_tx,
+            topology: topology.clone(),
+            reference: reference.clone(),
+            workers,
+            resume: resume.clone(),
+            hub: hub.clone(),
+            live: live_rx,
+            zones: zones.changes,
+            sinks_durable: sinks_durable.clone(),
+            recovered_to: recovered_to.clone(),
+        })?,
+        Some(edges) => central::start(central::CentralFeed {
+            topology: topology.clone(),
+            reference: reference.clone(),
+            workers,
+            hub: hub.clone(),
+            live: live_rx,
+            sinks_durable: sinks_durable.clone(),
+            recovered_to: recovered_to.clone(),
+            edges: edges.clone(),
+        })?,
+    };
     // The input watermark, as the commit thread follows the log; bounds
-    // what the hub tells subscribers.
-    let input_watermark = hub
-        .as_ref()
-        .map_or_else(|| Arc::new(AtomicU64::new(0)), |h| h.input_watermark());
+    // what the hub tells subscribers. Central's is its edges' (published
+    // by its dataflow thread): the log's telemetry clock sees no records.
+    let input_watermark = match (&hub, role) {
+        (Some(h), Role::Edge) => h.input_watermark(),
+        _ => Arc::new(AtomicU64::new(0)),
+    };
     Ok(Built {
+        push,
+        edges,
         reference,
         hub,
         sub_ctx,
@@ -270,10 +375,11 @@ fn build(
 
 /// Everything [`serve`] takes over.
 struct Serve {
+    role: Role,
     topology: Topology,
     ingest: crate::topology::Ingest,
     log: crate::topology::Log,
-    tokens: Vec<[u8; 32]>,
+    intake: Arc<dyn Intake>,
     disk: Disk,
     recovered: recover::Recovered,
     next: rustc_hash::FxHashMap<String, u64>,
@@ -285,10 +391,11 @@ struct Serve {
 /// once the node listens.
 fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let Serve {
+        role,
         topology,
         ingest,
         log,
-        tokens: token_hashes,
+        intake,
         disk,
         recovered,
         next,
@@ -296,6 +403,8 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         built,
     } = s;
     let Built {
+        push,
+        edges,
         reference,
         hub,
         sub_ctx,
@@ -319,7 +428,16 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         settings: recovered.settings,
         disk,
         watermark: input_watermark,
+        // Central's log is its state: its tracker follows no records, so
+        // it would see every segment as retired.
+        deletes: role == Role::Edge,
+        gates: push
+            .iter()
+            .map(|(_, _, status)| status.delivered.clone())
+            .collect(),
     };
+    let push_status = push.as_ref().map(|(_, _, s)| s.clone());
+    let (report_push, report_edges) = (push_status.clone(), edges.clone());
     let counters = Arc::new(IngestCounters::default());
     let (committer, commit_thread) = Committer::start(
         recovered.writer,
@@ -347,7 +465,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 .map_err(|e| EdgeError::Runtime(e.to_string()))?;
             let ctx = Arc::new(IngestContext::new(
                 reference,
-                token_hashes,
+                intake,
                 committer,
                 ingest.clone(),
                 counters,
@@ -355,8 +473,13 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 budget,
             ));
             let counters = ctx.counters.clone();
+            let push = push.map(|(pusher, feed, _)| runtime.spawn(pusher.run(feed)));
             let served = runtime.block_on(async {
-                let endpoint = match crate::node::listener::endpoint(&ingest) {
+                let alpn = match role {
+                    Role::Edge => crate::ingest::frame::ALPN,
+                    Role::Central => crate::push::ALPN,
+                };
+                let endpoint = match crate::node::listener::endpoint(&ingest, alpn) {
                     Ok(e) => e,
                     Err(e) => {
                         let _ = addr_tx.send(Err(EdgeError::Server(e)));
@@ -372,6 +495,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             let summary = wind_down(WindDown {
                 runtime,
                 served,
+                push,
                 zone_watch,
                 commit_thread,
                 dataflow,
@@ -384,11 +508,15 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 truncated_bytes,
                 skipped_entries,
                 counters,
+                push: report_push,
+                edges: report_edges,
             })
         })
         .map_err(|e| EdgeError::Runtime(e.to_string()))?;
     match addr_rx.recv() {
         Ok(Ok((addr, counters))) => Ok(EdgeHandle {
+            push: push_status,
+            edges,
             addr,
             counters,
             budget: handle_budget,
@@ -411,6 +539,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
 struct WindDown {
     runtime: tokio::runtime::Runtime,
     served: Option<(quinn::Endpoint, tokio::task::JoinSet<()>)>,
+    push: Option<tokio::task::JoinHandle<()>>,
     zone_watch: Option<mpsc::Sender<()>>,
     commit_thread: JoinHandle<()>,
     dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
@@ -427,6 +556,7 @@ fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
     let WindDown {
         runtime,
         served,
+        push,
         zone_watch,
         commit_thread,
         dataflow,
@@ -441,6 +571,12 @@ fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         .join()
         .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))
         .and_then(|r| r.map_err(|e| EdgeError::Runtime(e.to_string())));
+    if let Some(push) = push {
+        // The dataflow's end closed the push feed: the last partials
+        // leave, within the push's own drain time.
+        let limit = crate::push::client::DRAIN + Duration::from_secs(1);
+        let _ = runtime.block_on(async { tokio::time::timeout(limit, push).await });
+    }
     if let Some(hub) = &hub {
         hub.close();
     }
@@ -478,4 +614,28 @@ pub fn print_report(r: &EdgeReport) {
         "  log: {} entries recovered at start ({} torn bytes cut); dataflow: {} records, {} windows final, {} corrections",
         r.recovered_entries, r.truncated_bytes, r.summary.ingest.records, r.summary.emitted.finals, r.summary.emitted.corrections
     );
+    if let Some(p) = &r.push {
+        eprintln!(
+            "  central sink: {} batches acknowledged ({} updates, {} refused), {} reconnects, {} windows given up unacknowledged",
+            p.batches.load(Ordering::Relaxed),
+            p.updates.load(Ordering::Relaxed),
+            p.refused.load(Ordering::Relaxed),
+            p.reconnects.load(Ordering::Relaxed),
+            p.given_up.load(Ordering::Relaxed),
+        );
+    }
+    if let Some(e) = &r.edges {
+        eprintln!(
+            "  edges: {} updates applied, {} resends recognised, {} log entries skipped; watermarks: {}",
+            e.applied.load(Ordering::Relaxed),
+            e.resends.load(Ordering::Relaxed),
+            e.skipped.load(Ordering::Relaxed),
+            e.names
+                .iter()
+                .zip(&e.marks)
+                .map(|(n, m)| format!("{n} {}", m.load(Ordering::Relaxed)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }

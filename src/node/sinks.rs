@@ -94,6 +94,8 @@ fn write_sinks(sinks: &[Sink], table: &FinalTable, topology: &Topology) -> bool 
                     ok = false;
                 }
             }
+            // Pushed as partials, not rows (`crate::push`).
+            Sink::Central(_) => {}
         }
     }
     ok

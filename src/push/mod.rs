@@ -10,5 +10,10 @@
 //! - [`inbox`]: central's side of a batch: its updates keyed by central's
 //!   reference data, or why not.
 
+/// ALPN of the push protocol.
+pub const ALPN: &[u8] = b"edgeflow-push/1";
+
+pub mod client;
 pub mod inbox;
+pub mod intake;
 pub mod outbox;

@@ -122,7 +122,9 @@ pub fn synthetic_batch(
             })
         };
         match encoding {
-            Encoding::Cbor => out.extend_from_slice(&crate::codec::encode_cbor(&record)),
+            Encoding::Cbor | Encoding::Partials => {
+                out.extend_from_slice(&crate::codec::encode_cbor(&record))
+            }
             Encoding::JsonLines => {
                 out.extend_from_slice(&crate::codec::encode_json(&record));
                 out.extend_from_slice(b"\n");

@@ -14,11 +14,11 @@ use crate::reference::{Problem, Reference};
 use crate::time::TimeSpec;
 
 use super::file::{
-    FleetSection, IngestSection, LogSection, MatchingSection, OperatorSection, SinkSection,
+    CentralSinkSection, FleetSection, IngestSection, LogSection, MatchingSection, OperatorSection, SinkSection,
     TopologyFile, WindowsSection, ZonesSection,
 };
 use super::{
-    Fleet, Ingest, IngestLimits, Log, Operator, Sink, Topology, DEFAULT_MAX_LAG,
+    CentralSink, Fleet, Ingest, IngestLimits, Log, Operator, Sink, Topology, DEFAULT_MAX_LAG,
     DEFAULT_MAX_PENDING, DEFAULT_MIN_VEHICLES, MAX_FRAME_BYTES, MAX_TOPOLOGY_BYTES, MAX_WORKERS,
 };
 
@@ -130,13 +130,24 @@ impl Checker<'_> {
         }
     }
 
-    /// `[[fleet]]`, token hashes decoded.
-    fn fleets(&mut self, fleets: &[FleetSection]) -> Vec<Fleet> {
-        let mut out = Vec::new();
+    /// `[[fleet]]` (`section` "fleet") or `[[edge]]` ("edge"): names and
+    /// token hashes decoded. An edge's name is its HELLO sender id, so it
+    /// must be a valid id, and unique.
+    fn fleets(&mut self, section: &str, fleets: &[FleetSection]) -> Vec<Fleet> {
+        let mut out: Vec<Fleet> = Vec::new();
         for (n, fleet) in fleets.iter().enumerate() {
-            if let Some(token_sha256) =
-                self.token_hash(&fleet.token_sha256, &format!("fleet[{n}].token_sha256"))
-            {
+            if section == "edge" {
+                if let Err(e) = crate::model::check_id(&fleet.name, "name") {
+                    self.push(&format!("edge[{n}].name"), &e.detail);
+                }
+                if out.iter().any(|f| f.name == fleet.name) {
+                    self.push(&format!("edge[{n}].name"), "names an edge listed before");
+                }
+            }
+            if let Some(token_sha256) = self.token_hash(
+                &fleet.token_sha256,
+                &format!("{section}[{n}].token_sha256"),
+            ) {
                 out.push(Fleet {
                     name: fleet.name.clone(),
                     token_sha256,
@@ -144,6 +155,21 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    /// A central sink needs the city's vehicle hash key (sketches of raw
+    /// ids must never leave the node), and one is enough.
+    fn central_needs(&mut self, sinks: &[Sink], reference: Option<&Reference>) {
+        let central = sinks.iter().filter(|s| matches!(s, Sink::Central(_))).count();
+        if central > 1 {
+            self.push("sink", "at most one sink of type \"central\"");
+        }
+        if central > 0 && reference.is_some_and(|r| r.vehicle_key.is_none()) {
+            self.push(
+                "privacy.vehicle_hash_key",
+                "a central sink needs the city's vehicle hash key: distinct-vehicle sketches leave the node only keyed",
+            );
+        }
     }
 
     /// `[[operator]]`, token hashes and kinds decoded (no `kinds`: all).
@@ -311,12 +337,86 @@ impl Checker<'_> {
     }
 
     /// `[[sink]]`, paths resolved.
-    fn sink(&self, s: &SinkSection) -> Sink {
+    fn sink(&mut self, n: usize, s: &SinkSection) -> Option<Sink> {
         match s {
-            SinkSection::Files { dir } => Sink::Files {
+            SinkSection::Files { dir } => Some(Sink::Files {
                 dir: self.base.join(dir),
-            },
+            }),
+            SinkSection::Central(c) => self.central_sink(n, c).map(Sink::Central),
         }
+    }
+
+    /// `[[sink]] type = "central"`: the address resolved, the token read,
+    /// paths resolved and checked.
+    fn central_sink(&mut self, n: usize, c: &CentralSinkSection) -> Option<CentralSink> {
+        let place = |key: &str| format!("sink[{n}].{key}");
+        let to = match std::net::ToSocketAddrs::to_socket_addrs(c.to.as_str()) {
+            Ok(mut addrs) => addrs.next(),
+            Err(e) => {
+                self.push(
+                    &place("to"),
+                    &format!("{:?} is not a host:port that resolves: {e}", c.to),
+                );
+                None
+            }
+        };
+        let host = c.to.rsplit_once(':').map_or(c.to.as_str(), |(h, _)| h);
+        let server_name = c
+            .server_name
+            .clone()
+            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+        let token = match (&c.token, &c.token_file) {
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(file)) => match std::fs::read_to_string(self.base.join(file)) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    self.push(&place("token_file"), "is empty");
+                    None
+                }
+                Err(e) => {
+                    let path = self.base.join(file);
+                    self.push(
+                        &place("token_file"),
+                        &format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.push(&place("token"), "give exactly one of token and token_file");
+                None
+            }
+        };
+        let mut files = vec![("ca", &c.ca)];
+        files.extend(c.cert.as_ref().map(|p| ("cert", p)));
+        files.extend(c.key.as_ref().map(|p| ("key", p)));
+        for (key, p) in files {
+            if !self.base.join(p).is_file() {
+                let why = format!("{} is not a readable file", self.base.join(p).display());
+                self.push(&place(key), &why);
+            }
+        }
+        let identity = match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => Some((self.base.join(cert), self.base.join(key))),
+            (None, None) => None,
+            _ => {
+                self.push(&place("cert"), "give both cert and key, or neither");
+                None
+            }
+        };
+        let max_hold = self.duration_or(
+            c.max_hold.as_deref(),
+            super::DEFAULT_MAX_HOLD,
+            &place("max_hold"),
+        );
+        Some(CentralSink {
+            to: to?,
+            server_name,
+            ca: self.base.join(&c.ca),
+            token: token?,
+            identity,
+            max_hold: max_hold?,
+        })
     }
 
     /// `[ingest]`: the section with paths resolved and durations parsed
@@ -511,14 +611,23 @@ impl Topology {
             );
         }
         let ingest = file.ingest.as_ref().and_then(|i| c.ingest(i));
-        let fleets = c.fleets(&file.fleet);
+        let fleets = c.fleets("fleet", &file.fleet);
+        let edges = c.fleets("edge", &file.edge);
+        let straggler_timeout = c.duration_or(
+            file.central.straggler_timeout.as_deref(),
+            super::DEFAULT_STRAGGLER_TIMEOUT,
+            "central.straggler_timeout",
+        );
         let operators = c.operators(&file.operator);
         let (privacy_min_vehicles, sub_max_pending, sub_max_lag) = c.subscriptions(&file);
         let log = file.log.as_ref().map(|l| c.log(l));
-        let sinks = file.sink.iter().map(|s| c.sink(s)).collect();
+        let sinks: Vec<Sink> = (file.sink.iter().enumerate())
+            .filter_map(|(n, s)| c.sink(n, s))
+            .collect();
         let (reference, reference_sha256, zone_file) = c.reference(&file);
-        match (c.problems.is_empty(), time, reference) {
-            (true, Some(time), Some(reference)) => Ok(Topology {
+        c.central_needs(&sinks, reference.as_ref());
+        match (c.problems.is_empty(), time, reference, straggler_timeout) {
+            (true, Some(time), Some(reference), Some(straggler_timeout)) => Ok(Topology {
                 node_id: file.node.id,
                 path: path.to_owned(),
                 time,
@@ -534,6 +643,8 @@ impl Topology {
                 privacy_min_vehicles,
                 sub_max_pending,
                 sub_max_lag,
+                edges,
+                straggler_timeout,
             }),
             _ => Err(c.problems),
         }

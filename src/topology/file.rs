@@ -47,6 +47,23 @@ pub struct TopologyFile {
     /// Subscription limits.
     #[serde(default)]
     pub subscriptions: SubscriptionsSection,
+    /// `[[edge]]`: edges that may push to this node (the `central` role):
+    /// `name` is the edge's `node.id` (its HELLO sender), `token_sha256`
+    /// its push token's SHA-256.
+    #[serde(default)]
+    pub edge: Vec<FleetSection>,
+    /// The `central` role's settings.
+    #[serde(default)]
+    pub central: CentralSection,
+}
+
+/// `[central]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSection {
+    /// How long central waits for a silent edge before it finalizes
+    /// windows without it (naming it). Default 5m.
+    pub straggler_timeout: Option<String>,
 }
 
 /// `[[operator]]`: a mobility operator, its token and its scopes.
@@ -161,6 +178,30 @@ pub enum SinkSection {
         /// Directory (relative to the topology file).
         dir: PathBuf,
     },
+    /// Push partials to a central node (`edgeflow-push/1`).
+    Central(CentralSinkSection),
+}
+
+/// `[[sink]] type = "central"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSinkSection {
+    /// Central's address, host:port.
+    pub to: String,
+    /// CA certificate (PEM) central's certificate is signed by.
+    pub ca: PathBuf,
+    /// The push token (or `token_file`).
+    pub token: Option<String>,
+    /// A file holding the push token.
+    pub token_file: Option<PathBuf>,
+    /// TLS server name. Default: the host of `to`.
+    pub server_name: Option<String>,
+    /// Client certificate (PEM), for a central that requires mTLS.
+    pub cert: Option<PathBuf>,
+    /// Its key.
+    pub key: Option<PathBuf>,
+    /// Longest the log keeps windows central has not acknowledged. Default 1h.
+    pub max_hold: Option<String>,
 }
 
 /// `[node]`.

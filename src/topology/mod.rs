@@ -126,7 +126,16 @@ pub struct Topology {
     pub sub_max_pending: usize,
     /// `subscriptions.max_lag`.
     pub sub_max_lag: Duration,
+    /// Edges that may push (the `central` role).
+    pub edges: Vec<Fleet>,
+    /// `[central] straggler_timeout`.
+    pub straggler_timeout: Duration,
 }
+
+/// Default `[central] straggler_timeout`.
+pub const DEFAULT_STRAGGLER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `max_hold` of a central sink.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(3600);
 
 /// `[ingest]` validated: the QUIC endpoint, paths resolved, durations
 /// parsed.
@@ -233,4 +242,24 @@ pub enum Sink {
         /// Directory.
         dir: PathBuf,
     },
+    /// Partials pushed to a central node.
+    Central(CentralSink),
+}
+
+/// A `[[sink]] type = "central"` validated: where central is, how to
+/// reach it, how long to hold what it has not acknowledged.
+#[derive(Debug, Clone)]
+pub struct CentralSink {
+    /// Central's address.
+    pub to: SocketAddr,
+    /// TLS server name.
+    pub server_name: String,
+    /// CA certificate (PEM), resolved.
+    pub ca: PathBuf,
+    /// The push token.
+    pub token: String,
+    /// Client certificate and key, resolved.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Longest the log keeps windows central has not acknowledged.
+    pub max_hold: Duration,
 }

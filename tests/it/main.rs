@@ -40,6 +40,7 @@ mod interop;
 mod layering;
 mod limits;
 mod oracle;
+mod push;
 mod subscribe;
 mod support;
 mod topology;
