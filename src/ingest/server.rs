@@ -416,8 +416,7 @@ async fn batch(
         index,
         mut rejections,
         accepted: valid,
-    } = match tokio::task::spawn_blocking(move || intake.check(encoding, &records, latest)).await
-    {
+    } = match tokio::task::spawn_blocking(move || intake.check(encoding, &records, latest)).await {
         Ok(Ok(v)) => v,
         Ok(Err((code, why))) => {
             send_error(&mut send, fail(code), &why).await;

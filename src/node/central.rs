@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 use super::sinks::FilesSinks;
 use super::EdgeError;
 use crate::dataflow::central::{self, Upserts};
-use crate::dataflow::emit::{EmitStats, Emission, Status};
+use crate::dataflow::emit::{Emission, EmitStats, Status};
 use crate::dataflow::partials::{PartialKey, PartialValue};
 use crate::dataflow::ZoneFlow;
 use crate::geo::zones::Membership;
 use crate::input::Chunk;
 use crate::log::Encoding;
 use crate::output::FinalTable;
+use crate::push::completeness::Completeness;
 use crate::reference::Reference;
 use crate::runtime::{RunError, RunSummary};
 use crate::subscribe::hub::Hub;
@@ -44,43 +45,78 @@ use crate::topology::Topology;
 const POLL: Duration = Duration::from_millis(50);
 
 /// What central knows of its edges, live: each edge's pushed watermark,
-/// and what became of the updates.
+/// the stragglers and the windows final without them
+/// ([`Completeness`]), and what became of the updates.
 #[derive(Debug)]
 pub struct EdgeMarks {
     /// The edges, in topology order.
     pub names: Vec<String>,
-    /// Each edge's largest pushed watermark.
-    pub marks: Vec<AtomicU64>,
+    /// Central's watermark, its edges' marks and stragglers.
+    pub completeness: Mutex<Completeness>,
     /// Updates that changed a partial.
     pub applied: AtomicU64,
     /// Updates identical to what their edge sent before (resends): applied
     /// once, so nothing changed.
     pub resends: AtomicU64,
+    /// Updates of windows already retired at central (older than
+    /// `[windows] retention` behind its watermark): they could change
+    /// nothing, and are dropped.
+    pub expired: AtomicU64,
     /// Log entries from no configured edge, or that no longer read
     /// (central's settings changed since they were logged): skipped.
     pub skipped: AtomicU64,
 }
 
 impl EdgeMarks {
-    /// No edge has pushed yet.
-    pub fn new(names: Vec<String>) -> Self {
+    /// No edge has pushed yet; windows of `window_ms`, stragglers left
+    /// out after `timeout_ms` of event time.
+    pub fn new(names: Vec<String>, window_ms: u64, timeout_ms: u64) -> Self {
         EdgeMarks {
-            marks: names.iter().map(|_| AtomicU64::new(0)).collect(),
+            completeness: Mutex::new(Completeness::new(names.len(), window_ms, timeout_ms)),
             names,
             applied: AtomicU64::new(0),
             resends: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         }
     }
 
-    /// Central's watermark: the oldest edge's.
-    pub fn watermark(&self) -> u64 {
-        (self.marks.iter())
-            .map(|m| m.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(0)
+    /// A copy of the completeness state.
+    pub fn snapshot(&self) -> Option<Completeness> {
+        self.completeness.lock().ok().map(|c| c.clone())
+    }
+
+    /// `edges.csv` of a files sink: each edge's pushed watermark and
+    /// whether it is a straggler now.
+    pub fn edges_csv(&self) -> String {
+        let mut out = String::from(EDGES_HEADER);
+        out.push('\n');
+        if let Some(c) = self.snapshot() {
+            for ((name, mark), straggling) in self.names.iter().zip(c.marks()).zip(c.straggling()) {
+                out += &format!("{name},{mark},{straggling}\n");
+            }
+        }
+        out
+    }
+
+    /// `missing.csv` of a files sink: every window that went final without
+    /// an edge, and the edge.
+    pub fn missing_csv(&self) -> String {
+        let mut out = String::from(MISSING_HEADER);
+        out.push('\n');
+        if let Some(c) = self.snapshot() {
+            for &(window, edge) in c.missing() {
+                out += &format!("{window},{}\n", self.names[edge]);
+            }
+        }
+        out
     }
 }
+
+/// Header of a central files sink's `edges.csv`.
+pub const EDGES_HEADER: &str = "edge,pushed_watermark_ms,straggling";
+/// Header of a central files sink's `missing.csv`.
+pub const MISSING_HEADER: &str = "window_start_ms,edge";
 
 /// What central's dataflow thread is fed and feeds.
 pub struct CentralFeed {
@@ -136,7 +172,9 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
     let spec = topology.time;
     let (step_txs, step_rxs): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mpsc::channel::<Arc<Step>>()).unzip();
-    let step_rxs = Arc::new(Mutex::new(step_rxs.into_iter().map(Some).collect::<Vec<_>>()));
+    let step_rxs = Arc::new(Mutex::new(
+        step_rxs.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     let feeder = {
         let (reference, edges, hub) = (reference.clone(), edges.clone(), hub.clone());
         std::thread::Builder::new()
@@ -185,12 +223,14 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
                 // What else waits goes in before the next step.
                 let waiting = std::iter::from_fn(|| rx.try_recv().ok());
                 for step in first.into_iter().chain(waiting) {
-                    let (mut applied, mut resends) = (0, 0);
+                    let (mut applied, mut resends, mut expired) = (0, 0, 0);
                     for (key, value) in &step.updates {
                         if owner(key, peers) != me {
                             continue;
                         }
-                        if upserts.apply(&mut inputs, step.edge, *key, value.clone()) {
+                        if spec.retire_at(key.window) <= inputs.time() {
+                            expired += 1;
+                        } else if upserts.apply(&mut inputs, step.edge, *key, value.clone()) {
                             applied += 1;
                         } else {
                             resends += 1;
@@ -198,6 +238,7 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
                     }
                     counts.applied.fetch_add(applied, Ordering::Relaxed);
                     counts.resends.fetch_add(resends, Ordering::Relaxed);
+                    counts.expired.fetch_add(expired, Ordering::Relaxed);
                     upserts.advance(&mut inputs, &spec, step.watermark);
                 }
                 // Flush what was applied at the current time.
@@ -219,7 +260,8 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
         &topology,
         &recovered_to,
         &sinks_durable,
-    );
+    )
+    .with_edges(edges.clone());
     loop {
         match emit_rx.recv_timeout(POLL) {
             Ok(batch) => {
@@ -295,8 +337,10 @@ fn feed_steps(
             }
             continue;
         };
-        edges.marks[edge].fetch_max(header.watermark_ms, Ordering::AcqRel);
-        let watermark = edges.watermark();
+        let watermark = match edges.completeness.lock() {
+            Ok(mut c) => c.pushed(edge, header.watermark_ms),
+            Err(_) => return,
+        };
         if let Some(w) = &hub_watermark {
             w.fetch_max(watermark, Ordering::AcqRel);
         }

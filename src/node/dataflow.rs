@@ -14,12 +14,12 @@ use super::EdgeError;
 use crate::checkpoint::Resume;
 use crate::input::Chunk;
 use crate::output::FinalTable;
+use crate::push::client::Feed as PushFeed;
 use crate::reference::Reference;
 use crate::runtime::{Input, RunError, RunOptions, RunSummary, ZoneChange};
-use crate::push::client::Feed as PushFeed;
 use crate::subscribe::hub::Hub;
-use tokio::sync::mpsc::UnboundedSender;
 use crate::topology::{Sink, Topology};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// What the dataflow thread is fed and feeds.
 pub struct Feed {
@@ -102,7 +102,8 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                     if let Some(hub) = &hub_df {
                         hub.publish(batch);
                     }
-                    if let (Some(push), Some(w)) = (&push, batch.iter().map(|e| e.watermark).max()) {
+                    if let (Some(push), Some(w)) = (&push, batch.iter().map(|e| e.watermark).max())
+                    {
                         let _ = push.send(PushFeed::Watermark(w));
                     }
                 },

@@ -44,17 +44,17 @@ use tokio::sync::watch;
 use crate::checkpoint::{CheckpointError, Tracker};
 use crate::ingest::commit::{Committer, Retention};
 use crate::ingest::intake::{Intake, Telemetry};
-use crate::push::client::{Feed as PushFeed, PushStatus, Pusher};
-use crate::push::intake::Partials;
-use tokio::sync::mpsc::UnboundedReceiver;
 use crate::ingest::server::{IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::disk::Disk;
+use crate::push::client::{Feed as PushFeed, PushStatus, Pusher};
+use crate::push::intake::Partials;
 use crate::runtime::RunSummary;
 use crate::subscribe::hub::{Hub, HubSettings};
 use crate::subscribe::server::SubContext;
 use crate::topology::Topology;
 use crate::wire::budget::Budget;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Chunks queued between the commit thread and the dataflow reader.
 pub const LIVE_QUEUE: usize = 64;
@@ -301,8 +301,20 @@ fn build(
     // The dataflow, fed live, and its files sinks.
     let edges = (role == Role::Central).then(|| {
         let names = topology.edges.iter().map(|e| e.name.clone()).collect();
-        Arc::new(central::EdgeMarks::new(names))
+        let timeout = topology.straggler_timeout.as_millis() as u64;
+        Arc::new(central::EdgeMarks::new(
+            names,
+            topology.time.size_ms,
+            timeout,
+        ))
     });
+    // The input watermark, as the commit thread follows the log; bounds
+    // what the hub tells subscribers. Central's is its edges' (published
+    // by its dataflow thread): the log's telemetry clock sees no records.
+    let input_watermark = match (&hub, role) {
+        (Some(h), Role::Edge) => h.input_watermark(),
+        _ => Arc::new(AtomicU64::new(0)),
+    };
     // A central sink: its push task, fed by the dataflow thread.
     let central_sink = topology.sinks.iter().find_map(|s| match s {
         crate::topology::Sink::Central(c) => Some(c.clone()),
@@ -318,6 +330,7 @@ fn build(
                 reference: reference.clone(),
                 window_ms: topology.time.size_ms,
                 hold_until: recovered_to.clone(),
+                input_watermark: input_watermark.clone(),
                 status: status.clone(),
             };
             (Some(tx), Some((pusher, rx, status)))
@@ -347,13 +360,6 @@ fn build(
             recovered_to: recovered_to.clone(),
             edges: edges.clone(),
         })?,
-    };
-    // The input watermark, as the commit thread follows the log; bounds
-    // what the hub tells subscribers. Central's is its edges' (published
-    // by its dataflow thread): the log's telemetry clock sees no records.
-    let input_watermark = match (&hub, role) {
-        (Some(h), Role::Edge) => h.input_watermark(),
-        _ => Arc::new(AtomicU64::new(0)),
     };
     Ok(Built {
         push,
@@ -626,16 +632,11 @@ pub fn print_report(r: &EdgeReport) {
     }
     if let Some(e) = &r.edges {
         eprintln!(
-            "  edges: {} updates applied, {} resends recognised, {} log entries skipped; watermarks: {}",
+            "  edges: {} updates applied, {} resends recognised, {} log entries skipped; pushed watermarks: {}",
             e.applied.load(Ordering::Relaxed),
             e.resends.load(Ordering::Relaxed),
             e.skipped.load(Ordering::Relaxed),
-            e.names
-                .iter()
-                .zip(&e.marks)
-                .map(|(n, m)| format!("{n} {}", m.load(Ordering::Relaxed)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            e.edges_csv().lines().skip(1).collect::<Vec<_>>().join("; ")
         );
     }
 }

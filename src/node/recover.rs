@@ -116,8 +116,8 @@ pub fn replay(
         if entry.seq < first_seq {
             continue;
         }
-        let chunk = Chunk::from_batch(entry.seq, entry.encoding, entry.records)
-            .with_sender(&entry.sender);
+        let chunk =
+            Chunk::from_batch(entry.seq, entry.encoding, entry.records).with_sender(&entry.sender);
         if starts.contains(&entry.seq) {
             tracker.segment_started(entry.seq);
         }

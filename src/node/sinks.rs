@@ -6,7 +6,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::output::FinalTable;
+use std::sync::Arc;
+
+use super::central::EdgeMarks;
+use crate::output::{write_durably, FinalTable};
 use crate::topology::{Sink, Topology};
 
 /// Least time between two rewrites of a files sink.
@@ -28,6 +31,9 @@ pub struct FilesSinks<'a> {
     /// replayed at start, the files on disk (which hold the windows being
     /// recomputed) stay as they are.
     hold_until: &'a AtomicU64,
+    /// A central node's edges: `edges.csv` and `missing.csv` beside the
+    /// tables.
+    edges: Option<Arc<EdgeMarks>>,
 }
 
 impl<'a> FilesSinks<'a> {
@@ -49,7 +55,16 @@ impl<'a> FilesSinks<'a> {
             seen: 0,
             hold_until,
             durable,
+            edges: None,
         }
+    }
+
+    /// The same sinks, writing a central node's `edges.csv` (each edge's
+    /// pushed watermark, whether it straggles) and `missing.csv` (windows
+    /// final without an edge) beside the tables.
+    pub fn with_edges(mut self, edges: Arc<EdgeMarks>) -> Self {
+        self.edges = Some(edges);
+        self
     }
 
     /// Applies a batch of emissions; writes if a write is due.
@@ -68,7 +83,12 @@ impl<'a> FilesSinks<'a> {
         }
         if self.dirty && self.written.elapsed() >= SINK_INTERVAL {
             // A failed write stays dirty: it is tried again a second later.
-            if write_sinks(&self.sinks, &self.table, self.topology) {
+            if write_sinks(
+                &self.sinks,
+                &self.table,
+                self.topology,
+                self.edges.as_deref(),
+            ) {
                 self.durable.fetch_max(self.seen, Ordering::AcqRel);
                 self.dirty = false;
             }
@@ -79,17 +99,37 @@ impl<'a> FilesSinks<'a> {
     /// The last write, at shutdown: whether the sinks hold everything.
     pub fn finish(self) -> bool {
         !(self.dirty || self.table.is_empty())
-            || write_sinks(&self.sinks, &self.table, self.topology)
+            || write_sinks(
+                &self.sinks,
+                &self.table,
+                self.topology,
+                self.edges.as_deref(),
+            )
     }
 }
 
-/// Writes every sink; false if one failed.
-fn write_sinks(sinks: &[Sink], table: &FinalTable, topology: &Topology) -> bool {
+/// Writes every sink (with central's edge files, given `edges`); false if
+/// one failed.
+fn write_sinks(
+    sinks: &[Sink],
+    table: &FinalTable,
+    topology: &Topology,
+    edges: Option<&EdgeMarks>,
+) -> bool {
     let mut ok = true;
     for sink in sinks {
         match sink {
             Sink::Files { dir } => {
-                if let Err(e) = table.write_csv(dir, &topology.reference, topology.time.size_ms) {
+                let written = table
+                    .write_csv(dir, &topology.reference, topology.time.size_ms)
+                    .and_then(|()| match edges {
+                        Some(e) => write_durably(&dir.join("edges.csv"), e.edges_csv().as_bytes())
+                            .and_then(|()| {
+                                write_durably(&dir.join("missing.csv"), e.missing_csv().as_bytes())
+                            }),
+                        None => Ok(()),
+                    });
+                if let Err(e) = written {
                     eprintln!("edgeflow: files sink {}: {e}", dir.display());
                     ok = false;
                 }

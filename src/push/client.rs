@@ -96,6 +96,9 @@ pub struct Pusher {
     /// No batch leaves before the edge's watermark reaches this (its log
     /// replay at start: see [`Outbox::hold`]).
     pub hold_until: Arc<AtomicU64>,
+    /// The edge's input watermark (the commit thread's): a batch never
+    /// claims more, whatever the dataflow's emissions say.
+    pub input_watermark: Arc<AtomicU64>,
     /// Figures, live.
     pub status: Arc<PushStatus>,
 }
@@ -145,16 +148,16 @@ impl Pusher {
                     }
                 }
             }
-            if drain_until.is_some_and(|d| Instant::now() >= d) || (drain_until.is_some() && state.done()) {
+            if drain_until.is_some_and(|d| Instant::now() >= d)
+                || (drain_until.is_some() && state.done())
+            {
                 break;
             }
-            let connected = tokio::time::timeout(
-                Duration::from_secs(5),
-                connect(&endpoint, &self.options()),
-            )
-            .await
-            .map_err(|_| anyhow!("no answer within 5s"))
-            .and_then(|r| r);
+            let connected =
+                tokio::time::timeout(Duration::from_secs(5), connect(&endpoint, &self.options()))
+                    .await
+                    .map_err(|_| anyhow!("no answer within 5s"))
+                    .and_then(|r| r);
             let (conn, _control, next) = match connected {
                 Ok(c) => c,
                 Err(e) => {
@@ -163,14 +166,18 @@ impl Pusher {
                     retry_at = Instant::now() + jitter(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     if drain_until.is_some() {
-                        tokio::time::sleep_until(retry_at.min(drain_until.unwrap_or(retry_at))).await;
+                        tokio::time::sleep_until(retry_at.min(drain_until.unwrap_or(retry_at)))
+                            .await;
                     }
                     continue;
                 }
             };
             self.status.connected.store(true, Ordering::Relaxed);
             if state.outage_said {
-                eprintln!("edgeflow: central sink: connected to {} again", self.sink.to);
+                eprintln!(
+                    "edgeflow: central sink: connected to {} again",
+                    self.sink.to
+                );
                 state.outage_said = false;
             }
             backoff = FIRST_BACKOFF;
@@ -265,7 +272,12 @@ impl Pusher {
     }
 
     /// Central's answer to batch `seq`.
-    fn answered(&self, seq: u64, frame: anyhow::Result<Frame>, state: &mut State) -> anyhow::Result<()> {
+    fn answered(
+        &self,
+        seq: u64,
+        frame: anyhow::Result<Frame>,
+        state: &mut State,
+    ) -> anyhow::Result<()> {
         match frame? {
             Frame::Ack {
                 accepted,
@@ -290,11 +302,21 @@ impl Pusher {
                 Ok(())
             }
             Frame::Error { code, message } => {
-                let fatal = [ErrorCode::Unauthorized, ErrorCode::BadHello, ErrorCode::Mismatch]
-                    .iter()
-                    .any(|c| *c as u16 == code);
-                let hint = if fatal { " (a configuration error: fix central's [[edge]] or this sink)" } else { "" };
-                Err(anyhow!("central answered batch {seq} with error {code}: {message}{hint}"))
+                let fatal = [
+                    ErrorCode::Unauthorized,
+                    ErrorCode::BadHello,
+                    ErrorCode::Mismatch,
+                ]
+                .iter()
+                .any(|c| *c as u16 == code);
+                let hint = if fatal {
+                    " (a configuration error: fix central's [[edge]] or this sink)"
+                } else {
+                    ""
+                };
+                Err(anyhow!(
+                    "central answered batch {seq} with error {code}: {message}{hint}"
+                ))
             }
             other => Err(anyhow!("unexpected answer to batch {seq}: {other:?}")),
         }
@@ -360,20 +382,19 @@ struct State {
 
 impl State {
     fn take(&mut self, msg: Feed, pusher: &Pusher) {
-        let watermark = match msg {
+        let emitted = match msg {
             Feed::Partials(batch) => {
                 self.outbox.offer(&batch);
                 batch.iter().map(|e| e.watermark).max().unwrap_or(0)
             }
-            Feed::Watermark(w) => {
-                self.outbox.advance(w);
-                w
-            }
+            Feed::Watermark(w) => w,
         };
-        // The end of input says u64::MAX: no claim on later windows.
-        if watermark != u64::MAX {
-            self.watermark = self.watermark.max(watermark);
-        }
+        // The dataflow's time runs ahead of the input at its end (windows
+        // emitted as they are when the node stops): claim no more than
+        // the input's watermark.
+        let watermark = emitted.min(pusher.input_watermark.load(Ordering::Acquire));
+        self.outbox.advance(watermark);
+        self.watermark = self.watermark.max(watermark);
         if self.watermark >= pusher.hold_until.load(Ordering::Acquire) {
             self.outbox.release();
         }

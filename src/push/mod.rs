@@ -14,6 +14,7 @@
 pub const ALPN: &[u8] = b"edgeflow-push/1";
 
 pub mod client;
+pub mod completeness;
 pub mod inbox;
 pub mod intake;
 pub mod outbox;

@@ -97,10 +97,12 @@ impl Outbox {
     }
 
     /// Takes the dataflow's partials. Provisional, final and corrected
-    /// values all replace what waits for their key.
+    /// values all replace what waits for their key. The edge's watermark
+    /// moves by [`advance`](Self::advance) alone: an emission's watermark is
+    /// the dataflow's time, which at the end of input runs ahead of what
+    /// the edge has seen.
     pub fn offer(&mut self, emissions: &[PartialEmission]) {
         for e in emissions {
-            self.watermark = self.watermark.max(e.watermark);
             // Partials depend on no reference change: the dataflow never
             // retracts one. If it ever did, central keeps the last value.
             if e.status == Status::Retraction {
@@ -119,9 +121,14 @@ impl Outbox {
         }
     }
 
-    /// The edge's watermark moved without a partial changing.
+    /// The edge's watermark moved without a partial changing. The end of
+    /// the edge's input (`u64::MAX`: the node is stopping, its open windows
+    /// emitted as they are) claims nothing about later windows: the node's
+    /// next start carries on with them.
     pub fn advance(&mut self, watermark: u64) {
-        self.watermark = self.watermark.max(watermark);
+        if watermark != u64::MAX {
+            self.watermark = self.watermark.max(watermark);
+        }
     }
 
     /// Partials waiting, and in flight.
@@ -306,6 +313,7 @@ mod tests {
             emission(1, 0, 7, 25),
         ]);
         o.offer(&[emission(0, 0, 3, 30)]);
+        o.advance(30);
         let cut = o.next_batch(0, &r, 10).expect("not holding");
         assert_eq!(samples(&cut), vec![("s-1".into(), 7), ("s-0".into(), 3)]);
         assert_eq!(cut.watermark, 30);
@@ -340,6 +348,7 @@ mod tests {
         o.next_batch(5, &r, 1).expect("cut");
         o.next_batch(6, &r, 1).expect("cut");
         o.offer(&[emission(0, 0, 9, 12)]);
+        o.advance(12);
         o.lost(5);
         let again = o.next_batch(7, &r, 10).expect("cut");
         assert_eq!(samples(&again), vec![("s-1".into(), 1), ("s-0".into(), 9)]);
@@ -350,11 +359,21 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_input_claims_no_later_window() {
+        let mut o = Outbox::new(W, None);
+        o.advance(120_000);
+        o.advance(u64::MAX);
+        let cut = o.next_batch(0, &reference(), 10).expect("cut");
+        assert_eq!(cut.watermark, 120_000);
+    }
+
+    #[test]
     fn nothing_leaves_while_the_log_replays() {
         let r = reference();
         let mut o = Outbox::new(W, None);
         o.hold();
         o.offer(&[emission(0, 0, 1, 10), emission(0, 0, 5, 20)]);
+        o.advance(20);
         assert_eq!(o.next_batch(0, &r, 10), None);
         assert_eq!(o.delivered(), 20);
         o.release();

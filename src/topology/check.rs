@@ -14,8 +14,8 @@ use crate::reference::{Problem, Reference};
 use crate::time::TimeSpec;
 
 use super::file::{
-    CentralSinkSection, FleetSection, IngestSection, LogSection, MatchingSection, OperatorSection, SinkSection,
-    TopologyFile, WindowsSection, ZonesSection,
+    CentralSinkSection, FleetSection, IngestSection, LogSection, MatchingSection, OperatorSection,
+    SinkSection, TopologyFile, WindowsSection, ZonesSection,
 };
 use super::{
     CentralSink, Fleet, Ingest, IngestLimits, Log, Operator, Sink, Topology, DEFAULT_MAX_LAG,
@@ -144,10 +144,9 @@ impl Checker<'_> {
                     self.push(&format!("edge[{n}].name"), "names an edge listed before");
                 }
             }
-            if let Some(token_sha256) = self.token_hash(
-                &fleet.token_sha256,
-                &format!("{section}[{n}].token_sha256"),
-            ) {
+            if let Some(token_sha256) =
+                self.token_hash(&fleet.token_sha256, &format!("{section}[{n}].token_sha256"))
+            {
                 out.push(Fleet {
                     name: fleet.name.clone(),
                     token_sha256,
@@ -160,7 +159,10 @@ impl Checker<'_> {
     /// A central sink needs the city's vehicle hash key (sketches of raw
     /// ids must never leave the node), and one is enough.
     fn central_needs(&mut self, sinks: &[Sink], reference: Option<&Reference>) {
-        let central = sinks.iter().filter(|s| matches!(s, Sink::Central(_))).count();
+        let central = sinks
+            .iter()
+            .filter(|s| matches!(s, Sink::Central(_)))
+            .count();
         if central > 1 {
             self.push("sink", "at most one sink of type \"central\"");
         }

@@ -397,6 +397,7 @@ fn central_finals_pushed(
             }
             last[e] = watermark;
             outboxes[e].offer(std::slice::from_ref(&edges[e][i]));
+            outboxes[e].advance(watermark);
             let central_mark = marks.iter().copied().min().unwrap_or(0);
             if central_mark > inputs.time() && central_mark < u64::MAX {
                 upserts.advance(&mut inputs, &spec, central_mark);

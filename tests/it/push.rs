@@ -47,8 +47,9 @@ fn common(id: &str) -> String {
     )
 }
 
-fn central_text(edges: &[&str]) -> String {
+fn central_text(edges: &[&str], straggler_timeout: &str) -> String {
     let mut t = common("central");
+    t += &format!("[central]\nstraggler_timeout = \"{straggler_timeout}\"\n");
     for e in edges {
         t += &format!(
             "[[edge]]\nname = \"{e}\"\ntoken_sha256 = \"{}\"\n",
@@ -125,13 +126,14 @@ fn one_node(dir: &Path, topo: &Topology) -> PathBuf {
     out
 }
 
-fn send_to(node: &EdgeHandle, ca: &Path, file: &Path, sender: &str) -> u64 {
+fn send_to(node: &EdgeHandle, ca: &Path, file: &Path, sender: &str, pace: Option<f64>) -> u64 {
     let opts = SendOptions {
         sender: sender.into(),
         encoding: Encoding::Cbor,
         batch_lines: 200,
         window: 4,
         max_reconnects: 3,
+        pace,
         ..SendOptions::new(node.addr, "localhost", ca.to_owned(), FLEET_TOKEN)
     };
     let report = send_file(&opts, file);
@@ -139,21 +141,50 @@ fn send_to(node: &EdgeHandle, ca: &Path, file: &Path, sender: &str) -> u64 {
     report.accepted
 }
 
-#[test]
-fn two_edges_pushing_to_central_write_what_one_node_writes() {
+/// A city being set up in a temporary directory: certificates, the
+/// recording split west and east, and central running.
+struct City {
+    _deadline: crate::support::Deadline,
+    tmp: tempfile::TempDir,
+    ca: PathBuf,
+    topo: Topology,
+    west_file: PathBuf,
+    east_file: PathBuf,
+    central: EdgeHandle,
+}
+
+/// Central of a west and an east edge, stragglers left out after
+/// `straggler_timeout`.
+fn city(straggler_timeout: &str) -> City {
     let _deadline = crate::support::deadline();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let dir = dir.path();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     let certs = make_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certs");
-    let central = start(dir, "central", &central_text(&["west", "east"]), Role::Central);
-    let west = start(dir, "west", &edge_text("west", central.addr), Role::Edge);
-    let east = start(dir, "east", &edge_text("east", central.addr), Role::Edge);
+    let text = central_text(&["west", "east"], straggler_timeout);
+    let central = start(dir, "central", &text, Role::Central);
     let topo = Topology::load(&dir.join("central.toml")).expect("valid");
     let (west_file, east_file) = split_recording(dir, &topo);
+    City {
+        _deadline,
+        tmp,
+        ca: certs.ca,
+        topo,
+        west_file,
+        east_file,
+        central,
+    }
+}
 
+#[test]
+fn two_edges_pushing_to_central_write_what_one_node_writes() {
+    // Both edges push throughout: neither is ever left behind by an hour.
+    let c = city("1h");
+    let dir = c.tmp.path();
+    let west = start(dir, "west", &edge_text("west", c.central.addr), Role::Edge);
+    let east = start(dir, "east", &edge_text("east", c.central.addr), Role::Edge);
     let sent = std::thread::scope(|s| {
-        let w = s.spawn(|| send_to(&west, &certs.ca, &west_file, "cars-west"));
-        let e = s.spawn(|| send_to(&east, &certs.ca, &east_file, "cars-east"));
+        let w = s.spawn(|| send_to(&west, &c.ca, &c.west_file, "cars-west", None));
+        let e = s.spawn(|| send_to(&east, &c.ca, &c.east_file, "cars-east", None));
         w.join().expect("west") + e.join().expect("east")
     });
     assert_eq!(sent, 11_486);
@@ -163,18 +194,99 @@ fn two_edges_pushing_to_central_write_what_one_node_writes() {
         assert!(push.batches.load(Ordering::Relaxed) > 0);
         assert_eq!(push.refused.load(Ordering::Relaxed), 0);
     }
-    let report = central.shutdown().expect("central stops");
+    let report = c.central.shutdown().expect("central stops");
     let edges = report.edges.expect("central's edges");
     assert!(edges.applied.load(Ordering::Relaxed) > 0);
     assert_eq!(edges.skipped.load(Ordering::Relaxed), 0);
 
-    let expected = one_node(dir, &topo);
+    assert_eq!(edges.expired.load(Ordering::Relaxed), 0);
+    assert_equals_one_node(dir, &c.topo);
+    let out = dir.join("central-out");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).expect(f);
+    assert_eq!(
+        read("missing.csv"),
+        "window_start_ms,edge\n",
+        "no window final without an edge"
+    );
+    let edges_csv = read("edges.csv");
+    let lines: Vec<&str> = edges_csv.lines().collect();
+    assert_eq!(lines[0], "edge,pushed_watermark_ms,straggling");
+    assert!(
+        lines[1].starts_with("west,1767258") && lines[1].ends_with(",false"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("east,1767258") && lines[2].ends_with(",false"),
+        "{lines:?}"
+    );
+}
+
+/// Central's files equal one node's, byte for byte.
+fn assert_equals_one_node(dir: &Path, topo: &Topology) {
+    let expected = one_node(dir, topo);
     for file in ["congestion.csv", "charging.csv", "zones.csv"] {
         let want = std::fs::read_to_string(expected.join(file)).expect("expected");
         let got = std::fs::read_to_string(dir.join("central-out").join(file)).expect("central");
         assert!(want.lines().count() > 40, "{file}");
         assert_same_lines(&got, &want, file);
     }
+}
+
+/// Waits up to 20 s for `what` to hold of c.central's files sink.
+fn wait_for_sink(dir: &Path, file: &str, what: impl Fn(&str) -> bool) -> String {
+    let path = dir.join("central-out").join(file);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if what(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{file} never got there: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_silent_edge_is_named_and_its_data_arrives_later_as_corrections() {
+    let c = city("2m");
+    let dir = c.tmp.path();
+
+    // East is silent: west's ten minutes go final without it, once west is
+    // two minutes past the first watermark c.central heard.
+    let west = start(dir, "west", &edge_text("west", c.central.addr), Role::Edge);
+    // Paced at 60x, so west's watermark moves on while it pushes.
+    send_to(&west, &c.ca, &c.west_file, "cars-west", Some(60.0));
+    let missing = wait_for_sink(dir, "missing.csv", |t| t.lines().count() >= 4);
+    assert!(
+        missing.lines().skip(1).all(|l| l.ends_with(",east")),
+        "{missing}"
+    );
+    let finals_without_east = wait_for_sink(dir, "congestion.csv", |t| t.lines().count() > 100);
+    west.shutdown().expect("west stops");
+
+    // East comes back: what it pushes corrects windows already final.
+    let east = start(dir, "east", &edge_text("east", c.central.addr), Role::Edge);
+    send_to(&east, &c.ca, &c.east_file, "cars-east", None);
+    east.shutdown().expect("east stops");
+    let report = c.central.shutdown().expect("central stops");
+    assert!(
+        report.summary.emitted.corrections > 0,
+        "{:?}",
+        report.summary.emitted
+    );
+    let edges = report.edges.expect("central's edges");
+    assert_eq!(edges.expired.load(Ordering::Relaxed), 0);
+    assert_ne!(
+        std::fs::read_to_string(dir.join("central-out/congestion.csv")).expect("sink"),
+        finals_without_east
+    );
+    assert_equals_one_node(dir, &c.topo);
+    // The windows final without east stay named.
+    let after = std::fs::read_to_string(dir.join("central-out/missing.csv")).expect("sink");
+    assert!(after.lines().count() >= missing.lines().count(), "{after}");
 }
 
 /// Asserts two files hold the same lines, naming the first that differ.
