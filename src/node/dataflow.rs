@@ -102,14 +102,10 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                     if let Some(hub) = &hub_df {
                         hub.publish(batch);
                     }
-                    if let (Some(push), Some(w)) = (&push, batch.iter().map(|e| e.watermark).max())
-                    {
-                        let _ = push.send(PushFeed::Watermark(w));
-                    }
                 },
                 |partials| {
                     if let Some(push) = &push {
-                        let _ = push.send(PushFeed::Partials(partials.to_vec()));
+                        let _ = push.send(partials.to_vec());
                     }
                 },
                 // Called when no emission came for a while: write what

@@ -55,14 +55,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest the last partials may take to leave at a stop.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
-/// What the dataflow thread hands the push task.
-#[derive(Debug)]
-pub enum Feed {
-    /// A batch of partials.
-    Partials(Vec<PartialEmission>),
-    /// The edge's watermark moved.
-    Watermark(u64),
-}
+/// What the dataflow thread hands the push task: every batch of partials.
+/// Their emission watermarks are the edge's watermark as the push knows
+/// it: the partials' emitter has passed them, so every partial of a
+/// window ending before is among what it has handed over. (The aggregate
+/// rows have an emitter of their own, which may be ahead.)
+pub type Feed = Vec<PartialEmission>;
 
 /// The push task's figures, live.
 #[derive(Debug, Default)]
@@ -382,13 +380,8 @@ struct State {
 
 impl State {
     fn take(&mut self, msg: Feed, pusher: &Pusher) {
-        let emitted = match msg {
-            Feed::Partials(batch) => {
-                self.outbox.offer(&batch);
-                batch.iter().map(|e| e.watermark).max().unwrap_or(0)
-            }
-            Feed::Watermark(w) => w,
-        };
+        self.outbox.offer(&msg);
+        let emitted = msg.iter().map(|e| e.watermark).max().unwrap_or(0);
         // The dataflow's time runs ahead of the input at its end (windows
         // emitted as they are when the node stops): claim no more than
         // the input's watermark.

@@ -217,7 +217,9 @@ impl Outbox {
     /// Batch `seq` and every later one in flight were lost: their partials
     /// wait again, unless a newer value of the same key already does.
     pub fn lost(&mut self, seq: u64) {
-        for (_, sent) in self.in_flight.split_off(&seq) {
+        // Newest batch first: of a key lost in several, its newest value
+        // goes back, and the older ones find it waiting.
+        for (_, sent) in self.in_flight.split_off(&seq).into_iter().rev() {
             for (key, w) in sent {
                 if !self.waiting.contains_key(&key) {
                     self.by_age.insert((w.emitted_at, key), ());
@@ -356,6 +358,24 @@ mod tests {
         o.acked_below(8);
         assert_eq!(o.backlog(), (0, 0));
         assert_eq!(o.delivered(), 12);
+    }
+
+    #[test]
+    fn a_key_lost_in_several_batches_waits_with_its_newest_value() {
+        let r = reference();
+        let mut o = Outbox::new(W, None);
+        o.offer(&[emission(0, 0, 4, 10)]);
+        o.next_batch(10, &r, 10).expect("cut");
+        o.offer(&[emission(0, 0, 7, 20)]);
+        o.next_batch(11, &r, 10).expect("cut");
+        o.offer(&[emission(0, 0, 8, 30)]);
+        o.next_batch(12, &r, 10).expect("cut");
+        // The connection dies: batch 11's answer fails first, then a
+        // reconnect's WELCOME says central lacks everything from 10.
+        o.lost(11);
+        o.lost(10);
+        let again = o.next_batch(13, &r, 10).expect("cut");
+        assert_eq!(samples(&again), vec![("s-0".into(), 8)]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::Command;
 
-use crate::support::{data, root};
+use crate::support::{data, number_before, root, Proc};
 
 fn edgeflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_edgeflow"))
@@ -89,148 +89,8 @@ fn replay_reports_a_missing_input_clearly() {
 // ---------------------------------------------------------------------------
 
 use std::path::Path;
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// A child process of the binary whose stdout and stderr are collected as
-/// they come, killed when dropped (a failing test leaves nothing behind).
-struct Proc {
-    what: String,
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(what: &str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-        let (stdout, stderr) = (Arc::default(), Arc::default());
-        let collect = |from: Box<dyn std::io::Read + Send>, into: &Arc<Mutex<String>>| {
-            let into = Arc::clone(into);
-            std::thread::spawn(move || {
-                use std::io::Read;
-                let mut from = from;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = from.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    into.lock()
-                        .expect("output lock")
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            })
-        };
-        let readers = vec![
-            collect(Box::new(child.stdout.take().expect("stdout")), &stdout),
-            collect(Box::new(child.stderr.take().expect("stderr")), &stderr),
-        ];
-        Proc {
-            what: what.to_owned(),
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().expect("output lock").clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("output lock").clone()
-    }
-
-    /// Polls until `ready(stdout, stderr)` holds; fails (and kills the
-    /// process) if it exits first or `within` passes.
-    fn wait_until(&mut self, within: Duration, event: &str, ready: impl Fn(&str, &str) -> bool) {
-        let deadline = Instant::now() + within;
-        loop {
-            if ready(&self.stdout(), &self.stderr()) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.join_readers();
-                assert!(
-                    ready(&self.stdout(), &self.stderr()),
-                    "{}: exited ({status}) before {event}\nstdout:\n{}\nstderr:\n{}",
-                    self.what,
-                    self.stdout(),
-                    self.stderr()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{}: no {event} within {within:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.what,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Waits for the process to exit; kills it and fails after `within`.
-    /// Returns its status, stdout and stderr.
-    fn finish(&mut self, within: Duration) -> (ExitStatus, String, String) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.join_readers();
-                panic!(
-                    "{}: still running after {within:?} (killed)\nstdout:\n{}\nstderr:\n{}",
-                    self.what,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        self.join_readers();
-        (status, self.stdout(), self.stderr())
-    }
-
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-
-    /// Sends SIGTERM.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "{}: SIGTERM not delivered", self.what);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use std::process::ExitStatus;
+use std::time::Duration;
 
 /// Runs `edgeflow ARGS` to its end within `within` (killed and failed
 /// after): status, stdout, stderr.
@@ -523,18 +383,6 @@ fn node_topology(dir: &Path, certs: &Path) -> String {
         fleet = sha256_hex(FLEET_TOKEN),
         operator = sha256_hex(OPERATOR_TOKEN),
     )
-}
-
-/// The number right before `what` in `text` ("... 11486 records accepted").
-fn number_before(text: &str, what: &str) -> u64 {
-    let at = text
-        .find(what)
-        .unwrap_or_else(|| panic!("no {what:?} in: {text}"));
-    text[..at]
-        .split_whitespace()
-        .last()
-        .and_then(|n| n.trim_start_matches('(').parse().ok())
-        .unwrap_or_else(|| panic!("no number before {what:?} in: {text}"))
 }
 
 /// The rows a subscriber rebuilds from `subscribe --format jsonl` output:

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgeflow::ingest::client::SendOptions;
 use edgeflow::log::Encoding;
@@ -17,7 +18,7 @@ use edgeflow::topology::Topology;
 use sha2::{Digest, Sha256};
 
 use crate::ingest::send_file;
-use crate::support::{data, root};
+use crate::support::{data, number_before, root, Proc};
 
 const FLEET_TOKEN: &str = "karhula-fleet-secret";
 /// The city's vehicle hash key (64 hex).
@@ -33,12 +34,12 @@ fn sha(text: &str) -> String {
 
 /// What every node of the city shares: Karhula's reference data, windows,
 /// zones and the vehicle hash key.
-fn common(id: &str) -> String {
+fn common(id: &str, port: u16) -> String {
     format!(
         "[node]\nid = \"{id}\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\nzones = \"{zones}\"\n\
          [windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n\
          [zones]\nh3_resolution = 8\nlow_soc_pct = 20\n[privacy]\nvehicle_hash_key = \"{CITY_KEY}\"\n\
-         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [ingest]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          [log]\ndir = \"{id}-log\"\nsegment_bytes = 262144\n\
          [[sink]]\ntype = \"files\"\ndir = \"{id}-out\"\n",
         roads = root("topologies/karhula/roads.geojson").display(),
@@ -47,8 +48,8 @@ fn common(id: &str) -> String {
     )
 }
 
-fn central_text(edges: &[&str], straggler_timeout: &str) -> String {
-    let mut t = common("central");
+fn central_text(edges: &[&str], straggler_timeout: &str, port: u16) -> String {
+    let mut t = common("central", port);
     t += &format!("[central]\nstraggler_timeout = \"{straggler_timeout}\"\n");
     for e in edges {
         t += &format!(
@@ -59,11 +60,11 @@ fn central_text(edges: &[&str], straggler_timeout: &str) -> String {
     t
 }
 
-fn edge_text(id: &str, central: std::net::SocketAddr) -> String {
+fn edge_text(id: &str, central: std::net::SocketAddr, port: u16) -> String {
     format!(
         "{}[[fleet]]\nname = \"cars\"\ntoken_sha256 = \"{}\"\n\
          [[sink]]\ntype = \"central\"\nto = \"{central}\"\nca = \"ca.pem\"\ntoken = \"{}\"\nserver_name = \"localhost\"\n",
-        common(id),
+        common(id, port),
         sha(FLEET_TOKEN),
         token_of(id),
     )
@@ -160,7 +161,7 @@ fn city(straggler_timeout: &str) -> City {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let certs = make_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certs");
-    let text = central_text(&["west", "east"], straggler_timeout);
+    let text = central_text(&["west", "east"], straggler_timeout, 0);
     let central = start(dir, "central", &text, Role::Central);
     let topo = Topology::load(&dir.join("central.toml")).expect("valid");
     let (west_file, east_file) = split_recording(dir, &topo);
@@ -180,8 +181,18 @@ fn two_edges_pushing_to_central_write_what_one_node_writes() {
     // Both edges push throughout: neither is ever left behind by an hour.
     let c = city("1h");
     let dir = c.tmp.path();
-    let west = start(dir, "west", &edge_text("west", c.central.addr), Role::Edge);
-    let east = start(dir, "east", &edge_text("east", c.central.addr), Role::Edge);
+    let west = start(
+        dir,
+        "west",
+        &edge_text("west", c.central.addr, 0),
+        Role::Edge,
+    );
+    let east = start(
+        dir,
+        "east",
+        &edge_text("east", c.central.addr, 0),
+        Role::Edge,
+    );
     let sent = std::thread::scope(|s| {
         let w = s.spawn(|| send_to(&west, &c.ca, &c.west_file, "cars-west", None));
         let e = s.spawn(|| send_to(&east, &c.ca, &c.east_file, "cars-east", None));
@@ -256,7 +267,12 @@ fn a_silent_edge_is_named_and_its_data_arrives_later_as_corrections() {
 
     // East is silent: west's ten minutes go final without it, once west is
     // two minutes past the first watermark c.central heard.
-    let west = start(dir, "west", &edge_text("west", c.central.addr), Role::Edge);
+    let west = start(
+        dir,
+        "west",
+        &edge_text("west", c.central.addr, 0),
+        Role::Edge,
+    );
     // Paced at 60x, so west's watermark moves on while it pushes.
     send_to(&west, &c.ca, &c.west_file, "cars-west", Some(60.0));
     let missing = wait_for_sink(dir, "missing.csv", |t| t.lines().count() >= 4);
@@ -268,7 +284,12 @@ fn a_silent_edge_is_named_and_its_data_arrives_later_as_corrections() {
     west.shutdown().expect("west stops");
 
     // East comes back: what it pushes corrects windows already final.
-    let east = start(dir, "east", &edge_text("east", c.central.addr), Role::Edge);
+    let east = start(
+        dir,
+        "east",
+        &edge_text("east", c.central.addr, 0),
+        Role::Edge,
+    );
     send_to(&east, &c.ca, &c.east_file, "cars-east", None);
     east.shutdown().expect("east stops");
     let report = c.central.shutdown().expect("central stops");
@@ -302,4 +323,113 @@ fn assert_same_lines(got: &str, want: &str, what: &str) {
         first.map(|i| g[i]),
         first.map(|i| w[i]),
     );
+}
+
+/// A loopback UDP port free a moment ago (nodes restarted on it keep it).
+fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+/// `edgeflow ROLE --topology DIR/NAME.toml` as a child process, listening.
+fn spawn(dir: &Path, role: &str, name: &str) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"));
+    cmd.arg(role)
+        .arg("--topology")
+        .arg(dir.join(format!("{name}.toml")))
+        .args(["--workers", "1"]);
+    let mut p = Proc::spawn(name, cmd);
+    p.wait_until(Duration::from_secs(30), "listening", |_, err| {
+        err.contains("listening on")
+    });
+    p
+}
+
+/// Stops a node process with SIGTERM; returns its stderr (its report).
+fn stop(mut p: Proc) -> String {
+    p.terminate();
+    let (status, _, stderr) = p.finish(Duration::from_secs(60));
+    assert!(status.success(), "{status}: {stderr}");
+    stderr
+}
+
+#[test]
+fn kills_restarts_and_an_outage_change_no_final_value() {
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certs");
+    let (pc, pw, pe) = (free_port(), free_port(), free_port());
+    let central_addr: std::net::SocketAddr = format!("127.0.0.1:{pc}").parse().expect("addr");
+    let topologies = [
+        ("central", central_text(&["west", "east"], "1h", pc)),
+        ("west", edge_text("west", central_addr, pw)),
+        ("east", edge_text("east", central_addr, pe)),
+    ];
+    for (name, text) in &topologies {
+        std::fs::write(dir.join(format!("{name}.toml")), text).expect("write");
+    }
+    let topo = Topology::load(&dir.join("central.toml")).expect("valid");
+    let (west_file, east_file) = split_recording(dir, &topo);
+    let mut central = spawn(dir, "central", "central");
+    let mut west = spawn(dir, "edge", "west");
+    let east = spawn(dir, "edge", "east");
+
+    // Devices send paced at 30x (about 20 s), resending through restarts.
+    let send = |port: u16, file: PathBuf, sender: &'static str| {
+        let ca = certs.ca.clone();
+        std::thread::spawn(move || {
+            let opts = SendOptions {
+                sender: sender.into(),
+                encoding: Encoding::Cbor,
+                batch_lines: 100,
+                window: 4,
+                max_reconnects: 1_000,
+                pace: Some(30.0),
+                ..SendOptions::new(
+                    format!("127.0.0.1:{port}").parse().expect("addr"),
+                    "localhost",
+                    ca,
+                    FLEET_TOKEN,
+                )
+            };
+            send_file(&opts, &file)
+        })
+    };
+    let senders = [
+        send(pw, west_file, "cars-west"),
+        send(pe, east_file, "cars-east"),
+    ];
+    let pause = |s: u64| std::thread::sleep(Duration::from_secs(s));
+    // Central crashes, and stays away for a stretch: the edges hold.
+    pause(3);
+    central.kill();
+    pause(3);
+    central = spawn(dir, "central", "central");
+    // The west edge crashes and comes back at once.
+    pause(2);
+    west.kill();
+    west = spawn(dir, "edge", "west");
+    // Central crashes again.
+    pause(3);
+    central.kill();
+    central = spawn(dir, "central", "central");
+    for s in senders {
+        let report = s.join().expect("sender");
+        assert_eq!(report.rejected, 0, "{:?}", report.rejections);
+    }
+    for edge in [west, east] {
+        let report = stop(edge);
+        assert!(report.contains("central sink:"), "{report}");
+    }
+    let report = stop(central);
+    let edges = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("edges:"))
+        .unwrap_or_else(|| panic!("no edges line in {report}"));
+    // Edges resent what central may have lacked: recognised, applied once.
+    assert!(number_before(edges, "updates applied") > 0, "{report}");
+    assert!(number_before(edges, "resends recognised") > 0, "{report}");
+    assert_eq!(number_before(edges, "log entries skipped"), 0, "{report}");
+    assert_equals_one_node(dir, &topo);
 }

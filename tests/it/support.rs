@@ -2,9 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use edgeflow::aggregate::Kind;
 use edgeflow::output::FinalTable;
@@ -261,4 +262,167 @@ pub fn assert_expected(congestion: &str, charging: &str) {
     let expected =
         std::fs::read_to_string(data("sumo-public/expected-charging.csv")).expect("fixture");
     assert_eq!(assert_same_rows(charging, &expected, "charging"), 40);
+}
+
+/// A child process of the binary whose stdout and stderr are collected as
+/// they come, killed when dropped (a failing test leaves nothing behind).
+pub struct Proc {
+    what: String,
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn spawn(what: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+        let (stdout, stderr) = (Arc::default(), Arc::default());
+        let collect = |from: Box<dyn std::io::Read + Send>, into: &Arc<Mutex<String>>| {
+            let into = Arc::clone(into);
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut from = from;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    into.lock()
+                        .expect("output lock")
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let readers = vec![
+            collect(Box::new(child.stdout.take().expect("stdout")), &stdout),
+            collect(Box::new(child.stderr.take().expect("stderr")), &stderr),
+        ];
+        Proc {
+            what: what.to_owned(),
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("output lock").clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("output lock").clone()
+    }
+
+    /// Polls until `ready(stdout, stderr)` holds; fails (and kills the
+    /// process) if it exits first or `within` passes.
+    pub fn wait_until(
+        &mut self,
+        within: Duration,
+        event: &str,
+        ready: impl Fn(&str, &str) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            if ready(&self.stdout(), &self.stderr()) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.join_readers();
+                assert!(
+                    ready(&self.stdout(), &self.stderr()),
+                    "{}: exited ({status}) before {event}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{}: no {event} within {within:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit; kills it and fails after `within`.
+    /// Returns its status, stdout and stderr.
+    pub fn finish(&mut self, within: Duration) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.join_readers();
+                panic!(
+                    "{}: still running after {within:?} (killed)\nstdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.join_readers();
+        (status, self.stdout(), self.stderr())
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "{}: SIGTERM not delivered", self.what);
+    }
+
+    /// Sends SIGKILL and reaps the process: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_readers();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The number right before `what` in `text` ("... 11486 records accepted").
+pub fn number_before(text: &str, what: &str) -> u64 {
+    let at = text
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in: {text}"));
+    text[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in: {text}"))
 }
