@@ -433,3 +433,196 @@ fn kills_restarts_and_an_outage_change_no_final_value() {
     assert_eq!(number_before(edges, "log entries skipped"), 0, "{report}");
     assert_equals_one_node(dir, &topo);
 }
+
+/// Central's answer to one push batch from a connected edge.
+fn push_batch(
+    rt: &tokio::runtime::Runtime,
+    conn: &quinn::Connection,
+    seq: u64,
+    encoding: Encoding,
+    records: Vec<u8>,
+) -> anyhow::Result<edgeflow::ingest::frame::Frame> {
+    rt.block_on(async {
+        let stream = conn.open_bi().await?;
+        let (_, frame) =
+            edgeflow::ingest::client::send_batch(stream, seq, encoding, records.into()).await?;
+        Ok(frame)
+    })
+}
+
+/// A push batch of raw updates (each `u32 length + body`, as
+/// `wire::encode` writes them) under a header.
+fn raw_batch(header: &edgeflow::partial::wire::Header, updates: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    edgeflow::partial::wire::encode(header, &[], &mut out);
+    let count = edgeflow::partial::wire::HEADER_BYTES - 4;
+    out[count..].copy_from_slice(&(updates.len() as u32).to_be_bytes());
+    for u in updates {
+        out.extend_from_slice(u);
+    }
+    out
+}
+
+/// One congestion update of `samples` reports on `segment`, encoded.
+fn congestion_update(segment: &str, window: u64, samples: u64) -> Vec<u8> {
+    use edgeflow::partial::wire::{encode, Header, Part, Update, HEADER_BYTES};
+    let header = Header {
+        window_ms: 60_000,
+        position_resolution: None,
+        watermark_ms: 0,
+    };
+    let update = Update {
+        window_start_ms: window,
+        part: Part::Congestion {
+            segment: segment.into(),
+            partial: edgeflow::partial::CongestionPartial {
+                samples,
+                speed_sum: 10_000_000 * samples as i64,
+                vehicles: 1,
+                sketch: edgeflow::partial::sketch::Sketch::of([samples]),
+            },
+        },
+    };
+    let mut out = Vec::new();
+    encode(&header, &[update], &mut out);
+    out.split_off(HEADER_BYTES)
+}
+
+#[test]
+fn bad_pushes_are_refused_clearly_and_cost_the_other_edges_nothing() {
+    use edgeflow::ingest::frame::{ErrorCode, Frame};
+    use edgeflow::partial::wire::Header;
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certs");
+    let text = central_text(&["west", "east"], "1h", 0)
+        .replace("[ingest]\n", "[ingest]\nmax_frame_bytes = 65536\n");
+    let central = start(dir, "central", &text, Role::Central);
+    let topo = Topology::load(&dir.join("central.toml")).expect("valid");
+    let roads: Vec<String> = topo.reference.roads.iter().map(|r| r.id.clone()).collect();
+    let rt = crate::ingest::runtime();
+    let _guard = rt.enter();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("ep");
+    endpoint.set_default_client_config(
+        edgeflow::wire::tls::client_config(&certs.ca, None, edgeflow::push::ALPN).expect("tls"),
+    );
+    let hello = |sender: &str, token: &str| {
+        let opts = SendOptions {
+            sender: sender.into(),
+            ..SendOptions::new(central.addr, "localhost", certs.ca.clone(), token)
+        };
+        rt.block_on(edgeflow::ingest::client::connect(&endpoint, &opts))
+    };
+    // Who may push: an edge of that name with its own token.
+    let wrong = hello("west", &token_of("east")).expect_err("east's token is not west's");
+    assert!(
+        format!("{wrong:#}").contains("wrong token for edge \"west\""),
+        "{wrong:#}"
+    );
+    let unknown = hello("north", &token_of("north")).expect_err("no such edge");
+    assert!(
+        format!("{unknown:#}").contains("no [[edge]] is named \"north\""),
+        "{unknown:#}"
+    );
+
+    let (west, _control, next) = hello("west", &token_of("west")).expect("west");
+    assert_eq!(next, 0);
+    let window = 1_767_258_000_000;
+    let header = Header {
+        window_ms: 60_000,
+        position_resolution: Some(topo.reference.zone_settings.position_resolution),
+        watermark_ms: window + 30_000,
+    };
+    // One good update among bad ones: an unknown kind, an unknown segment,
+    // a sketch of another version. The good one is applied, each bad one
+    // rejected with its reason.
+    let mut unknown_kind = congestion_update(&roads[0], window, 1);
+    unknown_kind[4] = 9;
+    let mut other_sketch = congestion_update(&roads[1], window, 3);
+    let sketch_at = 4 + 1 + 8 + 1 + roads[1].len() + 24;
+    other_sketch[sketch_at] = 2;
+    let batch = raw_batch(
+        &header,
+        &[
+            congestion_update(&roads[0], window, 5),
+            unknown_kind,
+            congestion_update("no-such-road", window, 2),
+            other_sketch,
+        ],
+    );
+    match push_batch(&rt, &west, 0, Encoding::Partials, batch).expect("answer") {
+        Frame::Ack {
+            accepted,
+            rejections,
+            ..
+        } => {
+            assert_eq!(accepted, 1);
+            let reasons: Vec<(u32, u8)> = rejections.iter().map(|r| (r.0, r.1)).collect();
+            assert_eq!(reasons, [(1, 20), (2, 21), (3, 20)], "{rejections:?}");
+            assert!(
+                rejections[0].2.contains("unknown update kind 9"),
+                "{rejections:?}"
+            );
+            assert!(rejections[1].2.contains("no-such-road"), "{rejections:?}");
+            assert!(rejections[2].2.contains("version 2"), "{rejections:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A batch whose settings disagree with central's is refused whole.
+    let mut thirty = Vec::new();
+    let other_windows = Header {
+        window_ms: 30_000,
+        ..header
+    };
+    edgeflow::partial::wire::encode(&other_windows, &[], &mut thirty);
+    match push_batch(&rt, &west, 1, Encoding::Partials, thirty).expect("answer") {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Mismatch as u16);
+            assert!(
+                message.contains("30000 ms, central's 60000 ms"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Telemetry is no push.
+    match push_batch(&rt, &west, 1, Encoding::Cbor, vec![0xa0]).expect("answer") {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::BadFrame as u16);
+            assert!(message.contains("encoding 2"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A frame over central's max_frame_bytes never arrives.
+    let huge: Vec<Vec<u8>> = (0..2_000)
+        .map(|i| congestion_update(&roads[i % roads.len()], window, 1))
+        .collect();
+    let too_large = push_batch(&rt, &west, 1, Encoding::Partials, raw_batch(&header, &huge));
+    assert!(too_large.is_err(), "{too_large:?}");
+    // Another edge pushes meanwhile, untouched by all of it.
+    let (east, _control, _) = hello("east", &token_of("east")).expect("east");
+    let batch = raw_batch(&header, &[congestion_update(&roads[2], window, 4)]);
+    let answer = push_batch(&rt, &east, 0, Encoding::Partials, batch).expect("answer");
+    assert!(
+        matches!(answer, Frame::Ack { accepted: 1, .. }),
+        "{answer:?}"
+    );
+    drop((west, east));
+    let report = central.shutdown().expect("central stops");
+    let edges = report.edges.expect("edges");
+    assert_eq!(edges.applied.load(Ordering::Relaxed), 2);
+    assert!(report.counters.unauthorized.load(Ordering::Relaxed) >= 2);
+    assert!(report.counters.protocol_errors.load(Ordering::Relaxed) >= 2);
+    // Only the good updates reached the files: roads 0 and 2, their samples.
+    let congestion = std::fs::read_to_string(dir.join("central-out/congestion.csv")).expect("sink");
+    let rows: Vec<&str> = congestion.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{congestion}");
+    for (road, samples) in [(&roads[0], 5), (&roads[2], 4)] {
+        let prefix = format!("{road},{window},{},{samples},", window + 60_000);
+        assert!(
+            rows.iter().any(|r| r.starts_with(&prefix)),
+            "{prefix} in {congestion}"
+        );
+    }
+}
