@@ -55,9 +55,10 @@ pub struct EdgeMarks {
     pub completeness: Mutex<Completeness>,
     /// Updates that changed a partial.
     pub applied: AtomicU64,
-    /// Updates identical to what their edge sent before (resends): applied
-    /// once, so nothing changed.
-    pub resends: AtomicU64,
+    /// Updates equal to what their edge sent last for their key: resends
+    /// after a reconnect or an edge's restart, and final values equal to
+    /// the last provisional one. Applied once, they change nothing.
+    pub unchanged: AtomicU64,
     /// Updates of windows already retired at central (older than
     /// `[windows] retention` behind its watermark): they could change
     /// nothing, and are dropped.
@@ -75,7 +76,7 @@ impl EdgeMarks {
             completeness: Mutex::new(Completeness::new(names.len(), window_ms, timeout_ms)),
             names,
             applied: AtomicU64::new(0),
-            resends: AtomicU64::new(0),
+            unchanged: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         }
@@ -223,7 +224,7 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
                 // What else waits goes in before the next step.
                 let waiting = std::iter::from_fn(|| rx.try_recv().ok());
                 for step in first.into_iter().chain(waiting) {
-                    let (mut applied, mut resends, mut expired) = (0, 0, 0);
+                    let (mut applied, mut unchanged, mut expired) = (0, 0, 0);
                     for (key, value) in &step.updates {
                         if owner(key, peers) != me {
                             continue;
@@ -233,11 +234,11 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
                         } else if upserts.apply(&mut inputs, step.edge, *key, value.clone()) {
                             applied += 1;
                         } else {
-                            resends += 1;
+                            unchanged += 1;
                         }
                     }
                     counts.applied.fetch_add(applied, Ordering::Relaxed);
-                    counts.resends.fetch_add(resends, Ordering::Relaxed);
+                    counts.unchanged.fetch_add(unchanged, Ordering::Relaxed);
                     counts.expired.fetch_add(expired, Ordering::Relaxed);
                     upserts.advance(&mut inputs, &spec, step.watermark);
                 }

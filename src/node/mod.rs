@@ -106,7 +106,7 @@ pub struct EdgeHandle {
     /// The bound UDP address.
     pub addr: SocketAddr,
     /// A central node's edges: their pushed watermarks, updates applied
-    /// and resends recognised, live.
+    /// and unchanged, live.
     pub edges: Option<Arc<central::EdgeMarks>>,
     /// An edge's central sink: what it pushed, live.
     pub push: Option<Arc<PushStatus>>,
@@ -605,8 +605,12 @@ fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
 /// Prints a node's report to stderr.
 pub fn print_report(r: &EdgeReport) {
     let c = &r.counters;
+    let (role, unit) = match r.edges {
+        None => ("edge", "records"),
+        Some(_) => ("central", "updates"),
+    };
     eprintln!(
-        "edge stopped: {} connections, {} batches acknowledged ({} resends recognised), {} records accepted, {} rejected ({} too late), {} datagrams, {} failed log writes",
+        "{role} stopped: {} connections, {} batches acknowledged ({} resends recognised), {} {unit} accepted, {} rejected ({} too late), {} datagrams, {} failed log writes",
         c.connections.load(Ordering::Relaxed),
         c.batches.load(Ordering::Relaxed),
         c.duplicates.load(Ordering::Relaxed),
@@ -632,9 +636,10 @@ pub fn print_report(r: &EdgeReport) {
     }
     if let Some(e) = &r.edges {
         eprintln!(
-            "  edges: {} updates applied, {} resends recognised, {} log entries skipped; pushed watermarks: {}",
+            "  edges: {} updates applied, {} unchanged (resent, or a final value equal to the provisional one), {} expired, {} log entries skipped; pushed watermarks: {}",
             e.applied.load(Ordering::Relaxed),
-            e.resends.load(Ordering::Relaxed),
+            e.unchanged.load(Ordering::Relaxed),
+            e.expired.load(Ordering::Relaxed),
             e.skipped.load(Ordering::Relaxed),
             e.edges_csv().lines().skip(1).collect::<Vec<_>>().join("; ")
         );

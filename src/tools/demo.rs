@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::ingest::client::{SendOptions, SendReport};
-use crate::topology::{Fleet, Ingest, IngestLimits, Log, Sink, Topology};
+use crate::topology::{CentralSink, Fleet, Ingest, IngestLimits, Log, Sink, Topology};
 
 const TOKEN: &str = "edgeflow-demo-token";
 
@@ -31,6 +31,10 @@ pub struct DemoArgs {
     /// Where certificates, the log and the CSV files go.
     #[arg(long, default_value = "out/demo")]
     pub out: PathBuf,
+    /// A small city instead: two edge nodes (west and east of the town)
+    /// pushing to a central node, whose city-wide aggregates are shown.
+    #[arg(long)]
+    pub city: bool,
 }
 
 /// A CSV sink file: rows as fields by header name.
@@ -189,21 +193,37 @@ fn table(out: &mut String, csv: &Csv, rows: &[&Vec<String>], columns: &[(&str, &
     }
 }
 
-/// Runs the demo.
-pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let mut topology = Topology::load(&args.topology)
-        .map_err(|p| anyhow::anyhow!("{} has problems: {p:?}", args.topology.display()))?;
-    std::fs::create_dir_all(&args.out)?;
-    let log_dir = args.out.join("log");
+/// Where a demo's telemetry goes: each edge node with the recording it is
+/// sent, and the central node in a city.
+struct Nodes {
+    edges: Vec<(crate::node::EdgeHandle, PathBuf)>,
+    central: Option<crate::node::EdgeHandle>,
+}
+
+/// The demo topology's node settings for a node named `name`: a loopback
+/// port, the demo certificates, a fresh log under `dir/log`, the demo
+/// fleet, files written to `dir`.
+fn node_topology(
+    base: &Topology,
+    name: &str,
+    dir: &Path,
+    certs: &crate::node::CertPaths,
+) -> anyhow::Result<Topology> {
+    let mut topology = base.clone();
+    topology.node_id = name.into();
+    let log_dir = dir.join("log");
     if log_dir.exists() {
         std::fs::remove_dir_all(&log_dir)
             .with_context(|| format!("cannot clear {}", log_dir.display()))?;
     }
     // A fresh run: the files sink would keep rows of an earlier one.
-    for (_, name) in crate::output::FILES {
-        let _ = std::fs::remove_file(args.out.join(name));
+    for name in crate::output::FILES
+        .map(|(_, n)| n)
+        .into_iter()
+        .chain(["edges.csv", "missing.csv"])
+    {
+        let _ = std::fs::remove_file(dir.join(name));
     }
-    let certs = crate::node::make_certs(&args.out.join("certs"), &["localhost".into()])?;
     topology.ingest = Some(Ingest {
         limits: IngestLimits {
             max_connections: 100,
@@ -225,45 +245,174 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         token_sha256: crate::wire::token::digest(TOKEN),
     }];
     topology.sinks = vec![Sink::Files {
-        dir: args.out.clone(),
+        dir: dir.to_owned(),
     }];
-    let workers = topology.workers;
-    let node = crate::node::start(topology, workers)?;
+    Ok(topology)
+}
+
+/// One edge node fed the whole recording; its files in `out`.
+fn start_edge(
+    args: &DemoArgs,
+    base: &Topology,
+    certs: &crate::node::CertPaths,
+) -> anyhow::Result<Nodes> {
+    let topology = node_topology(base, &base.node_id, &args.out, certs)?;
+    let node = crate::node::start(topology, base.workers)?;
     eprintln!(
         "edge node on {} (QUIC); sending {} at {}x event time",
         node.addr,
         args.input.display(),
         args.speed
     );
+    Ok(Nodes {
+        edges: vec![(node, args.input.clone())],
+        central: None,
+    })
+}
 
-    let opts = SendOptions {
-        sender: "demo-recorder".into(),
-        batch_lines: 100,
-        window: 4,
-        max_reconnects: 3,
-        pace: Some(args.speed),
-        ..SendOptions::new(node.addr, "localhost", certs.ca, TOKEN)
+/// A small city on loopback: a central node (its files in `out`) and a
+/// west and an east edge pushing to it, the recording split between them
+/// at the median report's longitude.
+fn start_city(
+    args: &DemoArgs,
+    base: &Topology,
+    certs: &crate::node::CertPaths,
+) -> anyhow::Result<Nodes> {
+    let mut base = base.clone();
+    // The city's vehicle hash key, for this run only (a real city keeps
+    // one from `openssl rand -hex 32`).
+    let mut secret = [0u8; 32];
+    let mut rng = super::measure::SplitMix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    for chunk in secret.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next_u64().to_be_bytes());
+    }
+    base.reference.vehicle_key = Some(crate::privacy::VehicleKey::new(secret));
+    let names = ["west", "east"];
+    let push_token = |edge: &str| format!("edgeflow-demo-push-{edge}");
+    let mut central = node_topology(&base, "central", &args.out, certs)?;
+    central.edges = names
+        .iter()
+        .map(|n| Fleet {
+            name: (*n).into(),
+            token_sha256: crate::wire::token::digest(&push_token(n)),
+        })
+        .collect();
+    let central = crate::node::start_central(central, base.workers)?;
+    let files = split(&args.input, &base.reference, &args.out)?;
+    let mut edges = Vec::new();
+    for (name, file) in names.into_iter().zip(files) {
+        let mut topology = node_topology(&base, name, &args.out.join(name), certs)?;
+        topology.sinks.push(Sink::Central(CentralSink {
+            to: central.addr,
+            server_name: "localhost".into(),
+            ca: certs.ca.clone(),
+            token: push_token(name),
+            identity: None,
+            max_hold: crate::topology::DEFAULT_MAX_HOLD,
+        }));
+        let node = crate::node::start(topology, 1)?;
+        eprintln!("edge {name} on {} (QUIC), pushing to central", node.addr);
+        edges.push((node, file));
+    }
+    eprintln!(
+        "central on {} (QUIC, edgeflow-push/1); sending {} split west/east at {}x event time",
+        central.addr,
+        args.input.display(),
+        args.speed
+    );
+    Ok(Nodes {
+        edges,
+        central: Some(central),
+    })
+}
+
+/// The recording split at the median report's longitude (a charger's by
+/// its site): `dir/west.jsonl` and `dir/east.jsonl`.
+fn split(
+    input: &Path,
+    reference: &crate::reference::Reference,
+    dir: &Path,
+) -> anyhow::Result<[PathBuf; 2]> {
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let lon = |line: &str| -> Option<f64> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        match v["charger_id"].as_str() {
+            Some(id) => Some(
+                reference
+                    .chargers
+                    .get(reference.charger(id)? as usize)?
+                    .position[0],
+            ),
+            None => v["lon"].as_f64(),
+        }
     };
-    let mut unused = SendReport::default();
-    let batches =
-        crate::ingest::client::batches(&args.input, opts.encoding, opts.batch_lines, &mut unused)?;
-    let total = batches.len() as u64;
+    let mut lons: Vec<f64> = text.lines().filter_map(lon).collect();
+    lons.sort_by(f64::total_cmp);
+    let meridian = lons.get(lons.len() / 2).copied().unwrap_or(0.0);
+    let (mut west, mut east) = (String::new(), String::new());
+    for line in text.lines() {
+        let side = if lon(line).is_some_and(|l| l < meridian) {
+            &mut west
+        } else {
+            &mut east
+        };
+        side.push_str(line);
+        side.push('\n');
+    }
+    let paths = [dir.join("west.jsonl"), dir.join("east.jsonl")];
+    std::fs::write(&paths[0], west)?;
+    std::fs::write(&paths[1], east)?;
+    Ok(paths)
+}
+
+/// Runs the demo.
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let base = Topology::load(&args.topology)
+        .map_err(|p| anyhow::anyhow!("{} has problems: {p:?}", args.topology.display()))?;
+    std::fs::create_dir_all(&args.out)?;
+    let certs = crate::node::make_certs(&args.out.join("certs"), &["localhost".into()])?;
+    let nodes = if args.city {
+        start_city(args, &base, &certs)?
+    } else {
+        start_edge(args, &base, &certs)?
+    };
+    let mut total = 0;
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sender = {
+    let mut senders = Vec::new();
+    for (i, (node, file)) in nodes.edges.iter().enumerate() {
+        let opts = SendOptions {
+            sender: format!("demo-recorder-{i}"),
+            batch_lines: 100,
+            window: 4,
+            max_reconnects: 3,
+            pace: Some(args.speed),
+            ..SendOptions::new(node.addr, "localhost", certs.ca.clone(), TOKEN)
+        };
+        let mut unused = SendReport::default();
+        let batches =
+            crate::ingest::client::batches(file, opts.encoding, opts.batch_lines, &mut unused)?;
+        total += batches.len() as u64;
         let progress = progress.clone();
-        std::thread::spawn(move || -> anyhow::Result<SendReport> {
+        senders.push(std::thread::spawn(move || -> anyhow::Result<SendReport> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
+            let mut last = 0;
             rt.block_on(crate::ingest::client::send(&opts, batches, |done, _| {
-                progress.store(done, std::sync::atomic::Ordering::Relaxed)
+                progress.fetch_add(done - last, std::sync::atomic::Ordering::Relaxed);
+                last = done;
             }))
-        })
-    };
+        }));
+    }
     let terminal = std::io::stdout().is_terminal();
     let mut last = String::new();
-    while !sender.is_finished() {
+    while senders.iter().any(|s| !s.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
         let sent = format!(
             "{}/{total} batches acknowledged",
@@ -279,19 +428,31 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             last = view;
         }
     }
-    let report = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
-    let stopped = node.shutdown()?;
+    let mut acknowledged = 0;
+    for s in senders {
+        acknowledged += s
+            .join()
+            .map_err(|_| anyhow::anyhow!("a sender panicked"))??
+            .batches;
+    }
+    let mut reports = Vec::new();
+    for (node, _) in nodes.edges {
+        reports.push(node.shutdown()?);
+    }
+    if let Some(central) = nodes.central {
+        reports.push(central.shutdown()?);
+    }
     let view = render(
         &args.out,
-        &format!("{}/{total} batches acknowledged", report.batches),
+        &format!("{acknowledged}/{total} batches acknowledged"),
     );
     if terminal {
         print!("\x1b[2J\x1b[H");
     }
     println!("{view}");
-    crate::node::print_report(&stopped);
+    for report in &reports {
+        crate::node::print_report(report);
+    }
     println!(
         "aggregates: {0}/congestion.csv, charging.csv and zones.csv; the log (the recording): {0}/log",
         args.out.display()
