@@ -39,10 +39,17 @@
 //!    on it the two protocols, which never import each other: [`ingest`]
 //!    (devices send batches; validation, the commit loop) and [`subscribe`]
 //!    (mobility operators follow aggregates: hub, protocol, server, client);
-//!    [`push`] (an edge's partials to central).
-//! 7. **The node**: [`node`] composes them: recover the log, build the
-//!    dataflow with its sinks and hub, serve both protocols on one listener
-//!    (dispatched by ALPN).
+//!    [`push`] (`edgeflow-push/1`, an edge's partials to central: the
+//!    edge's pushing task with its outbox, central's intake of push
+//!    batches, and the completeness rule that makes central's windows
+//!    final). [`ingest`]'s framing and commit loop serve push too: central
+//!    takes push batches through an [`ingest::intake::Intake`] of its own.
+//! 7. **The node**: [`node`] composes them in a role: an edge recovers its
+//!    log, builds the dataflow with its sinks, hub and (with a central
+//!    sink) pusher, and serves ingest and subscriptions on one listener
+//!    (dispatched by ALPN); central ([`node::central`]) does the same with
+//!    push batches in place of telemetry and central's merge as its
+//!    dataflow.
 //! 8. **Tools**: [`tools`] (benchmarks, the demo, the load generator and
 //!    the measurement helpers they share), [`metrics`] (metric names).
 //!    The binary, `src/main.rs` with one module per subcommand under
@@ -58,7 +65,9 @@
 //! dataflow thread ([`node::dataflow`], [`runtime::run`] with
 //! [`pipeline::Stage`] and [`dataflow`]) -> emissions -> files sinks
 //! ([`node::sinks`]) and the hub ([`subscribe::hub`]) -> a subscriber's
-//! stream ([`subscribe::server`]).
+//! stream ([`subscribe::server`]); with a central sink, also the edge's
+//! partials -> [`push::client`] -> central's [`ingest::server`] ->
+//! [`node::central`] -> central's own sinks and hub.
 
 pub mod aggregate;
 pub mod checkpoint;

@@ -78,6 +78,9 @@ enum Command {
     /// Measure central's merge of edges' partials (the dataflow alone, in
     /// one process); prints one JSON object.
     BenchCentral(tools::bench_central::CentralBenchArgs),
+    /// Measure edges pushing to a central node over QUIC (durable acks):
+    /// updates applied per second, live and after an outage.
+    BenchPush(tools::bench_push::PushBenchArgs),
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(tools::bench::RunOneArgs),
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchMatch(args) => print_json(tools::bench_match::run(&args)),
         Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),
         Command::BenchCentral(args) => print_json(tools::bench_central::run(&args)),
+        Command::BenchPush(args) => print_json(tools::bench_push::run(&args)),
         Command::BenchOne(args) => print_json(tools::bench::run_one(&args)),
     }
 }

@@ -7,6 +7,11 @@
 //! as fast as acknowledged), latency (`--connections 1000 --batch-records 1
 //! --interval-ms 1000`), idle (`--idle 10000`: authenticated connections
 //! that send nothing).
+//!
+//! With `--central`, the throughput mode runs `--runs` times each without
+//! and with a central sink (a central process of its own on loopback, the
+//! edge keeping partials and pushing them), interleaved, and reports both
+//! medians and their ratio: what pushing to central costs the edge.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +22,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::loadgen::Load;
-use super::measure::peak_rss;
+use super::measure::{cpu_seconds, median, peak_rss};
 use crate::ingest::client::SendOptions;
 
 /// The fleet token of benchmark nodes.
@@ -51,7 +56,19 @@ pub struct IngestBenchArgs {
     /// Topology with the reference data.
     #[arg(long, default_value = "topologies/karhula.toml")]
     pub topology: std::path::PathBuf,
+    /// Compare the edge without and with a central sink (throughput mode).
+    #[arg(long)]
+    pub central: bool,
+    /// Measured runs of each contender with `--central` (medians reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
+
+/// The token benchmark edges push to central with.
+const PUSH_TOKEN: &str = "edgeflow-bench-push-token";
+
+/// The city's vehicle hash key of benchmark edges and central.
+const HASH_KEY: &str = "7e57000000000000000000000000000000000000000000000000000000000002";
 
 /// A benchmark's node process: stopped with SIGTERM (and reaped) when
 /// dropped, on every path, so a failed benchmark leaves no node behind.
@@ -82,23 +99,40 @@ pub fn spawn_node(
     topology: &Path,
     extra: &str,
 ) -> anyhow::Result<(NodeProcess, std::net::SocketAddr, std::path::PathBuf)> {
+    let ingest = "max_connections = 20000\nmax_records_per_s = 10000000\n\
+                  max_unauthenticated = 20000\nmax_unauthenticated_per_source = 20000\n";
+    let rest = format!(
+        "[dataflow]\nworkers = 1\n[[fleet]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n{extra}",
+        hex::encode(Sha256::digest(TOKEN.as_bytes())),
+    );
+    spawn_bench(dir, topology, "edge", ingest, &rest)
+}
+
+/// Starts `edgeflow <role>` for a benchmark in `dir`: certificates, log,
+/// the road network next to `topology`, loopback on a port of its own;
+/// `ingest` lines go in its `[ingest]` table, `rest` after the others.
+fn spawn_bench(
+    dir: &Path,
+    topology: &Path,
+    role: &str,
+    ingest: &str,
+    rest: &str,
+) -> anyhow::Result<(NodeProcess, std::net::SocketAddr, std::path::PathBuf)> {
     let certs = crate::node::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
     let text = format!(
-        "[node]\nid = \"bench-edge\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n[windows]\n[dataflow]\nworkers = 1\n\
-         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\nmax_connections = 20000\nmax_records_per_s = 10000000\n\
-         max_unauthenticated = 20000\nmax_unauthenticated_per_source = 20000\n\
-         [log]\ndir = \"{}\"\n[[fleet]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n",
+        "[node]\nid = \"bench-{role}\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n[windows]\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n{ingest}\
+         [log]\ndir = \"{}\"\n{rest}",
         base.join("karhula/roads.geojson").display(),
         base.join("karhula/chargers.geojson").display(),
         certs.cert.display(),
         certs.key.display(),
         dir.join("log").display(),
-        hex::encode(Sha256::digest(TOKEN.as_bytes())),
     );
-    let path = dir.join("edge.toml");
-    std::fs::write(&path, text + extra)?;
-    let (child, addr) = spawn_edge_process(&std::env::current_exe()?, &path)?;
+    let path = dir.join(format!("{role}.toml"));
+    std::fs::write(&path, text)?;
+    let (child, addr) = spawn_role_process(&std::env::current_exe()?, role, &path)?;
     Ok((NodeProcess(child), addr, certs.ca))
 }
 
@@ -110,9 +144,19 @@ pub fn spawn_edge_process(
     exe: &Path,
     topology: &Path,
 ) -> anyhow::Result<(Child, std::net::SocketAddr)> {
+    spawn_role_process(exe, "edge", topology)
+}
+
+/// Starts `exe <role> --topology topology` (`edge` or `central`), as
+/// [`spawn_edge_process`] does.
+pub fn spawn_role_process(
+    exe: &Path,
+    role: &str,
+    topology: &Path,
+) -> anyhow::Result<(Child, std::net::SocketAddr)> {
     use std::io::BufRead;
     let mut child = Command::new(exe)
-        .args(["edge", "--topology"])
+        .args([role, "--topology"])
         .arg(topology)
         .stderr(Stdio::piped())
         .spawn()?;
@@ -142,57 +186,186 @@ pub fn spawn_edge_process(
     }
 }
 
+/// Starts a central process in `dir` that takes pushes from the benchmark
+/// edge (`bench-edge`), with a files sink in `dir/out` and `extra` appended
+/// to its topology; returns it and its address and CA. Its operators see
+/// every row (`min_vehicles = 1`).
+pub fn spawn_central(
+    dir: &Path,
+    topology: &Path,
+    extra: &str,
+) -> anyhow::Result<(NodeProcess, std::net::SocketAddr, std::path::PathBuf)> {
+    let rest = format!(
+        "[privacy]\nvehicle_hash_key = \"{HASH_KEY}\"\nmin_vehicles = 1\n\
+         [[sink]]\ntype = \"files\"\ndir = \"{}\"\n\
+         [[edge]]\nname = \"bench-edge\"\ntoken_sha256 = \"{}\"\n{extra}",
+        dir.join("out").display(),
+        hex::encode(Sha256::digest(PUSH_TOKEN.as_bytes())),
+    );
+    spawn_bench(dir, topology, "central", "", &rest)
+}
+
+/// The topology lines that make the benchmark edge push to central.
+pub fn central_sink(central: std::net::SocketAddr, ca: &Path) -> String {
+    format!(
+        "[privacy]\nvehicle_hash_key = \"{HASH_KEY}\"\n\
+         [[sink]]\ntype = \"central\"\nto = \"{central}\"\nca = \"{}\"\ntoken = \"{PUSH_TOKEN}\"\nserver_name = \"localhost\"\n",
+        ca.display()
+    )
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One throughput (or latency) run against an edge started in `dir` with
+/// `extra` topology lines.
+fn load_once(
+    args: &IngestBenchArgs,
+    dir: &Path,
+    extra: &str,
+    reference: Arc<crate::reference::Reference>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<serde_json::Value> {
+    let (node, addr, ca) = spawn_node(dir, &args.topology, extra)?;
+    let load = Load {
+        target: SendOptions {
+            sender: "bench".into(),
+            batch_lines: args.batch_records,
+            window: args.window,
+            ..SendOptions::new(addr, "localhost", ca, TOKEN)
+        },
+        connections: args.connections,
+        batch_records: args.batch_records,
+        batches: Some(args.batches),
+        duration: Duration::from_secs(args.seconds),
+        interval: args.interval_ms.map(Duration::from_millis),
+        window: args.window,
+    };
+    let mut report = runtime.block_on(super::loadgen::run(&load, reference))?;
+    let result = serde_json::json!({
+        "mode": if args.interval_ms.is_some() { "latency" } else { "throughput" },
+        "connections": args.connections,
+        "batch_records": args.batch_records,
+        "records_acked": report.accepted,
+        "failed_connections": report.failed_connections,
+        "seconds": report.elapsed.as_secs_f64(),
+        "records_per_s": (report.accepted as f64 / report.elapsed.as_secs_f64()).round(),
+        "ack_latency_ms": { "p50": report.latency_ms(0.5), "p99": report.latency_ms(0.99), "max": report.latency_ms(1.0) },
+        "node_peak_rss_bytes": peak_rss(node.id()),
+        "node_cpu_seconds": cpu_seconds(node.id()),
+    });
+    drop(node);
+    Ok(result)
+}
+
+/// `--central`: the edge without and with a central sink, interleaved.
+fn central_comparison(
+    args: &IngestBenchArgs,
+    dir: &Path,
+    reference: Arc<crate::reference::Reference>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<serde_json::Value> {
+    // Records acknowledged per second, and per CPU second of the edge
+    // (central shares this machine's cores, which a real central does not).
+    let rate = |v: &serde_json::Value| {
+        let records = v["records_acked"].as_f64().unwrap_or(0.0);
+        let cpu = v["node_cpu_seconds"].as_f64().unwrap_or(0.0);
+        (
+            v["records_per_s"].as_f64().unwrap_or(0.0),
+            records / cpu.max(1e-9),
+        )
+    };
+    let (mut plain, mut pushing, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs.max(1) {
+        plain.push(rate(&load_once(
+            args,
+            &dir.join(format!("plain-{run}")),
+            "",
+            reference.clone(),
+            runtime,
+        )?));
+        let central_dir = dir.join(format!("central-{run}"));
+        let (central, to, ca) = spawn_central(&central_dir, &args.topology, "")?;
+        let edge_dir = dir.join(format!("pushing-{run}"));
+        pushing.push(rate(&load_once(
+            args,
+            &edge_dir,
+            &central_sink(to, &ca),
+            reference.clone(),
+            runtime,
+        )?));
+        // The edge drained its pushes as it stopped; central's files then
+        // say how far it got (proof that the edge did push).
+        drop(central);
+        let edges = std::fs::read_to_string(central_dir.join("out/edges.csv"))
+            .context("central wrote no edges.csv: did the edge push?")?;
+        let mark = edges
+            .lines()
+            .find_map(|l| l.strip_prefix("bench-edge,"))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        anyhow::ensure!(
+            mark > 0,
+            "central has no pushed watermark from the edge:\n{edges}"
+        );
+        pushed.push(mark);
+    }
+    let (p, c) = (
+        median(plain.iter().map(|r| r.0)),
+        median(pushing.iter().map(|r| r.0)),
+    );
+    let (pc, cc) = (
+        median(plain.iter().map(|r| r.1)),
+        median(pushing.iter().map(|r| r.1)),
+    );
+    let ratio = |a: f64, b: f64| (a / b.max(1e-9) * 1000.0).round() / 1000.0;
+    Ok(serde_json::json!({
+        "mode": "central",
+        "connections": args.connections,
+        "batch_records": args.batch_records,
+        "without_central_records_per_s": p.round(),
+        "with_central_records_per_s": c.round(),
+        "ratio": ratio(c, p),
+        "without_central_records_per_edge_cpu_s": pc.round(),
+        "with_central_records_per_edge_cpu_s": cc.round(),
+        "cpu_ratio": ratio(cc, pc),
+        "runs_without": plain.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+        "runs_with": pushing.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+        "central_pushed_watermarks_ms": pushed,
+    }))
+}
+
 /// Runs the benchmark; returns the JSON report.
 pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
     let dir = std::env::temp_dir().join(format!("edgeflow-bench-ingest-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let _cleanup = Scratch(dir.clone());
     let topo =
         crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let reference = Arc::new(topo.reference);
-    let (node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
-    let target = SendOptions {
-        sender: "bench".into(),
-        batch_lines: args.batch_records,
-        window: args.window,
-        ..SendOptions::new(addr, "localhost", ca, TOKEN)
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let result = if let Some(n) = args.idle {
-        let held = runtime.block_on(super::loadgen::idle(&target, n, Duration::from_secs(3)))?;
-        serde_json::json!({ "mode": "idle", "idle_connections": held, "node_peak_rss_bytes": peak_rss(node.id()) })
-    } else {
-        let load = Load {
-            target,
-            connections: args.connections,
-            batch_records: args.batch_records,
-            batches: Some(args.batches),
-            duration: Duration::from_secs(args.seconds),
-            interval: args.interval_ms.map(Duration::from_millis),
-            window: args.window,
+    if let Some(n) = args.idle {
+        let (node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
+        let target = SendOptions {
+            sender: "bench".into(),
+            ..SendOptions::new(addr, "localhost", ca, TOKEN)
         };
-        let mut report = runtime.block_on(super::loadgen::run(&load, reference))?;
-        serde_json::json!({
-            "mode": if args.interval_ms.is_some() { "latency" } else { "throughput" },
-            "connections": args.connections,
-            "batch_records": args.batch_records,
-            "records_acked": report.accepted,
-            "failed_connections": report.failed_connections,
-            "seconds": report.elapsed.as_secs_f64(),
-            "records_per_s": (report.accepted as f64 / report.elapsed.as_secs_f64()).round(),
-            "ack_latency_ms": { "p50": report.latency_ms(0.5), "p99": report.latency_ms(0.99), "max": report.latency_ms(1.0) },
-            "node_peak_rss_bytes": peak_rss(node.id()),
-        })
-    };
-    drop(node);
-    Ok(result)
+        let held = runtime.block_on(super::loadgen::idle(&target, n, Duration::from_secs(3)))?;
+        Ok(
+            serde_json::json!({ "mode": "idle", "idle_connections": held, "node_peak_rss_bytes": peak_rss(node.id()) }),
+        )
+    } else if args.central {
+        central_comparison(args, &dir, reference, &runtime)
+    } else {
+        load_once(args, &dir, "", reference, &runtime)
+    }
 }

@@ -9,6 +9,8 @@
 //! - [`bench_central`]: central's merge of edges' partials, per core.
 //! - [`bench_ingest`]: a node process under QUIC load, durable acks.
 //! - [`bench_match`]: map matching with and without the spatial index.
+//! - [`bench_push`]: edges pushing to a central node, live and after an
+//!   outage.
 //! - [`bench_subscribe`]: ingest with subscribers, fast and slow.
 //! - [`loadgen`]: live synthetic traffic over real QUIC connections.
 //! - [`demo`]: the README's first command.
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod bench_central;
 pub mod bench_ingest;
 pub mod bench_match;
+pub mod bench_push;
 pub mod bench_subscribe;
 pub mod demo;
 pub mod loadgen;

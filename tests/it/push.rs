@@ -38,7 +38,7 @@ fn common(id: &str, port: u16) -> String {
     format!(
         "[node]\nid = \"{id}\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\nzones = \"{zones}\"\n\
          [windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n\
-         [zones]\nh3_resolution = 8\nlow_soc_pct = 20\n[privacy]\nvehicle_hash_key = \"{CITY_KEY}\"\n\
+         [zones]\nh3_resolution = 8\nlow_soc_pct = 20\n[privacy]\nvehicle_hash_key = \"{CITY_KEY}\"\nmin_vehicles = 1\n\
          [ingest]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          [log]\ndir = \"{id}-log\"\nsegment_bytes = 262144\n\
          [[sink]]\ntype = \"files\"\ndir = \"{id}-out\"\n",
@@ -48,9 +48,16 @@ fn common(id: &str, port: u16) -> String {
     )
 }
 
+/// The city operator's token at central.
+const OPERATOR_TOKEN: &str = "city-operator-secret";
+
 fn central_text(edges: &[&str], straggler_timeout: &str, port: u16) -> String {
     let mut t = common("central", port);
     t += &format!("[central]\nstraggler_timeout = \"{straggler_timeout}\"\n");
+    t += &format!(
+        "[[operator]]\nname = \"city\"\ntoken_sha256 = \"{}\"\n",
+        sha(OPERATOR_TOKEN)
+    );
     for e in edges {
         t += &format!(
             "[[edge]]\nname = \"{e}\"\ntoken_sha256 = \"{}\"\n",
@@ -372,6 +379,7 @@ fn kills_restarts_and_an_outage_change_no_final_value() {
     let topo = Topology::load(&dir.join("central.toml")).expect("valid");
     let (west_file, east_file) = split_recording(dir, &topo);
     let mut central = spawn(dir, "central", "central");
+    let watcher = Watcher::start(central_addr, certs.ca.clone());
     let mut west = spawn(dir, "edge", "west");
     let east = spawn(dir, "edge", "east");
 
@@ -422,7 +430,16 @@ fn kills_restarts_and_an_outage_change_no_final_value() {
         let report = stop(edge);
         assert!(report.contains("central sink:"), "{report}");
     }
+    watcher.stop.store(true, Ordering::Relaxed);
     let report = stop(central);
+    let watched = watcher.thread.join().expect("watcher");
+    // Through every kill, central's live feed never took a value back.
+    assert!(watched.connections >= 3, "{watched:?}");
+    assert!(
+        watched.backwards.is_empty(),
+        "went backwards: {:?}",
+        watched.backwards
+    );
     let edges = report
         .lines()
         .find(|l| l.trim_start().starts_with("edges:"))
@@ -432,6 +449,93 @@ fn kills_restarts_and_an_outage_change_no_final_value() {
     assert!(number_before(edges, "unchanged") > 0, "{report}");
     assert_eq!(number_before(edges, "log entries skipped"), 0, "{report}");
     assert_equals_one_node(dir, &topo);
+    // ... and it saw every row the files hold.
+    let rows = std::fs::read_to_string(dir.join("central-out/congestion.csv")).expect("central");
+    assert_eq!(watched.keys, rows.lines().count() as u64 - 1, "{watched:?}");
+}
+
+/// What a central subscriber saw through kills.
+#[derive(Debug, Default)]
+struct Watched {
+    /// Subscriptions that delivered frames (one per central run).
+    connections: u64,
+    /// Rows seen.
+    rows: u64,
+    /// Distinct (segment, window) seen.
+    keys: u64,
+    /// (segment, window, samples before, samples after) where a key's
+    /// samples went down.
+    backwards: Vec<(String, u64, u64, u64)>,
+}
+
+/// An operator following central's provisional congestion feed, through
+/// central's kills (it subscribes again, from a snapshot, each time),
+/// checking that no (segment, window) ever shows fewer samples than it
+/// showed before: the edges' partials only grow, so neither a lost batch,
+/// a resend nor central's replay of its log may take a value back.
+/// Set `stop`, then stop central (which ends the feed), then join.
+struct Watcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Watched>,
+}
+
+impl Watcher {
+    fn start(to: std::net::SocketAddr, ca: PathBuf) -> Watcher {
+        use edgeflow::subscribe::client::{subscribe, SubscribeOptions};
+        use edgeflow::subscribe::proto::SubFrame;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let mut seen = std::collections::HashMap::<(String, u64), u64>::new();
+            let mut watched = Watched::default();
+            while !flag.load(Ordering::Relaxed) {
+                let mut request = SubscribeOptions::request(OPERATOR_TOKEN, "congestion");
+                request.mode = "provisional".into();
+                let opts = SubscribeOptions {
+                    to,
+                    server_name: "localhost".into(),
+                    ca: ca.clone(),
+                    request,
+                };
+                let mut frames = 0;
+                let _ = runtime.block_on(subscribe(&opts, |frame| {
+                    frames += 1;
+                    if let SubFrame::Row(row) = frame {
+                        watched.rows += 1;
+                        let samples = row
+                            .value
+                            .as_ref()
+                            .and_then(|v| v.get("samples")?.as_u64())
+                            .unwrap_or(0);
+                        let before = seen
+                            .entry((row.key.clone(), row.window_start_ms))
+                            .or_default();
+                        if samples < *before || row.op == "retract" {
+                            watched.backwards.push((
+                                row.key.clone(),
+                                row.window_start_ms,
+                                *before,
+                                samples,
+                            ));
+                        }
+                        *before = (*before).max(samples);
+                    }
+                    !flag.load(Ordering::Relaxed)
+                }));
+                if frames > 0 {
+                    watched.connections += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            watched.keys = seen.len() as u64;
+            watched
+        });
+        Watcher { stop, thread }
+    }
 }
 
 /// Central's answer to one push batch from a connected edge.
