@@ -259,7 +259,7 @@ impl Pusher {
                         return Err(e);
                     }
                 }
-                _ = tokio::time::sleep_until(linger), if !state.due() => {}
+                _ = tokio::time::sleep_until(linger), if state.lingering() => {}
                 _ = tokio::time::sleep_until(drain_until.unwrap_or(linger)), if drain_until.is_some() => {
                     if drain_until.is_some_and(|d| Instant::now() >= d) {
                         return Err(anyhow!("the stop's drain time ran out"));
@@ -397,11 +397,19 @@ impl State {
     /// watermark have waited [`LINGER`].
     fn due(&self) -> bool {
         let (waiting, _) = self.outbox.backlog();
-        if waiting >= MAX_UPDATES {
-            return true;
-        }
-        let moved = self.sent_watermark.is_none_or(|s| s < self.watermark);
-        (waiting > 0 || moved) && self.last_cut.elapsed() >= LINGER
+        waiting >= MAX_UPDATES || (self.has_news() && self.last_cut.elapsed() >= LINGER)
+    }
+
+    /// Whether partials wait or the watermark moved since the last batch.
+    fn has_news(&self) -> bool {
+        let (waiting, _) = self.outbox.backlog();
+        waiting > 0 || self.sent_watermark.is_none_or(|s| s < self.watermark)
+    }
+
+    /// Whether news waits out [`LINGER`]: the only time the loop needs a
+    /// timer (armed with nothing to send, a past deadline would spin it).
+    fn lingering(&self) -> bool {
+        self.has_news() && !self.due()
     }
 
     /// Nothing waits or is in flight.
