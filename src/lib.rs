@@ -34,7 +34,9 @@
 //!    file, a log or a node's live input through the dataflow).
 //! 5. **Configuration**: [`topology`], the TOML topology file and its
 //!    validation.
-//! 6. **Protocols**: [`wire`], what both QUIC protocols stand on (the
+//! 6. **Protocols**: [`delivery`], what every outward delivery stands on
+//!    (a keyed outbox with its delivered frontier, backoff with jitter);
+//!    [`wire`], what both QUIC protocols stand on (the
 //!    frame envelope, TLS, tokens, admission, the frame byte budget), and
 //!    on it the two protocols, which never import each other: [`ingest`]
 //!    (devices send batches; validation, the commit loop) and [`subscribe`]
@@ -73,6 +75,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod codec;
 pub mod dataflow;
+pub mod delivery;
 
 pub mod geo;
 pub mod ingest;

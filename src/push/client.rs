@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use super::outbox::Outbox;
 use crate::dataflow::partials::PartialEmission;
+use crate::delivery::backoff::Backoff;
 use crate::ingest::client::{connect, send_batch, SendOptions};
 use crate::ingest::frame::{ErrorCode, Frame};
 use crate::log::Encoding;
@@ -129,7 +130,7 @@ impl Pusher {
                 return;
             }
         };
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut retry_at = Instant::now();
         let mut drain_until: Option<Instant> = None;
         loop {
@@ -161,8 +162,7 @@ impl Pusher {
                 Err(e) => {
                     self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                     state.say_outage(&format!("cannot reach central at {}: {e:#}", self.sink.to));
-                    retry_at = Instant::now() + jitter(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    retry_at = Instant::now() + backoff.next_wait();
                     if drain_until.is_some() {
                         tokio::time::sleep_until(retry_at.min(drain_until.unwrap_or(retry_at)))
                             .await;
@@ -178,7 +178,7 @@ impl Pusher {
                 );
                 state.outage_said = false;
             }
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
             let why = self
                 .session(&conn, next, &mut state, &mut feed, &mut drain_until)
                 .await;
@@ -192,7 +192,7 @@ impl Pusher {
                 Err(e) => {
                     self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                     state.say_outage(&format!("push to {} failed: {e:#}", self.sink.to));
-                    retry_at = Instant::now() + jitter(backoff);
+                    retry_at = Instant::now() + backoff.next_wait();
                 }
             }
         }
@@ -423,12 +423,4 @@ impl State {
             self.outage_said = true;
         }
     }
-}
-
-/// `base` plus up to half of it, at random.
-fn jitter(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }

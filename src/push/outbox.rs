@@ -33,19 +33,11 @@
 //! [`hold`]: Outbox::hold
 //! [`release`]: Outbox::release
 
-use std::collections::BTreeMap;
-
 use crate::dataflow::emit::Status;
 use crate::dataflow::partials::{PartialEmission, PartialKey, PartialKind, PartialValue};
+use crate::delivery::outbox::Outbox as Keyed;
 use crate::partial::wire::{self, Header, Part, Update};
 use crate::reference::Reference;
-
-/// A partial waiting to leave, with the watermark it was emitted at.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Waiting {
-    value: PartialValue,
-    emitted_at: u64,
-}
 
 /// A batch cut from the outbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,18 +50,13 @@ pub struct Cut {
     pub watermark: u64,
 }
 
-/// What an edge still has to push; see the module documentation.
+/// What an edge still has to push; see the module documentation. The
+/// keyed core is [`crate::delivery::outbox`]; this adds the wire.
 #[derive(Debug)]
 pub struct Outbox {
     window_ms: u64,
     position_resolution: Option<u8>,
-    waiting: BTreeMap<PartialKey, Waiting>,
-    /// Waiting keys by emission watermark (the oldest bounds both
-    /// watermarks).
-    by_age: BTreeMap<(u64, PartialKey), ()>,
-    in_flight: BTreeMap<u64, Vec<(PartialKey, Waiting)>>,
-    watermark: u64,
-    holding: bool,
+    keyed: Keyed<PartialKey, PartialValue>,
 }
 
 impl Outbox {
@@ -78,22 +65,18 @@ impl Outbox {
         Outbox {
             window_ms,
             position_resolution,
-            waiting: BTreeMap::new(),
-            by_age: BTreeMap::new(),
-            in_flight: BTreeMap::new(),
-            watermark: 0,
-            holding: false,
+            keyed: Keyed::new(),
         }
     }
 
     /// Holds every batch back (the node is replaying its log).
     pub fn hold(&mut self) {
-        self.holding = true;
+        self.keyed.hold();
     }
 
     /// Lets batches leave again.
     pub fn release(&mut self) {
-        self.holding = false;
+        self.keyed.release();
     }
 
     /// Takes the dataflow's partials. Provisional, final and corrected
@@ -105,58 +88,26 @@ impl Outbox {
         for e in emissions {
             // Partials depend on no reference change: the dataflow never
             // retracts one. If it ever did, central keeps the last value.
-            if e.status == Status::Retraction {
-                continue;
+            if e.status != Status::Retraction {
+                self.keyed.offer(e.key, e.value.clone(), e.watermark);
             }
-            if let Some(old) = self.waiting.insert(
-                e.key,
-                Waiting {
-                    value: e.value.clone(),
-                    emitted_at: e.watermark,
-                },
-            ) {
-                self.by_age.remove(&(old.emitted_at, e.key));
-            }
-            self.by_age.insert((e.watermark, e.key), ());
         }
     }
 
     /// The edge's watermark moved without a partial changing. The end of
-    /// the edge's input (`u64::MAX`: the node is stopping, its open windows
-    /// emitted as they are) claims nothing about later windows: the node's
-    /// next start carries on with them.
+    /// the edge's input (`u64::MAX`) claims nothing about later windows.
     pub fn advance(&mut self, watermark: u64) {
-        if watermark != u64::MAX {
-            self.watermark = self.watermark.max(watermark);
-        }
+        self.keyed.advance(watermark);
     }
 
     /// Partials waiting, and in flight.
     pub fn backlog(&self) -> (usize, usize) {
-        (
-            self.waiting.len(),
-            self.in_flight.values().map(Vec::len).sum(),
-        )
-    }
-
-    fn oldest_waiting(&self) -> Option<u64> {
-        self.by_age.first_key_value().map(|((w, _), _)| *w)
+        self.keyed.backlog()
     }
 
     /// See the module documentation.
     pub fn delivered(&self) -> u64 {
-        let in_flight = self
-            .in_flight
-            .values()
-            .flatten()
-            .map(|(_, w)| w.emitted_at)
-            .min();
-        [self.oldest_waiting(), in_flight]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.watermark)
-            .min(self.watermark)
+        self.keyed.delivered()
     }
 
     /// Cuts batch `seq` of at most `max_updates` updates, oldest first;
@@ -168,65 +119,41 @@ impl Outbox {
         reference: &Reference,
         max_updates: usize,
     ) -> Option<Cut> {
-        if self.holding {
-            return None;
-        }
-        let mut updates = Vec::new();
-        let mut sent = Vec::new();
-        while updates.len() < max_updates.max(1) {
-            let Some(((_, key), ())) = self.by_age.pop_first() else {
-                break;
-            };
-            let Some(w) = self.waiting.remove(&key) else {
-                continue;
-            };
-            if let Some(update) = to_update(&key, &w.value, reference) {
-                updates.push(update);
-            }
-            sent.push((key, w));
-        }
-        let watermark = self
-            .oldest_waiting()
-            .map_or(self.watermark, |w| w.min(self.watermark));
+        let taken = self.keyed.take(seq, max_updates)?;
+        let updates: Vec<Update> = taken
+            .values
+            .iter()
+            .filter_map(|(key, value)| to_update(key, value, reference))
+            .collect();
         let header = Header {
             window_ms: self.window_ms,
             position_resolution: self.position_resolution,
-            watermark_ms: watermark,
+            watermark_ms: taken.watermark,
         };
         let mut records = Vec::new();
         wire::encode(&header, &updates, &mut records);
-        self.in_flight.insert(seq, sent);
         Some(Cut {
             records,
             updates: updates.len(),
-            watermark,
+            watermark: taken.watermark,
         })
     }
 
     /// Central acknowledged batch `seq` (it is in central's log).
     pub fn acked(&mut self, seq: u64) {
-        self.in_flight.remove(&seq);
+        self.keyed.acked(seq);
     }
 
     /// Central has every batch below `next` (its WELCOME after a
     /// reconnect): they count as acknowledged.
     pub fn acked_below(&mut self, next: u64) {
-        self.in_flight = self.in_flight.split_off(&next);
+        self.keyed.acked_below(next);
     }
 
     /// Batch `seq` and every later one in flight were lost: their partials
     /// wait again, unless a newer value of the same key already does.
     pub fn lost(&mut self, seq: u64) {
-        // Newest batch first: of a key lost in several, its newest value
-        // goes back, and the older ones find it waiting.
-        for (_, sent) in self.in_flight.split_off(&seq).into_iter().rev() {
-            for (key, w) in sent {
-                if !self.waiting.contains_key(&key) {
-                    self.by_age.insert((w.emitted_at, key), ());
-                    self.waiting.insert(key, w);
-                }
-            }
-        }
+        self.keyed.lost(seq);
     }
 }
 
