@@ -22,7 +22,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::loadgen::Load;
-use super::measure::{cpu_seconds, median, peak_rss};
+use super::measure::{cpu_seconds, median, peak_rss, Scratch};
 use crate::ingest::client::SendOptions;
 
 /// The fleet token of benchmark nodes.
@@ -214,15 +214,6 @@ pub fn central_sink(central: std::net::SocketAddr, ca: &Path) -> String {
     )
 }
 
-/// A scratch directory, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One throughput (or latency) run against an edge started in `dir` with
 /// `extra` topology lines.
 fn load_once(
@@ -343,9 +334,8 @@ fn central_comparison(
 
 /// Runs the benchmark; returns the JSON report.
 pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
-    let dir = std::env::temp_dir().join(format!("edgeflow-bench-ingest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = Scratch(dir.clone());
+    let scratch = Scratch::new("bench-ingest")?;
+    let dir = scratch.path();
     let topo =
         crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let reference = Arc::new(topo.reference);
@@ -354,7 +344,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
         .enable_all()
         .build()?;
     if let Some(n) = args.idle {
-        let (node, addr, ca) = spawn_node(&dir, &args.topology, "")?;
+        let (node, addr, ca) = spawn_node(dir, &args.topology, "")?;
         let target = SendOptions {
             sender: "bench".into(),
             ..SendOptions::new(addr, "localhost", ca, TOKEN)
@@ -364,8 +354,8 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
             serde_json::json!({ "mode": "idle", "idle_connections": held, "node_peak_rss_bytes": peak_rss(node.id()) }),
         )
     } else if args.central {
-        central_comparison(args, &dir, reference, &runtime)
+        central_comparison(args, dir, reference, &runtime)
     } else {
-        load_once(args, &dir, "", reference, &runtime)
+        load_once(args, dir, "", reference, &runtime)
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::measure::median;
+use super::measure::{median, quantile, Scratch};
 use crate::dataflow::emit::Status;
 use crate::dataflow::partials::{PartialEmission, PartialKey, PartialKind, PartialValue};
 use crate::node::central::EdgeMarks;
@@ -193,33 +193,9 @@ fn applied(edges: &EdgeMarks, total: u64, since: Instant) -> anyhow::Result<f64>
     }
 }
 
-/// A scratch directory, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new() -> std::io::Result<Self> {
-        static RUN: AtomicU64 = AtomicU64::new(0);
-        let n = RUN.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("edgeflow-bench-push-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One run of a phase: (updates, seconds).
 fn run_once(args: &PushBenchArgs, outage: bool) -> anyhow::Result<(u64, f64)> {
-    let dir = Scratch::new()?;
+    let dir = Scratch::new("bench-push")?;
     let certs = crate::node::make_certs(&dir.path().join("certs"), &["localhost".into()])?;
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
@@ -278,7 +254,7 @@ fn end_to_end_once(args: &PushBenchArgs) -> anyhow::Result<(Vec<f64>, usize)> {
     use crate::subscribe::client::{subscribe, SubscribeOptions};
     use crate::subscribe::proto::{Filter, SubFrame};
 
-    let dir = Scratch::new()?;
+    let dir = Scratch::new("bench-push")?;
     let operator = format!(
         "[[operator]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n",
         hex::encode(crate::wire::token::digest(OPERATOR))
@@ -349,8 +325,7 @@ fn end_to_end_once(args: &PushBenchArgs) -> anyhow::Result<(Vec<f64>, usize)> {
     let loader =
         runtime.spawn(async move { super::loadgen::run(&load, Arc::new(background)).await });
     let probes: Vec<Probe> = runtime.block_on(async {
-        let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-        let mut endpoint = endpoint;
+        let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
         endpoint.set_default_client_config(crate::wire::tls::client_config(
             &edge_ca,
             None,
@@ -381,7 +356,10 @@ fn end_to_end_once(args: &PushBenchArgs) -> anyhow::Result<(Vec<f64>, usize)> {
                 ev: None,
             });
             let window = ts / window_ms * window_ms;
-            let n = probes.iter().filter(|p: &&Probe| p.0 == window).count() as u64 + 1;
+            let n = match probes.last() {
+                Some(&(w, n, _)) if w == window => n + 1,
+                _ => 1,
+            };
             let sent = Instant::now();
             let records = bytes::Bytes::from(crate::codec::encode_cbor(&record));
             send_batch(
@@ -418,13 +396,6 @@ fn end_to_end_once(args: &PushBenchArgs) -> anyhow::Result<(Vec<f64>, usize)> {
         }
     }
     Ok((latencies, missed))
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Runs the benchmark; returns its JSON report.
