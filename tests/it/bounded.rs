@@ -68,8 +68,10 @@ fn arranged_state_stays_flat_after_the_first_retention() {
         // times as much. One worker is deterministic (within 10 %: the
         // spine's merges); with two, which worker takes which chunk, and so
         // the batches, vary from run to run, and the longer run has more
-        // chances of an unlucky peak (measured up to 1.3 times): 1.5.
-        let slack = if workers == 1 { 1.1 } else { 1.5 };
+        // chances of an unlucky peak (measured up to 1.54 times, in CI on
+        // 2026-12-03): 2.5, still far below the 6 times of a leak. The
+        // one-worker check above is the tight one.
+        let slack = if workers == 1 { 1.1 } else { 2.5 };
         assert!(
             long.state.peak as f64 <= short.state.peak as f64 * slack,
             "held {} updates over 72 min against {} over 12 min",
