@@ -19,6 +19,12 @@
 //! the target already has complete, and sending them would move its keys
 //! backwards. Coalesced, they are complete again by the end of replay.
 //!
+//! A target that applies batches in any order (several requests in flight
+//! to an HTTP broker) must not see a key twice at once: an [`exclusive`]
+//! outbox keeps a key waiting while a batch holding it is in flight, so a
+//! key's values reach the target in the order they were offered.
+//!
+//! [`exclusive`]: Outbox::exclusive
 //! [`offer`]: Outbox::offer
 //! [`take`]: Outbox::take
 //! [`lost`]: Outbox::lost
@@ -54,8 +60,21 @@ pub struct Outbox<K, V> {
     /// watermarks).
     by_age: BTreeSet<(u64, K)>,
     in_flight: BTreeMap<u64, Vec<(K, Waiting<V>)>>,
+    /// Keys in flight, when exclusive.
+    flying: Option<BTreeSet<K>>,
     watermark: u64,
     holding: bool,
+}
+
+/// What [`Outbox::take_with`] does with the next value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Into the batch.
+    Take,
+    /// The batch is full: the value keeps waiting.
+    Stop,
+    /// Given up (it can never be sent): out of the outbox, not in the batch.
+    Drop,
 }
 
 impl<K: Ord + Copy, V: Clone> Default for Outbox<K, V> {
@@ -71,9 +90,37 @@ impl<K: Ord + Copy, V: Clone> Outbox<K, V> {
             waiting: BTreeMap::new(),
             by_age: BTreeSet::new(),
             in_flight: BTreeMap::new(),
+            flying: None,
             watermark: 0,
             holding: false,
         }
+    }
+
+    /// An outbox that never has one key in two batches in flight (see the
+    /// module documentation).
+    pub fn exclusive() -> Self {
+        Outbox {
+            flying: Some(BTreeSet::new()),
+            ..Self::new()
+        }
+    }
+
+    /// The value waiting for `key`, if one is.
+    pub fn waiting(&self, key: &K) -> Option<&V> {
+        self.waiting.get(key).map(|w| &w.value)
+    }
+
+    /// Drops every waiting value `keep` refuses (a sink that finds, after
+    /// its log replay, values the target already has).
+    pub fn retain_waiting(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        let by_age = &mut self.by_age;
+        self.waiting.retain(|k, w| {
+            let kept = keep(k, &w.value);
+            if !kept {
+                by_age.remove(&(w.emitted_at, *k));
+            }
+            kept
+        });
     }
 
     /// Holds every batch back (the node is replaying its log).
@@ -137,37 +184,106 @@ impl<K: Ord + Copy, V: Clone> Outbox<K, V> {
     /// holding. With nothing waiting it is empty, and carries the
     /// watermark alone.
     pub fn take(&mut self, seq: u64, max: usize) -> Option<Taken<K, V>> {
+        let max = max.max(1);
+        let mut n = 0;
+        self.take_with(seq, |_, _| {
+            n += 1;
+            if n <= max {
+                Pick::Take
+            } else {
+                Pick::Stop
+            }
+        })
+    }
+
+    /// Takes batch `seq`, oldest first, asking `pick` about each value in
+    /// turn until it says [`Pick::Stop`] or nothing waits; `None` while
+    /// holding. An exclusive outbox skips keys in flight.
+    pub fn take_with(
+        &mut self,
+        seq: u64,
+        mut pick: impl FnMut(&K, &V) -> Pick,
+    ) -> Option<Taken<K, V>> {
         if self.holding {
             return None;
         }
         let mut values = Vec::new();
         let mut sent = Vec::new();
-        while sent.len() < max.max(1) {
-            let Some((_, key)) = self.by_age.pop_first() else {
-                break;
-            };
-            let Some(w) = self.waiting.remove(&key) else {
+        let mut skipped = Vec::new();
+        while let Some((at, key)) = self.by_age.pop_first() {
+            if self.flying.as_ref().is_some_and(|f| f.contains(&key)) {
+                skipped.push((at, key));
+                continue;
+            }
+            let Some(w) = self.waiting.get(&key) else {
                 continue;
             };
-            values.push((key, w.value.clone()));
-            sent.push((key, w));
+            match pick(&key, &w.value) {
+                Pick::Stop => {
+                    skipped.push((at, key));
+                    break;
+                }
+                Pick::Drop => {
+                    self.waiting.remove(&key);
+                }
+                Pick::Take => {
+                    let Some(w) = self.waiting.remove(&key) else {
+                        continue;
+                    };
+                    values.push((key, w.value.clone()));
+                    sent.push((key, w));
+                }
+            }
         }
+        self.by_age.extend(skipped);
         let watermark = self
             .oldest_waiting()
             .map_or(self.watermark, |w| w.min(self.watermark));
+        if let Some(f) = &mut self.flying {
+            f.extend(sent.iter().map(|(k, _)| *k));
+        }
         self.in_flight.insert(seq, sent);
         Some(Taken { values, watermark })
     }
 
+    fn land(&mut self, sent: &[(K, Waiting<V>)]) {
+        if let Some(f) = &mut self.flying {
+            for (k, _) in sent {
+                f.remove(k);
+            }
+        }
+    }
+
     /// Batch `seq` was acknowledged.
     pub fn acked(&mut self, seq: u64) {
-        self.in_flight.remove(&seq);
+        if let Some(sent) = self.in_flight.remove(&seq) {
+            self.land(&sent);
+        }
+    }
+
+    /// Batch `seq` was answered, but only in part: its values `retry`
+    /// picks wait again (unless a newer value of their key already does),
+    /// the rest are done with.
+    pub fn partly_lost(&mut self, seq: u64, mut retry: impl FnMut(&K) -> bool) {
+        let Some(sent) = self.in_flight.remove(&seq) else {
+            return;
+        };
+        self.land(&sent);
+        for (key, w) in sent {
+            if retry(&key) && !self.waiting.contains_key(&key) {
+                self.by_age.insert((w.emitted_at, key));
+                self.waiting.insert(key, w);
+            }
+        }
     }
 
     /// Every batch below `next` was acknowledged (a receiver says so
     /// after a reconnect).
     pub fn acked_below(&mut self, next: u64) {
-        self.in_flight = self.in_flight.split_off(&next);
+        let rest = self.in_flight.split_off(&next);
+        for sent in std::mem::replace(&mut self.in_flight, rest).into_values() {
+            self.land(&sent);
+        }
     }
 
     /// Batch `seq` and every later one in flight were lost: their values
@@ -176,6 +292,7 @@ impl<K: Ord + Copy, V: Clone> Outbox<K, V> {
         // Newest batch first: of a key lost in several, its newest value
         // goes back, and the older ones find it waiting.
         for (_, sent) in self.in_flight.split_off(&seq).into_iter().rev() {
+            self.land(&sent);
             for (key, w) in sent {
                 if !self.waiting.contains_key(&key) {
                     self.by_age.insert((w.emitted_at, key));
@@ -227,6 +344,52 @@ mod tests {
         o.lost(0);
         assert_eq!(o.backlog(), (1, 0));
         assert_eq!(o.take(2, 10).expect("batch").values, vec![(7, "new")]);
+    }
+
+    #[test]
+    fn an_exclusive_outbox_keeps_a_key_in_flight_out_of_the_next_batch() {
+        let mut o = Outbox::exclusive();
+        o.offer(1u32, "w1", 1);
+        o.offer(2, "x", 2);
+        assert_eq!(o.take(0, 1).expect("batch").values, vec![(1, "w1")]);
+        o.offer(1, "w2", 3);
+        // Key 1 is in flight: its newer value waits for that batch's fate.
+        assert_eq!(o.take(1, 10).expect("batch").values, vec![(2, "x")]);
+        o.acked(0);
+        assert_eq!(o.take(2, 10).expect("batch").values, vec![(1, "w2")]);
+    }
+
+    #[test]
+    fn a_batch_answered_in_part_retries_only_what_was_picked() {
+        let mut o = Outbox::new();
+        for k in 1u32..=3 {
+            o.offer(k, k * 10, u64::from(k));
+        }
+        o.advance(50);
+        o.take(0, 10);
+        o.partly_lost(0, |k| *k == 2);
+        assert_eq!(o.backlog(), (1, 0));
+        assert_eq!(o.delivered(), 2, "the retried value bounds the frontier");
+        assert_eq!(o.take(1, 10).expect("batch").values, vec![(2, 20)]);
+    }
+
+    #[test]
+    fn take_with_stops_and_drops_as_told() {
+        let mut o = Outbox::new();
+        for k in 1u32..=4 {
+            o.offer(k, k, u64::from(k));
+        }
+        let t = o
+            .take_with(0, |k, _| match k {
+                2 => Pick::Drop,
+                4 => Pick::Stop,
+                _ => Pick::Take,
+            })
+            .expect("batch");
+        assert_eq!(t.values, vec![(1, 1), (3, 3)]);
+        assert_eq!(o.backlog(), (1, 2), "4 waits, 2 is gone");
+        o.retain_waiting(|_, _| false);
+        assert_eq!(o.backlog(), (0, 2));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use super::proto::{Progress, Row, SubError, SubFrame};
 use super::queue::Queue;
 pub use super::queue::{Drained, Interest, Subscriber};
-use crate::aggregate::{fields, AggKey, AggValue, Field, Kind, ZoneAgg};
+use crate::aggregate::{fields, AggKey, AggValue, Field, Kind};
 use crate::dataflow::emit::{Emission, Status};
 use crate::reference::Reference;
 use crate::time::TimeSpec;
@@ -107,42 +107,6 @@ impl Hub {
     /// Where the node publishes its input watermark (see the field).
     pub fn input_watermark(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.input_watermark.clone()
-    }
-
-    /// What operators may see of a value (privacy, `min_vehicles`): rows
-    /// over fewer distinct vehicles are withheld. A zone row shows its
-    /// road traffic only over enough distinct vehicles, and its low-SoC EVs
-    /// only when there are enough of them; a part under the threshold is
-    /// shown as if there were none (so a subscriber cannot tell "none" from
-    /// "a few"), and a row left with nothing to show is withheld.
-    fn project(&self, value: &AggValue) -> Option<AggValue> {
-        let k = self.settings.min_vehicles;
-        match value {
-            AggValue::Congestion(c) => (c.vehicles >= k).then(|| value.clone()),
-            AggValue::Charging(_) => Some(value.clone()),
-            AggValue::Zone(z) => {
-                let mut shown = ZoneAgg {
-                    low_soc_evs: 0,
-                    ..**z
-                };
-                if u64::from(z.vehicles) < k {
-                    shown = ZoneAgg {
-                        chargers: z.chargers,
-                        energy_wh: z.energy_wh,
-                        power_mw: z.power_mw,
-                        occupied: z.occupied,
-                        connectors: z.connectors,
-                        faulted: z.faulted,
-                        ..ZoneAgg::default()
-                    };
-                }
-                if u64::from(z.low_soc_evs) >= k {
-                    shown.low_soc_evs = z.low_soc_evs;
-                }
-                (shown.vehicles > 0 || shown.chargers > 0 || shown.low_soc_evs > 0)
-                    .then(|| AggValue::Zone(Box::new(shown)))
-            }
-        }
     }
 
     /// A key's id (a segment's, a charger's, a zone's).
@@ -251,7 +215,7 @@ impl Hub {
             let value = if retract {
                 None
             } else {
-                self.project(&e.value)
+                crate::privacy::project(&e.value, self.settings.min_vehicles)
             };
             let is_final = e.status != Status::Provisional;
             if let Some(old) = &old {
@@ -423,7 +387,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::Congestion;
+    use crate::aggregate::{Congestion, ZoneAgg};
     use crate::subscribe::proto::Lagged;
 
     fn hub(max_pending: usize, max_lag: std::time::Duration) -> Hub {
