@@ -121,6 +121,7 @@ impl Pusher {
             sent_watermark: None,
             last_cut: Instant::now(),
             outage_said: false,
+            given_up_said: false,
         };
         let endpoint = match self.endpoint() {
             Ok(e) => e,
@@ -322,19 +323,16 @@ impl Pusher {
 
     /// Publishes the delivered frontier, giving windows up past `max_hold`.
     fn publish(&self, state: &mut State) {
-        let delivered = state.outbox.delivered();
-        let hold = self.sink.max_hold.as_millis() as u64;
-        let limit = state.watermark.saturating_sub(hold);
-        let frontier = delivered.max(limit);
-        let before = self.status.delivered.fetch_max(frontier, Ordering::AcqRel);
-        if limit > delivered && frontier > before {
-            let windows = (frontier - before.max(delivered)) / self.window_ms.max(1);
-            if windows > 0 {
-                let total = self.status.given_up.fetch_add(windows, Ordering::Relaxed);
-                if total == 0 {
-                    eprintln!("edgeflow: central sink: central has not acknowledged windows older than max_hold ({:?}): their log segments are no longer kept for it (counted in given_up)", self.sink.max_hold);
-                }
-            }
+        let given_up = crate::delivery::gate::publish(
+            &self.status.delivered,
+            &self.status.given_up,
+            state.outbox.delivered(),
+            state.watermark,
+            self.sink.max_hold.as_millis() as u64,
+            self.window_ms,
+        );
+        if given_up > 0 && !std::mem::replace(&mut state.given_up_said, true) {
+            eprintln!("edgeflow: central sink: central has not acknowledged windows older than max_hold ({:?}): their log segments are no longer kept for it (counted in given_up)", self.sink.max_hold);
         }
     }
 
@@ -376,6 +374,8 @@ struct State {
     last_cut: Instant,
     /// An outage was said (said once, until connected again).
     outage_said: bool,
+    /// Windows given up to log retention were said (once per run).
+    given_up_said: bool,
 }
 
 impl State {
