@@ -134,8 +134,9 @@ fn write_sinks(
                     ok = false;
                 }
             }
-            // Pushed as partials, not rows (`crate::push`).
-            Sink::Central(_) => {}
+            // Pushed as partials, not rows (`crate::push`); the city sinks
+            // deliver on their own (`crate::sink`).
+            Sink::Central(_) | Sink::Ngsi(_) => {}
         }
     }
     ok

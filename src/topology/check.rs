@@ -14,25 +14,25 @@ use crate::reference::{Problem, Reference};
 use crate::time::TimeSpec;
 
 use super::file::{
-    CentralSinkSection, FleetSection, IngestSection, LogSection, MatchingSection, OperatorSection,
-    SinkSection, TopologyFile, WindowsSection, ZonesSection,
+    FleetSection, IngestSection, LogSection, MatchingSection, OperatorSection, TopologyFile,
+    WindowsSection, ZonesSection,
 };
 use super::{
-    CentralSink, Fleet, Ingest, IngestLimits, Log, Operator, Sink, Topology, DEFAULT_MAX_LAG,
+    Fleet, Ingest, IngestLimits, Log, Operator, Sink, Topology, DEFAULT_MAX_LAG,
     DEFAULT_MAX_PENDING, DEFAULT_MIN_VEHICLES, MAX_FRAME_BYTES, MAX_TOPOLOGY_BYTES, MAX_WORKERS,
 };
 
 /// Collects the problems of one topology file, each with its place.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     /// The topology file.
-    path: &'a Path,
+    pub(super) path: &'a Path,
     /// Its directory: relative paths start there.
-    base: &'a Path,
-    problems: Vec<Problem>,
+    pub(super) base: &'a Path,
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Checker<'_> {
-    fn push(&mut self, place: &str, message: &str) {
+    pub(super) fn push(&mut self, place: &str, message: &str) {
         self.problems.push(Problem {
             file: self.path.to_owned(),
             place: place.into(),
@@ -55,7 +55,7 @@ impl Checker<'_> {
     }
 
     /// A duration key that may be left out: `default` then.
-    fn duration_or(
+    pub(super) fn duration_or(
         &mut self,
         text: Option<&str>,
         default: Duration,
@@ -338,89 +338,6 @@ impl Checker<'_> {
         }
     }
 
-    /// `[[sink]]`, paths resolved.
-    fn sink(&mut self, n: usize, s: &SinkSection) -> Option<Sink> {
-        match s {
-            SinkSection::Files { dir } => Some(Sink::Files {
-                dir: self.base.join(dir),
-            }),
-            SinkSection::Central(c) => self.central_sink(n, c).map(Sink::Central),
-        }
-    }
-
-    /// `[[sink]] type = "central"`: the address resolved, the token read,
-    /// paths resolved and checked.
-    fn central_sink(&mut self, n: usize, c: &CentralSinkSection) -> Option<CentralSink> {
-        let place = |key: &str| format!("sink[{n}].{key}");
-        let to = match std::net::ToSocketAddrs::to_socket_addrs(c.to.as_str()) {
-            Ok(mut addrs) => addrs.next(),
-            Err(e) => {
-                self.push(
-                    &place("to"),
-                    &format!("{:?} is not a host:port that resolves: {e}", c.to),
-                );
-                None
-            }
-        };
-        let host = c.to.rsplit_once(':').map_or(c.to.as_str(), |(h, _)| h);
-        let server_name = c
-            .server_name
-            .clone()
-            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
-        let token = match (&c.token, &c.token_file) {
-            (Some(t), None) => Some(t.clone()),
-            (None, Some(file)) => match std::fs::read_to_string(self.base.join(file)) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-                Ok(_) => {
-                    self.push(&place("token_file"), "is empty");
-                    None
-                }
-                Err(e) => {
-                    let path = self.base.join(file);
-                    self.push(
-                        &place("token_file"),
-                        &format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            },
-            _ => {
-                self.push(&place("token"), "give exactly one of token and token_file");
-                None
-            }
-        };
-        let mut files = vec![("ca", &c.ca)];
-        files.extend(c.cert.as_ref().map(|p| ("cert", p)));
-        files.extend(c.key.as_ref().map(|p| ("key", p)));
-        for (key, p) in files {
-            if !self.base.join(p).is_file() {
-                let why = format!("{} is not a readable file", self.base.join(p).display());
-                self.push(&place(key), &why);
-            }
-        }
-        let identity = match (&c.cert, &c.key) {
-            (Some(cert), Some(key)) => Some((self.base.join(cert), self.base.join(key))),
-            (None, None) => None,
-            _ => {
-                self.push(&place("cert"), "give both cert and key, or neither");
-                None
-            }
-        };
-        let max_hold = self.duration_or(
-            c.max_hold.as_deref(),
-            super::DEFAULT_MAX_HOLD,
-            &place("max_hold"),
-        );
-        Some(CentralSink {
-            to: to?,
-            server_name,
-            ca: self.base.join(&c.ca),
-            token: token?,
-            identity,
-            max_hold: max_hold?,
-        })
-    }
-
     /// `[ingest]`: the section with paths resolved and durations parsed
     /// when it is valid.
     fn ingest(&mut self, i: &IngestSection) -> Option<Ingest> {
@@ -623,9 +540,7 @@ impl Topology {
         let operators = c.operators(&file.operator);
         let (privacy_min_vehicles, sub_max_pending, sub_max_lag) = c.subscriptions(&file);
         let log = file.log.as_ref().map(|l| c.log(l));
-        let sinks: Vec<Sink> = (file.sink.iter().enumerate())
-            .filter_map(|(n, s)| c.sink(n, s))
-            .collect();
+        let sinks = c.sinks(&file.sink);
         let (reference, reference_sha256, zone_file) = c.reference(&file);
         c.central_needs(&sinks, reference.as_ref());
         match (c.problems.is_empty(), time, reference, straggler_timeout) {

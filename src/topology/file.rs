@@ -180,6 +180,48 @@ pub enum SinkSection {
     },
     /// Push partials to a central node (`edgeflow-push/1`).
     Central(CentralSinkSection),
+    /// Upsert entities to an NGSI-LD context broker (Smart Data Models).
+    #[serde(rename = "ngsi-ld")]
+    Ngsi(NgsiSinkSection),
+}
+
+/// `[[sink]] type = "ngsi-ld"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NgsiSinkSection {
+    /// The sink's name (log lines, metrics, its state directory). Default
+    /// "ngsi-ld".
+    pub name: Option<String>,
+    /// The broker's base URL (`http://host:1026`); the upsert path is
+    /// appended.
+    pub url: String,
+    /// The @context URL sent in the `Link` header.
+    pub context: Option<String>,
+    /// `NGSILD-Tenant`.
+    pub tenant: Option<String>,
+    /// A bearer token (or `token_file`), when the broker wants one.
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for an https broker, beside the
+    /// web's roots.
+    pub ca: Option<PathBuf>,
+    /// What to upsert: "congestion", "charging". Default both.
+    pub kinds: Option<Vec<String>>,
+    /// Entities per request at most. Default 1000.
+    pub max_entities: Option<usize>,
+    /// Bytes per request body at most. Default 1 MiB.
+    pub max_bytes: Option<usize>,
+    /// Requests in flight at most. Default 4.
+    pub max_in_flight: Option<usize>,
+    /// Longest a request may take. Default 10s.
+    pub timeout: Option<String>,
+    /// Longest the log keeps windows the broker has not acknowledged.
+    /// Default 1h.
+    pub max_hold: Option<String>,
+    /// Where the sink keeps its ledger. Default: `sink-<name>` in the log
+    /// directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[[sink]] type = "central"`.

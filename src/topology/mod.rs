@@ -29,8 +29,8 @@
 //! fall back to a default. [`Topology::load`] reports every problem at once,
 //! in the topology and in its reference files, each with its place.
 //!
-//! Three files: [`file`](mod@file) (the serde sections as written, with defaults),
-//! [`check`] (validation: every problem at once, paths resolved, hashes
+//! Four files: [`file`](mod@file) (the serde sections as written, with defaults),
+//! [`check`] and [`sinks`] (validation: every problem at once, paths resolved, hashes
 //! and kinds decoded, durations parsed) and this one, the validated types
 //! the rest of the node uses. Nothing past validation sees a serde section.
 
@@ -43,6 +43,7 @@ use crate::reference::Reference;
 use crate::time::TimeSpec;
 
 pub mod check;
+pub mod sinks;
 pub mod file;
 
 pub use file::TopologyFile;
@@ -244,6 +245,65 @@ pub enum Sink {
     },
     /// Partials pushed to a central node.
     Central(CentralSink),
+    /// Entities upserted to an NGSI-LD broker.
+    Ngsi(NgsiSink),
+}
+
+impl Sink {
+    /// The sink's name, for what it says and counts.
+    pub fn name(&self) -> &str {
+        match self {
+            Sink::Files { .. } => "files",
+            Sink::Central(_) => "central",
+            Sink::Ngsi(n) => &n.name,
+        }
+    }
+}
+
+/// Default entities per NGSI-LD request.
+pub const DEFAULT_NGSI_MAX_ENTITIES: usize = 1000;
+/// Default bytes per NGSI-LD request body.
+pub const DEFAULT_NGSI_MAX_BYTES: usize = 1 << 20;
+/// Default NGSI-LD requests in flight.
+pub const DEFAULT_NGSI_IN_FLIGHT: usize = 4;
+/// Default time an NGSI-LD request may take.
+pub const DEFAULT_NGSI_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default @context of NGSI-LD entities: the Smart Data Models'
+/// Transportation domain (edgeflow's own terms then expand in the broker's
+/// default vocabulary; docs/ngsi-ld/context.jsonld adds them properly).
+pub const DEFAULT_NGSI_CONTEXT: &str =
+    "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld";
+
+/// A `[[sink]] type = "ngsi-ld"` validated.
+#[derive(Debug, Clone)]
+pub struct NgsiSink {
+    /// Its name.
+    pub name: String,
+    /// The broker's base URL, without a trailing slash.
+    pub url: String,
+    /// The @context URL (the `Link` header).
+    pub context: String,
+    /// `NGSILD-Tenant`.
+    pub tenant: Option<String>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Extra CA to trust, resolved.
+    pub ca: Option<PathBuf>,
+    /// Kinds upserted (congestion, charging).
+    pub kinds: Vec<crate::aggregate::Kind>,
+    /// Entities per request at most.
+    pub max_entities: usize,
+    /// Bytes per request body at most.
+    pub max_bytes: usize,
+    /// Requests in flight at most.
+    pub max_in_flight: usize,
+    /// Longest a request may take.
+    pub timeout: Duration,
+    /// Longest the log keeps windows the broker has not acknowledged.
+    pub max_hold: Duration,
+    /// Where its ledger lives (resolved), if set; else in the log
+    /// directory.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A `[[sink]] type = "central"` validated: where central is, how to
