@@ -46,6 +46,9 @@
 //!    batches, and the completeness rule that makes central's windows
 //!    final). [`ingest`]'s framing and commit loop serve push too: central
 //!    takes push batches through an [`ingest::intake::Intake`] of its own.
+//!    [`sink`]: the city sinks, a node's rows delivered to a city's
+//!    systems (NGSI-LD entities of the Smart Data Models to a context
+//!    broker), on [`delivery`] like the push.
 //! 7. **The node**: [`node`] composes them in a role: an edge recovers its
 //!    log, builds the dataflow with its sinks, hub and (with a central
 //!    sink) pusher, and serves ingest and subscriptions on one listener
@@ -69,7 +72,8 @@
 //! ([`node::sinks`]) and the hub ([`subscribe::hub`]) -> a subscriber's
 //! stream ([`subscribe::server`]); with a central sink, also the edge's
 //! partials -> [`push::client`] -> central's [`ingest::server`] ->
-//! [`node::central`] -> central's own sinks and hub.
+//! [`node::central`] -> central's own sinks and hub; with a city sink, the
+//! final rows -> [`sink::Feeds`] -> [`sink::ngsi_sink`] -> a broker.
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -93,6 +97,7 @@ pub mod push;
 pub mod reference;
 pub mod resolve;
 pub mod runtime;
+pub mod sink;
 pub mod subscribe;
 pub mod time;
 pub mod tools;

@@ -329,6 +329,7 @@ mod tests {
             max_kw: 50.0,
             name: None,
             position: [26.9, 60.5],
+            ..Default::default()
         };
         let reference = Reference::new(vec![road], vec![charger]);
         let zone = reference.registry.intern("z1", ZoneKind::Named);

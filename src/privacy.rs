@@ -123,36 +123,6 @@ impl DayHasher {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_day_same_hash_other_day_or_key_unrelated() {
-        let key = VehicleKey::new([7; 32]);
-        let noon = 20_000 * DAY_MS + DAY_MS / 2;
-        let a = key.hash("veh-1", noon);
-        assert_eq!(a, key.hash("veh-1", noon + 3_600_000));
-        assert_eq!(a, key.day(20_000).hash("veh-1"));
-        assert_ne!(a, key.hash("veh-1", noon + DAY_MS));
-        assert_ne!(a, key.hash("veh-2", noon));
-        // Another key, alternating on one thread: the cache tells them apart.
-        let other = VehicleKey::new([8; 32]);
-        assert_ne!(a, other.hash("veh-1", noon));
-        assert_eq!(a, key.hash("veh-1", noon));
-    }
-
-    #[test]
-    fn the_hash_is_pinned() {
-        // A city's edges of different builds must agree: the derivation
-        // above is a format.
-        let h = VehicleKey::new([0; 32]).day(0).hash("veh-1");
-        assert_eq!(h, PINNED);
-    }
-
-    const PINNED: u64 = 10_686_143_978_657_179_657;
-}
-
 /// What may leave a node of a row's value (`privacy.min_vehicles` = `k`):
 /// rows over fewer than `k` distinct vehicles are withheld. A zone row
 /// shows its road traffic only over enough distinct vehicles, and its
@@ -186,4 +156,34 @@ pub fn project(value: &AggValue, k: u64) -> Option<AggValue> {
                 .then(|| AggValue::Zone(Box::new(shown)))
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_day_same_hash_other_day_or_key_unrelated() {
+        let key = VehicleKey::new([7; 32]);
+        let noon = 20_000 * DAY_MS + DAY_MS / 2;
+        let a = key.hash("veh-1", noon);
+        assert_eq!(a, key.hash("veh-1", noon + 3_600_000));
+        assert_eq!(a, key.day(20_000).hash("veh-1"));
+        assert_ne!(a, key.hash("veh-1", noon + DAY_MS));
+        assert_ne!(a, key.hash("veh-2", noon));
+        // Another key, alternating on one thread: the cache tells them apart.
+        let other = VehicleKey::new([8; 32]);
+        assert_ne!(a, other.hash("veh-1", noon));
+        assert_eq!(a, key.hash("veh-1", noon));
+    }
+
+    #[test]
+    fn the_hash_is_pinned() {
+        // A city's edges of different builds must agree: the derivation
+        // above is a format.
+        let h = VehicleKey::new([0; 32]).day(0).hash("veh-1");
+        assert_eq!(h, PINNED);
+    }
+
+    const PINNED: u64 = 10_686_143_978_657_179_657;
 }

@@ -49,8 +49,20 @@ pub struct Road {
     pub line: Vec<[f64; 2]>,
 }
 
+/// Socket types a charger may list (`socket_types`): the Smart Data
+/// Models' EVChargingStation enumeration.
+pub const SOCKET_TYPES: [&str; 13] = [
+    "Caravan_Mains_Socket", "CHAdeMO", "CCS/SAE", "Dual_CHAdeMO", "Dual_J-1772",
+    "Dual_Mennekes", "J-1772", "Mennekes", "Other", "Tesla", "Type2", "Type3", "Wall_Euro",
+];
+/// Vehicle types a charger may list (`vehicle_types`), as the Smart Data
+/// Models enumerate them.
+pub const VEHICLE_TYPES: [&str; 7] = [
+    "bicycle", "bus", "car", "caravan", "motorcycle", "motorscooter", "truck",
+];
+
 /// A charging station.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Charger {
     /// Unique id.
     pub id: String,
@@ -62,6 +74,12 @@ pub struct Charger {
     pub name: Option<String>,
     /// Position `[lon, lat]`.
     pub position: [f64; 2],
+    /// Socket types (`socket_types`, of [`SOCKET_TYPES`]); empty when not
+    /// given.
+    pub socket_types: Vec<String>,
+    /// Vehicle types it charges (`vehicle_types`, of [`VEHICLE_TYPES`]);
+    /// empty when not given.
+    pub vehicle_types: Vec<String>,
 }
 
 /// The reference data of one node.
@@ -276,6 +294,34 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+}
+
+impl Ctx<'_> {
+    /// An optional list of distinct names, each one of `allowed`.
+    fn one_of_each(&mut self, props: &Value, field: &str, allowed: &[&str]) -> Option<Vec<String>> {
+        let Some(v) = props.get(field).filter(|v| !v.is_null()) else {
+            return Some(Vec::new());
+        };
+        let names: Option<Vec<String>> = v.as_array().and_then(|items| {
+            items.iter().map(|i| i.as_str().map(str::to_owned)).collect()
+        });
+        let place = format!("properties.{field}");
+        let Some(names) = names.filter(|n| !n.is_empty()) else {
+            self.push(&place, format!("expected a non-empty list of strings, found {}", kind(v)));
+            return None;
+        };
+        for (i, n) in names.iter().enumerate() {
+            if !allowed.contains(&n.as_str()) {
+                self.push(&place, format!("{n:?} is not one of {}", allowed.join(", ")));
+                return None;
+            }
+            if names[..i].contains(n) {
+                self.push(&place, format!("{n:?} is listed twice"));
+                return None;
+            }
+        }
+        Some(names)
     }
 }
 
@@ -523,11 +569,15 @@ fn parse_charger(ctx: &mut Ctx<'_>, feature: &Value) -> Option<Charger> {
         "in (0, 10000] kW",
     );
     let name = ctx.text(props, "name", false);
+    let socket_types = ctx.one_of_each(props, "socket_types", &SOCKET_TYPES);
+    let vehicle_types = ctx.one_of_each(props, "vehicle_types", &VEHICLE_TYPES);
     Some(Charger {
         id: id?,
         connectors: connectors? as u32,
         max_kw: max_kw?,
         name,
         position: pos?,
+        socket_types: socket_types?,
+        vehicle_types: vehicle_types?,
     })
 }

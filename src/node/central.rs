@@ -137,6 +137,11 @@ pub struct CentralFeed {
     pub recovered_to: Arc<AtomicU64>,
     /// The edges' marks, published here.
     pub edges: Arc<EdgeMarks>,
+    /// Central's watermark (its edges' completeness), published here for
+    /// the city sinks.
+    pub watermark: Arc<AtomicU64>,
+    /// The city sinks' feeds.
+    pub city: crate::sink::Feeds,
 }
 
 /// One log entry, read: its edge's updates and central's watermark once
@@ -168,6 +173,8 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
         sinks_durable,
         recovered_to,
         edges,
+        watermark: central_watermark,
+        city,
     } = feed;
     let workers = workers.max(1);
     let spec = topology.time;
@@ -180,7 +187,16 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
         let (reference, edges, hub) = (reference.clone(), edges.clone(), hub.clone());
         std::thread::Builder::new()
             .name("edgeflow-central-feed".into())
-            .spawn(move || feed_steps(live, &reference, spec.size_ms, &edges, hub, step_txs))
+            .spawn(move || {
+                feed_steps(
+                    live,
+                    &reference,
+                    spec.size_ms,
+                    &edges,
+                    (hub, central_watermark),
+                    step_txs,
+                )
+            })
             .map_err(|e| RunError::Dataflow(format!("cannot start the feeder: {e}")))?
     };
     let (emit_tx, emit_rx) = mpsc::channel::<Vec<Emission>>();
@@ -271,6 +287,7 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
                 if let Some(hub) = &hub {
                     hub.publish(&batch);
                 }
+                city.send(&batch);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => sink.write_if_due(),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -320,7 +337,7 @@ fn feed_steps(
     reference: &Reference,
     window_ms: u64,
     edges: &EdgeMarks,
-    hub: Option<Arc<Hub>>,
+    (hub, watermark_out): (Option<Arc<Hub>>, Arc<AtomicU64>),
     workers: Vec<mpsc::Sender<Arc<Step>>>,
 ) {
     let resolution = reference.zone_settings.position_resolution;
@@ -345,6 +362,7 @@ fn feed_steps(
         if let Some(w) = &hub_watermark {
             w.fetch_max(watermark, Ordering::AcqRel);
         }
+        watermark_out.fetch_max(watermark, Ordering::AcqRel);
         let step = Arc::new(Step {
             edge: edge as u32,
             updates: updates.into_iter().filter_map(Result::ok).collect(),

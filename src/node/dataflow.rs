@@ -44,6 +44,8 @@ pub struct Feed {
     /// A central sink's push task: it takes the partials (computed only
     /// then) and the watermark.
     pub push: Option<UnboundedSender<PushFeed>>,
+    /// The city sinks' feeds.
+    pub city: crate::sink::Feeds,
 }
 
 /// Starts the dataflow thread; it ends when the live input ends, with the
@@ -60,6 +62,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
         sinks_durable,
         recovered_to,
         push,
+        city,
     } = feed;
     let mut table = FinalTable::default();
     for sink in &topology.sinks {
@@ -102,6 +105,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                     if let Some(hub) = &hub_df {
                         hub.publish(batch);
                     }
+                    city.send(batch);
                 },
                 |partials| {
                     if let Some(push) = &push {

@@ -50,6 +50,7 @@ use crate::log::disk::Disk;
 use crate::push::client::{Feed as PushFeed, PushStatus, Pusher};
 use crate::push::intake::Partials;
 use crate::runtime::RunSummary;
+use crate::sink::{SinkContext, SinkStatus, SinkTask};
 use crate::subscribe::hub::{Hub, HubSettings};
 use crate::subscribe::server::SubContext;
 use crate::topology::Topology;
@@ -99,6 +100,8 @@ pub struct EdgeReport {
     pub push: Option<Arc<PushStatus>>,
     /// A central node's edges.
     pub edges: Option<Arc<central::EdgeMarks>>,
+    /// The city sinks, by name.
+    pub sinks: Vec<(String, Arc<SinkStatus>)>,
 }
 
 /// A running node.
@@ -110,6 +113,8 @@ pub struct EdgeHandle {
     pub edges: Option<Arc<central::EdgeMarks>>,
     /// An edge's central sink: what it pushed, live.
     pub push: Option<Arc<PushStatus>>,
+    /// The city sinks, by name: what they delivered, live.
+    pub sinks: Vec<(String, Arc<SinkStatus>)>,
     /// Ingest counters, live.
     pub counters: Arc<IngestCounters>,
     /// The budget of buffered frame bytes, live.
@@ -236,6 +241,8 @@ struct Built {
     push: Option<(Pusher, UnboundedReceiver<PushFeed>, Arc<PushStatus>)>,
     /// A central node's edges.
     edges: Option<Arc<central::EdgeMarks>>,
+    /// The city sinks' tasks, to start on the node's runtime.
+    sinks: Vec<SinkTask>,
     reference: Arc<crate::reference::Reference>,
     hub: Option<Arc<Hub>>,
     sub_ctx: Option<Arc<SubContext>>,
@@ -337,8 +344,27 @@ fn build(
         }
         _ => (None, None),
     };
+    // The city sinks: tasks fed by the dataflow thread. Central's
+    // watermark is its edges' completeness, published by its dataflow.
+    let sink_watermark = match role {
+        Role::Edge => input_watermark.clone(),
+        Role::Central => Arc::new(AtomicU64::new(0)),
+    };
+    let (city, sinks) = crate::sink::start(
+        topology,
+        &SinkContext {
+            node: topology.node_id.clone(),
+            reference: reference.clone(),
+            window_ms: topology.time.size_ms,
+            hold_until: recovered_to.clone(),
+            input_watermark: sink_watermark.clone(),
+            min_vehicles: topology.privacy_min_vehicles,
+            log_dir: topology.log.as_ref().map(|l| l.dir.clone()).unwrap_or_default(),
+        },
+    );
     let dataflow = match &edges {
         None => dataflow::start(dataflow::Feed {
+            city,
             push: push_tx,
             topology: topology.clone(),
             reference: reference.clone(),
@@ -359,11 +385,14 @@ fn build(
             sinks_durable: sinks_durable.clone(),
             recovered_to: recovered_to.clone(),
             edges: edges.clone(),
+            watermark: sink_watermark,
+            city,
         })?,
     };
     Ok(Built {
         push,
         edges,
+        sinks,
         reference,
         hub,
         sub_ctx,
@@ -411,6 +440,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let Built {
         push,
         edges,
+        sinks,
         reference,
         hub,
         sub_ctx,
@@ -437,11 +467,14 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         // Central's log is its state: its tracker follows no records, so
         // it would see every segment as retired.
         deletes: role == Role::Edge,
-        gates: push
-            .iter()
-            .map(|(_, _, status)| status.delivered.clone())
+        gates: (push.iter().map(|(_, _, status)| status.delivered.clone()))
+            .chain(sinks.iter().map(|t| t.status.delivered.clone()))
             .collect(),
     };
+    let sink_status: Vec<(String, Arc<SinkStatus>)> = (sinks.iter())
+        .map(|t| (t.name.clone(), t.status.clone()))
+        .collect();
+    let report_sinks = sink_status.clone();
     let push_status = push.as_ref().map(|(_, _, s)| s.clone());
     let (report_push, report_edges) = (push_status.clone(), edges.clone());
     let counters = Arc::new(IngestCounters::default());
@@ -480,6 +513,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             ));
             let counters = ctx.counters.clone();
             let push = push.map(|(pusher, feed, _)| runtime.spawn(pusher.run(feed)));
+            let sinks: Vec<_> = sinks.into_iter().map(|t| runtime.spawn(t.run)).collect();
             let served = runtime.block_on(async {
                 let alpn = match role {
                     Role::Edge => crate::ingest::frame::ALPN,
@@ -502,6 +536,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 runtime,
                 served,
                 push,
+                sinks,
                 zone_watch,
                 commit_thread,
                 dataflow,
@@ -516,12 +551,14 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 counters,
                 push: report_push,
                 edges: report_edges,
+                sinks: report_sinks,
             })
         })
         .map_err(|e| EdgeError::Runtime(e.to_string()))?;
     match addr_rx.recv() {
         Ok(Ok((addr, counters))) => Ok(EdgeHandle {
             push: push_status,
+            sinks: sink_status,
             edges,
             addr,
             counters,
@@ -546,6 +583,7 @@ struct WindDown {
     runtime: tokio::runtime::Runtime,
     served: Option<(quinn::Endpoint, tokio::task::JoinSet<()>)>,
     push: Option<tokio::task::JoinHandle<()>>,
+    sinks: Vec<tokio::task::JoinHandle<()>>,
     zone_watch: Option<mpsc::Sender<()>>,
     commit_thread: JoinHandle<()>,
     dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
@@ -563,6 +601,7 @@ fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         runtime,
         served,
         push,
+        sinks,
         zone_watch,
         commit_thread,
         dataflow,
@@ -582,6 +621,12 @@ fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         // leave, within the push's own drain time.
         let limit = crate::push::client::DRAIN + Duration::from_secs(1);
         let _ = runtime.block_on(async { tokio::time::timeout(limit, push).await });
+    }
+    // The city sinks' feeds closed with the dataflow: their last rows
+    // leave, within their own drain time.
+    let limit = crate::sink::DRAIN + Duration::from_secs(1);
+    for sink in sinks {
+        let _ = runtime.block_on(async { tokio::time::timeout(limit, sink).await });
     }
     if let Some(hub) = &hub {
         hub.close();
@@ -632,6 +677,18 @@ pub fn print_report(r: &EdgeReport) {
             p.refused.load(Ordering::Relaxed),
             p.reconnects.load(Ordering::Relaxed),
             p.given_up.load(Ordering::Relaxed),
+        );
+    }
+    for (name, s) in &r.sinks {
+        eprintln!(
+            "  sink {name}: {} rows acknowledged in {} requests, {} retried, {} dead-lettered, {} superseded, {} already delivered before a restart, {} windows given up",
+            s.acknowledged.load(Ordering::Relaxed),
+            s.batches.load(Ordering::Relaxed),
+            s.retried.load(Ordering::Relaxed),
+            s.dead_lettered.load(Ordering::Relaxed),
+            s.superseded.load(Ordering::Relaxed),
+            s.already_delivered.load(Ordering::Relaxed),
+            s.given_up.load(Ordering::Relaxed),
         );
     }
     if let Some(e) = &r.edges {

@@ -141,6 +141,7 @@ mod tests {
                 max_kw: 22.0,
                 name: None,
                 position: [24.9, 60.1],
+                ..Default::default()
             }],
         )
     }

@@ -85,6 +85,7 @@ pub fn synthetic_reference(segments: u32) -> Reference {
             max_kw: 50.0,
             name: None,
             position: [24.9, 60.1],
+            ..Default::default()
         })
         .collect();
     Reference::new(roads, chargers)

@@ -24,3 +24,4 @@ pub mod bench_subscribe;
 pub mod demo;
 pub mod loadgen;
 pub mod measure;
+pub mod ngsi_broker;

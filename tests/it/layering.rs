@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["resolve", "input", "pipeline", "dataflow", "output"],
     &["checkpoint", "runtime"],
     &["topology"],
-    &["delivery", "wire", "ingest", "subscribe", "push"],
+    &["delivery", "wire", "ingest", "subscribe", "push", "sink"],
     &["node"],
     &["tools", "metrics"],
 ];

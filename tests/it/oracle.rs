@@ -119,6 +119,7 @@ fn reference() -> Reference {
             max_kw: 50.0,
             name: None,
             position: [26.9, 60.5],
+            ..Charger::default()
         })
         .collect();
     Reference::new(roads, chargers)

@@ -1,0 +1,163 @@
+//! The city sinks: a node's aggregate rows delivered to a city's systems
+//! (issue 13), beside the files sinks and the push to central.
+//!
+//! - [`ngsi`]: rows as NGSI-LD entities of the Smart Data Models, pure.
+//! - [`ngsi_sink`]: the task that upserts them to a context broker.
+//!
+//! Every city sink is a task on the node's runtime, fed by the dataflow
+//! thread through [`Feeds`] (never blocking it: the task coalesces what it
+//! is sent per key in a [`crate::delivery::outbox::Outbox`]). It delivers
+//! with the guarantee of the push to central: a batch counts as delivered
+//! once the target acknowledged it; the node's log keeps every window past
+//! the sink's delivered frontier ([`SinkStatus::delivered`], up to
+//! `max_hold`), so a restarted node recomputes and delivers what the target
+//! lacks; and the sink's [`crate::delivery::ledger::Ledger`] of
+//! acknowledged windows keeps a restart from resending what the target
+//! has. What leaves passes the privacy projection
+//! ([`crate::privacy::project`], `privacy.min_vehicles`).
+
+pub mod ngsi;
+pub mod ngsi_sink;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::aggregate::Kind;
+use crate::dataflow::emit::{Emission, Status};
+use crate::reference::Reference;
+use crate::topology::{Sink, Topology};
+
+/// Longest a changed row waits for others to share its request.
+pub const LINGER: Duration = Duration::from_millis(200);
+/// First wait after a failure; doubled per failure up to [`MAX_BACKOFF`],
+/// with up to half of it added at random.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait after failures (a `Retry-After` may ask for more).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest a sink may take to deliver what is left when the node stops.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// What the dataflow thread sends a sink: the final rows and corrections
+/// of a batch of emissions, and the batch's watermark.
+#[derive(Clone, Debug, Default)]
+pub struct Feed {
+    /// The rows.
+    pub rows: Vec<Emission>,
+    /// The largest emission watermark of the batch.
+    pub watermark: u64,
+}
+
+/// A sink's figures, live.
+#[derive(Debug, Default)]
+pub struct SinkStatus {
+    /// The delivered frontier (see [`crate::delivery::gate`]).
+    pub delivered: Arc<AtomicU64>,
+    /// Requests the target acknowledged (in whole or in part).
+    pub batches: AtomicU64,
+    /// Rows sent (resends included).
+    pub sent: AtomicU64,
+    /// Rows the target acknowledged.
+    pub acknowledged: AtomicU64,
+    /// Rows sent again after a failure.
+    pub retried: AtomicU64,
+    /// Rows the target refused for good (counted, said in the log).
+    pub dead_lettered: AtomicU64,
+    /// Corrections of a window older than one the target already has
+    /// (an entity never goes back in time), not sent.
+    pub superseded: AtomicU64,
+    /// Rows found acknowledged in the ledger after a restart, not resent.
+    pub already_delivered: AtomicU64,
+    /// Windows given up to log retention unacknowledged (`max_hold`).
+    pub given_up: AtomicU64,
+    /// Rows waiting or in flight.
+    pub backlog: AtomicU64,
+    /// How far (event time, ms) the oldest undelivered row is behind the
+    /// node's watermark.
+    pub oldest_age_ms: AtomicU64,
+    /// Whether the last request reached the target.
+    pub connected: AtomicBool,
+}
+
+/// What every city sink of a node shares.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The node's id (entity ids, topics).
+    pub node: String,
+    /// Its reference data.
+    pub reference: Arc<Reference>,
+    /// Window length, ms.
+    pub window_ms: u64,
+    /// Nothing leaves before the node's watermark reaches this: the log
+    /// replay at start passes through values the target already has.
+    pub hold_until: Arc<AtomicU64>,
+    /// The node's input watermark: a sink never claims more.
+    pub input_watermark: Arc<AtomicU64>,
+    /// `privacy.min_vehicles`.
+    pub min_vehicles: u64,
+    /// The log directory: a sink keeps its state in `sink-<name>` there
+    /// unless told otherwise.
+    pub log_dir: PathBuf,
+}
+
+/// Where the dataflow thread sends each city sink its emissions.
+#[derive(Default)]
+pub struct Feeds {
+    feeds: Vec<(Vec<Kind>, UnboundedSender<Feed>)>,
+}
+
+impl Feeds {
+    /// Whether there is no city sink.
+    pub fn is_empty(&self) -> bool {
+        self.feeds.is_empty()
+    }
+
+    /// Sends each sink the final rows and corrections of its kinds in
+    /// `batch` (a sink that stopped is skipped).
+    pub fn send(&self, batch: &[Emission]) {
+        let Some(watermark) = batch.iter().map(|e| e.watermark).max() else {
+            return;
+        };
+        for (kinds, tx) in &self.feeds {
+            let rows = (batch.iter())
+                .filter(|e| matches!(e.status, Status::Final | Status::Correction))
+                .filter(|e| kinds.contains(&e.key.kind))
+                .cloned()
+                .collect();
+            let _ = tx.send(Feed { rows, watermark });
+        }
+    }
+}
+
+/// A city sink's task, ready to run on the node's runtime.
+pub struct SinkTask {
+    /// Its name.
+    pub name: String,
+    /// Its figures, live.
+    pub status: Arc<SinkStatus>,
+    /// The task.
+    pub run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+/// The city sinks of `topology`: their feeds (for the dataflow thread) and
+/// their tasks (for the node's runtime).
+pub fn start(topology: &Topology, ctx: &SinkContext) -> (Feeds, Vec<SinkTask>) {
+    let mut feeds = Feeds::default();
+    let mut tasks = Vec::new();
+    for sink in &topology.sinks {
+        let Sink::Ngsi(cfg) = sink else { continue };
+        let (tx, rx): (_, UnboundedReceiver<Feed>) = tokio::sync::mpsc::unbounded_channel();
+        let status = Arc::new(SinkStatus::default());
+        feeds.feeds.push((cfg.kinds.clone(), tx));
+        let task = ngsi_sink::NgsiTask::new(cfg.clone(), ctx.clone(), status.clone());
+        tasks.push(SinkTask {
+            name: cfg.name.clone(),
+            status,
+            run: Box::pin(task.run(rx)),
+        });
+    }
+    (feeds, tasks)
+}

@@ -1,0 +1,326 @@
+//! Aggregate rows as NGSI-LD entities of the Smart Data Models (normalized
+//! form, for `entityOperations/upsert`), pure.
+//!
+//! - A segment's congestion window is a **`TrafficFlowObserved`**,
+//!   `urn:ngsi-ld:TrafficFlowObserved:<node>:<segment_id>`: `intensity`
+//!   (distinct vehicles), `averageVehicleSpeed` (km/h, unit code KMH),
+//!   `congested` (level heavy or jam, TELEMETRY.md §3), `dateObserved`
+//!   (the window as an ISO 8601 interval) with `dateObservedFrom` and
+//!   `dateObservedTo`, `location` (the segment's LineString),
+//!   `refRoadSegment` (`urn:ngsi-ld:RoadSegment:<segment_id>`), `name`
+//!   (the street), and edgeflow's terms `vehicleReports`, `speedRatio`,
+//!   `congestionLevel`.
+//! - A charger's window is an **`EVChargingStation`**,
+//!   `urn:ngsi-ld:EVChargingStation:<node>:<charger_id>`: `capacity`
+//!   (connectors), `availableCapacity` (connectors neither occupied nor
+//!   faulted at the window's end), `status` ([`station_status`]),
+//!   `socketType` and `allowedVehicleType` (reference data, else
+//!   [`default_sockets`] and `["car"]`), `location`, `name`, and edgeflow's
+//!   terms `energyDelivered` (Wh, WHR), `meanPower` (kW, KWT),
+//!   `occupiedConnectors`, `faultedConnectors`, `dateObserved`.
+//!
+//! Every property carries `observedAt` = the window's end; edgeflow's
+//! terms are defined in docs/ngsi-ld/context.jsonld. Ids are URNs: a
+//! character of a reference id outside the URN's unreserved set is
+//! percent-encoded (a SUMO id `-1234#2` becomes `-1234%232`).
+
+use serde_json::{json, Map, Value};
+
+use crate::aggregate::{level, AggKey, AggValue, Charging, Congestion, POWER_SCALE};
+use crate::reference::{Charger, Reference, Road};
+
+/// Percent-encodes what a URN's namespace-specific string may not hold
+/// as is (RFC 8141: unreserved characters, sub-delims, ':' and '@' pass).
+pub fn urn_part(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        let plain = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An instant as ISO 8601 UTC with milliseconds.
+pub fn iso(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The entity id of a row's key: segment or charger.
+pub fn entity_id(reference: &Reference, node: &str, key: &AggKey) -> Option<String> {
+    match key.kind {
+        crate::aggregate::Kind::Congestion => {
+            let road = reference.roads.get(key.key as usize)?;
+            Some(format!(
+                "urn:ngsi-ld:TrafficFlowObserved:{}:{}",
+                urn_part(node),
+                urn_part(&road.id)
+            ))
+        }
+        crate::aggregate::Kind::Charging => {
+            let charger = reference.chargers.get(key.key as usize)?;
+            Some(format!(
+                "urn:ngsi-ld:EVChargingStation:{}:{}",
+                urn_part(node),
+                urn_part(&charger.id)
+            ))
+        }
+        crate::aggregate::Kind::Zone => None,
+    }
+}
+
+/// The SDM status of a charging station from its connectors' last OCPP
+/// states in the window: every connector Faulted or Unavailable:
+/// `outOfService`; some: `withIncidence`; otherwise by occupancy: none
+/// `empty`, at most a quarter `almostEmpty`, all `full`, at least three
+/// quarters `almostFull`, else `working`. (Available and Reserved count as
+/// free, Occupied as occupied: OCPP's Preparing, Charging, SuspendedEV,
+/// SuspendedEVSE and Finishing arrive as Occupied, TELEMETRY.md §1.)
+pub fn station_status(c: &Charging, connectors: u32) -> &'static str {
+    let n = connectors.max(1);
+    if c.faulted >= n {
+        "outOfService"
+    } else if c.faulted > 0 {
+        "withIncidence"
+    } else if c.occupied == 0 {
+        "empty"
+    } else if c.occupied >= n {
+        "full"
+    } else if 4 * c.occupied <= n {
+        "almostEmpty"
+    } else if 4 * c.occupied >= 3 * n {
+        "almostFull"
+    } else {
+        "working"
+    }
+}
+
+/// Socket types of a charger the reference data says nothing about: a
+/// DC fast charger (over 22 kW per connector) has CCS, an AC one Type 2.
+pub fn default_sockets(max_kw: f64) -> Vec<&'static str> {
+    if max_kw > 22.0 {
+        vec!["CCS/SAE"]
+    } else {
+        vec!["Type2"]
+    }
+}
+
+/// Rounds to `places` decimals, as a JSON number.
+fn round(x: f64, places: i32) -> Value {
+    let p = 10f64.powi(places);
+    json!((x * p).round() / p)
+}
+
+/// Builds one normalized entity, every property observed at `observed`.
+struct Entity {
+    attrs: Map<String, Value>,
+    observed: String,
+}
+
+impl Entity {
+    fn new(id: String, kind: &str, observed: String) -> Self {
+        let mut attrs = Map::new();
+        attrs.insert("id".into(), Value::String(id));
+        attrs.insert("type".into(), Value::String(kind.into()));
+        Entity { attrs, observed }
+    }
+
+    fn property(&mut self, name: &str, value: Value) -> &mut Self {
+        let p = json!({"type": "Property", "value": value, "observedAt": self.observed});
+        self.attrs.insert(name.into(), p);
+        self
+    }
+
+    fn measured(&mut self, name: &str, value: Value, unit: &str) -> &mut Self {
+        let p = json!({"type": "Property", "value": value, "unitCode": unit, "observedAt": self.observed});
+        self.attrs.insert(name.into(), p);
+        self
+    }
+
+    fn date(&mut self, name: &str, ms: u64) -> &mut Self {
+        let v = json!({"@type": "DateTime", "@value": iso(ms)});
+        self.property(name, v)
+    }
+
+    fn geo(&mut self, geometry: Value) -> &mut Self {
+        let p = json!({"type": "GeoProperty", "value": geometry});
+        self.attrs.insert("location".into(), p);
+        self
+    }
+
+    fn window(&mut self, start: u64, end: u64) -> &mut Self {
+        self.property("dateObserved", Value::String(format!("{}/{}", iso(start), iso(end))))
+            .date("dateObservedFrom", start)
+            .date("dateObservedTo", end)
+    }
+
+    fn done(&mut self) -> Value {
+        Value::Object(std::mem::take(&mut self.attrs))
+    }
+}
+
+/// The entity of one aggregate row (`None` for zones, and for a key not
+/// in the reference data).
+pub fn entity(
+    reference: &Reference,
+    node: &str,
+    window_ms: u64,
+    key: &AggKey,
+    value: &AggValue,
+) -> Option<Value> {
+    let id = entity_id(reference, node, key)?;
+    let end = key.window + window_ms;
+    match value {
+        AggValue::Congestion(c) => {
+            let road = reference.roads.get(key.key as usize)?;
+            Some(traffic_flow(id, road, c, key.window, end))
+        }
+        AggValue::Charging(c) => {
+            let charger = reference.chargers.get(key.key as usize)?;
+            Some(charging_station(id, charger, c, key.window, end))
+        }
+        AggValue::Zone(_) => None,
+    }
+}
+
+fn traffic_flow(id: String, road: &Road, c: &Congestion, start: u64, end: u64) -> Value {
+    let mean = c.mean_speed_mps();
+    let ratio = mean / road.free_flow_mps;
+    let level = level(ratio);
+    let mut e = Entity::new(id, "TrafficFlowObserved", iso(end));
+    e.window(start, end)
+        .property("intensity", json!(c.vehicles))
+        .measured("averageVehicleSpeed", round(mean * 3.6, 4), "KMH")
+        .property("congested", json!(matches!(level, "heavy" | "jam")))
+        .property("congestionLevel", json!(level))
+        .property("speedRatio", round(ratio, 4))
+        .property("vehicleReports", json!(c.samples))
+        .geo(json!({"type": "LineString", "coordinates": road.line}));
+    let rel = json!({"type": "Relationship", "object": format!("urn:ngsi-ld:RoadSegment:{}", urn_part(&road.id))});
+    e.attrs.insert("refRoadSegment".into(), rel);
+    if let Some(name) = &road.name {
+        e.property("name", json!(name));
+    }
+    e.done()
+}
+
+fn charging_station(id: String, ch: &Charger, c: &Charging, start: u64, end: u64) -> Value {
+    let available = ch.connectors.saturating_sub(c.occupied + c.faulted);
+    let sockets: Vec<&str> = if ch.socket_types.is_empty() {
+        default_sockets(ch.max_kw)
+    } else {
+        ch.socket_types.iter().map(String::as_str).collect()
+    };
+    let vehicles: Vec<&str> = if ch.vehicle_types.is_empty() {
+        vec!["car"]
+    } else {
+        ch.vehicle_types.iter().map(String::as_str).collect()
+    };
+    let mut e = Entity::new(id, "EVChargingStation", iso(end));
+    e.window(start, end)
+        .property("capacity", json!(ch.connectors))
+        .property("availableCapacity", json!(available))
+        .property("status", json!(station_status(c, ch.connectors)))
+        .property("socketType", json!(sockets))
+        .property("allowedVehicleType", json!(vehicles))
+        .measured("energyDelivered", json!(c.energy_wh), "WHR")
+        .measured("meanPower", round(c.mean_power_mw as f64 / POWER_SCALE, 3), "KWT")
+        .property("occupiedConnectors", json!(c.occupied))
+        .property("faultedConnectors", json!(c.faulted))
+        .geo(json!({"type": "Point", "coordinates": ch.position}));
+    if let Some(name) = &ch.name {
+        e.property("name", json!(name));
+    }
+    e.done()
+}
+
+/// A normalized entity reduced to key-values (each attribute to its
+/// value, a relationship to its object, a typed literal to its value):
+/// the form the Smart Data Models' JSON schemas describe.
+pub fn key_values(entity: &Value) -> Value {
+    let Some(attrs) = entity.as_object() else {
+        return entity.clone();
+    };
+    let mut out = Map::new();
+    for (name, attr) in attrs {
+        let v = match attr {
+            Value::Object(o) if o.contains_key("object") => o["object"].clone(),
+            Value::Object(o) if o.contains_key("value") => match &o["value"] {
+                Value::Object(lit) if lit.contains_key("@value") => lit["@value"].clone(),
+                v => v.clone(),
+            },
+            other => other.clone(),
+        };
+        out.insert(name.clone(), v);
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Kind;
+
+    #[test]
+    fn ids_are_urns_with_reserved_characters_encoded() {
+        assert_eq!(urn_part("-172092288#2"), "-172092288%232");
+        assert_eq!(urn_part("a b/ä"), "a%20b%2F%C3%A4");
+        assert_eq!(iso(61_000), "1970-01-01T00:01:01.000Z");
+    }
+
+    #[test]
+    fn station_status_follows_occupancy_and_faults() {
+        let c = |occupied, faulted| Charging {
+            occupied,
+            faulted,
+            ..Charging::default()
+        };
+        let cases = [
+            (c(0, 4), "outOfService"),
+            (c(0, 1), "withIncidence"),
+            (c(0, 0), "empty"),
+            (c(1, 0), "almostEmpty"),
+            (c(2, 0), "working"),
+            (c(3, 0), "almostFull"),
+            (c(4, 0), "full"),
+        ];
+        for (value, status) in cases {
+            assert_eq!(station_status(&value, 4), status, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_congestion_row_is_a_traffic_flow_observed() {
+        let road = Road {
+            id: "r#1".into(),
+            free_flow_mps: 10.0,
+            lanes: 1,
+            name: Some("Main".into()),
+            length_m: None,
+            line: vec![[26.9, 60.5], [26.91, 60.51]],
+        };
+        let c = Congestion {
+            samples: 4,
+            vehicles: 2,
+            speed_sum: 4 * 4_000_000,
+        };
+        let v = traffic_flow("id".into(), &road, &c, 60_000, 120_000);
+        let kv = key_values(&v);
+        assert_eq!(kv["averageVehicleSpeed"], json!(14.4));
+        assert_eq!(kv["congested"], json!(true), "ratio 0.4 is heavy");
+        assert_eq!(kv["intensity"], json!(2));
+        assert_eq!(kv["dateObservedFrom"], json!("1970-01-01T00:01:00.000Z"));
+        assert_eq!(kv["refRoadSegment"], json!("urn:ngsi-ld:RoadSegment:r%231"));
+        assert_eq!(v["intensity"]["observedAt"], json!("1970-01-01T00:02:00.000Z"));
+        let key = AggKey {
+            kind: Kind::Zone,
+            key: 0,
+            window: 0,
+        };
+        assert!(entity_id(&Reference::default(), "n", &key).is_none());
+    }
+}
