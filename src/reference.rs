@@ -52,13 +52,30 @@ pub struct Road {
 /// Socket types a charger may list (`socket_types`): the Smart Data
 /// Models' EVChargingStation enumeration.
 pub const SOCKET_TYPES: [&str; 13] = [
-    "Caravan_Mains_Socket", "CHAdeMO", "CCS/SAE", "Dual_CHAdeMO", "Dual_J-1772",
-    "Dual_Mennekes", "J-1772", "Mennekes", "Other", "Tesla", "Type2", "Type3", "Wall_Euro",
+    "Caravan_Mains_Socket",
+    "CHAdeMO",
+    "CCS/SAE",
+    "Dual_CHAdeMO",
+    "Dual_J-1772",
+    "Dual_Mennekes",
+    "J-1772",
+    "Mennekes",
+    "Other",
+    "Tesla",
+    "Type2",
+    "Type3",
+    "Wall_Euro",
 ];
 /// Vehicle types a charger may list (`vehicle_types`), as the Smart Data
 /// Models enumerate them.
 pub const VEHICLE_TYPES: [&str; 7] = [
-    "bicycle", "bus", "car", "caravan", "motorcycle", "motorscooter", "truck",
+    "bicycle",
+    "bus",
+    "car",
+    "caravan",
+    "motorcycle",
+    "motorscooter",
+    "truck",
 ];
 
 /// A charging station.
@@ -304,16 +321,25 @@ impl Ctx<'_> {
             return Some(Vec::new());
         };
         let names: Option<Vec<String>> = v.as_array().and_then(|items| {
-            items.iter().map(|i| i.as_str().map(str::to_owned)).collect()
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect()
         });
         let place = format!("properties.{field}");
         let Some(names) = names.filter(|n| !n.is_empty()) else {
-            self.push(&place, format!("expected a non-empty list of strings, found {}", kind(v)));
+            self.push(
+                &place,
+                format!("expected a non-empty list of strings, found {}", kind(v)),
+            );
             return None;
         };
         for (i, n) in names.iter().enumerate() {
             if !allowed.contains(&n.as_str()) {
-                self.push(&place, format!("{n:?} is not one of {}", allowed.join(", ")));
+                self.push(
+                    &place,
+                    format!("{n:?} is not one of {}", allowed.join(", ")),
+                );
                 return None;
             }
             if names[..i].contains(n) {

@@ -250,10 +250,15 @@ mod tests {
         let (mut l, _) = Ledger::open(&path).expect("open");
         // Several marks of one entity per batch: fewer fsyncs.
         for chunk in 0..(COMPACT_MIN as u64 / 100 + 1) {
-            let marks: Vec<_> = (0..100).map(|i| ("only", mark(chunk * 100 + i, i))).collect();
+            let marks: Vec<_> = (0..100)
+                .map(|i| ("only", mark(chunk * 100 + i, i)))
+                .collect();
             l.record(marks).expect("record");
         }
-        let lines = std::fs::read_to_string(&path).expect("read").lines().count();
+        let lines = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .count();
         assert!(lines < 20, "{lines} lines for one live mark");
         let (l, _) = Ledger::open(&path).expect("reopen");
         assert_eq!(

@@ -263,7 +263,8 @@ impl<K: Ord + Copy, V: Clone> Outbox<K, V> {
 
     /// Batch `seq` was answered, but only in part: its values `retry`
     /// picks wait again (unless a newer value of their key already does),
-    /// the rest are done with.
+    /// the rest are done with. Unlike [`lost`](Self::lost), later batches
+    /// in flight are left alone (a target with independent requests).
     pub fn partly_lost(&mut self, seq: u64, mut retry: impl FnMut(&K) -> bool) {
         let Some(sent) = self.in_flight.remove(&seq) else {
             return;
@@ -371,6 +372,19 @@ mod tests {
         assert_eq!(o.backlog(), (1, 0));
         assert_eq!(o.delivered(), 2, "the retried value bounds the frontier");
         assert_eq!(o.take(1, 10).expect("batch").values, vec![(2, 20)]);
+    }
+
+    #[test]
+    fn one_failed_request_of_several_in_flight_puts_back_only_its_own() {
+        let mut o = Outbox::exclusive();
+        o.offer(1u32, "a", 1);
+        o.take(0, 1);
+        o.offer(2, "b", 2);
+        o.take(1, 1);
+        o.partly_lost(0, |_| true);
+        assert_eq!(o.backlog(), (1, 1), "batch 1 is still in flight");
+        o.acked(1);
+        assert_eq!(o.take(2, 10).expect("batch").values, vec![(1, "a")]);
     }
 
     #[test]

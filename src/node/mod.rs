@@ -359,7 +359,11 @@ fn build(
             hold_until: recovered_to.clone(),
             input_watermark: sink_watermark.clone(),
             min_vehicles: topology.privacy_min_vehicles,
-            log_dir: topology.log.as_ref().map(|l| l.dir.clone()).unwrap_or_default(),
+            log_dir: topology
+                .log
+                .as_ref()
+                .map(|l| l.dir.clone())
+                .unwrap_or_default(),
         },
     );
     let dataflow = match &edges {

@@ -153,9 +153,12 @@ impl Entity {
     }
 
     fn window(&mut self, start: u64, end: u64) -> &mut Self {
-        self.property("dateObserved", Value::String(format!("{}/{}", iso(start), iso(end))))
-            .date("dateObservedFrom", start)
-            .date("dateObservedTo", end)
+        self.property(
+            "dateObserved",
+            Value::String(format!("{}/{}", iso(start), iso(end))),
+        )
+        .date("dateObservedFrom", start)
+        .date("dateObservedTo", end)
     }
 
     fn done(&mut self) -> Value {
@@ -228,7 +231,11 @@ fn charging_station(id: String, ch: &Charger, c: &Charging, start: u64, end: u64
         .property("socketType", json!(sockets))
         .property("allowedVehicleType", json!(vehicles))
         .measured("energyDelivered", json!(c.energy_wh), "WHR")
-        .measured("meanPower", round(c.mean_power_mw as f64 / POWER_SCALE, 3), "KWT")
+        .measured(
+            "meanPower",
+            round(c.mean_power_mw as f64 / POWER_SCALE, 3),
+            "KWT",
+        )
         .property("occupiedConnectors", json!(c.occupied))
         .property("faultedConnectors", json!(c.faulted))
         .geo(json!({"type": "Point", "coordinates": ch.position}));
@@ -315,7 +322,10 @@ mod tests {
         assert_eq!(kv["intensity"], json!(2));
         assert_eq!(kv["dateObservedFrom"], json!("1970-01-01T00:01:00.000Z"));
         assert_eq!(kv["refRoadSegment"], json!("urn:ngsi-ld:RoadSegment:r%231"));
-        assert_eq!(v["intensity"]["observedAt"], json!("1970-01-01T00:02:00.000Z"));
+        assert_eq!(
+            v["intensity"]["observedAt"],
+            json!("1970-01-01T00:02:00.000Z")
+        );
         let key = AggKey {
             kind: Kind::Zone,
             key: 0,

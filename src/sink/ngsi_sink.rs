@@ -166,7 +166,9 @@ impl NgsiTask {
                 Some(l)
             }
             Err(e) => {
-                self.say(&format!("{e}; delivering without it (a restart may resend what the broker has)"));
+                self.say(&format!(
+                    "{e}; delivering without it (a restart may resend what the broker has)"
+                ));
                 None
             }
         };
@@ -242,7 +244,11 @@ impl NgsiTask {
             let latest = match s.latest.get(&key) {
                 Some(w) => Some(*w),
                 None => (s.ledger.as_ref())
-                    .zip(super::ngsi::entity_id(&self.ctx.reference, &self.ctx.node, &e.key))
+                    .zip(super::ngsi::entity_id(
+                        &self.ctx.reference,
+                        &self.ctx.node,
+                        &e.key,
+                    ))
                     .and_then(|(l, id)| l.get(&id))
                     .map(|m| m.window),
             };
@@ -315,7 +321,8 @@ impl NgsiTask {
         body.push(b'[');
         let mut carried: Carried = Vec::new();
         let (cap, max_bytes) = (s.cap, self.cfg.max_bytes);
-        let (reference, node, window_ms) = (&self.ctx.reference, &self.ctx.node, self.ctx.window_ms);
+        let (reference, node, window_ms) =
+            (&self.ctx.reference, &self.ctx.node, self.ctx.window_ms);
         let mut too_big = Vec::new();
         s.outbox.take_with(seq, |k, row| {
             if carried.len() >= cap {
@@ -345,15 +352,21 @@ impl NgsiTask {
                 body.push(b',');
             }
             body.extend_from_slice(&bytes);
-            carried.push((*k, id, Mark {
-                window: row.window,
-                digest: row.digest,
-            }));
+            carried.push((
+                *k,
+                id,
+                Mark {
+                    window: row.window,
+                    digest: row.digest,
+                },
+            ));
             Pick::Take
         })?;
         for id in too_big {
             self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            self.say(&format!("entity {id} alone is larger than max_bytes ({max_bytes}): dead-lettered"));
+            self.say(&format!(
+                "entity {id} alone is larger than max_bytes ({max_bytes}): dead-lettered"
+            ));
         }
         s.next_seq += 1;
         s.last_cut = Instant::now();
@@ -489,7 +502,7 @@ impl NgsiTask {
                 self.reached(s);
             }
             Outcome::Retry { why, after } => {
-                s.outbox.lost(seq);
+                s.outbox.partly_lost(seq, |_| true);
                 self.status.retried.fetch_add(n, Ordering::Relaxed);
                 self.status.connected.store(false, Ordering::Relaxed);
                 if !std::mem::replace(&mut s.outage_said, true) {
@@ -498,22 +511,27 @@ impl NgsiTask {
                 s.retry_at = Instant::now() + s.backoff.next_wait().max(after);
             }
             Outcome::TooLarge => {
-                s.outbox.lost(seq);
+                s.outbox.partly_lost(seq, |_| true);
                 self.status.retried.fetch_add(n, Ordering::Relaxed);
                 s.cap = (carried.len() / 2).max(1);
                 if carried.len() == 1 {
                     // Alone and still too large: it can never be sent.
                     if let Some((_, id, _)) = carried.first() {
-                        self.say(&format!("entity {id} alone is too large for the broker (413): dead-lettered"));
+                        self.say(&format!(
+                            "entity {id} alone is too large for the broker (413): dead-lettered"
+                        ));
                     }
-                    s.outbox.retain_waiting(|k, _| Some(k) != carried.first().map(|c| &c.0));
+                    s.outbox
+                        .retain_waiting(|k, _| Some(k) != carried.first().map(|c| &c.0));
                     self.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Outcome::Refused(why) => {
                 s.outbox.acked(seq);
                 self.status.dead_lettered.fetch_add(n, Ordering::Relaxed);
-                self.say(&format!("{why}; the request's {n} entities are dead-lettered"));
+                self.say(&format!(
+                    "{why}; the request's {n} entities are dead-lettered"
+                ));
                 self.reached(s);
             }
         }

@@ -228,7 +228,11 @@ fn answer(status: StatusCode, body: Value) -> Answer {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     if !body.is_null() {
-        let ct = if status.is_success() { "application/json" } else { "application/problem+json" };
+        let ct = if status.is_success() {
+            "application/json"
+        } else {
+            "application/problem+json"
+        };
         if let Ok(v) = hyper::header::HeaderValue::from_str(ct) {
             r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
         }
@@ -243,7 +247,11 @@ fn problem(status: StatusCode, kind: &str, detail: &str) -> Answer {
     )
 }
 
-async fn handle(req: Request<Incoming>, store: Arc<Mutex<Store>>, settings: Arc<BrokerSettings>) -> Answer {
+async fn handle(
+    req: Request<Incoming>,
+    store: Arc<Mutex<Store>>,
+    settings: Arc<BrokerSettings>,
+) -> Answer {
     let fault = match store.lock() {
         Ok(mut s) => {
             s.stats.requests += 1;
@@ -254,7 +262,13 @@ async fn handle(req: Request<Incoming>, store: Arc<Mutex<Store>>, settings: Arc<
         Err(_) => None,
     };
     match &fault {
-        Some(Fault::ServerError) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected"),
+        Some(Fault::ServerError) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "injected",
+            )
+        }
         Some(Fault::Unavailable(secs)) => {
             let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "InternalError", "injected")?;
             if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
@@ -264,10 +278,20 @@ async fn handle(req: Request<Incoming>, store: Arc<Mutex<Store>>, settings: Arc<
         }
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(*d).await;
-            return problem(StatusCode::SERVICE_UNAVAILABLE, "InternalError", "injected delay");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InternalError",
+                "injected delay",
+            );
         }
         Some(Fault::Reset) => return Err(std::io::Error::other("injected reset")),
-        Some(Fault::TooLarge) => return problem(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "injected"),
+        Some(Fault::TooLarge) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "injected",
+            )
+        }
         Some(Fault::Partial { .. }) | None => {}
     }
     let violation = |s: &Arc<Mutex<Store>>, what: String| {
@@ -276,15 +300,35 @@ async fn handle(req: Request<Incoming>, store: Arc<Mutex<Store>>, settings: Arc<
         }
     };
     let (parts, body) = req.into_parts();
-    if parts.method != hyper::Method::POST || parts.uri.path() != "/ngsi-ld/v1/entityOperations/upsert" {
+    if parts.method != hyper::Method::POST
+        || parts.uri.path() != "/ngsi-ld/v1/entityOperations/upsert"
+    {
         violation(&store, format!("{} {}", parts.method, parts.uri));
-        return problem(StatusCode::NOT_FOUND, "ResourceNotFound", "only the batch upsert is served");
+        return problem(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            "only the batch upsert is served",
+        );
     }
-    if !parts.uri.query().is_some_and(|q| q.split('&').any(|p| p == "options=update")) {
+    if !parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "options=update"))
+    {
         violation(&store, format!("no options=update in {}", parts.uri));
-        return problem(StatusCode::BAD_REQUEST, "BadRequestData", "expected options=update");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "BadRequestData",
+            "expected options=update",
+        );
     }
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let content_type = header("content-type").unwrap_or_default();
     let link = header("link");
     let inline = if content_type.starts_with("application/json") {
@@ -292,70 +336,131 @@ async fn handle(req: Request<Incoming>, store: Arc<Mutex<Store>>, settings: Arc<
             l.starts_with('<') && l.contains("rel=\"http://www.w3.org/ns/json-ld#context\"")
         });
         if !ok {
-            violation(&store, format!("application/json without a JSON-LD context Link header ({link:?})"));
-            return problem(StatusCode::BAD_REQUEST, "BadRequestData", "application/json needs the @context in a Link header");
+            violation(
+                &store,
+                format!("application/json without a JSON-LD context Link header ({link:?})"),
+            );
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "BadRequestData",
+                "application/json needs the @context in a Link header",
+            );
         }
         false
     } else if content_type.starts_with("application/ld+json") {
         if link.is_some() {
             violation(&store, "application/ld+json with a Link header".into());
-            return problem(StatusCode::BAD_REQUEST, "BadRequestData", "application/ld+json takes no Link header");
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "BadRequestData",
+                "application/ld+json takes no Link header",
+            );
         }
         true
     } else {
         violation(&store, format!("content type {content_type:?}"));
-        return problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "BadRequestData", "expected application/json or application/ld+json");
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BadRequestData",
+            "expected application/json or application/ld+json",
+        );
     };
     let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
-        return problem(StatusCode::BAD_REQUEST, "BadRequestData", "the body could not be read");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "BadRequestData",
+            "the body could not be read",
+        );
     };
     if bytes.len() > settings.max_bytes {
-        return problem(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "the body is over the broker's limit");
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "the body is over the broker's limit",
+        );
     }
     let Ok(Value::Array(entities)) = serde_json::from_slice::<Value>(&bytes) else {
         violation(&store, "the body is not a JSON array".into());
-        return problem(StatusCode::BAD_REQUEST, "InvalidRequest", "expected a JSON array of entities");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "expected a JSON array of entities",
+        );
     };
     if entities.len() > settings.max_entities {
-        return problem(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "too many entities in one request");
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "too many entities in one request",
+        );
     }
     let mut ids = HashSet::new();
     for e in &entities {
         let id = e.get("id").and_then(Value::as_str).unwrap_or("");
         if !ids.insert(id.to_owned()) {
             violation(&store, format!("id {id} twice in one request"));
-            return problem(StatusCode::BAD_REQUEST, "BadRequestData", "an id appears twice");
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "BadRequestData",
+                "an id appears twice",
+            );
         }
         if e.get("@context").is_some() != inline {
-            violation(&store, format!("entity {id}: @context inline does not match the content type"));
-            return problem(StatusCode::BAD_REQUEST, "BadRequestData", "@context where the content type says otherwise");
+            violation(
+                &store,
+                format!("entity {id}: @context inline does not match the content type"),
+            );
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "BadRequestData",
+                "@context where the content type says otherwise",
+            );
         }
     }
     apply(&store, &settings, entities, fault)
 }
 
 /// Applies a valid request's entities; a 207 lists what was not applied.
-fn apply(store: &Arc<Mutex<Store>>, settings: &BrokerSettings, entities: Vec<Value>, fault: Option<Fault>) -> Answer {
+fn apply(
+    store: &Arc<Mutex<Store>>,
+    settings: &BrokerSettings,
+    entities: Vec<Value>,
+    fault: Option<Fault>,
+) -> Answer {
     let (transient, permanent) = match fault {
-        Some(Fault::Partial { transient, permanent }) => (transient, permanent),
+        Some(Fault::Partial {
+            transient,
+            permanent,
+        }) => (transient, permanent),
         _ => (0, 0),
     };
+    // Validation first, outside the lock: requests validate in parallel.
+    let checked: Vec<Option<(u16, String)>> = (entities.iter().enumerate())
+        .map(|(i, e)| {
+            if i < transient {
+                Some((503, "injected".to_owned()))
+            } else if i < transient + permanent {
+                Some((400, "injected".to_owned()))
+            } else {
+                check_entity(e, settings).err().map(|why| (400, why))
+            }
+        })
+        .collect();
     let Ok(mut s) = store.lock() else {
-        return problem(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "poisoned");
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "poisoned",
+        );
     };
     let (mut created, mut success, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, mut e) in entities.into_iter().enumerate() {
+    for ((i, mut e), error) in entities.into_iter().enumerate().zip(checked) {
         let id = e.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-        let error = if i < transient {
-            Some((503, "injected".to_owned()))
-        } else if i < transient + permanent {
-            Some((400, "injected".to_owned()))
-        } else {
-            check_entity(&e, settings).err().map(|why| {
+        if let Some((400, why)) = &error {
+            if i >= transient + permanent {
                 s.stats.invalid.push(format!("{id}: {why}"));
-                (400, why)
-            })
-        };
+            }
+        }
         if let Some((status, why)) = error {
             errors.push(json!({"entityId": id, "error": {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData", "title": why, "status": status}}));
             continue;
@@ -383,7 +488,10 @@ fn apply(store: &Arc<Mutex<Store>>, settings: &BrokerSettings, entities: Vec<Val
         success.push(id);
     }
     if !errors.is_empty() {
-        answer(StatusCode::MULTI_STATUS, json!({"success": success, "errors": errors}))
+        answer(
+            StatusCode::MULTI_STATUS,
+            json!({"success": success, "errors": errors}),
+        )
     } else if !created.is_empty() {
         answer(StatusCode::CREATED, json!(created))
     } else {
@@ -410,17 +518,36 @@ fn check_entity(e: &Value, settings: &BrokerSettings) -> Result<(), String> {
                 .get("value")
                 .and_then(|g| g.get("type"))
                 .and_then(Value::as_str)
-                .is_some_and(|t| ["Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon"].contains(&t)),
-            "Relationship" => attr.get("object").and_then(Value::as_str).is_some_and(|u| reqwest::Url::parse(u).is_ok()),
+                .is_some_and(|t| {
+                    [
+                        "Point",
+                        "LineString",
+                        "Polygon",
+                        "MultiPoint",
+                        "MultiLineString",
+                        "MultiPolygon",
+                    ]
+                    .contains(&t)
+                }),
+            "Relationship" => attr
+                .get("object")
+                .and_then(Value::as_str)
+                .is_some_and(|u| reqwest::Url::parse(u).is_ok()),
             _ => false,
         };
         if !ok {
-            return Err(format!("attribute {name} is not a normalized Property, GeoProperty or Relationship"));
+            return Err(format!(
+                "attribute {name} is not a normalized Property, GeoProperty or Relationship"
+            ));
         }
         if let Some(t) = attr.get("observedAt") {
-            let instant = t.as_str().is_some_and(|t| humantime::parse_rfc3339(t).is_ok());
+            let instant = t
+                .as_str()
+                .is_some_and(|t| humantime::parse_rfc3339(t).is_ok());
             if !instant {
-                return Err(format!("attribute {name}: observedAt {t} is not an ISO 8601 instant"));
+                return Err(format!(
+                    "attribute {name}: observedAt {t} is not an ISO 8601 instant"
+                ));
             }
         }
     }

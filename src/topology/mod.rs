@@ -43,8 +43,8 @@ use crate::reference::Reference;
 use crate::time::TimeSpec;
 
 pub mod check;
-pub mod sinks;
 pub mod file;
+pub mod sinks;
 
 pub use file::TopologyFile;
 

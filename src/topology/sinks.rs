@@ -88,7 +88,14 @@ impl Checker<'_> {
     }
 
     /// A count with a default, within `1..=max`.
-    fn bounded(&mut self, n: usize, key: &str, v: Option<usize>, default: usize, max: usize) -> usize {
+    fn bounded(
+        &mut self,
+        n: usize,
+        key: &str,
+        v: Option<usize>,
+        default: usize,
+        max: usize,
+    ) -> usize {
         let v = v.unwrap_or(default);
         if v == 0 || v > max {
             let why = format!("must be between 1 and {max}");
