@@ -1,8 +1,10 @@
 //! The city sinks: a node's aggregate rows delivered to a city's systems
 //! (issue 13), beside the files sinks and the push to central.
 //!
-//! - [`ngsi`]: rows as NGSI-LD entities of the Smart Data Models, pure.
-//! - [`ngsi_sink`]: the task that upserts them to a context broker.
+//! - [`driver`]: the delivery loop every city sink shares, over a
+//!   [`driver::Target`] (transport and encoding).
+//! - [`ngsi`]: rows as NGSI-LD entities of the Smart Data Models, pure;
+//!   [`ngsi_sink`]: their upserts to a context broker.
 //!
 //! Every city sink is a task on the node's runtime, fed by the dataflow
 //! thread through [`Feeds`] (never blocking it: the task coalesces what it
@@ -16,6 +18,7 @@
 //! has. What leaves passes the privacy projection
 //! ([`crate::privacy::project`], `privacy.min_vehicles`).
 
+pub mod driver;
 pub mod ngsi;
 pub mod ngsi_sink;
 
@@ -152,11 +155,22 @@ pub fn start(topology: &Topology, ctx: &SinkContext) -> (Feeds, Vec<SinkTask>) {
         let (tx, rx): (_, UnboundedReceiver<Feed>) = tokio::sync::mpsc::unbounded_channel();
         let status = Arc::new(SinkStatus::default());
         feeds.feeds.push((cfg.kinds.clone(), tx));
-        let task = ngsi_sink::NgsiTask::new(cfg.clone(), ctx.clone(), status.clone());
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match ngsi_sink::Ngsi::new(cfg.clone(), ctx.clone()) {
+                Ok(t) => Box::pin(driver::Driver::new(t, ctx.clone(), status.clone()).run(rx)),
+                Err(e) => {
+                    let name = cfg.name.clone();
+                    Box::pin(async move {
+                        eprintln!("edgeflow: ngsi-ld sink {name}: {e:#}; nothing is delivered");
+                        let mut rx = rx;
+                        while rx.recv().await.is_some() {}
+                    })
+                }
+            };
         tasks.push(SinkTask {
             name: cfg.name.clone(),
             status,
-            run: Box::pin(task.run(rx)),
+            run,
         });
     }
     (feeds, tasks)
