@@ -136,7 +136,7 @@ fn write_sinks(
             }
             // Pushed as partials, not rows (`crate::push`); the city sinks
             // deliver on their own (`crate::sink`).
-            Sink::Central(_) | Sink::Ngsi(_) => {}
+            Sink::Central(_) | Sink::Ngsi(_) | Sink::Mqtt(_) | Sink::Postgres(_) => {}
         }
     }
     ok

@@ -183,6 +183,75 @@ pub enum SinkSection {
     /// Upsert entities to an NGSI-LD context broker (Smart Data Models).
     #[serde(rename = "ngsi-ld")]
     Ngsi(NgsiSinkSection),
+    /// Publish rows to an MQTT broker.
+    Mqtt(MqttSinkSection),
+    /// Upsert rows into PostgreSQL/PostGIS tables.
+    Postgres(PostgresSinkSection),
+}
+
+/// `[[sink]] type = "mqtt"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkSection {
+    /// The sink's name. Default "mqtt".
+    pub name: Option<String>,
+    /// The broker: `mqtt://host:1883` or `mqtts://host:8883`.
+    pub broker: String,
+    /// MQTT client id. Default `edgeflow-<node>-<name>`.
+    pub client_id: Option<String>,
+    /// Topics are `<topic_prefix>/<node>/<kind>/<key>`. Default "edgeflow".
+    pub topic_prefix: Option<String>,
+    /// What to publish: "congestion", "charging", "zone". Default all.
+    pub kinds: Option<Vec<String>>,
+    /// Publish provisional values too (not retained). Default false.
+    pub provisional: Option<bool>,
+    /// Message expiry of the retained final values. Default 1h.
+    pub retain_expiry: Option<String>,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (or `password_file`).
+    pub password: Option<String>,
+    /// A file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) for `mqtts://`. Default: the web's roots.
+    pub ca: Option<PathBuf>,
+    /// Messages per batch at most. Default 1000.
+    pub max_messages: Option<usize>,
+    /// Batches in flight at most. Default 4.
+    pub max_in_flight: Option<usize>,
+    /// Longest a batch may wait for its acknowledgements. Default 10s.
+    pub timeout: Option<String>,
+    /// Longest the log keeps windows the broker has not acknowledged.
+    /// Default 1h.
+    pub max_hold: Option<String>,
+}
+
+/// `[[sink]] type = "postgres"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkSection {
+    /// The sink's name. Default "postgres".
+    pub name: Option<String>,
+    /// Connection URL: `postgres://user@host:5432/db` (no password in it:
+    /// use `password` or `password_file`).
+    pub url: String,
+    /// Password (or `password_file`).
+    pub password: Option<String>,
+    /// A file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// The schema the tables live in. Default "edgeflow".
+    pub schema: Option<String>,
+    /// What to write: "congestion", "charging", "zone". Default all.
+    pub kinds: Option<Vec<String>>,
+    /// Rows per batch at most. Default 5000.
+    pub max_rows: Option<usize>,
+    /// Batches in flight at most (one connection each). Default 2.
+    pub max_in_flight: Option<usize>,
+    /// Longest a batch may take. Default 30s.
+    pub timeout: Option<String>,
+    /// Longest the log keeps windows the database has not acknowledged.
+    /// Default 1h.
+    pub max_hold: Option<String>,
 }
 
 /// `[[sink]] type = "ngsi-ld"`.

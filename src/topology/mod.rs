@@ -247,6 +247,10 @@ pub enum Sink {
     Central(CentralSink),
     /// Entities upserted to an NGSI-LD broker.
     Ngsi(NgsiSink),
+    /// Rows published to an MQTT broker.
+    Mqtt(MqttSink),
+    /// Rows upserted into PostgreSQL/PostGIS.
+    Postgres(PostgresSink),
 }
 
 impl Sink {
@@ -256,6 +260,8 @@ impl Sink {
             Sink::Files { .. } => "files",
             Sink::Central(_) => "central",
             Sink::Ngsi(n) => &n.name,
+            Sink::Mqtt(m) => &m.name,
+            Sink::Postgres(p) => &p.name,
         }
     }
 }
@@ -273,6 +279,79 @@ pub const DEFAULT_NGSI_TIMEOUT: Duration = Duration::from_secs(10);
 /// default vocabulary; docs/ngsi-ld/context.jsonld adds them properly).
 pub const DEFAULT_NGSI_CONTEXT: &str =
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld";
+
+/// Default MQTT messages per batch.
+pub const DEFAULT_MQTT_MAX_MESSAGES: usize = 1000;
+/// Default MQTT batches in flight.
+pub const DEFAULT_MQTT_IN_FLIGHT: usize = 4;
+/// Default time an MQTT batch may wait for its acknowledgements.
+pub const DEFAULT_MQTT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default message expiry of retained MQTT finals.
+pub const DEFAULT_MQTT_RETAIN_EXPIRY: Duration = Duration::from_secs(3600);
+/// Default PostgreSQL rows per batch.
+pub const DEFAULT_PG_MAX_ROWS: usize = 5000;
+/// Default PostgreSQL batches in flight.
+pub const DEFAULT_PG_IN_FLIGHT: usize = 2;
+/// Default time a PostgreSQL batch may take.
+pub const DEFAULT_PG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `[[sink]] type = "mqtt"` validated.
+#[derive(Debug, Clone)]
+pub struct MqttSink {
+    /// Its name.
+    pub name: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// TLS (`mqtts://`).
+    pub tls: bool,
+    /// Client id; default `edgeflow-<node>-<name>`.
+    pub client_id: Option<String>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// Kinds published.
+    pub kinds: Vec<crate::aggregate::Kind>,
+    /// Provisional values published too (not retained).
+    pub provisional: bool,
+    /// Message expiry of retained finals.
+    pub retain_expiry: Duration,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+    /// Extra CA to trust, resolved.
+    pub ca: Option<PathBuf>,
+    /// Messages per batch at most.
+    pub max_messages: usize,
+    /// Batches in flight at most.
+    pub max_in_flight: usize,
+    /// Longest a batch may wait for its acknowledgements.
+    pub timeout: Duration,
+    /// Longest the log keeps windows the broker has not acknowledged.
+    pub max_hold: Duration,
+}
+
+/// A `[[sink]] type = "postgres"` validated.
+#[derive(Debug, Clone)]
+pub struct PostgresSink {
+    /// Its name.
+    pub name: String,
+    /// Connection URL (without the password).
+    pub url: String,
+    /// The password.
+    pub password: Option<String>,
+    /// The tables' schema.
+    pub schema: String,
+    /// Kinds written.
+    pub kinds: Vec<crate::aggregate::Kind>,
+    /// Rows per batch at most.
+    pub max_rows: usize,
+    /// Batches in flight at most.
+    pub max_in_flight: usize,
+    /// Longest a batch may take.
+    pub timeout: Duration,
+    /// Longest the log keeps windows the database has not acknowledged.
+    pub max_hold: Duration,
+}
 
 /// A `[[sink]] type = "ngsi-ld"` validated.
 #[derive(Debug, Clone)]

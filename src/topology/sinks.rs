@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use crate::aggregate::Kind;
 
 use super::check::Checker;
-use super::file::{CentralSinkSection, NgsiSinkSection, SinkSection};
-use super::{CentralSink, NgsiSink, Sink};
+use super::file::{
+    CentralSinkSection, MqttSinkSection, NgsiSinkSection, PostgresSinkSection, SinkSection,
+};
+use super::{CentralSink, MqttSink, NgsiSink, PostgresSink, Sink};
 
 /// Largest `max_entities` of an NGSI-LD sink.
 pub const MAX_NGSI_ENTITIES: usize = 10_000;
@@ -24,7 +26,8 @@ impl Checker<'_> {
             .collect();
         let mut names = std::collections::BTreeSet::new();
         for (n, s) in sinks.iter().enumerate() {
-            if matches!(s, Sink::Ngsi(_)) && !names.insert(s.name()) {
+            let city = matches!(s, Sink::Ngsi(_) | Sink::Mqtt(_) | Sink::Postgres(_));
+            if city && !names.insert(s.name()) {
                 let why = format!("{:?} names another sink too", s.name());
                 self.push(&format!("sink[{n}].name"), &why);
             }
@@ -39,7 +42,51 @@ impl Checker<'_> {
             }),
             SinkSection::Central(c) => self.central_sink(n, c).map(Sink::Central),
             SinkSection::Ngsi(c) => self.ngsi_sink(n, c).map(Sink::Ngsi),
+            SinkSection::Mqtt(c) => self.mqtt_sink(n, c).map(Sink::Mqtt),
+            SinkSection::Postgres(c) => self.postgres_sink(n, c).map(Sink::Postgres),
         }
+    }
+
+    /// A sink's name, `default` when not given: letters, digits, '-', '_'.
+    fn sink_name(&mut self, n: usize, name: &Option<String>, default: &str) -> String {
+        let name = name.clone().unwrap_or_else(|| default.into());
+        if name.is_empty()
+            || !(name.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            self.push(
+                &format!("sink[{n}].name"),
+                "use letters, digits, '-' and '_' only",
+            );
+        }
+        name
+    }
+
+    /// A sink's `kinds`: `default` when not given; each one of `allowed`.
+    fn kinds(&mut self, n: usize, names: &Option<Vec<String>>, allowed: &[Kind]) -> Vec<Kind> {
+        let Some(names) = names else {
+            return allowed.to_vec();
+        };
+        let place = format!("sink[{n}].kinds");
+        let mut kinds = Vec::new();
+        for name in names {
+            match name.parse::<Kind>() {
+                Ok(k) if allowed.contains(&k) => kinds.push(k),
+                Ok(k) => {
+                    let ok: Vec<&str> = allowed.iter().map(|k| k.as_str()).collect();
+                    let why = format!(
+                        "{} is not delivered by this sink: use {}",
+                        k.as_str(),
+                        ok.join(", ")
+                    );
+                    self.push(&place, &why);
+                }
+                Err(e) => self.push(&place, &e),
+            }
+        }
+        if names.is_empty() {
+            self.push(&place, "name at least one kind");
+        }
+        kinds
     }
 
     /// A secret given inline or in a file (relative to the topology): at
@@ -155,12 +202,7 @@ impl Checker<'_> {
     /// kinds those with a Smart Data Model, limits bounded.
     fn ngsi_sink(&mut self, n: usize, c: &NgsiSinkSection) -> Option<NgsiSink> {
         let place = |key: &str| format!("sink[{n}].{key}");
-        let name = c.name.clone().unwrap_or_else(|| "ngsi-ld".into());
-        if name.is_empty()
-            || !(name.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            self.push(&place("name"), "use letters, digits, '-' and '_' only");
-        }
+        let name = self.sink_name(n, &c.name, "ngsi-ld");
         for (key, url) in [("url", Some(&c.url)), ("context", c.context.as_ref())] {
             let Some(url) = url else { continue };
             match reqwest::Url::parse(url) {
@@ -176,24 +218,8 @@ impl Checker<'_> {
         if let Some(ca) = &c.ca {
             self.readable(n, &[("ca", ca)]);
         }
-        let kinds: Vec<Kind> = match &c.kinds {
-            None => vec![Kind::Congestion, Kind::Charging],
-            Some(names) => names
-                .iter()
-                .filter_map(|k| match k.parse::<Kind>() {
-                    Ok(Kind::Zone) => {
-                        let why = "zones have no Smart Data Model here: use congestion or charging";
-                        self.push(&place("kinds"), why);
-                        None
-                    }
-                    Ok(kind) => Some(kind),
-                    Err(e) => {
-                        self.push(&place("kinds"), &e);
-                        None
-                    }
-                })
-                .collect(),
-        };
+        // Zones have no Smart Data Model here.
+        let kinds = self.kinds(n, &c.kinds, &[Kind::Congestion, Kind::Charging]);
         let max_entities = self.bounded(
             n,
             "max_entities",
@@ -239,6 +265,178 @@ impl Checker<'_> {
             timeout: timeout?,
             max_hold: max_hold?,
             state_dir: c.state_dir.as_ref().map(|p| self.base.join(p)),
+        })
+    }
+
+    /// `[[sink]] type = "mqtt"`: the broker's URL split, the password
+    /// read, limits bounded.
+    fn mqtt_sink(&mut self, n: usize, c: &MqttSinkSection) -> Option<MqttSink> {
+        let place = |key: &str| format!("sink[{n}].{key}");
+        let name = self.sink_name(n, &c.name, "mqtt");
+        let broker = match reqwest::Url::parse(&c.broker) {
+            Ok(u) if ["mqtt", "mqtts"].contains(&u.scheme()) && u.host_str().is_some() => {
+                let tls = u.scheme() == "mqtts";
+                let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
+                Some((u.host_str().unwrap_or_default().to_owned(), port, tls))
+            }
+            Ok(_) => {
+                let why = format!(
+                    "{:?}: expected mqtt://host:port or mqtts://host:port",
+                    c.broker
+                );
+                self.push(&place("broker"), &why);
+                None
+            }
+            Err(e) => {
+                self.push(
+                    &place("broker"),
+                    &format!("{:?} is not a URL: {e}", c.broker),
+                );
+                None
+            }
+        };
+        let password = self.secret(n, ("password", &c.password), &c.password_file, false);
+        let credentials = match (&c.username, password) {
+            (Some(u), Some(Some(p))) => Some(Some((u.clone(), p))),
+            (Some(u), Some(None)) => Some(Some((u.clone(), String::new()))),
+            (None, Some(None)) => Some(None),
+            (None, Some(Some(_))) => {
+                self.push(&place("username"), "a password needs a username");
+                None
+            }
+            (_, None) => None,
+        };
+        if let Some(ca) = &c.ca {
+            self.readable(n, &[("ca", ca)]);
+        }
+        let prefix = c.topic_prefix.clone().unwrap_or_else(|| "edgeflow".into());
+        if prefix.is_empty() || prefix.contains(['+', '#', '\0']) || prefix.starts_with('/') {
+            self.push(
+                &place("topic_prefix"),
+                "a topic level without '+', '#' or a leading '/'",
+            );
+        }
+        let kinds = self.kinds(n, &c.kinds, &Kind::ALL);
+        let max_messages = self.bounded(
+            n,
+            "max_messages",
+            c.max_messages,
+            super::DEFAULT_MQTT_MAX_MESSAGES,
+            MAX_NGSI_ENTITIES,
+        );
+        let max_in_flight = self.bounded(
+            n,
+            "max_in_flight",
+            c.max_in_flight,
+            super::DEFAULT_MQTT_IN_FLIGHT,
+            MAX_IN_FLIGHT,
+        );
+        let timeout = self.duration_or(
+            c.timeout.as_deref(),
+            super::DEFAULT_MQTT_TIMEOUT,
+            &place("timeout"),
+        );
+        let retain_expiry = self.duration_or(
+            c.retain_expiry.as_deref(),
+            super::DEFAULT_MQTT_RETAIN_EXPIRY,
+            &place("retain_expiry"),
+        );
+        let max_hold = self.duration_or(
+            c.max_hold.as_deref(),
+            super::DEFAULT_MAX_HOLD,
+            &place("max_hold"),
+        );
+        let (host, port, tls) = broker?;
+        Some(MqttSink {
+            client_id: c
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("edgeflow-{name}")),
+            name,
+            host,
+            port,
+            tls,
+            topic_prefix: prefix,
+            kinds,
+            provisional: c.provisional.unwrap_or(false),
+            retain_expiry: retain_expiry?,
+            credentials: credentials?,
+            ca: c.ca.as_ref().map(|p| self.base.join(p)),
+            max_messages,
+            max_in_flight,
+            timeout: timeout?,
+            max_hold: max_hold?,
+        })
+    }
+
+    /// `[[sink]] type = "postgres"`: the URL checked (no password in it),
+    /// the password read, the schema an identifier, limits bounded.
+    fn postgres_sink(&mut self, n: usize, c: &PostgresSinkSection) -> Option<PostgresSink> {
+        let place = |key: &str| format!("sink[{n}].{key}");
+        let name = self.sink_name(n, &c.name, "postgres");
+        match reqwest::Url::parse(&c.url) {
+            Ok(u) if ["postgres", "postgresql"].contains(&u.scheme()) => {
+                if u.password().is_some() {
+                    self.push(
+                        &place("url"),
+                        "no password in the URL: use password or password_file",
+                    );
+                }
+            }
+            Ok(_) => self.push(&place("url"), "expected postgres://user@host:port/database"),
+            Err(e) => self.push(&place("url"), &format!("{:?} is not a URL: {e}", c.url)),
+        }
+        let password = self.secret(n, ("password", &c.password), &c.password_file, false);
+        let schema = c.schema.clone().unwrap_or_else(|| "edgeflow".into());
+        let identifier = schema
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && schema.len() <= 63;
+        if !identifier {
+            self.push(
+                &place("schema"),
+                "a lower-case SQL identifier (letters, digits, '_', at most 63)",
+            );
+        }
+        let kinds = self.kinds(n, &c.kinds, &Kind::ALL);
+        let max_rows = self.bounded(
+            n,
+            "max_rows",
+            c.max_rows,
+            super::DEFAULT_PG_MAX_ROWS,
+            100_000,
+        );
+        let max_in_flight = self.bounded(
+            n,
+            "max_in_flight",
+            c.max_in_flight,
+            super::DEFAULT_PG_IN_FLIGHT,
+            MAX_IN_FLIGHT,
+        );
+        let timeout = self.duration_or(
+            c.timeout.as_deref(),
+            super::DEFAULT_PG_TIMEOUT,
+            &place("timeout"),
+        );
+        let max_hold = self.duration_or(
+            c.max_hold.as_deref(),
+            super::DEFAULT_MAX_HOLD,
+            &place("max_hold"),
+        );
+        Some(PostgresSink {
+            name,
+            url: c.url.clone(),
+            password: password?,
+            schema,
+            kinds,
+            max_rows,
+            max_in_flight,
+            timeout: timeout?,
+            max_hold: max_hold?,
         })
     }
 }
