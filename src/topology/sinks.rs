@@ -348,10 +348,7 @@ impl Checker<'_> {
         );
         let (host, port, tls) = broker?;
         Some(MqttSink {
-            client_id: c
-                .client_id
-                .clone()
-                .unwrap_or_else(|| format!("edgeflow-{name}")),
+            client_id: c.client_id.clone(),
             name,
             host,
             port,
