@@ -5,6 +5,8 @@
 //!   [`driver::Target`] (transport and encoding).
 //! - [`ngsi`]: rows as NGSI-LD entities of the Smart Data Models, pure;
 //!   [`ngsi_sink`]: their upserts to a context broker.
+//! - [`mqtt`]: rows published to an MQTT broker (QoS 1, retained finals).
+//! - [`postgres`]: rows upserted into PostgreSQL/PostGIS tables.
 //!
 //! Every city sink is a task on the node's runtime, fed by the dataflow
 //! thread through [`Feeds`] (never blocking it: the task coalesces what it
@@ -19,8 +21,10 @@
 //! ([`crate::privacy::project`], `privacy.min_vehicles`).
 
 pub mod driver;
+pub mod mqtt;
 pub mod ngsi;
 pub mod ngsi_sink;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -109,7 +113,14 @@ pub struct SinkContext {
 /// Where the dataflow thread sends each city sink its emissions.
 #[derive(Default)]
 pub struct Feeds {
-    feeds: Vec<(Vec<Kind>, UnboundedSender<Feed>)>,
+    feeds: Vec<Wanted>,
+}
+
+/// What one sink wants of the emissions, and where it takes them.
+struct Wanted {
+    kinds: Vec<Kind>,
+    provisional: bool,
+    tx: UnboundedSender<Feed>,
 }
 
 impl Feeds {
@@ -118,19 +129,24 @@ impl Feeds {
         self.feeds.is_empty()
     }
 
-    /// Sends each sink the final rows and corrections of its kinds in
-    /// `batch` (a sink that stopped is skipped).
+    /// Sends each sink the rows of its kinds in `batch`: final rows and
+    /// corrections, provisional rows to a sink that wants them (a sink
+    /// that stopped is skipped).
     pub fn send(&self, batch: &[Emission]) {
         let Some(watermark) = batch.iter().map(|e| e.watermark).max() else {
             return;
         };
-        for (kinds, tx) in &self.feeds {
+        for w in &self.feeds {
             let rows = (batch.iter())
-                .filter(|e| matches!(e.status, Status::Final | Status::Correction))
-                .filter(|e| kinds.contains(&e.key.kind))
+                .filter(|e| match e.status {
+                    Status::Final | Status::Correction => true,
+                    Status::Provisional => w.provisional,
+                    Status::Retraction => false,
+                })
+                .filter(|e| w.kinds.contains(&e.key.kind))
                 .cloned()
                 .collect();
-            let _ = tx.send(Feed { rows, watermark });
+            let _ = w.tx.send(Feed { rows, watermark });
         }
     }
 }
@@ -142,7 +158,7 @@ pub struct SinkTask {
     /// Its figures, live.
     pub status: Arc<SinkStatus>,
     /// The task.
-    pub run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    pub run: Run,
 }
 
 /// The city sinks of `topology`: their feeds (for the dataflow thread) and
@@ -151,27 +167,54 @@ pub fn start(topology: &Topology, ctx: &SinkContext) -> (Feeds, Vec<SinkTask>) {
     let mut feeds = Feeds::default();
     let mut tasks = Vec::new();
     for sink in &topology.sinks {
-        let Sink::Ngsi(cfg) = sink else { continue };
-        let (tx, rx): (_, UnboundedReceiver<Feed>) = tokio::sync::mpsc::unbounded_channel();
+        let (kinds, provisional, target) = match sink {
+            Sink::Ngsi(cfg) => (
+                cfg.kinds.clone(),
+                false,
+                ngsi_sink::Ngsi::new(cfg.clone(), ctx.clone()).map(boxed),
+            ),
+            Sink::Mqtt(cfg) => (
+                cfg.kinds.clone(),
+                cfg.provisional,
+                mqtt::Mqtt::new(cfg.clone(), ctx.clone()).map(boxed),
+            ),
+            Sink::Postgres(cfg) => (
+                cfg.kinds.clone(),
+                false,
+                postgres::Postgres::new(cfg.clone(), ctx.clone()).map(boxed),
+            ),
+            Sink::Files { .. } | Sink::Central(_) => continue,
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let status = Arc::new(SinkStatus::default());
-        feeds.feeds.push((cfg.kinds.clone(), tx));
-        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-            match ngsi_sink::Ngsi::new(cfg.clone(), ctx.clone()) {
-                Ok(t) => Box::pin(driver::Driver::new(t, ctx.clone(), status.clone()).run(rx)),
-                Err(e) => {
-                    let name = cfg.name.clone();
-                    Box::pin(async move {
-                        eprintln!("edgeflow: ngsi-ld sink {name}: {e:#}; nothing is delivered");
-                        let mut rx = rx;
-                        while rx.recv().await.is_some() {}
-                    })
-                }
-            };
-        tasks.push(SinkTask {
-            name: cfg.name.clone(),
-            status,
-            run,
+        feeds.feeds.push(Wanted {
+            kinds,
+            provisional,
+            tx,
         });
+        let name = sink.name().to_owned();
+        let run = match target {
+            Ok(t) => t(ctx.clone(), status.clone(), rx),
+            Err(e) => {
+                let said = format!("edgeflow: sink {name}: {e:#}; nothing is delivered");
+                Box::pin(async move {
+                    eprintln!("{said}");
+                    let mut rx = rx;
+                    while rx.recv().await.is_some() {}
+                }) as Run
+            }
+        };
+        tasks.push(SinkTask { name, status, run });
     }
     (feeds, tasks)
+}
+
+/// A sink's task.
+type Run = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Starts a target's driver, given its context, figures and feed.
+type Starter = Box<dyn FnOnce(SinkContext, Arc<SinkStatus>, UnboundedReceiver<Feed>) -> Run>;
+
+fn boxed<T: driver::Target>(target: T) -> Starter {
+    Box::new(move |ctx, status, rx| Box::pin(driver::Driver::new(target, ctx, status).run(rx)))
 }
