@@ -39,6 +39,7 @@ mod ingest;
 mod interop;
 mod layering;
 mod limits;
+mod mqtt;
 mod ngsi;
 mod oracle;
 mod push;

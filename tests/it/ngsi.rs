@@ -92,6 +92,17 @@ fn the_schemas_accept_their_own_examples_and_refuse_a_broken_entity() {
 /// A node topology: Karhula, an NGSI-LD sink to `broker`, `sink_extra`
 /// lines in the sink's table.
 fn topology_text(port: u16, broker: &str, sink_extra: &str) -> String {
+    node_text(
+        port,
+        &format!(
+            "[[sink]]\ntype = \"ngsi-ld\"\nurl = \"{broker}\"\ntenant = \"karhula\"\n{sink_extra}"
+        ),
+    )
+}
+
+/// A node topology: Karhula, ingest on loopback `port`, a files sink in
+/// `out`, then `sinks` (TOML).
+pub(crate) fn node_text(port: u16, sinks: &str) -> String {
     format!(
         "[node]\nid = \"karhula-edge\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\n\
          [windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n\
@@ -99,17 +110,15 @@ fn topology_text(port: u16, broker: &str, sink_extra: &str) -> String {
          [ingest]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.pem\"\nkey = \"server.key\"\n\
          [log]\ndir = \"log\"\nsegment_bytes = 262144\n\
          [[fleet]]\nname = \"cars\"\ntoken_sha256 = \"{token}\"\n\
-         [[sink]]\ntype = \"files\"\ndir = \"out\"\n\
-         [[sink]]\ntype = \"ngsi-ld\"\nurl = \"{broker}\"\ntenant = \"karhula\"\n{sink_extra}",
+         [[sink]]\ntype = \"files\"\ndir = \"out\"\n{sinks}",
         roads = root("topologies/karhula/roads.geojson").display(),
         chargers = root("topologies/karhula/chargers.geojson").display(),
         token = hex::encode(Sha256::digest(FLEET_TOKEN.as_bytes())),
     )
 }
 
-/// The entities a broker should hold after `input` went through: each
-/// segment's and charger's latest final window, from a replay.
-fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
+/// The final table a replay of `input` computes.
+pub(crate) fn replay_table(topo: &Topology, input: &Path) -> FinalTable {
     let reference = Arc::new(topo.reference.clone());
     let mut table = FinalTable::default();
     let (replay_input, _) = edgeflow::runtime::Input::open(input).expect("input");
@@ -122,6 +131,14 @@ fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
         |_| {},
     )
     .expect("replay");
+    table
+}
+
+/// The entities a broker should hold after `input` went through: each
+/// segment's and charger's latest final window, from a replay.
+fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
+    let reference = Arc::new(topo.reference.clone());
+    let table = replay_table(topo, input);
     let mut latest: BTreeMap<(Kind, u32), (AggKey, AggValue)> = BTreeMap::new();
     let rows = [Kind::Congestion, Kind::Charging].map(|k| table.rows(k));
     for (key, value) in rows.into_iter().flatten() {
@@ -170,7 +187,7 @@ fn assert_same_entities(got: &BTreeMap<String, Value>, want: &BTreeMap<String, V
     );
 }
 
-fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
+pub(crate) fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
     let opts = SendOptions {
         sender: "cars-1".into(),
         encoding: Encoding::Cbor,
@@ -185,7 +202,7 @@ fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -
     report.accepted
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     socket.local_addr().expect("addr").port()
 }
@@ -301,7 +318,7 @@ fn an_entity_refused_for_good_is_dead_lettered_and_the_rest_delivered() {
 }
 
 /// `edgeflow edge` as a child process, listening.
-fn spawn(dir: &Path) -> Proc {
+pub(crate) fn spawn(dir: &Path) -> Proc {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgeflow"));
     cmd.arg("edge")
         .arg("--topology")
