@@ -109,65 +109,121 @@ pub fn default_sockets(max_kw: f64) -> Vec<&'static str> {
     }
 }
 
-/// Rounds to `places` decimals, as a JSON number.
-fn round(x: f64, places: i32) -> Value {
+/// Rounds to `places` decimals.
+fn round(x: f64, places: i32) -> f64 {
     let p = 10f64.powi(places);
-    json!((x * p).round() / p)
+    (x * p).round() / p
 }
 
-/// Builds one normalized entity, every property observed at `observed`.
-struct Entity {
-    attrs: Map<String, Value>,
+/// Writes one normalized entity as JSON, straight into a request body
+/// (no value tree: an upsert of a city's segments every window is the
+/// hot path), every property observed at the window's end.
+struct Entity<'a> {
+    out: &'a mut Vec<u8>,
     observed: String,
 }
 
-impl Entity {
-    fn new(id: String, kind: &str, observed: String) -> Self {
-        let mut attrs = Map::new();
-        attrs.insert("id".into(), Value::String(id));
-        attrs.insert("type".into(), Value::String(kind.into()));
-        Entity { attrs, observed }
+impl<'a> Entity<'a> {
+    fn new(out: &'a mut Vec<u8>, id: &str, kind: &str, observed: String) -> Self {
+        out.extend_from_slice(b"{\"id\":");
+        string(out, id);
+        out.extend_from_slice(b",\"type\":");
+        string(out, kind);
+        Entity { out, observed }
     }
 
-    fn property(&mut self, name: &str, value: Value) -> &mut Self {
-        let p = json!({"type": "Property", "value": value, "observedAt": self.observed});
-        self.attrs.insert(name.into(), p);
-        self
-    }
-
-    fn measured(&mut self, name: &str, value: Value, unit: &str) -> &mut Self {
-        let p = json!({"type": "Property", "value": value, "unitCode": unit, "observedAt": self.observed});
-        self.attrs.insert(name.into(), p);
+    /// `"name":{"type":"Property","value":<value>[,"unitCode":..],"observedAt":..}`.
+    fn property(
+        &mut self,
+        name: &str,
+        value: impl serde::Serialize,
+        unit: Option<&str>,
+    ) -> &mut Self {
+        self.out.push(b',');
+        string(self.out, name);
+        self.out
+            .extend_from_slice(b":{\"type\":\"Property\",\"value\":");
+        let _ = serde_json::to_writer(&mut *self.out, &value);
+        if let Some(unit) = unit {
+            self.out.extend_from_slice(b",\"unitCode\":");
+            string(self.out, unit);
+        }
+        self.out.extend_from_slice(b",\"observedAt\":");
+        string(self.out, &self.observed);
+        self.out.push(b'}');
         self
     }
 
     fn date(&mut self, name: &str, ms: u64) -> &mut Self {
         let v = json!({"@type": "DateTime", "@value": iso(ms)});
-        self.property(name, v)
+        self.property(name, v, None)
     }
 
     fn geo(&mut self, geometry: Value) -> &mut Self {
-        let p = json!({"type": "GeoProperty", "value": geometry});
-        self.attrs.insert("location".into(), p);
+        self.out
+            .extend_from_slice(b",\"location\":{\"type\":\"GeoProperty\",\"value\":");
+        let _ = serde_json::to_writer(&mut *self.out, &geometry);
+        self.out.push(b'}');
+        self
+    }
+
+    fn relationship(&mut self, name: &str, object: &str) -> &mut Self {
+        self.out.push(b',');
+        string(self.out, name);
+        self.out
+            .extend_from_slice(b":{\"type\":\"Relationship\",\"object\":");
+        string(self.out, object);
+        self.out.push(b'}');
         self
     }
 
     fn window(&mut self, start: u64, end: u64) -> &mut Self {
-        self.property(
-            "dateObserved",
-            Value::String(format!("{}/{}", iso(start), iso(end))),
-        )
-        .date("dateObservedFrom", start)
-        .date("dateObservedTo", end)
+        let interval = format!("{}/{}", iso(start), iso(end));
+        self.property("dateObserved", interval, None)
+            .date("dateObservedFrom", start)
+            .date("dateObservedTo", end)
     }
 
-    fn done(&mut self) -> Value {
-        Value::Object(std::mem::take(&mut self.attrs))
+    fn done(&mut self) {
+        self.out.push(b'}');
     }
 }
 
+/// A JSON string, escaped.
+fn string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes the entity of one aggregate row into `out` as JSON; false (and
+/// nothing written) for zones and for a key not in the reference data.
+pub fn write_entity(
+    out: &mut Vec<u8>,
+    reference: &Reference,
+    node: &str,
+    window_ms: u64,
+    key: &AggKey,
+    value: &AggValue,
+) -> bool {
+    let Some(id) = entity_id(reference, node, key) else {
+        return false;
+    };
+    let end = key.window + window_ms;
+    match value {
+        AggValue::Congestion(c) => match reference.roads.get(key.key as usize) {
+            Some(road) => traffic_flow(out, &id, road, c, key.window, end),
+            None => return false,
+        },
+        AggValue::Charging(c) => match reference.chargers.get(key.key as usize) {
+            Some(charger) => charging_station(out, &id, charger, c, key.window, end),
+            None => return false,
+        },
+        AggValue::Zone(_) => return false,
+    }
+    true
+}
+
 /// The entity of one aggregate row (`None` for zones, and for a key not
-/// in the reference data).
+/// in the reference data): what [`write_entity`] writes, as a value.
 pub fn entity(
     reference: &Reference,
     node: &str,
@@ -175,43 +231,36 @@ pub fn entity(
     key: &AggKey,
     value: &AggValue,
 ) -> Option<Value> {
-    let id = entity_id(reference, node, key)?;
-    let end = key.window + window_ms;
-    match value {
-        AggValue::Congestion(c) => {
-            let road = reference.roads.get(key.key as usize)?;
-            Some(traffic_flow(id, road, c, key.window, end))
-        }
-        AggValue::Charging(c) => {
-            let charger = reference.chargers.get(key.key as usize)?;
-            Some(charging_station(id, charger, c, key.window, end))
-        }
-        AggValue::Zone(_) => None,
-    }
+    let mut out = Vec::new();
+    write_entity(&mut out, reference, node, window_ms, key, value)
+        .then(|| serde_json::from_slice(&out).ok())
+        .flatten()
 }
 
-fn traffic_flow(id: String, road: &Road, c: &Congestion, start: u64, end: u64) -> Value {
+fn traffic_flow(out: &mut Vec<u8>, id: &str, road: &Road, c: &Congestion, start: u64, end: u64) {
     let mean = c.mean_speed_mps();
     let ratio = mean / road.free_flow_mps;
     let level = level(ratio);
-    let mut e = Entity::new(id, "TrafficFlowObserved", iso(end));
+    let mut e = Entity::new(out, id, "TrafficFlowObserved", iso(end));
     e.window(start, end)
-        .property("intensity", json!(c.vehicles))
-        .measured("averageVehicleSpeed", round(mean * 3.6, 4), "KMH")
-        .property("congested", json!(matches!(level, "heavy" | "jam")))
-        .property("congestionLevel", json!(level))
-        .property("speedRatio", round(ratio, 4))
-        .property("vehicleReports", json!(c.samples))
-        .geo(json!({"type": "LineString", "coordinates": road.line}));
-    let rel = json!({"type": "Relationship", "object": format!("urn:ngsi-ld:RoadSegment:{}", urn_part(&road.id))});
-    e.attrs.insert("refRoadSegment".into(), rel);
+        .property("intensity", c.vehicles, None)
+        .property("averageVehicleSpeed", round(mean * 3.6, 4), Some("KMH"))
+        .property("congested", matches!(level, "heavy" | "jam"), None)
+        .property("congestionLevel", level, None)
+        .property("speedRatio", round(ratio, 4), None)
+        .property("vehicleReports", c.samples, None)
+        .geo(json!({"type": "LineString", "coordinates": road.line}))
+        .relationship(
+            "refRoadSegment",
+            &format!("urn:ngsi-ld:RoadSegment:{}", urn_part(&road.id)),
+        );
     if let Some(name) = &road.name {
-        e.property("name", json!(name));
+        e.property("name", name, None);
     }
-    e.done()
+    e.done();
 }
 
-fn charging_station(id: String, ch: &Charger, c: &Charging, start: u64, end: u64) -> Value {
+fn charging_station(out: &mut Vec<u8>, id: &str, ch: &Charger, c: &Charging, start: u64, end: u64) {
     let available = ch.connectors.saturating_sub(c.occupied + c.faulted);
     let sockets: Vec<&str> = if ch.socket_types.is_empty() {
         default_sockets(ch.max_kw)
@@ -223,26 +272,26 @@ fn charging_station(id: String, ch: &Charger, c: &Charging, start: u64, end: u64
     } else {
         ch.vehicle_types.iter().map(String::as_str).collect()
     };
-    let mut e = Entity::new(id, "EVChargingStation", iso(end));
+    let mut e = Entity::new(out, id, "EVChargingStation", iso(end));
     e.window(start, end)
-        .property("capacity", json!(ch.connectors))
-        .property("availableCapacity", json!(available))
-        .property("status", json!(station_status(c, ch.connectors)))
-        .property("socketType", json!(sockets))
-        .property("allowedVehicleType", json!(vehicles))
-        .measured("energyDelivered", json!(c.energy_wh), "WHR")
-        .measured(
+        .property("capacity", ch.connectors, None)
+        .property("availableCapacity", available, None)
+        .property("status", station_status(c, ch.connectors), None)
+        .property("socketType", sockets, None)
+        .property("allowedVehicleType", vehicles, None)
+        .property("energyDelivered", c.energy_wh, Some("WHR"))
+        .property(
             "meanPower",
             round(c.mean_power_mw as f64 / POWER_SCALE, 3),
-            "KWT",
+            Some("KWT"),
         )
-        .property("occupiedConnectors", json!(c.occupied))
-        .property("faultedConnectors", json!(c.faulted))
+        .property("occupiedConnectors", c.occupied, None)
+        .property("faultedConnectors", c.faulted, None)
         .geo(json!({"type": "Point", "coordinates": ch.position}));
     if let Some(name) = &ch.name {
-        e.property("name", json!(name));
+        e.property("name", name, None);
     }
-    e.done()
+    e.done();
 }
 
 /// A normalized entity reduced to key-values (each attribute to its
@@ -315,7 +364,9 @@ mod tests {
             vehicles: 2,
             speed_sum: 4 * 4_000_000,
         };
-        let v = traffic_flow("id".into(), &road, &c, 60_000, 120_000);
+        let mut out = Vec::new();
+        traffic_flow(&mut out, "id", &road, &c, 60_000, 120_000);
+        let v: Value = serde_json::from_slice(&out).expect("JSON");
         let kv = key_values(&v);
         assert_eq!(kv["averageVehicleSpeed"], json!(14.4));
         assert_eq!(kv["congested"], json!(true), "ratio 0.4 is heavy");

@@ -121,14 +121,27 @@ impl Target for Ngsi {
 
     fn add(&mut self, request: &mut Upsert, rows: usize, row: &Row) -> Add {
         let (reference, node) = (&self.ctx.reference, &self.ctx.node);
-        let entity = super::ngsi::entity(reference, node, self.ctx.window_ms, &row.key, &row.value);
-        let (Some(entity), Some(id)) = (entity, self.ledger_id(&row.key)) else {
+        let Some(id) = self.ledger_id(&row.key) else {
             return Add::Never(format!("{:?} has no entity", row.key));
         };
-        let Ok(bytes) = serde_json::to_vec(&entity) else {
-            return Add::Never(format!("entity {id} does not encode"));
-        };
-        if request.body.len() + bytes.len() + 2 > self.cfg.max_bytes {
+        let before = request.body.len();
+        if rows > 0 {
+            request.body.push(b',');
+        }
+        let window_ms = self.ctx.window_ms;
+        if !super::ngsi::write_entity(
+            &mut request.body,
+            reference,
+            node,
+            window_ms,
+            &row.key,
+            &row.value,
+        ) {
+            request.body.truncate(before);
+            return Add::Never(format!("{:?} has no entity", row.key));
+        }
+        if request.body.len() + 1 > self.cfg.max_bytes {
+            request.body.truncate(before);
             if rows == 0 {
                 let max = self.cfg.max_bytes;
                 return Add::Never(format!(
@@ -137,10 +150,6 @@ impl Target for Ngsi {
             }
             return Add::Full;
         }
-        if rows > 0 {
-            request.body.push(b',');
-        }
-        request.body.extend_from_slice(&bytes);
         request.ids.push(id);
         Add::Taken
     }

@@ -255,58 +255,94 @@ fn load_once(
     Ok(result)
 }
 
-/// `--central`: the edge without and with a central sink, interleaved.
-fn central_comparison(
+/// Records acknowledged per second, and per CPU second of the edge, of
+/// one run's report.
+fn rates(v: &serde_json::Value) -> (f64, f64) {
+    let records = v["records_acked"].as_f64().unwrap_or(0.0);
+    let cpu = v["node_cpu_seconds"].as_f64().unwrap_or(0.0);
+    (
+        v["records_per_s"].as_f64().unwrap_or(0.0),
+        records / cpu.max(1e-9),
+    )
+}
+
+/// A contender of [`compare`]: for run `n` in a directory of its own, the
+/// topology lines to add to the edge, and a check to run once the edge
+/// has stopped.
+pub type Contender<'a> = dyn FnMut(usize, &Path) -> anyhow::Result<(String, Box<dyn FnOnce() -> anyhow::Result<()>>)>
+    + 'a;
+
+/// The edge plain and as `contender` makes it, interleaved, `runs` times
+/// each: (records per second, per edge CPU second) of every run.
+pub fn compare(
     args: &IngestBenchArgs,
     dir: &Path,
-    reference: Arc<crate::reference::Reference>,
-    runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<serde_json::Value> {
-    // Records acknowledged per second, and per CPU second of the edge
-    // (central shares this machine's cores, which a real central does not).
-    let rate = |v: &serde_json::Value| {
-        let records = v["records_acked"].as_f64().unwrap_or(0.0);
-        let cpu = v["node_cpu_seconds"].as_f64().unwrap_or(0.0);
-        (
-            v["records_per_s"].as_f64().unwrap_or(0.0),
-            records / cpu.max(1e-9),
-        )
-    };
-    let (mut plain, mut pushing, mut pushed) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..args.runs.max(1) {
-        plain.push(rate(&load_once(
+    runs: usize,
+    contender: &mut Contender<'_>,
+) -> anyhow::Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+    let topo =
+        crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let reference = Arc::new(topo.reference);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (mut plain, mut with) = (Vec::new(), Vec::new());
+    for run in 0..runs.max(1) {
+        let plain_dir = dir.join(format!("plain-{run}"));
+        plain.push(rates(&load_once(
             args,
-            &dir.join(format!("plain-{run}")),
+            &plain_dir,
             "",
             reference.clone(),
-            runtime,
+            &runtime,
         )?));
-        let central_dir = dir.join(format!("central-{run}"));
-        let (central, to, ca) = spawn_central(&central_dir, &args.topology, "")?;
-        let edge_dir = dir.join(format!("pushing-{run}"));
-        pushing.push(rate(&load_once(
+        let (extra, check) = contender(run, &dir.join(format!("other-{run}")))?;
+        let with_dir = dir.join(format!("with-{run}"));
+        with.push(rates(&load_once(
             args,
-            &edge_dir,
-            &central_sink(to, &ca),
+            &with_dir,
+            &extra,
             reference.clone(),
-            runtime,
+            &runtime,
         )?));
-        // The edge drained its pushes as it stopped; central's files then
-        // say how far it got (proof that the edge did push).
-        drop(central);
-        let edges = std::fs::read_to_string(central_dir.join("out/edges.csv"))
-            .context("central wrote no edges.csv: did the edge push?")?;
-        let mark = edges
-            .lines()
-            .find_map(|l| l.strip_prefix("bench-edge,"))
-            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        anyhow::ensure!(
-            mark > 0,
-            "central has no pushed watermark from the edge:\n{edges}"
-        );
-        pushed.push(mark);
+        check()?;
     }
+    Ok((plain, with))
+}
+
+/// `--central`: the edge without and with a central sink, interleaved.
+fn central_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    // Per edge CPU second too: central shares this machine's cores, which
+    // a real central does not.
+    let pushed = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let (plain, pushing) = compare(args, dir, args.runs, &mut |_, central_dir| {
+        let (central, to, ca) = spawn_central(central_dir, &args.topology, "")?;
+        let central_dir = central_dir.to_owned();
+        let pushed = pushed.clone();
+        let check = move || {
+            // The edge drained its pushes as it stopped; central's files
+            // then say how far it got (proof that the edge did push).
+            drop(central);
+            let edges = std::fs::read_to_string(central_dir.join("out/edges.csv"))
+                .context("central wrote no edges.csv: did the edge push?")?;
+            let mark = edges
+                .lines()
+                .find_map(|l| l.strip_prefix("bench-edge,"))
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            anyhow::ensure!(
+                mark > 0,
+                "central has no pushed watermark from the edge:\n{edges}"
+            );
+            pushed.borrow_mut().push(mark);
+            Ok(())
+        };
+        Ok((
+            central_sink(to, &ca),
+            Box::new(check) as Box<dyn FnOnce() -> anyhow::Result<()>>,
+        ))
+    })?;
     let (p, c) = (
         median(plain.iter().map(|r| r.0)),
         median(pushing.iter().map(|r| r.0)),
@@ -328,7 +364,7 @@ fn central_comparison(
         "cpu_ratio": ratio(cc, pc),
         "runs_without": plain.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
         "runs_with": pushing.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
-        "central_pushed_watermarks_ms": pushed,
+        "central_pushed_watermarks_ms": *pushed.borrow(),
     }))
 }
 
@@ -354,7 +390,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
             serde_json::json!({ "mode": "idle", "idle_connections": held, "node_peak_rss_bytes": peak_rss(node.id()) }),
         )
     } else if args.central {
-        central_comparison(args, dir, reference, &runtime)
+        central_comparison(args, dir)
     } else {
         load_once(args, dir, "", reference, &runtime)
     }

@@ -38,6 +38,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// Validates an entity in key-values form; the error says why not.
@@ -103,12 +105,17 @@ impl Default for BrokerSettings {
     }
 }
 
+/// An entity parsed one level deep: its attributes as raw JSON text (a
+/// broker under load must not build a value tree of every instance).
+type Shallow = BTreeMap<String, Box<RawValue>>;
+
 #[derive(Default)]
 struct Store {
-    entities: BTreeMap<String, Value>,
+    entities: BTreeMap<String, Shallow>,
     /// Per entity, every instance applied (as text).
     history: BTreeMap<String, Vec<String>>,
-    seen: HashSet<(String, String)>,
+    /// xxh3 of every (id, instance) applied.
+    seen: HashSet<u64>,
     faults: VecDeque<Fault>,
     stats: BrokerStats,
 }
@@ -186,10 +193,12 @@ impl Broker {
 
     /// Current entities by id.
     pub fn entities(&self) -> BTreeMap<String, Value> {
-        self.store
-            .lock()
-            .map(|s| s.entities.clone())
-            .unwrap_or_default()
+        let Ok(s) = self.store.lock() else {
+            return BTreeMap::new();
+        };
+        (s.entities.iter())
+            .map(|(id, attrs)| (id.clone(), deep(attrs)))
+            .collect()
     }
 
     /// Every instance applied of entity `id`, oldest first.
@@ -379,7 +388,18 @@ async fn handle(
             "the body is over the broker's limit",
         );
     }
-    let Ok(Value::Array(entities)) = serde_json::from_slice::<Value>(&bytes) else {
+    // Each entity's own text is kept as history, as it came.
+    let raw: Option<Vec<&RawValue>> = serde_json::from_slice(&bytes).ok();
+    let entities: Option<Vec<(Shallow, String)>> = raw.and_then(|raw| {
+        (raw.into_iter())
+            .map(|r| {
+                serde_json::from_str::<Shallow>(r.get())
+                    .ok()
+                    .map(|e| (e, r.get().to_owned()))
+            })
+            .collect()
+    });
+    let Some(entities) = entities else {
         violation(&store, "the body is not a JSON array".into());
         return problem(
             StatusCode::BAD_REQUEST,
@@ -395,8 +415,9 @@ async fn handle(
         );
     }
     let mut ids = HashSet::new();
-    for e in &entities {
-        let id = e.get("id").and_then(Value::as_str).unwrap_or("");
+    for (e, _) in &entities {
+        let id = text_of(e, "id").unwrap_or_default();
+        let id = id.as_str();
         if !ids.insert(id.to_owned()) {
             violation(&store, format!("id {id} twice in one request"));
             return problem(
@@ -405,7 +426,7 @@ async fn handle(
                 "an id appears twice",
             );
         }
-        if e.get("@context").is_some() != inline {
+        if e.contains_key("@context") != inline {
             violation(
                 &store,
                 format!("entity {id}: @context inline does not match the content type"),
@@ -424,7 +445,7 @@ async fn handle(
 fn apply(
     store: &Arc<Mutex<Store>>,
     settings: &BrokerSettings,
-    entities: Vec<Value>,
+    entities: Vec<(Shallow, String)>,
     fault: Option<Fault>,
 ) -> Answer {
     let (transient, permanent) = match fault {
@@ -436,7 +457,7 @@ fn apply(
     };
     // Validation first, outside the lock: requests validate in parallel.
     let checked: Vec<Option<(u16, String)>> = (entities.iter().enumerate())
-        .map(|(i, e)| {
+        .map(|(i, (e, _))| {
             if i < transient {
                 Some((503, "injected".to_owned()))
             } else if i < transient + permanent {
@@ -454,8 +475,8 @@ fn apply(
         );
     };
     let (mut created, mut success, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for ((i, mut e), error) in entities.into_iter().enumerate().zip(checked) {
-        let id = e.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
+    for ((i, (mut e, text)), error) in entities.into_iter().enumerate().zip(checked) {
+        let id = text_of(&e, "id").unwrap_or_default();
         if let Some((400, why)) = &error {
             if i >= transient + permanent {
                 s.stats.invalid.push(format!("{id}: {why}"));
@@ -465,22 +486,20 @@ fn apply(
             errors.push(json!({"entityId": id, "error": {"type": "https://uri.etsi.org/ngsi-ld/errors/BadRequestData", "title": why, "status": status}}));
             continue;
         }
-        if let Some(o) = e.as_object_mut() {
-            o.remove("@context");
-        }
-        let text = e.to_string();
-        if !s.seen.insert((id.clone(), text.clone())) {
+        e.remove("@context");
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(
+            text.as_bytes(),
+            xxhash_rust::xxh3::xxh3_64(id.as_bytes()),
+        );
+        if !s.seen.insert(h) {
             s.stats.duplicates += 1;
         }
         s.history.entry(id.clone()).or_default().push(text);
         s.stats.applied += 1;
         match s.entities.get_mut(&id) {
-            Some(Value::Object(current)) => {
-                if let Value::Object(new) = e {
-                    current.extend(new);
-                }
-            }
-            _ => {
+            // options=update: the last instance of an attribute wins.
+            Some(current) => current.extend(e),
+            None => {
                 s.entities.insert(id.clone(), e);
                 created.push(id.clone());
             }
@@ -499,60 +518,87 @@ fn apply(
     }
 }
 
+/// The text of a string attribute (`id`, `type`).
+fn text_of(e: &Shallow, name: &str) -> Option<String> {
+    e.get(name).and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// A shallow entity as a value tree.
+fn deep(e: &Shallow) -> Value {
+    let attrs = (e.iter())
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_str(v.get()).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    Value::Object(attrs)
+}
+
+/// One attribute, read as far as the rules need.
+#[derive(Deserialize)]
+struct Attr<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    object: Option<String>,
+    #[serde(rename = "observedAt")]
+    observed_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Geometry {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+const GEOMETRIES: [&str; 6] = [
+    "Point",
+    "LineString",
+    "Polygon",
+    "MultiPoint",
+    "MultiLineString",
+    "MultiPolygon",
+];
+
 /// The normalized form's rules, then the validator on key-values.
-fn check_entity(e: &Value, settings: &BrokerSettings) -> Result<(), String> {
-    let o = e.as_object().ok_or("an entity must be an object")?;
-    let id = o.get("id").and_then(Value::as_str).ok_or("no id")?;
-    if reqwest::Url::parse(id).is_err() {
+fn check_entity(e: &Shallow, settings: &BrokerSettings) -> Result<(), String> {
+    let id = text_of(e, "id").ok_or("no id (a string)")?;
+    if reqwest::Url::parse(&id).is_err() {
         return Err(format!("id {id:?} is not a URI"));
     }
-    o.get("type").and_then(Value::as_str).ok_or("no type")?;
-    for (name, attr) in o {
+    text_of(e, "type").ok_or("no type (a string)")?;
+    for (name, raw) in e {
         if ["id", "type", "@context"].contains(&name.as_str()) {
             continue;
         }
-        let kind = attr.get("type").and_then(Value::as_str).unwrap_or("");
-        let ok = match kind {
-            "Property" => attr.get("value").is_some(),
-            "GeoProperty" => attr
-                .get("value")
-                .and_then(|g| g.get("type"))
-                .and_then(Value::as_str)
-                .is_some_and(|t| {
-                    [
-                        "Point",
-                        "LineString",
-                        "Polygon",
-                        "MultiPoint",
-                        "MultiLineString",
-                        "MultiPolygon",
-                    ]
-                    .contains(&t)
-                }),
-            "Relationship" => attr
-                .get("object")
-                .and_then(Value::as_str)
-                .is_some_and(|u| reqwest::Url::parse(u).is_ok()),
+        let attr: Option<Attr<'_>> = serde_json::from_str(raw.get()).ok();
+        let ok = attr.as_ref().is_some_and(|a| match a.kind.as_ref() {
+            "Property" => a.value.is_some(),
+            "GeoProperty" => a
+                .value
+                .and_then(|g| serde_json::from_str::<Geometry>(g.get()).ok())
+                .is_some_and(|g| GEOMETRIES.contains(&g.kind.as_str())),
+            "Relationship" => (a.object.as_deref()).is_some_and(|u| reqwest::Url::parse(u).is_ok()),
             _ => false,
-        };
+        });
         if !ok {
             return Err(format!(
                 "attribute {name} is not a normalized Property, GeoProperty or Relationship"
             ));
         }
-        if let Some(t) = attr.get("observedAt") {
-            let instant = t
-                .as_str()
-                .is_some_and(|t| humantime::parse_rfc3339(t).is_ok());
-            if !instant {
+        if let Some(t) = attr.and_then(|a| a.observed_at) {
+            if humantime::parse_rfc3339(&t).is_err() {
                 return Err(format!(
-                    "attribute {name}: observedAt {t} is not an ISO 8601 instant"
+                    "attribute {name}: observedAt {t:?} is not an ISO 8601 instant"
                 ));
             }
         }
     }
     match &settings.validate {
-        Some(v) => v(&crate::sink::ngsi::key_values(e)),
+        Some(v) => v(&crate::sink::ngsi::key_values(&deep(e))),
         None => Ok(()),
     }
 }
