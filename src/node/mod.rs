@@ -627,11 +627,16 @@ fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         let _ = runtime.block_on(async { tokio::time::timeout(limit, push).await });
     }
     // The city sinks' feeds closed with the dataflow: their last rows
-    // leave, within their own drain time.
+    // leave, all at once, within their own drain time.
     let limit = crate::sink::DRAIN + Duration::from_secs(1);
-    for sink in sinks {
-        let _ = runtime.block_on(async { tokio::time::timeout(limit, sink).await });
-    }
+    let _ = runtime.block_on(async {
+        let all = async {
+            for sink in sinks {
+                let _ = sink.await;
+            }
+        };
+        tokio::time::timeout(limit, all).await
+    });
     if let Some(hub) = &hub {
         hub.close();
     }

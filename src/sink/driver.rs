@@ -161,6 +161,8 @@ struct State {
     latest: FxHashMap<(Kind, u32), u64>,
     /// Per request in flight: its rows' outbox keys and ledger marks.
     carried: FxHashMap<u64, Vec<Carried>>,
+    /// Marks of rows acknowledged, not yet in the ledger.
+    unrecorded: Vec<(String, Mark)>,
     watermark: u64,
     released: bool,
     next_seq: u64,
@@ -229,6 +231,7 @@ impl<T: Target> Driver<T> {
             ledger,
             latest: FxHashMap::default(),
             carried: FxHashMap::default(),
+            unrecorded: Vec::new(),
             watermark: 0,
             released: false,
             next_seq: 0,
@@ -273,6 +276,11 @@ impl<T: Target> Driver<T> {
                     if let Some(Ok((seq, outcome))) = done {
                         self.answered(seq, outcome, &mut s);
                     }
+                    // Every other answer already in: one ledger write for all.
+                    while let Some(Ok((seq, outcome))) = in_flight.try_join_next() {
+                        self.answered(seq, outcome, &mut s);
+                    }
+                    self.record(&mut s);
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                 _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {}
@@ -420,29 +428,27 @@ impl<T: Target> Driver<T> {
     fn answered(&self, seq: u64, outcome: Outcome, s: &mut State) {
         let carried = s.carried.remove(&seq).unwrap_or_default();
         let n = carried.len() as u64;
-        let failed: Vec<usize> = match &outcome {
-            Outcome::Done => Vec::new(),
-            Outcome::Partly { retry, refused } => retry
-                .iter()
-                .copied()
-                .chain(refused.iter().map(|(i, _)| *i))
-                .collect(),
-            _ => (0..carried.len()).collect(),
-        };
-        let acknowledged = (carried.iter().enumerate())
-            .filter(|(i, _)| !failed.contains(i))
-            .map(|(_, c)| c);
-        let marks: Vec<(&str, Mark)> = acknowledged
-            .clone()
-            .filter_map(|(_, m)| m.as_ref().map(|(id, m)| (id.as_str(), *m)))
-            .collect();
-        let count = acknowledged.count() as u64;
-        if count > 0 {
-            if let Some(ledger) = &mut s.ledger {
-                if let Err(e) = ledger.record(marks) {
-                    self.say(&format!("{e}: a restart may resend what the target has"));
+        // Which of the request's rows failed, by place.
+        let mut failed = vec![false; carried.len()];
+        match &outcome {
+            Outcome::Done => {}
+            Outcome::Partly { retry, refused } => {
+                for i in retry.iter().chain(refused.iter().map(|(i, _)| i)) {
+                    if let Some(f) = failed.get_mut(*i) {
+                        *f = true;
+                    }
                 }
             }
+            _ => failed.fill(true),
+        }
+        let acknowledged = (carried.iter().zip(&failed))
+            .filter(|(_, f)| !**f)
+            .map(|(c, _)| c);
+        s.unrecorded.extend(
+            (acknowledged.clone()).filter_map(|(_, m)| m.as_ref().map(|(id, m)| (id.clone(), *m))),
+        );
+        let count = acknowledged.count() as u64;
+        if count > 0 {
             self.status.batches.fetch_add(1, Ordering::Relaxed);
             self.status.acknowledged.fetch_add(count, Ordering::Relaxed);
         }
@@ -452,7 +458,7 @@ impl<T: Target> Driver<T> {
                 self.reached(s);
             }
             Outcome::Partly { retry, refused } => {
-                let again: Vec<AggKey> = retry
+                let again: rustc_hash::FxHashSet<AggKey> = retry
                     .iter()
                     .filter_map(|i| carried.get(*i))
                     .map(|c| c.0)
@@ -497,6 +503,17 @@ impl<T: Target> Driver<T> {
                 self.status.dead_lettered.fetch_add(n, Ordering::Relaxed);
                 self.say(&format!("{why}; the request's {n} rows are dead-lettered"));
                 self.reached(s);
+            }
+        }
+    }
+
+    /// Writes the marks of what was acknowledged to the ledger (one write,
+    /// one fsync), before [`publish`](Self::publish) says it is delivered.
+    fn record(&self, s: &mut State) {
+        let marks = std::mem::take(&mut s.unrecorded);
+        if let Some(ledger) = &mut s.ledger {
+            if let Err(e) = ledger.record(marks.iter().map(|(id, m)| (id.as_str(), *m))) {
+                self.say(&format!("{e}: a restart may resend what the target has"));
             }
         }
     }

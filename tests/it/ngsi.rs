@@ -136,7 +136,7 @@ pub(crate) fn replay_table(topo: &Topology, input: &Path) -> FinalTable {
 
 /// The entities a broker should hold after `input` went through: each
 /// segment's and charger's latest final window, from a replay.
-fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
+pub(crate) fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
     let reference = Arc::new(topo.reference.clone());
     let table = replay_table(topo, input);
     let mut latest: BTreeMap<(Kind, u32), (AggKey, AggValue)> = BTreeMap::new();
@@ -162,7 +162,7 @@ fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
 }
 
 /// The broker's entities equal `want`; the first differences said.
-fn assert_same_entities(got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>) {
+pub(crate) fn assert_same_entities(got: &BTreeMap<String, Value>, want: &BTreeMap<String, Value>) {
     let missing: Vec<_> = want
         .keys()
         .filter(|k| !got.contains_key(*k))

@@ -164,11 +164,16 @@ struct City {
 /// Central of a west and an east edge, stragglers left out after
 /// `straggler_timeout`.
 fn city(straggler_timeout: &str) -> City {
+    city_with(straggler_timeout, "")
+}
+
+/// [`city`], with `extra` (TOML) in central's topology.
+fn city_with(straggler_timeout: &str, extra: &str) -> City {
     let _deadline = crate::support::deadline();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     let certs = make_certs(dir, &["localhost".into(), "127.0.0.1".into()]).expect("certs");
-    let text = central_text(&["west", "east"], straggler_timeout, 0);
+    let text = central_text(&["west", "east"], straggler_timeout, 0) + extra;
     let central = start(dir, "central", &text, Role::Central);
     let topo = Topology::load(&dir.join("central.toml")).expect("valid");
     let (west_file, east_file) = split_recording(dir, &topo);
@@ -186,7 +191,14 @@ fn city(straggler_timeout: &str) -> City {
 #[test]
 fn two_edges_pushing_to_central_write_what_one_node_writes() {
     // Both edges push throughout: neither is ever left behind by an hour.
-    let c = city("1h");
+    // Central feeds a city's NGSI-LD broker too (issue 13).
+    let broker = edgeflow::tools::ngsi_broker::Broker::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        Default::default(),
+    )
+    .expect("broker");
+    let sink = format!("[[sink]]\ntype = \"ngsi-ld\"\nurl = \"{}\"\n", broker.url());
+    let c = city_with("1h", &sink);
     let dir = c.tmp.path();
     let west = start(
         dir,
@@ -219,6 +231,11 @@ fn two_edges_pushing_to_central_write_what_one_node_writes() {
 
     assert_eq!(edges.expired.load(Ordering::Relaxed), 0);
     assert_equals_one_node(dir, &c.topo);
+    // Central's NGSI-LD entities are the city's latest final windows.
+    let want = crate::ngsi::expected_entities(&c.topo, &data("sumo-public/telemetry.jsonl"));
+    crate::ngsi::assert_same_entities(&broker.entities(), &want);
+    assert_eq!(broker.stats().duplicates, 0);
+    assert!(broker.stats().violations.is_empty());
     let out = dir.join("central-out");
     let read = |f: &str| std::fs::read_to_string(out.join(f)).expect(f);
     assert_eq!(
