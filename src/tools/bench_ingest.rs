@@ -255,6 +255,19 @@ fn load_once(
     Ok(result)
 }
 
+/// The reference data of `args.topology`, and the load's runtime.
+fn setup(
+    args: &IngestBenchArgs,
+) -> anyhow::Result<(Arc<crate::reference::Reference>, tokio::runtime::Runtime)> {
+    let topo =
+        crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    Ok((Arc::new(topo.reference), runtime))
+}
+
 /// Records acknowledged per second, and per CPU second of the edge, of
 /// one run's report.
 fn rates(v: &serde_json::Value) -> (f64, f64) {
@@ -280,13 +293,7 @@ pub fn compare(
     runs: usize,
     contender: &mut Contender<'_>,
 ) -> anyhow::Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
-    let topo =
-        crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let reference = Arc::new(topo.reference);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let (reference, runtime) = setup(args)?;
     let (mut plain, mut with) = (Vec::new(), Vec::new());
     for run in 0..runs.max(1) {
         let plain_dir = dir.join(format!("plain-{run}"));
@@ -372,13 +379,7 @@ fn central_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serd
 pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
     let scratch = Scratch::new("bench-ingest")?;
     let dir = scratch.path();
-    let topo =
-        crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let reference = Arc::new(topo.reference);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let (reference, runtime) = setup(args)?;
     if let Some(n) = args.idle {
         let (node, addr, ca) = spawn_node(dir, &args.topology, "")?;
         let target = SendOptions {
