@@ -158,6 +158,9 @@ impl Broker {
                             _ = &mut stop_rx => return,
                         };
                         let Ok((stream, _)) = accepted else { continue };
+                        // Answers leave at once (no Nagle wait for the
+                        // client's delayed ACK).
+                        let _ = stream.set_nodelay(true);
                         let (store, settings) = (shared.0.clone(), shared.1.clone());
                         tokio::spawn(async move {
                             let service = hyper::service::service_fn(move |req| {
