@@ -268,9 +268,11 @@ fn setup(
     Ok((Arc::new(topo.reference), runtime))
 }
 
-/// Records acknowledged per second, and per CPU second of the edge, of
-/// one run's report.
-fn rates(v: &serde_json::Value) -> (f64, f64) {
+/// Records acknowledged per second, and per CPU second of the edge.
+pub type Rates = (f64, f64);
+
+/// The [`Rates`] of one run's report.
+fn rates(v: &serde_json::Value) -> Rates {
     let records = v["records_acked"].as_f64().unwrap_or(0.0);
     let cpu = v["node_cpu_seconds"].as_f64().unwrap_or(0.0);
     (
@@ -292,7 +294,7 @@ pub fn compare(
     dir: &Path,
     runs: usize,
     contender: &mut Contender<'_>,
-) -> anyhow::Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+) -> anyhow::Result<(Vec<Rates>, Vec<Rates>)> {
     let (reference, runtime) = setup(args)?;
     let (mut plain, mut with) = (Vec::new(), Vec::new());
     for run in 0..runs.max(1) {
