@@ -81,6 +81,13 @@ enum Command {
     /// Measure edges pushing to a central node over QUIC (durable acks):
     /// updates applied per second, live and after an outage.
     BenchPush(tools::bench_push::PushBenchArgs),
+    /// Measure the postgres sink: aggregate rows upserted into a
+    /// PostgreSQL database per second (inserts and updates).
+    BenchPostgres(tools::bench_postgres::PostgresBenchArgs),
+    /// Measure the city sinks: NGSI-LD entities/s to the test broker, MQTT
+    /// messages/s to a local Mosquitto, an edge's ingest with and without
+    /// them.
+    BenchSinks(tools::bench_sinks::SinksBenchArgs),
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(tools::bench::RunOneArgs),
@@ -104,6 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),
         Command::BenchCentral(args) => print_json(tools::bench_central::run(&args)),
         Command::BenchPush(args) => print_json(tools::bench_push::run(&args)),
+        Command::BenchPostgres(args) => print_json(tools::bench_postgres::run(&args)),
+        Command::BenchSinks(args) => print_json(tools::bench_sinks::run(&args)),
         Command::BenchOne(args) => print_json(tools::bench::run_one(&args)),
     }
 }

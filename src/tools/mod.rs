@@ -9,6 +9,7 @@
 //! - [`bench_central`]: central's merge of edges' partials, per core.
 //! - [`bench_ingest`]: a node process under QUIC load, durable acks.
 //! - [`bench_match`]: map matching with and without the spatial index.
+//! - [`bench_postgres`]: the postgres sink's upserts into a database.
 //! - [`bench_push`]: edges pushing to a central node, live and after an
 //!   outage.
 //! - [`bench_subscribe`]: ingest with subscribers, fast and slow.
@@ -19,7 +20,9 @@ pub mod bench;
 pub mod bench_central;
 pub mod bench_ingest;
 pub mod bench_match;
+pub mod bench_postgres;
 pub mod bench_push;
+pub mod bench_sinks;
 pub mod bench_subscribe;
 pub mod demo;
 pub mod loadgen;

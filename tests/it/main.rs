@@ -42,6 +42,7 @@ mod limits;
 mod mqtt;
 mod ngsi;
 mod oracle;
+mod postgres;
 mod push;
 mod subscribe;
 mod support;

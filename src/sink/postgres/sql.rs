@@ -1,0 +1,457 @@
+//! The SQL of the postgres sink: the versioned schema ([`MIGRATIONS`],
+//! [`schema_sql`]), the aggregate tables' columns and upserts, the
+//! reference tables and their geometries (well-known text, EPSG:4326).
+
+use std::fmt::Write as _;
+
+use tokio_postgres::Client;
+
+use crate::aggregate::Kind;
+use crate::geo::zones::ZoneKind;
+use crate::reference::Reference;
+
+/// The schema's versions, in order: `@s.` stands for the sink's schema.
+/// A version, once released, never changes: a change is a new version.
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, MIGRATION_1)];
+
+const MIGRATION_1: &str = r#"-- PostGIS, unless an administrator created it (in any schema) before.
+CREATE EXTENSION IF NOT EXISTS postgis SCHEMA public;
+
+-- Reference data, written by the sink at start.
+CREATE TABLE IF NOT EXISTS @s.segments (
+    id text PRIMARY KEY,
+    name text,
+    free_flow_mps double precision NOT NULL,
+    lanes integer NOT NULL,
+    length_m double precision,
+    geom geometry(LineString, 4326),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS segments_geom ON @s.segments USING gist (geom);
+CREATE TABLE IF NOT EXISTS @s.chargers (
+    id text PRIMARY KEY,
+    name text,
+    connectors integer NOT NULL,
+    max_kw double precision NOT NULL,
+    geom geometry(Point, 4326),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS chargers_geom ON @s.chargers USING gist (geom);
+CREATE TABLE IF NOT EXISTS @s.zones (
+    zone_type text NOT NULL,
+    id text NOT NULL,
+    name text,
+    geom geometry(MultiPolygon, 4326),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (zone_type, id)
+);
+CREATE INDEX IF NOT EXISTS zones_geom ON @s.zones USING gist (geom);
+
+-- Aggregates: the CSV files' fields (TELEMETRY.md §4), numbers as printed.
+-- Keys lead with the window: rows arrive window after window, so the key's
+-- index grows at its end (a third faster than id first), and it serves the
+-- dashboards' time ranges. Pages keep 10 % free for updates in place.
+CREATE TABLE IF NOT EXISTS @s.congestion (
+    segment_id text NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    samples bigint NOT NULL,
+    vehicles bigint NOT NULL,
+    mean_speed_mps numeric NOT NULL,
+    free_flow_mps numeric NOT NULL,
+    speed_ratio numeric NOT NULL,
+    level text NOT NULL,
+    status text NOT NULL CHECK (status IN ('final', 'correction')),
+    ordering bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (window_start, segment_id)
+) WITH (fillfactor = 90);
+CREATE TABLE IF NOT EXISTS @s.charging (
+    charger_id text NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    energy_wh bigint NOT NULL,
+    mean_power_kw numeric NOT NULL,
+    occupied bigint NOT NULL,
+    connectors bigint NOT NULL,
+    utilization numeric NOT NULL,
+    faulted bigint NOT NULL,
+    status text NOT NULL CHECK (status IN ('final', 'correction')),
+    ordering bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (window_start, charger_id)
+) WITH (fillfactor = 90);
+CREATE TABLE IF NOT EXISTS @s.zone_stats (
+    zone_id text NOT NULL,
+    zone_type text NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    samples bigint NOT NULL,
+    vehicles bigint NOT NULL,
+    segments bigint NOT NULL,
+    mean_speed_ratio numeric,
+    jammed_segments bigint NOT NULL,
+    chargers bigint NOT NULL,
+    energy_wh bigint NOT NULL,
+    power_kw numeric NOT NULL,
+    occupied bigint NOT NULL,
+    connectors bigint NOT NULL,
+    faulted bigint NOT NULL,
+    low_soc_evs bigint NOT NULL,
+    status text NOT NULL CHECK (status IN ('final', 'correction')),
+    ordering bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (window_start, zone_type, zone_id)
+) WITH (fillfactor = 90);
+"#;
+
+/// A migration's SQL in `schema`.
+pub(super) fn in_schema(sql: &str, schema: &str) -> String {
+    sql.replace("@s.", &format!("\"{schema}\"."))
+}
+
+/// The advisory lock migrations of `schema` take.
+pub(super) fn lock_key(schema: &str) -> i64 {
+    xxhash_rust::xxh3::xxh3_64(format!("edgeflow migrations {schema}").as_bytes()) as i64
+}
+
+/// The `schema_migrations` table.
+pub(super) fn migrations_table(schema: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS \"{schema}\".schema_migrations (\n    \
+         version integer PRIMARY KEY,\n    applied_at timestamptz NOT NULL DEFAULT now()\n);\n"
+    )
+}
+
+/// The whole schema as one script (what a sink's migrations create in
+/// `schema`, versions recorded), for an administrator to apply by hand
+/// (`psql -f`); applying it again changes nothing.
+pub fn schema_sql(schema: &str) -> String {
+    let mut sql = format!(
+        "-- edgeflow's PostgreSQL sink: the tables of schema {schema}, every migration.\n\
+         -- Generated by edgeflow::sink::postgres::schema_sql(\"{schema}\"): do not edit;\n\
+         -- a unit test keeps deploy/postgres/schema.sql equal to it.\n\
+         BEGIN;\n\
+         SELECT pg_advisory_xact_lock({});\n\
+         CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n",
+        lock_key(schema)
+    );
+    sql.push_str(&migrations_table(schema));
+    for (version, text) in MIGRATIONS {
+        let _ = write!(
+            sql,
+            "\n-- Migration {version}.\n{}",
+            in_schema(text, schema)
+        );
+        let _ = writeln!(
+            sql,
+            "INSERT INTO \"{schema}\".schema_migrations (version) VALUES ({version}) ON CONFLICT DO NOTHING;"
+        );
+    }
+    sql.push_str("COMMIT;\n");
+    sql
+}
+
+/// How a CSV field is stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Ty {
+    /// `text` (an empty field is NULL).
+    Text,
+    /// `numeric`, from the printed decimal (so it reads back as printed).
+    Dec,
+    /// `bigint`.
+    Int,
+    /// `timestamptz`, from milliseconds since the epoch.
+    Time,
+}
+
+/// An aggregate table: its columns, in the order of the CSV header (a
+/// `*_ms` field without the suffix), then `status` and `ordering`.
+pub(super) struct Table {
+    pub(super) kind: Kind,
+    pub(super) name: &'static str,
+    pub(super) key: &'static str,
+    pub(super) cols: &'static [(&'static str, Ty)],
+}
+
+pub(super) const TABLES: [Table; 3] = [
+    Table {
+        kind: Kind::Congestion,
+        name: "congestion",
+        key: "segment_id, window_start",
+        cols: &[
+            ("segment_id", Ty::Text),
+            ("window_start", Ty::Time),
+            ("window_end", Ty::Time),
+            ("samples", Ty::Int),
+            ("vehicles", Ty::Int),
+            ("mean_speed_mps", Ty::Dec),
+            ("free_flow_mps", Ty::Dec),
+            ("speed_ratio", Ty::Dec),
+            ("level", Ty::Text),
+        ],
+    },
+    Table {
+        kind: Kind::Charging,
+        name: "charging",
+        key: "charger_id, window_start",
+        cols: &[
+            ("charger_id", Ty::Text),
+            ("window_start", Ty::Time),
+            ("window_end", Ty::Time),
+            ("energy_wh", Ty::Int),
+            ("mean_power_kw", Ty::Dec),
+            ("occupied", Ty::Int),
+            ("connectors", Ty::Int),
+            ("utilization", Ty::Dec),
+            ("faulted", Ty::Int),
+        ],
+    },
+    Table {
+        kind: Kind::Zone,
+        name: "zone_stats",
+        key: "zone_type, zone_id, window_start",
+        cols: &[
+            ("zone_id", Ty::Text),
+            ("zone_type", Ty::Text),
+            ("window_start", Ty::Time),
+            ("window_end", Ty::Time),
+            ("samples", Ty::Int),
+            ("vehicles", Ty::Int),
+            ("segments", Ty::Int),
+            ("mean_speed_ratio", Ty::Dec),
+            ("jammed_segments", Ty::Int),
+            ("chargers", Ty::Int),
+            ("energy_wh", Ty::Int),
+            ("power_kw", Ty::Dec),
+            ("occupied", Ty::Int),
+            ("connectors", Ty::Int),
+            ("faulted", Ty::Int),
+            ("low_soc_evs", Ty::Int),
+        ],
+    },
+];
+
+pub(super) fn table(kind: Kind) -> &'static Table {
+    match kind {
+        Kind::Congestion => &TABLES[0],
+        Kind::Charging => &TABLES[1],
+        Kind::Zone => &TABLES[2],
+    }
+}
+
+/// The upsert of `t` in `schema`: parameters are one array per column,
+/// unnested in the select list (streamed: `UNNEST` in `FROM` would store
+/// them first, twice the cost).
+pub(super) fn upsert_sql(schema: &str, t: &Table) -> String {
+    let cols: Vec<(&str, Ty)> = (t.cols.iter().copied())
+        .chain([("status", Ty::Text), ("ordering", Ty::Int)])
+        .collect();
+    let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+    let arrays: Vec<String> = (cols.iter().enumerate())
+        .map(|(i, (n, ty))| {
+            let ty = match ty {
+                Ty::Text | Ty::Dec => "text",
+                Ty::Int => "bigint",
+                Ty::Time => "timestamptz",
+            };
+            format!("unnest(${}::{ty}[]) AS {n}", i + 1)
+        })
+        .collect();
+    let select: Vec<String> = (cols.iter())
+        .map(|(n, ty)| match ty {
+            Ty::Dec => format!("{n}::numeric"),
+            _ => (*n).to_owned(),
+        })
+        .collect();
+    let keys: Vec<&str> = t.key.split(", ").collect();
+    let set: Vec<String> = (names.iter())
+        .filter(|n| !keys.contains(n))
+        .map(|n| format!("{n} = EXCLUDED.{n}"))
+        .collect();
+    format!(
+        "INSERT INTO \"{schema}\".{table} AS t ({names}) SELECT {select} FROM (SELECT {arrays}) AS u \
+         ON CONFLICT ({key}) DO UPDATE SET {set}, updated_at = now() WHERE t.ordering < EXCLUDED.ordering",
+        table = t.name,
+        names = names.join(", "),
+        select = select.join(", "),
+        arrays = arrays.join(", "),
+        key = t.key,
+        set = set.join(", "),
+    )
+}
+
+/// Well-known text of a line (`None` under two positions).
+pub(super) fn line_wkt(line: &[[f64; 2]]) -> Option<String> {
+    (line.len() >= 2).then(|| format!("LINESTRING({})", positions(line)))
+}
+
+fn positions(ps: &[[f64; 2]]) -> String {
+    let mut s = String::new();
+    for (i, p) in ps.iter().enumerate() {
+        let _ = write!(s, "{}{} {}", if i > 0 { "," } else { "" }, p[0], p[1]);
+    }
+    s
+}
+
+/// Well-known text of polygons (each an outer ring, then holes) as a
+/// MULTIPOLYGON: rings closed, rings of under three corners left out (a
+/// polygon whose outer ring is), `None` when nothing is left.
+pub(super) fn multipolygon_wkt(polygons: &[Vec<Vec<[f64; 2]>>]) -> Option<String> {
+    let mut parts = Vec::new();
+    for rings in polygons {
+        let mut kept = Vec::new();
+        for (i, ring) in rings.iter().enumerate() {
+            let mut ring = ring.clone();
+            if ring.first() != ring.last() {
+                if let Some(&first) = ring.first() {
+                    ring.push(first);
+                }
+            }
+            if ring.len() < 4 {
+                if i == 0 {
+                    break;
+                }
+                continue;
+            }
+            kept.push(format!("({})", positions(&ring)));
+        }
+        if !kept.is_empty() {
+            parts.push(format!("({})", kept.join(",")));
+        }
+    }
+    (!parts.is_empty()).then(|| format!("MULTIPOLYGON({})", parts.join(",")))
+}
+
+/// The outline of H3 cell `id` (hex) as a MULTIPOLYGON.
+pub(super) fn cell_wkt(id: &str) -> Option<String> {
+    let cell: h3o::CellIndex = id.parse().ok()?;
+    let ring: Vec<[f64; 2]> = cell
+        .boundary()
+        .iter()
+        .map(|ll| [ll.lng(), ll.lat()])
+        .collect();
+    multipolygon_wkt(&[vec![ring]])
+}
+
+/// Applies the migrations `schema_migrations` lacks, in one transaction
+/// under the schema's advisory lock; returns the versions applied.
+pub(super) async fn migrate(
+    client: &mut Client,
+    schema: &str,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
+        .await?;
+    // Created only when missing: a user without CREATE rights works in
+    // a schema an administrator prepared (deploy/postgres/schema.sql).
+    let has_schema = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await?
+        .is_some();
+    if !has_schema {
+        tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await?;
+    }
+    let table = format!("\"{schema}\".schema_migrations");
+    let has_table = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .try_get::<_, bool>(0)?;
+    if !has_table {
+        tx.batch_execute(&migrations_table(schema)).await?;
+    }
+    let done: Vec<i32> = (tx
+        .query(&format!("SELECT version FROM {table}"), &[])
+        .await?)
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if !done.contains(version) {
+            tx.batch_execute(&in_schema(sql, schema)).await?;
+            tx.execute(
+                &format!("INSERT INTO {table} (version) VALUES ($1)"),
+                &[version],
+            )
+            .await?;
+            applied.push(*version);
+        }
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Upserts the reference tables (segments, chargers, named zones) in one
+/// transaction; returns how many rows of each.
+pub(super) async fn write_reference(
+    client: &mut Client,
+    s: &str,
+    reference: &Reference,
+) -> Result<[usize; 3], tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let roads = &reference.roads;
+    let ids: Vec<&str> = roads.iter().map(|r| r.id.as_str()).collect();
+    let names: Vec<Option<&str>> = roads.iter().map(|r| r.name.as_deref()).collect();
+    let free: Vec<f64> = roads.iter().map(|r| r.free_flow_mps).collect();
+    let lanes: Vec<i32> = (roads.iter())
+        .map(|r| i32::try_from(r.lanes).unwrap_or(i32::MAX))
+        .collect();
+    let length: Vec<Option<f64>> = roads.iter().map(|r| r.length_m).collect();
+    let wkt: Vec<Option<String>> = roads.iter().map(|r| line_wkt(&r.line)).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{s}\".segments AS t (id, name, free_flow_mps, lanes, length_m, geom) \
+             SELECT id, name, ff, lanes, len, ST_GeomFromText(wkt, 4326) \
+             FROM UNNEST($1::text[], $2::text[], $3::float8[], $4::int4[], $5::float8[], $6::text[]) \
+             AS u(id, name, ff, lanes, len, wkt) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, \
+             free_flow_mps = EXCLUDED.free_flow_mps, lanes = EXCLUDED.lanes, length_m = EXCLUDED.length_m, \
+             geom = EXCLUDED.geom, updated_at = now()"
+        ),
+        &[&ids, &names, &free, &lanes, &length, &wkt],
+    )
+    .await?;
+    let chargers = &reference.chargers;
+    let ids: Vec<&str> = chargers.iter().map(|c| c.id.as_str()).collect();
+    let names: Vec<Option<&str>> = chargers.iter().map(|c| c.name.as_deref()).collect();
+    let connectors: Vec<i32> = (chargers.iter())
+        .map(|c| i32::try_from(c.connectors).unwrap_or(i32::MAX))
+        .collect();
+    let kw: Vec<f64> = chargers.iter().map(|c| c.max_kw).collect();
+    let lon: Vec<f64> = chargers.iter().map(|c| c.position[0]).collect();
+    let lat: Vec<f64> = chargers.iter().map(|c| c.position[1]).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{s}\".chargers AS t (id, name, connectors, max_kw, geom) \
+             SELECT id, name, n, kw, ST_SetSRID(ST_MakePoint(lon, lat), 4326) \
+             FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::float8[], $5::float8[], $6::float8[]) \
+             AS u(id, name, n, kw, lon, lat) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, \
+             connectors = EXCLUDED.connectors, max_kw = EXCLUDED.max_kw, geom = EXCLUDED.geom, \
+             updated_at = now()"
+        ),
+        &[&ids, &names, &connectors, &kw, &lon, &lat],
+    )
+    .await?;
+    let zones = &reference.zones;
+    let ids: Vec<&str> = zones.iter().map(|z| z.id.as_str()).collect();
+    let names: Vec<Option<&str>> = zones.iter().map(|z| z.name.as_deref()).collect();
+    let wkt: Vec<Option<String>> = zones
+        .iter()
+        .map(|z| multipolygon_wkt(&z.polygons))
+        .collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO \"{s}\".zones AS t (zone_type, id, name, geom) \
+             SELECT '{named}', id, name, ST_GeomFromText(wkt, 4326) \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(id, name, wkt) \
+             ON CONFLICT (zone_type, id) DO UPDATE SET name = EXCLUDED.name, geom = EXCLUDED.geom, \
+             updated_at = now()",
+            named = ZoneKind::Named.as_str()
+        ),
+        &[&ids, &names, &wkt],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok([roads.len(), chargers.len(), zones.len()])
+}
