@@ -491,3 +491,38 @@ pub fn write_csv_row(
     }
     true
 }
+
+/// What may leave a node of a row's value (`privacy.min_vehicles` = `k`):
+/// rows over fewer than `k` distinct vehicles are withheld. A zone row
+/// shows its road traffic only over enough distinct vehicles, and its
+/// low-SoC EVs only when there are enough of them; a part under the
+/// threshold is shown as if there were none (so a reader cannot tell
+/// "none" from "a few"), and a row left with nothing to show is withheld.
+pub fn project(value: &AggValue, k: u64) -> Option<AggValue> {
+    match value {
+        AggValue::Congestion(c) => (c.vehicles >= k).then(|| value.clone()),
+        AggValue::Charging(_) => Some(value.clone()),
+        AggValue::Zone(z) => {
+            let mut shown = ZoneAgg {
+                low_soc_evs: 0,
+                ..**z
+            };
+            if u64::from(z.vehicles) < k {
+                shown = ZoneAgg {
+                    chargers: z.chargers,
+                    energy_wh: z.energy_wh,
+                    power_mw: z.power_mw,
+                    occupied: z.occupied,
+                    connectors: z.connectors,
+                    faulted: z.faulted,
+                    ..ZoneAgg::default()
+                };
+            }
+            if u64::from(z.low_soc_evs) >= k {
+                shown.low_soc_evs = z.low_soc_evs;
+            }
+            (shown.vehicles > 0 || shown.chargers > 0 || shown.low_soc_evs > 0)
+                .then(|| AggValue::Zone(Box::new(shown)))
+        }
+    }
+}

@@ -21,12 +21,10 @@
 //! test a guessed id: the secret is the city's to keep, like a token.
 //!
 //! What leaves a node as rows (subscriptions, the city sinks) passes
-//! [`project`]: rows over fewer than `privacy.min_vehicles` distinct
-//! vehicles are withheld.
+//! [`crate::aggregate::project`]: rows over fewer than
+//! `privacy.min_vehicles` distinct vehicles are withheld.
 
 use std::hash::Hasher;
-
-use crate::aggregate::{AggValue, ZoneAgg};
 
 use sha2::{Digest, Sha256};
 use siphasher::sip::SipHasher13;
@@ -120,41 +118,6 @@ impl DayHasher {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write(vehicle_id.as_bytes());
         h.finish()
-    }
-}
-
-/// What may leave a node of a row's value (`privacy.min_vehicles` = `k`):
-/// rows over fewer than `k` distinct vehicles are withheld. A zone row
-/// shows its road traffic only over enough distinct vehicles, and its
-/// low-SoC EVs only when there are enough of them; a part under the
-/// threshold is shown as if there were none (so a reader cannot tell
-/// "none" from "a few"), and a row left with nothing to show is withheld.
-pub fn project(value: &AggValue, k: u64) -> Option<AggValue> {
-    match value {
-        AggValue::Congestion(c) => (c.vehicles >= k).then(|| value.clone()),
-        AggValue::Charging(_) => Some(value.clone()),
-        AggValue::Zone(z) => {
-            let mut shown = ZoneAgg {
-                low_soc_evs: 0,
-                ..**z
-            };
-            if u64::from(z.vehicles) < k {
-                shown = ZoneAgg {
-                    chargers: z.chargers,
-                    energy_wh: z.energy_wh,
-                    power_mw: z.power_mw,
-                    occupied: z.occupied,
-                    connectors: z.connectors,
-                    faulted: z.faulted,
-                    ..ZoneAgg::default()
-                };
-            }
-            if u64::from(z.low_soc_evs) >= k {
-                shown.low_soc_evs = z.low_soc_evs;
-            }
-            (shown.vehicles > 0 || shown.chargers > 0 || shown.low_soc_evs > 0)
-                .then(|| AggValue::Zone(Box::new(shown)))
-        }
     }
 }
 

@@ -294,7 +294,7 @@ impl<T: Target> Driver<T> {
             if e.status == Status::Provisional && !self.settings.provisional {
                 continue;
             }
-            let Some(value) = crate::privacy::project(&e.value, self.ctx.min_vehicles) else {
+            let Some(value) = crate::aggregate::project(&e.value, self.ctx.min_vehicles) else {
                 continue;
             };
             if self.settings.latest_only {

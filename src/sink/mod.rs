@@ -18,7 +18,7 @@
 //! lacks; and the sink's [`crate::delivery::ledger::Ledger`] of
 //! acknowledged windows keeps a restart from resending what the target
 //! has. What leaves passes the privacy projection
-//! ([`crate::privacy::project`], `privacy.min_vehicles`).
+//! ([`crate::aggregate::project`], `privacy.min_vehicles`).
 
 pub mod driver;
 pub mod mqtt;

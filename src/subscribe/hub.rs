@@ -215,7 +215,7 @@ impl Hub {
             let value = if retract {
                 None
             } else {
-                crate::privacy::project(&e.value, self.settings.min_vehicles)
+                crate::aggregate::project(&e.value, self.settings.min_vehicles)
             };
             let is_final = e.status != Status::Provisional;
             if let Some(old) = &old {

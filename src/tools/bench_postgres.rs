@@ -5,13 +5,15 @@
 //! Each run works in a new schema (migrations and the reference tables are
 //! written first, not timed), then hands the driver `--rows` final rows at
 //! once: window after window of every segment of a synthetic network
-//! ([`super::bench::synthetic_reference`]) and its chargers. Two figures,
-//! from the first row handed over to the last acknowledged (each batch
-//! committed):
+//! ([`super::bench::synthetic_reference`]) and its chargers. Three
+//! figures, from the first row handed over to the last acknowledged (each
+//! batch committed):
 //!
-//! - **insert**: rows new to the tables;
+//! - **insert**: rows new to the tables (every final row, live);
 //! - **update**: the same rows again with a later ordering and other
-//!   values (every row updated in place).
+//!   values (every row a correction: the worst case);
+//! - **replay**: the same rows once more with the same ordering (what a
+//!   restarted node sends again: every row left as it is).
 //!
 //! The median of `--runs` runs is reported. The server's password, when it
 //! asks for one, comes from `PGPASSWORD`.
@@ -128,12 +130,15 @@ async fn acknowledged(status: &SinkStatus, n: u64, limit: Duration) -> anyhow::R
     Ok(())
 }
 
-/// One run in schema `schema`: the insert and update rates, rows/s.
+/// The phases measured, in order.
+const PHASES: [&str; 3] = ["insert", "update", "replay"];
+
+/// One run in schema `schema`: the rate of each of [`PHASES`], rows/s.
 async fn run_one(
     args: &PostgresBenchArgs,
     ctx: &SinkContext,
     schema: &str,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Vec<f64>> {
     let cfg = PostgresSink {
         name: "bench".into(),
         url: args.url.clone(),
@@ -160,10 +165,8 @@ async fn run_one(
     }
     let mut sent = 0;
     let mut rates = Vec::new();
-    for (pass, feeds) in [(0, warm), (1, rows(segments, chargers, args.rows, 1))]
-        .into_iter()
-        .chain([(2, rows(segments, chargers, args.rows, 2))])
-    {
+    let phase = |pass| rows(segments, chargers, args.rows, pass);
+    for (pass, feeds) in [(0, warm), (1, phase(1)), (2, phase(2)), (3, phase(2))] {
         let n: u64 = feeds.iter().map(|f| f.rows.len() as u64).sum();
         let start = Instant::now();
         for f in feeds {
@@ -182,7 +185,7 @@ async fn run_one(
     }
     drop(tx);
     let _ = driver.await;
-    Ok((rates[0], rates[1]))
+    Ok(rates)
 }
 
 /// Drops `schema` (a bench run's).
@@ -223,7 +226,7 @@ pub fn run(args: &PostgresBenchArgs) -> anyhow::Result<serde_json::Value> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (mut inserts, mut updates) = (Vec::new(), Vec::new());
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
     for r in 0..args.runs {
         let schema = format!("bench_{}_{r}", std::process::id());
         let result = rt.block_on(run_one(args, &ctx, &schema));
@@ -232,21 +235,26 @@ pub fn run(args: &PostgresBenchArgs) -> anyhow::Result<serde_json::Value> {
                 eprintln!("bench-postgres: schema {schema} not dropped: {e}");
             }
         }
-        let (insert, update) = result?;
-        eprintln!("bench-postgres: run {r}: insert {insert:.0} rows/s, update {update:.0} rows/s");
-        inserts.push(insert);
-        updates.push(update);
+        let said: Vec<String> = (PHASES.iter().zip(result?))
+            .zip(&mut rates)
+            .map(|((phase, rate), all)| {
+                all.push(rate);
+                format!("{phase} {rate:.0} rows/s")
+            })
+            .collect();
+        eprintln!("bench-postgres: run {r}: {}", said.join(", "));
     }
-    Ok(json!({
+    let mut report = json!({
         "rows": args.rows,
         "segments": args.segments,
         "chargers": ctx.reference.chargers.len(),
         "runs": args.runs,
         "max_rows": args.max_rows,
         "max_in_flight": args.max_in_flight,
-        "insert_rows_per_s": median(inserts.iter().copied()).round(),
-        "update_rows_per_s": median(updates.iter().copied()).round(),
-        "insert_runs": inserts.iter().map(|x| x.round()).collect::<Vec<_>>(),
-        "update_runs": updates.iter().map(|x| x.round()).collect::<Vec<_>>(),
-    }))
+    });
+    for (phase, all) in PHASES.iter().zip(&rates) {
+        report[format!("{phase}_rows_per_s")] = json!(median(all.iter().copied()).round());
+        report[format!("{phase}_runs")] = json!(all.iter().map(|x| x.round()).collect::<Vec<_>>());
+    }
+    Ok(report)
 }
