@@ -243,7 +243,16 @@ fn said(e: &tokio_postgres::Error) -> String {
                 db.code().code()
             )
         }
-        None => e.to_string(),
+        None => {
+            // Its Display leaves out the cause ("error connecting to server").
+            let mut said = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                said = format!("{said}: {c}");
+                cause = c.source();
+            }
+            said
+        }
     }
 }
 
@@ -519,8 +528,9 @@ impl Postgres {
     /// PostgreSQL connection URL or asks for TLS (not built in: see
     /// docs/POSTGRES.md). Nothing connects before the first batch.
     pub fn new(cfg: PostgresSink, ctx: SinkContext) -> anyhow::Result<Self> {
-        let mut config: tokio_postgres::Config = (cfg.url.parse())
-            .map_err(|e| anyhow::anyhow!("url {:?} is not a PostgreSQL URL: {e}", cfg.url))?;
+        let mut config: tokio_postgres::Config = (cfg.url.parse()).map_err(|e| {
+            anyhow::anyhow!("url {:?} is not a PostgreSQL URL: {}", cfg.url, said(&e))
+        })?;
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             anyhow::bail!(
                 "url {:?} requires TLS (sslmode=require), which this build does not speak: \

@@ -232,7 +232,7 @@ pub fn run(args: &PostgresBenchArgs) -> anyhow::Result<serde_json::Value> {
         let result = rt.block_on(run_one(args, &ctx, &schema));
         if !args.keep {
             if let Err(e) = rt.block_on(drop_schema(&args.url, &schema)) {
-                eprintln!("bench-postgres: schema {schema} not dropped: {e}");
+                eprintln!("bench-postgres: schema {schema} not dropped: {e:#}");
             }
         }
         let said: Vec<String> = (PHASES.iter().zip(result?))

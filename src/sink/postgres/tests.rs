@@ -269,4 +269,8 @@ fn settings_follow_the_section_and_bad_urls_are_refused() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("not a PostgreSQL URL"), "{err}");
+    assert!(
+        err.to_string().contains("option `port`"),
+        "the cause said: {err}"
+    );
 }
