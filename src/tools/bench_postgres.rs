@@ -189,19 +189,27 @@ async fn run_one(
 }
 
 /// Drops `schema` (a bench run's).
-async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+/// Drops `schema`; returns how many congestion rows it held first.
+pub(crate) async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<i64> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if let Ok(p) = std::env::var("PGPASSWORD") {
         config.password(p);
     }
     let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
     let task = tokio::spawn(conn);
+    let rows = match client
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".congestion"), &[])
+        .await
+    {
+        Ok(row) => row.try_get::<_, i64>(0)?,
+        Err(_) => 0,
+    };
     client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .await?;
     drop(client);
     let _ = task.await;
-    Ok(())
+    Ok(rows)
 }
 
 /// Runs the benchmark; the report as JSON.

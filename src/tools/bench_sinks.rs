@@ -12,7 +12,7 @@
 //! - **Edge cost** (`--runs`): an edge process ingesting over QUIC as
 //!   `bench-ingest` does, without and with an NGSI-LD and an MQTT sink,
 //!   interleaved; records per second and per edge CPU second, medians and
-//!   ratios.
+//!   ratios. With `--pg-url`, a postgres sink joins them (all three sinks).
 //!
 //! PostgreSQL has a benchmark of its own (`bench-postgres`), as it needs a
 //! database.
@@ -50,6 +50,11 @@ pub struct SinksBenchArgs {
     /// Batches per connection of the edge cost load.
     #[arg(long, default_value_t = 100)]
     pub batches: u64,
+    /// A PostgreSQL database (`postgres://user@host:port/db`, PostGIS
+    /// installed or installable): the edge cost then runs with a postgres
+    /// sink too, in a schema of its own that is dropped afterwards.
+    #[arg(long)]
+    pub pg_url: Option<String>,
 }
 
 const WINDOW_MS: u64 = 60_000;
@@ -244,8 +249,17 @@ fn edge_cost(
 ) -> anyhow::Result<serde_json::Value> {
     let broker = Broker::start("127.0.0.1:0".parse()?, BrokerSettings::default())?;
     let mut sinks = format!("[[sink]]\ntype = \"ngsi-ld\"\nurl = \"{}\"\n", broker.url());
+    let mut names = vec!["ngsi-ld"];
     if let Some(port) = mqtt_port {
         sinks += &format!("[[sink]]\ntype = \"mqtt\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n");
+        names.push("mqtt");
+    }
+    let schema = format!("bench_sinks_{}", std::process::id());
+    if let Some(url) = &args.pg_url {
+        sinks += &format!(
+            "[[sink]]\ntype = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"
+        );
+        names.push("postgres");
     }
     let ingest = super::bench_ingest::IngestBenchArgs {
         connections: 10,
@@ -273,8 +287,22 @@ fn edge_cost(
         delivered > 0,
         "the NGSI-LD sink delivered nothing during the edge runs"
     );
+    let pg_rows = match &args.pg_url {
+        Some(url) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let rows = runtime.block_on(super::bench_postgres::drop_schema(url, &schema))?;
+            anyhow::ensure!(
+                rows > 0,
+                "the postgres sink delivered nothing during the edge runs"
+            );
+            Some(rows)
+        }
+        None => None,
+    };
     Ok(serde_json::json!({
-        "sinks": if mqtt_port.is_some() { "ngsi-ld, mqtt" } else { "ngsi-ld" },
+        "sinks": names.join(", "),
         "without_sinks_records_per_s": rate(&plain, 0).round(),
         "with_sinks_records_per_s": rate(&with, 0).round(),
         "ratio": ratio(rate(&with, 0), rate(&plain, 0)),
@@ -284,6 +312,7 @@ fn edge_cost(
         "runs_without": plain.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
         "runs_with": with.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
         "ngsi_entities_applied": delivered,
+        "postgres_congestion_rows": pg_rows,
     }))
 }
 
