@@ -1,21 +1,41 @@
-//! `edgeflow bench-match`: map-matching throughput on a topology's road
-//! network, one core.
+//! `edgeflow bench-match`: map matching on a topology's road network, one
+//! core: today's point matcher and the HMM ([`crate::geo::hmm`]), their
+//! speed and their accuracy.
 //!
-//! Reports are generated on the network itself: a random point of a random
-//! segment, moved up to `noise_m` metres in each axis (GNSS error), with the
-//! segment's direction of travel ± 10° as heading. Each run matches all of
-//! them with [`Matcher::locate`] on one thread; the baseline is the same rule
-//! without the R-tree ([`Matcher::locate_exhaustive`]) on a sample, measured
-//! in the same run. The share of reports placed on the segment they were
-//! generated on is reported too (points near junctions and crossings make
-//! it less than 1).
+//! **Point matcher speed.** Reports are generated on the network itself: a
+//! random point of a random segment, moved up to `noise_m` metres in each
+//! axis (GNSS error), with the segment's direction of travel ± 10° as
+//! heading. Each run matches all of them with [`Matcher::locate`] on one
+//! thread; the baseline is the same rule without the R-tree
+//! ([`Matcher::locate_exhaustive`]) on a sample, measured in the same run.
+//! The share of reports placed on the segment they were generated on is
+//! reported too (points near junctions and crossings make it less than 1).
+//!
+//! **Accuracy on recordings** (`--recording`, any number, JSON Lines,
+//! gzipped or not, with `--expected`, the expected congestion table): each
+//! recording's vehicle reports are grouped by vehicle and sorted by
+//! [`Fix::order_key`]; both methods match them from position and heading
+//! alone (a `segment_id` in the file is ignored; an EV charging in a bay
+//! counts toward no segment, as in [`crate::resolve::resolve`]); mean speeds
+//! per (segment, window of the topology) are computed here, without the
+//! dataflow, and scored as the noisy recording's README says: the share of
+//! expected (segment, window) pairs with >= 10 samples whose mean speed is
+//! within max(0.5 m/s, 10 %). Each method's speed on the recording
+//! (reports/s, one core, median of `runs`) is measured on the same reports.
+//!
+//! **Accuracy on a dense synthetic centre** (`--synthetic-vehicles` > 0):
+//! [`crate::geo::hmm::synthetic`]'s grid at σ = 10 and 20 m, scored as the
+//! share of fixes on a segment decided on their true segment, and as pairs
+//! within tolerance.
 
 use std::time::Instant;
 
 use serde_json::json;
 
 use super::measure::{median, SplitMix};
-use crate::geo::Matcher;
+use crate::geo::hmm::synthetic::{self, Grid, GridSettings};
+use crate::geo::hmm::{self, Fix, Hmm, HmmSettings, Track};
+use crate::geo::{MatchSettings, Matcher};
 use crate::reference::Reference;
 
 /// Options of `edgeflow bench-match`.
@@ -36,6 +56,62 @@ pub struct MatchBenchArgs {
     /// Reports the exhaustive baseline matches per run.
     #[arg(long, default_value_t = 20_000)]
     pub baseline_reports: usize,
+    /// A recording (JSON Lines, `.gz` or plain) whose accuracy and speed
+    /// both methods are measured on; repeatable.
+    #[arg(long = "recording")]
+    pub recordings: Vec<std::path::PathBuf>,
+    /// The expected congestion table the recordings are scored against
+    /// (CSV of TELEMETRY.md §4); required with --recording.
+    #[arg(long)]
+    pub expected: Option<std::path::PathBuf>,
+    /// Vehicles driven on the dense synthetic grid (0: skip it).
+    #[arg(long, default_value_t = 300)]
+    pub synthetic_vehicles: u32,
+    /// Fixes per synthetic vehicle (one every 2 s).
+    #[arg(long, default_value_t = 300)]
+    pub synthetic_fixes: usize,
+    /// HMM: GNSS noise sigma, metres.
+    #[arg(long)]
+    pub sigma_m: Option<f64>,
+    /// HMM: transition scale beta, metres.
+    #[arg(long)]
+    pub beta_m: Option<f64>,
+    /// HMM: candidate radius, metres.
+    #[arg(long)]
+    pub radius_m: Option<f64>,
+    /// HMM: candidates per fix.
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    /// HMM: fixed lag, milliseconds.
+    #[arg(long)]
+    pub lag_ms: Option<u64>,
+    /// HMM: heading noise sigma, degrees (0: headings ignored).
+    #[arg(long)]
+    pub heading_sigma_deg: Option<f64>,
+    /// HMM: backward movement on a segment taken as noise, metres.
+    #[arg(long)]
+    pub backward_tolerance_m: Option<f64>,
+    /// HMM: junction link length, metres.
+    #[arg(long)]
+    pub junction_link_m: Option<f64>,
+}
+
+impl MatchBenchArgs {
+    /// The HMM settings: the defaults, with the flags given.
+    pub fn hmm_settings(&self) -> HmmSettings {
+        let d = HmmSettings::default();
+        HmmSettings {
+            sigma_m: self.sigma_m.unwrap_or(d.sigma_m),
+            beta_m: self.beta_m.unwrap_or(d.beta_m),
+            radius_m: self.radius_m.unwrap_or(d.radius_m),
+            max_candidates: self.candidates.unwrap_or(d.max_candidates),
+            lag_ms: self.lag_ms.unwrap_or(d.lag_ms),
+            heading_sigma_deg: self.heading_sigma_deg.unwrap_or(d.heading_sigma_deg),
+            backward_tolerance_m: self.backward_tolerance_m.unwrap_or(d.backward_tolerance_m),
+            junction_link_m: self.junction_link_m.unwrap_or(d.junction_link_m),
+            ..d
+        }
+    }
 }
 
 /// A generated report: position, heading, and the segment it came from.
@@ -136,6 +212,43 @@ pub fn run(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
         .map(|r| r.line.len().saturating_sub(1))
         .sum::<usize>();
     let (indexed_median, exhaustive_median) = (median(indexed.clone()), median(exhaustive));
+    let settings = args.hmm_settings();
+    let lines: Vec<&[[f64; 2]]> = topology
+        .reference
+        .roads
+        .iter()
+        .map(|r| r.line.as_slice())
+        .collect();
+    let start = Instant::now();
+    let hmm = Hmm::new(&lines, settings)?;
+    let build_s = start.elapsed().as_secs_f64();
+    let mut recordings = Vec::new();
+    if !args.recordings.is_empty() {
+        let expected_path = args.expected.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("--recording needs --expected (the expected congestion CSV)")
+        })?;
+        let expected = read_expected(expected_path, &topology.reference)?;
+        for path in &args.recordings {
+            let vehicles = read_recording(path)?;
+            recordings.push(score_recording(
+                path,
+                &vehicles,
+                &expected,
+                matcher,
+                &hmm,
+                topology.time.size_ms,
+                args.runs.max(1),
+            ));
+        }
+    }
+    let synthetic = if args.synthetic_vehicles > 0 {
+        [10.0, 20.0]
+            .iter()
+            .map(|&sigma| score_synthetic(args, &settings, sigma))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     Ok(json!({
         "segments": topology.reference.roads.len(),
         "pieces": pieces,
@@ -147,5 +260,285 @@ pub fn run(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
         "exhaustive_baseline_per_s_median": exhaustive_median.round(),
         "speedup_vs_exhaustive": indexed_median / exhaustive_median.max(1e-9),
         "matched_to_generating_segment": right as f64 / probes.len().max(1) as f64,
+        "hmm": {
+            "settings": settings_json(&settings),
+            "nodes": hmm.network().nodes(),
+            "edges": hmm.network().edges(),
+            "table_pairs": hmm.table().pairs(),
+            "table_bytes": hmm.table_bytes(),
+            "build_s": build_s,
+        },
+        "recordings": recordings,
+        "synthetic": synthetic,
+    }))
+}
+
+fn settings_json(s: &HmmSettings) -> serde_json::Value {
+    json!({
+        "sigma_m": s.sigma_m,
+        "heading_sigma_deg": s.heading_sigma_deg,
+        "beta_m": s.beta_m,
+        "radius_m": s.radius_m,
+        "max_candidates": s.max_candidates,
+        "lag_ms": s.lag_ms,
+        "max_gap_ms": s.max_gap_ms,
+        "max_speed_mps": s.max_speed_mps,
+        "backward_tolerance_m": s.backward_tolerance_m,
+        "end_slack_m": s.end_slack_m,
+        "node_snap_m": s.node_snap_m,
+        "junction_link_m": s.junction_link_m,
+        "table_bound_m": s.table_bound_m,
+    })
+}
+
+/// A vehicle report of a recording: the fix, its speed, and whether the
+/// EV is charging in a bay.
+#[derive(Clone, Copy, Debug)]
+struct Report {
+    fix: Fix,
+    speed_mps: f64,
+    charging: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    vehicle_id: Option<String>,
+    ts_ms: u64,
+    #[serde(default)]
+    lat: f64,
+    #[serde(default)]
+    lon: f64,
+    #[serde(default)]
+    speed_mps: f64,
+    #[serde(default)]
+    heading_deg: Option<f64>,
+    #[serde(default)]
+    ev: Option<Ev>,
+}
+
+#[derive(serde::Deserialize)]
+struct Ev {
+    #[serde(default)]
+    charging: Option<bool>,
+}
+
+/// The vehicle reports of a recording, grouped by vehicle (by id), each
+/// vehicle's in [`Fix::order_key`] order.
+fn read_recording(path: &std::path::Path) -> anyhow::Result<Vec<Vec<Report>>> {
+    use std::io::{BufRead, BufReader, Read};
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut by_vehicle: std::collections::BTreeMap<String, Vec<Report>> = Default::default();
+    for (i, line) in BufReader::new(reader).lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        let Some(id) = l.vehicle_id.filter(|_| l.kind == "vehicle") else {
+            continue;
+        };
+        by_vehicle.entry(id).or_default().push(Report {
+            fix: Fix {
+                ts_ms: l.ts_ms,
+                lon: l.lon,
+                lat: l.lat,
+                heading_deg: l.heading_deg,
+            },
+            speed_mps: l.speed_mps,
+            charging: l.ev.and_then(|e| e.charging) == Some(true),
+        });
+    }
+    Ok(by_vehicle
+        .into_values()
+        .map(|mut v| {
+            v.sort_by_key(|r| r.fix.order_key());
+            v
+        })
+        .collect())
+}
+
+/// The expected congestion table: (segment index, window start) -> (samples,
+/// mean speed).
+fn read_expected(
+    path: &std::path::Path,
+    reference: &Reference,
+) -> anyhow::Result<synthetic::Speeds> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut out = synthetic::Speeds::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || anyhow::anyhow!("{}:{}: not a congestion row", path.display(), i + 1);
+        if f.len() < 6 {
+            return Err(bad());
+        }
+        let segment = reference.road(f[0]).ok_or_else(|| {
+            anyhow::anyhow!("{}:{}: unknown segment {}", path.display(), i + 1, f[0])
+        })?;
+        let window: u64 = f[1].parse().map_err(|_| bad())?;
+        let samples: u32 = f[3].parse().map_err(|_| bad())?;
+        let speed: f64 = f[5].parse().map_err(|_| bad())?;
+        out.insert((segment, window), (samples, speed));
+    }
+    Ok(out)
+}
+
+/// Both methods' accuracy and speed on one recording.
+fn score_recording(
+    path: &std::path::Path,
+    vehicles: &[Vec<Report>],
+    expected: &synthetic::Speeds,
+    matcher: &Matcher,
+    hmm: &Hmm,
+    window_ms: u64,
+    runs: usize,
+) -> serde_json::Value {
+    let reports: usize = vehicles.iter().map(Vec::len).sum();
+    // Enough repetitions per run for a measurable time.
+    let repeat = (200_000 / reports.max(1)).max(1);
+    let mut nearest_rates = Vec::new();
+    let mut nearest_items = Vec::new();
+    for run in 0..runs {
+        let start = Instant::now();
+        for _ in 0..repeat {
+            nearest_items.clear();
+            for r in vehicles.iter().flatten() {
+                if r.charging {
+                    continue;
+                }
+                if let Ok(seg) = matcher.locate(r.fix.lon, r.fix.lat, r.fix.heading_deg) {
+                    nearest_items.push((seg, r.fix.ts_ms, r.speed_mps));
+                }
+            }
+        }
+        nearest_rates.push((reports * repeat) as f64 / start.elapsed().as_secs_f64());
+        std::hint::black_box(run);
+    }
+    let mut hmm_rates = Vec::new();
+    let mut hmm_items = Vec::new();
+    let mut decisions = Vec::new();
+    let mut unmatched = [0usize; 3];
+    for _ in 0..runs {
+        let start = Instant::now();
+        for _ in 0..repeat {
+            hmm_items.clear();
+            unmatched = [0; 3];
+            for v in vehicles {
+                let mut track = Track::new();
+                decisions.clear();
+                for r in v {
+                    if !r.charging {
+                        // In order by construction: a refusal cannot happen.
+                        let _ = track.push(hmm, &r.fix, &mut decisions);
+                    }
+                }
+                track.finish(hmm, &mut decisions);
+                let moving = v.iter().filter(|r| !r.charging);
+                for (d, r) in decisions.iter().zip(moving) {
+                    match d.result {
+                        Ok(seg) => hmm_items.push((seg, r.fix.ts_ms, r.speed_mps)),
+                        Err(hmm::Reason::OffRoad) => unmatched[0] += 1,
+                        Err(hmm::Reason::Junction) => unmatched[1] += 1,
+                        Err(hmm::Reason::Outlier) => unmatched[2] += 1,
+                    }
+                }
+            }
+        }
+        hmm_rates.push((reports * repeat) as f64 / start.elapsed().as_secs_f64());
+    }
+    let share = |items: &[(u32, u64, f64)]| {
+        let got = synthetic::mean_speeds(items.iter().copied(), window_ms);
+        let (pairs, within) = synthetic::pairs_within(expected, &got, 10);
+        (pairs, within as f64 / pairs.max(1) as f64)
+    };
+    let (pairs, nearest_share) = share(&nearest_items);
+    let (_, hmm_share) = share(&hmm_items);
+    json!({
+        "recording": path.display().to_string(),
+        "vehicles": vehicles.len(),
+        "reports": reports,
+        "pairs": pairs,
+        "nearest": {
+            "pairs_within": nearest_share,
+            "matched": nearest_items.len(),
+            "reports_per_s_median": median(nearest_rates).round(),
+        },
+        "hmm": {
+            "pairs_within": hmm_share,
+            "matched": hmm_items.len(),
+            "off_road": unmatched[0],
+            "junction": unmatched[1],
+            "outlier": unmatched[2],
+            "reports_per_s_median": median(hmm_rates).round(),
+        },
+    })
+}
+
+/// Both methods on the dense synthetic grid at `sigma`.
+fn score_synthetic(
+    args: &MatchBenchArgs,
+    settings: &HmmSettings,
+    sigma: f64,
+) -> anyhow::Result<serde_json::Value> {
+    let grid = Grid::new(
+        &GridSettings {
+            columns: 12,
+            rows: 12,
+            ..GridSettings::default()
+        },
+        1,
+    );
+    let hmm = Hmm::new(&grid.lines, *settings)?;
+    let nearest = Matcher::new(&grid.lines, MatchSettings::default());
+    let drives = grid.drive(
+        args.synthetic_vehicles,
+        args.synthetic_fixes,
+        2000,
+        sigma,
+        2,
+    );
+    let hmm_results: Vec<Vec<_>> = drives
+        .iter()
+        .map(|v| {
+            let mut track = Track::new();
+            let mut out = Vec::with_capacity(v.len());
+            for s in v {
+                let _ = track.push(&hmm, &s.fix, &mut out);
+            }
+            track.finish(&hmm, &mut out);
+            synthetic::results(&out)
+        })
+        .collect();
+    let nearest_results: Vec<Vec<_>> = drives
+        .iter()
+        .map(|v| {
+            v.iter()
+                .map(|s| {
+                    nearest
+                        .locate(s.fix.lon, s.fix.lat, s.fix.heading_deg)
+                        .map_err(|_| hmm::Reason::OffRoad)
+                })
+                .collect()
+        })
+        .collect();
+    let h = synthetic::score(&drives, &hmm_results, 60_000);
+    let n = synthetic::score(&drives, &nearest_results, 60_000);
+    let j = |s: &synthetic::Score| s.junction_unmatched as f64 / s.in_junction.max(1) as f64;
+    Ok(json!({
+        "sigma_m": sigma,
+        "segments": grid.lines.len(),
+        "fixes": drives.iter().map(Vec::len).sum::<usize>(),
+        "pairs": h.pairs,
+        "nearest": {"right_segment": n.segment_share(), "pairs_within": n.pair_share(), "junction_unmatched": j(&n)},
+        "hmm": {"right_segment": h.segment_share(), "pairs_within": h.pair_share(), "junction_unmatched": j(&h)},
     }))
 }

@@ -1,0 +1,353 @@
+//! Trajectory-aware map matching: a hidden Markov model over candidate
+//! road positions (Newson and Krumm, 2009), decoded per vehicle with a
+//! fixed lag (issue 14).
+//!
+//! # The model
+//! - **Graph** ([`graph`]): each segment is a directed edge in the order of
+//!   its LineString. Segment ends closer than
+//!   [`HmmSettings::node_snap_m`] are one node. Networks such as SUMO's cut
+//!   edges where a junction begins, so the end of one segment and the start
+//!   of the next are a few metres apart: an end is linked to every start
+//!   within [`HmmSettings::junction_link_m`] by a junction edge as long as
+//!   the straight line between them. There are no turn restrictions in the
+//!   reference format (TELEMETRY.md §2), so every such turn is allowed.
+//! - **Table** ([`ubodt`]): route distances between every pair of nodes no
+//!   farther apart than [`HmmSettings::table_bound_m`] on the graph, by one
+//!   bounded Dijkstra per node at construction (FMM's upper-bounded
+//!   origin-destination table); its memory is capped by
+//!   [`HmmSettings::max_table_bytes`] and reported by
+//!   [`Hmm::table_bytes`].
+//! - **Candidates**: for each fix, the nearest position on each segment
+//!   within [`HmmSettings::radius_m`], at most
+//!   [`HmmSettings::max_candidates`] of them, nearest first (ties: lowest
+//!   segment index). A candidate lies *beyond an end* when the fix projects
+//!   before the segment's first point or after its last by more than
+//!   [`HmmSettings::end_slack_m`]: the same notion as
+//!   [`crate::geo::Matcher::locate`]'s, and a fix decided on such a
+//!   candidate is [`Reason::Junction`], as today.
+//! - **Emission**: `-d² / 2σ²` for perpendicular distance `d` and
+//!   `σ = sigma_m`, plus for a fix with a heading a von Mises term
+//!   `(cos Δ - 1) / σh²` with `Δ` the difference between the heading and
+//!   the segment's direction there (`σh = heading_sigma_deg`; bounded, so
+//!   a fix on a bend is not thrown out).
+//! - **Transition** from candidate `a` to `b`: `-|route - straight| / β`,
+//!   with `straight` the distance between the two fixes (on the local
+//!   plane; at city scale the great-circle distance to well under 1 %) and
+//!   `route` the distance on the directed graph: the rest of `a`'s segment,
+//!   the table distance from its end node to `b`'s start node, and `b`'s
+//!   offset. On one segment, moving forward costs the offset difference;
+//!   moving back by at most [`HmmSettings::backward_tolerance_m`] is GNSS
+//!   noise around a slow or stopped vehicle and counts as route 0 (as
+//!   Barefoot and Meili tolerate it); farther back, the route must leave the
+//!   segment and come round again. A transition is *implausible* when the
+//!   table has no route or the route is longer than `max_speed_mps × dt +
+//!   2 × radius_m` (the two candidates' along-road noise).
+//! - **Breaks**: a fix with no plausible transition from the previous one,
+//!   or more than [`HmmSettings::max_gap_ms`] after it, starts a new
+//!   trajectory. A trajectory of one fix that a distance break started and
+//!   the next fix with candidates broke again is an isolated bad fix:
+//!   [`Reason::Outlier`], unmatched. A fix with no candidate at all is
+//!   [`Reason::OffRoad`] and leaves the trajectory as it was.
+//!
+//! # Decisions, and why they are deterministic
+//! A vehicle's fixes are taken in the order of [`Fix::order_key`] (event
+//! time, then the position's and heading's bits: ties never depend on
+//! arrival). The decision for fix `i` at time `t_i` is the Viterbi
+//! backtrack from the best state (ties: the lowest candidate) at the last
+//! fix of `i`'s trajectory whose time is `<= t_i + lag_ms`, computed over
+//! that trajectory's fixes up to there. It is therefore a pure function of
+//! the fixes up to `t_i + lag_ms` (and, for an [`Reason::Outlier`], of the
+//! next fix with candidates). [`match_all`] computes it from scratch;
+//! [`Track`] incrementally, with state bounded by the lag; a property test
+//! holds them equal.
+
+pub mod graph;
+pub mod synthetic;
+mod track;
+pub mod ubodt;
+mod viterbi;
+
+#[cfg(test)]
+mod tests;
+
+pub use graph::Network;
+pub use track::Track;
+pub use ubodt::Table;
+
+use crate::geo::Unmatched;
+
+/// The most candidates a fix may have ([`HmmSettings::max_candidates`] is
+/// capped at it): the per-fix state is a fixed array, so no fix allocates.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// HMM map-matching settings; every limit with its default and cost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HmmSettings {
+    /// GNSS position noise σ, metres (emission). Default 10 m: a typical
+    /// street (5 m in open sky, 20 m between tall buildings).
+    pub sigma_m: f64,
+    /// Heading noise σ, degrees (emission's heading term); `0` ignores
+    /// headings. Default 20°: fixes' headings are about N(0, 10°), and a
+    /// segment's direction on a bend or at a lane change differs from the
+    /// vehicle's by a few degrees more.
+    pub heading_sigma_deg: f64,
+    /// Transition scale β, metres: how much the route may differ from the
+    /// straight line between fixes. Default 5 m (reports every 2 s).
+    pub beta_m: f64,
+    /// Candidate search radius, metres. Default 50 m: 2.5 σ at σ = 20 m.
+    pub radius_m: f64,
+    /// Candidates kept per fix, nearest first; at most
+    /// [`MAX_CANDIDATES`]. Default 8. Cost: transitions per fix grow with
+    /// its square.
+    pub max_candidates: usize,
+    /// Fixed lag, milliseconds: a fix is decided once the vehicle has a
+    /// fix later than this after it. Default 4 s (within Karhula's 5 s
+    /// allowed lateness). State per vehicle: the fixes within the lag, about
+    /// 300 bytes each.
+    pub lag_ms: u64,
+    /// Longest time between two fixes of one trajectory, milliseconds;
+    /// longer starts a new one. Default 30 s.
+    pub max_gap_ms: u64,
+    /// Fastest plausible speed, m/s (breaks). Default 70 m/s (250 km/h).
+    pub max_speed_mps: f64,
+    /// Backward movement on one segment taken as noise, metres. Default
+    /// 15 m (about the along-road noise of two fixes at σ = 10 m).
+    pub backward_tolerance_m: f64,
+    /// How far beyond a segment's end a fix may project and still be on
+    /// it, metres (as [`crate::geo::MatchSettings::end_slack_m`]). Default 0.
+    pub end_slack_m: f64,
+    /// Segment ends this close are one graph node, metres. Default 1 m.
+    pub node_snap_m: f64,
+    /// A segment's end links to the starts within this distance (a
+    /// junction), metres. Default 25 m: SUMO's junctions on Karhula are
+    /// mostly under 15 m across, a city junction with 15 m between
+    /// carriageways under 25 m.
+    pub junction_link_m: f64,
+    /// Route distances longer than this are not in the table (and such
+    /// transitions are breaks), metres. Default 2000 m: 28 s at 70 m/s.
+    pub table_bound_m: f64,
+    /// Largest table, bytes (8 per node pair); a network whose table would
+    /// be larger is refused with [`HmmError::TableTooLarge`]. Default
+    /// 256 MiB.
+    pub max_table_bytes: usize,
+}
+
+impl Default for HmmSettings {
+    fn default() -> Self {
+        HmmSettings {
+            sigma_m: 10.0,
+            heading_sigma_deg: 20.0,
+            beta_m: 5.0,
+            radius_m: 50.0,
+            max_candidates: 8,
+            lag_ms: 4_000,
+            max_gap_ms: 30_000,
+            max_speed_mps: 70.0,
+            backward_tolerance_m: 15.0,
+            end_slack_m: 0.0,
+            node_snap_m: 1.0,
+            junction_link_m: 25.0,
+            table_bound_m: 2_000.0,
+            max_table_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What can go wrong building or feeding the matcher.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum HmmError {
+    /// A setting is out of its range.
+    #[error("HMM setting {name}: {why}")]
+    Setting {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The route table would exceed `max_table_bytes`.
+    #[error("route table needs more than {limit} bytes (at least {bytes}); lower table_bound_m or raise max_table_bytes")]
+    TableTooLarge {
+        /// Bytes it reached before stopping.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A fix came before the previous one in [`Fix::order_key`] order.
+    #[error("fix at {ts_ms} ms is before the previous fix of the track")]
+    OutOfOrder {
+        /// The fix's event time.
+        ts_ms: u64,
+    },
+}
+
+/// One GNSS fix of a vehicle.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fix {
+    /// Event time, Unix epoch milliseconds.
+    pub ts_ms: u64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Heading, degrees clockwise from north, when known.
+    pub heading_deg: Option<f64>,
+}
+
+impl Fix {
+    /// The order fixes are matched in: event time, then the bits of
+    /// latitude, longitude and heading (so that fixes at one time are
+    /// ordered by their content, never by arrival).
+    pub fn order_key(&self) -> (u64, u64, u64, u64) {
+        (
+            self.ts_ms,
+            self.lat.to_bits(),
+            self.lon.to_bits(),
+            self.heading_deg.map_or(u64::MAX, f64::to_bits),
+        )
+    }
+}
+
+/// Why a fix is on no segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No segment within the radius.
+    OffRoad,
+    /// Decided beyond an end of its segment: in a junction.
+    Junction,
+    /// An isolated fix no route joins to its neighbours.
+    Outlier,
+}
+
+impl Reason {
+    /// The point matcher's reason it counts as ([`Reason::Outlier`] is
+    /// off the road the vehicle is on).
+    pub fn unmatched(self) -> Unmatched {
+        match self {
+            Reason::OffRoad | Reason::Outlier => Unmatched::OffRoad,
+            Reason::Junction => Unmatched::Junction,
+        }
+    }
+}
+
+/// The decision for one fix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Position of the fix among those pushed to its track (0-based).
+    pub index: u64,
+    /// The fix's event time.
+    pub ts_ms: u64,
+    /// Its segment index, or why none.
+    pub result: Result<u32, Reason>,
+}
+
+/// The matcher: the network, its route table and the settings, built
+/// once and shared (read-only) by every vehicle's [`Track`].
+#[derive(Clone, Debug)]
+pub struct Hmm {
+    net: Network,
+    table: Table,
+    settings: HmmSettings,
+    /// Derived constants of the settings.
+    k: viterbi::Coefficients,
+}
+
+impl Hmm {
+    /// Builds the graph and the route table for the road network's lines
+    /// (`[lon, lat]`; segment `i` is `lines[i]`).
+    pub fn new<L: AsRef<[[f64; 2]]>>(lines: &[L], settings: HmmSettings) -> Result<Self, HmmError> {
+        validate(&settings)?;
+        let net = Network::new(lines, &settings);
+        let table = Table::build(&net, settings.table_bound_m, settings.max_table_bytes)?;
+        Ok(Hmm {
+            net,
+            table,
+            settings,
+            k: viterbi::Coefficients::new(&settings),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &HmmSettings {
+        &self.settings
+    }
+
+    /// The road graph.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// The route table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// Memory the route table holds, bytes.
+    pub fn table_bytes(&self) -> usize {
+        self.table.bytes()
+    }
+
+    /// The same matcher with another lag (the graph and table are shared
+    /// work: cloning them is cheaper than building them again).
+    pub fn with_lag(&self, lag_ms: u64) -> Self {
+        let mut h = self.clone();
+        h.settings.lag_ms = lag_ms;
+        h
+    }
+}
+
+fn validate(s: &HmmSettings) -> Result<(), HmmError> {
+    let positive = |name, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(HmmError::Setting {
+                name,
+                why: "must be a positive number",
+            })
+        }
+    };
+    positive("sigma_m", s.sigma_m)?;
+    positive("beta_m", s.beta_m)?;
+    positive("radius_m", s.radius_m)?;
+    positive("max_speed_mps", s.max_speed_mps)?;
+    positive("table_bound_m", s.table_bound_m)?;
+    let non_negative = |name, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(())
+        } else {
+            Err(HmmError::Setting {
+                name,
+                why: "must be a number >= 0",
+            })
+        }
+    };
+    non_negative("heading_sigma_deg", s.heading_sigma_deg)?;
+    non_negative("backward_tolerance_m", s.backward_tolerance_m)?;
+    non_negative("end_slack_m", s.end_slack_m)?;
+    non_negative("node_snap_m", s.node_snap_m)?;
+    non_negative("junction_link_m", s.junction_link_m)?;
+    if s.max_candidates == 0 || s.max_candidates > MAX_CANDIDATES {
+        return Err(HmmError::Setting {
+            name: "max_candidates",
+            why: "must be 1 to 16",
+        });
+    }
+    Ok(())
+}
+
+/// The decisions for one vehicle's fixes, from scratch: the reference
+/// [`Track`] is held to. `fixes` must be in [`Fix::order_key`] order
+/// (else [`HmmError::OutOfOrder`]); the decisions come in the same order.
+pub fn match_all(hmm: &Hmm, fixes: &[Fix]) -> Result<Vec<Decision>, HmmError> {
+    for w in fixes.windows(2) {
+        if w[1].order_key() < w[0].order_key() {
+            return Err(HmmError::OutOfOrder { ts_ms: w[1].ts_ms });
+        }
+    }
+    Ok(viterbi::batch(hmm, fixes))
+}
+
+/// Sorts a vehicle's fixes into [`Fix::order_key`] order.
+pub fn sort_fixes(fixes: &mut [Fix]) {
+    fixes.sort_by_key(Fix::order_key);
+}
