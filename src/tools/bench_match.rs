@@ -294,10 +294,13 @@ fn settings_json(s: &HmmSettings) -> serde_json::Value {
 /// A vehicle report of a recording: the fix, its speed, and whether the
 /// EV is charging in a bay.
 #[derive(Clone, Copy, Debug)]
-struct Report {
-    fix: Fix,
-    speed_mps: f64,
-    charging: bool,
+pub struct Report {
+    /// Position, heading, time.
+    pub fix: Fix,
+    /// `speed_mps`.
+    pub speed_mps: f64,
+    /// `ev.charging`: in a bay, on no segment.
+    pub charging: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -325,9 +328,10 @@ struct Ev {
     charging: Option<bool>,
 }
 
-/// The vehicle reports of a recording, grouped by vehicle (by id), each
-/// vehicle's in [`Fix::order_key`] order.
-fn read_recording(path: &std::path::Path) -> anyhow::Result<Vec<Vec<Report>>> {
+/// The vehicle reports of a recording (JSON Lines, gzipped when the name
+/// ends in `.gz`), grouped by vehicle id, each vehicle's in
+/// [`Fix::order_key`] order.
+pub fn read_recording(path: &std::path::Path) -> anyhow::Result<Vec<Vec<Report>>> {
     use std::io::{BufRead, BufReader, Read};
     let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
@@ -366,9 +370,9 @@ fn read_recording(path: &std::path::Path) -> anyhow::Result<Vec<Vec<Report>>> {
         .collect())
 }
 
-/// The expected congestion table: (segment index, window start) -> (samples,
-/// mean speed).
-fn read_expected(
+/// The expected congestion table (CSV of TELEMETRY.md §4): (segment
+/// index, window start) -> (samples, mean speed).
+pub fn read_expected(
     path: &std::path::Path,
     reference: &Reference,
 ) -> anyhow::Result<synthetic::Speeds> {
@@ -392,6 +396,58 @@ fn read_expected(
     Ok(out)
 }
 
+/// A matched report: (segment, event time, speed).
+pub type Item = (u32, u64, f64);
+
+/// The point matcher over every report (charging EVs left out): the
+/// matched ones into `items`.
+pub fn match_nearest(vehicles: &[Vec<Report>], matcher: &Matcher, items: &mut Vec<Item>) {
+    items.clear();
+    for r in vehicles.iter().flatten() {
+        if r.charging {
+            continue;
+        }
+        if let Ok(seg) = matcher.locate(r.fix.lon, r.fix.lat, r.fix.heading_deg) {
+            items.push((seg, r.fix.ts_ms, r.speed_mps));
+        }
+    }
+}
+
+/// The HMM over every vehicle, a [`Track`] each (charging EVs left
+/// out): the matched reports into `items`; returns the unmatched counts
+/// (off road, junction, outlier).
+pub fn match_hmm(vehicles: &[Vec<Report>], hmm: &Hmm, items: &mut Vec<Item>) -> [usize; 3] {
+    items.clear();
+    let mut unmatched = [0usize; 3];
+    let mut decisions = Vec::new();
+    for v in vehicles {
+        let mut track = Track::new();
+        decisions.clear();
+        for r in v.iter().filter(|r| !r.charging) {
+            // In order by construction: a refusal cannot happen.
+            let _ = track.push(hmm, &r.fix, &mut decisions);
+        }
+        track.finish(hmm, &mut decisions);
+        for (d, r) in decisions.iter().zip(v.iter().filter(|r| !r.charging)) {
+            match d.result {
+                Ok(seg) => items.push((seg, r.fix.ts_ms, r.speed_mps)),
+                Err(hmm::Reason::OffRoad) => unmatched[0] += 1,
+                Err(hmm::Reason::Junction) => unmatched[1] += 1,
+                Err(hmm::Reason::Outlier) => unmatched[2] += 1,
+            }
+        }
+    }
+    unmatched
+}
+
+/// The expected pairs with >= 10 samples, and the share of them the
+/// matched `items` put within max(0.5 m/s, 10 %).
+pub fn pair_share(expected: &synthetic::Speeds, items: &[Item], window_ms: u64) -> (usize, f64) {
+    let got = synthetic::mean_speeds(items.iter().copied(), window_ms);
+    let (pairs, within) = synthetic::pairs_within(expected, &got, 10);
+    (pairs, within as f64 / pairs.max(1) as f64)
+}
+
 /// Both methods' accuracy and speed on one recording.
 fn score_recording(
     path: &std::path::Path,
@@ -405,63 +461,26 @@ fn score_recording(
     let reports: usize = vehicles.iter().map(Vec::len).sum();
     // Enough repetitions per run for a measurable time.
     let repeat = (200_000 / reports.max(1)).max(1);
-    let mut nearest_rates = Vec::new();
-    let mut nearest_items = Vec::new();
-    for run in 0..runs {
+    let rate = |f: &mut dyn FnMut()| {
         let start = Instant::now();
         for _ in 0..repeat {
-            nearest_items.clear();
-            for r in vehicles.iter().flatten() {
-                if r.charging {
-                    continue;
-                }
-                if let Ok(seg) = matcher.locate(r.fix.lon, r.fix.lat, r.fix.heading_deg) {
-                    nearest_items.push((seg, r.fix.ts_ms, r.speed_mps));
-                }
-            }
+            f();
         }
-        nearest_rates.push((reports * repeat) as f64 / start.elapsed().as_secs_f64());
-        std::hint::black_box(run);
-    }
-    let mut hmm_rates = Vec::new();
-    let mut hmm_items = Vec::new();
-    let mut decisions = Vec::new();
-    let mut unmatched = [0usize; 3];
-    for _ in 0..runs {
-        let start = Instant::now();
-        for _ in 0..repeat {
-            hmm_items.clear();
-            unmatched = [0; 3];
-            for v in vehicles {
-                let mut track = Track::new();
-                decisions.clear();
-                for r in v {
-                    if !r.charging {
-                        // In order by construction: a refusal cannot happen.
-                        let _ = track.push(hmm, &r.fix, &mut decisions);
-                    }
-                }
-                track.finish(hmm, &mut decisions);
-                let moving = v.iter().filter(|r| !r.charging);
-                for (d, r) in decisions.iter().zip(moving) {
-                    match d.result {
-                        Ok(seg) => hmm_items.push((seg, r.fix.ts_ms, r.speed_mps)),
-                        Err(hmm::Reason::OffRoad) => unmatched[0] += 1,
-                        Err(hmm::Reason::Junction) => unmatched[1] += 1,
-                        Err(hmm::Reason::Outlier) => unmatched[2] += 1,
-                    }
-                }
-            }
-        }
-        hmm_rates.push((reports * repeat) as f64 / start.elapsed().as_secs_f64());
-    }
-    let share = |items: &[(u32, u64, f64)]| {
-        let got = synthetic::mean_speeds(items.iter().copied(), window_ms);
-        let (pairs, within) = synthetic::pairs_within(expected, &got, 10);
-        (pairs, within as f64 / pairs.max(1) as f64)
+        (reports * repeat) as f64 / start.elapsed().as_secs_f64()
     };
-    let (pairs, nearest_share) = share(&nearest_items);
-    let (_, hmm_share) = share(&hmm_items);
+    let (mut nearest_items, mut hmm_items) = (Vec::new(), Vec::new());
+    let mut unmatched = [0usize; 3];
+    let (mut nearest_rates, mut hmm_rates) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        nearest_rates.push(rate(&mut || {
+            match_nearest(vehicles, matcher, &mut nearest_items)
+        }));
+        hmm_rates.push(rate(&mut || {
+            unmatched = match_hmm(vehicles, hmm, &mut hmm_items)
+        }));
+    }
+    let (pairs, nearest_share) = pair_share(expected, &nearest_items, window_ms);
+    let (_, hmm_share) = pair_share(expected, &hmm_items, window_ms);
     json!({
         "recording": path.display().to_string(),
         "vehicles": vehicles.len(),

@@ -35,6 +35,7 @@ mod cli;
 mod faults;
 mod geo;
 mod golden;
+mod hmm;
 mod ingest;
 mod interop;
 mod layering;

@@ -375,15 +375,25 @@ proptest! {
 fn diagnose_grid() {
     for sigma in [5.0, 10.0, 20.0] {
         let grid = Grid::new(&GridSettings::default(), 21);
-        let hmm = Hmm::new(
-            &grid.lines,
-            HmmSettings {
-                sigma_m: sigma,
-                ..HmmSettings::default()
-            },
-        )
-        .expect("builds");
-        let drives = grid.drive(30, 60, 2000, sigma, 99);
+        let env = |k: &str, d: f64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let dflt = HmmSettings::default();
+        let settings = HmmSettings {
+            sigma_m: env("HMM_SIGMA", sigma),
+            accel_mps2: env("HMM_ACCEL", dflt.accel_mps2),
+            smooth_back_ms: env("HMM_BACK", dflt.smooth_back_ms as f64) as u64,
+            lag_ms: env("HMM_LAG", dflt.lag_ms as f64) as u64,
+            beta_m: env("HMM_BETA", dflt.beta_m),
+            heading_sigma_deg: env("HMM_HEAD", dflt.heading_sigma_deg),
+            backward_tolerance_m: env("HMM_BACKTOL", dflt.backward_tolerance_m),
+            ..dflt
+        };
+        let hmm = Hmm::new(&grid.lines, settings).expect("builds");
+        let drives = grid.drive(60, 60, 2000, sigma, 99);
         let (mut junc, mut other, mut outl, mut off, mut ok, mut jok, mut jn) =
             (0, 0, 0, 0, 0, 0, 0);
         for s in &drives {

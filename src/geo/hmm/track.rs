@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 
-use super::viterbi::{forward, result_of, Back, Layer, Scores, Start};
+use super::smooth::{refine, Pt};
+use super::viterbi::{forward, Back, Layer, Scores, Start};
 use super::{Decision, Fix, Hmm, HmmError, Reason, MAX_CANDIDATES};
 
 /// An undecided fix: what backtracking and deciding need of it.
@@ -19,8 +20,8 @@ struct Step {
     /// Candidates (0: off the road).
     n: u8,
     segs: [u32; MAX_CANDIDATES],
-    /// Bit `i`: candidate `i` is beyond an end of its segment.
-    beyond: u16,
+    /// Unclamped offsets.
+    raws: [f64; MAX_CANDIDATES],
     back: Back,
 }
 
@@ -31,14 +32,22 @@ impl Step {
             ts: layer.ts,
             n: layer.n as u8,
             segs: [0; MAX_CANDIDATES],
-            beyond: 0,
+            raws: [0.0; MAX_CANDIDATES],
             back: *back,
         };
         for (i, c) in layer.c[..layer.n].iter().enumerate() {
             step.segs[i] = c.seg;
-            step.beyond |= u16::from(c.beyond) << i;
+            step.raws[i] = c.raw;
         }
         step
+    }
+
+    fn pt(&self, c: usize) -> Pt {
+        Pt {
+            ts: self.ts,
+            seg: self.segs[c],
+            raw: self.raws[c],
+        }
     }
 }
 
@@ -73,8 +82,13 @@ pub struct Track {
     /// and the decisions after it.
     held: Option<Decision>,
     waiting: Vec<Decision>,
-    /// Backtracking scratch.
+    /// The current trajectory's decided fixes within `smooth_back_ms`
+    /// (the smoothing looks back at them).
+    history: VecDeque<Pt>,
+    /// Backtracking scratch: the chosen candidate of each pending fix, and
+    /// the path the smoothing reads.
     chosen: Vec<u8>,
+    path: Vec<Pt>,
 }
 
 impl Track {
@@ -132,6 +146,7 @@ impl Track {
                 let outlier = start == Start::Distance;
                 self.release(Some(outlier), out);
                 self.decide(hmm, Flush::End(Some(start)), out);
+                self.history.clear();
                 layer.initial(&mut scores);
                 self.traj_live = 1;
                 self.traj_start = Some(start);
@@ -152,6 +167,7 @@ impl Track {
     pub fn finish(&mut self, hmm: &Hmm, out: &mut Vec<Decision>) {
         self.release(None, out);
         self.decide(hmm, Flush::End(None), out);
+        self.history.clear();
         self.live = None;
         self.traj_live = 0;
         self.traj_start = None;
@@ -198,15 +214,30 @@ impl Track {
             }
         }
         let lone = self.traj_live == 1 && self.traj_start == Some(Start::Distance);
+        let back_ms = hmm.settings().smooth_back_ms;
         for k in 0..count {
-            let Some(step) = self.pending.pop_front() else {
+            let Some(step) = self.pending.get(k).copied() else {
                 break;
             };
             let result = if step.n == 0 {
                 Err(Reason::OffRoad)
             } else {
-                let c = self.chosen[k] as usize;
-                result_of(step.segs[c], step.beyond >> c & 1 == 1)
+                // The path: the decided fixes within the look back, this
+                // one, and the pending live ones after it.
+                let from = step.ts.saturating_sub(back_ms);
+                while self.history.front().is_some_and(|p| p.ts < from) {
+                    self.history.pop_front();
+                }
+                self.path.clear();
+                self.path.extend(self.history.iter().copied());
+                let me = self.path.len();
+                for (j, p) in self.pending.iter().enumerate().skip(k) {
+                    if p.n > 0 {
+                        self.path.push(p.pt(self.chosen[j] as usize));
+                    }
+                }
+                self.history.push_back(step.pt(self.chosen[k] as usize));
+                refine(hmm, &self.path, me)
             };
             let d = Decision {
                 index: step.index,
@@ -237,5 +268,6 @@ impl Track {
                 out.push(d);
             }
         }
+        self.pending.drain(..count.min(self.pending.len()));
     }
 }

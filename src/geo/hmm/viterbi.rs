@@ -4,6 +4,7 @@
 
 use rstar::AABB;
 
+use super::smooth::{refine, Pt};
 use super::{Decision, Fix, Hmm, HmmSettings, Reason, MAX_CANDIDATES};
 
 /// Constants derived from the settings.
@@ -16,7 +17,6 @@ pub(crate) struct Coefficients {
     inv_beta: f64,
     radius: f64,
     k: usize,
-    slack: f64,
     back_tol: f64,
     max_speed: f64,
 }
@@ -30,7 +30,6 @@ impl Coefficients {
             inv_beta: 1.0 / s.beta_m,
             radius: s.radius_m,
             k: s.max_candidates.clamp(1, MAX_CANDIDATES),
-            slack: s.end_slack_m,
             back_tol: s.backward_tolerance_m,
             max_speed: s.max_speed_mps,
         }
@@ -45,8 +44,8 @@ pub(crate) struct Cand {
     pub(crate) off: f64,
     /// Perpendicular distance, metres (ordering key).
     pub(crate) dist: f64,
-    /// Beyond an end of the segment (a junction).
-    pub(crate) beyond: bool,
+    /// Offset, unclamped where the fix projects beyond an end.
+    pub(crate) raw: f64,
     /// Emission log-likelihood.
     pub(crate) emit: f64,
 }
@@ -98,12 +97,12 @@ impl Layer {
             if d2 > r2 {
                 continue;
             }
+            let outside = (piece.first && along < 0.0) || (piece.last && along > piece.len);
             let cand = Cand {
                 seg: piece.segment,
                 off: piece.at + t,
                 dist: d2.sqrt(),
-                beyond: (piece.first && along < -k.slack)
-                    || (piece.last && along > piece.len + k.slack),
+                raw: piece.at + if outside { along } else { t },
                 emit: 0.0,
             };
             let c = heading.map_or(1.0, |h| h[0] * piece.dir[0] + h[1] * piece.dir[1]);
@@ -247,16 +246,6 @@ pub(crate) enum Start {
     Distance,
 }
 
-/// The result of deciding candidate `c` of a layer.
-#[inline]
-pub(crate) fn result_of(seg: u32, beyond: bool) -> Result<u32, Reason> {
-    if beyond {
-        Err(Reason::Junction)
-    } else {
-        Ok(seg)
-    }
-}
-
 /// The reference decoder: every fix's decision from scratch, by the rule
 /// of the module doc (ordered input assumed).
 pub(crate) fn batch(hmm: &Hmm, fixes: &[Fix]) -> Vec<Decision> {
@@ -311,28 +300,57 @@ pub(crate) fn batch(hmm: &Hmm, fixes: &[Fix]) -> Vec<Decision> {
         rows.push(row);
     }
     let mut out = Vec::with_capacity(fixes.len());
+    // Each live row's decided candidate, for the smoothing's look back.
+    let mut decided = vec![0usize; rows.len()];
+    let mut pts: Vec<Pt> = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let result = if row.layer.n == 0 {
             Err(Reason::OffRoad)
         } else {
             let (start, lives) = &trajs[row.traj];
             let next_start = trajs.get(row.traj + 1).map(|t| t.0);
+            // The last live fix of the trajectory within the lag.
+            let limit = row.layer.ts.saturating_add(s.lag_ms);
+            let upto = lives.partition_point(|&r| rows[r].layer.ts <= limit);
+            let at = lives.partition_point(|&r| r < i);
+            let mut c = rows[lives[upto - 1]]
+                .layer
+                .best(&rows[lives[upto - 1]].scores);
+            // The path from i to there, newest first.
+            pts.clear();
+            for &r in lives[at..upto].iter().rev() {
+                let cand = &rows[r].layer.c[c];
+                pts.push(Pt {
+                    ts: rows[r].layer.ts,
+                    seg: cand.seg,
+                    raw: cand.raw,
+                });
+                if r > i {
+                    c = rows[r].back[c] as usize;
+                }
+            }
+            decided[i] = c;
+            let from = row.layer.ts.saturating_sub(s.smooth_back_ms);
+            let back = lives[..at]
+                .iter()
+                .rev()
+                .take_while(|&&r| rows[r].layer.ts >= from)
+                .map(|&r| {
+                    let cand = &rows[r].layer.c[decided[r]];
+                    Pt {
+                        ts: rows[r].layer.ts,
+                        seg: cand.seg,
+                        raw: cand.raw,
+                    }
+                });
+            pts.extend(back);
+            pts.reverse();
+            let me = pts.len() - (upto - at);
             if lives.len() == 1 && *start == Start::Distance && next_start == Some(Start::Distance)
             {
                 Err(Reason::Outlier)
             } else {
-                // The last live fix of the trajectory within the lag.
-                let limit = row.layer.ts.saturating_add(s.lag_ms);
-                let upto = lives.partition_point(|&r| rows[r].layer.ts <= limit);
-                let at = lives.partition_point(|&r| r < i);
-                let mut c = rows[lives[upto - 1]]
-                    .layer
-                    .best(&rows[lives[upto - 1]].scores);
-                for &r in lives[at + 1..upto].iter().rev() {
-                    c = rows[r].back[c] as usize;
-                }
-                let cand = &row.layer.c[c];
-                result_of(cand.seg, cand.beyond)
+                refine(hmm, &pts, me)
             }
         };
         out.push(Decision {
