@@ -24,7 +24,8 @@
 //! (reports/s, one core, median of `runs`) is measured on the same reports.
 //!
 //! **Accuracy on a dense synthetic centre** (`--synthetic-vehicles` > 0):
-//! [`crate::geo::hmm::synthetic`]'s grid at σ = 10 and 20 m, scored as the
+//! [`crate::geo::hmm::synthetic`]'s grid at σ = 10 and 20 m (the HMM's
+//! `sigma_m` set to it, its radius to at least 4 σ), scored as the
 //! share of fixes on a segment decided on their true segment, and as pairs
 //! within tolerance.
 
@@ -94,6 +95,12 @@ pub struct MatchBenchArgs {
     /// HMM: junction link length, metres.
     #[arg(long)]
     pub junction_link_m: Option<f64>,
+    /// HMM: route table bound, metres.
+    #[arg(long)]
+    pub table_bound_m: Option<f64>,
+    /// HMM: smoothing acceleration noise, m/s² (0: no smoothing).
+    #[arg(long)]
+    pub accel_mps2: Option<f64>,
 }
 
 impl MatchBenchArgs {
@@ -109,6 +116,8 @@ impl MatchBenchArgs {
             heading_sigma_deg: self.heading_sigma_deg.unwrap_or(d.heading_sigma_deg),
             backward_tolerance_m: self.backward_tolerance_m.unwrap_or(d.backward_tolerance_m),
             junction_link_m: self.junction_link_m.unwrap_or(d.junction_link_m),
+            table_bound_m: self.table_bound_m.unwrap_or(d.table_bound_m),
+            accel_mps2: self.accel_mps2.unwrap_or(d.accel_mps2),
             ..d
         }
     }
@@ -277,6 +286,8 @@ fn settings_json(s: &HmmSettings) -> serde_json::Value {
     json!({
         "sigma_m": s.sigma_m,
         "heading_sigma_deg": s.heading_sigma_deg,
+        "accel_mps2": s.accel_mps2,
+        "smooth_back_ms": s.smooth_back_ms,
         "beta_m": s.beta_m,
         "radius_m": s.radius_m,
         "max_candidates": s.max_candidates,
@@ -516,7 +527,13 @@ fn score_synthetic(
         },
         1,
     );
-    let hmm = Hmm::new(&grid.lines, *settings)?;
+    // The grid's σ is known: sigma_m and a radius of 4 σ follow it.
+    let settings = HmmSettings {
+        sigma_m: sigma,
+        radius_m: settings.radius_m.max(4.0 * sigma),
+        ..*settings
+    };
+    let hmm = Hmm::new(&grid.lines, settings)?;
     let nearest = Matcher::new(&grid.lines, MatchSettings::default());
     let drives = grid.drive(
         args.synthetic_vehicles,
@@ -554,6 +571,7 @@ fn score_synthetic(
     let j = |s: &synthetic::Score| s.junction_unmatched as f64 / s.in_junction.max(1) as f64;
     Ok(json!({
         "sigma_m": sigma,
+        "hmm_settings": settings_json(&settings),
         "segments": grid.lines.len(),
         "fixes": drives.iter().map(Vec::len).sum::<usize>(),
         "pairs": h.pairs,

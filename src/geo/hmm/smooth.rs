@@ -9,7 +9,9 @@
 //! lag after it are laid on one axis (route distance along the path,
 //! through the route table), and a Rauch-Tung-Striebel smoother with a
 //! constant-velocity model (acceleration noise
-//! [`super::HmmSettings::accel_mps2`], measurement noise `sigma_m`)
+//! [`super::HmmSettings::accel_mps2`], measurement noise estimated from
+//! the same fixes' distances from their roads: clean positions are
+//! trusted, noisy ones smoothed)
 //! estimates the fix's position on that axis. The fix is on the path's
 //! segment whose stretch of the axis holds the estimate (its own, or the
 //! path's segment just before or after it); between two stretches it is in
@@ -25,6 +27,8 @@ pub(crate) struct Pt {
     pub(crate) ts: u64,
     pub(crate) seg: u32,
     pub(crate) raw: f64,
+    /// Distance from the segment's line.
+    pub(crate) perp: f64,
 }
 
 /// Most points one estimate uses (older ones are left out).
@@ -62,7 +66,7 @@ pub(crate) fn refine(hmm: &Hmm, pts: &[Pt], at: usize) -> Result<u32, Reason> {
     if window.len() < 2 {
         return plain(me, len(me.seg), slack);
     }
-    let est = smooth(window, us, at - lo, s.sigma_m, s.accel_mps2);
+    let est = smooth(window, us, at - lo, noise(window), s.accel_mps2);
     let base = us[at - lo] - me.raw;
     if est >= base - slack && est <= base + len(me.seg) + slack {
         return Ok(me.seg);
@@ -78,6 +82,26 @@ pub(crate) fn refine(hmm: &Hmm, pts: &[Pt], at: usize) -> Result<u32, Reason> {
         }
     }
     Err(Reason::Junction)
+}
+
+/// The GNSS noise σ the path shows: from the median squared distance of
+/// its fixes from their roads' lines (the median of a squared N(0, σ) is
+/// 0.455 σ²; the median, because a fix turning in a junction is far from
+/// the line it left), at least 1 m (lanes, geometry).
+fn noise(window: &[Pt]) -> f64 {
+    let mut d2 = [0.0f64; MAX_POINTS];
+    for (d, p) in d2.iter_mut().zip(window) {
+        *d = p.perp * p.perp;
+    }
+    let d2 = &mut d2[..window.len()];
+    d2.sort_unstable_by(f64::total_cmp);
+    let n = d2.len();
+    let median = if n % 2 == 1 {
+        d2[n / 2]
+    } else {
+        (d2[n / 2 - 1] + d2[n / 2]) / 2.0
+    };
+    (median / 0.455).sqrt().max(1.0)
 }
 
 /// The point rule: beyond an end is a junction.

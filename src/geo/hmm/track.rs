@@ -20,8 +20,9 @@ struct Step {
     /// Candidates (0: off the road).
     n: u8,
     segs: [u32; MAX_CANDIDATES],
-    /// Unclamped offsets.
+    /// Unclamped offsets, distances from the line.
     raws: [f64; MAX_CANDIDATES],
+    perps: [f64; MAX_CANDIDATES],
     back: Back,
 }
 
@@ -33,11 +34,13 @@ impl Step {
             n: layer.n as u8,
             segs: [0; MAX_CANDIDATES],
             raws: [0.0; MAX_CANDIDATES],
+            perps: [0.0; MAX_CANDIDATES],
             back: *back,
         };
         for (i, c) in layer.c[..layer.n].iter().enumerate() {
             step.segs[i] = c.seg;
             step.raws[i] = c.raw;
+            step.perps[i] = c.perp;
         }
         step
     }
@@ -47,6 +50,7 @@ impl Step {
             ts: self.ts,
             seg: self.segs[c],
             raw: self.raws[c],
+            perp: self.perps[c],
         }
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Cand {
     pub(crate) dist: f64,
     /// Offset, unclamped where the fix projects beyond an end.
     pub(crate) raw: f64,
+    /// Distance from the segment's line (extended beyond its ends).
+    pub(crate) perp: f64,
     /// Emission log-likelihood.
     pub(crate) emit: f64,
 }
@@ -103,6 +105,11 @@ impl Layer {
                 off: piece.at + t,
                 dist: d2.sqrt(),
                 raw: piece.at + if outside { along } else { t },
+                perp: if outside {
+                    (rel[0] * piece.dir[1] - rel[1] * piece.dir[0]).abs()
+                } else {
+                    d2.sqrt()
+                },
                 emit: 0.0,
             };
             let c = heading.map_or(1.0, |h| h[0] * piece.dir[0] + h[1] * piece.dir[1]);
@@ -324,6 +331,7 @@ pub(crate) fn batch(hmm: &Hmm, fixes: &[Fix]) -> Vec<Decision> {
                     ts: rows[r].layer.ts,
                     seg: cand.seg,
                     raw: cand.raw,
+                    perp: cand.perp,
                 });
                 if r > i {
                     c = rows[r].back[c] as usize;
@@ -341,6 +349,7 @@ pub(crate) fn batch(hmm: &Hmm, fixes: &[Fix]) -> Vec<Decision> {
                         ts: rows[r].layer.ts,
                         seg: cand.seg,
                         raw: cand.raw,
+                        perp: cand.perp,
                     }
                 });
             pts.extend(back);
