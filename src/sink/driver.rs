@@ -120,6 +120,9 @@ pub struct Settings {
     pub ledger: Option<PathBuf>,
     /// Provisional rows are delivered too.
     pub provisional: bool,
+    /// Retractions are delivered (the target deletes or marks the row);
+    /// otherwise they are not sent.
+    pub retractions: bool,
 }
 
 /// A sink's transport and encoding.
@@ -291,7 +294,10 @@ impl<T: Target> Driver<T> {
     /// Takes a batch of the dataflow's rows.
     fn take(&self, feed: Feed, s: &mut State) {
         for e in feed.rows {
-            if e.status == Status::Provisional && !self.settings.provisional {
+            let retraction = e.status == Status::Retraction;
+            if (e.status == Status::Provisional && !self.settings.provisional)
+                || (retraction && !self.settings.retractions)
+            {
                 continue;
             }
             let Some(value) = crate::aggregate::project(&e.value, self.ctx.min_vehicles) else {
@@ -312,7 +318,9 @@ impl<T: Target> Driver<T> {
                 }
                 s.latest.insert(entity, e.key.window);
             }
-            let digest = digest(&self.ctx, &e.key, &value);
+            // A retraction is not the row it retracts (the ledger tells them
+            // apart).
+            let digest = digest(&self.ctx, &e.key, &value) ^ u64::from(retraction).wrapping_neg();
             let row = Row {
                 key: e.key,
                 value,

@@ -129,9 +129,9 @@ impl Feeds {
         self.feeds.is_empty()
     }
 
-    /// Sends each sink the rows of its kinds in `batch`: final rows and
-    /// corrections, provisional rows to a sink that wants them (a sink
-    /// that stopped is skipped).
+    /// Sends each sink the rows of its kinds in `batch`: final rows,
+    /// corrections and retractions, provisional rows to a sink that wants
+    /// them (a sink that stopped is skipped).
     pub fn send(&self, batch: &[Emission]) {
         let Some(watermark) = batch.iter().map(|e| e.watermark).max() else {
             return;
@@ -139,9 +139,8 @@ impl Feeds {
         for w in &self.feeds {
             let rows = (batch.iter())
                 .filter(|e| match e.status {
-                    Status::Final | Status::Correction => true,
+                    Status::Final | Status::Correction | Status::Retraction => true,
                     Status::Provisional => w.provisional,
-                    Status::Retraction => false,
                 })
                 .filter(|e| w.kinds.contains(&e.key.kind))
                 .cloned()

@@ -187,6 +187,7 @@ impl Target for Mqtt {
             exclusive: false,
             ledger: None,
             provisional: self.cfg.provisional,
+            retractions: true,
         }
     }
 

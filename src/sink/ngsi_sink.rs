@@ -105,6 +105,8 @@ impl Target for Ngsi {
             exclusive: true,
             ledger: Some(dir.join("ledger")),
             provisional: false,
+            // An entity is a segment or a charger, which keep their rows.
+            retractions: false,
         }
     }
 

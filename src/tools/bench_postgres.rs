@@ -198,7 +198,10 @@ pub(crate) async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<i64> 
     let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
     let task = tokio::spawn(conn);
     let rows = match client
-        .query_one(&format!("SELECT count(*) FROM \"{schema}\".congestion"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".congestion"),
+            &[],
+        )
         .await
     {
         Ok(row) => row.try_get::<_, i64>(0)?,

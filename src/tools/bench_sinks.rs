@@ -256,9 +256,8 @@ fn edge_cost(
     }
     let schema = format!("bench_sinks_{}", std::process::id());
     if let Some(url) = &args.pg_url {
-        sinks += &format!(
-            "[[sink]]\ntype = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"
-        );
+        sinks +=
+            &format!("[[sink]]\ntype = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n");
         names.push("postgres");
     }
     let ingest = super::bench_ingest::IngestBenchArgs {

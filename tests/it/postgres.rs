@@ -628,3 +628,54 @@ fn a_schema_an_administrator_applied_is_used_and_a_refused_row_is_dead_lettered_
     assert_eq!(applied, migrated, "the node applied nothing");
     db.drop_schema(&schema);
 }
+
+#[test]
+fn a_zone_removed_while_running_takes_its_rows_from_the_table() {
+    let Some((url, _, _hold)) = server("postgres::retraction", false) else {
+        return;
+    };
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into()]).expect("certs");
+    let schema = schema_name();
+    let zones_v1 =
+        std::fs::read_to_string(root("topologies/karhula/zones.geojson")).expect("zones");
+    std::fs::write(dir.join("zones.geojson"), &zones_v1).expect("write zones");
+    let text = topology_text(free_port(), &url, &schema, "").replace(
+        &format!("\"{}\"", root("topologies/karhula/zones.geojson").display()),
+        "\"zones.geojson\"",
+    );
+    std::fs::write(dir.join("edge.toml"), text).expect("write");
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
+    let node = edgeflow::node::start(topo, 1).expect("start");
+    let db = Db::connect(&url);
+    // The first 5 minutes: the centre's rows reach the table.
+    send(node.addr, &certs.ca, &minutes(dir, 0, 5), None);
+    db.wait_for(&format!(
+        "SELECT count(*) FROM {schema}.zone_stats WHERE zone_id = 'karhula-centre'"
+    ));
+    // The centre goes (the file replaced as an operator would).
+    let mut doc: serde_json::Value = serde_json::from_str(&zones_v1).expect("json");
+    (doc["features"].as_array_mut().expect("features"))
+        .retain(|f| f["properties"]["id"] != "karhula-centre");
+    std::fs::write(dir.join("zones.new"), doc.to_string()).expect("write");
+    std::fs::rename(dir.join("zones.new"), dir.join("zones.geojson")).expect("rename");
+    let reloads = node.zone_reloads.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reloads.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no zone reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send(node.addr, &certs.ca, &minutes(dir, 5, 1_000), None);
+    let status = node.sinks[0].1.clone();
+    node.shutdown().expect("stop");
+    let s = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!((s(&status.dead_lettered), s(&status.backlog)), (0, 0));
+    let out = std::fs::read_to_string(dir.join("out/zones.csv")).expect("zones.csv");
+    assert!(!out.contains("karhula-centre") && out.contains("\nkarhula-nw,"));
+    // The centre's rows were retracted, and deleted: the tables are the
+    // files sink's.
+    assert_tables_are_the_files(&db, &schema, &dir.join("out"));
+    db.drop_schema(&schema);
+}
