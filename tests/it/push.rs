@@ -447,6 +447,9 @@ fn kills_restarts_and_an_outage_change_no_final_value() {
         let report = stop(edge);
         assert!(report.contains("central sink:"), "{report}");
     }
+    // Central applies the edges' last pushes after acknowledging them:
+    // the watcher follows until what it sees stops changing.
+    watcher.settle(Duration::from_millis(1_500), Duration::from_secs(60));
     watcher.stop.store(true, Ordering::Relaxed);
     let report = stop(central);
     let watched = watcher.thread.join().expect("watcher");
@@ -493,6 +496,8 @@ struct Watched {
 /// Set `stop`, then stop central (which ends the feed), then join.
 struct Watcher {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Rows seen so far, live.
+    rows: Arc<std::sync::atomic::AtomicU64>,
     thread: std::thread::JoinHandle<Watched>,
 }
 
@@ -502,6 +507,8 @@ impl Watcher {
         use edgeflow::subscribe::proto::SubFrame;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let rows_seen = rows.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -523,6 +530,7 @@ impl Watcher {
                     frames += 1;
                     if let SubFrame::Row(row) = frame {
                         watched.rows += 1;
+                        rows_seen.fetch_add(1, Ordering::Relaxed);
                         let samples = row
                             .value
                             .as_ref()
@@ -551,7 +559,20 @@ impl Watcher {
             watched.keys = seen.len() as u64;
             watched
         });
-        Watcher { stop, thread }
+        Watcher { stop, rows, thread }
+    }
+
+    /// Returns once no row came for `quiet` (at most `limit`).
+    fn settle(&self, quiet: Duration, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = (self.rows.load(Ordering::Relaxed), std::time::Instant::now());
+        while last.1.elapsed() < quiet && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.rows.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+            }
+        }
     }
 }
 
