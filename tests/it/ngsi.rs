@@ -11,20 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeflow::aggregate::{AggKey, AggValue, Kind};
-use edgeflow::ingest::client::SendOptions;
-use edgeflow::log::Encoding;
 use edgeflow::node::make_certs;
-use edgeflow::output::FinalTable;
 use edgeflow::sink::ngsi::{entity, entity_id, key_values};
 use edgeflow::tools::ngsi_broker::{Broker, BrokerSettings, Fault, Validate};
 use edgeflow::topology::Topology;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::ingest::send_file;
-use crate::support::{data, root, Proc};
-
-const FLEET_TOKEN: &str = "karhula-fleet-secret";
+use crate::support::{data, free_port, replay_table, root, send, Proc, FLEET_TOKEN};
 
 /// One validator per entity type, from the Smart Data Models' schemas,
 /// their `$ref`s resolved in tests/data.
@@ -117,23 +111,6 @@ pub(crate) fn node_text(port: u16, sinks: &str) -> String {
     )
 }
 
-/// The final table a replay of `input` computes.
-pub(crate) fn replay_table(topo: &Topology, input: &Path) -> FinalTable {
-    let reference = Arc::new(topo.reference.clone());
-    let mut table = FinalTable::default();
-    let (replay_input, _) = edgeflow::runtime::Input::open(input).expect("input");
-    edgeflow::runtime::run(
-        replay_input,
-        reference.clone(),
-        topo.time,
-        edgeflow::runtime::RunOptions::new(1),
-        |b| table.apply(b),
-        |_| {},
-    )
-    .expect("replay");
-    table
-}
-
 /// The entities a broker should hold after `input` went through: each
 /// segment's and charger's latest final window, from a replay.
 pub(crate) fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
@@ -185,26 +162,6 @@ pub(crate) fn assert_same_entities(got: &BTreeMap<String, Value>, want: &BTreeMa
         want.len(),
         differ.join("\n")
     );
-}
-
-pub(crate) fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
-    let opts = SendOptions {
-        sender: "cars-1".into(),
-        encoding: Encoding::Cbor,
-        batch_lines: 200,
-        window: 4,
-        max_reconnects: 1_000,
-        pace,
-        ..SendOptions::new(addr, "localhost", ca.to_owned(), FLEET_TOKEN)
-    };
-    let report = send_file(&opts, file);
-    assert_eq!(report.rejected, 0, "{:?}", report.rejections);
-    report.accepted
-}
-
-pub(crate) fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
 }
 
 fn strict_broker() -> Broker {

@@ -15,16 +15,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgeflow::aggregate::{CHARGING_HEADER, CONGESTION_HEADER, ZONES_HEADER};
-use edgeflow::ingest::client::SendOptions;
-use edgeflow::log::Encoding;
 use edgeflow::node::make_certs;
 use edgeflow::topology::Topology;
 use sha2::{Digest, Sha256};
 
-use crate::ingest::send_file;
-use crate::support::{data, root, skip, Proc};
-
-const FLEET_TOKEN: &str = "karhula-fleet-secret";
+use crate::support::{data, free_port, root, send, skip, Proc, FLEET_TOKEN};
 
 /// The server, shared by the tests: the restart test has it alone (its
 /// restart would break the others' own connections), the others together.
@@ -221,26 +216,6 @@ fn topology_text(port: u16, url: &str, schema: &str, sink_extra: &str) -> String
     )
 }
 
-fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
-    let opts = SendOptions {
-        sender: "cars-1".into(),
-        encoding: Encoding::Cbor,
-        batch_lines: 200,
-        window: 4,
-        max_reconnects: 1_000,
-        pace,
-        ..SendOptions::new(addr, "localhost", ca.to_owned(), FLEET_TOKEN)
-    };
-    let report = send_file(&opts, file);
-    assert_eq!(report.rejected, 0, "{:?}", report.rejections);
-    report.accepted
-}
-
-fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
 /// The records of the recording from `from` to `to` minutes into it, in
 /// a file.
 fn minutes(dir: &Path, from: u64, to: u64) -> std::path::PathBuf {
@@ -321,9 +296,7 @@ fn the_tables_equal_the_files_sink_and_the_dashboard_reads_them() {
     let certs = make_certs(dir, &["localhost".into()]).expect("certs");
     let schema = schema_name();
     let text = topology_text(free_port(), &url, &schema, "max_rows = 700\n");
-    std::fs::write(dir.join("edge.toml"), text).expect("write");
-    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
-    let node = edgeflow::node::start(topo, 1).expect("start");
+    let node = start_node(dir, text);
     send(
         node.addr,
         &certs.ca,
@@ -376,6 +349,13 @@ fn the_tables_equal_the_files_sink_and_the_dashboard_reads_them() {
         assert!(n > 0, "panel {title:?}: no rows");
     }
     db.drop_schema(&schema);
+}
+
+/// `text` as `dir/edge.toml`, started in this process (one worker).
+fn start_node(dir: &Path, text: String) -> edgeflow::node::EdgeHandle {
+    std::fs::write(dir.join("edge.toml"), text).expect("write");
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
+    edgeflow::node::start(topo, 1).expect("start")
 }
 
 /// `edgeflow edge` as a child process, listening.
@@ -589,9 +569,7 @@ fn a_schema_an_administrator_applied_is_used_and_a_refused_row_is_dead_lettered_
         "ALTER TABLE {schema}.congestion ADD CONSTRAINT not_this_one CHECK (segment_id <> '{refused}')"
     ));
     let text = topology_text(free_port(), &url, &schema, "max_rows = 100\n");
-    std::fs::write(dir.join("edge.toml"), text).expect("write");
-    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
-    let node = edgeflow::node::start(topo, 1).expect("start");
+    let node = start_node(dir, text);
     send(node.addr, &certs.ca, &input, None);
     let status = node.sinks[0].1.clone();
     node.shutdown().expect("stop");
@@ -646,9 +624,7 @@ fn a_zone_removed_while_running_takes_its_rows_from_the_table() {
         &format!("\"{}\"", root("topologies/karhula/zones.geojson").display()),
         "\"zones.geojson\"",
     );
-    std::fs::write(dir.join("edge.toml"), text).expect("write");
-    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
-    let node = edgeflow::node::start(topo, 1).expect("start");
+    let node = start_node(dir, text);
     let db = Db::connect(&url);
     // The first 5 minutes: the centre's rows reach the table.
     send(node.addr, &certs.ca, &minutes(dir, 0, 5), None);
