@@ -557,6 +557,7 @@ impl<T: Target> Driver<T> {
         self.status
             .oldest_age_ms
             .store(s.watermark.saturating_sub(delivered), Ordering::Relaxed);
+        self.status.publish_metrics();
     }
 }
 
