@@ -21,7 +21,8 @@ pub const ROWS_EMITTED: &str = "edgeflow_rows_emitted_total";
 /// City sink rows, per sink; label `outcome`: `sent` (resends included),
 /// `acknowledged`, `retried`, `dead_lettered`, `superseded` (an older
 /// window of an entity not sent), `already_delivered` (found in the
-/// ledger after a restart, not resent).
+/// ledger after a restart, not resent), `dropped` (given up unsent: more
+/// than `max_backlog` waited).
 pub const SINK_ROWS: &str = "edgeflow_sink_rows_total";
 /// Requests a city sink's target acknowledged (in whole or in part).
 pub const SINK_REQUESTS: &str = "edgeflow_sink_requests_total";

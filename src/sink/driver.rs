@@ -112,6 +112,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Longest the log keeps windows the target has not acknowledged.
     pub max_hold: Duration,
+    /// Rows waiting at most: past it the oldest are given up (counted in
+    /// [`SinkStatus::dropped`], said once per outage).
+    pub max_backlog: usize,
     /// One entity per key, older windows dropped (see the module doc).
     pub latest_only: bool,
     /// An entity in one request at a time.
@@ -176,6 +179,7 @@ struct State {
     backoff: Backoff,
     outage_said: bool,
     given_up_said: bool,
+    dropped_said: bool,
 }
 
 /// Drives a target: see the module documentation.
@@ -244,6 +248,7 @@ impl<T: Target> Driver<T> {
             backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             outage_said: false,
             given_up_said: false,
+            dropped_said: false,
         };
         let mut in_flight: JoinSet<(u64, Outcome)> = JoinSet::new();
         let mut drain_until: Option<Instant> = None;
@@ -336,6 +341,18 @@ impl<T: Target> Driver<T> {
             .min(self.ctx.input_watermark.load(Ordering::Acquire));
         s.outbox.advance(watermark);
         s.watermark = s.watermark.max(watermark);
+        let dropped = s.outbox.drop_oldest(self.settings.max_backlog);
+        if dropped > 0 {
+            self.status
+                .dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            if !std::mem::replace(&mut s.dropped_said, true) {
+                self.say(&format!(
+                    "more than max_backlog ({}) rows wait: the oldest are given up (counted in dropped)",
+                    self.settings.max_backlog
+                ));
+            }
+        }
         if !s.released && s.watermark >= self.ctx.hold_until.load(Ordering::Acquire) {
             self.release(s);
         }
@@ -534,6 +551,7 @@ impl<T: Target> Driver<T> {
         if std::mem::replace(&mut s.outage_said, false) {
             self.say("the target answers again");
         }
+        s.dropped_said = false;
     }
 
     /// Publishes the delivered frontier and the backlog.

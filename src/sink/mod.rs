@@ -83,6 +83,8 @@ pub struct SinkStatus {
     pub already_delivered: AtomicU64,
     /// Windows given up to log retention unacknowledged (`max_hold`).
     pub given_up: AtomicU64,
+    /// Rows given up unsent: more than `max_backlog` waited.
+    pub dropped: AtomicU64,
     /// Rows waiting or in flight.
     pub backlog: AtomicU64,
     /// How far (event time, ms) the oldest undelivered row is behind the
@@ -107,6 +109,7 @@ impl SinkStatus {
             ("dead_lettered", &s.dead_lettered),
             ("superseded", &s.superseded),
             ("already_delivered", &s.already_delivered),
+            ("dropped", &s.dropped),
         ] {
             metrics::counter!(SINK_ROWS, "sink" => sink.clone(), "outcome" => outcome)
                 .absolute(n.load(Relaxed));

@@ -101,6 +101,7 @@ impl Target for Ngsi {
             max_rows: self.cfg.max_entities,
             max_in_flight: self.cfg.max_in_flight,
             max_hold: self.cfg.max_hold,
+            max_backlog: self.cfg.max_backlog,
             latest_only: true,
             exclusive: true,
             ledger: Some(dir.join("ledger")),

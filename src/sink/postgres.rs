@@ -648,6 +648,7 @@ impl Target for Postgres {
             max_rows: self.cfg.max_rows,
             max_in_flight: self.cfg.max_in_flight,
             max_hold: self.cfg.max_hold,
+            max_backlog: self.cfg.max_backlog,
             latest_only: false,
             // A retraction never overtakes the row it deletes.
             exclusive: true,

@@ -149,6 +149,7 @@ async fn run_one(
         max_in_flight: args.max_in_flight,
         timeout: crate::topology::DEFAULT_PG_TIMEOUT,
         max_hold: crate::topology::DEFAULT_MAX_HOLD,
+        max_backlog: crate::topology::DEFAULT_SINK_MAX_BACKLOG,
     };
     let target = Postgres::new(cfg, ctx.clone())?;
     let status = Arc::new(SinkStatus::default());

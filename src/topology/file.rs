@@ -224,6 +224,9 @@ pub struct MqttSinkSection {
     /// Longest the log keeps windows the broker has not acknowledged.
     /// Default 1h.
     pub max_hold: Option<String>,
+    /// Rows waiting at most (memory while the target is away): past it
+    /// the oldest are given up, counted and said. Default 1,000,000.
+    pub max_backlog: Option<usize>,
 }
 
 /// `[[sink]] type = "postgres"`.
@@ -252,6 +255,9 @@ pub struct PostgresSinkSection {
     /// Longest the log keeps windows the database has not acknowledged.
     /// Default 1h.
     pub max_hold: Option<String>,
+    /// Rows waiting at most (memory while the target is away): past it
+    /// the oldest are given up, counted and said. Default 1,000,000.
+    pub max_backlog: Option<usize>,
 }
 
 /// `[[sink]] type = "ngsi-ld"`.
@@ -288,6 +294,9 @@ pub struct NgsiSinkSection {
     /// Longest the log keeps windows the broker has not acknowledged.
     /// Default 1h.
     pub max_hold: Option<String>,
+    /// Rows waiting at most (memory while the target is away): past it
+    /// the oldest are given up, counted and said. Default 1,000,000.
+    pub max_backlog: Option<usize>,
     /// Where the sink keeps its ledger. Default: `sink-<name>` in the log
     /// directory.
     pub state_dir: Option<PathBuf>,

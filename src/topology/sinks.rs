@@ -15,6 +15,8 @@ use super::{CentralSink, MqttSink, NgsiSink, PostgresSink, Sink};
 pub const MAX_NGSI_ENTITIES: usize = 10_000;
 /// Largest `max_bytes` of an NGSI-LD sink.
 pub const MAX_NGSI_BYTES: usize = 64 << 20;
+/// Largest `max_backlog` of a city sink.
+pub const MAX_SINK_BACKLOG: usize = 100_000_000;
 /// Largest `max_in_flight` of a sink.
 pub const MAX_IN_FLIGHT: usize = 64;
 
@@ -251,6 +253,13 @@ impl Checker<'_> {
             super::DEFAULT_MAX_HOLD,
             &place("max_hold"),
         );
+        let max_backlog = self.bounded(
+            n,
+            "max_backlog",
+            c.max_backlog,
+            super::DEFAULT_SINK_MAX_BACKLOG,
+            MAX_SINK_BACKLOG,
+        );
         Some(NgsiSink {
             name,
             url: c.url.trim_end_matches('/').to_owned(),
@@ -264,6 +273,7 @@ impl Checker<'_> {
             max_in_flight,
             timeout: timeout?,
             max_hold: max_hold?,
+            max_backlog,
             state_dir: c.state_dir.as_ref().map(|p| self.base.join(p)),
         })
     }
@@ -346,6 +356,13 @@ impl Checker<'_> {
             super::DEFAULT_MAX_HOLD,
             &place("max_hold"),
         );
+        let max_backlog = self.bounded(
+            n,
+            "max_backlog",
+            c.max_backlog,
+            super::DEFAULT_SINK_MAX_BACKLOG,
+            MAX_SINK_BACKLOG,
+        );
         let (host, port, tls) = broker?;
         Some(MqttSink {
             client_id: c.client_id.clone(),
@@ -363,6 +380,7 @@ impl Checker<'_> {
             max_in_flight,
             timeout: timeout?,
             max_hold: max_hold?,
+            max_backlog,
         })
     }
 
@@ -424,6 +442,13 @@ impl Checker<'_> {
             super::DEFAULT_MAX_HOLD,
             &place("max_hold"),
         );
+        let max_backlog = self.bounded(
+            n,
+            "max_backlog",
+            c.max_backlog,
+            super::DEFAULT_SINK_MAX_BACKLOG,
+            MAX_SINK_BACKLOG,
+        );
         Some(PostgresSink {
             name,
             url: c.url.clone(),
@@ -434,6 +459,7 @@ impl Checker<'_> {
             max_in_flight,
             timeout: timeout?,
             max_hold: max_hold?,
+            max_backlog,
         })
     }
 }

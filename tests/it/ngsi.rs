@@ -352,3 +352,42 @@ fn sigkills_of_the_node_lose_nothing_and_duplicate_only_what_was_in_flight() {
     );
     assert!(stderr.contains("sink ngsi-ld:"), "{stderr}");
 }
+
+#[test]
+fn an_unreachable_broker_blocks_nothing_and_its_backlog_stays_bounded() {
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into()]).expect("certs");
+    // A loopback TCP port nobody listens on: every request is refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let text = topology_text(
+        free_port(),
+        &format!("http://127.0.0.1:{closed}"),
+        "max_entities = 50\nmax_backlog = 200\n",
+    );
+    std::fs::write(dir.join("edge.toml"), text).expect("write");
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
+    let input = data("sumo-public/telemetry.jsonl");
+    let want = replay_table(&topo, &input);
+    let node = edgeflow::node::start(topo.clone(), 1).expect("start");
+    let accepted = send(node.addr, &certs.ca, &input, None);
+    assert!(accepted > 10_000, "{accepted}");
+    let status = node.sinks[0].1.clone();
+    node.shutdown().expect("stop");
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    // The other sink has every row: nothing waited for the broker.
+    let got = std::fs::read_to_string(dir.join("out/congestion.csv")).expect("files");
+    assert_eq!(
+        got,
+        want.csv(Kind::Congestion, &topo.reference, topo.time.size_ms)
+    );
+    // The broker's backlog stayed within max_backlog (and what was in
+    // flight); the oldest were given up and counted.
+    assert_eq!(n(&status.acknowledged), 0);
+    assert!(n(&status.dropped) > 0, "{status:?}");
+    assert!(n(&status.backlog) <= 200 + 4 * 50, "{status:?}");
+}

@@ -250,6 +250,7 @@ fn sink(url: &str) -> PostgresSink {
         max_in_flight: 3,
         timeout: Duration::from_secs(5),
         max_hold: Duration::from_secs(60),
+        max_backlog: crate::topology::DEFAULT_SINK_MAX_BACKLOG,
     }
 }
 
