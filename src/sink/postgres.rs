@@ -316,6 +316,8 @@ fn tables_gone(e: &tokio_postgres::Error) -> bool {
 struct Shared {
     what: String,
     config: tokio_postgres::Config,
+    /// TLS (`sslmode=require`), the server's certificate verified.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
     reference: Arc<Reference>,
     /// The upserts, by table.
@@ -342,11 +344,29 @@ impl Shared {
             c.clean = false;
             return Ok(c);
         }
-        let (client, connection) = (self.config.connect(NoTls).await)
-            .map_err(|e| Failure::Setup(format!("cannot connect: {}", said(&e))))?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let failed =
+            |e: tokio_postgres::Error| Failure::Setup(format!("cannot connect: {}", said(&e)));
+        let (client, task) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) =
+                    (self.config.connect(tls.clone()).await).map_err(failed)?;
+                (
+                    client,
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    }),
+                )
+            }
+            None => {
+                let (client, connection) = (self.config.connect(NoTls).await).map_err(failed)?;
+                (
+                    client,
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    }),
+                )
+            }
+        };
         Ok(Conn {
             client,
             task,
@@ -591,19 +611,25 @@ pub struct Postgres {
 
 impl Postgres {
     /// The transport of sink `cfg`: an error if its URL is not a
-    /// PostgreSQL connection URL or asks for TLS (not built in: see
-    /// docs/POSTGRES.md). Nothing connects before the first batch.
+    /// PostgreSQL connection URL, or its TLS cannot be set up (the URL's
+    /// `sslmode=require`: TLS with the server's certificate verified
+    /// against the web's roots and `ca`; otherwise plain). Nothing
+    /// connects before the first batch.
     pub fn new(cfg: PostgresSink, ctx: SinkContext) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = (cfg.url.parse()).map_err(|e| {
             anyhow::anyhow!("url {:?} is not a PostgreSQL URL: {}", cfg.url, said(&e))
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            anyhow::bail!(
-                "url {:?} requires TLS (sslmode=require), which this build does not speak: \
-                 connect over loopback, a Unix socket or a TLS-terminating proxy",
-                cfg.url
-            );
-        }
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                let tls = crate::wire::tls::tcp_client_config(cfg.ca.as_deref())?;
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+            _ => {
+                // Plain: sslmode=prefer would otherwise fall back silently.
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         if let Some(p) = &cfg.password {
             config.password(p);
         }
@@ -614,6 +640,7 @@ impl Postgres {
         let shared = Shared {
             what: format!("postgres sink {}", cfg.name),
             config,
+            tls,
             schema: s.clone(),
             reference: ctx.reference.clone(),
             upserts: TABLES.each_ref().map(|t| upsert_sql(s, t)),

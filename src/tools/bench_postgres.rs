@@ -143,6 +143,7 @@ async fn run_one(
         name: "bench".into(),
         url: args.url.clone(),
         password: std::env::var("PGPASSWORD").ok(),
+        ca: None,
         schema: schema.to_owned(),
         kinds: Kind::ALL.to_vec(),
         max_rows: args.max_rows,

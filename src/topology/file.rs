@@ -242,6 +242,9 @@ pub struct PostgresSinkSection {
     pub password: Option<String>,
     /// A file holding the password.
     pub password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust, beside the web's roots, when the
+    /// URL says `sslmode=require`.
+    pub ca: Option<PathBuf>,
     /// The schema the tables live in. Default "edgeflow".
     pub schema: Option<String>,
     /// What to write: "congestion", "charging", "zone". Default all.

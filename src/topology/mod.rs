@@ -343,6 +343,8 @@ pub struct PostgresSink {
     pub url: String,
     /// The password.
     pub password: Option<String>,
+    /// Extra CA to trust for TLS, resolved.
+    pub ca: Option<PathBuf>,
     /// The tables' schema.
     pub schema: String,
     /// Kinds written.

@@ -384,8 +384,8 @@ impl Checker<'_> {
         })
     }
 
-    /// `[[sink]] type = "postgres"`: the URL checked (no password in it),
-    /// the password read, the schema an identifier, limits bounded.
+    /// `[[sink]] type = "postgres"`: the URL checked (no password in it,
+    /// a known `sslmode`), the CA readable, the password read, the schema an identifier, limits bounded.
     fn postgres_sink(&mut self, n: usize, c: &PostgresSinkSection) -> Option<PostgresSink> {
         let place = |key: &str| format!("sink[{n}].{key}");
         let name = self.sink_name(n, &c.name, "postgres");
@@ -396,6 +396,19 @@ impl Checker<'_> {
                         &place("url"),
                         "no password in the URL: use password or password_file",
                     );
+                }
+                let tls = (u.query_pairs()).find(|(k, _)| k == "sslmode");
+                if let Some((_, mode)) = &tls {
+                    if !["disable", "prefer", "require"].contains(&mode.as_ref()) {
+                        let why = format!(
+                            "sslmode={mode}: expected disable or require (require verifies \
+                             the server's certificate, as libpq's verify-full)"
+                        );
+                        self.push(&place("url"), &why);
+                    }
+                }
+                if let Some(ca) = &c.ca {
+                    self.readable(n, &[("ca", ca)]);
                 }
             }
             Ok(_) => self.push(&place("url"), "expected postgres://user@host:port/database"),
@@ -453,6 +466,7 @@ impl Checker<'_> {
             name,
             url: c.url.clone(),
             password: password?,
+            ca: c.ca.as_ref().map(|p| self.base.join(p)),
             schema,
             kinds,
             max_rows,

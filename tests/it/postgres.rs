@@ -655,3 +655,59 @@ fn a_zone_removed_while_running_takes_its_rows_from_the_table() {
     assert_tables_are_the_files(&db, &schema, &dir.join("out"));
     db.drop_schema(&schema);
 }
+
+#[test]
+fn the_sink_speaks_tls_when_the_url_requires_it_and_checks_the_server() {
+    let Some((url, _, _hold)) = server("postgres::tls", false) else {
+        return;
+    };
+    let Some(pg_ca) = std::env::var_os("EDGEFLOW_PG_CA") else {
+        let why =
+            "no CA of the server's TLS certificate (EDGEFLOW_PG_CA unset; scripts/test sets it)";
+        assert!(std::env::var_os("EDGEFLOW_REQUIRE_PG").is_none(), "{why}");
+        skip("postgres::tls", why);
+        return;
+    };
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into()]).expect("certs");
+    let (schema, other) = (schema_name(), schema_name());
+    let tls_url = format!("{url}?sslmode=require");
+    // A second sink trusting the wrong CA (the node's own): refused.
+    let text = topology_text(
+        free_port(),
+        &tls_url,
+        &schema,
+        &format!(
+            "ca = \"{}\"\n[[sink]]\ntype = \"postgres\"\nname = \"wrong-ca\"\nurl = \"{tls_url}\"\n\
+             schema = \"{other}\"\nca = \"{}\"\n",
+            Path::new(&pg_ca).display(),
+            certs.ca.display()
+        ),
+    );
+    let node = start_node(dir, text);
+    let db = Db::connect(&url);
+    send(node.addr, &certs.ca, &minutes(dir, 0, 3), None);
+    db.wait_for(&format!("SELECT count(*) FROM {schema}.congestion"));
+    // The sink's connections are TLS (kept between batches).
+    let app = "edgeflow-karhula-edge-city-db";
+    assert!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = '{app}' AND s.ssl"
+        )) > 0,
+        "no TLS connection of {app}"
+    );
+    let (good, wrong) = (node.sinks[0].1.clone(), node.sinks[1].1.clone());
+    node.shutdown().expect("stop");
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert!(
+        n(&good.acknowledged) > 0 && n(&good.backlog) == 0,
+        "{good:?}"
+    );
+    assert_eq!(n(&wrong.acknowledged), 0, "{wrong:?}");
+    assert!(!wrong.connected.load(Ordering::Relaxed));
+    assert_tables_are_the_files(&db, &schema, &dir.join("out"));
+    db.drop_schema(&schema);
+}

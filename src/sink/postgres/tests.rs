@@ -244,6 +244,7 @@ fn sink(url: &str) -> PostgresSink {
         name: "pg".into(),
         url: url.into(),
         password: Some("secret".into()),
+        ca: None,
         schema: "edgeflow".into(),
         kinds: Kind::ALL.to_vec(),
         max_rows: 100,
@@ -274,10 +275,12 @@ fn settings_follow_the_section_and_bad_urls_are_refused() {
     assert_eq!((s.max_rows, s.max_in_flight), (100, 3));
     assert!(!s.latest_only && s.exclusive && !s.provisional && s.ledger.is_none() && s.retractions);
     assert_eq!(p.what(), "postgres sink pg");
-    let err = Postgres::new(sink("postgres://h/db?sslmode=require"), ctx())
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("TLS"), "{err}");
+    // TLS: the web's roots, and a CA file that must be readable.
+    assert!(Postgres::new(sink("postgres://h/db?sslmode=require"), ctx()).is_ok());
+    let mut tls = sink("postgres://h/db?sslmode=require");
+    tls.ca = Some("/nonexistent/ca.pem".into());
+    let err = Postgres::new(tls, ctx()).err().expect("refused");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     let err = Postgres::new(sink("postgres://h:notaport/db"), ctx())
         .err()
         .expect("refused");
