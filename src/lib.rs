@@ -17,7 +17,7 @@
 //!    watermark clock, the fate of a late record), [`problem`] (what
 //!    validation reports), [`geo`] (map matching, zones, H3 cells),
 //!    [`reference`](mod@reference) (road network, chargers, zones from
-//!    GeoJSON), [`aggregate`] (aggregate values in fixed point, CSV rows),
+//!    GeoJSON), [`metrics`] (metric names, defined once), [`aggregate`] (aggregate values in fixed point, CSV rows),
 //!    [`partial`] (what an edge pushes to central: partial aggregates
 //!    that merge exactly, distinct-vehicle sketches), [`privacy`] (keyed
 //!    vehicle hashes).
@@ -56,7 +56,7 @@
 //!    push batches in place of telemetry and central's merge as its
 //!    dataflow.
 //! 8. **Tools**: [`tools`] (benchmarks, the demo, the load generator and
-//!    the measurement helpers they share), [`metrics`] (metric names).
+//!    the measurement helpers they share).
 //!    The binary, `src/main.rs` with one module per subcommand under
 //!    `src/cli/`, is the command line over all of it.
 //!

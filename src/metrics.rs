@@ -1,6 +1,7 @@
-//! Metric names, defined once. Counters are accumulated locally and
-//! published once per run or batch, never per record; labels are bounded
-//! (reject reasons, aggregate kinds).
+//! Metric names, defined once (the modules that count publish under these
+//! names). Counters are accumulated locally and published once per run,
+//! batch or request, never per record; labels are bounded (reject reasons,
+//! aggregate kinds, sink names from the topology).
 
 /// Records read, all outcomes.
 pub const RECORDS_READ: &str = "edgeflow_records_read_total";
@@ -17,28 +18,20 @@ pub const RECORDS_MAP_MATCHED: &str = "edgeflow_records_map_matched_total";
 /// Aggregate rows emitted; labels `status`.
 pub const ROWS_EMITTED: &str = "edgeflow_rows_emitted_total";
 
-/// Publishes a run's counts to the installed `metrics` recorder (a no-op
-/// when none is installed).
-pub fn publish(summary: &crate::runtime::RunSummary) {
-    let s = &summary.ingest;
-    metrics::counter!(RECORDS_READ).increment(s.records);
-    for reason in crate::model::RejectReason::ALL {
-        let n = s.rejected[reason.index()];
-        if n > 0 {
-            metrics::counter!(RECORDS_REJECTED, "reason" => reason.as_str()).increment(n);
-        }
-    }
-    metrics::counter!(RECORDS_CORRECTIONS).increment(s.corrections);
-    metrics::counter!(RECORDS_EXPIRED).increment(s.expired);
-    metrics::counter!(RECORDS_MAP_MATCHED).increment(s.map_matched);
-    for why in crate::geo::Unmatched::ALL {
-        let n = s.unmatched[why.index()];
-        if n > 0 {
-            metrics::counter!(RECORDS_UNMATCHED, "reason" => why.name()).increment(n);
-        }
-    }
-    let e = &summary.emitted;
-    metrics::counter!(ROWS_EMITTED, "status" => "final").increment(e.finals);
-    metrics::counter!(ROWS_EMITTED, "status" => "correction").increment(e.corrections);
-    metrics::counter!(ROWS_EMITTED, "status" => "provisional").increment(e.provisional);
-}
+/// City sink rows, per sink; label `outcome`: `sent` (resends included),
+/// `acknowledged`, `retried`, `dead_lettered`, `superseded` (an older
+/// window of an entity not sent), `already_delivered` (found in the
+/// ledger after a restart, not resent), `dropped` (given up unsent: more
+/// than `max_backlog` waited).
+pub const SINK_ROWS: &str = "edgeflow_sink_rows_total";
+/// Requests a city sink's target acknowledged (in whole or in part).
+pub const SINK_REQUESTS: &str = "edgeflow_sink_requests_total";
+/// Windows given up to log retention unacknowledged (`max_hold`).
+pub const SINK_GIVEN_UP: &str = "edgeflow_sink_windows_given_up_total";
+/// Rows waiting or in flight, per sink (gauge).
+pub const SINK_BACKLOG: &str = "edgeflow_sink_backlog_rows";
+/// How far the oldest undelivered row is behind the node's watermark,
+/// ms, per sink (gauge).
+pub const SINK_OLDEST_AGE: &str = "edgeflow_sink_oldest_undelivered_ms";
+/// 1 while a sink's last request reached its target, else 0 (gauge).
+pub const SINK_CONNECTED: &str = "edgeflow_sink_connected";

@@ -125,6 +125,33 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Publishes the run's counts to the installed `metrics` recorder (a
+    /// no-op when none is installed).
+    pub fn publish_metrics(&self) {
+        use crate::metrics as M;
+        let s = &self.ingest;
+        metrics::counter!(M::RECORDS_READ).increment(s.records);
+        for reason in crate::model::RejectReason::ALL {
+            let n = s.rejected[reason.index()];
+            if n > 0 {
+                metrics::counter!(M::RECORDS_REJECTED, "reason" => reason.as_str()).increment(n);
+            }
+        }
+        metrics::counter!(M::RECORDS_CORRECTIONS).increment(s.corrections);
+        metrics::counter!(M::RECORDS_EXPIRED).increment(s.expired);
+        metrics::counter!(M::RECORDS_MAP_MATCHED).increment(s.map_matched);
+        for why in crate::geo::Unmatched::ALL {
+            let n = s.unmatched[why.index()];
+            if n > 0 {
+                metrics::counter!(M::RECORDS_UNMATCHED, "reason" => why.name()).increment(n);
+            }
+        }
+        let e = &self.emitted;
+        metrics::counter!(M::ROWS_EMITTED, "status" => "final").increment(e.finals);
+        metrics::counter!(M::ROWS_EMITTED, "status" => "correction").increment(e.corrections);
+        metrics::counter!(M::ROWS_EMITTED, "status" => "provisional").increment(e.provisional);
+    }
+
     /// Records per second of wall-clock time.
     pub fn records_per_s(&self) -> f64 {
         self.ingest.records as f64 / self.elapsed.as_secs_f64().max(1e-9)

@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     table
         .write_csv(&args.out, &reference, topo.time.size_ms)
         .with_context(|| format!("cannot write CSV files into {}", args.out.display()))?;
-    edgeflow::metrics::publish(&summary);
+    summary.publish_metrics();
     print_summary(&summary, workers, &args.out);
     for note in &summary.log_notes {
         eprintln!("edgeflow: warning: {note}");

@@ -123,6 +123,21 @@ impl<K: Ord + Copy, V: Clone> Outbox<K, V> {
         });
     }
 
+    /// Drops the oldest waiting values (by emission watermark) until at
+    /// most `keep` wait; returns how many went (a delivery whose target is
+    /// away for long bounds its memory so).
+    pub fn drop_oldest(&mut self, keep: usize) -> usize {
+        let mut dropped = 0;
+        while self.waiting.len() > keep {
+            let Some((_, k)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.waiting.remove(&k);
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Holds every batch back (the node is replaying its log).
     pub fn hold(&mut self) {
         self.holding = true;
@@ -382,6 +397,14 @@ mod tests {
         o.offer(2, "b", 2);
         o.take(1, 1);
         o.partly_lost(0, |_| true);
+        // The oldest go first when the outbox is bounded; in flight stays.
+        let mut b: Outbox<u32, &str> = Outbox::new();
+        for (k, at) in [(1, 30), (2, 10), (3, 20)] {
+            b.offer(k, "v", at);
+        }
+        b.take(0, 1);
+        assert_eq!(b.drop_oldest(1), 1);
+        assert_eq!((b.waiting(&3), b.waiting(&1)), (None, Some(&"v")));
         assert_eq!(o.backlog(), (1, 1), "batch 1 is still in flight");
         o.acked(1);
         assert_eq!(o.take(2, 10).expect("batch").values, vec![(1, "a")]);

@@ -690,7 +690,7 @@ pub fn print_report(r: &EdgeReport) {
     }
     for (name, s) in &r.sinks {
         eprintln!(
-            "  sink {name}: {} rows acknowledged in {} requests, {} retried, {} dead-lettered, {} superseded, {} already delivered before a restart, {} windows given up",
+            "  sink {name}: {} rows acknowledged in {} requests, {} retried, {} dead-lettered, {} superseded, {} already delivered before a restart, {} windows given up, {} rows dropped (max_backlog)",
             s.acknowledged.load(Ordering::Relaxed),
             s.batches.load(Ordering::Relaxed),
             s.retried.load(Ordering::Relaxed),
@@ -698,6 +698,7 @@ pub fn print_report(r: &EdgeReport) {
             s.superseded.load(Ordering::Relaxed),
             s.already_delivered.load(Ordering::Relaxed),
             s.given_up.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
         );
     }
     if let Some(e) = &r.edges {

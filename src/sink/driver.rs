@@ -61,7 +61,8 @@ pub struct Row {
     /// The emission watermark: an ordering receivers may drop stale
     /// values by.
     pub watermark: u64,
-    /// xxh3 of its CSV row (TELEMETRY.md §4).
+    /// xxh3 of its CSV row (TELEMETRY.md §4), when the sink keeps a
+    /// ledger (else 0).
     pub digest: u64,
 }
 
@@ -112,6 +113,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Longest the log keeps windows the target has not acknowledged.
     pub max_hold: Duration,
+    /// Rows waiting at most: past it the oldest are given up (counted in
+    /// [`SinkStatus::dropped`], said once per outage).
+    pub max_backlog: usize,
     /// One entity per key, older windows dropped (see the module doc).
     pub latest_only: bool,
     /// An entity in one request at a time.
@@ -120,6 +124,9 @@ pub struct Settings {
     pub ledger: Option<PathBuf>,
     /// Provisional rows are delivered too.
     pub provisional: bool,
+    /// Retractions are delivered (the target deletes or marks the row);
+    /// otherwise they are not sent.
+    pub retractions: bool,
 }
 
 /// A sink's transport and encoding.
@@ -173,6 +180,7 @@ struct State {
     backoff: Backoff,
     outage_said: bool,
     given_up_said: bool,
+    dropped_said: bool,
 }
 
 /// Drives a target: see the module documentation.
@@ -241,6 +249,7 @@ impl<T: Target> Driver<T> {
             backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             outage_said: false,
             given_up_said: false,
+            dropped_said: false,
         };
         let mut in_flight: JoinSet<(u64, Outcome)> = JoinSet::new();
         let mut drain_until: Option<Instant> = None;
@@ -291,7 +300,10 @@ impl<T: Target> Driver<T> {
     /// Takes a batch of the dataflow's rows.
     fn take(&self, feed: Feed, s: &mut State) {
         for e in feed.rows {
-            if e.status == Status::Provisional && !self.settings.provisional {
+            let retraction = e.status == Status::Retraction;
+            if (e.status == Status::Provisional && !self.settings.provisional)
+                || (retraction && !self.settings.retractions)
+            {
                 continue;
             }
             let Some(value) = crate::aggregate::project(&e.value, self.ctx.min_vehicles) else {
@@ -312,7 +324,13 @@ impl<T: Target> Driver<T> {
                 }
                 s.latest.insert(entity, e.key.window);
             }
-            let digest = digest(&self.ctx, &e.key, &value);
+            // Only a ledger reads it (a sixth of a sink's CPU otherwise). A
+            // retraction is not the row it retracts (the ledger tells them
+            // apart).
+            let digest = match &s.ledger {
+                Some(_) => digest(&self.ctx, &e.key, &value) ^ u64::from(retraction).wrapping_neg(),
+                None => 0,
+            };
             let row = Row {
                 key: e.key,
                 value,
@@ -328,6 +346,18 @@ impl<T: Target> Driver<T> {
             .min(self.ctx.input_watermark.load(Ordering::Acquire));
         s.outbox.advance(watermark);
         s.watermark = s.watermark.max(watermark);
+        let dropped = s.outbox.drop_oldest(self.settings.max_backlog);
+        if dropped > 0 {
+            self.status
+                .dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            if !std::mem::replace(&mut s.dropped_said, true) {
+                self.say(&format!(
+                    "more than max_backlog ({}) rows wait: the oldest are given up (counted in dropped)",
+                    self.settings.max_backlog
+                ));
+            }
+        }
         if !s.released && s.watermark >= self.ctx.hold_until.load(Ordering::Acquire) {
             self.release(s);
         }
@@ -526,6 +556,7 @@ impl<T: Target> Driver<T> {
         if std::mem::replace(&mut s.outage_said, false) {
             self.say("the target answers again");
         }
+        s.dropped_said = false;
     }
 
     /// Publishes the delivered frontier and the backlog.
@@ -549,6 +580,7 @@ impl<T: Target> Driver<T> {
         self.status
             .oldest_age_ms
             .store(s.watermark.saturating_sub(delivered), Ordering::Relaxed);
+        self.status.publish_metrics();
     }
 }
 

@@ -58,9 +58,12 @@ pub struct Feed {
     pub watermark: u64,
 }
 
-/// A sink's figures, live.
+/// A sink's figures, live (published as metrics by
+/// [`SinkStatus::publish_metrics`]).
 #[derive(Debug, Default)]
 pub struct SinkStatus {
+    /// The sink's name (the metrics' `sink` label).
+    pub name: String,
     /// The delivered frontier (see [`crate::delivery::gate`]).
     pub delivered: Arc<AtomicU64>,
     /// Requests the target acknowledged (in whole or in part).
@@ -80,6 +83,8 @@ pub struct SinkStatus {
     pub already_delivered: AtomicU64,
     /// Windows given up to log retention unacknowledged (`max_hold`).
     pub given_up: AtomicU64,
+    /// Rows given up unsent: more than `max_backlog` waited.
+    pub dropped: AtomicU64,
     /// Rows waiting or in flight.
     pub backlog: AtomicU64,
     /// How far (event time, ms) the oldest undelivered row is behind the
@@ -87,6 +92,36 @@ pub struct SinkStatus {
     pub oldest_age_ms: AtomicU64,
     /// Whether the last request reached the target.
     pub connected: AtomicBool,
+}
+
+impl SinkStatus {
+    /// Publishes the figures (label `sink`, the sink's name) to the
+    /// installed `metrics` recorder, as they stand: called by the delivery
+    /// loop after each step, never per row.
+    pub fn publish_metrics(&self) {
+        use crate::metrics::*;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (s, sink) = (self, self.name.clone());
+        for (outcome, n) in [
+            ("sent", &s.sent),
+            ("acknowledged", &s.acknowledged),
+            ("retried", &s.retried),
+            ("dead_lettered", &s.dead_lettered),
+            ("superseded", &s.superseded),
+            ("already_delivered", &s.already_delivered),
+            ("dropped", &s.dropped),
+        ] {
+            metrics::counter!(SINK_ROWS, "sink" => sink.clone(), "outcome" => outcome)
+                .absolute(n.load(Relaxed));
+        }
+        metrics::counter!(SINK_REQUESTS, "sink" => sink.clone()).absolute(s.batches.load(Relaxed));
+        metrics::counter!(SINK_GIVEN_UP, "sink" => sink.clone()).absolute(s.given_up.load(Relaxed));
+        metrics::gauge!(SINK_BACKLOG, "sink" => sink.clone()).set(s.backlog.load(Relaxed) as f64);
+        metrics::gauge!(SINK_OLDEST_AGE, "sink" => sink.clone())
+            .set(s.oldest_age_ms.load(Relaxed) as f64);
+        metrics::gauge!(SINK_CONNECTED, "sink" => sink)
+            .set(f64::from(u8::from(s.connected.load(Relaxed))));
+    }
 }
 
 /// What every city sink of a node shares.
@@ -129,9 +164,9 @@ impl Feeds {
         self.feeds.is_empty()
     }
 
-    /// Sends each sink the rows of its kinds in `batch`: final rows and
-    /// corrections, provisional rows to a sink that wants them (a sink
-    /// that stopped is skipped).
+    /// Sends each sink the rows of its kinds in `batch`: final rows,
+    /// corrections and retractions, provisional rows to a sink that wants
+    /// them (a sink that stopped is skipped).
     pub fn send(&self, batch: &[Emission]) {
         let Some(watermark) = batch.iter().map(|e| e.watermark).max() else {
             return;
@@ -139,9 +174,8 @@ impl Feeds {
         for w in &self.feeds {
             let rows = (batch.iter())
                 .filter(|e| match e.status {
-                    Status::Final | Status::Correction => true,
+                    Status::Final | Status::Correction | Status::Retraction => true,
                     Status::Provisional => w.provisional,
-                    Status::Retraction => false,
                 })
                 .filter(|e| w.kinds.contains(&e.key.kind))
                 .cloned()
@@ -186,7 +220,10 @@ pub fn start(topology: &Topology, ctx: &SinkContext) -> (Feeds, Vec<SinkTask>) {
             Sink::Files { .. } | Sink::Central(_) => continue,
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let status = Arc::new(SinkStatus::default());
+        let status = Arc::new(SinkStatus {
+            name: sink.name().to_owned(),
+            ..SinkStatus::default()
+        });
         feeds.feeds.push(Wanted {
             kinds,
             provisional,

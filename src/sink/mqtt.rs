@@ -183,10 +183,12 @@ impl Target for Mqtt {
             max_rows: self.cfg.max_messages,
             max_in_flight: self.cfg.max_in_flight,
             max_hold: self.cfg.max_hold,
+            max_backlog: self.cfg.max_backlog,
             latest_only: false,
             exclusive: false,
             ledger: None,
             provisional: self.cfg.provisional,
+            retractions: true,
         }
     }
 

@@ -101,10 +101,13 @@ impl Target for Ngsi {
             max_rows: self.cfg.max_entities,
             max_in_flight: self.cfg.max_in_flight,
             max_hold: self.cfg.max_hold,
+            max_backlog: self.cfg.max_backlog,
             latest_only: true,
             exclusive: true,
             ledger: Some(dir.join("ledger")),
             provisional: false,
+            // An entity is a segment or a charger, which keep their rows.
+            retractions: false,
         }
     }
 

@@ -18,7 +18,10 @@
 //! restart (same ordering) changes nothing, so the sink needs no ledger.
 //! The statements are prepared once per connection and a batch's
 //! statements go in one round trip (pipelined, `BEGIN` to `COMMIT`). Rows
-//! are sorted by window and key in a batch: two batches in flight lock
+//! A retraction (a zone removed from the reference data: its rows go)
+//! deletes the row unless a newer one is there (`ordering`); one entity
+//! is in one batch at a time, so an older row never comes back after its
+//! retraction. Rows are sorted by window and key in a batch: two batches in flight lock
 //! rows in the same order and never deadlock. Connections: at most one
 //! per batch in flight, kept between batches, dropped after a failure (the
 //! next batch connects anew).
@@ -56,7 +59,7 @@ mod sql;
 #[cfg(test)]
 mod tests;
 
-use sql::{cell_wkt, migrate, table, upsert_sql, write_reference, Table, Ty, TABLES};
+use sql::{cell_wkt, delete_sql, migrate, table, upsert_sql, write_reference, Table, Ty, TABLES};
 pub use sql::{schema_sql, MIGRATIONS};
 
 /// One value of a row, typed for its column.
@@ -73,6 +76,7 @@ struct Ready {
     /// Its place in the request (the driver's index).
     place: usize,
     key: AggKey,
+    /// `final` or `correction`; `retraction` for a row to delete.
     status: &'static str,
     ordering: i64,
     cells: Vec<Cell>,
@@ -103,12 +107,8 @@ fn prepare_row(
     let status = match row.status {
         Status::Final => "final",
         Status::Correction => "correction",
-        _ => {
-            return Err(format!(
-                "{}: only final rows and corrections are written",
-                what()
-            ))
-        }
+        Status::Retraction => RETRACTION,
+        Status::Provisional => return Err(format!("{}: provisional rows are not written", what())),
     };
     let t = table(k.kind);
     let fields = fields(reference, window_ms, &k, &row.value)
@@ -144,6 +144,9 @@ fn prepare_row(
         cells,
     })
 }
+
+/// The status of a row to delete.
+const RETRACTION: &str = "retraction";
 
 /// `rows` sorted by kind, window and key (one lock order for every batch:
 /// two in flight never deadlock; the order of the tables' keys), the
@@ -206,13 +209,53 @@ fn columns<'a>(t: &Table, rows: &'a [Ready]) -> Vec<Column<'a>> {
     out
 }
 
+/// The key columns of `rows` (all of `t`'s kind, to delete), with their
+/// orderings.
+fn key_columns<'a>(t: &Table, rows: &'a [Ready]) -> Vec<Column<'a>> {
+    let mut out = Vec::new();
+    for key in t.key.split(", ") {
+        let Some(i) = t.cols.iter().position(|c| c.0 == key) else {
+            continue;
+        };
+        out.push(match t.cols[i].1 {
+            Ty::Text | Ty::Dec => Column::Text(
+                (rows.iter())
+                    .map(|r| match r.cells.get(i) {
+                        Some(Cell::Text(x)) => x.as_deref(),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Ty::Int => Column::Int(
+                (rows.iter())
+                    .map(|r| match r.cells.get(i) {
+                        Some(Cell::Int(x)) => *x,
+                        _ => 0,
+                    })
+                    .collect(),
+            ),
+            Ty::Time => Column::Time(
+                (rows.iter())
+                    .map(|r| match r.cells.get(i) {
+                        Some(Cell::Time(x)) => *x,
+                        _ => UNIX_EPOCH,
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    out.push(Column::Int(rows.iter().map(|r| r.ordering).collect()));
+    out
+}
+
 /// A connection, its task ended when dropped unless it was put back clean.
 struct Conn {
     client: Client,
     task: tokio::task::JoinHandle<()>,
     clean: bool,
-    /// The H3 cells' insert and the upserts (by table), prepared once.
-    statements: Option<[Statement; 4]>,
+    /// The H3 cells' insert, the upserts and the deletes (by table),
+    /// prepared once.
+    statements: Option<[Statement; 7]>,
 }
 
 impl Drop for Conn {
@@ -273,10 +316,14 @@ fn tables_gone(e: &tokio_postgres::Error) -> bool {
 struct Shared {
     what: String,
     config: tokio_postgres::Config,
+    /// TLS (`sslmode=require`), the server's certificate verified.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: String,
     reference: Arc<Reference>,
     /// The upserts, by table.
     upserts: [String; 3],
+    /// The deletes of retracted rows, by table.
+    deletes: [String; 3],
     cells_sql: String,
     idle: std::sync::Mutex<Vec<Conn>>,
     /// Whether the migrations ran and the reference tables were written.
@@ -297,11 +344,29 @@ impl Shared {
             c.clean = false;
             return Ok(c);
         }
-        let (client, connection) = (self.config.connect(NoTls).await)
-            .map_err(|e| Failure::Setup(format!("cannot connect: {}", said(&e))))?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let failed =
+            |e: tokio_postgres::Error| Failure::Setup(format!("cannot connect: {}", said(&e)));
+        let (client, task) = match &self.tls {
+            Some(tls) => {
+                let (client, connection) =
+                    (self.config.connect(tls.clone()).await).map_err(failed)?;
+                (
+                    client,
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    }),
+                )
+            }
+            None => {
+                let (client, connection) = (self.config.connect(NoTls).await).map_err(failed)?;
+                (
+                    client,
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    }),
+                )
+            }
+        };
         Ok(Conn {
             client,
             task,
@@ -358,18 +423,21 @@ impl Shared {
     }
 
     /// The connection's statements, prepared at its first batch.
-    async fn statements(&self, conn: &mut Conn) -> Result<[Statement; 4], tokio_postgres::Error> {
+    async fn statements(&self, conn: &mut Conn) -> Result<[Statement; 7], tokio_postgres::Error> {
         if let Some(st) = &conn.statements {
             return Ok(st.clone());
         }
         let c = &conn.client;
-        let (cells, a, b, z) = tokio::join!(
+        let (cells, a, b, z, da, db, dz) = tokio::join!(
             c.prepare(&self.cells_sql),
             c.prepare(&self.upserts[0]),
             c.prepare(&self.upserts[1]),
             c.prepare(&self.upserts[2]),
+            c.prepare(&self.deletes[0]),
+            c.prepare(&self.deletes[1]),
+            c.prepare(&self.deletes[2]),
         );
-        let st = [cells?, a?, b?, z?];
+        let st = [cells?, a?, b?, z?, da?, db?, dz?];
         conn.statements = Some(st.clone());
         Ok(st)
     }
@@ -400,19 +468,34 @@ impl Shared {
         let (ids, wkts): (Vec<&str>, Vec<&str>) = (new_cells.iter())
             .map(|(i, w)| (i.as_str(), w.as_str()))
             .unzip();
-        let cols = TABLES.each_ref().map(|t| {
+        let (upserts, deletes): (Vec<Ready>, Vec<Ready>) =
+            (rows.iter().cloned()).partition(|r| r.status != RETRACTION);
+        let of_table = |rows: &[Ready], t: &Table| {
             let start = rows.partition_point(|r| r.key.kind < t.kind);
             let end = rows.partition_point(|r| r.key.kind <= t.kind);
-            columns(t, &rows[start..end])
+            (start, end)
+        };
+        let cols = TABLES.each_ref().map(|t| {
+            let (start, end) = of_table(&upserts, t);
+            columns(t, &upserts[start..end])
         });
-        let params = cols
-            .each_ref()
-            .map(|c| c.iter().map(Column::param).collect::<Vec<_>>());
+        let gone = TABLES.each_ref().map(|t| {
+            let (start, end) = of_table(&deletes, t);
+            key_columns(t, &deletes[start..end])
+        });
+        let params = (cols.iter().chain(&gone))
+            .map(|c| c.iter().map(Column::param).collect::<Vec<_>>())
+            .collect::<Vec<_>>();
         let c = &conn.client;
         // Sent in this order at the first poll; a failed statement fails
         // the rest, and COMMIT then rolls back.
         let run = |i: usize| {
-            let (st, params, empty) = (&st[i + 1], &params[i], cols[i][0].is_empty());
+            let empty = cols
+                .iter()
+                .chain(&gone)
+                .nth(i)
+                .is_none_or(|c| c[0].is_empty());
+            let (st, params) = (&st[i + 1], &params[i]);
             async move {
                 if empty {
                     return Ok(0);
@@ -420,7 +503,7 @@ impl Shared {
                 c.execute(st, params).await
             }
         };
-        let (begin, cells, a, b, z, commit) = tokio::join!(
+        let (begin, cells, a, b, z, da, db, dz, commit) = tokio::join!(
             c.batch_execute("BEGIN"),
             async {
                 if ids.is_empty() {
@@ -431,10 +514,13 @@ impl Shared {
             run(0),
             run(1),
             run(2),
+            run(3),
+            run(4),
+            run(5),
             c.batch_execute("COMMIT"),
         );
         begin?;
-        for n in [cells, a, b, z] {
+        for n in [cells, a, b, z, da, db, dz] {
             n?;
         }
         commit?;
@@ -525,19 +611,25 @@ pub struct Postgres {
 
 impl Postgres {
     /// The transport of sink `cfg`: an error if its URL is not a
-    /// PostgreSQL connection URL or asks for TLS (not built in: see
-    /// docs/POSTGRES.md). Nothing connects before the first batch.
+    /// PostgreSQL connection URL, or its TLS cannot be set up (the URL's
+    /// `sslmode=require`: TLS with the server's certificate verified
+    /// against the web's roots and `ca`; otherwise plain). Nothing
+    /// connects before the first batch.
     pub fn new(cfg: PostgresSink, ctx: SinkContext) -> anyhow::Result<Self> {
         let mut config: tokio_postgres::Config = (cfg.url.parse()).map_err(|e| {
             anyhow::anyhow!("url {:?} is not a PostgreSQL URL: {}", cfg.url, said(&e))
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            anyhow::bail!(
-                "url {:?} requires TLS (sslmode=require), which this build does not speak: \
-                 connect over loopback, a Unix socket or a TLS-terminating proxy",
-                cfg.url
-            );
-        }
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                let tls = crate::wire::tls::tcp_client_config(cfg.ca.as_deref())?;
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+            _ => {
+                // Plain: sslmode=prefer would otherwise fall back silently.
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+        };
         if let Some(p) = &cfg.password {
             config.password(p);
         }
@@ -548,9 +640,11 @@ impl Postgres {
         let shared = Shared {
             what: format!("postgres sink {}", cfg.name),
             config,
+            tls,
             schema: s.clone(),
             reference: ctx.reference.clone(),
             upserts: TABLES.each_ref().map(|t| upsert_sql(s, t)),
+            deletes: TABLES.each_ref().map(|t| delete_sql(s, t)),
             cells_sql: format!(
                 "INSERT INTO \"{s}\".zones (zone_type, id, geom) \
                  SELECT '{h3}', id, ST_GeomFromText(wkt, 4326) FROM UNNEST($1::text[], $2::text[]) \
@@ -581,10 +675,13 @@ impl Target for Postgres {
             max_rows: self.cfg.max_rows,
             max_in_flight: self.cfg.max_in_flight,
             max_hold: self.cfg.max_hold,
+            max_backlog: self.cfg.max_backlog,
             latest_only: false,
-            exclusive: false,
+            // A retraction never overtakes the row it deletes.
+            exclusive: true,
             ledger: None,
             provisional: false,
+            retractions: true,
         }
     }
 

@@ -143,12 +143,14 @@ async fn run_one(
         name: "bench".into(),
         url: args.url.clone(),
         password: std::env::var("PGPASSWORD").ok(),
+        ca: None,
         schema: schema.to_owned(),
         kinds: Kind::ALL.to_vec(),
         max_rows: args.max_rows,
         max_in_flight: args.max_in_flight,
         timeout: crate::topology::DEFAULT_PG_TIMEOUT,
         max_hold: crate::topology::DEFAULT_MAX_HOLD,
+        max_backlog: crate::topology::DEFAULT_SINK_MAX_BACKLOG,
     };
     let target = Postgres::new(cfg, ctx.clone())?;
     let status = Arc::new(SinkStatus::default());
@@ -198,7 +200,10 @@ pub(crate) async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<i64> 
     let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
     let task = tokio::spawn(conn);
     let rows = match client
-        .query_one(&format!("SELECT count(*) FROM \"{schema}\".congestion"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".congestion"),
+            &[],
+        )
         .await
     {
         Ok(row) => row.try_get::<_, i64>(0)?,

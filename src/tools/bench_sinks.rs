@@ -156,6 +156,7 @@ fn ngsi_once(
         max_in_flight: crate::topology::DEFAULT_NGSI_IN_FLIGHT,
         timeout: Duration::from_secs(30),
         max_hold: Duration::from_secs(3600),
+        max_backlog: crate::topology::DEFAULT_SINK_MAX_BACKLOG,
         state_dir: Some(dir.to_owned()),
     };
     let ctx = context(reference, dir);
@@ -237,6 +238,7 @@ fn mqtt_sink(port: u16) -> crate::topology::MqttSink {
         max_in_flight: crate::topology::DEFAULT_MQTT_IN_FLIGHT,
         timeout: Duration::from_secs(30),
         max_hold: Duration::from_secs(3600),
+        max_backlog: crate::topology::DEFAULT_SINK_MAX_BACKLOG,
     }
 }
 
@@ -256,9 +258,8 @@ fn edge_cost(
     }
     let schema = format!("bench_sinks_{}", std::process::id());
     if let Some(url) = &args.pg_url {
-        sinks += &format!(
-            "[[sink]]\ntype = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"
-        );
+        sinks +=
+            &format!("[[sink]]\ntype = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n");
         names.push("postgres");
     }
     let ingest = super::bench_ingest::IngestBenchArgs {

@@ -224,6 +224,9 @@ pub struct MqttSinkSection {
     /// Longest the log keeps windows the broker has not acknowledged.
     /// Default 1h.
     pub max_hold: Option<String>,
+    /// Rows waiting at most (memory while the target is away): past it
+    /// the oldest are given up, counted and said. Default 1,000,000.
+    pub max_backlog: Option<usize>,
 }
 
 /// `[[sink]] type = "postgres"`.
@@ -239,6 +242,9 @@ pub struct PostgresSinkSection {
     pub password: Option<String>,
     /// A file holding the password.
     pub password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust, beside the web's roots, when the
+    /// URL says `sslmode=require`.
+    pub ca: Option<PathBuf>,
     /// The schema the tables live in. Default "edgeflow".
     pub schema: Option<String>,
     /// What to write: "congestion", "charging", "zone". Default all.
@@ -252,6 +258,9 @@ pub struct PostgresSinkSection {
     /// Longest the log keeps windows the database has not acknowledged.
     /// Default 1h.
     pub max_hold: Option<String>,
+    /// Rows waiting at most (memory while the target is away): past it
+    /// the oldest are given up, counted and said. Default 1,000,000.
+    pub max_backlog: Option<usize>,
 }
 
 /// `[[sink]] type = "ngsi-ld"`.
@@ -288,6 +297,9 @@ pub struct NgsiSinkSection {
     /// Longest the log keeps windows the broker has not acknowledged.
     /// Default 1h.
     pub max_hold: Option<String>,
+    /// Rows waiting at most (memory while the target is away): past it
+    /// the oldest are given up, counted and said. Default 1,000,000.
+    pub max_backlog: Option<usize>,
     /// Where the sink keeps its ledger. Default: `sink-<name>` in the log
     /// directory.
     pub state_dir: Option<PathBuf>,

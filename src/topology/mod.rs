@@ -135,6 +135,8 @@ pub struct Topology {
 
 /// Default `[central] straggler_timeout`.
 pub const DEFAULT_STRAGGLER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `max_backlog` of a city sink (rows waiting at most).
+pub const DEFAULT_SINK_MAX_BACKLOG: usize = 1_000_000;
 /// Default `max_hold` of a central sink.
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(3600);
 
@@ -328,6 +330,8 @@ pub struct MqttSink {
     pub timeout: Duration,
     /// Longest the log keeps windows the broker has not acknowledged.
     pub max_hold: Duration,
+    /// Rows waiting at most; past it the oldest are given up.
+    pub max_backlog: usize,
 }
 
 /// A `[[sink]] type = "postgres"` validated.
@@ -339,6 +343,8 @@ pub struct PostgresSink {
     pub url: String,
     /// The password.
     pub password: Option<String>,
+    /// Extra CA to trust for TLS, resolved.
+    pub ca: Option<PathBuf>,
     /// The tables' schema.
     pub schema: String,
     /// Kinds written.
@@ -351,6 +357,8 @@ pub struct PostgresSink {
     pub timeout: Duration,
     /// Longest the log keeps windows the database has not acknowledged.
     pub max_hold: Duration,
+    /// Rows waiting at most; past it the oldest are given up.
+    pub max_backlog: usize,
 }
 
 /// A `[[sink]] type = "ngsi-ld"` validated.
@@ -380,6 +388,8 @@ pub struct NgsiSink {
     pub timeout: Duration,
     /// Longest the log keeps windows the broker has not acknowledged.
     pub max_hold: Duration,
+    /// Rows waiting at most; past it the oldest are given up.
+    pub max_backlog: usize,
     /// Where its ledger lives (resolved), if set; else in the log
     /// directory.
     pub state_dir: Option<PathBuf>,

@@ -15,6 +15,8 @@ use super::{CentralSink, MqttSink, NgsiSink, PostgresSink, Sink};
 pub const MAX_NGSI_ENTITIES: usize = 10_000;
 /// Largest `max_bytes` of an NGSI-LD sink.
 pub const MAX_NGSI_BYTES: usize = 64 << 20;
+/// Largest `max_backlog` of a city sink.
+pub const MAX_SINK_BACKLOG: usize = 100_000_000;
 /// Largest `max_in_flight` of a sink.
 pub const MAX_IN_FLIGHT: usize = 64;
 
@@ -251,6 +253,13 @@ impl Checker<'_> {
             super::DEFAULT_MAX_HOLD,
             &place("max_hold"),
         );
+        let max_backlog = self.bounded(
+            n,
+            "max_backlog",
+            c.max_backlog,
+            super::DEFAULT_SINK_MAX_BACKLOG,
+            MAX_SINK_BACKLOG,
+        );
         Some(NgsiSink {
             name,
             url: c.url.trim_end_matches('/').to_owned(),
@@ -264,6 +273,7 @@ impl Checker<'_> {
             max_in_flight,
             timeout: timeout?,
             max_hold: max_hold?,
+            max_backlog,
             state_dir: c.state_dir.as_ref().map(|p| self.base.join(p)),
         })
     }
@@ -346,6 +356,13 @@ impl Checker<'_> {
             super::DEFAULT_MAX_HOLD,
             &place("max_hold"),
         );
+        let max_backlog = self.bounded(
+            n,
+            "max_backlog",
+            c.max_backlog,
+            super::DEFAULT_SINK_MAX_BACKLOG,
+            MAX_SINK_BACKLOG,
+        );
         let (host, port, tls) = broker?;
         Some(MqttSink {
             client_id: c.client_id.clone(),
@@ -363,11 +380,12 @@ impl Checker<'_> {
             max_in_flight,
             timeout: timeout?,
             max_hold: max_hold?,
+            max_backlog,
         })
     }
 
-    /// `[[sink]] type = "postgres"`: the URL checked (no password in it),
-    /// the password read, the schema an identifier, limits bounded.
+    /// `[[sink]] type = "postgres"`: the URL checked (no password in it,
+    /// a known `sslmode`), the CA readable, the password read, the schema an identifier, limits bounded.
     fn postgres_sink(&mut self, n: usize, c: &PostgresSinkSection) -> Option<PostgresSink> {
         let place = |key: &str| format!("sink[{n}].{key}");
         let name = self.sink_name(n, &c.name, "postgres");
@@ -378,6 +396,19 @@ impl Checker<'_> {
                         &place("url"),
                         "no password in the URL: use password or password_file",
                     );
+                }
+                let tls = (u.query_pairs()).find(|(k, _)| k == "sslmode");
+                if let Some((_, mode)) = &tls {
+                    if !["disable", "prefer", "require"].contains(&mode.as_ref()) {
+                        let why = format!(
+                            "sslmode={mode}: expected disable or require (require verifies \
+                             the server's certificate, as libpq's verify-full)"
+                        );
+                        self.push(&place("url"), &why);
+                    }
+                }
+                if let Some(ca) = &c.ca {
+                    self.readable(n, &[("ca", ca)]);
                 }
             }
             Ok(_) => self.push(&place("url"), "expected postgres://user@host:port/database"),
@@ -424,16 +455,25 @@ impl Checker<'_> {
             super::DEFAULT_MAX_HOLD,
             &place("max_hold"),
         );
+        let max_backlog = self.bounded(
+            n,
+            "max_backlog",
+            c.max_backlog,
+            super::DEFAULT_SINK_MAX_BACKLOG,
+            MAX_SINK_BACKLOG,
+        );
         Some(PostgresSink {
             name,
             url: c.url.clone(),
             password: password?,
+            ca: c.ca.as_ref().map(|p| self.base.join(p)),
             schema,
             kinds,
             max_rows,
             max_in_flight,
             timeout: timeout?,
             max_hold: max_hold?,
+            max_backlog,
         })
     }
 }

@@ -68,6 +68,22 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A TLS client over TCP (a city sink's database): the web's roots
+/// (webpki-roots) and `ca` when given, TLS 1.2 or 1.3, the server's name
+/// checked.
+pub fn tcp_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca {
+        store.roots.extend(roots(ca)?.roots);
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth())
+}
+
 /// The node's side: its certificate chain and key, client certificates
 /// signed by `client_ca` required when given, and the protocols `alpns`.
 pub fn server_crypto(

@@ -127,27 +127,17 @@ pub(crate) fn send_file(opts: &SendOptions, path: &Path) -> SendReport {
 
 fn replay_log(dir: &Path) -> (String, String) {
     let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
-    let reference = Arc::new(topo.reference.clone());
-    let mut table = edgeflow::output::FinalTable::default();
-    let (input, _) = edgeflow::runtime::Input::open(&dir.join("log")).expect("log");
-    edgeflow::runtime::run(
-        input,
-        reference.clone(),
-        topo.time,
-        edgeflow::runtime::RunOptions::new(1),
-        |b| table.apply(b),
-        |_| {},
-    )
-    .expect("replay");
+    let reference = &topo.reference;
+    let table = crate::support::replay_table(&topo, &dir.join("log"));
     (
         table.csv(
             edgeflow::aggregate::Kind::Congestion,
-            &reference,
+            reference,
             topo.time.size_ms,
         ),
         table.csv(
             edgeflow::aggregate::Kind::Charging,
-            &reference,
+            reference,
             topo.time.size_ms,
         ),
     )

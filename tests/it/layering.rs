@@ -8,6 +8,7 @@
 const LAYERS: &[&[&str]] = &[
     &[
         "model",
+        "metrics",
         "codec",
         "time",
         "problem",
@@ -23,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["topology"],
     &["delivery", "wire", "ingest", "subscribe", "push", "sink"],
     &["node"],
-    &["tools", "metrics"],
+    &["tools"],
 ];
 
 fn layer(module: &str) -> usize {

@@ -19,8 +19,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use serde_json::Value;
 
-use crate::ngsi::{free_port, node_text, replay_table, send, spawn};
-use crate::support::{data, Proc};
+use crate::ngsi::{node_text, spawn};
+use crate::support::{data, free_port, replay_table, send, Proc};
 
 /// Mosquitto's binary, or why the test cannot run.
 fn mosquitto(test: &str) -> Option<PathBuf> {

@@ -11,20 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgeflow::aggregate::{AggKey, AggValue, Kind};
-use edgeflow::ingest::client::SendOptions;
-use edgeflow::log::Encoding;
 use edgeflow::node::make_certs;
-use edgeflow::output::FinalTable;
 use edgeflow::sink::ngsi::{entity, entity_id, key_values};
 use edgeflow::tools::ngsi_broker::{Broker, BrokerSettings, Fault, Validate};
 use edgeflow::topology::Topology;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::ingest::send_file;
-use crate::support::{data, root, Proc};
-
-const FLEET_TOKEN: &str = "karhula-fleet-secret";
+use crate::support::{data, free_port, replay_table, root, send, Proc, FLEET_TOKEN};
 
 /// One validator per entity type, from the Smart Data Models' schemas,
 /// their `$ref`s resolved in tests/data.
@@ -117,23 +111,6 @@ pub(crate) fn node_text(port: u16, sinks: &str) -> String {
     )
 }
 
-/// The final table a replay of `input` computes.
-pub(crate) fn replay_table(topo: &Topology, input: &Path) -> FinalTable {
-    let reference = Arc::new(topo.reference.clone());
-    let mut table = FinalTable::default();
-    let (replay_input, _) = edgeflow::runtime::Input::open(input).expect("input");
-    edgeflow::runtime::run(
-        replay_input,
-        reference.clone(),
-        topo.time,
-        edgeflow::runtime::RunOptions::new(1),
-        |b| table.apply(b),
-        |_| {},
-    )
-    .expect("replay");
-    table
-}
-
 /// The entities a broker should hold after `input` went through: each
 /// segment's and charger's latest final window, from a replay.
 pub(crate) fn expected_entities(topo: &Topology, input: &Path) -> BTreeMap<String, Value> {
@@ -185,26 +162,6 @@ pub(crate) fn assert_same_entities(got: &BTreeMap<String, Value>, want: &BTreeMa
         want.len(),
         differ.join("\n")
     );
-}
-
-pub(crate) fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
-    let opts = SendOptions {
-        sender: "cars-1".into(),
-        encoding: Encoding::Cbor,
-        batch_lines: 200,
-        window: 4,
-        max_reconnects: 1_000,
-        pace,
-        ..SendOptions::new(addr, "localhost", ca.to_owned(), FLEET_TOKEN)
-    };
-    let report = send_file(&opts, file);
-    assert_eq!(report.rejected, 0, "{:?}", report.rejections);
-    report.accepted
-}
-
-pub(crate) fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
 }
 
 fn strict_broker() -> Broker {
@@ -394,4 +351,43 @@ fn sigkills_of_the_node_lose_nothing_and_duplicate_only_what_was_in_flight() {
         stats.duplicates
     );
     assert!(stderr.contains("sink ngsi-ld:"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_broker_blocks_nothing_and_its_backlog_stays_bounded() {
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into()]).expect("certs");
+    // A loopback TCP port nobody listens on: every request is refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let text = topology_text(
+        free_port(),
+        &format!("http://127.0.0.1:{closed}"),
+        "max_entities = 50\nmax_backlog = 200\n",
+    );
+    std::fs::write(dir.join("edge.toml"), text).expect("write");
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
+    let input = data("sumo-public/telemetry.jsonl");
+    let want = replay_table(&topo, &input);
+    let node = edgeflow::node::start(topo.clone(), 1).expect("start");
+    let accepted = send(node.addr, &certs.ca, &input, None);
+    assert!(accepted > 10_000, "{accepted}");
+    let status = node.sinks[0].1.clone();
+    node.shutdown().expect("stop");
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    // The other sink has every row: nothing waited for the broker.
+    let got = std::fs::read_to_string(dir.join("out/congestion.csv")).expect("files");
+    assert_eq!(
+        got,
+        want.csv(Kind::Congestion, &topo.reference, topo.time.size_ms)
+    );
+    // The broker's backlog stayed within max_backlog (and what was in
+    // flight); the oldest were given up and counted.
+    assert_eq!(n(&status.acknowledged), 0);
+    assert!(n(&status.dropped) > 0, "{status:?}");
+    assert!(n(&status.backlog) <= 200 + 4 * 50, "{status:?}");
 }

@@ -15,16 +15,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgeflow::aggregate::{CHARGING_HEADER, CONGESTION_HEADER, ZONES_HEADER};
-use edgeflow::ingest::client::SendOptions;
-use edgeflow::log::Encoding;
 use edgeflow::node::make_certs;
 use edgeflow::topology::Topology;
 use sha2::{Digest, Sha256};
 
-use crate::ingest::send_file;
-use crate::support::{data, root, skip, Proc};
-
-const FLEET_TOKEN: &str = "karhula-fleet-secret";
+use crate::support::{data, free_port, root, send, skip, Proc, FLEET_TOKEN};
 
 /// The server, shared by the tests: the restart test has it alone (its
 /// restart would break the others' own connections), the others together.
@@ -221,26 +216,6 @@ fn topology_text(port: u16, url: &str, schema: &str, sink_extra: &str) -> String
     )
 }
 
-fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
-    let opts = SendOptions {
-        sender: "cars-1".into(),
-        encoding: Encoding::Cbor,
-        batch_lines: 200,
-        window: 4,
-        max_reconnects: 1_000,
-        pace,
-        ..SendOptions::new(addr, "localhost", ca.to_owned(), FLEET_TOKEN)
-    };
-    let report = send_file(&opts, file);
-    assert_eq!(report.rejected, 0, "{:?}", report.rejections);
-    report.accepted
-}
-
-fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
-
 /// The records of the recording from `from` to `to` minutes into it, in
 /// a file.
 fn minutes(dir: &Path, from: u64, to: u64) -> std::path::PathBuf {
@@ -321,9 +296,7 @@ fn the_tables_equal_the_files_sink_and_the_dashboard_reads_them() {
     let certs = make_certs(dir, &["localhost".into()]).expect("certs");
     let schema = schema_name();
     let text = topology_text(free_port(), &url, &schema, "max_rows = 700\n");
-    std::fs::write(dir.join("edge.toml"), text).expect("write");
-    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
-    let node = edgeflow::node::start(topo, 1).expect("start");
+    let node = start_node(dir, text);
     send(
         node.addr,
         &certs.ca,
@@ -376,6 +349,13 @@ fn the_tables_equal_the_files_sink_and_the_dashboard_reads_them() {
         assert!(n > 0, "panel {title:?}: no rows");
     }
     db.drop_schema(&schema);
+}
+
+/// `text` as `dir/edge.toml`, started in this process (one worker).
+fn start_node(dir: &Path, text: String) -> edgeflow::node::EdgeHandle {
+    std::fs::write(dir.join("edge.toml"), text).expect("write");
+    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
+    edgeflow::node::start(topo, 1).expect("start")
 }
 
 /// `edgeflow edge` as a child process, listening.
@@ -589,9 +569,7 @@ fn a_schema_an_administrator_applied_is_used_and_a_refused_row_is_dead_lettered_
         "ALTER TABLE {schema}.congestion ADD CONSTRAINT not_this_one CHECK (segment_id <> '{refused}')"
     ));
     let text = topology_text(free_port(), &url, &schema, "max_rows = 100\n");
-    std::fs::write(dir.join("edge.toml"), text).expect("write");
-    let topo = Topology::load(&dir.join("edge.toml")).expect("valid");
-    let node = edgeflow::node::start(topo, 1).expect("start");
+    let node = start_node(dir, text);
     send(node.addr, &certs.ca, &input, None);
     let status = node.sinks[0].1.clone();
     node.shutdown().expect("stop");
@@ -626,5 +604,110 @@ fn a_schema_an_administrator_applied_is_used_and_a_refused_row_is_dead_lettered_
         "SELECT version || ' ' || applied_at FROM {schema}.schema_migrations"
     ));
     assert_eq!(applied, migrated, "the node applied nothing");
+    db.drop_schema(&schema);
+}
+
+#[test]
+fn a_zone_removed_while_running_takes_its_rows_from_the_table() {
+    let Some((url, _, _hold)) = server("postgres::retraction", false) else {
+        return;
+    };
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into()]).expect("certs");
+    let schema = schema_name();
+    let zones_v1 =
+        std::fs::read_to_string(root("topologies/karhula/zones.geojson")).expect("zones");
+    std::fs::write(dir.join("zones.geojson"), &zones_v1).expect("write zones");
+    let text = topology_text(free_port(), &url, &schema, "").replace(
+        &format!("\"{}\"", root("topologies/karhula/zones.geojson").display()),
+        "\"zones.geojson\"",
+    );
+    let node = start_node(dir, text);
+    let db = Db::connect(&url);
+    // The first 5 minutes: the centre's rows reach the table.
+    send(node.addr, &certs.ca, &minutes(dir, 0, 5), None);
+    db.wait_for(&format!(
+        "SELECT count(*) FROM {schema}.zone_stats WHERE zone_id = 'karhula-centre'"
+    ));
+    // The centre goes (the file replaced as an operator would).
+    let mut doc: serde_json::Value = serde_json::from_str(&zones_v1).expect("json");
+    (doc["features"].as_array_mut().expect("features"))
+        .retain(|f| f["properties"]["id"] != "karhula-centre");
+    std::fs::write(dir.join("zones.new"), doc.to_string()).expect("write");
+    std::fs::rename(dir.join("zones.new"), dir.join("zones.geojson")).expect("rename");
+    let reloads = node.zone_reloads.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reloads.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no zone reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send(node.addr, &certs.ca, &minutes(dir, 5, 1_000), None);
+    let status = node.sinks[0].1.clone();
+    node.shutdown().expect("stop");
+    let s = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!((s(&status.dead_lettered), s(&status.backlog)), (0, 0));
+    let out = std::fs::read_to_string(dir.join("out/zones.csv")).expect("zones.csv");
+    assert!(!out.contains("karhula-centre") && out.contains("\nkarhula-nw,"));
+    // The centre's rows were retracted, and deleted: the tables are the
+    // files sink's.
+    assert_tables_are_the_files(&db, &schema, &dir.join("out"));
+    db.drop_schema(&schema);
+}
+
+#[test]
+fn the_sink_speaks_tls_when_the_url_requires_it_and_checks_the_server() {
+    let Some((url, _, _hold)) = server("postgres::tls", false) else {
+        return;
+    };
+    let Some(pg_ca) = std::env::var_os("EDGEFLOW_PG_CA") else {
+        let why =
+            "no CA of the server's TLS certificate (EDGEFLOW_PG_CA unset; scripts/test sets it)";
+        assert!(std::env::var_os("EDGEFLOW_REQUIRE_PG").is_none(), "{why}");
+        skip("postgres::tls", why);
+        return;
+    };
+    let _deadline = crate::support::deadline();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = make_certs(dir, &["localhost".into()]).expect("certs");
+    let (schema, other) = (schema_name(), schema_name());
+    let tls_url = format!("{url}?sslmode=require");
+    // A second sink trusting the wrong CA (the node's own): refused.
+    let text = topology_text(
+        free_port(),
+        &tls_url,
+        &schema,
+        &format!(
+            "ca = \"{}\"\n[[sink]]\ntype = \"postgres\"\nname = \"wrong-ca\"\nurl = \"{tls_url}\"\n\
+             schema = \"{other}\"\nca = \"{}\"\n",
+            Path::new(&pg_ca).display(),
+            certs.ca.display()
+        ),
+    );
+    let node = start_node(dir, text);
+    let db = Db::connect(&url);
+    send(node.addr, &certs.ca, &minutes(dir, 0, 3), None);
+    db.wait_for(&format!("SELECT count(*) FROM {schema}.congestion"));
+    // The sink's connections are TLS (kept between batches).
+    let app = "edgeflow-karhula-edge-city-db";
+    assert!(
+        db.count(&format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = '{app}' AND s.ssl"
+        )) > 0,
+        "no TLS connection of {app}"
+    );
+    let (good, wrong) = (node.sinks[0].1.clone(), node.sinks[1].1.clone());
+    node.shutdown().expect("stop");
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert!(
+        n(&good.acknowledged) > 0 && n(&good.backlog) == 0,
+        "{good:?}"
+    );
+    assert_eq!(n(&wrong.acknowledged), 0, "{wrong:?}");
+    assert!(!wrong.connected.load(Ordering::Relaxed));
+    assert_tables_are_the_files(&db, &schema, &dir.join("out"));
     db.drop_schema(&schema);
 }

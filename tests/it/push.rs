@@ -13,14 +13,14 @@ use std::time::Duration;
 use edgeflow::ingest::client::SendOptions;
 use edgeflow::log::Encoding;
 use edgeflow::node::{make_certs, EdgeHandle, Role};
-use edgeflow::output::FinalTable;
 use edgeflow::topology::Topology;
 use sha2::{Digest, Sha256};
 
 use crate::ingest::send_file;
-use crate::support::{data, number_before, root, Proc};
+use crate::support::{
+    data, free_port, number_before, replay_table, root, send_as, Proc, FLEET_TOKEN,
+};
 
-const FLEET_TOKEN: &str = "karhula-fleet-secret";
 /// The city's vehicle hash key (64 hex).
 const CITY_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
@@ -114,39 +114,12 @@ fn split_recording(dir: &Path, topo: &Topology) -> (PathBuf, PathBuf) {
 /// The files one node replaying the whole recording writes, with the
 /// city's topology.
 fn one_node(dir: &Path, topo: &Topology) -> PathBuf {
-    let reference = Arc::new(topo.reference.clone());
-    let mut table = FinalTable::default();
-    let (input, _) =
-        edgeflow::runtime::Input::open(&data("sumo-public/telemetry.jsonl")).expect("input");
-    edgeflow::runtime::run(
-        input,
-        reference.clone(),
-        topo.time,
-        edgeflow::runtime::RunOptions::new(1),
-        |b| table.apply(b),
-        |_| {},
-    )
-    .expect("replay");
+    let table = replay_table(topo, &data("sumo-public/telemetry.jsonl"));
     let out = dir.join("one-node");
     table
-        .write_csv(&out, &reference, topo.time.size_ms)
+        .write_csv(&out, &topo.reference, topo.time.size_ms)
         .expect("write");
     out
-}
-
-fn send_to(node: &EdgeHandle, ca: &Path, file: &Path, sender: &str, pace: Option<f64>) -> u64 {
-    let opts = SendOptions {
-        sender: sender.into(),
-        encoding: Encoding::Cbor,
-        batch_lines: 200,
-        window: 4,
-        max_reconnects: 3,
-        pace,
-        ..SendOptions::new(node.addr, "localhost", ca.to_owned(), FLEET_TOKEN)
-    };
-    let report = send_file(&opts, file);
-    assert_eq!(report.rejected, 0, "{:?}", report.rejections);
-    report.accepted
 }
 
 /// A city being set up in a temporary directory: certificates, the
@@ -213,8 +186,8 @@ fn two_edges_pushing_to_central_write_what_one_node_writes() {
         Role::Edge,
     );
     let sent = std::thread::scope(|s| {
-        let w = s.spawn(|| send_to(&west, &c.ca, &c.west_file, "cars-west", None));
-        let e = s.spawn(|| send_to(&east, &c.ca, &c.east_file, "cars-east", None));
+        let w = s.spawn(|| send_as(west.addr, &c.ca, &c.west_file, "cars-west", None));
+        let e = s.spawn(|| send_as(east.addr, &c.ca, &c.east_file, "cars-east", None));
         w.join().expect("west") + e.join().expect("east")
     });
     assert_eq!(sent, 11_486);
@@ -298,7 +271,7 @@ fn a_silent_edge_is_named_and_its_data_arrives_later_as_corrections() {
         Role::Edge,
     );
     // Paced at 60x, so west's watermark moves on while it pushes.
-    send_to(&west, &c.ca, &c.west_file, "cars-west", Some(60.0));
+    send_as(west.addr, &c.ca, &c.west_file, "cars-west", Some(60.0));
     let missing = wait_for_sink(dir, "missing.csv", |t| t.lines().count() >= 4);
     assert!(
         missing.lines().skip(1).all(|l| l.ends_with(",east")),
@@ -314,7 +287,7 @@ fn a_silent_edge_is_named_and_its_data_arrives_later_as_corrections() {
         &edge_text("east", c.central.addr, 0),
         Role::Edge,
     );
-    send_to(&east, &c.ca, &c.east_file, "cars-east", None);
+    send_as(east.addr, &c.ca, &c.east_file, "cars-east", None);
     east.shutdown().expect("east stops");
     let report = c.central.shutdown().expect("central stops");
     assert!(
@@ -347,12 +320,6 @@ fn assert_same_lines(got: &str, want: &str, what: &str) {
         first.map(|i| g[i]),
         first.map(|i| w[i]),
     );
-}
-
-/// A loopback UDP port free a moment ago (nodes restarted on it keep it).
-fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
 }
 
 /// `edgeflow ROLE --topology DIR/NAME.toml` as a child process, listening.
@@ -447,6 +414,9 @@ fn kills_restarts_and_an_outage_change_no_final_value() {
         let report = stop(edge);
         assert!(report.contains("central sink:"), "{report}");
     }
+    // Central applies the edges' last pushes after acknowledging them:
+    // the watcher follows until what it sees stops changing.
+    watcher.settle(Duration::from_millis(1_500), Duration::from_secs(60));
     watcher.stop.store(true, Ordering::Relaxed);
     let report = stop(central);
     let watched = watcher.thread.join().expect("watcher");
@@ -493,6 +463,8 @@ struct Watched {
 /// Set `stop`, then stop central (which ends the feed), then join.
 struct Watcher {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Rows seen so far, live.
+    rows: Arc<std::sync::atomic::AtomicU64>,
     thread: std::thread::JoinHandle<Watched>,
 }
 
@@ -502,6 +474,8 @@ impl Watcher {
         use edgeflow::subscribe::proto::SubFrame;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let rows_seen = rows.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -523,6 +497,7 @@ impl Watcher {
                     frames += 1;
                     if let SubFrame::Row(row) = frame {
                         watched.rows += 1;
+                        rows_seen.fetch_add(1, Ordering::Relaxed);
                         let samples = row
                             .value
                             .as_ref()
@@ -551,7 +526,20 @@ impl Watcher {
             watched.keys = seen.len() as u64;
             watched
         });
-        Watcher { stop, thread }
+        Watcher { stop, rows, thread }
+    }
+
+    /// Returns once no row came for `quiet` (at most `limit`).
+    fn settle(&self, quiet: Duration, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut last = (self.rows.load(Ordering::Relaxed), std::time::Instant::now());
+        while last.1.elapsed() < quiet && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.rows.load(Ordering::Relaxed);
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+            }
+        }
     }
 }
 

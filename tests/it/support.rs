@@ -426,3 +426,60 @@ pub fn number_before(text: &str, what: &str) -> u64 {
         .and_then(|n| n.trim_start_matches('(').parse().ok())
         .unwrap_or_else(|| panic!("no number before {what:?} in: {text}"))
 }
+
+/// The fleet token of the Karhula test topologies.
+pub const FLEET_TOKEN: &str = "karhula-fleet-secret";
+
+/// Sends `file` to a node as sender `sender` of the fleet of
+/// [`FLEET_TOKEN`] (CBOR, 200-line batches, 4 in flight, reconnecting),
+/// paced at `pace` times event time if given; asserts nothing was
+/// rejected and returns the records accepted.
+pub fn send_as(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    file: &Path,
+    sender: &str,
+    pace: Option<f64>,
+) -> u64 {
+    let opts = edgeflow::ingest::client::SendOptions {
+        sender: sender.into(),
+        encoding: edgeflow::log::Encoding::Cbor,
+        batch_lines: 200,
+        window: 4,
+        max_reconnects: 1_000,
+        pace,
+        ..edgeflow::ingest::client::SendOptions::new(addr, "localhost", ca.to_owned(), FLEET_TOKEN)
+    };
+    let report = crate::ingest::send_file(&opts, file);
+    assert_eq!(report.rejected, 0, "{:?}", report.rejections);
+    report.accepted
+}
+
+/// [`send_as`] sender `cars-1`.
+pub fn send(addr: std::net::SocketAddr, ca: &Path, file: &Path, pace: Option<f64>) -> u64 {
+    send_as(addr, ca, file, "cars-1", pace)
+}
+
+/// A loopback UDP port free a moment ago (nodes restarted on it keep it).
+pub fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+/// The final table a replay of `input` (a recording or a log) computes
+/// with `topo`'s reference data and windows, one worker.
+pub fn replay_table(topo: &edgeflow::topology::Topology, input: &Path) -> FinalTable {
+    let reference = Arc::new(topo.reference.clone());
+    let mut table = FinalTable::default();
+    let (replay_input, _) = Input::open(input).expect("input");
+    edgeflow::runtime::run(
+        replay_input,
+        reference,
+        topo.time,
+        RunOptions::new(1),
+        |b| table.apply(b),
+        |_| {},
+    )
+    .expect("replay");
+    table
+}

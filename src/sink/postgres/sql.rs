@@ -281,6 +281,32 @@ pub(super) fn upsert_sql(schema: &str, t: &Table) -> String {
     )
 }
 
+/// The statement that deletes rows of `t` retracted (a zone removed from
+/// the reference data): one array per key column of `t` and one of
+/// orderings; a row goes only if it is older than its retraction.
+pub(super) fn delete_sql(schema: &str, t: &Table) -> String {
+    let keys: Vec<&str> = t.key.split(", ").collect();
+    let arrays: Vec<String> = (keys.iter().enumerate())
+        .map(|(i, k)| {
+            let ty = match t.cols.iter().find(|c| c.0 == *k).map(|c| c.1) {
+                Some(Ty::Time) => "timestamptz",
+                Some(Ty::Int) => "bigint",
+                _ => "text",
+            };
+            format!("unnest(${}::{ty}[]) AS {k}", i + 1)
+        })
+        .chain([format!("unnest(${}::bigint[]) AS ordering", keys.len() + 1)])
+        .collect();
+    let matches: Vec<String> = keys.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+    format!(
+        "DELETE FROM \"{schema}\".{table} AS t USING (SELECT {arrays}) AS d \
+         WHERE {matches} AND t.ordering < d.ordering",
+        table = t.name,
+        arrays = arrays.join(", "),
+        matches = matches.join(" AND "),
+    )
+}
+
 /// Well-known text of a line (`None` under two positions).
 pub(super) fn line_wkt(line: &[[f64; 2]]) -> Option<String> {
     (line.len() >= 2).then(|| format!("LINESTRING({})", positions(line)))

@@ -59,6 +59,11 @@ fn every_table_holds_its_csv_fields_in_order() {
         let upsert = upsert_sql("x", t);
         assert!(upsert.contains(&format!("ON CONFLICT ({}) DO UPDATE", t.key)));
         assert!(upsert.ends_with("WHERE t.ordering < EXCLUDED.ordering"));
+        let delete = delete_sql("x", t);
+        for k in &key {
+            assert!(delete.contains(&format!("t.{k} = d.{k}")), "{delete}");
+        }
+        assert!(delete.ends_with("AND t.ordering < d.ordering"), "{delete}");
     }
 }
 
@@ -157,13 +162,20 @@ fn rows_are_typed_for_their_columns_as_the_csv_prints_them() {
         prepare_row(&r, 60_000, 0, &row(Kind::Charging, 0, charging.clone(), 1)).expect("a row");
     assert_eq!(ready.cells[4], t("22.500"));
     assert_eq!(ready.cells[7], t("0.5000"));
-    // Keys outside the reference data, retractions: never written.
+    // Keys outside the reference data, provisional rows: never written;
+    // a retraction is a row to delete.
     let err = prepare_row(&r, 60_000, 0, &row(Kind::Charging, 7, charging.clone(), 1))
         .expect_err("unknown");
     assert!(err.contains("not in the reference data"), "{err}");
+    let mut early = row(Kind::Charging, 0, charging.clone(), 1);
+    early.status = Status::Provisional;
+    assert!(prepare_row(&r, 60_000, 0, &early).is_err());
     let mut gone = row(Kind::Charging, 0, charging, 1);
     gone.status = Status::Retraction;
-    assert!(prepare_row(&r, 60_000, 0, &gone).is_err());
+    let gone = prepare_row(&r, 60_000, 0, &gone).expect("a row to delete");
+    assert_eq!(gone.status, RETRACTION);
+    let keys = key_columns(table(Kind::Charging), std::slice::from_ref(&gone));
+    assert_eq!(keys.len(), 3, "charger_id, window_start, ordering");
     // A zone without samples: its mean_speed_ratio is NULL.
     let zone = r.registry.intern("north", ZoneKind::Named);
     let z = AggValue::Zone(Box::new(ZoneAgg {
@@ -232,12 +244,14 @@ fn sink(url: &str) -> PostgresSink {
         name: "pg".into(),
         url: url.into(),
         password: Some("secret".into()),
+        ca: None,
         schema: "edgeflow".into(),
         kinds: Kind::ALL.to_vec(),
         max_rows: 100,
         max_in_flight: 3,
         timeout: Duration::from_secs(5),
         max_hold: Duration::from_secs(60),
+        max_backlog: crate::topology::DEFAULT_SINK_MAX_BACKLOG,
     }
 }
 
@@ -259,12 +273,14 @@ fn settings_follow_the_section_and_bad_urls_are_refused() {
         Postgres::new(sink("postgres://edgeflow@127.0.0.1:5432/edgeflow"), ctx()).expect("valid");
     let s = p.settings();
     assert_eq!((s.max_rows, s.max_in_flight), (100, 3));
-    assert!(!s.latest_only && !s.exclusive && !s.provisional && s.ledger.is_none());
+    assert!(!s.latest_only && s.exclusive && !s.provisional && s.ledger.is_none() && s.retractions);
     assert_eq!(p.what(), "postgres sink pg");
-    let err = Postgres::new(sink("postgres://h/db?sslmode=require"), ctx())
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("TLS"), "{err}");
+    // TLS: the web's roots, and a CA file that must be readable.
+    assert!(Postgres::new(sink("postgres://h/db?sslmode=require"), ctx()).is_ok());
+    let mut tls = sink("postgres://h/db?sslmode=require");
+    tls.ca = Some("/nonexistent/ca.pem".into());
+    let err = Postgres::new(tls, ctx()).err().expect("refused");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     let err = Postgres::new(sink("postgres://h:notaport/db"), ctx())
         .err()
         .expect("refused");
