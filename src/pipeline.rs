@@ -13,6 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::aggregate::SpeedSum;
 use crate::dataflow::connectors::ChargerReading;
+use crate::dataflow::matching::FixRecord;
 use crate::dataflow::Inputs;
 use crate::input::{Chunk, ChunkClock};
 use crate::model::{RecordError, RejectReason};
@@ -56,6 +57,12 @@ pub struct IngestStats {
     /// Vehicle reports without `segment_id` that map matching placed on a
     /// segment.
     pub map_matched: u64,
+    /// HMM decisions changed after they were first made (a late report,
+    /// or the vehicle's next reports after a decision fell due).
+    pub rematched: u64,
+    /// Reports the HMM could not place in their trajectory (older than
+    /// every report kept for the vehicle), matched alone.
+    pub matched_alone: u64,
     /// Vehicle reports counting toward no segment, by
     /// [`Unmatched::index`].
     pub unmatched: [u64; Unmatched::ALL.len()],
@@ -82,6 +89,8 @@ impl IngestStats {
         self.corrections += o.corrections;
         self.expired += o.expired;
         self.map_matched += o.map_matched;
+        self.rematched += o.rematched;
+        self.matched_alone += o.matched_alone;
         self.energy_resets += o.energy_resets;
         self.energy_capped += o.energy_capped;
         for (a, b) in self.unmatched.iter_mut().zip(o.unmatched) {
@@ -142,6 +151,8 @@ pub struct Stage<'a> {
     /// Granularity of dataflow times, ms (see [`Stage::tick`]).
     tick_ms: u64,
     items: Vec<(u64, Item)>,
+    /// Reports to match by HMM, for the batch.
+    fixes: Vec<FixRecord>,
     /// Windows retiring at or before this are frozen ([`crate::checkpoint`]).
     frozen: u64,
     /// Counts.
@@ -159,8 +170,11 @@ impl<'a> Stage<'a> {
         provisional: bool,
     ) -> Self {
         // Final values only: one time per window. Provisional values are
-        // wanted fresh: one time per second of event time.
-        let tick_ms = if provisional && spec.size_ms.is_multiple_of(1000) {
+        // wanted fresh: one time per second of event time. So are the HMM's
+        // decisions, which fall due `lag` after a fix: with window ticks, a
+        // window's last fixes would be due only a window later.
+        let fine = provisional || reference.hmm.is_some();
+        let tick_ms = if fine && spec.size_ms.is_multiple_of(1000) {
             1000
         } else {
             spec.size_ms
@@ -180,6 +194,7 @@ impl<'a> Stage<'a> {
             watermark: 0,
             tick_ms,
             items: Vec::new(),
+            fixes: Vec::new(),
             frozen: 0,
             stats: IngestStats::default(),
         }
@@ -283,6 +298,31 @@ impl<'a> Stage<'a> {
                         *self.low_soc.entry((cell, window, vehicle)).or_default() += 1;
                     }
                 }
+                Item::Fix {
+                    vehicle,
+                    device,
+                    ts,
+                    speed,
+                    low_soc,
+                    position,
+                    heading,
+                } => {
+                    // Counted matched or unmatched once the dataflow
+                    // decides ([`crate::dataflow::matching::MatchCounts`]).
+                    self.stats.vehicle += 1;
+                    if let Some(cell) = low_soc {
+                        *self.low_soc.entry((cell, window, vehicle)).or_default() += 1;
+                    }
+                    self.fixes.push(FixRecord {
+                        device,
+                        vehicle,
+                        ts,
+                        lon: position[0],
+                        lat: position[1],
+                        heading,
+                        speed,
+                    });
+                }
                 Item::Reading {
                     charger,
                     connector,
@@ -306,6 +346,7 @@ impl<'a> Stage<'a> {
     pub fn should_flush(&self) -> bool {
         self.pacing.is_some()
             || self.reports.len() >= FLUSH_KEYS
+            || self.fixes.len() >= FLUSH_KEYS
             || self.batch_records >= self.flush_records
     }
 
@@ -361,6 +402,7 @@ impl<'a> Stage<'a> {
             for r in self.readings.drain(..) {
                 inputs.charging.update_at(r, time, 1);
             }
+            inputs.send_fixes(time, &mut self.fixes);
             self.batch_records = 0;
         }
         let time = self.tick(self.watermark).max(inputs.time());

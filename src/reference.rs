@@ -120,6 +120,10 @@ pub struct Reference {
     /// vehicle ids hash under it, by day, so that the sketches of distinct
     /// vehicles may leave the node ([`crate::privacy`]).
     pub vehicle_key: Option<crate::privacy::VehicleKey>,
+    /// Trajectory (HMM) matching of reports without `segment_id`, when
+    /// `[matching] method = "hmm"` ([`crate::geo::hmm`]); without it, each
+    /// report is matched alone by `matcher`.
+    pub hmm: Option<Arc<crate::geo::hmm::Hmm>>,
 }
 
 impl Reference {
@@ -158,6 +162,7 @@ impl Reference {
             zone_settings: ZoneSettings::default(),
             registry: Arc::default(),
             vehicle_key: None,
+            hmm: None,
         }
     }
 
@@ -192,6 +197,17 @@ impl Reference {
     /// Rebuilds the map-matching index with `settings`.
     pub fn set_matching(&mut self, settings: MatchSettings) {
         self.matcher = Matcher::new(&lines(&self.roads), settings);
+    }
+
+    /// Matches reports without `segment_id` by HMM with `settings` (the
+    /// graph and route table are built now).
+    pub fn set_hmm(
+        &mut self,
+        settings: crate::geo::hmm::HmmSettings,
+    ) -> Result<(), crate::geo::hmm::HmmError> {
+        let hmm = crate::geo::hmm::Hmm::new(&lines(&self.roads), settings)?;
+        self.hmm = Some(Arc::new(hmm));
+        Ok(())
     }
 
     /// Index of a segment id.

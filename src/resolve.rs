@@ -66,6 +66,25 @@ pub enum Item {
         /// of its position at `[zones] position_resolution`.
         low_soc: Option<u64>,
     },
+    /// A vehicle report without `segment_id` that the node matches by HMM
+    /// ([`crate::dataflow::matching`]): its segment depends on the
+    /// vehicle's other reports, so it is decided in the dataflow.
+    Fix {
+        /// As [`Item::Report`].
+        vehicle: u64,
+        /// As [`Item::Report`].
+        device: u64,
+        /// Event time, ms.
+        ts: u64,
+        /// Speed, µm/s.
+        speed: i64,
+        /// As [`Item::Report`].
+        low_soc: Option<u64>,
+        /// Longitude, latitude, degrees.
+        position: [f64; 2],
+        /// Heading, degrees, when known.
+        heading: Option<f64>,
+    },
     /// A charger connector reading.
     Reading {
         /// Charger index.
@@ -81,7 +100,7 @@ impl Item {
     /// Event time, ms.
     pub fn ts(&self) -> u64 {
         match self {
-            Item::Report { ts, .. } => *ts,
+            Item::Report { ts, .. } | Item::Fix { ts, .. } => *ts,
             Item::Reading { reading, .. } => reading.ts_ms,
         }
     }
@@ -91,7 +110,7 @@ impl Item {
     /// charger's index with the top bit set.
     pub fn device(&self) -> u64 {
         match self {
-            Item::Report { device, .. } => *device,
+            Item::Report { device, .. } | Item::Fix { device, .. } => *device,
             Item::Reading { charger, .. } => u64::from(*charger) | 1 << 63,
         }
     }
@@ -109,6 +128,11 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
                 && v.ev.is_some_and(|ev| ev.soc_pct < zs.low_soc_pct))
             .then(|| crate::geo::zones::position_cell([v.lon, v.lat], zs.position_resolution))
             .flatten();
+            let device = xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes());
+            let vehicle = match &reference.vehicle_key {
+                Some(key) => key.hash(&v.vehicle_id, v.ts_ms),
+                None => device,
+            };
             let (segment, how) = match v.segment_id.as_deref() {
                 Some(id) => match reference.road(id) {
                     Some(i) => (Some(i), Matched::OnBoard),
@@ -116,18 +140,25 @@ pub fn resolve(record: &Record<'_>, reference: &Reference) -> Result<Item, Recor
                 },
                 // Parked in a charging bay, not on the road.
                 None if charging => (None, Matched::No(Unmatched::Charging)),
+                None if reference.hmm.is_some() => {
+                    return Ok(Item::Fix {
+                        vehicle,
+                        device,
+                        ts: v.ts_ms,
+                        speed: speed_fixed(v.speed_mps),
+                        low_soc,
+                        position: [v.lon, v.lat],
+                        heading: v.heading_deg,
+                    })
+                }
                 None => match reference.matcher.locate(v.lon, v.lat, v.heading_deg) {
                     Ok(i) => (Some(i), Matched::ByNode),
                     Err(why) => (None, Matched::No(why)),
                 },
             };
-            let device = xxhash_rust::xxh3::xxh3_64(v.vehicle_id.as_bytes());
             Ok(Item::Report {
                 segment,
-                vehicle: match &reference.vehicle_key {
-                    Some(key) => key.hash(&v.vehicle_id, v.ts_ms),
-                    None => device,
-                },
+                vehicle,
                 device,
                 ts: v.ts_ms,
                 speed: speed_fixed(v.speed_mps),

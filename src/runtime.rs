@@ -438,6 +438,8 @@ pub fn run_with(
 
     let limits = Arc::new(ChargerLimits::of(&reference));
     let counted = limits.clone();
+    let matching = crate::dataflow::matching::Matching::of(&reference);
+    let matched = matching.as_ref().map(|m| m.counts.clone());
     let gauge = Arc::new(crate::dataflow::gauge::StateGauge::default());
     let state = gauge.clone();
     let config = if workers == 1 {
@@ -468,6 +470,7 @@ pub fn run_with(
                 partial_emissions: partial_tx,
             },
             limits.clone(),
+            matching.clone(),
         );
         // Worker 0 feeds the reference collections; the others see them
         // through the exchange.
@@ -573,6 +576,15 @@ pub fn run_with(
     }
     ingest.energy_resets = counted.anomalies.resets.load(Ordering::Relaxed);
     ingest.energy_capped = counted.anomalies.capped.load(Ordering::Relaxed);
+    if let Some(m) = matched {
+        let count = |n: &std::sync::atomic::AtomicI64| n.load(Ordering::Relaxed).max(0) as u64;
+        ingest.map_matched += count(&m.matched);
+        for (a, n) in ingest.unmatched.iter_mut().zip(&m.unmatched) {
+            *a += count(n);
+        }
+        ingest.rematched = m.changed.load(Ordering::Relaxed);
+        ingest.matched_alone = m.alone.load(Ordering::Relaxed);
+    }
     let log_notes = reader.join().unwrap_or_default();
     if let Some(e) = read_error.lock().ok().and_then(|mut e| e.take()) {
         return Err(RunError::Read(e));

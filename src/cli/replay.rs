@@ -143,6 +143,12 @@ fn print_summary(s: &RunSummary, workers: usize, out: &Path) {
         i.map_matched,
         with_breakdown(i.unmatched_total(), unmatched)
     );
+    if i.rematched > 0 || i.matched_alone > 0 {
+        eprintln!(
+            "  HMM: {} decisions changed by later reports, {} reports too late for their trajectory (matched alone)",
+            i.rematched, i.matched_alone
+        );
+    }
     eprintln!(
         "  windows emitted {} final, {} corrections; wrote the CSV files to {}",
         s.emitted.finals,

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! congestion input  ((segment, window), vehicle) : SpeedSum   (pre-aggregated per batch)
+//!   + fixes input (reports to match by HMM) -> exchange by vehicle -> Match (same updates)
 //!     -> reduce per (segment, window)            -> Congestion {samples, vehicles, speed_sum}
 //! charging input    ChargerReading : +1
 //!     -> connector_windows (per connector, exchanged by charger)
@@ -36,6 +37,7 @@ pub mod central;
 pub mod connectors;
 pub mod emit;
 pub mod gauge;
+pub mod matching;
 pub mod partials;
 
 use std::cell::Cell;
@@ -149,6 +151,8 @@ pub struct Inputs {
     pub low_soc: InputSession<u64, ((u64, u64), u64), isize>,
     /// Zone membership.
     pub zones: ZoneInputs,
+    /// Reports to match by HMM ([`matching`]), when the topology says so.
+    pub fixes: Option<timely::dataflow::InputHandleVec<u64, matching::FixRecord>>,
 }
 
 impl Inputs {
@@ -167,6 +171,25 @@ impl Inputs {
         self.charging.flush();
         self.low_soc.flush();
         self.zones.advance_to(time);
+        if let Some(fixes) = &mut self.fixes {
+            if *fixes.time() < time {
+                fixes.advance_to(time);
+            }
+        }
+    }
+
+    /// Sends reports to match at `time` (at least the inputs' time).
+    pub fn send_fixes(&mut self, time: u64, fixes: &mut Vec<matching::FixRecord>) {
+        match &mut self.fixes {
+            Some(input) if !fixes.is_empty() => {
+                if *input.time() < time {
+                    input.advance_to(time);
+                }
+                input.send_batch(fixes);
+                fixes.clear();
+            }
+            _ => fixes.clear(),
+        }
     }
 
     /// Applies a change of zone membership at the inputs' current time.
@@ -392,7 +415,8 @@ fn charging_rows<'scope>(
 
 /// Builds the dataflow on this worker. Emissions go to `outputs` from
 /// worker 0 (the other workers pass no senders, nothing reaches them).
-/// With `zones`, the zone roll-up is built too.
+/// With `zones`, the zone roll-up is built too; with `matching`, the HMM
+/// matching of reports without `segment_id`.
 pub fn build(
     worker: &mut Worker,
     spec: TimeSpec,
@@ -400,9 +424,19 @@ pub fn build(
     zones: Option<ZoneFlow>,
     outputs: Outputs,
     limits: Arc<ChargerLimits>,
+    matching: Option<matching::Matching>,
 ) -> (Inputs, Completion) {
     worker.dataflow::<u64, _, _>(move |scope| {
         let (congestion_input, reports) = scope.new_collection::<CongestionKey, SpeedSum>();
+        let (fixes_input, reports) = match matching {
+            Some(m) => {
+                use timely::dataflow::operators::vec::Input as _;
+                let (input, fixes) = scope.new_input::<matching::FixRecord>();
+                let matched = matching::match_fixes(fixes, m.reference, m.hmm, spec, m.counts);
+                (Some(input), reports.concat(matched))
+            }
+            None => (None, reports),
+        };
         let (charging_input, readings) = scope.new_collection::<ChargerReading, isize>();
         let (low_soc_input, low_soc) = scope.new_collection::<((u64, u64), u64), isize>();
         let (zone_inputs, memberships) = zone_inputs(scope);
@@ -495,6 +529,7 @@ pub fn build(
                 charging: charging_input,
                 low_soc: low_soc_input,
                 zones: zone_inputs,
+                fixes: fixes_input,
             },
             Completion { probe, emitted_all },
         )

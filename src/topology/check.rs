@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::aggregate::Kind;
+use crate::geo::hmm::HmmSettings;
 use crate::geo::zones::ZoneSettings;
 use crate::geo::MatchSettings;
 use crate::privacy::VehicleKey;
@@ -230,6 +231,73 @@ impl Checker<'_> {
         matching
     }
 
+    /// `[matching] method` and `[matching.hmm]`: the HMM's settings when
+    /// the method is `"hmm"`, in range (its lag within the allowed
+    /// lateness of `time`).
+    fn hmm(&mut self, m: &MatchingSection, time: Option<&TimeSpec>) -> Option<HmmSettings> {
+        match m.method.as_deref() {
+            None | Some("nearest") => return None,
+            Some("hmm") => {}
+            Some(other) => {
+                self.push(
+                    "matching.method",
+                    &format!("{other:?} is not a method: \"nearest\" or \"hmm\""),
+                );
+                return None;
+            }
+        }
+        let h = &m.hmm;
+        let d = HmmSettings::default();
+        let ms = |c: &mut Self, text: Option<&str>, default: u64, place: &str| {
+            c.duration_or(text, Duration::from_millis(default), place)
+                .map(|d| d.as_millis() as u64)
+        };
+        let lag_ms = ms(self, h.lag.as_deref(), d.lag_ms, "matching.hmm.lag");
+        let max_gap_ms = ms(
+            self,
+            h.max_gap.as_deref(),
+            d.max_gap_ms,
+            "matching.hmm.max_gap",
+        );
+        let settings = HmmSettings {
+            sigma_m: h.sigma_m.unwrap_or(d.sigma_m),
+            heading_sigma_deg: h.heading_sigma_deg.unwrap_or(d.heading_sigma_deg),
+            beta_m: h.beta_m.unwrap_or(d.beta_m),
+            radius_m: h.radius_m.unwrap_or(d.radius_m),
+            max_candidates: h.candidates.unwrap_or(d.max_candidates),
+            lag_ms: lag_ms.unwrap_or(d.lag_ms),
+            max_gap_ms: max_gap_ms.unwrap_or(d.max_gap_ms),
+            max_speed_mps: h.max_speed_mps.unwrap_or(d.max_speed_mps),
+            table_bound_m: h.table_bound_m.unwrap_or(d.table_bound_m),
+            max_table_bytes: h.max_table_bytes.unwrap_or(d.max_table_bytes),
+            end_slack_m: m.end_slack_m.unwrap_or(d.end_slack_m),
+            ..d
+        };
+        if let (Some(lag), Some(t)) = (lag_ms, time) {
+            if lag > t.allowed_lateness_ms {
+                self.push(
+                    "matching.hmm.lag",
+                    "must be at most [windows] allowed_lateness: every report of a window is decided before the window is final",
+                );
+            }
+        }
+        if let (Some(gap), Some(lag)) = (max_gap_ms, lag_ms) {
+            if gap < lag {
+                self.push("matching.hmm.max_gap", "must be at least the lag");
+            }
+        }
+        if !(settings.radius_m > 0.0 && settings.radius_m <= 1000.0) {
+            self.push("matching.hmm.radius_m", "must be in (0, 1000] metres");
+        }
+        if !(settings.table_bound_m > 0.0 && settings.table_bound_m <= 100_000.0) {
+            self.push(
+                "matching.hmm.table_bound_m",
+                "must be in (0, 100000] metres",
+            );
+        }
+        Some(settings)
+    }
+
     /// `[zones]` with its defaults, checked against the named zones.
     fn zones(
         &mut self,
@@ -271,14 +339,28 @@ impl Checker<'_> {
     /// `[reference]`: roads and chargers (matched with `[matching]`), the
     /// named zones and `[zones]`; with the SHA-256 of roads and chargers
     /// and the zone file, resolved.
-    fn reference(&mut self, file: &TopologyFile) -> (Option<Reference>, String, Option<PathBuf>) {
+    fn reference(
+        &mut self,
+        file: &TopologyFile,
+        time: Option<&TimeSpec>,
+    ) -> (Option<Reference>, String, Option<PathBuf>) {
         let matching = self.matching(&file.matching);
+        let hmm = self.hmm(&file.matching, time);
         let (roads, chargers) = (
             self.base.join(&file.reference.roads),
             self.base.join(&file.reference.chargers),
         );
         let reference = match Reference::load(&roads, &chargers, matching) {
-            Ok(r) => Some(r),
+            Ok(mut r) => {
+                // The graph and route table are built only for a file
+                // otherwise valid.
+                if let (Some(settings), true) = (hmm, self.problems.is_empty()) {
+                    if let Err(e) = r.set_hmm(settings) {
+                        self.push("matching.hmm", &e.to_string());
+                    }
+                }
+                Some(r)
+            }
             Err(mut p) => {
                 self.problems.append(&mut p);
                 None
@@ -541,7 +623,7 @@ impl Topology {
         let (privacy_min_vehicles, sub_max_pending, sub_max_lag) = c.subscriptions(&file);
         let log = file.log.as_ref().map(|l| c.log(l));
         let sinks = c.sinks(&file.sink);
-        let (reference, reference_sha256, zone_file) = c.reference(&file);
+        let (reference, reference_sha256, zone_file) = c.reference(&file, time.as_ref());
         c.central_needs(&sinks, reference.as_ref());
         match (c.problems.is_empty(), time, reference, straggler_timeout) {
             (true, Some(time), Some(reference), Some(straggler_timeout)) => Ok(Topology {

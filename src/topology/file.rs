@@ -120,8 +120,42 @@ pub struct MatchingSection {
     pub heading_tolerance_deg: Option<f64>,
     /// How far beyond a segment's end a report may lie and still be on it,
     /// metres. Default 0 (positions past the end are in the junction);
-    /// raise it for noisy positions.
+    /// raise it for noisy positions. Both methods.
     pub end_slack_m: Option<f64>,
+    /// `"nearest"` (each report alone, by the keys above) or `"hmm"` (each
+    /// vehicle's reports as a trajectory, `[matching.hmm]`). Default
+    /// `"nearest"`.
+    pub method: Option<String>,
+    /// The HMM's parameters (`method = "hmm"`).
+    #[serde(default)]
+    pub hmm: HmmSection,
+}
+
+/// `[matching.hmm]`: the HMM's parameters, each defaulting to
+/// [`crate::geo::hmm::HmmSettings::default`] (the README lists them).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HmmSection {
+    /// GNSS position noise σ, metres.
+    pub sigma_m: Option<f64>,
+    /// Heading noise σ, degrees (0 ignores headings).
+    pub heading_sigma_deg: Option<f64>,
+    /// Transition scale β, metres.
+    pub beta_m: Option<f64>,
+    /// Candidate search radius, metres.
+    pub radius_m: Option<f64>,
+    /// Candidates per report.
+    pub candidates: Option<usize>,
+    /// Fixed lag (`"4s"`): at most `[windows] allowed_lateness`.
+    pub lag: Option<String>,
+    /// Longest time between two reports of one trajectory (`"30s"`).
+    pub max_gap: Option<String>,
+    /// Fastest plausible speed, m/s.
+    pub max_speed_mps: Option<f64>,
+    /// Route distances kept in the table, metres.
+    pub table_bound_m: Option<f64>,
+    /// Largest route table, bytes.
+    pub max_table_bytes: Option<usize>,
 }
 
 /// `[zones]`: zone roll-ups (named zones come from `[reference] zones`).
