@@ -27,8 +27,8 @@
 //!    against the reference data, reduced to an item), [`input`] (chunks
 //!    and their watermark clock), [`pipeline`] (per worker: classify,
 //!    pre-aggregate, feed), [`dataflow`] (the timely/differential dataflow
-//!    and its emitter; the partials an edge keeps for central, and
-//!    central's merge of them), [`output`] (final tables, durable CSV).
+//!    and its emitter; HMM map matching per vehicle; the partials an edge
+//!    keeps for central, and central's merge of them), [`output`] (final tables, durable CSV).
 //! 4. **Runs**: [`checkpoint`] (what deleted segments leave behind, the
 //!    checks a log passes at start) and [`runtime`] (the runtime that runs a
 //!    file, a log or a node's live input through the dataflow).

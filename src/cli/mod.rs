@@ -66,6 +66,9 @@ enum Command {
     /// against the same rule without the spatial index; prints one JSON
     /// object.
     BenchMatch(tools::bench_match::MatchBenchArgs),
+    /// Measure the replay path on a noisy recording with the point matcher
+    /// and with the HMM; prints one JSON object.
+    BenchMatching(tools::bench_matching::MatchingBenchArgs),
     /// Measure ingest with subscribers (none, many, many plus a slow one),
     /// each phase on a fresh node process; prints one JSON object.
     BenchSubscribe(tools::bench_subscribe::SubscribeBenchArgs),
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => print_json(tools::bench::run(&args)),
         Command::BenchIngest(args) => print_json(tools::bench_ingest::run(&args)),
         Command::BenchMatch(args) => print_json(tools::bench_match::run(&args)),
+        Command::BenchMatching(args) => print_json(tools::bench_matching::run(&args)),
         Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),
         Command::BenchCentral(args) => print_json(tools::bench_central::run(&args)),
         Command::BenchPush(args) => print_json(tools::bench_push::run(&args)),

@@ -9,9 +9,10 @@
 //!
 //! # Determinism, and when a window is final
 //! A fix's decision is a pure function of its vehicle's fixes
-//! ([`crate::geo::hmm`]: those up to `t + lag`, taken in
-//! [`FixRecord::key`] order). The operator keeps, per vehicle, the fixes of
-//! the windows still open (and one window before) with their current
+//! ([`crate::geo::hmm`]: those up to `t + lag`, taken in the order of
+//! [`Fix::order_key`], then speed and vehicle hash). The operator keeps,
+//! per vehicle, the fixes of the windows still open (and one window
+//! before) with their current
 //! decisions, the live [`Track`] over all of them, and a snapshot of the
 //! track before the first fix of each window:
 //! - fixes of one dataflow time are taken together once the time is

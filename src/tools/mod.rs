@@ -8,7 +8,9 @@
 //! - [`bench`](mod@bench): the replay path against a plain loop.
 //! - [`bench_central`]: central's merge of edges' partials, per core.
 //! - [`bench_ingest`]: a node process under QUIC load, durable acks.
-//! - [`bench_match`]: map matching with and without the spatial index.
+//! - [`bench_match`]: map matching with and without the spatial index,
+//!   point by point and by HMM, accuracy and speed.
+//! - [`bench_matching`]: the replay path with each matcher.
 //! - [`bench_postgres`]: the postgres sink's upserts into a database.
 //! - [`bench_push`]: edges pushing to a central node, live and after an
 //!   outage.
@@ -20,6 +22,7 @@ pub mod bench;
 pub mod bench_central;
 pub mod bench_ingest;
 pub mod bench_match;
+pub mod bench_matching;
 pub mod bench_postgres;
 pub mod bench_push;
 pub mod bench_sinks;

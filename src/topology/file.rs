@@ -134,7 +134,6 @@ pub struct MatchingSection {
 /// `[matching.hmm]`: the HMM's parameters, each defaulting to
 /// [`crate::geo::hmm::HmmSettings::default`] (the README lists them).
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct HmmSection {
     /// GNSS position noise σ, metres.
     pub sigma_m: Option<f64>,

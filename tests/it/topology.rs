@@ -247,3 +247,81 @@ fn the_vehicle_hash_key_is_32_random_bytes_in_hex() {
     // A node that pushes places low-SoC EVs in cells, zones or not.
     assert!(!t.reference.rollups() && t.reference.places_low_soc());
 }
+
+#[test]
+fn hmm_matching_is_chosen_and_its_settings_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = format!(
+        "[node]\nid = \"e1\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n\
+         [windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n",
+        root("topologies/karhula/roads.geojson").display(),
+        root("topologies/karhula/chargers.geojson").display()
+    );
+    let load = |body: &str| {
+        write(dir.path(), "t.toml", &format!("{head}{body}"));
+        Topology::load(&dir.path().join("t.toml"))
+    };
+    // The default is the point matcher; "hmm" builds the graph and table.
+    assert!(load("").expect("valid").reference.hmm.is_none());
+    let t = load(
+        "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nsigma_m = 20\nradius_m = 80\nlag = \"3s\"\n",
+    )
+    .expect("valid");
+    let hmm = t.reference.hmm.expect("HMM matching");
+    assert_eq!(
+        (
+            hmm.settings().sigma_m,
+            hmm.settings().radius_m,
+            hmm.settings().lag_ms
+        ),
+        (20.0, 80.0, 3_000)
+    );
+    assert!(hmm.table_bytes() > 0);
+    // Each problem with its place.
+    for (body, place) in [
+        (
+            "[matching]\nmethod = \"hidden-markov\"\n",
+            "matching.method",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nlag = \"6s\"\n",
+            "matching.hmm.lag",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nlag = \"soon\"\n",
+            "matching.hmm.lag",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nmax_gap = \"1s\"\n",
+            "matching.hmm.max_gap",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nradius_m = 0\n",
+            "matching.hmm.radius_m",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\ncandidates = 40\n",
+            "max_candidates",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nsigma_m = -1\n",
+            "sigma_m",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nmax_table_bytes = 1000\n",
+            "route table",
+        ),
+        (
+            "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nsigma = 3\n",
+            "matching.hmm.sigma",
+        ),
+    ] {
+        let problems = load(body).expect_err(place);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains(place)),
+            "{body}: no problem mentions {place:?} in:\n{}",
+            text.join("\n")
+        );
+    }
+}
