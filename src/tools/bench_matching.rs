@@ -41,6 +41,10 @@ pub struct MatchingBenchArgs {
     /// Measured runs of each contender (medians reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Only write the replicated recording here (for the ingest comparison
+    /// of `scripts/bench-matching-ingest`) and stop.
+    #[arg(long)]
+    pub write: Option<PathBuf>,
 }
 
 /// Writes the replicated recording to `out`; returns its record count.
