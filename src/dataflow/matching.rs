@@ -512,12 +512,14 @@ fn prune(v: &mut Vehicle, horizon: u64) {
 }
 
 /// The operator: fixes exchanged by vehicle, matched, out as congestion
-/// updates. `counts` gathers what was decided.
+/// updates. `counts` gathers what was decided. Without `provisional`,
+/// updates are gathered over a window's worth of the held time.
 pub fn match_fixes<'scope>(
     fixes: timely::dataflow::StreamVec<'scope, u64, FixRecord>,
     reference: Arc<Reference>,
     hmm: Arc<Hmm>,
     spec: TimeSpec,
+    provisional: bool,
     counts: Arc<MatchCounts>,
 ) -> differential_dataflow::VecCollection<'scope, u64, CongestionKey, SpeedSum> {
     type Update = (CongestionKey, u64, SpeedSum);
@@ -563,11 +565,6 @@ pub fn match_fixes<'scope>(
                         seen = Some(f);
                         fleet.advance(f, &mut changes);
                     }
-                    let mut session = output.session(held);
-                    for update in changes.drain() {
-                        session.give(update);
-                    }
-                    drop(session);
                     changes.counts.publish(&counts);
                     let least = stash.first_key_value().map(|(&t, _)| t);
                     let behind = f
@@ -577,6 +574,23 @@ pub fn match_fixes<'scope>(
                         (Some(t), Some(b)) => Some(t.min(b)),
                         (t, b) => t.or(b),
                     };
+                    // Updates gather at the held time (one per key, as the
+                    // Stage's batches) while holding it back holds up no
+                    // final row: until the time to hold crosses into
+                    // another window, unless provisional rows are wanted
+                    // fresh or the batch is full.
+                    let now = *held.time();
+                    let keep = !provisional
+                        && changes.updates.len() < crate::pipeline::FLUSH_KEYS
+                        && hold.is_some_and(|t| spec.window_start(t) == spec.window_start(now));
+                    if keep {
+                        return;
+                    }
+                    let mut session = output.session(held);
+                    for update in changes.drain() {
+                        session.give(update);
+                    }
+                    drop(session);
                     match hold {
                         Some(t) => {
                             if let Some(c) = cap.as_mut() {

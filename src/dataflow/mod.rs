@@ -432,7 +432,8 @@ pub fn build(
             Some(m) => {
                 use timely::dataflow::operators::vec::Input as _;
                 let (input, fixes) = scope.new_input::<matching::FixRecord>();
-                let matched = matching::match_fixes(fixes, m.reference, m.hmm, spec, m.counts);
+                let matched =
+                    matching::match_fixes(fixes, m.reference, m.hmm, spec, provisional, m.counts);
                 (Some(input), reports.concat(matched))
             }
             None => (None, reports),
