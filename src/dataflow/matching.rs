@@ -61,6 +61,10 @@ use crate::time::TimeSpec;
 
 use super::CongestionKey;
 
+/// Updates the operator gathers before it sends them (about 40 bytes
+/// each: 2.6 MiB per worker at worst), as the Stage's batches.
+pub const MAX_GATHERED: usize = 1 << 16;
+
 /// What the dataflow needs to match by HMM.
 #[derive(Clone)]
 pub struct Matching {
@@ -581,7 +585,7 @@ pub fn match_fixes<'scope>(
                     // fresh or the batch is full.
                     let now = *held.time();
                     let keep = !provisional
-                        && changes.updates.len() < crate::pipeline::FLUSH_KEYS
+                        && changes.updates.len() < MAX_GATHERED
                         && hold.is_some_and(|t| spec.window_start(t) == spec.window_start(now));
                     if keep {
                         return;
