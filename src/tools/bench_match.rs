@@ -101,6 +101,9 @@ pub struct MatchBenchArgs {
     /// HMM: smoothing acceleration noise, m/s² (0: no smoothing).
     #[arg(long)]
     pub accel_mps2: Option<f64>,
+    /// HMM: how far beyond a segment's end a fix may lie and be on it, metres.
+    #[arg(long)]
+    pub end_slack_m: Option<f64>,
 }
 
 impl MatchBenchArgs {
@@ -118,6 +121,7 @@ impl MatchBenchArgs {
             junction_link_m: self.junction_link_m.unwrap_or(d.junction_link_m),
             table_bound_m: self.table_bound_m.unwrap_or(d.table_bound_m),
             accel_mps2: self.accel_mps2.unwrap_or(d.accel_mps2),
+            end_slack_m: self.end_slack_m.unwrap_or(d.end_slack_m),
             ..d
         }
     }
