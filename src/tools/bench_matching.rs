@@ -90,6 +90,10 @@ fn replicate(
 
 /// Runs the benchmark; one JSON object.
 pub fn run(args: &MatchingBenchArgs) -> anyhow::Result<serde_json::Value> {
+    if let Some(out) = &args.write {
+        let records = replicate(&args.recording, args.copies, out)?;
+        return Ok(serde_json::json!({ "written": out.display().to_string(), "records": records }));
+    }
     let topo =
         crate::topology::Topology::load(&args.topology).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let scratch = Scratch::new("bench-matching")?;
