@@ -118,9 +118,22 @@ impl Db {
     }
 
     /// Polls until `sql` counts something (at most 30 s).
+    /// Waits until `sql` counts a row. The sink makes its tables once it
+    /// has connected: until then a missing schema or table counts none.
     fn wait_for(&self, sql: &str) {
+        use tokio_postgres::error::SqlState;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.count(sql) == 0 {
+        let count = || match self.rt.block_on(self.client.query(sql, &[])) {
+            Ok(rows) => rows[0].get::<_, i64>(0),
+            Err(e)
+                if e.code() == Some(&SqlState::UNDEFINED_TABLE)
+                    || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
+            {
+                0
+            }
+            Err(e) => panic!("{sql}: {e:?}"),
+        };
+        while count() == 0 {
             assert!(std::time::Instant::now() < deadline, "never: {sql}");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -219,6 +219,12 @@ pub(crate) fn forward(
     for (j, b) in cur.c[..cur.n].iter().enumerate() {
         let (mut best, mut from) = (f64::NEG_INFINITY, 0u8);
         for (i, a) in prev.c[..prev.n].iter().enumerate() {
+            // The transition only lowers a score: a state that cannot
+            // beat the best so far needs no route (the same choice, ties
+            // included, at a fraction of the lookups).
+            if prev_scores[i] <= best {
+                continue;
+            }
             let Some(r) = route(hmm, a, b) else { continue };
             if r > longest {
                 continue;
