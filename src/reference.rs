@@ -210,6 +210,12 @@ impl Reference {
         Ok(())
     }
 
+    /// Every segment's line (`[lon, lat]` points), in index order: what
+    /// the matchers are built from.
+    pub fn road_lines(&self) -> Vec<&[[f64; 2]]> {
+        lines(&self.roads)
+    }
+
     /// Index of a segment id.
     #[inline]
     pub fn road(&self, id: &str) -> Option<u32> {

@@ -226,12 +226,7 @@ pub fn run(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
         .sum::<usize>();
     let (indexed_median, exhaustive_median) = (median(indexed.clone()), median(exhaustive));
     let settings = args.hmm_settings();
-    let lines: Vec<&[[f64; 2]]> = topology
-        .reference
-        .roads
-        .iter()
-        .map(|r| r.line.as_slice())
-        .collect();
+    let lines = topology.reference.road_lines();
     let start = Instant::now();
     let hmm = Hmm::new(&lines, settings)?;
     let build_s = start.elapsed().as_secs_f64();

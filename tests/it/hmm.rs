@@ -19,12 +19,7 @@ use crate::support::{data, replay, root, rows};
 
 fn karhula() -> (Topology, Hmm) {
     let topo = Topology::load(&root("topologies/karhula.toml")).expect("valid");
-    let lines: Vec<&[[f64; 2]]> = topo
-        .reference
-        .roads
-        .iter()
-        .map(|r| r.line.as_slice())
-        .collect();
+    let lines = topo.reference.road_lines();
     let hmm = Hmm::new(&lines, HmmSettings::default()).expect("table fits");
     (topo, hmm)
 }
