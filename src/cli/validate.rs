@@ -28,13 +28,14 @@ pub fn run(Args { topology }: Args) -> anyhow::Result<ExitCode> {
             );
             if let Some(hmm) = &t.reference.hmm {
                 println!(
-                    "  matching: hmm (sigma {} m, lag {} ms): road graph of {} nodes and {} edges, route table {} pairs, {:.1} MB",
+                    "  matching: hmm (sigma {} m, lag {} ms): road graph of {} nodes and {} edges, route table {} pairs, {:.1} MB; candidate index {:.1} MB",
                     hmm.settings().sigma_m,
                     hmm.settings().lag_ms,
                     hmm.network().nodes(),
                     hmm.network().edges(),
                     hmm.table().pairs(),
-                    hmm.table_bytes() as f64 / 1e6
+                    hmm.table_bytes() as f64 / 1e6,
+                    hmm.index_bytes() as f64 / 1e6
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 //!
 //! # The rule
 //! Positions are projected onto a local plane in metres ([`Plane`]). Every
-//! straight piece of every segment's polyline is in an R-tree (`rstar`).
+//! straight piece of every segment's polyline is in a grid index (`pieces.rs`).
 //! For a report at `p` with heading `h`:
 //!
 //! 1. **Candidates** are the pieces within `radius_m` of `p` (default 25 m).
@@ -13,7 +13,7 @@
 //! 3. The nearest remaining candidate decides. Equal distances (to the
 //!    millimetre) prefer a candidate the report is not beyond the end of
 //!    (see 4), then the lowest segment id (the two directions of a two-way
-//!    road without a heading), so the result never depends on tree order.
+//!    road without a heading), so the result never depends on index order.
 //! 4. If the report lies *beyond an end* of that segment (before its first
 //!    point or after its last, by more than `end_slack_m`), the vehicle is
 //!    in a junction between segments (networks such as SUMO's cut edges
@@ -26,7 +26,7 @@
 //! road: it is [`Unmatched::Charging`] before any geometry is looked at
 //! (see [`crate::resolve::resolve`]).
 
-use rstar::{RTree, RTreeObject, AABB};
+use super::pieces::{Piece, Pieces};
 
 /// Map-matching settings (`[matching]` in the topology).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -118,93 +118,53 @@ impl Plane {
         }
     }
 
-    /// `(x east, y north)` in metres.
-    #[inline]
-    pub fn project(&self, lon: f64, lat: f64) -> [f64; 2] {
-        [(lon - self.lon0) * self.kx, (lat - self.lat0) * self.ky]
-    }
-}
-
-/// One straight piece of a segment's polyline.
-#[derive(Clone, Debug)]
-struct Piece {
-    segment: u32,
-    a: [f64; 2],
-    b: [f64; 2],
-    /// Unit direction a → b.
-    dir: [f64; 2],
-    len: f64,
-    /// First / last piece of its segment.
-    first: bool,
-    last: bool,
-}
-
-impl RTreeObject for Piece {
-    type Envelope = AABB<[f64; 2]>;
-    fn envelope(&self) -> Self::Envelope {
-        AABB::from_corners(self.a, self.b)
-    }
-}
-
-/// The spatial index over a road network.
-#[derive(Clone, Debug, Default)]
-pub struct Matcher {
-    plane: Plane,
-    tree: RTree<Piece>,
-    settings: MatchSettings,
-}
-
-impl Matcher {
-    /// Indexes the road network's lines (segment `i` is `lines[i]`).
-    pub fn new<L: AsRef<[[f64; 2]]>>(lines: &[L], settings: MatchSettings) -> Self {
+    /// A plane around the mean of the lines' points (the origin when
+    /// there are none).
+    pub fn of_lines<L: AsRef<[[f64; 2]]>>(lines: &[L]) -> Self {
         let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
         for p in lines.iter().flat_map(|l| l.as_ref()) {
             sx += p[0];
             sy += p[1];
             n += 1.0;
         }
-        let plane = if n > 0.0 {
+        if n > 0.0 {
             Plane::around(sx / n, sy / n)
         } else {
             Plane::default()
-        };
-        let mut pieces = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            let pts: Vec<[f64; 2]> = line
-                .as_ref()
-                .iter()
-                .map(|p| plane.project(p[0], p[1]))
-                .collect();
-            // Pieces of zero length (repeated points) are left out; the
-            // first and last pieces kept carry the segment's ends.
-            let start = pieces.len();
-            for w in pts.windows(2) {
-                let (a, b) = (w[0], w[1]);
-                let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
-                if len < 1e-6 {
-                    continue;
-                }
-                pieces.push(Piece {
-                    segment: i as u32,
-                    a,
-                    b,
-                    dir: [(b[0] - a[0]) / len, (b[1] - a[1]) / len],
-                    len,
-                    first: pieces.len() == start,
-                    last: false,
-                });
-            }
-            if pieces.len() > start {
-                if let Some(p) = pieces.last_mut() {
-                    p.last = true;
-                }
-            }
         }
+    }
+
+    /// `(x east, y north)` in metres.
+    #[inline]
+    pub fn project(&self, lon: f64, lat: f64) -> [f64; 2] {
+        [(lon - self.lon0) * self.kx, (lat - self.lat0) * self.ky]
+    }
+
+    /// Plane metres back to `[lon, lat]`.
+    pub fn unproject(&self, p: [f64; 2]) -> [f64; 2] {
+        [self.lon0 + p[0] / self.kx, self.lat0 + p[1] / self.ky]
+    }
+}
+
+/// The spatial index over a road network.
+#[derive(Clone, Debug, Default)]
+pub struct Matcher {
+    pieces: Pieces,
+    settings: MatchSettings,
+}
+
+impl Matcher {
+    /// Indexes the road network's lines (segment `i` is `lines[i]`).
+    pub fn new<L: AsRef<[[f64; 2]]>>(lines: &[L], settings: MatchSettings) -> Self {
         Matcher {
-            plane,
-            tree: RTree::bulk_load(pieces),
+            pieces: Pieces::new(lines, settings.radius_m),
             settings,
         }
+    }
+
+    /// Number of straight pieces indexed.
+    pub fn pieces(&self) -> usize {
+        self.pieces.len()
     }
 
     /// The settings in force.
@@ -216,9 +176,7 @@ impl Matcher {
     /// segment index, by the rule in the module doc.
     pub fn locate(&self, lon: f64, lat: f64, heading_deg: Option<f64>) -> Result<u32, Unmatched> {
         let mut search = Search::new(self, lon, lat, heading_deg);
-        let (p, r) = (search.p, self.settings.radius_m);
-        let query = AABB::from_corners([p[0] - r, p[1] - r], [p[0] + r, p[1] + r]);
-        for piece in self.tree.locate_in_envelope_intersecting(query) {
+        for piece in self.pieces.near(search.p) {
             search.consider(piece);
         }
         search.result()
@@ -234,7 +192,7 @@ impl Matcher {
         heading_deg: Option<f64>,
     ) -> Result<u32, Unmatched> {
         let mut search = Search::new(self, lon, lat, heading_deg);
-        for piece in self.tree.iter() {
+        for piece in self.pieces.all() {
             search.consider(piece);
         }
         search.result()
@@ -246,11 +204,12 @@ struct Search {
     p: [f64; 2],
     /// Heading as a unit vector (x east, y north).
     heading: Option<[f64; 2]>,
-    radius: f64,
+    /// The radius, squared.
+    radius2: f64,
     min_cos: f64,
     slack: f64,
     /// The nearest candidate by (distance in whole millimetres, beyond its
-    /// segment's end, segment index): a total order, so neither tree order
+    /// segment's end, segment index): a total order, so neither index order
     /// nor float noise picks the winner.
     best: Option<(u64, bool, u32)>,
     wrong_way: bool,
@@ -259,12 +218,12 @@ struct Search {
 impl Search {
     fn new(m: &Matcher, lon: f64, lat: f64, heading_deg: Option<f64>) -> Self {
         Search {
-            p: m.plane.project(lon, lat),
+            p: m.pieces.plane.project(lon, lat),
             heading: heading_deg.map(|h| {
                 let h = h.to_radians();
                 [h.sin(), h.cos()]
             }),
-            radius: m.settings.radius_m,
+            radius2: m.settings.radius_m * m.settings.radius_m,
             min_cos: m.settings.heading_tolerance_deg.to_radians().cos(),
             slack: m.settings.end_slack_m,
             best: None,
@@ -274,15 +233,11 @@ impl Search {
 
     #[inline]
     fn consider(&mut self, piece: &Piece) {
-        let p = self.p;
-        let rel = [p[0] - piece.a[0], p[1] - piece.a[1]];
-        let along = rel[0] * piece.dir[0] + rel[1] * piece.dir[1];
-        let t = along.clamp(0.0, piece.len);
-        let q = [piece.a[0] + piece.dir[0] * t, piece.a[1] + piece.dir[1] * t];
-        let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
-        if d > self.radius {
+        let (along, d2) = piece.project2(self.p);
+        if d2 > self.radius2 {
             return;
         }
+        let d = d2.sqrt();
         if self
             .heading
             .is_some_and(|h| h[0] * piece.dir[0] + h[1] * piece.dir[1] < self.min_cos)

@@ -3,6 +3,7 @@
 
 pub mod hmm;
 pub mod matcher;
+mod pieces;
 
 pub use matcher::{MatchSettings, Matcher, Unmatched};
 pub mod zones;

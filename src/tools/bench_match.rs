@@ -92,6 +92,10 @@ pub struct MatchBenchArgs {
     /// HMM: backward movement on a segment taken as noise, metres.
     #[arg(long)]
     pub backward_tolerance_m: Option<f64>,
+    /// HMM: candidates less likely than the best by more than this
+    /// (log-likelihood) are dropped.
+    #[arg(long)]
+    pub emission_margin: Option<f64>,
     /// HMM: junction link length, metres.
     #[arg(long)]
     pub junction_link_m: Option<f64>,
@@ -109,7 +113,9 @@ pub struct MatchBenchArgs {
 impl MatchBenchArgs {
     /// The HMM settings: the defaults, with the flags given.
     pub fn hmm_settings(&self) -> HmmSettings {
-        let d = HmmSettings::default();
+        let d = self
+            .sigma_m
+            .map_or_else(HmmSettings::default, HmmSettings::for_sigma);
         HmmSettings {
             sigma_m: self.sigma_m.unwrap_or(d.sigma_m),
             beta_m: self.beta_m.unwrap_or(d.beta_m),
@@ -119,6 +125,7 @@ impl MatchBenchArgs {
             heading_sigma_deg: self.heading_sigma_deg.unwrap_or(d.heading_sigma_deg),
             backward_tolerance_m: self.backward_tolerance_m.unwrap_or(d.backward_tolerance_m),
             junction_link_m: self.junction_link_m.unwrap_or(d.junction_link_m),
+            emission_margin: self.emission_margin.unwrap_or(d.emission_margin),
             table_bound_m: self.table_bound_m.unwrap_or(d.table_bound_m),
             accel_mps2: self.accel_mps2.unwrap_or(d.accel_mps2),
             end_slack_m: self.end_slack_m.unwrap_or(d.end_slack_m),
@@ -274,6 +281,7 @@ pub fn run(args: &MatchBenchArgs) -> anyhow::Result<serde_json::Value> {
             "edges": hmm.network().edges(),
             "table_pairs": hmm.table().pairs(),
             "table_bytes": hmm.table_bytes(),
+            "index_bytes": hmm.index_bytes(),
             "build_s": build_s,
         },
         "recordings": recordings,
@@ -294,6 +302,7 @@ fn settings_json(s: &HmmSettings) -> serde_json::Value {
         "max_gap_ms": s.max_gap_ms,
         "max_speed_mps": s.max_speed_mps,
         "backward_tolerance_m": s.backward_tolerance_m,
+        "emission_margin": s.emission_margin,
         "end_slack_m": s.end_slack_m,
         "node_snap_m": s.node_snap_m,
         "junction_link_m": s.junction_link_m,

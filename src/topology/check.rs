@@ -247,7 +247,10 @@ impl Checker<'_> {
             }
         }
         let h = &m.hmm;
-        let d = HmmSettings::default();
+        let d = h
+            .sigma_m
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or_else(HmmSettings::default, HmmSettings::for_sigma);
         let ms = |c: &mut Self, text: Option<&str>, default: u64, place: &str| {
             c.duration_or(text, Duration::from_millis(default), place)
                 .map(|d| d.as_millis() as u64)
@@ -265,6 +268,8 @@ impl Checker<'_> {
             beta_m: h.beta_m.unwrap_or(d.beta_m),
             radius_m: h.radius_m.unwrap_or(d.radius_m),
             max_candidates: h.candidates.unwrap_or(d.max_candidates),
+            emission_margin: h.emission_margin.unwrap_or(d.emission_margin),
+            backward_tolerance_m: h.backward_tolerance_m.unwrap_or(d.backward_tolerance_m),
             lag_ms: lag_ms.unwrap_or(d.lag_ms),
             max_gap_ms: max_gap_ms.unwrap_or(d.max_gap_ms),
             max_speed_mps: h.max_speed_mps.unwrap_or(d.max_speed_mps),

@@ -141,10 +141,16 @@ pub struct HmmSection {
     pub heading_sigma_deg: Option<f64>,
     /// Transition scale β, metres.
     pub beta_m: Option<f64>,
-    /// Candidate search radius, metres.
+    /// Candidate search radius, metres (default 4 σ).
     pub radius_m: Option<f64>,
     /// Candidates per report.
     pub candidates: Option<usize>,
+    /// Candidates less likely than the best by more than this
+    /// (log-likelihood) are dropped.
+    pub emission_margin: Option<f64>,
+    /// Backward movement on one segment taken as noise, metres (default
+    /// 2.5 σ).
+    pub backward_tolerance_m: Option<f64>,
     /// Fixed lag (`"4s"`): at most `[windows] allowed_lateness`.
     pub lag: Option<String>,
     /// Longest time between two reports of one trajectory (`"30s"`).

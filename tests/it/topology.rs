@@ -263,19 +263,27 @@ fn hmm_matching_is_chosen_and_its_settings_checked() {
     };
     // The default is the point matcher; "hmm" builds the graph and table.
     assert!(load("").expect("valid").reference.hmm.is_none());
+    // The settings that scale with sigma follow it unless set.
     let t = load(
-        "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nsigma_m = 20\nradius_m = 80\nlag = \"3s\"\n",
+        "[matching]\nmethod = \"hmm\"\n[matching.hmm]\nsigma_m = 20\nlag = \"3s\"\nemission_margin = 25\n",
     )
     .expect("valid");
     let hmm = t.reference.hmm.expect("HMM matching");
+    let s = hmm.settings();
     assert_eq!(
         (
-            hmm.settings().sigma_m,
-            hmm.settings().radius_m,
-            hmm.settings().lag_ms
+            s.sigma_m,
+            s.radius_m,
+            s.backward_tolerance_m,
+            s.emission_margin,
+            s.lag_ms
         ),
-        (20.0, 80.0, 3_000)
+        (20.0, 80.0, 50.0, 25.0, 3_000)
     );
+    let t = load("[matching]\nmethod = \"hmm\"\n[matching.hmm]\nsigma_m = 5\nradius_m = 30\nbackward_tolerance_m = 10\n")
+        .expect("valid");
+    let s = *t.reference.hmm.expect("HMM matching").settings();
+    assert_eq!((s.radius_m, s.backward_tolerance_m), (30.0, 10.0));
     assert!(hmm.table_bytes() > 0);
     // Each problem with its place.
     for (body, place) in [

@@ -289,6 +289,8 @@ pub struct Fleet {
     /// before it are matched alone.
     horizon: u64,
     decisions: Vec<Decision>,
+    /// Scratch: one vehicle's fixes of a time that join its track.
+    fresh: Vec<FixRecord>,
 }
 
 impl Fleet {
@@ -301,6 +303,7 @@ impl Fleet {
             vehicles: FxHashMap::default(),
             horizon: 0,
             decisions: Vec::new(),
+            fresh: Vec::new(),
         }
     }
 
@@ -320,8 +323,13 @@ impl Fleet {
     /// Takes the fixes of one complete dataflow time (any order, any
     /// vehicles).
     pub fn add(&mut self, mut recs: Vec<FixRecord>, out: &mut Changes) {
-        recs.sort_unstable_by_key(|r| (r.device, r.key()));
+        if recs.len() > 1 {
+            recs.sort_unstable_by(|a, b| {
+                a.device.cmp(&b.device).then_with(|| a.key().cmp(&b.key()))
+            });
+        }
         let horizon = self.horizon;
+        let mut fresh = std::mem::take(&mut self.fresh);
         let mut i = 0;
         while i < recs.len() {
             let device = recs[i].device;
@@ -329,7 +337,7 @@ impl Fleet {
             let group = &recs[i..i + n];
             i += n;
             let v = self.vehicles.entry(device).or_default();
-            let mut fresh = Vec::with_capacity(group.len());
+            fresh.clear();
             for rec in group {
                 let too_old = match v.pruned {
                     Some(k) => rec.key() <= k,
@@ -353,6 +361,7 @@ impl Fleet {
             }
             take(v, &self.hmm, &self.spec, &fresh, out, &mut self.decisions);
         }
+        self.fresh = fresh;
     }
 
     /// The frontier moved to `f` (`None`: the input is done): decides what

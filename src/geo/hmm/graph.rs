@@ -7,46 +7,18 @@
 //! segment's end node to every start node within `junction_link_m`, as
 //! long as the straight line (see the module doc of [`super`]).
 
-use rstar::{RTree, RTreeObject, AABB};
-
 use super::HmmSettings;
-use crate::geo::matcher::Plane;
-
-/// One straight piece of a segment's polyline, in plane metres.
-#[derive(Clone, Debug)]
-pub(crate) struct Piece {
-    pub(crate) segment: u32,
-    pub(crate) a: [f64; 2],
-    /// Unit direction.
-    pub(crate) dir: [f64; 2],
-    pub(crate) len: f64,
-    /// Offset of `a` along the segment, metres.
-    pub(crate) at: f64,
-    pub(crate) first: bool,
-    pub(crate) last: bool,
-}
-
-impl RTreeObject for Piece {
-    type Envelope = AABB<[f64; 2]>;
-    fn envelope(&self) -> Self::Envelope {
-        let b = [
-            self.a[0] + self.dir[0] * self.len,
-            self.a[1] + self.dir[1] * self.len,
-        ];
-        AABB::from_corners(self.a, b)
-    }
-}
+use crate::geo::pieces::Pieces;
 
 /// The road graph: segments as directed edges between nodes, junction
-/// edges, and the R-tree of the segments' pieces.
+/// edges, and the index of the segments' pieces (lengths per segment
+/// there too).
 #[derive(Clone, Debug)]
 pub struct Network {
-    pub(crate) plane: Plane,
-    /// Per segment: length (metres), start node, end node.
-    pub(crate) seg_len: Vec<f64>,
+    pub(crate) pieces: Pieces,
+    /// Per segment: start node, end node.
     pub(crate) seg_from: Vec<u32>,
     pub(crate) seg_to: Vec<u32>,
-    pub(crate) tree: RTree<Piece>,
     nodes: usize,
     /// Outgoing edges by node (CSR): `adj_to[adj_at[n]..adj_at[n + 1]]`.
     adj_at: Vec<u32>,
@@ -57,45 +29,21 @@ pub struct Network {
 impl Network {
     /// Builds the graph of `lines` (`[lon, lat]`) by `settings`.
     pub fn new<L: AsRef<[[f64; 2]]>>(lines: &[L], settings: &HmmSettings) -> Self {
-        let plane = plane_of(lines);
-        let mut pieces = Vec::new();
-        let mut seg_len = Vec::with_capacity(lines.len());
+        let pieces = Pieces::new(lines, settings.radius_m);
+        let plane = pieces.plane;
+        let seg_len = &pieces.seg_len;
         let mut starts = Vec::with_capacity(lines.len());
         let mut ends = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            let pts: Vec<[f64; 2]> = line
-                .as_ref()
-                .iter()
-                .map(|p| plane.project(p[0], p[1]))
-                .collect();
-            let begin = pieces.len();
-            let mut at = 0.0;
-            for w in pts.windows(2) {
-                let (a, b) = (w[0], w[1]);
-                let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
-                if len < 1e-6 {
-                    continue;
-                }
-                pieces.push(Piece {
-                    segment: i as u32,
-                    a,
-                    dir: [(b[0] - a[0]) / len, (b[1] - a[1]) / len],
-                    len,
-                    at,
-                    first: pieces.len() == begin,
-                    last: false,
-                });
-                at += len;
-            }
-            if pieces.len() > begin {
-                if let Some(p) = pieces.last_mut() {
-                    p.last = true;
-                }
-            }
-            seg_len.push(at);
-            let first = pts.first().copied().unwrap_or([f64::NAN; 2]);
+        for line in lines {
+            let line = line.as_ref();
+            let end = |p: Option<&[f64; 2]>| p.map_or([f64::NAN; 2], |p| plane.project(p[0], p[1]));
+            let first = end(line.first());
             starts.push(first);
-            ends.push(pts.last().copied().unwrap_or(first));
+            ends.push(if line.is_empty() {
+                first
+            } else {
+                end(line.last())
+            });
         }
         // Nodes: every start and end, snapped.
         let n = lines.len();
@@ -143,11 +91,9 @@ impl Network {
             adj_at[i + 1] += adj_at[i];
         }
         Network {
-            plane,
-            seg_len,
+            pieces,
             seg_from,
             seg_to,
-            tree: RTree::bulk_load(pieces),
             nodes,
             adj_at,
             adj_to: edges.iter().map(|e| e.1).collect(),
@@ -162,7 +108,7 @@ impl Network {
 
     /// Number of segments.
     pub fn segments(&self) -> usize {
-        self.seg_len.len()
+        self.pieces.seg_len.len()
     }
 
     /// Number of directed edges (segments and junction links).
@@ -172,7 +118,7 @@ impl Network {
 
     /// Segment `s`'s length along its pieces, metres.
     pub fn segment_length(&self, s: u32) -> f64 {
-        self.seg_len.get(s as usize).copied().unwrap_or(0.0)
+        self.pieces.seg_len.get(s as usize).copied().unwrap_or(0.0)
     }
 
     /// Segment `s`'s start and end nodes.
@@ -197,22 +143,7 @@ impl Network {
 
     /// `[lon, lat]` to plane metres (x east, y north).
     pub fn project(&self, lon: f64, lat: f64) -> [f64; 2] {
-        self.plane.project(lon, lat)
-    }
-}
-
-/// The plane [`crate::geo::Matcher`] uses: around the mean of all points.
-fn plane_of<L: AsRef<[[f64; 2]]>>(lines: &[L]) -> Plane {
-    let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
-    for p in lines.iter().flat_map(|l| l.as_ref()) {
-        sx += p[0];
-        sy += p[1];
-        n += 1.0;
-    }
-    if n > 0.0 {
-        Plane::around(sx / n, sy / n)
-    } else {
-        Plane::default()
+        self.pieces.plane.project(lon, lat)
     }
 }
 

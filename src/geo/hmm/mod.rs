@@ -106,11 +106,11 @@ pub struct HmmSettings {
     /// straight line between fixes. Default 10 m (reports every 2 s; on
     /// the synthetic grid 10-20 m beat 2-5 m at σ = 20 m and tie at 10 m).
     pub beta_m: f64,
-    /// Candidate search radius, metres. Default 40 m: 4 σ at the default
-    /// σ (the distance of a 2-D Gaussian error is Rayleigh: beyond 2 σ for
-    /// 13.5 % of fixes, beyond 4 σ for 0.03 %); with `sigma_m` = 20 set
-    /// 80 m. On Karhula at σ = 10 m, 50 m matched no better and was about
-    /// 15 % slower.
+    /// Candidate search radius, metres. Default 4 σ (40 m at the default
+    /// σ; [`HmmSettings::for_sigma`]): the distance of a 2-D Gaussian
+    /// error is Rayleigh, beyond 2 σ for 13.5 % of fixes, beyond 4 σ for
+    /// 0.03 %. On Karhula at σ = 10 m, 50 m matched no better and was
+    /// about 15 % slower; 30 m lost 0.5 points.
     pub radius_m: f64,
     /// Candidates kept per fix, nearest first; at most
     /// [`MAX_CANDIDATES`]. Default 8 (with `end_slack_m` 2 m, against 6:
@@ -118,6 +118,13 @@ pub struct HmmSettings {
     /// 90.2 % at σ = 20 m; Karhula σ = 10 m pairs 95.8 -> 96.1 %; about
     /// 5-10 % slower). Cost: transitions per fix grow with its square.
     pub max_candidates: usize,
+    /// Candidates whose emission log-likelihood is more than this below
+    /// the fix's best candidate's are dropped. Default 20: a candidate
+    /// heading the other way (the other carriageway) scores `-2 / σh²`
+    /// (-29 at 15°) and is dropped, a road at right angles (-15) or
+    /// 4 σ farther than the best (-8) is kept. Cost: transitions per fix
+    /// grow with the square of the candidates kept.
+    pub emission_margin: f64,
     /// Trajectory smoothing of the position along the road (the junction
     /// notion, see `smooth.rs`): acceleration noise, m/s²; `0` decides
     /// by the fix's own projection, as the point matcher. Default 1.5.
@@ -136,10 +143,10 @@ pub struct HmmSettings {
     /// Fastest plausible speed, m/s (breaks). Default 70 m/s (250 km/h).
     pub max_speed_mps: f64,
     /// Backward movement on one segment taken as noise, metres. Default
-    /// 25 m, 2.5 σ at the default σ (the along-road noise of two fixes is
-    /// √2 σ); with `sigma_m` = 20 set 50 m (Karhula σ = 20 m, radius 80 m,
-    /// 8 candidates: pairs within tolerance 93.3 % at 15 m, 95.1 % at 30 m,
-    /// 96.1 % at 50 m; σ = 10 m: 25 m ties 15 m).
+    /// 2.5 σ (25 m at the default σ; [`HmmSettings::for_sigma`]): the
+    /// along-road noise of two fixes is √2 σ (Karhula σ = 20 m, radius
+    /// 80 m, 8 candidates: pairs within tolerance 93.3 % at 15 m, 95.1 %
+    /// at 30 m, 96.1 % at 50 m; σ = 10 m: 25 m ties 15 m).
     pub backward_tolerance_m: f64,
     /// How far beyond a segment's end a fix may project and still be on
     /// it, metres (as [`crate::geo::MatchSettings::end_slack_m`]), after
@@ -171,18 +178,27 @@ pub struct HmmSettings {
 
 impl Default for HmmSettings {
     fn default() -> Self {
+        HmmSettings::for_sigma(10.0)
+    }
+}
+
+impl HmmSettings {
+    /// The defaults for GNSS noise `sigma_m`: the settings that scale
+    /// with it (`radius_m` 4 σ, `backward_tolerance_m` 2.5 σ) follow it.
+    pub fn for_sigma(sigma_m: f64) -> Self {
         HmmSettings {
-            sigma_m: 10.0,
+            sigma_m,
             heading_sigma_deg: 15.0,
             beta_m: 10.0,
-            radius_m: 40.0,
+            radius_m: 4.0 * sigma_m,
             max_candidates: 8,
+            emission_margin: 20.0,
             accel_mps2: 1.5,
             smooth_back_ms: 6_000,
             lag_ms: 4_000,
             max_gap_ms: 30_000,
             max_speed_mps: 70.0,
-            backward_tolerance_m: 25.0,
+            backward_tolerance_m: 2.5 * sigma_m,
             end_slack_m: 2.0,
             node_snap_m: 1.0,
             junction_link_m: 25.0,
@@ -325,6 +341,11 @@ impl Hmm {
         self.table.bytes()
     }
 
+    /// Memory the spatial index of the candidates holds, bytes.
+    pub fn index_bytes(&self) -> usize {
+        self.net.pieces.bytes()
+    }
+
     /// The same matcher with another lag (the graph and table are shared
     /// work: cloning them is cheaper than building them again).
     pub fn with_lag(&self, lag_ms: u64) -> Self {
@@ -350,6 +371,7 @@ fn validate(s: &HmmSettings) -> Result<(), HmmError> {
     positive("radius_m", s.radius_m)?;
     positive("max_speed_mps", s.max_speed_mps)?;
     positive("table_bound_m", s.table_bound_m)?;
+    positive("emission_margin", s.emission_margin)?;
     let non_negative = |name, v: f64| {
         if v.is_finite() && v >= 0.0 {
             Ok(())

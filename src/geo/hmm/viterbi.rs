@@ -2,8 +2,6 @@
 //! candidates, emission, transition, one Viterbi step, and the batch
 //! decoder that is the reference.
 
-use rstar::AABB;
-
 use super::smooth::{refine, Pt};
 use super::{Decision, Fix, Hmm, HmmSettings, Reason, MAX_CANDIDATES};
 
@@ -19,6 +17,7 @@ pub(crate) struct Coefficients {
     k: usize,
     back_tol: f64,
     max_speed: f64,
+    margin: f64,
 }
 
 impl Coefficients {
@@ -32,6 +31,7 @@ impl Coefficients {
             k: s.max_candidates.clamp(1, MAX_CANDIDATES),
             back_tol: s.backward_tolerance_m,
             max_speed: s.max_speed_mps,
+            margin: s.emission_margin,
         }
     }
 }
@@ -85,39 +85,48 @@ impl Layer {
         if !(p[0].is_finite() && p[1].is_finite()) {
             return layer;
         }
-        let r = k.radius;
-        let r2 = r * r;
-        let query = AABB::from_corners([p[0] - r, p[1] - r], [p[0] + r, p[1] + r]);
         // The nearest position per segment, the `k` nearest segments.
         let mut cos = [0.0f64; MAX_CANDIDATES];
-        for piece in net.tree.locate_in_envelope_intersecting(query) {
-            let rel = [p[0] - piece.a[0], p[1] - piece.a[1]];
-            let along = rel[0] * piece.dir[0] + rel[1] * piece.dir[1];
-            let t = along.clamp(0.0, piece.len);
-            let q = [piece.a[0] + piece.dir[0] * t, piece.a[1] + piece.dir[1] * t];
-            let d2 = (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2);
+        let r2 = k.radius * k.radius;
+        for piece in net.pieces.near(p) {
+            let (along, d2) = piece.project2(p);
             if d2 > r2 {
                 continue;
             }
+            let dist = d2.sqrt();
+            let t = along.clamp(0.0, piece.len);
             let outside = (piece.first && along < 0.0) || (piece.last && along > piece.len);
             let cand = Cand {
                 seg: piece.segment,
                 off: piece.at + t,
-                dist: d2.sqrt(),
+                dist,
                 raw: piece.at + if outside { along } else { t },
                 perp: if outside {
-                    (rel[0] * piece.dir[1] - rel[1] * piece.dir[0]).abs()
+                    piece.line_distance(p)
                 } else {
-                    d2.sqrt()
+                    dist
                 },
                 emit: 0.0,
             };
             let c = heading.map_or(1.0, |h| h[0] * piece.dir[0] + h[1] * piece.dir[1]);
             layer.offer(cand, c, &mut cos, k.k);
         }
+        let mut top = f64::NEG_INFINITY;
         for (c, cos) in layer.c.iter_mut().zip(cos).take(layer.n) {
             c.emit = -c.dist * c.dist * k.emit + k.kappa * (cos - 1.0);
+            top = top.max(c.emit);
         }
+        // Candidates far less likely than the fix's best are dropped
+        // (nearest first order kept).
+        let floor = top - k.margin;
+        let mut kept = 0;
+        for i in 0..layer.n {
+            if layer.c[i].emit >= floor {
+                layer.c[kept] = layer.c[i];
+                kept += 1;
+            }
+        }
+        layer.n = kept;
         layer
     }
 
@@ -193,7 +202,7 @@ fn route(hmm: &Hmm, a: &Cand, b: &Cand) -> Option<f64> {
             return Some(0.0);
         }
     }
-    let rest = net.seg_len[a.seg as usize] - a.off;
+    let rest = net.pieces.seg_len[a.seg as usize] - a.off;
     let mid = hmm
         .table
         .get(net.seg_to[a.seg as usize], net.seg_from[b.seg as usize])?;
