@@ -535,10 +535,15 @@ fn score_synthetic(
         },
         1,
     );
-    // The grid's σ is known: sigma_m and a radius of 4 σ follow it.
+    // The grid's σ is known: sigma_m and the settings scaling with it
+    // ([`HmmSettings::for_sigma`]) follow it.
+    let scaled = HmmSettings::for_sigma(sigma);
     let settings = HmmSettings {
         sigma_m: sigma,
-        radius_m: settings.radius_m.max(4.0 * sigma),
+        radius_m: settings.radius_m.max(scaled.radius_m),
+        backward_tolerance_m: settings
+            .backward_tolerance_m
+            .max(scaled.backward_tolerance_m),
         ..*settings
     };
     let hmm = Hmm::new(&grid.lines, settings)?;

@@ -18,9 +18,13 @@
 //!   [`HmmSettings::max_table_bytes`] and reported by
 //!   [`Hmm::table_bytes`].
 //! - **Candidates**: for each fix, the nearest position on each segment
-//!   within [`HmmSettings::radius_m`], at most
+//!   within [`HmmSettings::radius_m`] (found in the grid index both
+//!   matchers share, `geo/pieces.rs`), at most
 //!   [`HmmSettings::max_candidates`] of them, nearest first (ties: lowest
-//!   segment index). A candidate lies *beyond an end* when the fix projects
+//!   segment index), without those whose emission is more than
+//!   [`HmmSettings::emission_margin`] below the best one's (the other
+//!   carriageway: the transitions per fix grow with the square of the
+//!   candidates). A candidate lies *beyond an end* when the fix projects
 //!   before the segment's first point or after its last by more than
 //!   [`HmmSettings::end_slack_m`]: the same notion as
 //!   [`crate::geo::Matcher::locate`]'s, and a fix decided there is
