@@ -505,6 +505,7 @@ fn score_recording(
         "vehicles": vehicles.len(),
         "reports": reports,
         "pairs": pairs,
+        "sigma_estimate_m": hmm.estimate_sigma(vehicles.iter().flatten().filter(|r| !r.charging).map(|r| &r.fix)),
         "nearest": {
             "pairs_within": nearest_share,
             "matched": nearest_items.len(),

@@ -350,6 +350,29 @@ impl Hmm {
         self.net.pieces.bytes()
     }
 
+    /// The GNSS noise σ a set of fixes shows, metres: from the median
+    /// distance of each fix to its nearest candidate road (a fix's offset
+    /// across its road is N(0, σ), whose absolute value has the median
+    /// 0.6745 σ; the offset along the road is invisible, fixes without a
+    /// candidate are left out). `None` without any candidate. Biased low
+    /// where a fix lies nearer another road than its own (dense networks
+    /// at large σ): a floor for `sigma_m`, not a ceiling.
+    pub fn estimate_sigma<'f>(&self, fixes: impl IntoIterator<Item = &'f Fix>) -> Option<f64> {
+        let mut d: Vec<f64> = fixes
+            .into_iter()
+            .filter_map(|f| {
+                let layer = viterbi::Layer::of(self, f);
+                (layer.n > 0).then_some(layer.c[0].dist)
+            })
+            .collect();
+        if d.is_empty() {
+            return None;
+        }
+        let mid = d.len() / 2;
+        let (_, median, _) = d.select_nth_unstable_by(mid, f64::total_cmp);
+        Some(*median / 0.6745)
+    }
+
     /// The same matcher with another lag (the graph and table are shared
     /// work: cloning them is cheaper than building them again).
     pub fn with_lag(&self, lag_ms: u64) -> Self {

@@ -320,6 +320,25 @@ fn accuracy_on_the_dense_grid() {
     assert!(at10 >= 0.92, "sigma 10 m: {at10}");
 }
 
+#[test]
+fn the_noise_a_fleet_shows_is_estimated_from_its_fixes() {
+    let grid = Grid::new(&GridSettings::default(), 21);
+    let hmm = Hmm::new(&grid.lines, HmmSettings::for_sigma(20.0)).expect("builds");
+    // Where carriageways run 15 m apart the estimate is low (a fix is
+    // often nearer the other one), but it tracks the noise.
+    let mut last = 0.0;
+    for sigma in [0.0, 2.0, 5.0, 10.0] {
+        let drives = grid.drive(20, 60, 2000, sigma, 7);
+        let all: Vec<Fix> = drives.iter().flat_map(|s| fixes(s)).collect();
+        let est = hmm.estimate_sigma(&all).expect("fixes near roads");
+        assert!(est <= sigma * 1.1 + 0.5, "sigma {sigma}: estimated {est}");
+        assert!(est >= sigma * 0.6, "sigma {sigma}: estimated {est}");
+        assert!(est > last || sigma == 0.0, "grows with the noise");
+        last = est;
+    }
+    assert_eq!(hmm.estimate_sigma(&[]), None);
+}
+
 fn arb_case() -> impl Strategy<Value = (u64, f64, u64, Vec<(u8, u8)>, u64)> {
     (
         0u64..1000,
