@@ -48,7 +48,8 @@
 //!    takes push batches through an [`ingest::intake::Intake`] of its own.
 //!    [`sink`]: the city sinks, a node's rows delivered to a city's
 //!    systems (NGSI-LD entities of the Smart Data Models to a context
-//!    broker), on [`delivery`] like the push.
+//!    broker), on [`delivery`] like the push. [`observe`]: the node's own
+//!    metrics (a Prometheus exporter), health and readiness over HTTP.
 //! 7. **The node**: [`node`] composes them in a role: an edge recovers its
 //!    log, builds the dataflow with its sinks, hub and (with a central
 //!    sink) pusher, and serves ingest and subscriptions on one listener
@@ -88,6 +89,7 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod observe;
 pub mod output;
 pub mod partial;
 pub mod pipeline;

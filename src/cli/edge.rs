@@ -31,6 +31,9 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         "edgeflow {name}: listening on {} (QUIC, ALPN {alpn} and edgeflow-subscribe/1); Ctrl-C or SIGTERM stops",
         node.addr
     );
+    if let Some(addr) = node.observe_addr {
+        eprintln!("edgeflow {name}: metrics on http://{addr}/metrics (also /health and /ready)");
+    }
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

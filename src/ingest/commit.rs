@@ -62,6 +62,51 @@ pub struct Retention {
     /// More frontiers retention waits for, like `sinks_durable`: a
     /// central sink's delivered frontier.
     pub gates: Vec<Arc<AtomicU64>>,
+    /// What the commit thread counts (no-ops without an exporter).
+    pub metrics: LogMetrics,
+}
+
+/// The commit thread's metrics: handles added to per group, per fsync,
+/// per checkpoint ([`crate::metrics`] names them).
+#[derive(Clone)]
+pub struct LogMetrics {
+    /// Batches appended.
+    pub appends: metrics::Counter,
+    /// Bytes appended.
+    pub bytes: metrics::Counter,
+    /// Seconds per fsync.
+    pub fsync: metrics::Histogram,
+    /// Checkpoints written.
+    pub checkpoints: metrics::Counter,
+    /// Segments deleted.
+    pub deleted: metrics::Counter,
+}
+
+impl Default for LogMetrics {
+    fn default() -> Self {
+        LogMetrics {
+            appends: metrics::Counter::noop(),
+            bytes: metrics::Counter::noop(),
+            fsync: metrics::Histogram::noop(),
+            checkpoints: metrics::Counter::noop(),
+            deleted: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl LogMetrics {
+    /// Handles from the `metrics` recorder in force (call inside a
+    /// node registry's scope).
+    pub fn registered() -> Self {
+        use crate::metrics as M;
+        LogMetrics {
+            appends: metrics::counter!(M::LOG_APPENDS),
+            bytes: metrics::counter!(M::LOG_APPENDED_BYTES),
+            fsync: metrics::histogram!(M::LOG_FSYNC_SECONDS),
+            checkpoints: metrics::counter!(M::LOG_CHECKPOINTS),
+            deleted: metrics::counter!(M::LOG_SEGMENTS_DELETED),
+        }
+    }
 }
 
 impl Retention {
@@ -83,9 +128,11 @@ impl Retention {
             return false;
         }
         self.tracker.checkpointed(&cp);
-        if let Err(e) = log.delete_before(cp.first_seq) {
+        self.metrics.checkpoints.increment(1);
+        match log.delete_before(cp.first_seq) {
+            Ok(n) => self.metrics.deleted.increment(n as u64),
             // The checkpoint stands; the next start deletes them.
-            eprintln!("edgeflow: log retention: {e}");
+            Err(e) => eprintln!("edgeflow: log retention: {e}"),
         }
         true
     }
@@ -301,6 +348,7 @@ impl CommitLoop {
             } else {
                 keep_all_but(&batch.records, &batch.ends, batch.items, &expired)
             };
+            let bytes = records.len() as u64;
             match self.log.append(
                 &batch.sender,
                 batch.sender_seq,
@@ -308,6 +356,8 @@ impl CommitLoop {
                 records.clone(),
             ) {
                 Ok(seq) => {
+                    self.retention.metrics.appends.increment(1);
+                    self.retention.metrics.bytes.increment(bytes);
                     let times = ChunkTimes::new(
                         items.iter().map(|i| (i.device(), i.ts())),
                         clock.max,
@@ -341,7 +391,13 @@ impl CommitLoop {
             }
         }
         if !staged.is_empty() && io_error.is_none() {
-            if let Err(e) = self.log.sync() {
+            let began = Instant::now();
+            let synced = self.log.sync();
+            self.retention
+                .metrics
+                .fsync
+                .record(began.elapsed().as_secs_f64());
+            if let Err(e) = synced {
                 io_error = Some(e);
             }
         }

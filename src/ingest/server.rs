@@ -56,6 +56,73 @@ pub struct IngestCounters {
     /// Log appends or fsyncs that failed (batches answered
     /// `log_unavailable` meanwhile).
     pub log_failures: Arc<AtomicU64>,
+    /// Records taken in: accepted and rejected, batches and datagrams.
+    pub received: AtomicU64,
+    /// Bytes of records in acknowledged batches and datagrams, as sent.
+    pub bytes: AtomicU64,
+    /// Records rejected, by reject code ([`reason_code`]; 0: a datagram
+    /// refused because the intake takes none).
+    pub rejected_by: [AtomicU64; REJECT_CODES],
+    /// QUIC handshakes that failed.
+    pub handshake_failed: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+}
+
+/// Slots of [`IngestCounters::rejected_by`]: every reject code is below.
+pub const REJECT_CODES: usize = 32;
+
+impl IngestCounters {
+    /// Counts a batch's rejections by their codes.
+    pub fn count_rejections(&self, rejections: &[(u32, u8, String)]) {
+        let mut by = [0u64; REJECT_CODES];
+        for r in rejections {
+            by[usize::from(r.1).min(REJECT_CODES - 1)] += 1;
+        }
+        for (slot, n) in self.rejected_by.iter().zip(by) {
+            if n > 0 {
+                slot.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes the counters (inside a node registry's scope).
+    pub fn publish_metrics(&self) {
+        use crate::metrics as M;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter!(M::INGEST_RECEIVED).absolute(get(&self.received));
+        metrics::counter!(M::INGEST_ACCEPTED).absolute(get(&self.accepted) + get(&self.datagrams));
+        metrics::counter!(M::INGEST_BYTES).absolute(get(&self.bytes));
+        metrics::counter!(M::INGEST_BATCHES).absolute(get(&self.batches));
+        metrics::counter!(M::INGEST_RESENDS).absolute(get(&self.duplicates));
+        metrics::counter!(M::INGEST_DATAGRAMS).absolute(get(&self.datagrams));
+        metrics::counter!(M::INGEST_PROTOCOL_ERRORS).absolute(get(&self.protocol_errors));
+        metrics::counter!(M::LOG_FAILURES).absolute(get(&self.log_failures));
+        for (code, slot) in self.rejected_by.iter().enumerate() {
+            let n = get(slot);
+            if n == 0 {
+                continue;
+            }
+            let reason = if code == 0 {
+                "no_datagrams"
+            } else {
+                crate::model::RejectReason::ALL
+                    .iter()
+                    .find(|r| usize::from(reason_code(**r)) == code)
+                    .map_or("other", |r| r.as_str())
+            };
+            metrics::counter!(M::INGEST_REJECTED, "reason" => reason).absolute(n);
+        }
+        for (outcome, n) in [
+            ("accepted", &self.connections),
+            ("refused", &self.refused),
+            ("unauthorized", &self.unauthorized),
+            ("handshake_failed", &self.handshake_failed),
+        ] {
+            metrics::counter!(M::CONNECTIONS, "outcome" => outcome).absolute(get(n));
+        }
+        metrics::gauge!(M::CONNECTIONS_OPEN).set(get(&self.open) as f64);
+    }
 }
 
 /// Everything a connection needs.
@@ -409,6 +476,7 @@ async fn batch(
     };
     let intake = ctx.intake.clone();
     let latest = now_ms().saturating_add(ctx.max_future_ms);
+    let batch_bytes = records.len() as u64;
     let Validated {
         kept,
         ends,
@@ -483,6 +551,12 @@ async fn batch(
             ctx.counters
                 .rejected
                 .fetch_add(rejections.len() as u64, Ordering::Relaxed);
+            ctx.counters.received.fetch_add(
+                u64::from(accepted) + rejections.len() as u64,
+                Ordering::Relaxed,
+            );
+            ctx.counters.bytes.fetch_add(batch_bytes, Ordering::Relaxed);
+            ctx.counters.count_rejections(&rejections);
             let ack = ack(
                 sender_seq,
                 accepted,
@@ -523,8 +597,10 @@ async fn batch(
 }
 
 async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
+    ctx.counters.received.fetch_add(1, Ordering::Relaxed);
     if !ctx.intake.datagrams() {
         ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.rejected_by[0].fetch_add(1, Ordering::Relaxed);
         return;
     }
     let encoding = if datagram.first() == Some(&b'{') {
@@ -534,12 +610,25 @@ async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
     };
     let latest = now_ms().saturating_add(ctx.max_future_ms);
     let Validated {
-        kept, ends, items, ..
+        kept,
+        ends,
+        items,
+        rejections,
+        ..
     } = validate(encoding, &datagram, &ctx.reference, latest);
     if items.len() != 1 {
         ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        match rejections.first() {
+            Some(r) => ctx.counters.count_rejections(std::slice::from_ref(r)),
+            None => ctx.counters.count_rejections(&[(
+                0,
+                reason_code(crate::model::RejectReason::Syntax),
+                String::new(),
+            )]),
+        }
         return;
     }
+    let bytes = datagram.len() as u64;
     // Datagrams are unsequenced (the empty sender: no deduplication), best
     // effort and never acknowledged.
     let batch = Batch {
@@ -553,8 +642,15 @@ async fn single_record(datagram: Bytes, ctx: &IngestContext, _sender: &str) {
     if let Committed::Appended { expired, .. } = ctx.committer.commit(batch).await {
         if expired.is_empty() {
             ctx.counters.datagrams.fetch_add(1, Ordering::Relaxed);
+            ctx.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         } else {
             ctx.counters.expired.fetch_add(1, Ordering::Relaxed);
+            ctx.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            ctx.counters.count_rejections(&[(
+                0,
+                reason_code(crate::model::RejectReason::Expired),
+                String::new(),
+            )]);
         }
     }
 }

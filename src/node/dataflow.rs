@@ -46,6 +46,50 @@ pub struct Feed {
     pub push: Option<UnboundedSender<PushFeed>>,
     /// The city sinks' feeds.
     pub city: crate::sink::Feeds,
+    /// Rows emitted, by status.
+    pub emitted: Arc<Emitted>,
+}
+
+/// Rows the dataflow emitted, by status (counted per batch).
+#[derive(Debug, Default)]
+pub struct Emitted {
+    by_status: [AtomicU64; 4],
+}
+
+impl Emitted {
+    /// Counts a batch of emissions.
+    pub fn count<K, V>(&self, batch: &[crate::dataflow::emit::Emission<K, V>]) {
+        let mut n = [0u64; 4];
+        for e in batch {
+            n[Self::slot(e.status)] += 1;
+        }
+        for (a, n) in self.by_status.iter().zip(n) {
+            if n > 0 {
+                a.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn slot(s: crate::dataflow::emit::Status) -> usize {
+        use crate::dataflow::emit::Status;
+        match s {
+            Status::Provisional => 0,
+            Status::Final => 1,
+            Status::Correction => 2,
+            Status::Retraction => 3,
+        }
+    }
+
+    /// Publishes the counts (inside a node registry's scope).
+    pub fn publish_metrics(&self) {
+        for (status, a) in ["provisional", "final", "correction", "retraction"]
+            .into_iter()
+            .zip(&self.by_status)
+        {
+            metrics::counter!(crate::metrics::ROWS_EMITTED, "status" => status)
+                .absolute(a.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
 }
 
 /// Starts the dataflow thread; it ends when the live input ends, with the
@@ -63,6 +107,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
         recovered_to,
         push,
         city,
+        emitted,
     } = feed;
     let mut table = FinalTable::default();
     for sink in &topology.sinks {
@@ -101,6 +146,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                     ..RunOptions::new(workers)
                 },
                 |batch| {
+                    emitted.count(batch);
                     sink.borrow_mut().apply(batch);
                     if let Some(hub) = &hub_df {
                         hub.publish(batch);

@@ -110,10 +110,15 @@ pub async fn serve(
                 let stop = shutdown.clone();
                 let (subs, sub_tasks) = (subscriptions.clone(), sub_tasks.clone());
                 tasks.spawn(async move {
-                    let Ok(conn) = incoming.await else { return };
+                    let Ok(conn) = incoming.await else {
+                        ctx.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
                     if alpn(&conn).as_deref() != Some(crate::subscribe::proto::ALPN) {
                         ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+                        ctx.counters.open.fetch_add(1, Ordering::Relaxed);
                         crate::ingest::server::connection(conn, &ctx, stop, pending).await;
+                        ctx.counters.open.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
                     match (subs, sub_tasks.lock()) {

@@ -47,6 +47,7 @@ use crate::ingest::intake::{Intake, Telemetry};
 use crate::ingest::server::{IngestContext, IngestCounters};
 use crate::input::Chunk;
 use crate::log::disk::Disk;
+use crate::observe::Registry;
 use crate::push::client::{Feed as PushFeed, PushStatus, Pusher};
 use crate::push::intake::Partials;
 use crate::runtime::RunSummary;
@@ -80,6 +81,9 @@ pub enum EdgeError {
     /// A thread or runtime could not start, or the dataflow failed.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// The observability listener could not start.
+    #[error("{0}")]
+    Observe(#[from] crate::observe::http::HttpError),
 }
 
 /// What a node did, reported when it stops.
@@ -121,17 +125,27 @@ pub struct EdgeHandle {
     pub budget: Budget,
     /// Zone files loaded and handed to the dataflow since the start.
     pub zone_reloads: Arc<AtomicU64>,
+    /// The node's metrics and readiness.
+    pub registry: Arc<Registry>,
+    /// The observability listener's address, when it has one.
+    pub observe_addr: Option<SocketAddr>,
+    observe: Option<crate::observe::http::Server>,
     shutdown: watch::Sender<bool>,
     thread: JoinHandle<Result<EdgeReport, EdgeError>>,
 }
 
 impl EdgeHandle {
-    /// Stops the node gracefully and waits for it.
+    /// Stops the node gracefully and waits for it (`/ready` answers 503
+    /// from the start of it; the listener stops last).
     pub fn shutdown(self) -> Result<EdgeReport, EdgeError> {
+        self.registry.ready.stopping.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
-        self.thread
+        let report = self
+            .thread
             .join()
-            .map_err(|_| EdgeError::Runtime("the node thread panicked".into()))?
+            .map_err(|_| EdgeError::Runtime("the node thread panicked".into()))?;
+        drop(self.observe);
+        report
     }
 }
 
@@ -178,8 +192,16 @@ pub fn start_as(
         .log
         .clone()
         .ok_or_else(|| EdgeError::Topology("the edge role needs a [log] section".into()))?;
+    // The observability listener first: /ready says 503 while the log
+    // is recovered.
+    let registry = Arc::new(Registry::new());
+    let observe = topology
+        .observability
+        .map(|addr| crate::observe::http::serve(addr, registry.clone()))
+        .transpose()?;
     let recovered = recover::open(&topology, &log, disk.clone())?;
     let built = build(role, &topology, &ingest, workers, &recovered.resume)?;
+    registry.ready.dataflow.store(true, Ordering::Release);
     let intake = intake(role, &topology, &built.reference)?;
     let mut tracker = Tracker::new(topology.time, &recovered.resume);
     let replayed = recover::replay(
@@ -192,7 +214,10 @@ pub fn start_as(
         &built.input_watermark,
     )?;
     built.recovered_to.store(replayed.window, Ordering::Release);
+    registry.ready.recovered.store(true, Ordering::Release);
     serve(Serve {
+        registry,
+        observe,
         role,
         topology,
         ingest,
@@ -255,6 +280,8 @@ struct Built {
     recovered_to: Arc<AtomicU64>,
     dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
     input_watermark: Arc<AtomicU64>,
+    emitted: Arc<dataflow::Emitted>,
+    hub_for_metrics: Option<Arc<Hub>>,
 }
 
 /// Starts the node's parts that do not listen: the subscription hub (when
@@ -366,8 +393,10 @@ fn build(
                 .unwrap_or_default(),
         },
     );
+    let emitted = Arc::new(dataflow::Emitted::default());
     let dataflow = match &edges {
         None => dataflow::start(dataflow::Feed {
+            emitted: emitted.clone(),
             city,
             push: push_tx,
             topology: topology.clone(),
@@ -398,6 +427,7 @@ fn build(
         edges,
         sinks,
         reference,
+        hub_for_metrics: hub.clone(),
         hub,
         sub_ctx,
         stopping_tx,
@@ -409,11 +439,14 @@ fn build(
         recovered_to,
         dataflow,
         input_watermark,
+        emitted,
     })
 }
 
 /// Everything [`serve`] takes over.
 struct Serve {
+    registry: Arc<Registry>,
+    observe: Option<crate::observe::http::Server>,
     role: Role,
     topology: Topology,
     ingest: crate::topology::Ingest,
@@ -430,6 +463,8 @@ struct Serve {
 /// once the node listens.
 fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let Serve {
+        registry,
+        observe,
         role,
         topology,
         ingest,
@@ -457,17 +492,20 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         recovered_to: _,
         dataflow,
         input_watermark,
+        emitted,
+        hub_for_metrics,
     } = built;
     let handle_budget = budget.clone();
     let recovery = recovered.recovery;
     let retention = Retention {
+        metrics: registry.scope(crate::ingest::commit::LogMetrics::registered),
         tracker,
         reference: reference.clone(),
         dir: log.dir.clone(),
         sinks_durable,
         settings: recovered.settings,
         disk,
-        watermark: input_watermark,
+        watermark: input_watermark.clone(),
         // Central's log is its state: its tracker follows no records, so
         // it would see every segment as retired.
         deletes: role == Role::Edge,
@@ -482,6 +520,18 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let push_status = push.as_ref().map(|(_, _, s)| s.clone());
     let (report_push, report_edges) = (push_status.clone(), edges.clone());
     let counters = Arc::new(IngestCounters::default());
+    collectors(&Collectors {
+        registry: &registry,
+        counters: &counters,
+        budget: &budget,
+        max_buffered: ingest.limits.max_buffered_bytes,
+        sinks: &sink_status,
+        watermark: &input_watermark,
+        log_dir: &log.dir,
+        emitted: &emitted,
+        hub: &hub_for_metrics,
+        recovered_entries: recovery.entries,
+    });
     let (committer, commit_thread) = Committer::start(
         recovered.writer,
         next,
@@ -498,9 +548,11 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let recovered_entries = recovery.entries;
     let truncated_bytes = recovery.truncated_bytes;
     let skipped_entries = recovery.skipped.iter().map(|s| s.entries).sum();
+    let thread_registry = registry.clone();
     let thread = std::thread::Builder::new()
         .name("edgeflow-edge".into())
         .spawn(move || {
+            let ready = &thread_registry.ready;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -531,6 +583,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                     }
                 };
                 let addr = endpoint.local_addr().unwrap_or(ingest.listen);
+                ready.listening.store(true, Ordering::Release);
                 let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
                 let subs =
                     crate::node::listener::serve(endpoint.clone(), ctx, sub_ctx, shutdown_rx).await;
@@ -568,6 +621,9 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             counters,
             budget: handle_budget,
             zone_reloads,
+            observe_addr: observe.as_ref().map(|o| o.addr),
+            observe,
+            registry,
             shutdown: shutdown_tx,
             thread,
         }),
@@ -580,6 +636,73 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             _ => Err(EdgeError::Runtime("the node stopped while starting".into())),
         },
     }
+}
+
+/// What the node's collectors read.
+struct Collectors<'a> {
+    registry: &'a Arc<Registry>,
+    counters: &'a Arc<IngestCounters>,
+    budget: &'a Budget,
+    max_buffered: usize,
+    sinks: &'a [(String, Arc<SinkStatus>)],
+    watermark: &'a Arc<AtomicU64>,
+    log_dir: &'a std::path::Path,
+    emitted: &'a Arc<dataflow::Emitted>,
+    hub: &'a Option<Arc<Hub>>,
+    recovered_entries: u64,
+}
+
+/// Registers what a scrape publishes: the parts' own counters, read as
+/// they stand (nothing is counted per record for it).
+fn collectors(c: &Collectors) {
+    use crate::metrics as M;
+    let r = c.registry;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let recovered = c.recovered_entries as f64;
+    r.collect(Box::new(move || {
+        metrics::gauge!(M::UP_SINCE).set(started);
+        metrics::gauge!(M::RECOVERED_ENTRIES).set(recovered);
+        crate::observe::process::collect();
+    }));
+    let (counters, budget, max) = (c.counters.clone(), c.budget.clone(), c.max_buffered);
+    r.collect(Box::new(move || {
+        counters.publish_metrics();
+        metrics::gauge!(M::BUFFERED_BYTES).set(max.saturating_sub(budget.available()) as f64);
+    }));
+    let sinks = c.sinks.to_vec();
+    r.collect(Box::new(move || {
+        for (_, s) in &sinks {
+            s.publish_metrics();
+        }
+    }));
+    let (watermark, dir) = (c.watermark.clone(), c.log_dir.to_owned());
+    r.collect(Box::new(move || {
+        let wm = watermark.load(Ordering::Acquire);
+        metrics::gauge!(M::WATERMARK).set(wm as f64);
+        if wm > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            metrics::gauge!(M::WATERMARK_LAG).set(now.saturating_sub(wm) as f64 / 1000.0);
+        }
+        if let Ok(segments) = crate::log::segments(&dir) {
+            let bytes: u64 = (segments.iter())
+                .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            metrics::gauge!(M::LOG_SEGMENTS).set(segments.len() as f64);
+            metrics::gauge!(M::LOG_BYTES).set(bytes as f64);
+        }
+    }));
+    let (emitted, hub) = (c.emitted.clone(), c.hub.clone());
+    r.collect(Box::new(move || {
+        emitted.publish_metrics();
+        if let Some(hub) = &hub {
+            metrics::gauge!(M::SUBSCRIBERS).set(hub.subscribers() as f64);
+        }
+    }));
 }
 
 /// What is left to stop once ingest has stopped serving.

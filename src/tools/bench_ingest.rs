@@ -59,9 +59,14 @@ pub struct IngestBenchArgs {
     /// Compare the edge without and with a central sink (throughput mode).
     #[arg(long)]
     pub central: bool,
-    /// Measured runs of each contender with `--central` (medians reported).
+    /// Measured runs of each contender with `--central` or `--metrics`
+    /// (medians reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Compare the edge without and with its observability listener on,
+    /// scraped every second (throughput mode).
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// The token benchmark edges push to central with.
@@ -377,6 +382,78 @@ fn central_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serd
     }))
 }
 
+/// One `GET path` over HTTP/1.0: the status and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = (out.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        out.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned(),
+    ))
+}
+
+/// `--metrics`: the edge without and with `[observability]`, scraped
+/// every second, interleaved.
+fn metrics_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let scrapes = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let (plain, scraped) = compare(args, dir, args.runs, &mut |_, _| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut bytes) = (0u64, 0usize);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok((200, body)) = http_get(port, "/metrics") {
+                        ok += 1;
+                        bytes = body.len();
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                (ok, bytes)
+            })
+        };
+        let scrapes = scrapes.clone();
+        let check = move || {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (ok, bytes) = scraper
+                .join()
+                .map_err(|_| anyhow::anyhow!("the scraper panicked"))?;
+            anyhow::ensure!(ok > 0, "no scrape of {port} succeeded");
+            scrapes.borrow_mut().push((ok, bytes));
+            Ok(())
+        };
+        Ok((
+            format!("\n[observability]\nlisten = \"{port}\"\n"),
+            Box::new(check) as Box<dyn FnOnce() -> anyhow::Result<()>>,
+        ))
+    })?;
+    let (p, m) = (
+        median(plain.iter().map(|r| r.0)),
+        median(scraped.iter().map(|r| r.0)),
+    );
+    let ratio = |a: f64, b: f64| (a / b.max(1e-9) * 1000.0).round() / 1000.0;
+    Ok(serde_json::json!({
+        "mode": "metrics",
+        "connections": args.connections,
+        "batch_records": args.batch_records,
+        "without_metrics_records_per_s": p.round(),
+        "with_metrics_records_per_s": m.round(),
+        "ratio": ratio(m, p),
+        "cpu_ratio": ratio(median(scraped.iter().map(|r| r.1)), median(plain.iter().map(|r| r.1))),
+        "runs_without": plain.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+        "runs_with": scraped.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+        "scrapes_and_exposition_bytes": *scrapes.borrow(),
+    }))
+}
+
 /// Runs the benchmark; returns the JSON report.
 pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
     let scratch = Scratch::new("bench-ingest")?;
@@ -394,6 +471,8 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<serde_json::Value> {
         )
     } else if args.central {
         central_comparison(args, dir)
+    } else if args.metrics {
+        metrics_comparison(args, dir)
     } else {
         load_once(args, dir, "", reference, &runtime)
     }

@@ -272,6 +272,7 @@ fn edge_cost(
         idle: None,
         topology: args.topology.clone(),
         central: false,
+        metrics: false,
         runs: 1,
     };
     let (plain, with) = super::bench_ingest::compare(&ingest, dir, args.runs, &mut |_, _| {

@@ -630,6 +630,16 @@ impl Topology {
         let sinks = c.sinks(&file.sink);
         let (reference, reference_sha256, zone_file) = c.reference(&file, time.as_ref());
         c.central_needs(&sinks, reference.as_ref());
+        let observability = file.observability.listen.as_deref().and_then(|a| {
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|e| {
+                    c.push(
+                        "observability.listen",
+                        &format!("{a:?} is not an address like 127.0.0.1:9464: {e}"),
+                    )
+                })
+                .ok()
+        });
         match (c.problems.is_empty(), time, reference, straggler_timeout) {
             (true, Some(time), Some(reference), Some(straggler_timeout)) => Ok(Topology {
                 node_id: file.node.id,
@@ -649,6 +659,7 @@ impl Topology {
                 sub_max_lag,
                 edges,
                 straggler_timeout,
+                observability,
             }),
             _ => Err(c.problems),
         }

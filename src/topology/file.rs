@@ -55,6 +55,17 @@ pub struct TopologyFile {
     /// The `central` role's settings.
     #[serde(default)]
     pub central: CentralSection,
+    /// The node's own metrics, health and readiness over HTTP.
+    #[serde(default)]
+    pub observability: ObservabilitySection,
+}
+
+/// `[observability]`.
+#[derive(Debug, Deserialize, Default)]
+pub struct ObservabilitySection {
+    /// Address of the HTTP listener serving `/metrics`, `/health` and
+    /// `/ready` (`"127.0.0.1:9464"`). Default: none.
+    pub listen: Option<String>,
 }
 
 /// `[central]`.

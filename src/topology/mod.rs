@@ -129,6 +129,9 @@ pub struct Topology {
     pub sub_max_lag: Duration,
     /// Edges that may push (the `central` role).
     pub edges: Vec<Fleet>,
+    /// `[observability] listen`: where `/metrics`, `/health` and `/ready`
+    /// are served.
+    pub observability: Option<std::net::SocketAddr>,
     /// `[central] straggler_timeout`.
     pub straggler_timeout: Duration,
 }

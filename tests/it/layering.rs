@@ -22,7 +22,15 @@ const LAYERS: &[&[&str]] = &[
     &["resolve", "input", "pipeline", "dataflow", "output"],
     &["checkpoint", "runtime"],
     &["topology"],
-    &["delivery", "wire", "ingest", "subscribe", "push", "sink"],
+    &[
+        "delivery",
+        "wire",
+        "ingest",
+        "subscribe",
+        "push",
+        "sink",
+        "observe",
+    ],
     &["node"],
     &["tools"],
 ];

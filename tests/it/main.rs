@@ -42,6 +42,7 @@ mod layering;
 mod limits;
 mod mqtt;
 mod ngsi;
+mod observe;
 mod oracle;
 mod postgres;
 mod push;
