@@ -137,16 +137,18 @@ catalog! {
         "When the node started, Unix epoch seconds.";
     READY = "edgeflow_ready", Gauge, [],
         "1 once the log is recovered, the dataflow runs and the listener is bound (what /ready answers 200 to), else 0.";
-    // Replay (`edgeflow replay` publishes these at the end of a run when a
-    // recorder is installed; a node's dataflow counts them too).
+    // The dataflow's own counts (live in a node; `edgeflow replay`
+    // publishes them at the end of a run when a recorder is installed).
     RECORDS_READ = "edgeflow_records_read_total", Counter, [],
-        "Records the dataflow read (replay), all outcomes.";
+        "Records the dataflow read, all outcomes (a node: what the log handed it, its replay at a start included).";
     RECORDS_REJECTED = "edgeflow_records_rejected_total", Counter, ["reason"],
-        "Records the dataflow rejected (replay), by reason.";
+        "Records the dataflow rejected, by reason (a node rejects at ingest: see edgeflow_ingest_records_rejected_total).";
+    RECORDS_LATE = "edgeflow_records_late_total", Counter, [],
+        "Records accepted behind the watermark while their window was still open.";
     RECORDS_CORRECTIONS = "edgeflow_records_corrections_total", Counter, [],
-        "Records accepted after their window was final (each corrects a row).";
+        "Late records accepted after their window was final (each corrects the rows it touches).";
     RECORDS_EXPIRED = "edgeflow_records_expired_total", Counter, [],
-        "Records dropped because their window had retired.";
+        "Late records dropped because their window had retired.";
     RECORDS_UNMATCHED = "edgeflow_records_unmatched_total", Counter, ["reason"],
         "Vehicle reports matched to no segment, by reason (`off_road`, `junction`, `wrong_heading`, `charging`, `unknown_segment`).";
     RECORDS_MAP_MATCHED = "edgeflow_records_map_matched_total", Counter, [],

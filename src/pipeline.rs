@@ -7,6 +7,7 @@
 //! differential one [`SpeedSum`] update per key and batch, plus its mirror
 //! image at the window's retirement time.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -74,6 +75,94 @@ pub struct IngestStats {
     pub energy_capped: u64,
     /// The first errors, as `(line, message)`.
     pub errors: Vec<(u64, String)>,
+}
+
+/// The counts of a running dataflow, over all workers: each worker adds
+/// what it counted since its last chunk (so a node's metrics are live,
+/// and nothing is counted per record for them).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Records read.
+    pub records: AtomicU64,
+    /// Rejected, by [`RejectReason::index`].
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Accepted behind the watermark, window still open.
+    pub late: AtomicU64,
+    /// Accepted after their window was final.
+    pub corrections: AtomicU64,
+    /// Dropped: window retired.
+    pub expired: AtomicU64,
+    /// Placed on a segment by the point matcher.
+    pub map_matched: AtomicU64,
+    /// Counting toward no segment, by [`Unmatched::index`].
+    pub unmatched: [AtomicU64; Unmatched::ALL.len()],
+    /// The HMM's decisions, when it matches (set by the run).
+    pub hmm: std::sync::OnceLock<std::sync::Arc<crate::dataflow::matching::MatchCounts>>,
+}
+
+impl LiveStats {
+    /// Adds what `now` counted beyond `published`, then remembers `now`.
+    pub fn catch_up(&self, now: &IngestStats, published: &mut IngestStats) {
+        let add = |a: &AtomicU64, n: u64, p: u64| {
+            if n > p {
+                a.fetch_add(n - p, Ordering::Relaxed);
+            }
+        };
+        add(&self.records, now.records, published.records);
+        for ((a, n), p) in self
+            .rejected
+            .iter()
+            .zip(now.rejected)
+            .zip(published.rejected)
+        {
+            add(a, n, p);
+        }
+        add(&self.late, now.late, published.late);
+        add(&self.corrections, now.corrections, published.corrections);
+        add(&self.expired, now.expired, published.expired);
+        add(&self.map_matched, now.map_matched, published.map_matched);
+        for ((a, n), p) in self
+            .unmatched
+            .iter()
+            .zip(now.unmatched)
+            .zip(published.unmatched)
+        {
+            add(a, n, p);
+        }
+        published.records = now.records;
+        published.rejected = now.rejected;
+        published.late = now.late;
+        published.corrections = now.corrections;
+        published.expired = now.expired;
+        published.map_matched = now.map_matched;
+        published.unmatched = now.unmatched;
+    }
+
+    /// Publishes the counts (inside a node registry's scope): the
+    /// `edgeflow_records_*` metrics.
+    pub fn publish_metrics(&self) {
+        use crate::metrics as M;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let hmm = self.hmm.get();
+        let net = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        metrics::counter!(M::RECORDS_READ).absolute(get(&self.records));
+        for r in RejectReason::ALL {
+            let n = get(&self.rejected[r.index()]);
+            if n > 0 {
+                metrics::counter!(M::RECORDS_REJECTED, "reason" => r.as_str()).absolute(n);
+            }
+        }
+        metrics::counter!(M::RECORDS_LATE).absolute(get(&self.late));
+        metrics::counter!(M::RECORDS_CORRECTIONS).absolute(get(&self.corrections));
+        metrics::counter!(M::RECORDS_EXPIRED).absolute(get(&self.expired));
+        let matched = get(&self.map_matched) + hmm.map_or(0, |h| net(&h.matched));
+        metrics::counter!(M::RECORDS_MAP_MATCHED).absolute(matched);
+        for why in Unmatched::ALL {
+            let n = get(&self.unmatched[why.index()])
+                + hmm.map_or(0, |h| net(&h.unmatched[why.index()]));
+            metrics::counter!(M::RECORDS_UNMATCHED, "reason" => why.name()).absolute(n);
+        }
+    }
 }
 
 impl IngestStats {

@@ -56,7 +56,7 @@ pub enum RunError {
 }
 
 /// How to run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Worker threads.
     pub workers: usize,
@@ -86,6 +86,8 @@ pub struct RunOptions {
     /// Keep the partials an edge pushes to central and hand them to
     /// [`run_with`]'s `on_partials` ([`crate::dataflow::partials`]).
     pub partials: bool,
+    /// Where the workers add their counts as they go (a node's metrics).
+    pub live: Option<Arc<crate::pipeline::LiveStats>>,
 }
 
 impl RunOptions {
@@ -100,6 +102,7 @@ impl RunOptions {
             flush_records: crate::pipeline::FLUSH_RECORDS,
             measure_state: false,
             partials: false,
+            live: None,
         }
     }
 }
@@ -407,6 +410,7 @@ pub fn run_with(
     let reader = {
         let bytes = bytes.clone();
         let read_error = read_error.clone();
+        let options = options.clone();
         std::thread::Builder::new()
             .name("edgeflow-reader".into())
             .spawn(move || {
@@ -440,6 +444,9 @@ pub fn run_with(
     let counted = limits.clone();
     let matching = crate::dataflow::matching::Matching::of(&reference);
     let matched = matching.as_ref().map(|m| m.counts.clone());
+    if let (Some(live), Some(m)) = (&options.live, &matched) {
+        let _ = live.hmm.set(m.clone());
+    }
     let gauge = Arc::new(crate::dataflow::gauge::StateGauge::default());
     let state = gauge.clone();
     let config = if workers == 1 {
@@ -481,6 +488,7 @@ pub fn run_with(
             None
         };
         let mut stage = Stage::new(&reference, spec, &clock, pacing, provisional);
+        let mut published = crate::pipeline::IngestStats::default();
         stage.flush_records = options.flush_records.max(1);
         stage.freeze(resume.horizon);
         if worker.index() == 0 {
@@ -518,6 +526,9 @@ pub fn run_with(
             }
             if let Some(chunk) = next {
                 stage.process(&chunk, &inputs);
+                if let Some(live) = &options.live {
+                    live.catch_up(&stage.stats, &mut published);
+                }
                 if stage.should_flush() {
                     stage.flush(&mut inputs);
                     worker.step();

@@ -48,6 +48,8 @@ pub struct Feed {
     pub city: crate::sink::Feeds,
     /// Rows emitted, by status.
     pub emitted: Arc<Emitted>,
+    /// The dataflow's counts as it goes.
+    pub live_stats: Arc<crate::pipeline::LiveStats>,
 }
 
 /// Rows the dataflow emitted, by status (counted per batch).
@@ -108,6 +110,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
         push,
         city,
         emitted,
+        live_stats,
     } = feed;
     let mut table = FinalTable::default();
     for sink in &topology.sinks {
@@ -143,6 +146,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                     // (operators, or central through the push).
                     provisional: hub_df.is_some() || push.is_some(),
                     partials: push.is_some(),
+                    live: Some(live_stats),
                     ..RunOptions::new(workers)
                 },
                 |batch| {

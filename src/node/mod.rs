@@ -281,6 +281,7 @@ struct Built {
     dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
     input_watermark: Arc<AtomicU64>,
     emitted: Arc<dataflow::Emitted>,
+    live_stats: Arc<crate::pipeline::LiveStats>,
     hub_for_metrics: Option<Arc<Hub>>,
 }
 
@@ -394,9 +395,11 @@ fn build(
         },
     );
     let emitted = Arc::new(dataflow::Emitted::default());
+    let live_stats = Arc::new(crate::pipeline::LiveStats::default());
     let dataflow = match &edges {
         None => dataflow::start(dataflow::Feed {
             emitted: emitted.clone(),
+            live_stats: live_stats.clone(),
             city,
             push: push_tx,
             topology: topology.clone(),
@@ -440,6 +443,7 @@ fn build(
         dataflow,
         input_watermark,
         emitted,
+        live_stats,
     })
 }
 
@@ -493,6 +497,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         dataflow,
         input_watermark,
         emitted,
+        live_stats,
         hub_for_metrics,
     } = built;
     let handle_budget = budget.clone();
@@ -529,6 +534,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         watermark: &input_watermark,
         log_dir: &log.dir,
         emitted: &emitted,
+        live_stats: &live_stats,
         hub: &hub_for_metrics,
         recovered_entries: recovery.entries,
     });
@@ -648,6 +654,7 @@ struct Collectors<'a> {
     watermark: &'a Arc<AtomicU64>,
     log_dir: &'a std::path::Path,
     emitted: &'a Arc<dataflow::Emitted>,
+    live_stats: &'a Arc<crate::pipeline::LiveStats>,
     hub: &'a Option<Arc<Hub>>,
     recovered_entries: u64,
 }
@@ -696,9 +703,10 @@ fn collectors(c: &Collectors) {
             metrics::gauge!(M::LOG_BYTES).set(bytes as f64);
         }
     }));
-    let (emitted, hub) = (c.emitted.clone(), c.hub.clone());
+    let (emitted, hub, live) = (c.emitted.clone(), c.hub.clone(), c.live_stats.clone());
     r.collect(Box::new(move || {
         emitted.publish_metrics();
+        live.publish_metrics();
         if let Some(hub) = &hub {
             metrics::gauge!(M::SUBSCRIBERS).set(hub.subscribers() as f64);
         }

@@ -82,7 +82,7 @@ fn each_malformed_line_is_rejected_with_line_field_and_reason_and_the_rest_is_pr
             chunk_lines: 64,
             ..RunOptions::new(workers)
         };
-        let (c_mixed, h_mixed, s) = replay(mixed.clone(), &reference, topo.time, options);
+        let (c_mixed, h_mixed, s) = replay(mixed.clone(), &reference, topo.time, options.clone());
         let (c_clean, h_clean, _) = replay(clean.clone(), &reference, topo.time, options);
         assert!(c_mixed == c_clean, "bad lines changed congestion");
         assert!(h_mixed == h_clean, "bad lines changed charging");

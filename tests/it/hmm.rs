@@ -184,7 +184,7 @@ fn reports_out_of_order_end_in_the_same_rows() {
     // 1-4 s late: within the allowed lateness (5 s), on time for the
     // watermark, but out of order for their vehicles.
     let early = delayed(&input, |i| 1_000 + (i * 7919) % 3_000);
-    let (congestion, _, summary) = replay(early, &reference, topo.time, options);
+    let (congestion, _, summary) = replay(early, &reference, topo.time, options.clone());
     assert_eq!(summary.ingest.late + summary.ingest.corrections, 0);
     assert!(
         congestion == in_order,

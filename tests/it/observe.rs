@@ -176,6 +176,26 @@ fn metrics_scraped_during_a_send_count_what_was_sent_by_reason() {
     assert!(value(&m, "edgeflow_process_open_fds{}") > 3.0);
     assert_eq!(value(&m, "edgeflow_ready{}"), 1.0);
 
+    // The dataflow's own counts are live: it reads every record the log
+    // took (soon after the acknowledgements).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = scrape(addr);
+        let read = m
+            .get("edgeflow_records_read_total{}")
+            .copied()
+            .unwrap_or(0.0);
+        if read == accepted {
+            assert!(value(&m, "edgeflow_rows_emitted_total{status=final}") > 0.0);
+            break;
+        }
+        assert!(read < accepted, "the dataflow read {read} of {accepted}");
+        assert!(
+            Instant::now() < deadline,
+            "the dataflow read {read} of {accepted}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // At the stop the dataflow drains: the final rows were emitted, and
     // the files sink holds them.
     let (status, _) = get(addr, "/metrics");
