@@ -113,6 +113,14 @@ catalog! {
     // Subscriptions.
     SUBSCRIBERS = "edgeflow_subscribers", Gauge, [],
         "Subscribers connected now.";
+    SUBSCRIBER_QUEUE_ROWS = "edgeflow_subscriber_queue_rows", Gauge, [],
+        "Rows waiting in all subscribers' queues (after the last publish).";
+    SUBSCRIBER_QUEUE_MAX_ROWS = "edgeflow_subscriber_queue_max_rows", Gauge, [],
+        "The most rows waiting for one subscriber (after the last publish), against `[subscriptions] max_pending`.";
+    SUBSCRIBER_LAGGED_ROWS = "edgeflow_subscriber_lagged_rows_total", Counter, [],
+        "Rows that replaced a row still waiting in a subscriber's queue (the subscriber is sent LAGGED).";
+    SUBSCRIBERS_TOO_SLOW = "edgeflow_subscribers_too_slow_total", Counter, [],
+        "Subscribers cut off as too slow (max_pending rows waiting, or nothing read for max_lag).";
     // City sinks.
     SINK_ROWS = "edgeflow_sink_rows_total", Counter, ["sink", "outcome"],
         "City sink rows, per sink, by outcome: `sent` (resends included), `acknowledged`, `retried`, `dead_lettered`, `superseded` (an older window of an entity not sent), `already_delivered` (in the ledger after a restart, not resent), `dropped` (more than max_backlog waited).";

@@ -708,7 +708,7 @@ fn collectors(c: &Collectors) {
         emitted.publish_metrics();
         live.publish_metrics();
         if let Some(hub) = &hub {
-            metrics::gauge!(M::SUBSCRIBERS).set(hub.subscribers() as f64);
+            hub.counts.publish_metrics(hub.subscribers());
         }
     }));
 }

@@ -74,6 +74,35 @@ pub struct Hub {
     /// emissions carry retirement times, which would make subscribers
     /// forget windows the sinks keep.
     input_watermark: Arc<std::sync::atomic::AtomicU64>,
+    /// What the hub counted (published by the node's metrics).
+    pub counts: HubCounts,
+}
+
+/// What the hub counts, per publish (never per row).
+#[derive(Debug, Default)]
+pub struct HubCounts {
+    /// Rows that replaced one still waiting in a subscriber's queue (the
+    /// subscriber is told it LAGGED).
+    pub coalesced: std::sync::atomic::AtomicU64,
+    /// Subscribers cut off as too slow (`max_pending` or `max_lag`).
+    pub too_slow: std::sync::atomic::AtomicU64,
+    /// Rows waiting in all subscribers' queues, after the last publish.
+    pub waiting: std::sync::atomic::AtomicU64,
+    /// The most rows waiting for one subscriber, after the last publish.
+    pub waiting_max: std::sync::atomic::AtomicU64,
+}
+
+impl HubCounts {
+    /// Publishes the counts (inside a node registry's scope).
+    pub fn publish_metrics(&self, subscribers: usize) {
+        use crate::metrics as M;
+        use std::sync::atomic::Ordering::Relaxed;
+        metrics::gauge!(M::SUBSCRIBERS).set(subscribers as f64);
+        metrics::counter!(M::SUBSCRIBER_LAGGED_ROWS).absolute(self.coalesced.load(Relaxed));
+        metrics::counter!(M::SUBSCRIBERS_TOO_SLOW).absolute(self.too_slow.load(Relaxed));
+        metrics::gauge!(M::SUBSCRIBER_QUEUE_ROWS).set(self.waiting.load(Relaxed) as f64);
+        metrics::gauge!(M::SUBSCRIBER_QUEUE_MAX_ROWS).set(self.waiting_max.load(Relaxed) as f64);
+    }
 }
 
 /// Why a subscription cannot start.
@@ -101,6 +130,7 @@ impl Hub {
                 closed: false,
             }),
             input_watermark: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            counts: HubCounts::default(),
         }
     }
 
@@ -205,6 +235,7 @@ impl Hub {
         let bound = self
             .input_watermark
             .load(std::sync::atomic::Ordering::Acquire);
+        let mut coalesced = 0u64;
         for e in emissions {
             let watermark = e.watermark.min(bound);
             if watermark != u64::MAX {
@@ -258,7 +289,7 @@ impl Hub {
                 } else {
                     continue;
                 };
-                sub.push(e.key, row, self.settings.max_pending);
+                coalesced += u64::from(sub.push(e.key, row, self.settings.max_pending));
             }
             st.rows.insert(e.key, new);
         }
@@ -267,13 +298,27 @@ impl Hub {
         let spec = self.spec;
         st.rows.retain(|k, _| spec.retire_at(k.window) > watermark);
         let progress = self.progress(st.revision, st.watermark, false);
+        let (mut waiting, mut waiting_max) = (0u64, 0u64);
         for sub in &st.subscribers {
             sub.progress(progress);
             sub.check_lag(self.settings.max_lag);
             sub.notify.notify_one();
+            let n = sub.waiting() as u64;
+            waiting += n;
+            waiting_max = waiting_max.max(n);
         }
-        st.subscribers
-            .retain(|s| s.queue.lock().is_ok_and(|q| q.closed.is_none()));
+        let mut too_slow = 0u64;
+        st.subscribers.retain(|s| {
+            let open = s.queue.lock().is_ok_and(|q| q.closed.is_none());
+            too_slow += u64::from(!open && s.too_slow());
+            open
+        });
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counts;
+        c.coalesced.fetch_add(coalesced, Relaxed);
+        c.too_slow.fetch_add(too_slow, Relaxed);
+        c.waiting.store(waiting, Relaxed);
+        c.waiting_max.store(waiting_max, Relaxed);
     }
 
     /// Registers a subscriber: queues the snapshot (every visible row, or
@@ -461,6 +506,9 @@ mod tests {
         ));
         h.publish(&[emission(0, 2, Status::Provisional)]);
         h.publish(&[emission(0, 3, Status::Provisional)]);
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(h.counts.coalesced.load(Relaxed), 1);
+        assert_eq!(h.counts.waiting.load(Relaxed), 1, "one row waits");
         let f = frames(&sub.drain());
         assert!(
             matches!(f[0], SubFrame::Lagged(Lagged { coalesced: 1 })),
@@ -616,6 +664,13 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         h.publish(&[emission(0, 2, Status::Provisional)]);
         assert!(idle.too_slow());
+        // Counted once, as the hub lets the subscriber go.
+        h.publish(&[emission(0, 3, Status::Provisional)]);
+        assert_eq!(
+            h.counts.too_slow.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(h.subscribers(), 0);
     }
 
     #[test]

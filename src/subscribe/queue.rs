@@ -67,18 +67,28 @@ pub struct Drained {
 }
 
 impl Subscriber {
-    pub(super) fn push(&self, key: AggKey, row: Bytes, max_pending: usize) {
-        let Ok(mut q) = self.queue.lock() else { return };
+    /// Queues a row; true when it replaced one still waiting (the
+    /// subscriber will be told it lagged).
+    pub(super) fn push(&self, key: AggKey, row: Bytes, max_pending: usize) -> bool {
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
         if q.closed.is_some() {
-            return;
+            return false;
         }
         if q.pending.is_empty() {
             q.waiting_since = Some(std::time::Instant::now());
         }
-        match q.pending.insert(key, row) {
-            Some(_) => q.coalesced += 1,
-            None => q.order.push_back(key),
-        }
+        let replaced = match q.pending.insert(key, row) {
+            Some(_) => {
+                q.coalesced += 1;
+                true
+            }
+            None => {
+                q.order.push_back(key);
+                false
+            }
+        };
         if q.pending.len() > max_pending.saturating_add(q.snapshot_rows) {
             // No progress marker either: it would vouch for dropped rows.
             q.order.clear();
@@ -91,6 +101,12 @@ impl Subscriber {
             drop(q);
             self.notify.notify_one();
         }
+        replaced
+    }
+
+    /// Rows waiting to be written.
+    pub fn waiting(&self) -> usize {
+        self.queue.lock().map_or(0, |q| q.pending.len())
     }
 
     pub(super) fn progress(&self, p: Progress) {
