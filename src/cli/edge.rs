@@ -18,6 +18,25 @@ pub struct Args {
 /// prints the node's report.
 pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
     let (topo, workers) = args.dataflow.load()?;
+    tracing::info!(
+        "edgeflow {} (revision {}) starting as {}: node {}, topology {}, {} worker(s), {} s windows, {} road segments, {} chargers, {} sink(s), {} fleet(s), {} operator(s), matching {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("EDGEFLOW_GIT_REVISION"),
+        match role {
+            Role::Edge => "edge",
+            Role::Central => "central",
+        },
+        topo.node_id,
+        topo.path.display(),
+        workers,
+        topo.time.size_ms / 1000,
+        topo.reference.roads.len(),
+        topo.reference.chargers.len(),
+        topo.sinks.len(),
+        topo.fleets.len(),
+        topo.operators.len(),
+        if topo.reference.hmm.is_some() { "hmm" } else { "nearest" },
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -27,12 +46,14 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         Role::Edge => ("edge", "edgeflow-ingest/1"),
         Role::Central => ("central", "edgeflow-push/1"),
     };
-    eprintln!(
+    tracing::info!(
         "edgeflow {name}: listening on {} (QUIC, ALPN {alpn} and edgeflow-subscribe/1); Ctrl-C or SIGTERM stops",
         node.addr
     );
     if let Some(addr) = node.observe_addr {
-        eprintln!("edgeflow {name}: metrics on http://{addr}/metrics (also /health and /ready)");
+        tracing::info!(
+            "edgeflow {name}: metrics on http://{addr}/metrics (also /health and /ready)"
+        );
     }
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -42,7 +63,9 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
-    eprintln!("edgeflow {name}: stopping: draining connections, flushing the dataflow and sinks");
+    tracing::info!(
+        "edgeflow {name}: stopping: draining connections, flushing the dataflow and sinks"
+    );
     let report = node.shutdown()?;
     edgeflow::node::print_report(&report);
     Ok(ExitCode::SUCCESS)

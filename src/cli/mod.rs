@@ -22,12 +22,50 @@ use clap::{Parser, Subcommand};
 use edgeflow::tools;
 use edgeflow::topology::Topology;
 
+/// The version and the git revision built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("EDGEFLOW_GIT_REVISION"),
+    ")"
+);
+
 /// edgeflow: edge stream processing of city mobility and energy telemetry.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text` (for a person) or
+    /// `json` (one object per line, for a log shipper). Which lines: the
+    /// `RUST_LOG` filter (`info` unless set; e.g. `edgeflow=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EDGEFLOW_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `2026-12-03T17:58:00.123Z  INFO edgeflow::node: listening ...`
+    Text,
+    /// `{"timestamp":"...","level":"INFO","fields":{"message":"..."},"target":"..."}`
+    Json,
+}
+
+/// Installs the log subscriber: lines on stderr, filtered by `RUST_LOG`.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second subscriber (never here: once per process) would be refused.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Subcommand)]
@@ -98,6 +136,7 @@ enum Command {
 
 /// Runs one command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging(cli.log_format);
     match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Replay(args) => replay::run(args),

@@ -376,7 +376,7 @@ pub async fn send(
             Some(e) if attempt < opts.max_reconnects => {
                 attempt += 1;
                 report.reconnects += 1;
-                eprintln!("edgeflow send: {e:#}; reconnecting");
+                tracing::warn!("send: {e:#}; reconnecting");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;
             }
             Some(e) => return Err(e),

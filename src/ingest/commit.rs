@@ -124,15 +124,21 @@ impl Retention {
         };
         let Some(cp) = proposal else { return true };
         if let Err(e) = cp.store_on(&self.disk, &self.dir) {
-            eprintln!("edgeflow: log retention: cannot write the checkpoint: {e}");
+            tracing::warn!("log retention: cannot write the checkpoint: {e}");
             return false;
         }
         self.tracker.checkpointed(&cp);
         self.metrics.checkpoints.increment(1);
         match log.delete_before(cp.first_seq) {
-            Ok(n) => self.metrics.deleted.increment(n as u64),
+            Ok(n) => {
+                self.metrics.deleted.increment(n as u64);
+                tracing::info!(
+                    "log: checkpoint written (the log starts at entry {}); {n} segment(s) deleted",
+                    cp.first_seq
+                );
+            }
             // The checkpoint stands; the next start deletes them.
-            Err(e) => eprintln!("edgeflow: log retention: {e}"),
+            Err(e) => tracing::warn!("log retention: {e}"),
         }
         true
     }
@@ -268,12 +274,12 @@ impl CommitLoop {
         self.log_failures.fetch_add(1, Ordering::Relaxed);
         let why = e.to_string();
         if self.outage.is_none() {
-            eprintln!("edgeflow: log: {why}: batches are refused as retryable (log_unavailable) until the log can be written again; retrying every {LOG_RETRY:?}");
+            tracing::warn!("log: {why}: batches are refused as retryable (log_unavailable) until the log can be written again; retrying every {LOG_RETRY:?}");
         }
         let rollback_due = match self.log.rollback() {
             Ok(()) => false,
             Err(e) => {
-                eprintln!("edgeflow: log: cannot roll back to the last fsync yet: {e}");
+                tracing::warn!("log: cannot roll back to the last fsync yet: {e}");
                 true
             }
         };
@@ -434,10 +440,7 @@ impl CommitLoop {
             Some(e) => self.fail(e),
             None => {
                 if let Some(o) = self.outage.take() {
-                    eprintln!(
-                        "edgeflow: log: writing again after {} failed attempt(s)",
-                        o.attempts
-                    );
+                    tracing::info!("log: writing again after {} failed attempt(s)", o.attempts);
                 }
             }
         }

@@ -260,6 +260,9 @@ pub async fn connection(
         Some(Ok(Ok((Frame::Hello { token, sender }, _hello_bytes)))) => {
             if let Err(why) = ctx.intake.admit(&token, &sender) {
                 ctx.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                static UNAUTHORIZED: crate::observe::Every =
+                    crate::observe::Every::new(crate::observe::REFUSALS_LOGGED_EVERY);
+                crate::observe::refused(&UNAUTHORIZED, conn.remote_address(), &why);
                 send_error(&mut send, ErrorCode::Unauthorized, &why).await;
                 close(ErrorCode::Unauthorized, &why);
                 return;
@@ -282,6 +285,13 @@ pub async fn connection(
     // Authenticated: from now on it holds one of `max_connections` slots.
     let Some(_slot) = pending.authenticate() else {
         ctx.counters.refused.fetch_add(1, Ordering::Relaxed);
+        static OVERLOADED: crate::observe::Every =
+            crate::observe::Every::new(crate::observe::REFUSALS_LOGGED_EVERY);
+        crate::observe::refused(
+            &OVERLOADED,
+            conn.remote_address(),
+            "over [ingest] max_connections",
+        );
         send_error(
             &mut control,
             ErrorCode::Overloaded,

@@ -348,8 +348,8 @@ fn feed_steps(
             .then(|| crate::push::inbox::read(&chunk.data, reference, window_ms, resolution));
         let (Some(edge), Some(Ok((header, updates)))) = (edge, read) else {
             if edges.skipped.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!(
-                    "edgeflow: central: log entry {} (from {:?}) is no push of a configured edge, or no longer reads under central's settings: skipped (counted)",
+                tracing::warn!(
+                    "central: log entry {} (from {:?}) is no push of a configured edge, or no longer reads under central's settings: skipped (counted)",
                     chunk.seq, chunk.sender
                 );
             }

@@ -121,7 +121,7 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
             .load_csv(dir, &reference, |k| spec.retire_at(k.window) <= horizon)
             .map_err(|e| EdgeError::Runtime(format!("files sink {}: {e}", dir.display())))?;
         for w in warnings {
-            eprintln!("edgeflow: files sink: {w}");
+            tracing::warn!("files sink: {w}");
         }
     }
     std::thread::Builder::new()

@@ -100,8 +100,11 @@ pub async fn serve(
                         }
                         continue;
                     }
-                    Admit::Refuse(_) => {
+                    Admit::Refuse(why) => {
                         ingest.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        static ADMISSION: crate::observe::Every =
+                            crate::observe::Every::new(crate::observe::REFUSALS_LOGGED_EVERY);
+                        crate::observe::refused(&ADMISSION, incoming.remote_address(), &format!("{why:?}"));
                         incoming.refuse();
                         continue;
                     }
@@ -110,9 +113,16 @@ pub async fn serve(
                 let stop = shutdown.clone();
                 let (subs, sub_tasks) = (subscriptions.clone(), sub_tasks.clone());
                 tasks.spawn(async move {
-                    let Ok(conn) = incoming.await else {
-                        ctx.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                        return;
+                    let remote = incoming.remote_address();
+                    let conn = match incoming.await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            ctx.counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                            static HANDSHAKE: crate::observe::Every =
+                                crate::observe::Every::new(crate::observe::REFUSALS_LOGGED_EVERY);
+                            crate::observe::refused(&HANDSHAKE, remote, &format!("handshake failed: {e}"));
+                            return;
+                        }
                     };
                     if alpn(&conn).as_deref() != Some(crate::subscribe::proto::ALPN) {
                         ctx.counters.connections.fetch_add(1, Ordering::Relaxed);

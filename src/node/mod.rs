@@ -199,6 +199,7 @@ pub fn start_as(
         .observability
         .map(|addr| crate::observe::http::serve(addr, registry.clone()))
         .transpose()?;
+    let recovery_started = std::time::Instant::now();
     let recovered = recover::open(&topology, &log, disk.clone())?;
     let built = build(role, &topology, &ingest, workers, &recovered.resume)?;
     registry.ready.dataflow.store(true, Ordering::Release);
@@ -215,6 +216,13 @@ pub fn start_as(
     )?;
     built.recovered_to.store(replayed.window, Ordering::Release);
     registry.ready.recovered.store(true, Ordering::Release);
+    tracing::info!(
+        "log recovered in {:.1} s: {} entries found ({} torn bytes cut, {} entries lost to damage skipped), replayed into the dataflow from the checkpoint on",
+        recovery_started.elapsed().as_secs_f64(),
+        recovered.recovery.entries,
+        recovered.recovery.truncated_bytes,
+        recovered.recovery.skipped.iter().map(|s| s.entries).sum::<u64>(),
+    );
     serve(Serve {
         registry,
         observe,
@@ -794,7 +802,7 @@ pub fn print_report(r: &EdgeReport) {
         None => ("edge", "records"),
         Some(_) => ("central", "updates"),
     };
-    eprintln!(
+    tracing::info!(
         "{role} stopped: {} connections, {} batches acknowledged ({} resends recognised), {} {unit} accepted, {} rejected ({} too late), {} datagrams, {} failed log writes",
         c.connections.load(Ordering::Relaxed),
         c.batches.load(Ordering::Relaxed),
@@ -805,12 +813,12 @@ pub fn print_report(r: &EdgeReport) {
         c.datagrams.load(Ordering::Relaxed),
         c.log_failures.load(Ordering::Relaxed),
     );
-    eprintln!(
+    tracing::info!(
         "  log: {} entries recovered at start ({} torn bytes cut); dataflow: {} records, {} windows final, {} corrections",
         r.recovered_entries, r.truncated_bytes, r.summary.ingest.records, r.summary.emitted.finals, r.summary.emitted.corrections
     );
     if let Some(p) = &r.push {
-        eprintln!(
+        tracing::info!(
             "  central sink: {} batches acknowledged ({} updates, {} refused), {} reconnects, {} windows given up unacknowledged",
             p.batches.load(Ordering::Relaxed),
             p.updates.load(Ordering::Relaxed),
@@ -820,7 +828,7 @@ pub fn print_report(r: &EdgeReport) {
         );
     }
     for (name, s) in &r.sinks {
-        eprintln!(
+        tracing::info!(
             "  sink {name}: {} rows acknowledged in {} requests, {} retried, {} dead-lettered, {} superseded, {} already delivered before a restart, {} windows given up, {} rows dropped (max_backlog)",
             s.acknowledged.load(Ordering::Relaxed),
             s.batches.load(Ordering::Relaxed),
@@ -833,7 +841,7 @@ pub fn print_report(r: &EdgeReport) {
         );
     }
     if let Some(e) = &r.edges {
-        eprintln!(
+        tracing::info!(
             "  edges: {} updates applied, {} unchanged (resent, or a final value equal to the provisional one), {} expired, {} log entries skipped; pushed watermarks: {}",
             e.applied.load(Ordering::Relaxed),
             e.unchanged.load(Ordering::Relaxed),

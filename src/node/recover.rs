@@ -40,8 +40,8 @@ pub fn open(topology: &Topology, log: &Log, disk: Disk) -> Result<Recovered, Edg
     let (mut writer, recovery) =
         LogWriter::open_on(&log.dir, log.segment_bytes, disk, log.on_corruption)?;
     for s in &recovery.skipped {
-        eprintln!(
-            "edgeflow: log: skipped damage at byte {} of {}: {} bytes, {} entries lost ({}), as [log] on_corruption = \"skip\" allows",
+        tracing::warn!(
+            "log: skipped damage at byte {} of {}: {} bytes, {} entries lost ({}), as [log] on_corruption = \"skip\" allows",
             s.offset,
             s.path.display(),
             s.bytes,
@@ -53,12 +53,12 @@ pub fn open(topology: &Topology, log: &Log, disk: Disk) -> Result<Recovered, Edg
     let settings = Settings::of(&topology.time, &topology.reference_sha256);
     if let Some(cp) = &checkpoint {
         if let Some(notice) = cp.check_settings(&log.dir, &settings)? {
-            eprintln!("edgeflow: {notice}");
+            tracing::warn!("{notice}");
         }
     }
     if let Some((path, at)) = &recovery.truncated_at {
-        eprintln!(
-            "edgeflow: log: cut a torn tail of {} bytes at byte {at} of {} (written after the last fsync: never acknowledged)",
+        tracing::warn!(
+            "log: cut a torn tail of {} bytes at byte {at} of {} (written after the last fsync: never acknowledged)",
             recovery.truncated_bytes,
             path.display()
         );

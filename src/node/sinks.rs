@@ -130,7 +130,7 @@ fn write_sinks(
                         None => Ok(()),
                     });
                 if let Err(e) = written {
-                    eprintln!("edgeflow: files sink {}: {e}", dir.display());
+                    tracing::warn!("files sink {}: {e}", dir.display());
                     ok = false;
                 }
             }

@@ -89,8 +89,8 @@ fn watch_zones(
             Ok(zones) => {
                 let next = reference.membership(&zones);
                 let (gone, added) = current.diff(&next);
-                eprintln!(
-                    "edgeflow: zones reloaded from {}: {} zones; {} memberships added, {} removed",
+                tracing::info!(
+                    "zones reloaded from {}: {} zones; {} memberships added, {} removed",
                     path.display(),
                     zones.len(),
                     added.segments.len() + added.chargers.len() + added.cells.len(),
@@ -104,7 +104,7 @@ fn watch_zones(
             }
             Err(problems) => {
                 for p in problems {
-                    eprintln!("edgeflow: zone file not reloaded: {p}");
+                    tracing::warn!("zone file not reloaded: {p}");
                 }
             }
         }

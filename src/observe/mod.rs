@@ -147,3 +147,83 @@ impl Readiness {
 
 /// A registry shared by a node's parts.
 pub type Shared = Arc<Registry>;
+
+/// At most one log line per period for an event that may come in floods
+/// (clients refused): the others are counted and the next line says how
+/// many there were.
+#[derive(Debug)]
+pub struct Every {
+    period: std::time::Duration,
+    last: Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl Every {
+    /// At most one line per `period`.
+    pub const fn new(period: std::time::Duration) -> Self {
+        Every {
+            period,
+            last: Mutex::new(None),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a line may be written now (`n` lines were left out
+    /// since the last one), else `None` (this one is counted).
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.last.lock() else {
+            return None;
+        };
+        if last.is_some_and(|t| now.duration_since(t) < self.period) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// How often a kind of refused client is logged at most.
+pub const REFUSALS_LOGGED_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs a refused client (a bad token, over a limit, a failed handshake)
+/// at most once per [`REFUSALS_LOGGED_EVERY`] per `limiter`.
+pub fn refused(limiter: &Every, from: std::net::SocketAddr, why: &str) {
+    if let Some(more) = limiter.allow() {
+        if more > 0 {
+            tracing::warn!(%from, "client refused: {why} ({more} more refused like it since the last line)");
+        } else {
+            tracing::warn!(%from, "client refused: {why}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_events_makes_one_line_per_period_and_counts_the_rest() {
+        let every = Every::new(std::time::Duration::from_millis(50));
+        assert_eq!(every.allow(), Some(0));
+        for _ in 0..99 {
+            assert_eq!(every.allow(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(every.allow(), Some(99));
+        assert_eq!(every.allow(), None);
+    }
+
+    #[test]
+    fn readiness_needs_all_three_and_no_stop() {
+        let r = Readiness::default();
+        assert_eq!(r.missing(), ["log recovery", "dataflow", "listener"]);
+        for f in [&r.recovered, &r.dataflow, &r.listening] {
+            f.store(true, Ordering::Release);
+        }
+        assert!(r.is_ready());
+        r.stopping.store(true, Ordering::Release);
+        assert_eq!(r.missing(), ["stopping"]);
+    }
+}

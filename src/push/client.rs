@@ -126,7 +126,7 @@ impl Pusher {
         let endpoint = match self.endpoint() {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("edgeflow: central sink: {e:#}; nothing is pushed");
+                tracing::warn!("central sink: {e:#}; nothing is pushed");
                 while feed.recv().await.is_some() {}
                 return;
             }
@@ -173,10 +173,7 @@ impl Pusher {
             };
             self.status.connected.store(true, Ordering::Relaxed);
             if state.outage_said {
-                eprintln!(
-                    "edgeflow: central sink: connected to {} again",
-                    self.sink.to
-                );
+                tracing::info!("central sink: connected to {} again", self.sink.to);
                 state.outage_said = false;
             }
             backoff.reset();
@@ -199,8 +196,8 @@ impl Pusher {
         }
         let (waiting, in_flight) = state.outbox.backlog();
         if waiting + in_flight > 0 {
-            eprintln!(
-                "edgeflow: central sink: stopping with {} partials unacknowledged; the log keeps their windows, so the next start pushes them",
+            tracing::warn!(
+                "central sink: stopping with {} partials unacknowledged; the log keeps their windows, so the next start pushes them",
                 waiting + in_flight
             );
         }
@@ -294,7 +291,7 @@ impl Pusher {
                         .refused
                         .fetch_add(rejections.len() as u64, Ordering::Relaxed);
                     if before == 0 {
-                        eprintln!("edgeflow: central sink: central refused update {i} of batch {seq} (reason {code}): {why}; the rest was applied (refusals are counted)");
+                        tracing::warn!("central sink: central refused update {i} of batch {seq} (reason {code}): {why}; the rest was applied (refusals are counted)");
                     }
                 }
                 self.publish(state);
@@ -332,7 +329,7 @@ impl Pusher {
             self.window_ms,
         );
         if given_up > 0 && !std::mem::replace(&mut state.given_up_said, true) {
-            eprintln!("edgeflow: central sink: central has not acknowledged windows older than max_hold ({:?}): their log segments are no longer kept for it (counted in given_up)", self.sink.max_hold);
+            tracing::warn!("central sink: central has not acknowledged windows older than max_hold ({:?}): their log segments are no longer kept for it (counted in given_up)", self.sink.max_hold);
         }
     }
 
@@ -419,7 +416,7 @@ impl State {
 
     fn say_outage(&mut self, why: &str) {
         if !self.outage_said {
-            eprintln!("edgeflow: central sink: {why}; holding partials and retrying with backoff");
+            tracing::warn!("central sink: {why}; holding partials and retrying with backoff");
             self.outage_said = true;
         }
     }

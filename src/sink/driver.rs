@@ -204,7 +204,7 @@ impl<T: Target> Driver<T> {
     }
 
     fn say(&self, what: &str) {
-        eprintln!("edgeflow: {}: {what}", self.target.what());
+        tracing::warn!("{}: {what}", self.target.what());
     }
 
     /// Runs until the feed ends (the dataflow stopped), then delivers what
@@ -554,7 +554,7 @@ impl<T: Target> Driver<T> {
         s.cap = (s.cap * 2).min(self.settings.max_rows);
         self.status.connected.store(true, Ordering::Relaxed);
         if std::mem::replace(&mut s.outage_said, false) {
-            self.say("the target answers again");
+            tracing::info!("{}: the target answers again", self.target.what());
         }
         s.dropped_said = false;
     }

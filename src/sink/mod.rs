@@ -233,9 +233,9 @@ pub fn start(topology: &Topology, ctx: &SinkContext) -> (Feeds, Vec<SinkTask>) {
         let run = match target {
             Ok(t) => t(ctx.clone(), status.clone(), rx),
             Err(e) => {
-                let said = format!("edgeflow: sink {name}: {e:#}; nothing is delivered");
+                let said = format!("sink {name}: {e:#}; nothing is delivered");
                 Box::pin(async move {
-                    eprintln!("{said}");
+                    tracing::warn!("{said}");
                     let mut rx = rx;
                     while rx.recv().await.is_some() {}
                 }) as Run

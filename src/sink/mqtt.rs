@@ -342,7 +342,7 @@ async fn session(
                         connected = true;
                         backoff.reset();
                         if std::mem::take(&mut said) {
-                            eprintln!("edgeflow: {what}: connected to the broker again");
+                            tracing::info!("{what}: connected to the broker again");
                         }
                     }
                     Some(Learned::Sent(pkid)) => {
@@ -383,7 +383,7 @@ async fn session(
             let _ = tx.send(Err(why.clone()));
         }
         if !std::mem::replace(&mut said, true) {
-            eprintln!("edgeflow: {what}: {why}; retrying with backoff");
+            tracing::warn!("{what}: {why}; retrying with backoff");
         }
         tokio::time::sleep(backoff.next_wait()).await;
     }

@@ -334,7 +334,7 @@ struct Shared {
 
 impl Shared {
     fn say(&self, what: &str) {
-        eprintln!("edgeflow: {}: {what}", self.what);
+        tracing::warn!("{}: {what}", self.what);
     }
 
     /// An idle connection, or a new one.

@@ -877,3 +877,81 @@ fn demo_shows_the_newest_window_and_leaves_the_aggregates_and_a_replayable_log()
         );
     }
 }
+
+/// `--log-format json`: every line the node writes is a JSON object with a
+/// level and a message, one per notable event: the start (version and
+/// settings), recovery, the listener, a refused client (a wrong token),
+/// the stop with its figures.
+#[test]
+fn node_logs_are_json_lines_one_per_notable_event() {
+    const T: Duration = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let certs = dir.join("certs");
+    let (status, _, stderr) = run(T, args!["certs", "--out", certs]);
+    assert!(status.success(), "{stderr}");
+    let topology = dir.join("edge.toml");
+    std::fs::write(&topology, node_topology(dir, &certs)).expect("topology");
+    let mut cmd = edgeflow();
+    cmd.args(["--log-format", "json", "edge", "--topology"])
+        .arg(&topology)
+        .current_dir(dir);
+    let mut node = Proc::spawn("edgeflow edge", cmd);
+    node.wait_until(T, "\"listening on\"", |_, err| err.contains("listening on"));
+    let to = node
+        .stderr()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address")
+        .to_owned();
+    let (status, _, sent) = run(
+        T,
+        args![
+            "send",
+            "--to",
+            to,
+            "--token",
+            "not-the-fleet-token",
+            "--ca",
+            certs.join("ca.pem"),
+            data("sumo-public/telemetry.jsonl")
+        ],
+    );
+    assert!(!status.success(), "a wrong token is refused: {sent}");
+    node.wait_until(T, "the refusal logged", |_, err| {
+        err.contains("client refused")
+    });
+    node.terminate();
+    let (status, _, stderr) = node.finish(T);
+    assert!(status.success(), "{stderr}");
+    let mut messages = Vec::new();
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .expect("a message")
+                .to_owned(),
+        );
+    }
+    for (what, needle) in [
+        ("start", "starting as edge: node cli-edge"),
+        ("recovery", "log recovered in"),
+        ("listener", "listening on"),
+        ("refusal", "client refused"),
+        ("stop", "stopping"),
+        ("figures", "edge stopped: "),
+    ] {
+        assert_eq!(
+            messages.iter().filter(|m| m.contains(needle)).count(),
+            1,
+            "one {what} line: {messages:#?}"
+        );
+    }
+}
