@@ -366,6 +366,33 @@ fn sha256_hex(text: &str) -> String {
 /// `ingest::topology_text`: the Karhula roads and chargers, an ephemeral
 /// loopback port, a fleet, a files sink in `dir/out`, and an operator that
 /// may subscribe to everything (k = 1, so every row can be seen).
+/// Certificates in `dir/certs`, the node topology, and an `edge` process
+/// on it (`global` flags before the subcommand) once it listens: the
+/// process, its address, the certificates' directory.
+fn node_process(dir: &Path, global: &[&str]) -> (Proc, String, std::path::PathBuf) {
+    const T: Duration = Duration::from_secs(60);
+    let certs = dir.join("certs");
+    let (status, _, stderr) = run(T, args!["certs", "--out", certs]);
+    assert!(status.success(), "{stderr}");
+    let topology = dir.join("edge.toml");
+    std::fs::write(&topology, node_topology(dir, &certs)).expect("topology");
+    let mut cmd = edgeflow();
+    cmd.args(global)
+        .args(["edge", "--topology"])
+        .arg(&topology)
+        .current_dir(dir);
+    let mut node = Proc::spawn("edgeflow edge", cmd);
+    node.wait_until(T, "\"listening on\"", |_, err| err.contains("listening on"));
+    let to = node
+        .stderr()
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address")
+        .to_owned();
+    (node, to, certs)
+}
+
 fn node_topology(dir: &Path, certs: &Path) -> String {
     format!(
         "[node]\nid = \"cli-edge\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\n[windows]\n\
@@ -449,26 +476,8 @@ fn a_node_process_serves_send_simulate_and_subscribe_commands_and_stops_on_sigte
     const T: Duration = Duration::from_secs(60);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let certs = dir.join("certs");
-    let (status, _, stderr) = run(T, args!["certs", "--out", certs]);
-    assert!(status.success(), "{stderr}");
+    let (mut node, to, certs) = node_process(dir, &[]);
     let ca = certs.join("ca.pem");
-    let topology = dir.join("edge.toml");
-    std::fs::write(&topology, node_topology(dir, &certs)).expect("topology");
-
-    let mut cmd = edgeflow();
-    cmd.args(["edge", "--topology"])
-        .arg(&topology)
-        .current_dir(dir);
-    let mut node = Proc::spawn("edgeflow edge", cmd);
-    node.wait_until(T, "\"listening on\"", |_, err| err.contains("listening on"));
-    let to = node
-        .stderr()
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the address")
-        .to_owned();
     assert!(to.starts_with("127.0.0.1:") && !to.ends_with(":0"), "{to}");
 
     let subscriber = |format: &str| {
@@ -887,24 +896,7 @@ fn node_logs_are_json_lines_one_per_notable_event() {
     const T: Duration = Duration::from_secs(60);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let certs = dir.join("certs");
-    let (status, _, stderr) = run(T, args!["certs", "--out", certs]);
-    assert!(status.success(), "{stderr}");
-    let topology = dir.join("edge.toml");
-    std::fs::write(&topology, node_topology(dir, &certs)).expect("topology");
-    let mut cmd = edgeflow();
-    cmd.args(["--log-format", "json", "edge", "--topology"])
-        .arg(&topology)
-        .current_dir(dir);
-    let mut node = Proc::spawn("edgeflow edge", cmd);
-    node.wait_until(T, "\"listening on\"", |_, err| err.contains("listening on"));
-    let to = node
-        .stderr()
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the address")
-        .to_owned();
+    let (mut node, to, certs) = node_process(dir, &["--log-format", "json"]);
     let (status, _, sent) = run(
         T,
         args![
