@@ -55,6 +55,10 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
             "edgeflow {name}: metrics on http://{addr}/metrics (also /health and /ready)"
         );
     }
+    edgeflow::observe::notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {} (QUIC)",
+        node.addr
+    ));
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -66,6 +70,7 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
     tracing::info!(
         "edgeflow {name}: stopping: draining connections, flushing the dataflow and sinks"
     );
+    edgeflow::observe::notify::notify("STOPPING=1\nSTATUS=draining");
     let report = node.shutdown()?;
     edgeflow::node::print_report(&report);
     Ok(ExitCode::SUCCESS)

@@ -14,10 +14,12 @@
 //! - [`Readiness`]: the three conditions of `/ready`.
 //! - [`http`]: the listener.
 //! - [`process`]: the process's memory and open files.
+//! - [`notify`]: `sd_notify` readiness for systemd's `Type=notify`.
 //!
 //! The names, types and labels are the catalog of [`crate::metrics`].
 
 pub mod http;
+pub mod notify;
 pub mod process;
 
 use std::sync::atomic::{AtomicBool, Ordering};

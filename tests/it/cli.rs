@@ -370,6 +370,15 @@ fn sha256_hex(text: &str) -> String {
 /// on it (`global` flags before the subcommand) once it listens: the
 /// process, its address, the certificates' directory.
 fn node_process(dir: &Path, global: &[&str]) -> (Proc, String, std::path::PathBuf) {
+    node_process_with(dir, global, |_| {})
+}
+
+/// [`node_process`], with `more` changing the command (its environment).
+fn node_process_with(
+    dir: &Path,
+    global: &[&str],
+    more: impl FnOnce(&mut Command),
+) -> (Proc, String, std::path::PathBuf) {
     const T: Duration = Duration::from_secs(60);
     let certs = dir.join("certs");
     let (status, _, stderr) = run(T, args!["certs", "--out", certs]);
@@ -381,6 +390,7 @@ fn node_process(dir: &Path, global: &[&str]) -> (Proc, String, std::path::PathBu
         .args(["edge", "--topology"])
         .arg(&topology)
         .current_dir(dir);
+    more(&mut cmd);
     let mut node = Proc::spawn("edgeflow edge", cmd);
     node.wait_until(T, "\"listening on\"", |_, err| err.contains("listening on"));
     let to = node
@@ -946,4 +956,33 @@ fn node_logs_are_json_lines_one_per_notable_event() {
             "one {what} line: {messages:#?}"
         );
     }
+}
+
+/// systemd's `Type=notify`: with `NOTIFY_SOCKET` set, the node says
+/// `READY=1` once it listens and `STOPPING=1` when SIGTERM drains it.
+#[test]
+fn a_node_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
+    const T: Duration = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let (mut node, to, _) = node_process_with(tmp.path(), &[], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &socket_path);
+    });
+    let mut buf = [0u8; 512];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification ({e}): {}", node.stderr()));
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains(&to), "the status names the address: {ready}");
+    node.terminate();
+    let n = socket.recv(&mut buf).expect("a notification");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let (status, _, stderr) = node.finish(T);
+    assert!(status.success(), "{stderr}");
 }
