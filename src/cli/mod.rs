@@ -6,6 +6,7 @@
 
 mod certs;
 mod edge;
+mod probe;
 mod replay;
 mod send;
 mod simulate;
@@ -72,6 +73,9 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Check a topology file and its reference data; print every problem.
     Validate(validate::Args),
+    /// GET a node's /health or /ready (a container health check without
+    /// curl): exit 0 on 200, else 1.
+    Probe(probe::Args),
     /// Replay recorded telemetry (JSON Lines, optionally .gz, or an edge
     /// node's log directory) through the dataflow and write congestion.csv
     /// and charging.csv.
@@ -139,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Edge(args) => edge::run(args, edgeflow::node::Role::Edge),
         Command::Central(args) => edge::run(args, edgeflow::node::Role::Central),

@@ -24,6 +24,8 @@ pub fn notify(state: &str) {
         }
     });
     if let Err(e) = sent {
-        tracing::warn!("cannot tell the service manager {state:?} through NOTIFY_SOCKET {path:?}: {e}");
+        tracing::warn!(
+            "cannot tell the service manager {state:?} through NOTIFY_SOCKET {path:?}: {e}"
+        );
     }
 }
