@@ -11,6 +11,7 @@ mod replay;
 mod send;
 mod simulate;
 mod subscribe;
+mod token;
 mod validate;
 
 use std::net::SocketAddr;
@@ -76,6 +77,9 @@ enum Command {
     /// GET a node's /health or /ready (a container health check without
     /// curl): exit 0 on 200, else 1.
     Probe(probe::Args),
+    /// Make a random token for a fleet, an operator or an edge; print it
+    /// and the `token_sha256` line for the node's topology.
+    Token(token::Args),
     /// Replay recorded telemetry (JSON Lines, optionally .gz, or an edge
     /// node's log directory) through the dataflow and write congestion.csv
     /// and charging.csv.
@@ -144,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Token(args) => token::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Edge(args) => edge::run(args, edgeflow::node::Role::Edge),
         Command::Central(args) => edge::run(args, edgeflow::node::Role::Central),
@@ -205,9 +210,14 @@ pub struct Target {
     #[arg(long)]
     to: String,
     /// Bearer token: a fleet's (send, simulate) or an operator's
-    /// (subscribe).
-    #[arg(long)]
-    token: String,
+    /// (subscribe). On the command line it shows in `ps`: prefer
+    /// --token-file or the EDGEFLOW_TOKEN variable.
+    #[arg(long, env = "EDGEFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the token (its first line; `edgeflow token --out`
+    /// writes one).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust (from `edgeflow certs`).
     #[arg(long)]
     ca: PathBuf,
@@ -217,6 +227,25 @@ pub struct Target {
 }
 
 impl Target {
+    /// The token: from --token-file, or --token / EDGEFLOW_TOKEN.
+    fn token(&self) -> anyhow::Result<String> {
+        match (&self.token_file, &self.token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?;
+                let token = text.lines().next().unwrap_or("").trim().to_owned();
+                if token.is_empty() {
+                    bail!("the token file {} is empty", path.display());
+                }
+                Ok(token)
+            }
+            (None, Some(token)) if !token.is_empty() => Ok(token.clone()),
+            _ => bail!(
+                "no token: give it with --token-file FILE or the EDGEFLOW_TOKEN variable (or --token, which shows in ps)"
+            ),
+        }
+    }
+
     /// The node's address and the TLS server name: `--server-name`, or
     /// the host of `--to`.
     fn resolve(&self) -> anyhow::Result<(SocketAddr, String)> {

@@ -51,6 +51,7 @@ enum Format {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     super::check_speed(args.speed)?;
     let (addr, server_name) = args.target.resolve()?;
+    let token = args.target.token()?;
     let encoding = match args.format {
         Format::Jsonl => Encoding::JsonLines,
         Format::Binary => Encoding::Cbor,
@@ -63,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_reconnects: 30,
         pace: args.speed,
         identity: args.cert.zip(args.key),
-        ..SendOptions::new(addr, server_name, args.target.ca, args.target.token)
+        ..SendOptions::new(addr, server_name, args.target.ca.clone(), token)
     };
     let mut report = SendReport::default();
     let batches = client::batches(&args.file, encoding, args.batch_lines, &mut report)?;

@@ -31,6 +31,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let topo = super::load_topology(&args.topology)?;
     let (addr, server_name) = args.target.resolve()?;
+    let token = args.target.token()?;
     let vehicles = args.vehicles;
     let connections = args.connections.clamp(1, vehicles.max(1));
     // Each connection batches its vehicles' reports of one 2 s round.
@@ -40,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sender: "sim".into(),
             batch_lines: per_connection,
             window: 4,
-            ..SendOptions::new(addr, server_name, args.target.ca, args.target.token)
+            ..SendOptions::new(addr, server_name, args.target.ca.clone(), token)
         },
         connections,
         batch_records: per_connection,

@@ -42,7 +42,7 @@ enum SubFormat {
 /// closes (exit 0).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (addr, server_name) = args.target.resolve()?;
-    let mut request = SubscribeOptions::request(&args.target.token, &args.kind);
+    let mut request = SubscribeOptions::request(&args.target.token()?, &args.kind);
     request.filter = filter(args.ids.as_deref(), args.bbox.as_deref())?;
     if args.provisional {
         request.mode = "provisional".into();

@@ -986,3 +986,85 @@ fn a_node_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
     let (status, _, stderr) = node.finish(T);
     assert!(status.success(), "{stderr}");
 }
+
+/// `edgeflow token --out FILE` writes a token only its owner reads and
+/// prints the topology's `token_sha256` line for it; clients take a token
+/// from a file or from EDGEFLOW_TOKEN (never needing it on the command
+/// line), and say how when none is given.
+#[test]
+fn tokens_are_made_by_edgeflow_token_and_read_from_files_or_the_environment() {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    const T: Duration = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let made = dir.join("made.token");
+    let (status, stdout, stderr) = run(T, args!["token", "--out", made]);
+    assert!(status.success(), "{stderr}");
+    let token = std::fs::read_to_string(&made).expect("token file");
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "32 random bytes in hex");
+    let mode = std::fs::metadata(&made).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "token_sha256 = \"{}\"",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        )
+    );
+    let (status, _, stderr) = run(T, args!["token", "--out", made]);
+    assert!(
+        !status.success() && stderr.contains("never replaced"),
+        "{stderr}"
+    );
+
+    // The fleet token from a file, then from the environment.
+    let (mut node, to, certs) = node_process(dir, &[]);
+    let fleet = dir.join("fleet.token");
+    std::fs::write(&fleet, format!("{FLEET_TOKEN}\n")).expect("write");
+    let few = dir.join("few.jsonl");
+    let recording = std::fs::read_to_string(data("sumo-public/telemetry.jsonl")).expect("fixture");
+    std::fs::write(
+        &few,
+        recording.lines().take(50).collect::<Vec<_>>().join("\n"),
+    )
+    .expect("write");
+    let ca = certs.join("ca.pem");
+    let (status, _, sent) = run(
+        T,
+        args![
+            "send",
+            "--to",
+            to,
+            "--token-file",
+            fleet,
+            "--ca",
+            ca,
+            "--sender",
+            "from-file",
+            few
+        ],
+    );
+    assert!(status.success(), "{sent}");
+    assert_eq!(number_before(&sent, "records accepted"), 50, "{sent}");
+    let mut cmd = edgeflow();
+    cmd.args(["send", "--to", &to, "--ca"])
+        .arg(&ca)
+        .args(["--sender", "from-env"])
+        .arg(&few)
+        .env("EDGEFLOW_TOKEN", FLEET_TOKEN);
+    let (status, _, sent) = Proc::spawn("edgeflow send", cmd).finish(T);
+    assert!(status.success(), "{sent}");
+    assert_eq!(number_before(&sent, "records accepted"), 50, "{sent}");
+    // No token at all: refused before connecting, saying how to give one.
+    let (status, _, said) = run(T, args!["send", "--to", to, "--ca", ca, few]);
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("--token-file") && said.contains("EDGEFLOW_TOKEN"),
+        "{said}"
+    );
+    node.terminate();
+    let (status, _, stderr) = node.finish(T);
+    assert!(status.success(), "{stderr}");
+}
