@@ -373,3 +373,37 @@ fn kubectl_builds_the_manifests() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Grafana dashboard of the nodes' metrics is valid JSON whose every
+/// panel queries, through its data-source variable, only metrics the node
+/// exposes.
+#[test]
+fn the_node_dashboard_queries_metrics_the_node_exposes() {
+    let text = std::fs::read_to_string(root("deploy/grafana/edgeflow-node-dashboard.json"))
+        .expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let known: Vec<&str> = edgeflow::metrics::ALL.iter().map(|d| d.name).collect();
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut ids = std::collections::HashSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().expect("id")), "ids are unique");
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("edgeflow_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                let base = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    known.contains(&base),
+                    "{}: {name} is no metric of the node",
+                    p["title"]
+                );
+            }
+        }
+    }
+}
