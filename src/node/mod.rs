@@ -19,11 +19,13 @@
 //! - [`sinks`]: the files sinks.
 //! - [`zones`]: the zone file watcher.
 //! - [`certs`]: development certificates.
+//! - `observe`: what a `/metrics` scrape reads (the collectors).
 
 pub mod central;
 pub mod certs;
 pub mod dataflow;
 pub mod listener;
+mod observe;
 pub mod recover;
 pub mod sinks;
 pub mod zones;
@@ -533,7 +535,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let push_status = push.as_ref().map(|(_, _, s)| s.clone());
     let (report_push, report_edges) = (push_status.clone(), edges.clone());
     let counters = Arc::new(IngestCounters::default());
-    collectors(&Collectors {
+    observe::collectors(&observe::Collectors {
         registry: &registry,
         counters: &counters,
         budget: &budget,
@@ -650,75 +652,6 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             _ => Err(EdgeError::Runtime("the node stopped while starting".into())),
         },
     }
-}
-
-/// What the node's collectors read.
-struct Collectors<'a> {
-    registry: &'a Arc<Registry>,
-    counters: &'a Arc<IngestCounters>,
-    budget: &'a Budget,
-    max_buffered: usize,
-    sinks: &'a [(String, Arc<SinkStatus>)],
-    watermark: &'a Arc<AtomicU64>,
-    log_dir: &'a std::path::Path,
-    emitted: &'a Arc<dataflow::Emitted>,
-    live_stats: &'a Arc<crate::pipeline::LiveStats>,
-    hub: &'a Option<Arc<Hub>>,
-    recovered_entries: u64,
-}
-
-/// Registers what a scrape publishes: the parts' own counters, read as
-/// they stand (nothing is counted per record for it).
-fn collectors(c: &Collectors) {
-    use crate::metrics as M;
-    let r = c.registry;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let recovered = c.recovered_entries as f64;
-    r.collect(Box::new(move || {
-        metrics::gauge!(M::UP_SINCE).set(started);
-        metrics::gauge!(M::RECOVERED_ENTRIES).set(recovered);
-        crate::observe::process::collect();
-    }));
-    let (counters, budget, max) = (c.counters.clone(), c.budget.clone(), c.max_buffered);
-    r.collect(Box::new(move || {
-        counters.publish_metrics();
-        metrics::gauge!(M::BUFFERED_BYTES).set(max.saturating_sub(budget.available()) as f64);
-    }));
-    let sinks = c.sinks.to_vec();
-    r.collect(Box::new(move || {
-        for (_, s) in &sinks {
-            s.publish_metrics();
-        }
-    }));
-    let (watermark, dir) = (c.watermark.clone(), c.log_dir.to_owned());
-    r.collect(Box::new(move || {
-        let wm = watermark.load(Ordering::Acquire);
-        metrics::gauge!(M::WATERMARK).set(wm as f64);
-        if wm > 0 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            metrics::gauge!(M::WATERMARK_LAG).set(now.saturating_sub(wm) as f64 / 1000.0);
-        }
-        if let Ok(segments) = crate::log::segments(&dir) {
-            let bytes: u64 = (segments.iter())
-                .filter_map(|(_, p)| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            metrics::gauge!(M::LOG_SEGMENTS).set(segments.len() as f64);
-            metrics::gauge!(M::LOG_BYTES).set(bytes as f64);
-        }
-    }));
-    let (emitted, hub, live) = (c.emitted.clone(), c.hub.clone(), c.live_stats.clone());
-    r.collect(Box::new(move || {
-        emitted.publish_metrics();
-        live.publish_metrics();
-        if let Some(hub) = &hub {
-            hub.counts.publish_metrics(hub.subscribers());
-        }
-    }));
 }
 
 /// What is left to stop once ingest has stopped serving.
