@@ -143,6 +143,8 @@ catalog! {
         "The process's limit of open file descriptors (soft limit).";
     UP_SINCE = "edgeflow_start_time_seconds", Gauge, [],
         "When the node started, Unix epoch seconds.";
+    RELOADS = "edgeflow_reloads_total", Counter, ["outcome"],
+        "Topology reloads (SIGHUP or the file watch) by outcome: applied, unchanged, invalid (the file fails validation), refused (a setting that cannot change live differs, or the new TLS files do not load).";
     READY = "edgeflow_ready", Gauge, [],
         "1 once the log is recovered, the dataflow runs and the listener is bound (what /ready answers 200 to), else 0.";
     // The dataflow's own counts (live in a node; `edgeflow replay`

@@ -1,5 +1,6 @@
 //! `edgeflow edge` and `edgeflow central`: run a node in its role until
-//! SIGINT or SIGTERM, then drain.
+//! SIGINT or SIGTERM, then drain; reload the topology on SIGHUP or when
+//! its file changes ([`edgeflow::node::reload`]).
 
 use std::process::ExitCode;
 
@@ -12,7 +13,15 @@ pub struct Args {
     // [[edge]] (central) besides what a replay needs.
     #[command(flatten)]
     dataflow: super::Dataflow,
+    /// Do not watch the topology file: reload on SIGHUP only.
+    #[arg(long)]
+    no_watch: bool,
 }
+
+/// How often `edge` and `central` look at their topology file's time of
+/// change; a change is applied once the time has held for one look (an
+/// editor's write is complete).
+pub const TOPOLOGY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Starts the node, waits for a stop signal, shuts down gracefully and
 /// prints the node's report.
@@ -47,7 +56,7 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         Role::Central => ("central", "edgeflow-push/1"),
     };
     tracing::info!(
-        "edgeflow {name}: listening on {} (QUIC, ALPN {alpn} and edgeflow-subscribe/1); Ctrl-C or SIGTERM stops",
+        "edgeflow {name}: listening on {} (QUIC, ALPN {alpn} and edgeflow-subscribe/1); Ctrl-C or SIGTERM stops, SIGHUP reloads the topology",
         node.addr
     );
     if let Some(addr) = node.observe_addr {
@@ -60,10 +69,34 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         node.addr
     ));
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let path = node.reloader.path().to_owned();
+        let modified = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let (mut seen, mut pending) = (modified(), None);
+        let mut poll = tokio::time::interval(TOPOLOGY_POLL);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading {}", path.display());
+                    reload(&node);
+                }
+                _ = poll.tick(), if !args.no_watch => {
+                    let now = modified();
+                    if now == seen {
+                        pending = None;
+                    } else if pending == Some(now) {
+                        seen = now;
+                        tracing::info!("{} changed: reloading it", path.display());
+                        reload(&node);
+                    } else {
+                        pending = Some(now);
+                    }
+                }
+            }
         }
         anyhow::Ok(())
     })?;
@@ -74,4 +107,15 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
     let report = node.shutdown()?;
     edgeflow::node::print_report(&report);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the node's topology (the outcome is logged and counted by the
+/// node; an error changes nothing).
+fn reload(node: &edgeflow::node::EdgeHandle) {
+    edgeflow::observe::notify::notify("STATUS=reloading the topology");
+    let status = match node.reload() {
+        Ok(_) => "STATUS=listening; topology reloaded",
+        Err(_) => "STATUS=listening; the last reload was refused (see the log)",
+    };
+    edgeflow::observe::notify::notify(status);
 }

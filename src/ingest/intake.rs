@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use super::frame::ErrorCode;
 use super::validate::{validate, Validated};
 use crate::log::Encoding;
@@ -28,6 +30,9 @@ pub trait Intake: Send + Sync + 'static {
     ) -> Result<Validated, (ErrorCode, String)>;
     /// Whether unsequenced single-record datagrams are taken.
     fn datagrams(&self) -> bool;
+    /// Takes the tokens of a reloaded topology (connections admitted
+    /// before stay; the next HELLO meets the new tokens).
+    fn reload(&self, topology: &crate::topology::Topology);
 }
 
 /// Devices' telemetry: a fleet's token, records checked one by one
@@ -36,12 +41,19 @@ pub struct Telemetry {
     /// Reference data, to reject unknown chargers before acknowledging.
     pub reference: Arc<Reference>,
     /// SHA-256 of every fleet's token.
-    pub token_hashes: Vec<[u8; 32]>,
+    pub token_hashes: ArcSwap<Vec<[u8; 32]>>,
+}
+
+impl Telemetry {
+    /// The fleets' tokens of `topology`.
+    pub fn token_hashes(topology: &crate::topology::Topology) -> Vec<[u8; 32]> {
+        topology.fleets.iter().map(|f| f.token_sha256).collect()
+    }
 }
 
 impl Intake for Telemetry {
     fn admit(&self, token: &str, _sender: &str) -> Result<(), String> {
-        crate::wire::token::find(self.token_hashes.iter().copied(), token)
+        crate::wire::token::find(self.token_hashes.load().iter().copied(), token)
             .map(|_| ())
             .ok_or_else(|| "unknown token".to_owned())
     }
@@ -63,5 +75,10 @@ impl Intake for Telemetry {
 
     fn datagrams(&self) -> bool {
         true
+    }
+
+    fn reload(&self, topology: &crate::topology::Topology) {
+        self.token_hashes
+            .store(Arc::new(Telemetry::token_hashes(topology)));
     }
 }

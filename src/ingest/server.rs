@@ -21,9 +21,10 @@ use super::validate::{ack, now_ms, validate, Validated};
 use crate::log::Encoding;
 use crate::reference::Reference;
 use crate::topology::Ingest;
-use crate::wire::admission::Unauthenticated;
+use crate::wire::admission::{Admission, Unauthenticated};
 use crate::wire::budget::{Budget, Held};
 use crate::wire::envelope::FrameError;
+use arc_swap::ArcSwap;
 
 /// Largest HELLO frame, bytes.
 pub const MAX_HELLO_BYTES: usize = 1024;
@@ -133,8 +134,11 @@ pub struct IngestContext {
     pub intake: Arc<dyn Intake>,
     /// The log.
     pub committer: Committer,
-    /// The `[ingest]` settings: timeouts and limits.
-    pub settings: Ingest,
+    /// The `[ingest]` settings: timeouts and limits (swapped whole by a
+    /// reload; each use reads the settings in force).
+    pub settings: ArcSwap<Ingest>,
+    /// The node's connection slots (their limits follow a reload).
+    pub admission: Arc<Admission>,
     /// Counters.
     pub counters: Arc<IngestCounters>,
     /// `[windows] max_future`, ms: records further ahead of the wall clock
@@ -162,8 +166,19 @@ impl IngestContext {
             counters,
             max_future_ms,
             budget,
-            settings,
+            admission: Admission::new(admission_limits(&settings)),
+            settings: ArcSwap::from_pointee(settings),
         }
+    }
+}
+
+/// The admission limits of an `[ingest]` section.
+pub fn admission_limits(settings: &Ingest) -> crate::wire::admission::Limits {
+    let l = &settings.limits;
+    crate::wire::admission::Limits {
+        max_connections: l.max_connections,
+        max_unauthenticated: l.max_unauthenticated,
+        max_unauthenticated_per_source: l.max_unauthenticated_per_source,
     }
 }
 
@@ -217,7 +232,7 @@ pub async fn connection(
     };
     // HELLO on the first bidirectional stream, within the deadline; a stop
     // meanwhile is answered too.
-    let deadline = tokio::time::Instant::now() + ctx.settings.hello_timeout;
+    let deadline = tokio::time::Instant::now() + ctx.settings.load().hello_timeout;
     let accepted = tokio::select! {
         r = tokio::time::timeout_at(deadline, conn.accept_bi()) => r,
         _ = shutdown.changed() => {
@@ -309,7 +324,7 @@ pub async fn connection(
         return;
     }
     let rate = Arc::new(Mutex::new(RateLimit::new(
-        ctx.settings.limits.max_records_per_s,
+        ctx.settings.load().limits.max_records_per_s,
     )));
     let turns = Arc::new(Turns::default());
     let mut tickets = 0u64;
@@ -332,7 +347,7 @@ pub async fn connection(
                 // Batches under way get `drain_timeout` to arrive and commit;
                 // one still unread after that is dropped unacknowledged (its
                 // sender resends it), so no client can hold the stop up.
-                let drained = tokio::time::timeout(ctx.settings.drain_timeout, async {
+                let drained = tokio::time::timeout(ctx.settings.load().drain_timeout, async {
                     while batches.join_next().await.is_some() {}
                 })
                 .await;
@@ -447,9 +462,9 @@ async fn batch(
     };
     // The whole batch within `batch_timeout`, its bytes within the
     // node's budget (held until it is answered).
-    let max = ctx.settings.limits.max_frame_bytes;
+    let max = ctx.settings.load().limits.max_frame_bytes;
     let read = tokio::time::timeout(
-        ctx.settings.batch_timeout,
+        ctx.settings.load().batch_timeout,
         read_frame(&ctx.budget, &mut recv, max),
     );
     let (frame, _held) = match read.await {
@@ -463,7 +478,7 @@ async fn batch(
             let code = ErrorCode::BatchTimeout;
             let why = format!(
                 "the batch did not arrive within batch_timeout ({:?}); send it again",
-                ctx.settings.batch_timeout
+                ctx.settings.load().batch_timeout
             );
             send_error(&mut send, fail(code), &why).await;
             let _ = recv.stop(quinn::VarInt::from_u32(code as u32));
@@ -510,7 +525,7 @@ async fn batch(
         .map(|mut r| r.take(valid + rejections.len()))
         .unwrap_or(false);
     if !allowed {
-        let limit = ctx.settings.limits.max_records_per_s;
+        let limit = ctx.settings.load().limits.max_records_per_s;
         let records = valid + rejections.len();
         let (code, why) = if records as u64 > limit {
             // Waiting cannot help: the bucket never holds this many.
@@ -571,7 +586,7 @@ async fn batch(
                 sender_seq,
                 accepted,
                 rejections,
-                ctx.settings.limits.max_frame_bytes,
+                ctx.settings.load().limits.max_frame_bytes,
             )
             .to_bytes();
             let _ = send.write_all(&ack).await;

@@ -15,7 +15,7 @@ use crate::ingest::frame::ErrorCode;
 use crate::ingest::server::IngestContext;
 use crate::subscribe::server::SubContext;
 use crate::topology::Ingest;
-use crate::wire::admission::{self, Admission, Admit};
+use crate::wire::admission::Admit;
 use crate::wire::tls::TlsError;
 
 /// Why the node cannot listen.
@@ -40,6 +40,16 @@ pub enum ListenError {
 /// subscriptions), and the transport limits of docs/PROTOCOL.md "Limits a
 /// client meets".
 pub fn endpoint(settings: &Ingest, intake: &[u8]) -> Result<quinn::Endpoint, ListenError> {
+    let config = server_config(settings, intake)?;
+    quinn::Endpoint::server(config, settings.listen).map_err(|source| ListenError::Bind {
+        addr: settings.listen,
+        source,
+    })
+}
+
+/// The endpoint's TLS and transport settings from `[ingest]` (a reload
+/// puts new ones in force for the connections that arrive after it).
+pub fn server_config(settings: &Ingest, intake: &[u8]) -> Result<quinn::ServerConfig, ListenError> {
     let s = &settings.limits;
     let alpns = [intake, crate::subscribe::proto::ALPN];
     let crypto = crate::wire::tls::server_crypto(
@@ -61,10 +71,7 @@ pub fn endpoint(settings: &Ingest, intake: &[u8]) -> Result<quinn::Endpoint, Lis
         )
         .datagram_receive_buffer_size(Some(64 << 10));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, settings.listen).map_err(|source| ListenError::Bind {
-        addr: settings.listen,
-        source,
-    })
+    Ok(config)
 }
 
 /// Serves until `shutdown` turns true; then stops accepting, lets every
@@ -79,12 +86,7 @@ pub async fn serve(
     subscriptions: Option<Arc<SubContext>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinSet<()> {
-    let limits = &ingest.settings.limits;
-    let admission = Admission::new(admission::Limits {
-        max_connections: limits.max_connections,
-        max_unauthenticated: limits.max_unauthenticated,
-        max_unauthenticated_per_source: limits.max_unauthenticated_per_source,
-    });
+    let admission = ingest.admission.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let sub_tasks = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
     loop {

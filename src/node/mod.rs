@@ -27,6 +27,7 @@ pub mod dataflow;
 pub mod listener;
 mod observe;
 pub mod recover;
+pub mod reload;
 pub mod sinks;
 pub mod zones;
 
@@ -129,6 +130,8 @@ pub struct EdgeHandle {
     pub zone_reloads: Arc<AtomicU64>,
     /// The node's metrics and readiness.
     pub registry: Arc<Registry>,
+    /// Reloads the topology in place ([`reload`]).
+    pub reloader: Arc<reload::Reloader>,
     /// The observability listener's address, when it has one.
     pub observe_addr: Option<SocketAddr>,
     observe: Option<crate::observe::http::Server>,
@@ -137,6 +140,12 @@ pub struct EdgeHandle {
 }
 
 impl EdgeHandle {
+    /// Reads the topology file again and applies what may change in
+    /// place, or changes nothing ([`reload`]).
+    pub fn reload(&self) -> Result<reload::Reloaded, reload::ReloadError> {
+        self.reloader.reload()
+    }
+
     /// Stops the node gracefully and waits for it (`/ready` answers 503
     /// from the start of it; the listener stops last).
     pub fn shutdown(self) -> Result<EdgeReport, EdgeError> {
@@ -255,14 +264,14 @@ fn intake(
         )),
         Role::Edge => Ok(Arc::new(Telemetry {
             reference: reference.clone(),
-            token_hashes: topology.fleets.iter().map(|f| f.token_sha256).collect(),
+            token_hashes: arc_swap::ArcSwap::from_pointee(Telemetry::token_hashes(topology)),
         })),
         Role::Central if topology.edges.is_empty() => Err(EdgeError::Topology(
             "no [[edge]]: no edge could push to this central node".into(),
         )),
         Role::Central => Ok(Arc::new(Partials {
             reference: reference.clone(),
-            edges: topology.edges.clone(),
+            edges: arc_swap::ArcSwap::from_pointee(topology.edges.clone()),
             window_ms: topology.time.size_ms,
         })),
     }
@@ -293,6 +302,10 @@ struct Built {
     emitted: Arc<dataflow::Emitted>,
     live_stats: Arc<crate::pipeline::LiveStats>,
     hub_for_metrics: Option<Arc<Hub>>,
+    /// The city sinks' `min_vehicles`, for reloads.
+    sink_privacy: Arc<AtomicU64>,
+    /// Ticks at each reload, for subscriptions.
+    reloads_tx: watch::Sender<u64>,
 }
 
 /// Starts the node's parts that do not listen: the subscription hub (when
@@ -325,10 +338,12 @@ fn build(
     });
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let budget = Budget::new(ingest.limits.max_buffered_bytes);
+    let (reloads_tx, reloads_rx) = watch::channel(0u64);
     let sub_ctx = hub.as_ref().map(|hub| {
         Arc::new(SubContext {
             hub: hub.clone(),
-            operators,
+            operators: arc_swap::ArcSwap::from_pointee(operators),
+            reloads: reloads_rx,
             reference: reference.clone(),
             request_timeout: ingest.hello_timeout,
             budget: budget.clone(),
@@ -388,6 +403,7 @@ fn build(
         Role::Edge => input_watermark.clone(),
         Role::Central => Arc::new(AtomicU64::new(0)),
     };
+    let sink_privacy = Arc::new(AtomicU64::new(topology.privacy_min_vehicles));
     let (city, sinks) = crate::sink::start(
         topology,
         &SinkContext {
@@ -396,7 +412,7 @@ fn build(
             window_ms: topology.time.size_ms,
             hold_until: recovered_to.clone(),
             input_watermark: sink_watermark.clone(),
-            min_vehicles: topology.privacy_min_vehicles,
+            min_vehicles: sink_privacy.clone(),
             log_dir: topology
                 .log
                 .as_ref()
@@ -454,6 +470,8 @@ fn build(
         input_watermark,
         emitted,
         live_stats,
+        sink_privacy,
+        reloads_tx,
     })
 }
 
@@ -509,6 +527,8 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         emitted,
         live_stats,
         hub_for_metrics,
+        sink_privacy,
+        reloads_tx,
     } = built;
     let handle_budget = budget.clone();
     let recovery = recovered.recovery;
@@ -539,7 +559,6 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         registry: &registry,
         counters: &counters,
         budget: &budget,
-        max_buffered: ingest.limits.max_buffered_bytes,
         sinks: &sink_status,
         watermark: &input_watermark,
         log_dir: &log.dir,
@@ -556,7 +575,29 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         counters.log_failures.clone(),
     )
     .map_err(|e| EdgeError::Runtime(e.to_string()))?;
-    let max_future_ms = topology.time.max_future_ms;
+    let ctx = Arc::new(IngestContext::new(
+        reference,
+        intake,
+        committer,
+        ingest.clone(),
+        counters.clone(),
+        topology.time.max_future_ms,
+        budget,
+    ));
+    let reloader = Arc::new(reload::Reloader::new(
+        &topology,
+        reload::Parts {
+            role,
+            ingest: Arc::downgrade(&ctx),
+            subscriptions: sub_ctx.clone(),
+            hub: hub.clone(),
+            sink_privacy,
+            reloads: reloads_tx,
+        },
+    ));
+    let reload_counts = reloader.counts.clone();
+    registry.collect(Box::new(move || reload_counts.publish_metrics()));
+    let thread_reloader = reloader.clone();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (addr_tx, addr_rx) =
@@ -574,15 +615,6 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 .enable_all()
                 .build()
                 .map_err(|e| EdgeError::Runtime(e.to_string()))?;
-            let ctx = Arc::new(IngestContext::new(
-                reference,
-                intake,
-                committer,
-                ingest.clone(),
-                counters,
-                max_future_ms,
-                budget,
-            ));
             let counters = ctx.counters.clone();
             let push = push.map(|(pusher, feed, _)| runtime.spawn(pusher.run(feed)));
             let sinks: Vec<_> = sinks.into_iter().map(|t| runtime.spawn(t.run)).collect();
@@ -599,6 +631,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                     }
                 };
                 let addr = endpoint.local_addr().unwrap_or(ingest.listen);
+                let _ = thread_reloader.endpoint.set(endpoint.clone());
                 ready.listening.store(true, Ordering::Release);
                 let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
                 let subs =
@@ -637,6 +670,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             counters,
             budget: handle_budget,
             zone_reloads,
+            reloader,
             observe_addr: observe.as_ref().map(|o| o.addr),
             observe,
             registry,

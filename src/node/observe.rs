@@ -16,7 +16,6 @@ pub(super) struct Collectors<'a> {
     pub(super) registry: &'a Arc<Registry>,
     pub(super) counters: &'a Arc<IngestCounters>,
     pub(super) budget: &'a Budget,
-    pub(super) max_buffered: usize,
     pub(super) sinks: &'a [(String, Arc<SinkStatus>)],
     pub(super) watermark: &'a Arc<AtomicU64>,
     pub(super) log_dir: &'a std::path::Path,
@@ -40,10 +39,10 @@ pub(super) fn collectors(c: &Collectors) {
         metrics::gauge!(M::RECOVERED_ENTRIES).set(recovered);
         crate::observe::process::collect();
     }));
-    let (counters, budget, max) = (c.counters.clone(), c.budget.clone(), c.max_buffered);
+    let (counters, budget) = (c.counters.clone(), c.budget.clone());
     r.collect(Box::new(move || {
         counters.publish_metrics();
-        metrics::gauge!(M::BUFFERED_BYTES).set(max.saturating_sub(budget.available()) as f64);
+        metrics::gauge!(M::BUFFERED_BYTES).set(budget.buffered() as f64);
     }));
     let sinks = c.sinks.to_vec();
     r.collect(Box::new(move || {

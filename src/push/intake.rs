@@ -45,16 +45,17 @@ pub fn reason_code(refused: &Refused) -> u8 {
 pub struct Partials {
     /// Central's reference data.
     pub reference: Arc<Reference>,
-    /// The edges that may push, with their token hashes.
-    pub edges: Vec<Fleet>,
+    /// The edges that may push, with their token hashes (swapped by a
+    /// reload).
+    pub edges: arc_swap::ArcSwap<Vec<Fleet>>,
     /// Central's window length, ms.
     pub window_ms: u64,
 }
 
 impl Intake for Partials {
     fn admit(&self, token: &str, sender: &str) -> Result<(), String> {
-        let edge = self
-            .edges
+        let edges = self.edges.load();
+        let edge = edges
             .iter()
             .find(|e| e.name == sender)
             .ok_or_else(|| format!("no [[edge]] is named {sender:?}"))?;
@@ -96,5 +97,9 @@ impl Intake for Partials {
 
     fn datagrams(&self) -> bool {
         false
+    }
+
+    fn reload(&self, topology: &crate::topology::Topology) {
+        self.edges.store(Arc::new(topology.edges.clone()));
     }
 }

@@ -299,6 +299,10 @@ impl<T: Target> Driver<T> {
 
     /// Takes a batch of the dataflow's rows.
     fn take(&self, feed: Feed, s: &mut State) {
+        let k = self
+            .ctx
+            .min_vehicles
+            .load(std::sync::atomic::Ordering::Relaxed);
         for e in feed.rows {
             let retraction = e.status == Status::Retraction;
             if (e.status == Status::Provisional && !self.settings.provisional)
@@ -306,7 +310,7 @@ impl<T: Target> Driver<T> {
             {
                 continue;
             }
-            let Some(value) = crate::aggregate::project(&e.value, self.ctx.min_vehicles) else {
+            let Some(value) = crate::aggregate::project(&e.value, k) else {
                 continue;
             };
             if self.settings.latest_only {

@@ -138,8 +138,9 @@ pub struct SinkContext {
     pub hold_until: Arc<AtomicU64>,
     /// The node's input watermark: a sink never claims more.
     pub input_watermark: Arc<AtomicU64>,
-    /// `privacy.min_vehicles`.
-    pub min_vehicles: u64,
+    /// `privacy.min_vehicles`, as a reload leaves it (rows delivered
+    /// from then on are held to it).
+    pub min_vehicles: Arc<AtomicU64>,
     /// The log directory: a sink keeps its state in `sink-<name>` there
     /// unless told otherwise.
     pub log_dir: PathBuf,

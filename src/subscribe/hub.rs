@@ -53,6 +53,8 @@ struct HubRow {
 }
 
 struct HubState {
+    /// The settings in force (a reload changes them).
+    settings: HubSettings,
     revision: u64,
     watermark: u64,
     rows: BTreeMap<AggKey, HubRow>,
@@ -64,7 +66,6 @@ struct HubState {
 pub struct Hub {
     reference: Arc<Reference>,
     spec: TimeSpec,
-    settings: HubSettings,
     /// This node run: revisions of another epoch mean nothing here.
     pub epoch: u64,
     state: Mutex<HubState>,
@@ -120,9 +121,9 @@ impl Hub {
         Hub {
             reference,
             spec,
-            settings,
             epoch,
             state: Mutex::new(HubState {
+                settings,
                 revision: 0,
                 watermark: 0,
                 rows: BTreeMap::new(),
@@ -231,7 +232,12 @@ impl Hub {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        let st = &mut *st;
+        self.apply(&mut st, emissions);
+    }
+
+    /// [`Hub::publish`] under the state's lock.
+    fn apply(&self, st: &mut HubState, emissions: &[Emission]) {
+        let settings = st.settings;
         let bound = self
             .input_watermark
             .load(std::sync::atomic::Ordering::Acquire);
@@ -246,7 +252,7 @@ impl Hub {
             let value = if retract {
                 None
             } else {
-                crate::aggregate::project(&e.value, self.settings.min_vehicles)
+                crate::aggregate::project(&e.value, settings.min_vehicles)
             };
             let is_final = e.status != Status::Provisional;
             if let Some(old) = &old {
@@ -289,7 +295,7 @@ impl Hub {
                 } else {
                     continue;
                 };
-                coalesced += u64::from(sub.push(e.key, row, self.settings.max_pending));
+                coalesced += u64::from(sub.push(e.key, row, settings.max_pending));
             }
             st.rows.insert(e.key, new);
         }
@@ -301,7 +307,7 @@ impl Hub {
         let (mut waiting, mut waiting_max) = (0u64, 0u64);
         for sub in &st.subscribers {
             sub.progress(progress);
-            sub.check_lag(self.settings.max_lag);
+            sub.check_lag(settings.max_lag);
             sub.notify.notify_one();
             let n = sub.waiting() as u64;
             waiting += n;
@@ -406,6 +412,35 @@ impl Hub {
         }
         sub.notify.notify_one();
         Ok(sub)
+    }
+
+    /// New settings (a reload): rows published from now on are held to
+    /// them; rows already published stay as they were shown.
+    ///
+    /// A raised `min_vehicles` applies at once to every row held: rows now
+    /// under it are retracted from subscribers (projecting a shown value
+    /// again under a higher threshold is exact). A lowered one applies to
+    /// rows published from then on (a withheld value is not kept).
+    pub fn set_settings(&self, settings: HubSettings) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let raised = settings.min_vehicles > st.settings.min_vehicles;
+        st.settings = settings;
+        if raised {
+            let watermark = st.watermark;
+            let again: Vec<Emission> = (st.rows.iter())
+                .filter_map(|(key, row)| {
+                    Some(Emission {
+                        status: row.status,
+                        key: *key,
+                        value: row.value.clone()?,
+                        watermark,
+                    })
+                })
+                .collect();
+            self.apply(&mut st, &again);
+        }
     }
 
     /// Ends every subscription after what is queued (the node stops).

@@ -14,7 +14,7 @@ use super::proto::{Lagged, Progress, SubError, SubFrame};
 use crate::aggregate::{AggKey, Kind};
 
 /// What a subscription asked for, checked against the operator's scopes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Interest {
     /// The aggregate kind.
     pub kind: Kind,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use rustc_hash::FxHashSet;
 
@@ -27,8 +28,12 @@ pub use crate::topology::Operator;
 pub struct SubContext {
     /// The hub.
     pub hub: Arc<Hub>,
-    /// Operators.
-    pub operators: Vec<Operator>,
+    /// Operators (swapped by a reload).
+    pub operators: ArcSwap<Vec<Operator>>,
+    /// Changes at each reload: every subscription checks its request
+    /// against the operators in force again, and ends when it is no longer
+    /// allowed what it has.
+    pub reloads: tokio::sync::watch::Receiver<u64>,
     /// Reference data, to resolve ids.
     pub reference: Arc<Reference>,
     /// How long a client may take to send SUBSCRIBE.
@@ -41,9 +46,10 @@ pub struct SubContext {
 }
 
 impl SubContext {
-    fn operator(&self, token: &str) -> Option<&Operator> {
-        let hashes = self.operators.iter().map(|op| op.token_sha256);
-        crate::wire::token::find(hashes, token).map(|i| &self.operators[i])
+    fn operator(&self, token: &str) -> Option<Operator> {
+        let operators = self.operators.load();
+        let hashes = operators.iter().map(|op| op.token_sha256);
+        crate::wire::token::find(hashes, token).map(|i| operators[i].clone())
     }
 
     /// The key number of an id of `kind`.
@@ -263,12 +269,29 @@ async fn stream(
     // not at the next change.
     let gone = async move { conn.closed().await };
     tokio::pin!(gone);
+    let mut reloads = ctx.reloads.clone();
+    reloads.mark_unchanged();
     loop {
         tokio::select! {
             _ = sub.notify.notified() => {}
             _ = &mut gone => {
                 sub.close(SubError::ShuttingDown, "client gone".into());
                 return;
+            }
+            Ok(()) = reloads.changed() => {
+                // A reload: the subscription goes on only while the
+                // operators in force allow what it has.
+                match ctx.interest(&req) {
+                    Ok(i) if i == sub.interest => {}
+                    Ok(_) => sub.close(
+                        SubError::Forbidden,
+                        "the operator's scopes changed in a configuration reload: subscribe again".into(),
+                    ),
+                    Err(Refused(code, msg)) => {
+                        sub.close(code, format!("{msg} (since a configuration reload)"));
+                    }
+                }
+                continue;
             }
         }
         let drained = sub.drain();

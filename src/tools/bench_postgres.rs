@@ -232,7 +232,7 @@ pub fn run(args: &PostgresBenchArgs) -> anyhow::Result<serde_json::Value> {
         window_ms: WINDOW_MS,
         hold_until: Arc::new(AtomicU64::new(0)),
         input_watermark: Arc::new(AtomicU64::new(u64::MAX)),
-        min_vehicles: 1,
+        min_vehicles: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
         log_dir: std::env::temp_dir(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

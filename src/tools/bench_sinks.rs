@@ -67,7 +67,7 @@ fn context(reference: Arc<crate::reference::Reference>, dir: &Path) -> SinkConte
         window_ms: WINDOW_MS,
         hold_until: Arc::new(AtomicU64::new(0)),
         input_watermark: Arc::new(AtomicU64::new(u64::MAX)),
-        min_vehicles: 1,
+        min_vehicles: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
         log_dir: dir.to_owned(),
     }
 }

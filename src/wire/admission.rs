@@ -29,8 +29,9 @@ pub struct Limits {
     pub max_unauthenticated_per_source: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    limits: Limits,
     unauthenticated: usize,
     per_source: FxHashMap<IpAddr, usize>,
     live: usize,
@@ -39,7 +40,6 @@ struct State {
 /// The node's connection slots.
 #[derive(Debug)]
 pub struct Admission {
-    limits: Limits,
     state: Mutex<State>,
 }
 
@@ -71,9 +71,21 @@ impl Admission {
     /// Empty pools with these limits.
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Admission {
-            limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                limits,
+                unauthenticated: 0,
+                per_source: FxHashMap::default(),
+                live: 0,
+            }),
         })
+    }
+
+    /// New limits (a reload): connections over a lowered limit stay;
+    /// new ones wait until enough have gone.
+    pub fn set_limits(&self, limits: Limits) {
+        if let Ok(mut st) = self.state.lock() {
+            st.limits = limits;
+        }
     }
 
     /// A connection from `source` arrives; `validated` says whether it has
@@ -82,7 +94,7 @@ impl Admission {
         let Ok(mut st) = self.state.lock() else {
             return Admit::Refuse("the node is failing");
         };
-        let l = &self.limits;
+        let l = st.limits;
         if st.unauthenticated >= l.max_unauthenticated {
             return Admit::Refuse("too many connections waiting to authenticate");
         }
@@ -118,7 +130,7 @@ impl Unauthenticated {
     pub fn authenticate(self) -> Option<Live> {
         let admission = self.admission.clone();
         let mut st = admission.state.lock().ok()?;
-        if st.live >= admission.limits.max_connections {
+        if st.live >= st.limits.max_connections {
             return None;
         }
         st.live += 1;

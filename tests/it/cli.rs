@@ -1068,3 +1068,41 @@ fn tokens_are_made_by_edgeflow_token_and_read_from_files_or_the_environment() {
     let (status, _, stderr) = node.finish(T);
     assert!(status.success(), "{stderr}");
 }
+
+/// `edgeflow edge` reloads its topology when the file changes and on
+/// SIGHUP (which used to kill it with exit 129); a file with problems is
+/// refused with the reason and the node serves on.
+#[test]
+fn a_node_reloads_its_topology_on_a_change_and_on_sighup() {
+    const T: Duration = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut node, _, _) = node_process(tmp.path(), &[]);
+    let topology = tmp.path().join("edge.toml");
+    let text = std::fs::read_to_string(&topology).expect("topology");
+    // An edit: the node applies it by itself.
+    let edited = text.replace("min_vehicles = 1", "min_vehicles = 2");
+    assert_ne!(edited, text);
+    std::fs::write(&topology, &edited).expect("edit");
+    node.wait_until(T, "the reload of the edited file", |_, err| {
+        err.contains("reloaded") && err.contains("[privacy] min_vehicles")
+    });
+    // A file with problems, then SIGHUP: refused, and the node serves on.
+    std::fs::write(
+        &topology,
+        edited.replace("[windows]\n", "[windows]\nsize = \"x\"\n"),
+    )
+    .expect("break");
+    let hup = Command::new("kill")
+        .args(["-HUP", &node.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    node.wait_until(T, "the refused reload", |_, err| {
+        err.contains("SIGHUP: reloading")
+            && err.contains("reload refused")
+            && err.contains("windows.size")
+    });
+    node.terminate();
+    let (status, _, stderr) = node.finish(T);
+    assert!(status.success(), "SIGHUP did not stop the node: {stderr}");
+}

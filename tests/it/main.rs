@@ -47,6 +47,7 @@ mod observe;
 mod oracle;
 mod postgres;
 mod push;
+mod reload;
 mod subscribe;
 mod support;
 mod topology;

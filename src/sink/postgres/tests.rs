@@ -262,7 +262,7 @@ fn ctx() -> SinkContext {
         window_ms: 60_000,
         hold_until: Arc::new(AtomicU64::new(0)),
         input_watermark: Arc::new(AtomicU64::new(0)),
-        min_vehicles: 1,
+        min_vehicles: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
         log_dir: std::env::temp_dir(),
     }
 }
