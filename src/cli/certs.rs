@@ -27,19 +27,19 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(name) = &args.client {
         let (cert, key) = edgeflow::node::issue_client_cert(&args.out, name, args.force)?;
-        println!("client certificate: {}", cert.display());
-        println!("client key: {}", key.display());
+        say!("client certificate: {}", cert.display());
+        say!("client key: {}", key.display());
         return Ok(ExitCode::SUCCESS);
     }
     let paths = edgeflow::node::make_certs_in(&args.out, &args.names, args.force)?;
-    println!("CA (give to clients): {}", paths.ca.display());
-    println!(
+    say!("CA (give to clients): {}", paths.ca.display());
+    say!(
         "CA key (keep it safe; issues client certificates): {}",
         paths.ca_key.display()
     );
-    println!("server certificate: {}", paths.cert.display());
-    println!("server key: {}", paths.key.display());
-    println!(
+    say!("server certificate: {}", paths.cert.display());
+    say!("server key: {}", paths.key.display());
+    say!(
         "client certificate: {} (key {})",
         paths.client_cert.display(),
         paths.client_key.display()

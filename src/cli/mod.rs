@@ -4,6 +4,14 @@
 //! [`Target`]. Everything else lives in the library; this is the shell
 //! that maps what a person types to it.
 
+/// `println!` for command output: a reader that went away (`| head`)
+/// ends the process quietly instead of a panic.
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::cli::say(format_args!($($t)*))
+    };
+}
+
 mod certs;
 mod edge;
 mod probe;
@@ -172,7 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// A benchmark's report, one JSON object on stdout.
 fn print_json(report: anyhow::Result<serde_json::Value>) -> anyhow::Result<ExitCode> {
-    println!("{}", report?);
+    say!("{}", report?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -224,9 +232,21 @@ pub struct Target {
     /// TLS server name (default: the host of --to).
     #[arg(long)]
     server_name: Option<String>,
+    /// Client certificate (PEM), for nodes that require mTLS
+    /// (`[ingest] client_ca`).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client key (PEM), with --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 impl Target {
+    /// The client certificate and key, when given.
+    fn identity(&self) -> Option<(PathBuf, PathBuf)> {
+        self.cert.clone().zip(self.key.clone())
+    }
+
     /// The token: from --token-file, or --token / EDGEFLOW_TOKEN.
     fn token(&self) -> anyhow::Result<String> {
         match (&self.token_file, &self.token) {
@@ -298,4 +318,20 @@ fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     std::io::stderr()
         .is_terminal()
         .then(|| indicatif::ProgressBar::new(total))
+}
+
+/// Writes a line to stdout; exits 0 when stdout is closed (a pipe's
+/// reader went away: the output is not wanted).
+pub fn say(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = (out.write_fmt(args))
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("edgeflow: cannot write to stdout: {e}");
+    }
 }

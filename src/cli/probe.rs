@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(text) => {
             let status = text.split_whitespace().nth(1).unwrap_or("?");
             let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).trim();
-            println!("{} {status} {body}", args.url);
+            say!("{} {status} {body}", args.url);
             Ok(if status == "200" {
                 ExitCode::SUCCESS
             } else {
@@ -65,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
         }
         Err(e) => {
-            println!("{}: {e}", args.url);
+            say!("{}: {e}", args.url);
             Ok(ExitCode::from(1))
         }
     }

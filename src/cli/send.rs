@@ -28,12 +28,6 @@ pub struct Args {
     /// the node acknowledges).
     #[arg(long)]
     speed: Option<f64>,
-    /// Client certificate (PEM), for nodes that require mTLS.
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// Client key (PEM), with --cert.
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
     /// The recording.
     file: PathBuf,
 }
@@ -63,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         window: args.window,
         max_reconnects: 30,
         pace: args.speed,
-        identity: args.cert.zip(args.key),
+        identity: args.target.identity(),
         ..SendOptions::new(addr, server_name, args.target.ca.clone(), token)
     };
     let mut report = SendReport::default();

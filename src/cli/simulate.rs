@@ -41,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sender: "sim".into(),
             batch_lines: per_connection,
             window: 4,
+            identity: args.target.identity(),
             ..SendOptions::new(addr, server_name, args.target.ca.clone(), token)
         },
         connections,

@@ -48,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         request.mode = "provisional".into();
     }
     let opts = SubscribeOptions {
+        identity: args.target.identity(),
         to: addr,
         server_name,
         ca: args.target.ca,

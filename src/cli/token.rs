@@ -48,8 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("token written to {} (mode 0600)", path.display());
         }
-        None => println!("{token}"),
+        None => say!("{token}"),
     }
-    println!("token_sha256 = \"{sha}\"");
+    say!("token_sha256 = \"{sha}\"");
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ pub struct Args {
 pub fn run(Args { topology }: Args) -> anyhow::Result<ExitCode> {
     match Topology::load(&topology) {
         Ok(t) => {
-            println!(
+            say!(
                 "{}: valid: node {}, {} road segments, {} chargers, {} s windows, {} worker(s)",
                 topology.display(),
                 t.node_id,
@@ -27,7 +27,7 @@ pub fn run(Args { topology }: Args) -> anyhow::Result<ExitCode> {
                 t.workers
             );
             if let Some(hmm) = &t.reference.hmm {
-                println!(
+                say!(
                     "  matching: hmm (sigma {} m, lag {} ms): road graph of {} nodes and {} edges, route table {} pairs, {:.1} MB; candidate index {:.1} MB",
                     hmm.settings().sigma_m,
                     hmm.settings().lag_ms,
@@ -42,9 +42,9 @@ pub fn run(Args { topology }: Args) -> anyhow::Result<ExitCode> {
         }
         Err(problems) => {
             for p in &problems {
-                println!("{p}");
+                say!("{p}");
             }
-            println!("{}: {} problem(s)", topology.display(), problems.len());
+            say!("{}: {} problem(s)", topology.display(), problems.len());
             Ok(ExitCode::from(1))
         }
     }

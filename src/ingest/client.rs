@@ -162,10 +162,26 @@ pub async fn connect(
     endpoint: &quinn::Endpoint,
     opts: &SendOptions,
 ) -> anyhow::Result<(quinn::Connection, quinn::SendStream, u64)> {
-    let conn = endpoint
-        .connect(opts.to, &opts.server_name)?
-        .await
-        .context("QUIC handshake")?;
+    let peer = crate::wire::connect::Peer {
+        to: opts.to,
+        server_name: opts.server_name.clone(),
+        ca: opts.ca.clone(),
+        identity: opts.identity.is_some(),
+    };
+    let conn = crate::wire::connect::connect(endpoint, &peer).await?;
+    match hello(&conn, opts).await {
+        Ok((send, next)) => Ok((conn, send, next)),
+        // A node refusing the client certificate does so now (TLS 1.3).
+        Err(e) => Err(crate::wire::connect::refused(&conn, &peer).map_or(e, Into::into)),
+    }
+}
+
+/// Says HELLO on a new connection: the control stream and the first batch
+/// number the node lacks.
+async fn hello(
+    conn: &quinn::Connection,
+    opts: &SendOptions,
+) -> anyhow::Result<(quinn::SendStream, u64)> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(
         &Frame::Hello {
@@ -179,7 +195,7 @@ pub async fn connect(
         .await
         .context("no answer to HELLO")?;
     match Frame::parse(kind, payload)? {
-        Frame::Welcome { next_sender_seq } => Ok((conn, send, next_sender_seq)),
+        Frame::Welcome { next_sender_seq } => Ok((send, next_sender_seq)),
         Frame::Error { code, message } => bail!("node refused: error {code}: {message}"),
         other => bail!("unexpected answer to HELLO: {other:?}"),
     }
@@ -194,6 +210,15 @@ fn records_in(encoding: Encoding, batch: &Bytes) -> u64 {
             .count() as u64,
         Encoding::Cbor => crate::codec::cbor_items(batch).count() as u64,
         Encoding::Partials => 0,
+    }
+}
+
+/// Whether a failed connect is worth another try: not a refusal by the
+/// node, not a TLS failure, and not a node that never answered this run.
+fn retryable(e: &anyhow::Error, connected: bool) -> bool {
+    match e.downcast_ref::<crate::wire::connect::ConnectError>() {
+        Some(c) => connected && c.retryable(),
+        None => !e.to_string().contains("refused"),
     }
 }
 
@@ -261,10 +286,16 @@ pub async fn send(
     let mut attempt = 0u32;
     // Batches below this were sent at least once by this run.
     let mut sent_until = 0u64;
+    // Whether a connection of this run got through: until one has, a
+    // node that does not answer is an error to report, not to wait out.
+    let mut connected = false;
     loop {
         let (conn, _control, next) = match connect(&endpoint, opts).await {
-            Ok(c) => c,
-            Err(e) if attempt < opts.max_reconnects && !e.to_string().contains("refused") => {
+            Ok(c) => {
+                connected = true;
+                c
+            }
+            Err(e) if attempt < opts.max_reconnects && retryable(&e, connected) => {
                 attempt += 1;
                 report.reconnects += 1;
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(10)))).await;

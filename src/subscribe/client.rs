@@ -24,6 +24,8 @@ pub struct SubscribeOptions {
     pub server_name: String,
     /// CA certificate (PEM).
     pub ca: PathBuf,
+    /// Client certificate and key (PEM), for nodes that require mTLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
     /// The request.
     pub request: Subscribe,
 }
@@ -129,15 +131,24 @@ pub async fn subscribe_raw(
 ) -> anyhow::Result<Option<String>> {
     let mut endpoint = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
         .or_else(|_| quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into()))?;
-    endpoint.set_default_client_config(crate::wire::tls::client_config(&opts.ca, None, ALPN)?);
-    let conn = endpoint
-        .connect(opts.to, &opts.server_name)?
-        .await
-        .context("QUIC handshake")?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    endpoint.set_default_client_config(crate::wire::tls::client_config(
+        &opts.ca,
+        opts.identity.as_ref(),
+        ALPN,
+    )?);
+    let peer = crate::wire::connect::Peer {
+        to: opts.to,
+        server_name: opts.server_name.clone(),
+        ca: opts.ca.clone(),
+        identity: opts.identity.is_some(),
+    };
+    let conn = crate::wire::connect::connect(&endpoint, &peer).await?;
+    // A node refusing the client certificate does so now (TLS 1.3).
+    let tls = |e: anyhow::Error| crate::wire::connect::refused(&conn, &peer).map_or(e, Into::into);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| tls(e.into()))?;
     let mut buf = BytesMut::new();
     SubFrame::Subscribe(opts.request.clone()).encode(&mut buf);
-    send.write_all(&buf).await?;
+    send.write_all(&buf).await.map_err(|e| tls(e.into()))?;
     buf.clear();
     let mut ended = None;
     let mut chunk = vec![0u8; 64 << 10];
@@ -151,7 +162,10 @@ pub async fn subscribe_raw(
             Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
             Ok(None) => break,
             Err(e) => {
-                ended = Some(format!("stream ended: {e}"));
+                ended = Some(match crate::wire::connect::refused(&conn, &peer) {
+                    Some(tls) => tls.to_string(),
+                    None => format!("stream ended: {e}"),
+                });
                 break;
             }
         }
@@ -178,6 +192,14 @@ pub fn filter(ids: Option<&str>, bbox: Option<&str>) -> anyhow::Result<Option<Fi
             let [a, b, c, d] = v[..] else {
                 anyhow::bail!("--bbox: four numbers: min_lon,min_lat,max_lon,max_lat");
             };
+            if [a, c].iter().any(|lon| lon.abs() > 180.0)
+                || [b, d].iter().any(|lat| lat.abs() > 90.0)
+            {
+                anyhow::bail!("--bbox {a},{b},{c},{d}: longitudes within ±180 and latitudes within ±90, in the order min_lon,min_lat,max_lon,max_lat (latitude first is a common slip)");
+            }
+            if a > c || b > d {
+                anyhow::bail!("--bbox {a},{b},{c},{d}: a minimum exceeds its maximum (swapped corners?): the order is min_lon,min_lat,max_lon,max_lat, e.g. --bbox {},{},{},{}", a.min(c), b.min(d), a.max(c), b.max(d));
+            }
             Ok(Some(Filter {
                 ids: None,
                 bbox: Some([a, b, c, d]),

@@ -287,6 +287,7 @@ fn end_to_end_once(args: &PushBenchArgs) -> anyhow::Result<(Vec<f64>, usize)> {
             bbox: None,
         });
         let opts = SubscribeOptions {
+            identity: None,
             to: central_addr,
             server_name: "localhost".into(),
             ca: central_ca.clone(),

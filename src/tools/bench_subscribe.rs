@@ -141,6 +141,7 @@ fn phase(
         let mut request = SubscribeOptions::request(OPERATOR, "congestion");
         request.mode = "provisional".into();
         let opts = SubscribeOptions {
+            identity: None,
             to: addr,
             server_name: "localhost".into(),
             ca: ca.clone(),

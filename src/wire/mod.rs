@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod budget;
+pub mod connect;
 pub mod envelope;
 pub mod tls;
 pub mod token;

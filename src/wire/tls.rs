@@ -41,7 +41,12 @@ fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>
         .collect::<Result<_, _>>()
         .map_err(|e| pem(e.to_string()))?;
     if certs.is_empty() {
-        return Err(pem("no certificate in it".into()));
+        let holds_key = std::fs::read_to_string(path).is_ok_and(|t| t.contains("PRIVATE KEY-----"));
+        return Err(pem(if holds_key {
+            format!("it holds a private key, not a certificate: pass the {what} there (a .pem from `edgeflow certs`; keys go to --key)")
+        } else {
+            "no certificate in it (PEM, `-----BEGIN CERTIFICATE-----`)".into()
+        }));
     }
     Ok(certs)
 }
@@ -50,7 +55,11 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
         what: "private key",
         path: path.to_owned(),
-        why: e.to_string(),
+        why: if std::fs::read_to_string(path).is_ok_and(|t| t.contains("BEGIN CERTIFICATE")) {
+            "it holds a certificate, not a private key: pass the key file there (server.key or client.key from `edgeflow certs`)".into()
+        } else {
+            e.to_string()
+        },
     })
 }
 

@@ -1106,3 +1106,91 @@ fn a_node_reloads_its_topology_on_a_change_and_on_sighup() {
     let (status, _, stderr) = node.finish(T);
     assert!(status.success(), "SIGHUP did not stop the node: {stderr}");
 }
+
+/// Clients fail fast and say how to fix it: a CA that did not sign the
+/// node's certificate, a name the certificate does not hold, a key passed
+/// as the CA, and a port nobody answers on each end the command within
+/// seconds (not after a minute of retries), exit 2, with the fix.
+#[test]
+fn clients_fail_fast_with_the_fix_for_tls_and_unreachable_nodes() {
+    const T: Duration = Duration::from_secs(30);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut node, to, certs) = node_process(tmp.path(), &[]);
+    let other = tmp.path().join("other-certs");
+    let (status, _, stderr) = run(T, args!["certs", "--out", other]);
+    assert!(status.success(), "{stderr}");
+    let file = tmp.path().join("few.jsonl");
+    std::fs::write(&file, "").expect("file");
+    let unanswered = format!("127.0.0.1:{}", crate::support::free_port());
+    let token = "x".to_owned();
+    let cases: [(&str, Vec<std::ffi::OsString>, &str); 5] = [
+        (
+            "another CA",
+            vec!["--ca".into(), other.join("ca.pem").into()],
+            "not signed by the CA in --ca",
+        ),
+        (
+            "a name mismatch",
+            vec![
+                "--ca".into(),
+                certs.join("ca.pem").into(),
+                "--server-name".into(),
+                "elsewhere.example".into(),
+            ],
+            "does not hold the name \"elsewhere.example\"",
+        ),
+        (
+            "a key as the CA",
+            vec!["--ca".into(), certs.join("server.key").into()],
+            "holds a private key, not a certificate",
+        ),
+        (
+            "a certificate as the key",
+            vec![
+                "--ca".into(),
+                certs.join("ca.pem").into(),
+                "--cert".into(),
+                certs.join("client.pem").into(),
+                "--key".into(),
+                certs.join("client.pem").into(),
+            ],
+            "holds a certificate, not a private key",
+        ),
+        (
+            "nobody on the port",
+            vec!["--ca".into(), certs.join("ca.pem").into()],
+            "no answer from",
+        ),
+    ];
+    for (what, extra, hint) in cases {
+        let target = if what == "nobody on the port" {
+            &unanswered
+        } else {
+            &to
+        };
+        let mut cmd: Vec<std::ffi::OsString> = vec![
+            "send".into(),
+            "--to".into(),
+            target.into(),
+            "--token".into(),
+            token.clone().into(),
+        ];
+        cmd.extend(extra);
+        cmd.push(file.clone().into());
+        let started = std::time::Instant::now();
+        let args: Vec<&std::ffi::OsStr> = cmd.iter().map(|a| a.as_os_str()).collect();
+        let (status, _, stderr) = run(T, &args);
+        let took = started.elapsed();
+        assert_eq!(status.code(), Some(2), "{what}: {stderr}");
+        assert!(stderr.contains(hint), "{what}: {hint:?} in {stderr}");
+        assert!(took < Duration::from_secs(12), "{what} took {took:?}");
+        assert_eq!(
+            stderr.matches("error").count(),
+            1,
+            "{what}: said once: {stderr}"
+        );
+    }
+    node.terminate();
+    let (status, _, stderr) = node.finish(T);
+    assert!(status.success(), "{stderr}");
+}

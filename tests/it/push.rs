@@ -487,6 +487,7 @@ impl Watcher {
                 let mut request = SubscribeOptions::request(OPERATOR_TOKEN, "congestion");
                 request.mode = "provisional".into();
                 let opts = SubscribeOptions {
+                    identity: None,
                     to,
                     server_name: "localhost".into(),
                     ca: ca.clone(),

@@ -45,6 +45,7 @@ pub(crate) fn node_with(ingest: &str, extra: &str) -> Node {
 
 pub(crate) fn options(node: &Node, request: Subscribe) -> SubscribeOptions {
     SubscribeOptions {
+        identity: None,
         to: node.addr(),
         server_name: "localhost".into(),
         ca: node.ca.clone(),
