@@ -312,6 +312,20 @@ fn check_speed(speed: Option<f64>) -> anyhow::Result<()> {
     }
 }
 
+/// A spinner with `message` and the time elapsed on stderr, when it is a
+/// terminal.
+fn progress_spinner(message: String) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    })
+}
+
 /// A progress bar on stderr when it is a terminal.
 fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;

@@ -13,9 +13,10 @@ use edgeflow::tools::loadgen::{self, Load};
 pub struct Args {
     #[command(flatten)]
     target: super::Target,
-    /// Topology whose road segments and chargers the traffic uses.
-    #[arg(long, default_value = "topologies/karhula.toml")]
-    topology: PathBuf,
+    /// Topology whose road segments and chargers the traffic uses
+    /// (default: the Karhula network of the bundled topology, built in).
+    #[arg(long)]
+    topology: Option<PathBuf>,
     /// Simulated vehicles (each reports every 2 s).
     #[arg(long, default_value_t = 100)]
     vehicles: usize,
@@ -27,9 +28,14 @@ pub struct Args {
     seconds: u64,
 }
 
-/// Runs the traffic for the given time and prints what the node accepted.
+/// Runs the traffic for the given time and prints what the node
+/// acknowledged: exit 0 when every connection ran to the end, 1 when some
+/// failed, an error (2) when none got through.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let topo = super::load_topology(&args.topology)?;
+    let reference = match &args.topology {
+        Some(path) => super::load_topology(path)?.reference,
+        None => edgeflow::tools::bundled::reference()?,
+    };
     let (addr, server_name) = args.target.resolve()?;
     let token = args.target.token()?;
     let vehicles = args.vehicles;
@@ -55,11 +61,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut report = runtime.block_on(loadgen::run(&load, Arc::new(topo.reference)))?;
+    let bar = super::progress_spinner(format!(
+        "simulating {vehicles} vehicles over {connections} connections for {} s",
+        args.seconds
+    ));
+    let report = runtime.block_on(loadgen::run(&load, Arc::new(reference)));
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = &mut report?;
+    let failures: Vec<String> = (report.failures.iter())
+        .map(|(why, n)| format!("{n} connection(s): {why}"))
+        .collect();
+    if report.failed_connections as usize >= connections && report.accepted + report.rejected == 0 {
+        anyhow::bail!("no connection got through: {}", failures.join("; "));
+    }
     let (p50, p99) = (report.latency_ms(0.5), report.latency_ms(0.99));
     eprintln!(
-        "simulated {vehicles} vehicles over {connections} connections for {} s: {} records accepted, {} rejected, ack latency p50 {p50:.1} ms p99 {p99:.1} ms, {} connections failed",
-        args.seconds, report.accepted, report.rejected, report.failed_connections
+        "simulated {vehicles} vehicles over {connections} connections for {} s: the node acknowledged {} records accepted and {} rejected; ack latency p50 {p50:.1} ms, p99 {p99:.1} ms",
+        args.seconds, report.accepted, report.rejected
     );
-    Ok(ExitCode::SUCCESS)
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "edgeflow: {} of {connections} connections failed: {}",
+            report.failed_connections,
+            failures.join("; ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -250,6 +250,7 @@ fn load_once(
         "batch_records": args.batch_records,
         "records_acked": report.accepted,
         "failed_connections": report.failed_connections,
+        "failures": report.failures,
         "seconds": report.elapsed.as_secs_f64(),
         "records_per_s": (report.accepted as f64 / report.elapsed.as_secs_f64()).round(),
         "ack_latency_ms": { "p50": report.latency_ms(0.5), "p99": report.latency_ms(0.99), "max": report.latency_ms(1.0) },

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 
 use super::measure::SplitMix;
@@ -55,6 +54,8 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Connections that failed.
     pub failed_connections: u64,
+    /// Why they failed: each distinct reason once, with how many.
+    pub failures: std::collections::BTreeMap<String, u64>,
 }
 
 impl LoadReport {
@@ -170,24 +171,27 @@ pub async fn run(load: &Load, reference: Arc<Reference>) -> anyhow::Result<LoadR
     ) {
         let (endpoint, load, reference) = (endpoint.clone(), load.clone(), reference.clone());
         tasks.spawn(async move {
-            device_loop(&endpoint, &load, &reference, device, start, batches).await
+            let mut r = LoadReport::default();
+            let outcome = device_loop(&endpoint, &load, &reference, device, start, batches, &mut r);
+            let outcome = outcome.await;
+            (r, outcome)
         });
     }
     let mut report = LoadReport::default();
     while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(r)) => {
+        let failure = match done {
+            // What the node acknowledged counts, whatever came after.
+            Ok((r, outcome)) => {
                 report.accepted += r.accepted;
                 report.rejected += r.rejected;
                 report.latencies_us.extend(r.latencies_us);
+                outcome.err().map(|e| format!("{e:#}"))
             }
-            Ok(Err(e)) => {
-                if report.failed_connections < 5 {
-                    eprintln!("loadgen: {e:#}");
-                }
-                report.failed_connections += 1;
-            }
-            Err(_) => report.failed_connections += 1,
+            Err(e) => Some(format!("the connection's task failed: {e}")),
+        };
+        if let Some(why) = failure {
+            report.failed_connections += 1;
+            *report.failures.entry(why).or_default() += 1;
         }
     }
     report.elapsed = start.elapsed();
@@ -202,7 +206,8 @@ async fn device_loop(
     device: usize,
     start: Instant,
     prepared: Option<Vec<Bytes>>,
-) -> anyhow::Result<LoadReport> {
+    report: &mut LoadReport,
+) -> anyhow::Result<()> {
     let mut prepared = prepared.map(Vec::into_iter);
     // Paced devices start spread over one interval, as real devices do
     // (and a thousand simultaneous handshakes measure the handshake, not
@@ -212,11 +217,8 @@ async fn device_loop(
     }
     let mut opts = load.target.clone();
     opts.sender = format!("{}-{device}", load.target.sender);
-    let (conn, _control, mut seq) = connect(endpoint, &opts)
-        .await
-        .with_context(|| format!("connection {device}"))?;
+    let (conn, _control, mut seq) = connect(endpoint, &opts).await?;
     let mut rng = SplitMix(0x5EED ^ device as u64);
-    let mut report = LoadReport::default();
     let mut in_flight = tokio::task::JoinSet::new();
     let mut sent = 0u64;
     let mut next_at = Instant::now();
@@ -279,16 +281,14 @@ async fn device_loop(
                     .latencies_us
                     .extend(took.map(|t| t.as_micros() as u64));
             }
-            Some(Ok(Ok((other, _)))) => {
-                anyhow::bail!("connection {device}: unexpected answer {other:?}")
-            }
+            Some(Ok(Ok((other, _)))) => anyhow::bail!("unexpected answer {other:?}"),
             Some(Ok(Err(e))) => return Err(e),
             Some(Err(e)) => return Err(e.into()),
             None => break,
         }
     }
     conn.close(0u32.into(), b"done");
-    Ok(report)
+    Ok(())
 }
 
 /// The encoding of a synthetic batch (CBOR maps start with major type 5).
