@@ -42,7 +42,7 @@ const VERSION: &str = concat!(
 
 /// edgeflow: edge stream processing of city mobility and energy telemetry.
 #[derive(Parser)]
-#[command(version = VERSION, about)]
+#[command(version = VERSION, about, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,74 +81,159 @@ fn init_logging(format: LogFormat) {
 #[derive(Subcommand)]
 enum Command {
     /// Check a topology file and its reference data; print every problem.
+    #[command(after_help = "Example:\n  edgeflow validate topologies/karhula.toml")]
     Validate(validate::Args),
-    /// GET a node's /health or /ready (a container health check without
-    /// curl): exit 0 on 200, else 1.
-    Probe(probe::Args),
-    /// Make a random token for a fleet, an operator or an edge; print it
-    /// and the `token_sha256` line for the node's topology.
-    Token(token::Args),
-    /// Replay recorded telemetry (JSON Lines, optionally .gz, or an edge
-    /// node's log directory) through the dataflow and write congestion.csv
-    /// and charging.csv.
-    Replay(replay::Args),
-    /// Run an edge node: QUIC ingest, durable log, live dataflow, sinks
-    /// (the topology has [ingest], [log], [[fleet]]). Stops gracefully on
-    /// SIGINT/SIGTERM.
+    /// Run an edge node
+    ///
+    /// QUIC ingest, durable log, live dataflow, sinks (the topology has
+    /// [ingest], [log], [[fleet]]). Stops gracefully on SIGINT/SIGTERM;
+    /// reloads the topology on SIGHUP or when its file changes.
+    #[command(after_help = "Example:\n  edgeflow edge --topology /etc/edgeflow/topology.toml")]
     Edge(edge::Args),
-    /// Run a central node: edges push their partials over QUIC
-    /// (edgeflow-push/1), merged city-wide into the same files sink and
-    /// subscriptions as an edge's.
+    /// Run a central node
+    ///
+    /// Edges push their partials over QUIC (edgeflow-push/1), merged
+    /// city-wide into the same files sink and subscriptions as an edge's.
+    #[command(after_help = "Example:\n  edgeflow central --topology /etc/edgeflow/central.toml")]
     Central(edge::Args),
-    /// Stream a recorded JSON Lines file to an edge node, resending what was
-    /// not acknowledged after a reconnect.
-    Send(send::Args),
-    /// Start an edge node on loopback with the bundled Karhula topology,
-    /// send it the recorded telemetry over QUIC and show the aggregates live.
-    Demo(tools::demo::DemoArgs),
-    /// Make a development CA (its key kept, 0600), a server certificate
-    /// and a client certificate (PEM) for local nodes; or, with --client,
-    /// issue another client certificate from the CA in --out.
+    /// Make development certificates
+    ///
+    /// A CA (its key kept, 0600), a server certificate and a client
+    /// certificate (PEM) for local nodes; or, with --client, another client
+    /// certificate from the CA in --out.
+    #[command(
+        after_help = "Examples:\n  edgeflow certs --out certs --names localhost,127.0.0.1,edge1.example.org\n  edgeflow certs --out certs --client bus-depot-3"
+    )]
     Certs(certs::Args),
+    /// Make a token for a fleet, an operator or an edge
+    ///
+    /// Prints it (or writes it to --out) and the `token_sha256` line for
+    /// the node's topology.
+    #[command(
+        after_help = "Example:\n  edgeflow token --out buses.token   # prints the topology's token_sha256 line"
+    )]
+    Token(token::Args),
+    /// Send a recording to an edge node
+    ///
+    /// Streams a JSON Lines file, resending what was not acknowledged after
+    /// a reconnect.
+    #[command(
+        after_help = "Example:\n  edgeflow send --to localhost:4433 --ca certs/ca.pem --token-file buses.token telemetry.jsonl"
+    )]
+    Send(send::Args),
+    /// Send live synthetic traffic to a node
+    ///
+    /// Real QUIC connections, one per vehicle fleet gateway, records
+    /// stamped with the wall clock.
+    #[command(
+        after_help = "Example:\n  edgeflow simulate --to localhost:4433 --ca certs/ca.pem --token-file buses.token --vehicles 500 --seconds 120"
+    )]
+    Simulate(simulate::Args),
+    /// Follow a node's live aggregates as an operator
+    ///
+    /// The current rows, then every change (docs/PROTOCOL.md,
+    /// "Subscriptions"): a live table on a terminal, or JSON Lines.
+    #[command(
+        after_help = "Examples:\n  edgeflow subscribe --to localhost:4433 --ca certs/ca.pem --token-file city.token --kind congestion\n  edgeflow subscribe --to localhost:4433 --ca certs/ca.pem --token-file city.token --kind zone --format jsonl > zones.jsonl"
+    )]
+    Subscribe(subscribe::Args),
+    /// Replay a recording or a node's log through the dataflow
+    ///
+    /// JSON Lines (optionally .gz) or an edge node's log directory; writes
+    /// the final tables (congestion.csv, charging.csv, zones.csv).
+    #[command(
+        after_help = "Example:\n  edgeflow replay --topology topologies/karhula.toml recording.jsonl.gz --out results"
+    )]
+    Replay(replay::Args),
+    /// Check a node's /health or /ready
+    ///
+    /// One HTTP GET (a container health check without curl): exit 0 on
+    /// 200, else 1.
+    #[command(after_help = "Example:\n  edgeflow probe http://127.0.0.1:9464/ready")]
+    Probe(probe::Args),
+    /// Watch a node at work on the bundled Karhula topology
+    ///
+    /// Starts an edge node on loopback, sends it the recorded telemetry
+    /// over QUIC and shows the aggregates live.
+    #[command(after_help = "Example:\n  edgeflow demo")]
+    Demo(tools::demo::DemoArgs),
+    /// Print a shell completion script
+    ///
+    /// For bash, zsh, fish, elvish or powershell, to stdout.
+    #[command(
+        after_help = "Examples:\n  edgeflow completions bash > /etc/bash_completion.d/edgeflow\n  edgeflow completions zsh > \"${fpath[1]}/_edgeflow\""
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Measure the replay path on synthetic telemetry against a plain
     /// single-threaded loop; prints one JSON object.
+    #[command(hide = true)]
     Bench(tools::bench::BenchArgs),
     /// Measure an edge node (own process, durable log) under synthetic QUIC
     /// load; prints one JSON object.
+    #[command(hide = true)]
     BenchIngest(tools::bench_ingest::IngestBenchArgs),
     /// Measure map matching on a topology's road network (one core),
     /// against the same rule without the spatial index; prints one JSON
     /// object.
+    #[command(hide = true)]
     BenchMatch(tools::bench_match::MatchBenchArgs),
     /// Measure the replay path on a noisy recording with the point matcher
     /// and with the HMM; prints one JSON object.
+    #[command(hide = true)]
     BenchMatching(tools::bench_matching::MatchingBenchArgs),
     /// Measure ingest with subscribers (none, many, many plus a slow one),
     /// each phase on a fresh node process; prints one JSON object.
+    #[command(hide = true)]
     BenchSubscribe(tools::bench_subscribe::SubscribeBenchArgs),
-    /// Follow live aggregates of a node as a mobility operator: the current
-    /// rows, then every change (docs/PROTOCOL.md, "Subscriptions").
-    Subscribe(subscribe::Args),
-    /// Send live synthetic traffic to a node over real QUIC connections, one
-    /// per vehicle fleet gateway, stamped with the wall clock.
-    Simulate(simulate::Args),
     /// Measure central's merge of edges' partials (the dataflow alone, in
     /// one process); prints one JSON object.
+    #[command(hide = true)]
     BenchCentral(tools::bench_central::CentralBenchArgs),
     /// Measure edges pushing to a central node over QUIC (durable acks):
     /// updates applied per second, live and after an outage.
+    #[command(hide = true)]
     BenchPush(tools::bench_push::PushBenchArgs),
     /// Measure the postgres sink: aggregate rows upserted into a
     /// PostgreSQL database per second (inserts and updates).
+    #[command(hide = true)]
     BenchPostgres(tools::bench_postgres::PostgresBenchArgs),
     /// Measure the city sinks: NGSI-LD entities/s to the test broker, MQTT
     /// messages/s to a local Mosquitto, an edge's ingest with and without
     /// them.
+    #[command(hide = true)]
     BenchSinks(tools::bench_sinks::SinksBenchArgs),
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(tools::bench::RunOneArgs),
 }
+
+/// Listed under the commands in `edgeflow --help` (the benchmarks are
+/// hidden from the operational list; a test holds this list to them).
+pub const AFTER_HELP: &str = "\
+Benchmarks (each prints one JSON object; `edgeflow help NAME` for its options):
+  bench            the replay path against a plain single-threaded loop
+  bench-ingest     an edge node under synthetic QUIC load (durable acks)
+  bench-match      map matching on a road network, one core
+  bench-matching   replay of a noisy recording, point matcher against HMM
+  bench-subscribe  ingest with subscribers (none, many, a slow one)
+  bench-central    central's merge of edges' partials
+  bench-push       edges pushing to central over QUIC, live and after an outage
+  bench-postgres   the postgres sink's upserts
+  bench-sinks      the city sinks (NGSI-LD, MQTT) and ingest beside them
+
+Exit codes:
+  0  done
+  1  done, and the answer is no: a topology with problems (validate), a probe
+     not answered 200, a subscription the node ended, connections that failed
+     (simulate)
+  2  could not do it: bad arguments, unreadable files, a node that cannot be
+     reached or refused TLS, a node that failed to start
+
+Environment: EDGEFLOW_TOKEN (a client's token), EDGEFLOW_LOG_FORMAT (text or
+json), RUST_LOG (which log lines, e.g. edgeflow=debug).";
 
 /// Runs one command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -175,6 +260,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchPostgres(args) => print_json(tools::bench_postgres::run(&args)),
         Command::BenchSinks(args) => print_json(tools::bench_sinks::run(&args)),
         Command::BenchOne(args) => print_json(tools::bench::run_one(&args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "edgeflow", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -1210,3 +1210,58 @@ fn clients_fail_fast_with_the_fix_for_tls_and_unreachable_nodes() {
     let (status, _, stderr) = node.finish(T);
     assert!(status.success(), "{stderr}");
 }
+
+/// `--help` lists the operational commands, each with an example in its
+/// own help, and the benchmarks apart (every benchmark command is listed
+/// there and exists); the exit codes are documented; completions are
+/// generated for the shells.
+#[test]
+fn help_groups_benchmarks_apart_gives_examples_and_exit_codes_and_completions_work() {
+    const T: Duration = Duration::from_secs(30);
+    let (status, help, stderr) = run(T, args!["--help"]);
+    assert!(status.success(), "{stderr}");
+    let (commands, rest) = help
+        .split_once("Options:")
+        .expect("a command list, then options");
+    let benchmarks = rest
+        .split_once("Benchmarks")
+        .and_then(|(_, b)| b.split_once("Exit codes:"))
+        .map(|(b, _)| b)
+        .expect("a benchmarks section before the exit codes");
+    assert!(rest.contains("  2  could not do it"), "{help}");
+    let listed: Vec<&str> = commands
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(listed.len() >= 10, "{listed:?}");
+    assert!(listed.iter().all(|c| !c.starts_with("bench")), "{listed:?}");
+    for command in &listed {
+        let (status, text, stderr) = run(T, args![command, "--help"]);
+        assert!(status.success(), "{command}: {stderr}");
+        assert!(
+            text.contains("Example"),
+            "`{command} --help` has an example:\n{text}"
+        );
+    }
+    let benches: Vec<&str> = benchmarks
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with("bench"))
+        .collect();
+    assert_eq!(benches.len(), 9, "{benchmarks}");
+    for bench in benches {
+        let (status, _, stderr) = run(T, args!["help", bench]);
+        assert!(status.success(), "{bench} exists: {stderr}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let (status, script, stderr) = run(T, args!["completions", shell]);
+        assert!(status.success(), "{stderr}");
+        assert!(
+            script.contains("subscribe") && script.contains("--token-file"),
+            "{shell}"
+        );
+    }
+}
