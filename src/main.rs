@@ -12,8 +12,22 @@ fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("edgeflow: error: {e:#}");
+            eprintln!("edgeflow: error: {}", said_once(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the
+/// message already holds is left out.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }

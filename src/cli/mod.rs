@@ -362,6 +362,10 @@ impl Target {
     fn resolve(&self) -> anyhow::Result<(SocketAddr, String)> {
         use std::net::ToSocketAddrs;
         let to = &self.to;
+        let port = to.rsplit_once(':').map(|(_, p)| p);
+        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+            bail!("--to {to}: give the node as HOST:PORT, the port of its [ingest] listen (e.g. localhost:4433, [::1]:4433)");
+        }
         let addr = to
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {to}"))?

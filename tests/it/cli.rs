@@ -1206,6 +1206,42 @@ fn clients_fail_fast_with_the_fix_for_tls_and_unreachable_nodes() {
             "{what}: said once: {stderr}"
         );
     }
+    // An address without a port.
+    let (status, _, stderr) = run(
+        T,
+        args![
+            "send",
+            "--to",
+            "127.0.0.1",
+            "--token",
+            "x",
+            "--ca",
+            certs.join("ca.pem"),
+            file
+        ],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("give the node as HOST:PORT"), "{stderr}");
+    // A second node on the first one's port: said once, with the fix.
+    let topology = std::fs::read_to_string(tmp.path().join("edge.toml")).expect("topology");
+    let log = tmp.path().join("log");
+    let second = topology.replace("127.0.0.1:0", &to).replace(
+        &log.display().to_string(),
+        &tmp.path().join("log-2").display().to_string(),
+    );
+    assert_ne!(second, topology);
+    std::fs::write(tmp.path().join("second.toml"), second).expect("topology");
+    let (status, _, stderr) = run(
+        T,
+        args!["edge", "--topology", tmp.path().join("second.toml")],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another process listens there"), "{stderr}");
+    assert_eq!(
+        stderr.matches("already in use").count(),
+        1,
+        "said once: {stderr}"
+    );
     node.terminate();
     let (status, _, stderr) = node.finish(T);
     assert!(status.success(), "{stderr}");
