@@ -63,13 +63,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         forget_retired: true,
         ..State::default()
     };
+    let view = View {
+        terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
     let mut out = std::io::stdout().lock();
     let error = runtime.block_on(subscribe(&opts, |frame| {
         state.apply(frame);
         let text = match args.format {
             SubFormat::Jsonl => Some(json_line(frame) + "\n"),
             SubFormat::Table => {
-                matches!(frame, SubFrame::Progress(_)).then(|| table(&state, &args.kind))
+                matches!(frame, SubFrame::Progress(_)).then(|| table(&state, &args.kind, &view))
             }
         };
         // A closed stdout (a pipe that went away) ends the subscription.
@@ -88,38 +91,145 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The live view of a subscription: the newest window's rows.
-fn table(state: &State, kind: &str) -> String {
+/// Where the table goes: a terminal (redrawn in place, cut to its size)
+/// or a file or pipe (one plain table per progress marker, no screen
+/// codes).
+struct View {
+    terminal: bool,
+}
+
+impl View {
+    /// The terminal's (columns, rows), when stdout is one.
+    fn size(&self) -> Option<(usize, usize)> {
+        let (rows, cols) = console::Term::stdout().size_checked()?;
+        self.terminal
+            .then_some((usize::from(cols), usize::from(rows)))
+    }
+}
+
+/// A time a person reads: the local date and time with its UTC offset
+/// (RFC 3339).
+fn local(ms: u64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms as i64).single() {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        None => format!("{ms} ms"),
+    }
+}
+
+/// `HH:MM` local, for a window's bounds.
+fn local_hm(ms: u64) -> String {
+    use chrono::TimeZone;
+    (chrono::Local.timestamp_millis_opt(ms as i64).single())
+        .map_or_else(|| format!("{ms}"), |t| t.format("%H:%M").to_string())
+}
+
+/// The live view of a subscription: the newest window's rows as a table
+/// (key, name, status and the row's fields as columns), under a header
+/// with the window, the watermark and the revision.
+fn table(state: &State, kind: &str, view: &View) -> String {
     let newest = state.rows.keys().map(|(_, w)| *w).max();
-    let mut out = String::from("\x1b[2J\x1b[H");
+    let rows: Vec<_> = (state.rows.iter())
+        .filter(|((_, w), _)| Some(*w) == newest)
+        .map(|((key, _), row)| (key, row))
+        .collect();
     let p = state.progress;
-    out.push_str(&format!(
-        "edgeflow subscribe {kind}: {} rows, watermark {} ms, revision {}{}\n\n",
-        state.rows.len(),
-        p.map_or(0, |p| p.watermark_ms),
+    let window_ms = p.map_or(0, |p| p.window_ms);
+    let window = match newest {
+        Some(w) => format!(
+            "window {}-{} ({})",
+            local_hm(w),
+            local_hm(w + window_ms),
+            local(w).get(..10).unwrap_or_default()
+        ),
+        None => "no rows yet".into(),
+    };
+    let watermark = p.map_or_else(|| "-".into(), |p| local(p.watermark_ms));
+    let mut head = format!(
+        "edgeflow subscribe {kind}: {window}; {} rows; watermark {watermark}; revision {}",
+        rows.len(),
         p.map_or(0, |p| p.revision),
-        if state.coalesced > 0 {
-            format!(" (lagged: {} updates coalesced)", state.coalesced)
-        } else {
-            String::new()
+    );
+    if state.coalesced > 0 {
+        head.push_str(&format!(" (lagged: {} updates coalesced)", state.coalesced));
+    }
+    // Columns: the key, a name where any row has one, the status, then
+    // every field (ids and window bounds are in the key and the header).
+    let mut fields: Vec<&str> = Vec::new();
+    for (_, row) in &rows {
+        for name in row.value.iter().flat_map(|v| v.keys()) {
+            if !name.ends_with("_id")
+                && !name.starts_with("window")
+                && !fields.contains(&name.as_str())
+            {
+                fields.push(name);
+            }
         }
-    ));
-    for ((key, window), row) in &state.rows {
-        if Some(*window) != newest {
-            continue;
+    }
+    let named = rows.iter().any(|(_, r)| r.name.is_some());
+    let mut header: Vec<String> = vec!["id".into()];
+    if named {
+        header.push("name".into());
+    }
+    header.push("status".into());
+    header.extend(fields.iter().map(|f| (*f).to_owned()));
+    let cells: Vec<Vec<String>> = (rows.iter())
+        .map(|(key, row)| {
+            let mut line = vec![(*key).clone()];
+            if named {
+                line.push(row.name.clone().unwrap_or_default());
+            }
+            line.push(row.status.clone().unwrap_or_default());
+            for f in &fields {
+                line.push(match row.value.as_ref().and_then(|v| v.get(*f)) {
+                    Some(serde_json::Value::String(t)) => t.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                });
+            }
+            line
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for line in &cells {
+        for (w, c) in widths.iter_mut().zip(line) {
+            *w = (*w).max(c.chars().count()).min(40);
         }
-        let fields: Vec<String> = row
-            .value
-            .iter()
-            .flatten()
-            .filter(|(name, _)| !name.ends_with("_id") && !name.starts_with("window"))
-            .map(|(name, v)| format!("{name}={v}"))
+    }
+    let format_line = |line: &[String]| -> String {
+        let parts: Vec<String> = (line.iter().zip(&widths))
+            .map(|(c, w)| {
+                let c: String = c.chars().take(*w).collect();
+                format!("{c:<w$}")
+            })
             .collect();
-        out.push_str(&format!(
-            "{key:<22} {:<11} {}\n",
-            row.status.as_deref().unwrap_or(""),
-            fields.join(" ")
+        parts.join("  ").trim_end().to_owned()
+    };
+    let size = view.size();
+    // On a terminal: what fits (the header, the column names, the rows
+    // that fit, and a line saying how many did not).
+    let room = size.map_or(usize::MAX, |(_, h)| h.saturating_sub(4).max(1));
+    let mut lines = vec![head, String::new(), format_line(&header)];
+    lines.extend(cells.iter().take(room).map(|l| format_line(l)));
+    if cells.len() > room {
+        lines.push(format!(
+            "... and {} more rows (--format jsonl for all)",
+            cells.len() - room
         ));
+    }
+    let mut out = String::new();
+    if size.is_some() {
+        out.push_str("\x1b[2J\x1b[H"); // clear, home
+    }
+    for line in lines {
+        match size {
+            Some((w, _)) => out.extend(line.chars().take(w)),
+            None => out.push_str(&line),
+        }
+        out.push('\n');
+    }
+    if size.is_none() {
+        out.push('\n'); // tables apart in a file
     }
     out
 }

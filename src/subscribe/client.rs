@@ -244,6 +244,7 @@ mod tests {
                 status: Some("final".into()),
                 revision: 1,
                 value: Some(serde_json::Map::new()),
+                name: None,
             }));
         }
         let progress = |watermark_ms| {

@@ -152,6 +152,16 @@ impl Hub {
     }
 
     /// The row as sent: fields by CSV header name ([`fields`]).
+    /// The reference data's name of a key (a street, a charger).
+    fn name(&self, key: &AggKey) -> Option<String> {
+        let r = &self.reference;
+        match key.kind {
+            crate::aggregate::Kind::Congestion => r.roads.get(key.key as usize)?.name.clone(),
+            crate::aggregate::Kind::Charging => r.chargers.get(key.key as usize)?.name.clone(),
+            crate::aggregate::Kind::Zone => None,
+        }
+    }
+
     pub(crate) fn row(
         &self,
         key: &AggKey,
@@ -197,6 +207,7 @@ impl Hub {
                 .into()
             }),
             revision,
+            name: value.and_then(|_| self.name(key)),
             value: fields,
         }
     }

@@ -119,6 +119,10 @@ pub struct Row {
     /// The row's fields as in the CSV files (upserts), by header name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Map<String, serde_json::Value>>,
+    /// What a person calls the key, from the reference data (upserts of
+    /// a street with a name, a charger with one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A progress marker.

@@ -504,7 +504,7 @@ fn a_node_process_serves_send_simulate_and_subscribe_commands_and_stops_on_sigte
         out.contains("\"snapshot\":true")
     });
     table.wait_until(T, "table", |out, _| {
-        out.contains("edgeflow subscribe congestion: 0 rows")
+        out.contains("edgeflow subscribe congestion: no rows yet; 0 rows")
     });
 
     let recording = data("sumo-public/telemetry.jsonl");
@@ -654,16 +654,25 @@ fn check_last_table(
     window: u64,
     retention: u64,
 ) {
+    // Redirected: plain tables one after the other, no screen codes.
+    assert!(!out.contains('\x1b'), "no screen codes in a file: {out:?}");
     let last = out
-        .rsplit("\x1b[2J\x1b[H")
+        .rsplit("edgeflow subscribe congestion: ")
         .next()
-        .filter(|t| t.starts_with("edgeflow subscribe congestion: "))
         .unwrap_or_else(|| panic!("no table drawn: {out:?}"));
     let mut lines = last.lines();
     let header = lines.next().expect("header");
     let held = number_before(header, "rows");
-    let watermark = number_before(header, "ms,");
-    // Rows retire when window_start + window + retention <= watermark.
+    // A time a person reads: RFC 3339 with the offset.
+    let watermark = header
+        .split("watermark ")
+        .nth(1)
+        .and_then(|w| w.split(';').next())
+        .and_then(|w| chrono::DateTime::parse_from_rfc3339(w).ok())
+        .unwrap_or_else(|| panic!("an RFC 3339 watermark in {header:?}"))
+        .timestamp_millis() as u64;
+    // Rows retire when window_start + window + retention <= watermark
+    // (the header shows whole seconds; the bounds are whole seconds too).
     assert!(window > 0 && retention > 0, "progress markers seen");
     let live: Vec<&(String, u64)> = sink
         .keys()
@@ -672,32 +681,47 @@ fn check_last_table(
     assert_eq!(held, live.len() as u64, "rows held: {header}");
     eprintln!("last table: {header}");
     let newest = live.iter().map(|(_, w)| *w).max().expect("rows");
-    let listed: Vec<(&str, &str)> = lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next().expect("key"), l)
-        })
-        .collect();
+    // Columns start where their names do.
+    let columns = lines
+        .by_ref()
+        .find(|l| l.starts_with("id "))
+        .expect("the column names");
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    for name in columns.split_whitespace() {
+        let i = columns[at..].find(name).expect("column") + at;
+        starts.push((i, name));
+        at = i + name.len();
+    }
+    let cell = |line: &str, n: usize| -> String {
+        let chars: Vec<char> = line.chars().collect();
+        let from = starts[n].0.min(chars.len());
+        let to = starts
+            .get(n + 1)
+            .map_or(chars.len(), |s| s.0.min(chars.len()));
+        chars[from..to].iter().collect::<String>().trim().to_owned()
+    };
+    let column = |name: &str| starts.iter().position(|(_, n)| *n == name).expect(name);
+    let listed: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
     let expected: Vec<&str> = live
         .iter()
         .filter(|(_, w)| *w == newest)
         .map(|(k, _)| k.as_str())
         .collect();
     assert_eq!(
-        listed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        listed.iter().map(|l| cell(l, 0)).collect::<Vec<_>>(),
         expected,
         "the newest window's keys: {last}"
     );
-    for (key, line) in listed {
-        let row = &sink[&(key.to_owned(), newest)];
+    assert!(columns.contains(" name "), "street names shown: {columns}");
+    for line in listed {
+        let key = cell(line, 0);
+        let row = &sink[&(key.clone(), newest)];
         for name in ["samples", "vehicles", "level"] {
-            assert!(
-                line.split_whitespace()
-                    .any(|f| f == format!("{name}={}", row[name])
-                        || f == format!("{name}=\"{}\"", row[name])),
-                "{key}: {name}={} not in {line:?}",
-                row[name]
+            assert_eq!(
+                cell(line, column(name)),
+                row[name],
+                "{key}: {name} in {line:?}"
             );
         }
     }
