@@ -149,6 +149,15 @@ catalog! {
         "1 once the log is recovered, the dataflow runs and the listener is bound (what /ready answers 200 to), else 0.";
     // The dataflow's own counts (live in a node; `edgeflow replay`
     // publishes them at the end of a run when a recorder is installed).
+    // Central's merge of its edges' pushes.
+    CENTRAL_UPDATES = "edgeflow_central_updates_total", Counter, ["outcome"],
+        "Central: edges' updates by outcome: `applied` (changed a partial), `unchanged` (a resend, or a final equal to the provisional value), `expired` (a window already retired at central).";
+    CENTRAL_SKIPPED = "edgeflow_central_log_entries_skipped_total", Counter, [],
+        "Central: log entries from no configured edge, or that no longer read under central's settings.";
+    CENTRAL_EDGE_WATERMARK = "edgeflow_central_edge_watermark_ms", Gauge, ["edge"],
+        "Central: each configured edge's latest pushed watermark, Unix epoch milliseconds of event time.";
+    CENTRAL_EDGE_STRAGGLING = "edgeflow_central_edge_straggling", Gauge, ["edge"],
+        "Central: 1 while the edge is a straggler (windows go final without it), else 0.";
     RECORDS_READ = "edgeflow_records_read_total", Counter, [],
         "Records the dataflow read, all outcomes (a node: what the log handed it, its replay at a start included).";
     RECORDS_REJECTED = "edgeflow_records_rejected_total", Counter, ["reason"],

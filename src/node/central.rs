@@ -87,6 +87,30 @@ impl EdgeMarks {
         self.completeness.lock().ok().map(|c| c.clone())
     }
 
+    /// Publishes the updates by outcome and each edge's pushed watermark
+    /// and straggling (inside a node registry's scope; one series per
+    /// configured edge).
+    pub fn publish_metrics(&self) {
+        use crate::metrics as M;
+        for (outcome, n) in [
+            ("applied", &self.applied),
+            ("unchanged", &self.unchanged),
+            ("expired", &self.expired),
+        ] {
+            metrics::counter!(M::CENTRAL_UPDATES, "outcome" => outcome)
+                .absolute(n.load(Ordering::Relaxed));
+        }
+        metrics::counter!(M::CENTRAL_SKIPPED).absolute(self.skipped.load(Ordering::Relaxed));
+        if let Some(c) = self.snapshot() {
+            for ((name, mark), straggling) in self.names.iter().zip(c.marks()).zip(c.straggling()) {
+                metrics::gauge!(M::CENTRAL_EDGE_WATERMARK, "edge" => name.clone())
+                    .set(*mark as f64);
+                metrics::gauge!(M::CENTRAL_EDGE_STRAGGLING, "edge" => name.clone())
+                    .set(f64::from(u8::from(*straggling)));
+            }
+        }
+    }
+
     /// `edges.csv` of a files sink: each edge's pushed watermark and
     /// whether it is a straggler now.
     pub fn edges_csv(&self) -> String {
@@ -142,6 +166,8 @@ pub struct CentralFeed {
     pub watermark: Arc<AtomicU64>,
     /// The city sinks' feeds.
     pub city: crate::sink::Feeds,
+    /// Rows emitted, by status (for `/metrics`).
+    pub emitted: Arc<super::dataflow::Emitted>,
 }
 
 /// One log entry, read: its edge's updates and central's watermark once
@@ -175,6 +201,7 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
         edges,
         watermark: central_watermark,
         city,
+        emitted,
     } = feed;
     let workers = workers.max(1);
     let spec = topology.time;
@@ -283,6 +310,7 @@ fn run(feed: CentralFeed) -> Result<RunSummary, RunError> {
         match emit_rx.recv_timeout(POLL) {
             Ok(batch) => {
                 count(&mut stats, &batch);
+                emitted.count(&batch);
                 sink.apply(&batch);
                 if let Some(hub) = &hub {
                     hub.publish(&batch);

@@ -449,6 +449,7 @@ fn build(
             edges: edges.clone(),
             watermark: sink_watermark,
             city,
+            emitted: emitted.clone(),
         })?,
     };
     Ok(Built {
@@ -555,6 +556,9 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let push_status = push.as_ref().map(|(_, _, s)| s.clone());
     let (report_push, report_edges) = (push_status.clone(), edges.clone());
     let counters = Arc::new(IngestCounters::default());
+    if let Some(edges) = edges.clone() {
+        registry.collect(Box::new(move || edges.publish_metrics()));
+    }
     observe::collectors(&observe::Collectors {
         registry: &registry,
         counters: &counters,

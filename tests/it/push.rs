@@ -197,6 +197,25 @@ fn two_edges_pushing_to_central_write_what_one_node_writes() {
         assert!(push.batches.load(Ordering::Relaxed) > 0);
         assert_eq!(push.refused.load(Ordering::Relaxed), 0);
     }
+    // Central's /metrics: its merge and its own dataflow's rows.
+    let scrape = c.central.registry.render();
+    let sample = |name: &str| -> f64 {
+        (scrape.lines())
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        sample("edgeflow_central_updates_total{outcome=\"applied\"}") > 0.0,
+        "{scrape}"
+    );
+    assert!(sample("edgeflow_rows_emitted_total") > 0.0, "{scrape}");
+    for edge in ["west", "east"] {
+        let mark = sample(&format!(
+            "edgeflow_central_edge_watermark_ms{{edge=\"{edge}\"}}"
+        ));
+        assert!(mark > 1.767e12, "{edge}'s pushed watermark: {scrape}");
+    }
     let report = c.central.shutdown().expect("central stops");
     let edges = report.edges.expect("central's edges");
     assert!(edges.applied.load(Ordering::Relaxed) > 0);
