@@ -3,8 +3,7 @@
 //! health check where no curl is installed. Exit 0 on a 200, 1 otherwise
 //! (the answer or the error is printed).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -44,21 +43,10 @@ fn parse(url: &str) -> anyhow::Result<(SocketAddr, String)> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (addr, path) = parse(&args.url)?;
     let timeout = Duration::from_secs(args.timeout_s.max(1));
-    let answer = (|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-        let mut out = String::new();
-        s.take(64 * 1024).read_to_string(&mut out)?;
-        Ok(out)
-    })();
-    match answer {
-        Ok(text) => {
-            let status = text.split_whitespace().nth(1).unwrap_or("?");
-            let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).trim();
-            say!("{} {status} {body}", args.url);
-            Ok(if status == "200" {
+    match edgeflow::observe::http::get(addr, &path, timeout) {
+        Ok((status, body)) => {
+            say!("{} {status} {}", args.url, body.trim());
+            Ok(if status == 200 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -6,6 +6,9 @@
 //! request with a body 413. At most [`MAX_CONNECTIONS`] connections are
 //! served at once (more wait in the kernel's backlog), each for at most
 //! [`CONNECTION_TIMEOUT`]: a scraper that stalls holds nothing up.
+//!
+//! [`get`] is the one client of it the binary has (`edgeflow probe`, the
+//! scrapes of `bench-ingest --metrics`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -171,4 +174,25 @@ async fn answer(req: Request<hyper::body::Incoming>, registry: &Registry) -> Res
             "not found: /metrics, /health and /ready are served\n",
         ),
     }
+}
+
+/// Largest answer [`get`] reads, bytes.
+pub const MAX_ANSWER_BYTES: u64 = 16 << 20;
+
+/// One plain `GET path` of the listener at `addr` (HTTP/1.0, so the
+/// answer ends with the connection), each step within `timeout`: the
+/// status code and the body.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.take(MAX_ANSWER_BYTES).read_to_string(&mut out)?;
+    let status = (out.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned();
+    Ok((status, body))
 }

@@ -383,23 +383,6 @@ fn central_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serd
     }))
 }
 
-/// One `GET path` over HTTP/1.0: the status and the body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = (out.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        status,
-        out.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned(),
-    ))
-}
-
 /// `--metrics`: the edge without and with `[observability]`, scraped
 /// every second, interleaved.
 fn metrics_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serde_json::Value> {
@@ -412,7 +395,7 @@ fn metrics_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serd
             std::thread::spawn(move || {
                 let (mut ok, mut bytes) = (0u64, 0usize);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Ok((200, body)) = http_get(port, "/metrics") {
+                    if let Ok((200, body)) = crate::observe::http::get(port, "/metrics", Duration::from_secs(5)) {
                         ok += 1;
                         bytes = body.len();
                     }
