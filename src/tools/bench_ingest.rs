@@ -395,7 +395,9 @@ fn metrics_comparison(args: &IngestBenchArgs, dir: &Path) -> anyhow::Result<serd
             std::thread::spawn(move || {
                 let (mut ok, mut bytes) = (0u64, 0usize);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if let Ok((200, body)) = crate::observe::http::get(port, "/metrics", Duration::from_secs(5)) {
+                    if let Ok((200, body)) =
+                        crate::observe::http::get(port, "/metrics", Duration::from_secs(5))
+                    {
                         ok += 1;
                         bytes = body.len();
                     }

@@ -1325,3 +1325,27 @@ fn help_groups_benchmarks_apart_gives_examples_and_exit_codes_and_completions_wo
         );
     }
 }
+
+/// `edgeflow probe`: 0 with the answer on a 200 from a node's `/ready`;
+/// 1 when nothing answers; 2 for a URL without a port.
+#[test]
+fn probe_answers_a_health_check_by_its_exit_code() {
+    const T: Duration = Duration::from_secs(30);
+    let node = crate::ingest::start_with(|dir| {
+        crate::ingest::topology_text(dir, "") + "\n[observability]\nlisten = \"127.0.0.1:0\"\n"
+    });
+    let addr = node
+        .handle
+        .as_ref()
+        .and_then(|h| h.observe_addr)
+        .expect("listener");
+    let (status, out, err) = run(T, args!["probe", format!("http://{addr}/ready")]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains(" 200 "), "{out}");
+    let nobody = format!("http://127.0.0.1:{}/ready", crate::support::free_port());
+    let (status, out, _) = run(T, args!["probe", nobody]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    let (status, _, err) = run(T, args!["probe", "http://127.0.0.1/ready"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("needs a port"), "{err}");
+}
