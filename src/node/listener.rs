@@ -25,29 +25,13 @@ pub enum ListenError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The UDP socket could not be bound.
-    #[error("cannot listen on {addr}: {source}{}", bind_hint(.source))]
+    #[error("cannot listen on {addr}: {source}{}", crate::observe::bind_hint(.source))]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// The fix for a failed bind, when there is a usual one.
-pub fn bind_hint(e: &std::io::Error) -> &'static str {
-    match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            " (another process listens there, perhaps another node: stop it, or pick another port)"
-        }
-        std::io::ErrorKind::AddrNotAvailable => {
-            " (no interface of this machine has that address: use one it has, or 0.0.0.0)"
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            " (ports below 1024 need privileges: pick a port above 1024)"
-        }
-        _ => "",
-    }
 }
 
 /// Builds the node's QUIC endpoint from the `[ingest]` section: its

@@ -33,7 +33,7 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Error)]
 pub enum HttpError {
     /// The address could not be bound.
-    #[error("cannot listen on {addr} for [observability]: {source}{}", crate::node::listener::bind_hint(.source))]
+    #[error("cannot listen on {addr} for [observability]: {source}{}", super::bind_hint(.source))]
     Bind {
         /// The address.
         addr: SocketAddr,
