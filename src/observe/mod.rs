@@ -201,6 +201,22 @@ pub fn refused(limiter: &Every, from: std::net::SocketAddr, why: &str) {
     }
 }
 
+/// The fix for a failed bind, when there is a usual one.
+pub fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there, perhaps another node: stop it, or pick another port)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (no interface of this machine has that address: use one it has, or 0.0.0.0)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: pick a port above 1024)"
+        }
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,21 +243,5 @@ mod tests {
         assert!(r.is_ready());
         r.stopping.store(true, Ordering::Release);
         assert_eq!(r.missing(), ["stopping"]);
-    }
-}
-
-/// The fix for a failed bind, when there is a usual one.
-pub fn bind_hint(e: &std::io::Error) -> &'static str {
-    match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            " (another process listens there, perhaps another node: stop it, or pick another port)"
-        }
-        std::io::ErrorKind::AddrNotAvailable => {
-            " (no interface of this machine has that address: use one it has, or 0.0.0.0)"
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            " (ports below 1024 need privileges: pick a port above 1024)"
-        }
-        _ => "",
     }
 }
