@@ -8,7 +8,10 @@
 //! decodes its chunks ([`crate::pipeline`]) into the dataflow
 //! ([`crate::dataflow`]); worker 0 sends emissions back to the caller's
 //! thread. The final aggregates depend only on the input, never on the
-//! worker count or timing: that is what the tests check.
+//! worker count or timing: that is what the tests check. With
+//! [`RunOptions::cluster`] the workers of several processes run one
+//! dataflow (timely's cluster communication), each process reading its own
+//! input; process 0 gets the emissions.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -88,6 +91,54 @@ pub struct RunOptions {
     pub partials: bool,
     /// Where the workers add their counts as they go (a node's metrics).
     pub live: Option<Arc<crate::pipeline::LiveStats>>,
+    /// Run as one process of a timely cluster ([`Cluster`]); `None`: this
+    /// process alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// One process of a timely cluster: the dataflow runs across every
+/// process's workers (`workers` each) and exchanges records by key between
+/// them over TCP. Each process reads its own input; the emissions all go
+/// to worker 0, so process 0's caller gets every one of them and the
+/// others get none. Every process must be started (timely waits for them
+/// all before the dataflow runs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// Every process's `host:port` (timely's own connections), in
+    /// process order.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// Why the cluster cannot run, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.addresses.len();
+        if n < 2 {
+            return Err(format!("a cluster has at least 2 processes, {n} given"));
+        }
+        if self.process >= n {
+            return Err(format!(
+                "process {} of {n}: the index is 0 to {}",
+                self.process,
+                n - 1
+            ));
+        }
+        for a in &self.addresses {
+            if a.rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(format!("{a:?}: each process's address is HOST:PORT"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this process gets the emissions (it runs worker 0).
+    pub fn emits(&self) -> bool {
+        self.process == 0
+    }
 }
 
 impl RunOptions {
@@ -103,6 +154,7 @@ impl RunOptions {
             measure_state: false,
             partials: false,
             live: None,
+            cluster: None,
         }
     }
 }
@@ -449,11 +501,21 @@ pub fn run_with(
     }
     let gauge = Arc::new(crate::dataflow::gauge::StateGauge::default());
     let state = gauge.clone();
-    let config = if workers == 1 {
+    let mut config = if workers == 1 {
         timely::Config::thread()
     } else {
         timely::Config::process(workers)
     };
+    if let Some(c) = &options.cluster {
+        c.check().map_err(RunError::Dataflow)?;
+        config.communication = timely::CommunicationConfig::Cluster {
+            threads: workers,
+            process: c.process,
+            addresses: c.addresses.clone(),
+            report: false,
+            zerocopy: false,
+        };
+    }
     let guards = timely::execute(config, move |worker| {
         let (tx, partial_tx) = if worker.index() == 0 {
             (

@@ -142,7 +142,7 @@ enum Command {
     /// JSON Lines (optionally .gz) or an edge node's log directory; writes
     /// the final tables (congestion.csv, charging.csv, zones.csv).
     #[command(
-        after_help = "Example:\n  edgeflow replay --topology topologies/karhula.toml recording.jsonl.gz --out results"
+        after_help = "Examples:\n  edgeflow replay --topology topologies/karhula.toml recording.jsonl.gz --out results\n  # one dataflow over two processes, each reading its own devices' records:\n  edgeflow replay --topology T part-1.jsonl --out r --process 1 --peers 10.0.0.1:7000,10.0.0.2:7000 &\n  edgeflow replay --topology T part-0.jsonl --out r --process 0 --peers 10.0.0.1:7000,10.0.0.2:7000"
     )]
     Replay(replay::Args),
     /// Check a node's /health or /ready

@@ -29,6 +29,14 @@ pub struct Args {
     /// of failing.
     #[arg(long)]
     accept_damage: bool,
+    /// Run as this process of a cluster (0 writes the CSV files), with
+    /// --peers.
+    #[arg(long, requires = "peers")]
+    process: Option<usize>,
+    /// Every cluster process's HOST:PORT for timely's own connections, in
+    /// process order (start them all: each waits for the others).
+    #[arg(long, value_delimiter = ',', requires = "process")]
+    peers: Vec<String>,
 }
 
 /// Replays the input, writes the CSV files and prints a summary.
@@ -44,6 +52,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     super::check_speed(args.speed)?;
+    let cluster = args.process.map(|process| edgeflow::runtime::Cluster {
+        process,
+        addresses: args.peers.clone(),
+    });
+    if let Some(c) = &cluster {
+        c.check()
+            .map_err(|e| anyhow::anyhow!("--process/--peers: {e}"))?;
+    }
     let (reader, total) = Input::open(&args.input)?;
     let bar = super::progress_bar(total);
     if let Some(bar) = &bar {
@@ -63,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         RunOptions {
             speed: args.speed,
             accept_damage: args.accept_damage,
+            cluster: cluster.clone(),
             ..RunOptions::new(workers)
         },
         |batch| table.apply(batch),
@@ -74,6 +91,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if let Some(c) = cluster.as_ref().filter(|c| !c.emits()) {
+        eprintln!(
+            "process {} of {}: read {} records; process 0 writes the aggregates",
+            c.process,
+            c.addresses.len(),
+            summary.ingest.records
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     table
         .write_csv(&args.out, &reference, topo.time.size_ms)

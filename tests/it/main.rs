@@ -32,6 +32,7 @@ mod bad_input;
 mod bounded;
 mod central;
 mod cli;
+mod cluster;
 mod deploy;
 mod faults;
 mod geo;
