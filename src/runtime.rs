@@ -166,8 +166,11 @@ pub struct RunSummary {
     pub ingest: IngestStats,
     /// Emission counts.
     pub emitted: EmitStats,
-    /// Wall-clock time.
+    /// Wall-clock time, from the start of the dataflow (after `setup`).
     pub elapsed: Duration,
+    /// Wall-clock time before the dataflow started: a cluster's processes
+    /// connecting to each other (timely polls for them once a second).
+    pub setup: Duration,
     /// Input bytes read.
     pub bytes: u64,
     /// What reading a log found that a person should know: a torn tail
@@ -516,6 +519,7 @@ pub fn run_with(
             zerocopy: false,
         };
     }
+    let connecting = Instant::now();
     let guards = timely::execute(config, move |worker| {
         let (tx, partial_tx) = if worker.index() == 0 {
             (
@@ -606,6 +610,10 @@ pub fn run_with(
         stage.stats
     })
     .map_err(RunError::Dataflow)?;
+    // The workers run from here on; before, timely set up its
+    // communication (for a cluster, the connections to the others).
+    let setup = connecting.elapsed();
+    let running = Instant::now();
 
     let mut emitted = EmitStats::default();
     loop {
@@ -665,7 +673,8 @@ pub fn run_with(
     Ok(RunSummary {
         ingest,
         emitted,
-        elapsed: start.elapsed(),
+        elapsed: running.elapsed(),
+        setup,
         bytes: bytes.load(Ordering::Relaxed),
         log_notes,
         state: state.read(),

@@ -94,10 +94,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = cluster.as_ref().filter(|c| !c.emits()) {
         eprintln!(
-            "process {} of {}: read {} records; process 0 writes the aggregates",
+            "process {} of {}: read {} records in {:.2} s (after {:.2} s of setup); process 0 writes the aggregates",
             c.process,
             c.addresses.len(),
-            summary.ingest.records
+            summary.ingest.records,
+            summary.elapsed.as_secs_f64(),
+            summary.setup.as_secs_f64()
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -137,10 +139,18 @@ fn print_summary(s: &RunSummary, workers: usize, out: &Path) {
         );
     }
     eprintln!(
-        "replayed {} records with {workers} worker(s) in {:.2} s ({:.0} records/s)",
+        "replayed {} records with {workers} worker(s) in {:.2} s ({:.0} records/s){}",
         i.records,
         s.elapsed.as_secs_f64(),
-        s.records_per_s()
+        s.records_per_s(),
+        if s.setup.as_millis() >= 100 {
+            format!(
+                ", after {:.2} s of setup (the cluster's connections)",
+                s.setup.as_secs_f64()
+            )
+        } else {
+            String::new()
+        }
     );
     let rejected = edgeflow::model::RejectReason::ALL
         .iter()
