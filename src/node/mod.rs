@@ -18,6 +18,8 @@
 //! - [`listener`]: the QUIC endpoint, admission, dispatch by ALPN.
 //! - [`sinks`]: the files sinks.
 //! - [`zones`]: the zone file watcher.
+//! - [`reload`]: the topology reloaded in place.
+//! - `stop`: winding a node down in order, and its report.
 //! - [`certs`]: development certificates.
 //! - `observe`: what a `/metrics` scrape reads (the collectors).
 
@@ -29,9 +31,12 @@ mod observe;
 pub mod recover;
 pub mod reload;
 pub mod sinks;
+mod stop;
 pub mod zones;
 
 pub use certs::{issue_client_cert, make_certs, make_certs_in, CertPaths};
+pub use stop::print_report;
+use stop::{wind_down, WindDown};
 pub use zones::ZONE_POLL;
 
 use std::net::SocketAddr;
@@ -689,136 +694,5 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             Ok(Err(e)) => Err(e),
             _ => Err(EdgeError::Runtime("the node stopped while starting".into())),
         },
-    }
-}
-
-/// What is left to stop once ingest has stopped serving.
-struct WindDown {
-    runtime: tokio::runtime::Runtime,
-    served: Option<(quinn::Endpoint, tokio::task::JoinSet<()>)>,
-    push: Option<tokio::task::JoinHandle<()>>,
-    sinks: Vec<tokio::task::JoinHandle<()>>,
-    zone_watch: Option<mpsc::Sender<()>>,
-    commit_thread: JoinHandle<()>,
-    dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
-    hub: Option<Arc<Hub>>,
-    stopping_tx: watch::Sender<bool>,
-}
-
-/// Stops the rest of a node, in order: every ingest connection is done, so
-/// closing the log hand-over ends the dataflow once it has taken in
-/// everything acknowledged; subscriptions go on until its last emissions,
-/// then are drained and the endpoint closed (on failure too, before the
-/// error is returned).
-fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
-    let WindDown {
-        runtime,
-        served,
-        push,
-        sinks,
-        zone_watch,
-        commit_thread,
-        dataflow,
-        hub,
-        stopping_tx,
-    } = w;
-    drop(zone_watch);
-    commit_thread
-        .join()
-        .map_err(|_| EdgeError::Runtime("the commit thread panicked".into()))?;
-    let summary = dataflow
-        .join()
-        .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))
-        .and_then(|r| r.map_err(|e| EdgeError::Runtime(e.to_string())));
-    if let Some(push) = push {
-        // The dataflow's end closed the push feed: the last partials
-        // leave, within the push's own drain time.
-        let limit = crate::push::client::DRAIN + Duration::from_secs(1);
-        let _ = runtime.block_on(async { tokio::time::timeout(limit, push).await });
-    }
-    // The city sinks' feeds closed with the dataflow: their last rows
-    // leave, all at once, within their own drain time.
-    let limit = crate::sink::DRAIN + Duration::from_secs(1);
-    let _ = runtime.block_on(async {
-        let all = async {
-            for sink in sinks {
-                let _ = sink.await;
-            }
-        };
-        tokio::time::timeout(limit, all).await
-    });
-    if let Some(hub) = &hub {
-        hub.close();
-    }
-    let _ = stopping_tx.send(true);
-    if let Some((endpoint, mut subs)) = served {
-        runtime.block_on(async {
-            let drained = async { while subs.join_next().await.is_some() {} };
-            let _ = tokio::time::timeout(SUBSCRIBER_DRAIN, drained).await;
-            endpoint.close(
-                quinn::VarInt::from_u32(crate::ingest::frame::ErrorCode::ShuttingDown as u32),
-                b"shutting down",
-            );
-            endpoint.wait_idle().await;
-        });
-    }
-    drop(runtime);
-    summary
-}
-
-/// Prints a node's report to stderr.
-pub fn print_report(r: &EdgeReport) {
-    let c = &r.counters;
-    let (role, unit) = match r.edges {
-        None => ("edge", "records"),
-        Some(_) => ("central", "updates"),
-    };
-    tracing::info!(
-        "{role} stopped: {} connections, {} batches acknowledged ({} resends recognised), {} {unit} accepted, {} rejected ({} too late), {} datagrams, {} failed log writes",
-        c.connections.load(Ordering::Relaxed),
-        c.batches.load(Ordering::Relaxed),
-        c.duplicates.load(Ordering::Relaxed),
-        c.accepted.load(Ordering::Relaxed),
-        c.rejected.load(Ordering::Relaxed),
-        c.expired.load(Ordering::Relaxed),
-        c.datagrams.load(Ordering::Relaxed),
-        c.log_failures.load(Ordering::Relaxed),
-    );
-    tracing::info!(
-        "  log: {} entries recovered at start ({} torn bytes cut); dataflow: {} records, {} windows final, {} corrections",
-        r.recovered_entries, r.truncated_bytes, r.summary.ingest.records, r.summary.emitted.finals, r.summary.emitted.corrections
-    );
-    if let Some(p) = &r.push {
-        tracing::info!(
-            "  central sink: {} batches acknowledged ({} updates, {} refused), {} reconnects, {} windows given up unacknowledged",
-            p.batches.load(Ordering::Relaxed),
-            p.updates.load(Ordering::Relaxed),
-            p.refused.load(Ordering::Relaxed),
-            p.reconnects.load(Ordering::Relaxed),
-            p.given_up.load(Ordering::Relaxed),
-        );
-    }
-    for (name, s) in &r.sinks {
-        tracing::info!(
-            "  sink {name}: {} rows acknowledged in {} requests, {} retried, {} dead-lettered, {} superseded, {} already delivered before a restart, {} windows given up, {} rows dropped (max_backlog)",
-            s.acknowledged.load(Ordering::Relaxed),
-            s.batches.load(Ordering::Relaxed),
-            s.retried.load(Ordering::Relaxed),
-            s.dead_lettered.load(Ordering::Relaxed),
-            s.superseded.load(Ordering::Relaxed),
-            s.already_delivered.load(Ordering::Relaxed),
-            s.given_up.load(Ordering::Relaxed),
-            s.dropped.load(Ordering::Relaxed),
-        );
-    }
-    if let Some(e) = &r.edges {
-        tracing::info!(
-            "  edges: {} updates applied, {} unchanged (resent, or a final value equal to the provisional one), {} expired, {} log entries skipped; pushed watermarks: {}",
-            e.applied.load(Ordering::Relaxed),
-            e.unchanged.load(Ordering::Relaxed),
-            e.expired.load(Ordering::Relaxed),
-            e.skipped.load(Ordering::Relaxed),
-            e.edges_csv().lines().skip(1).collect::<Vec<_>>().join("; ")
-        );
     }
 }

@@ -257,7 +257,7 @@ struct Snapshot {
     /// `[privacy] vehicle_hash_key` (compared, never shown).
     vehicle_key: Option<crate::privacy::VehicleKey>,
     tokens: Vec<(String, [u8; 32])>,
-    operators: String,
+    operators: Vec<crate::topology::Operator>,
     privacy: u64,
     subscriptions: (usize, std::time::Duration),
     ingest: Option<crate::topology::Ingest>,
@@ -311,7 +311,7 @@ impl Snapshot {
             fixed,
             vehicle_key: r.vehicle_key.clone(),
             tokens,
-            operators: format!("{:?}", t.operators),
+            operators: t.operators.clone(),
             privacy: t.privacy_min_vehicles,
             subscriptions: (t.sub_max_pending, t.sub_max_lag),
             ingest: t.ingest.clone(),

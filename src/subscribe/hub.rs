@@ -156,9 +156,9 @@ impl Hub {
     fn name(&self, key: &AggKey) -> Option<String> {
         let r = &self.reference;
         match key.kind {
-            crate::aggregate::Kind::Congestion => r.roads.get(key.key as usize)?.name.clone(),
-            crate::aggregate::Kind::Charging => r.chargers.get(key.key as usize)?.name.clone(),
-            crate::aggregate::Kind::Zone => None,
+            Kind::Congestion => r.roads.get(key.key as usize)?.name.clone(),
+            Kind::Charging => r.chargers.get(key.key as usize)?.name.clone(),
+            Kind::Zone => None,
         }
     }
 

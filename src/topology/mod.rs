@@ -77,7 +77,7 @@ pub struct Fleet {
 
 /// A mobility operator and its scopes, as the subscription server checks
 /// them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operator {
     /// Name (for logs).
     pub name: String,

@@ -104,7 +104,7 @@ pub fn refused(conn: &quinn::Connection, peer: &Peer) -> Option<ConnectError> {
     }
 }
 
-/// TLS alerts (RFC 8446 section 6), as QUIC carries them (0x100 + alert).
+/// TLS alerts (RFC 8446 section 6).
 const BAD_CERTIFICATE: u8 = 42;
 const CERTIFICATE_EXPIRED: u8 = 45;
 const CERTIFICATE_UNKNOWN: u8 = 46;
@@ -133,8 +133,11 @@ fn classify(e: quinn::ConnectionError, peer: &Peer) -> ConnectError {
         ),
         _ => return ConnectError::Lost { to, source: e },
     };
-    let alert = (0..=255u8).find(|a| quinn::TransportErrorCode::crypto(*a) == code);
-    let Some(alert) = alert else {
+    // QUIC carries a TLS alert as the error code 0x100 + alert.
+    let Some(alert) = u64::from(code)
+        .checked_sub(0x100)
+        .and_then(|a| u8::try_from(a).ok())
+    else {
         return ConnectError::Lost { to, source: e };
     };
     let lower = why.to_lowercase();
