@@ -408,6 +408,9 @@ pub struct Tracker {
     carries: FxHashMap<(u32, u32), Reading>,
     /// The checkpoint in force: segments before it are gone.
     first_seq: u64,
+    /// Windows retiring at or before this are frozen (the checkpoint's
+    /// horizon, or a cluster's agreed one): no checkpoint goes below it.
+    frozen: u64,
 }
 
 impl Tracker {
@@ -425,7 +428,20 @@ impl Tracker {
             open: BTreeMap::new(),
             carries,
             first_seq: resume.first_seq,
+            frozen: resume.horizon,
         }
+    }
+
+    /// Windows retiring at or before `horizon` are frozen: a cluster's
+    /// agreed horizon, the largest checkpoint horizon of its processes
+    /// ([`crate::runtime::SiteLink`]), which may lie past this log's own.
+    pub fn freeze(&mut self, horizon: u64) {
+        self.frozen = self.frozen.max(horizon);
+    }
+
+    /// Windows retiring at or before this are frozen.
+    pub fn frozen(&self) -> u64 {
+        self.frozen
     }
 
     /// A segment starts with entry `seq` (call before [`Tracker::observe`]
@@ -500,7 +516,8 @@ impl Tracker {
         limit: u64,
         settings: &Settings,
     ) -> Option<Checkpoint> {
-        let horizon = self.watermark().min(limit);
+        // Never below a horizon in force: windows frozen stay frozen.
+        let horizon = self.watermark().min(limit).max(self.frozen);
         let retired = |t: &u64| self.spec.retire_at(self.spec.window_start(*t)) <= horizon;
         let (&first_seq, clock) = self
             .starts

@@ -76,6 +76,23 @@ impl Chunk {
         self
     }
 
+    /// A clock tick's event time ([`Encoding::Clock`]); `None` for
+    /// records.
+    pub fn tick(&self) -> Option<u64> {
+        (self.encoding == Encoding::Clock)
+            .then(|| Encoding::tick_time(&self.data))
+            .flatten()
+    }
+
+    /// The chunk's [`ChunkTimes`]: its records' (`items`, resolved from
+    /// it), or a clock tick's. `floor` as for [`ChunkTimes::new`].
+    pub fn times(&self, items: &[Item], floor: Option<u64>, spec: &TimeSpec) -> ChunkTimes {
+        match self.tick() {
+            Some(t) => ChunkTimes::tick(t),
+            None => ChunkTimes::new(items.iter().map(|i| (i.device(), i.ts())), floor, spec),
+        }
+    }
+
     /// Decodes every record (blank JSON lines are skipped), calling `f` with
     /// its line (or item) number and the record or why it is invalid.
     pub fn for_each_record(&self, mut f: impl FnMut(u64, Result<Record<'_>, RecordError>)) {
@@ -106,7 +123,7 @@ impl Chunk {
             }
             // Partials are no telemetry: nothing to decode here (a central
             // node reads them with `crate::push::inbox`).
-            Encoding::Partials => {}
+            Encoding::Partials | Encoding::Clock => {}
         }
     }
 

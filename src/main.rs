@@ -8,7 +8,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Exit code of a cluster process that lost another process of its site.
+const SITE_LOST: i32 = 3;
+
 fn main() -> ExitCode {
+    on_site_lost_exit();
     match cli::run(cli::Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -16,6 +20,33 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A process of a cluster ([`edgeflow::runtime::Cluster`]) whose
+/// connection to another process breaks cannot go on: timely's
+/// communication threads panic, and its workers after them. Say so once,
+/// with what to do, and exit with [`SITE_LOST`] rather than print every
+/// thread's panic (and abort on the panics in their destructors). What was
+/// acknowledged is in the log already: exiting here is a crash the log is
+/// built for.
+fn on_site_lost_exit() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = (payload.downcast_ref::<&str>().copied())
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("");
+        let lost = message.starts_with("timely communication error")
+            || message.starts_with("MergeQueue poisoned")
+            || message.starts_with("Send thread panic");
+        if !lost {
+            return default(info);
+        }
+        eprintln!(
+            "edgeflow: error: this process lost its connection to another process of the site ({message}). A site runs as one dataflow: restart every process of it; each replays its own log (docs/SCALING.md, \"Restarting a site\"). Exit code {SITE_LOST}."
+        );
+        std::process::exit(SITE_LOST);
+    }));
 }
 
 /// An error and its causes, each said once: a cause whose text the

@@ -120,6 +120,12 @@ impl FinalTable {
         Ok(warnings)
     }
 
+    /// Keeps only the loaded rows for which `frozen` holds (a cluster
+    /// learns its frozen horizon once its processes agree).
+    pub fn keep_only(&mut self, frozen: impl Fn(&AggKey) -> bool) {
+        self.kept.retain(|k, _| frozen(k));
+    }
+
     /// Rows of one kind, sorted by key then window.
     pub fn rows(&self, kind: Kind) -> impl Iterator<Item = (&AggKey, &AggValue)> {
         self.rows.iter().filter(move |(k, _)| k.kind == kind)

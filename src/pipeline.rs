@@ -315,11 +315,14 @@ impl<'a> Stage<'a> {
                 }
             }),
         }
-        let times = ChunkTimes::new(
-            items.iter().map(|(_, i)| (i.device(), i.ts())),
-            self.clock.floor(),
-            &self.spec,
-        );
+        let times = match chunk.tick() {
+            Some(t) => ChunkTimes::tick(t),
+            None => ChunkTimes::new(
+                items.iter().map(|(_, i)| (i.device(), i.ts())),
+                self.clock.floor(),
+                &self.spec,
+            ),
+        };
         let max_ts = times.max;
         self.clock.publish(chunk.seq, times);
         let (prefix, first) = self.clock.prefix_before(chunk.seq);

@@ -154,6 +154,17 @@ pub struct ChunkTimes {
 }
 
 impl ChunkTimes {
+    /// A clock tick: `event_ms`, trusted as it is (another process of the
+    /// site reached it, its own outliers already set aside).
+    pub fn tick(event_ms: u64) -> Self {
+        ChunkTimes {
+            min: Some(event_ms),
+            max: Some(event_ms),
+            near_max: Some(event_ms),
+            far: Vec::new(),
+        }
+    }
+
     /// Summarises a chunk's `(device, ts)` records. `floor` is a clock
     /// state known to precede the chunk's (records within reach of it are
     /// within reach of the real one: the clock never goes back); `None`

@@ -16,6 +16,19 @@ pub struct Args {
     /// Do not watch the topology file: reload on SIGHUP only.
     #[arg(long)]
     no_watch: bool,
+    /// With a `[cluster]` in the topology: which of its processes this
+    /// is, a number from 0, or a name ending in `-N` (a StatefulSet pod's
+    /// hostname: `EDGEFLOW_PROCESS=$(hostname)`).
+    #[arg(long, env = "EDGEFLOW_PROCESS", value_parser = process_index)]
+    process: Option<usize>,
+}
+
+/// A process index: `N`, or a name ending in `-N`.
+fn process_index(s: &str) -> Result<usize, String> {
+    let digits = s.rsplit_once('-').map_or(s, |(_, n)| n);
+    digits.parse().map_err(|_| {
+        format!("{s:?} is not a process index: give a number from 0, or a name ending in -N (a StatefulSet pod's hostname)")
+    })
 }
 
 /// How often `edge` and `central` look at their topology file's time of
@@ -26,14 +39,36 @@ pub const TOPOLOGY_POLL: std::time::Duration = std::time::Duration::from_secs(1)
 /// Starts the node, waits for a stop signal, shuts down gracefully and
 /// prints the node's report.
 pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
-    let (topo, workers) = args.dataflow.load()?;
+    let (mut topo, workers) = args.dataflow.load()?;
+    match (&mut topo.cluster, args.process) {
+        (Some(c), Some(p)) => {
+            c.process = p;
+            c.check()
+                .map_err(|e| anyhow::anyhow!("--process / EDGEFLOW_PROCESS: {e}"))?;
+        }
+        (Some(c), None) => anyhow::bail!(
+            "{} has a [cluster] of {} processes: say which one this is with --process N or EDGEFLOW_PROCESS",
+            topo.path.display(),
+            c.addresses.len()
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "--process / EDGEFLOW_PROCESS given, but {} has no [cluster]",
+            topo.path.display()
+        ),
+        (None, None) => {}
+    }
+    if role == Role::Central && topo.cluster.is_some() {
+        anyhow::bail!("[cluster] is for an edge site; a central node runs as one process");
+    }
     tracing::info!(
         "edgeflow {} (revision {}) starting as {}: node {}, topology {}, {} worker(s), {} s windows, {} road segments, {} chargers, {} sink(s), {} fleet(s), {} operator(s), matching {}",
         env!("CARGO_PKG_VERSION"),
         env!("EDGEFLOW_GIT_REVISION"),
-        match role {
-            Role::Edge => "edge",
-            Role::Central => "central",
+        match (role, &topo.cluster) {
+            (Role::Edge, None) => "edge".to_owned(),
+            (Role::Edge, Some(c)) =>
+                format!("edge, process {} of a site of {}", c.process, c.addresses.len()),
+            (Role::Central, _) => "central".to_owned(),
         },
         topo.node_id,
         topo.path.display(),
@@ -50,6 +85,7 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let disk = edgeflow::log::disk::Disk::real();
+    let node_cluster = topo.cluster.clone();
     let node = edgeflow::node::start_as(role, topo, workers, disk)?;
     let (name, alpn) = match role {
         Role::Edge => ("edge", "edgeflow-ingest/1"),
@@ -76,8 +112,18 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         let modified = || std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         let (mut seen, mut pending) = (modified(), None);
         let mut poll = tokio::time::interval(TOPOLOGY_POLL);
+        let mut health = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             tokio::select! {
+                _ = health.tick() => {
+                    if node.dataflow_ended.load(std::sync::atomic::Ordering::Acquire) {
+                        tracing::error!("{}", match &node_cluster {
+                            Some(c) => format!("process {} of the site: the dataflow stopped (another process of the site was lost, or see above); stopping. Restart every process of the site: each replays its log (docs/SCALING.md, \"Restarting a site\")", c.process),
+                            None => "the dataflow stopped (see above); stopping".to_owned(),
+                        });
+                        break;
+                    }
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {

@@ -231,6 +231,8 @@ Exit codes:
      (simulate)
   2  could not do it: bad arguments, unreadable files, a node that cannot be
      reached or refused TLS, a node that failed to start
+  3  a process of a cluster (edge --process, replay --process) lost another
+     process of its site: restart every process of the site
 
 Environment: EDGEFLOW_TOKEN (a client's token), EDGEFLOW_LOG_FORMAT (text or
 json), RUST_LOG (which log lines, e.g. edgeflow=debug).";

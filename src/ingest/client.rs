@@ -141,7 +141,9 @@ pub fn batches(
                     Ok(r) => b.extend_from_slice(&encode_cbor(&r)),
                     Err(_) => report.unconvertible += 1,
                 },
-                Encoding::Partials => bail!("telemetry cannot be sent as partials"),
+                Encoding::Partials | Encoding::Clock => {
+                    bail!("telemetry cannot be sent as partials or clock ticks")
+                }
             }
         }
         out.push(b.freeze());
@@ -209,7 +211,7 @@ fn records_in(encoding: Encoding, batch: &Bytes) -> u64 {
             .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
             .count() as u64,
         Encoding::Cbor => crate::codec::cbor_items(batch).count() as u64,
-        Encoding::Partials => 0,
+        Encoding::Partials | Encoding::Clock => 0,
     }
 }
 

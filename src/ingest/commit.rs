@@ -64,6 +64,9 @@ pub struct Retention {
     pub gates: Vec<Arc<AtomicU64>>,
     /// What the commit thread counts (no-ops without an exporter).
     pub metrics: LogMetrics,
+    /// A cluster process's link to its site: the commit thread publishes
+    /// its log clock there ([`crate::runtime::SiteLink::logged`]).
+    pub site: Option<Arc<crate::runtime::SiteLink>>,
 }
 
 /// The commit thread's metrics: handles added to per group, per fsync,
@@ -311,6 +314,7 @@ impl CommitLoop {
         // Answered `log_unavailable` once the group is over.
         let mut not_kept: Vec<oneshot::Sender<Committed>> = Vec::new();
         let spec = *self.retention.tracker.spec();
+        let frozen = self.retention.tracker.frozen();
         let mut clock = self.retention.tracker.clock().clone();
         // Batch numbers as this group leaves them (applied once durable).
         let mut overlay: FxHashMap<String, u64> = FxHashMap::default();
@@ -319,6 +323,40 @@ impl CommitLoop {
         for Request { batch, reply } in requests {
             if io_error.is_some() {
                 not_kept.push(reply);
+                continue;
+            }
+            // A clock tick (a cluster process following its site): an
+            // entry only if it moves this log's clock.
+            let tick = (batch.encoding == Encoding::Clock)
+                .then(|| Encoding::tick_time(&batch.records))
+                .flatten();
+            if batch.encoding == Encoding::Clock {
+                match tick.filter(|&t| clock.max.is_none_or(|m| t > m)) {
+                    Some(t) => match self.log.append("", 0, Encoding::Clock, batch.records) {
+                        Ok(seq) => {
+                            let times = ChunkTimes::tick(t);
+                            clock.fold(&times, &spec);
+                            let data = Encoding::tick_bytes(t);
+                            staged.push(Staged {
+                                reply,
+                                seq,
+                                sender: String::new(),
+                                sender_seq: 0,
+                                segment_start: self.log.segment_first_seq() == seq,
+                                chunk: Chunk::from_batch(seq, Encoding::Clock, data),
+                                items: Arc::from(Vec::new()),
+                                times,
+                                expired: Vec::new(),
+                            });
+                        }
+                        Err(e) if e.is_io() => {
+                            not_kept.push(reply);
+                            io_error = Some(e);
+                        }
+                        Err(e) => answers.push((reply, Committed::Refused(e.to_string()))),
+                    },
+                    None => answers.push((reply, Committed::Duplicate)),
+                }
                 continue;
             }
             let next = overlay.get(&batch.sender).copied().unwrap_or_else(|| {
@@ -346,7 +384,10 @@ impl CommitLoop {
                 .items
                 .iter()
                 .enumerate()
-                .filter(|(_, i)| spec.classify(i.ts(), watermark) == Fate::Expired)
+                .filter(|(_, i)| {
+                    spec.classify(i.ts(), watermark) == Fate::Expired
+                        || spec.retire_at(spec.window_start(i.ts())) <= frozen
+                })
                 .map(|(n, _)| n as u32)
                 .collect();
             let (records, items) = if expired.is_empty() {
@@ -424,6 +465,10 @@ impl CommitLoop {
             self.retention
                 .watermark
                 .store(t.watermark(), Ordering::Release);
+            if let Some(site) = &self.retention.site {
+                let max = t.clock().max.unwrap_or(0);
+                site.logged.store(max, Ordering::Release);
+            }
             if !s.sender.is_empty() {
                 if let Ok(mut table) = self.table.lock() {
                     table.insert(s.sender, s.sender_seq + 1);
@@ -502,7 +547,46 @@ fn keep_all_but(
     (bytes.into(), kept)
 }
 
+/// A handle on the commit thread that does not keep it running: the log
+/// closes when the last [`Committer`] goes.
+pub struct WeakCommitter {
+    tx: mpsc::WeakSender<Request>,
+}
+
+impl WeakCommitter {
+    /// Queues a clock tick at `event_ms` ([`Encoding::Clock`]): appended
+    /// if it moves the log's clock (answered `Duplicate` if not). `None`
+    /// once the log is closed.
+    pub fn tick(&self, event_ms: u64) -> Option<impl std::future::Future<Output = Committed>> {
+        let tx = self.tx.upgrade()?;
+        let (reply, answer) = oneshot::channel();
+        let batch = Batch {
+            sender: String::new(),
+            sender_seq: 0,
+            encoding: Encoding::Clock,
+            records: Encoding::tick_bytes(event_ms),
+            ends: Vec::new(),
+            items: Vec::new(),
+        };
+        Some(async move {
+            match tx.send(Request { batch, reply }).await {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| Committed::Failed("the log is closed".into())),
+                Err(_) => Committed::Failed("the log is closed".into()),
+            }
+        })
+    }
+}
+
 impl Committer {
+    /// A handle that does not keep the commit thread running.
+    pub fn downgrade(&self) -> WeakCommitter {
+        WeakCommitter {
+            tx: self.tx.downgrade(),
+        }
+    }
+
     /// Starts the commit thread. `senders` holds each sender's next batch
     /// number (from log recovery); new entries go to `live` in order.
     /// `log_failures` counts failed log writes.

@@ -103,7 +103,7 @@ pub fn validate(
                 judge(i as u32, r, &records[range], false, &mut v);
             }
         }
-        Encoding::Partials => v.rejections.push((
+        Encoding::Partials | Encoding::Clock => v.rejections.push((
             0,
             reason_code(crate::model::RejectReason::Syntax),
             "partials are not telemetry: they go to a central node over edgeflow-push/1".into(),

@@ -84,6 +84,7 @@ impl Entry {
             0 => Encoding::JsonLines,
             1 => Encoding::Cbor,
             2 => Encoding::Partials,
+            3 => Encoding::Clock,
             e => return Err(format!("unknown encoding {e}")),
         };
         let entry = Entry {

@@ -171,6 +171,24 @@ pub enum Encoding {
     /// A push batch of an edge's partials ([`crate::partial::wire`]):
     /// the entries of a central node's log, never telemetry.
     Partials = 2,
+    /// A clock tick of a cluster process ([`crate::runtime::Cluster`]):
+    /// 8 bytes, big-endian, the newest trusted event time (ms) another
+    /// process of the site reached, which this process's clock takes in
+    /// ([`crate::time::ChunkTimes::tick`]). Written by the node, never
+    /// sent over the network.
+    Clock = 3,
+}
+
+impl Encoding {
+    /// A clock tick's entry bytes.
+    pub fn tick_bytes(event_ms: u64) -> Bytes {
+        Bytes::copy_from_slice(&event_ms.to_be_bytes())
+    }
+
+    /// The event time of a clock tick's entry bytes (`None`: malformed).
+    pub fn tick_time(records: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(records.try_into().ok()?))
+    }
 }
 
 /// One log entry: an accepted ingest batch.

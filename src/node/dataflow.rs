@@ -50,6 +50,22 @@ pub struct Feed {
     pub emitted: Arc<Emitted>,
     /// The dataflow's counts as it goes.
     pub live_stats: Arc<crate::pipeline::LiveStats>,
+    /// This node as one process of a site.
+    pub cluster: Option<crate::runtime::Cluster>,
+    /// What the processes of the site tell each other (the frozen horizon
+    /// too, which the files sinks keep the rows of).
+    pub site: Arc<crate::runtime::SiteLink>,
+    /// Set when the dataflow thread ends, however it ends.
+    pub ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets a flag when dropped (a thread's end, even by a panic).
+struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Rows the dataflow emitted, by status (counted per batch).
@@ -111,14 +127,18 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
         city,
         emitted,
         live_stats,
+        cluster,
+        site,
+        ended,
     } = feed;
-    let mut table = FinalTable::default();
+    // Every row now; the rows of frozen windows are kept once the frozen
+    // horizon is known (a cluster's processes agree on it as they start):
+    // the kept log rebuilds the rest.
+    let mut loaded = FinalTable::default();
     for sink in &topology.sinks {
         let Sink::Files { dir } = sink else { continue };
-        // Rows of frozen windows only: the kept log rebuilds the rest.
-        let (spec, horizon) = (topology.time, resume.horizon);
-        let warnings = table
-            .load_csv(dir, &reference, |k| spec.retire_at(k.window) <= horizon)
+        let warnings = loaded
+            .load_csv(dir, &reference, |_| true)
             .map_err(|e| EdgeError::Runtime(format!("files sink {}: {e}", dir.display())))?;
         for w in warnings {
             tracing::warn!("files sink: {w}");
@@ -127,12 +147,28 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
     std::thread::Builder::new()
         .name("edgeflow-dataflow".into())
         .spawn(move || {
-            let sink = std::cell::RefCell::new(FilesSinks::new(
-                table,
-                &topology,
-                &recovered_to,
-                &sinks_durable,
-            ));
+            let _ended = SetOnDrop(ended);
+            let spec = topology.time;
+            let loaded = std::cell::RefCell::new(Some(loaded));
+            let sink: std::cell::RefCell<Option<FilesSinks>> = Default::default();
+            // The sinks, once the frozen horizon is known.
+            let sinks = || {
+                let mut s = sink.borrow_mut();
+                if s.is_none() {
+                    if let (Some(horizon), Some(mut table)) =
+                        (site.frozen(), loaded.borrow_mut().take())
+                    {
+                        table.keep_only(|k| spec.retire_at(k.window) <= horizon);
+                        *s = Some(FilesSinks::new(
+                            table,
+                            &topology,
+                            &recovered_to,
+                            &sinks_durable,
+                        ));
+                    }
+                }
+                std::cell::RefMut::filter_map(s, Option::as_mut).ok()
+            };
             let summary = crate::runtime::run_with(
                 Input::Live(crate::runtime::Live {
                     chunks: live_rx,
@@ -147,11 +183,15 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                     provisional: hub_df.is_some() || push.is_some(),
                     partials: push.is_some(),
                     live: Some(live_stats),
+                    cluster,
+                    site: Some(site.clone()),
                     ..RunOptions::new(workers)
                 },
                 |batch| {
                     emitted.count(batch);
-                    sink.borrow_mut().apply(batch);
+                    if let Some(mut s) = sinks() {
+                        s.apply(batch);
+                    }
                     if let Some(hub) = &hub_df {
                         hub.publish(batch);
                     }
@@ -164,9 +204,14 @@ pub fn start(feed: Feed) -> Result<JoinHandle<Result<RunSummary, RunError>>, Edg
                 },
                 // Called when no emission came for a while: write what
                 // is still unwritten.
-                |_| sink.borrow_mut().write_if_due(),
+                |_| {
+                    if let Some(mut s) = sinks() {
+                        s.write_if_due();
+                    }
+                },
             );
-            let written = sink.into_inner().finish();
+            drop(sinks());
+            let written = sink.into_inner().is_none_or(|s| s.finish());
             summary.and_then(|s| {
                 written.then_some(s).ok_or_else(|| {
                     RunError::Dataflow("the files sink's last write failed (see above)".into())

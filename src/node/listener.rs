@@ -78,14 +78,17 @@ pub fn server_config(settings: &Ingest, intake: &[u8]) -> Result<quinn::ServerCo
 /// ingest connection finish its batches, and returns the subscription
 /// connections still running: they outlive ingest at a stop, since they
 /// carry the last aggregates, computed after ingest has stopped. Without
-/// `subscriptions` (a node with no operators) the subscription protocol is
-/// refused and the endpoint closed here.
+/// `subscriptions` (a node with no operators, a cluster process other
+/// than 0) the subscription protocol is refused with the reason given,
+/// and the endpoint closed here.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     ingest: Arc<IngestContext>,
-    subscriptions: Option<Arc<SubContext>>,
+    subscriptions: Result<Arc<SubContext>, &'static str>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinSet<()> {
+    let refusal = subscriptions.as_ref().err().copied().unwrap_or_default();
+    let subscriptions = subscriptions.ok();
     let admission = ingest.admission.clone();
     let mut tasks = tokio::task::JoinSet::new();
     let sub_tasks = Arc::new(Mutex::new(tokio::task::JoinSet::new()));
@@ -141,7 +144,7 @@ pub async fn serve(
                         }
                         _ => conn.close(
                             quinn::VarInt::from_u32(ErrorCode::Unauthorized as u32),
-                            b"this node has no operators",
+                            refusal.as_bytes(),
                         ),
                     }
                 });

@@ -19,6 +19,7 @@
 //! - [`sinks`]: the files sinks.
 //! - [`zones`]: the zone file watcher.
 //! - [`reload`]: the topology reloaded in place.
+//! - [`site`]: a node as one process of a site (`[cluster]`).
 //! - `stop`: winding a node down in order, and its report.
 //! - [`certs`]: development certificates.
 //! - `observe`: what a `/metrics` scrape reads (the collectors).
@@ -31,6 +32,7 @@ mod observe;
 pub mod recover;
 pub mod reload;
 pub mod sinks;
+pub mod site;
 mod stop;
 pub mod zones;
 
@@ -139,6 +141,9 @@ pub struct EdgeHandle {
     pub reloader: Arc<reload::Reloader>,
     /// The observability listener's address, when it has one.
     pub observe_addr: Option<SocketAddr>,
+    /// Set when the dataflow ends: before a shutdown, only if it failed
+    /// (in a cluster: another process of the site was lost).
+    pub dataflow_ended: Arc<std::sync::atomic::AtomicBool>,
     observe: Option<crate::observe::http::Server>,
     shutdown: watch::Sender<bool>,
     thread: JoinHandle<Result<EdgeReport, EdgeError>>,
@@ -230,6 +235,20 @@ pub fn start_as(
         &built.live_tx,
         &built.input_watermark,
     )?;
+    if let Some(c) = &topology.cluster {
+        // The site's frozen horizon, once every process is up: records of
+        // windows frozen anywhere are expired here too.
+        let running = || !built.dataflow.is_finished();
+        let frozen = site::agreed(&built.site, running, c.addresses.len()).ok_or_else(|| {
+            EdgeError::Runtime("the dataflow stopped before the site's processes connected".into())
+        })?;
+        tracker.freeze(frozen);
+        tracing::info!(
+            "process {} of {}: the site is connected (frozen horizon {frozen})",
+            c.process,
+            c.addresses.len()
+        );
+    }
     built.recovered_to.store(replayed.window, Ordering::Release);
     registry.ready.recovered.store(true, Ordering::Release);
     tracing::info!(
@@ -311,6 +330,10 @@ struct Built {
     sink_privacy: Arc<AtomicU64>,
     /// Ticks at each reload, for subscriptions.
     reloads_tx: watch::Sender<u64>,
+    /// What the processes of a cluster tell each other.
+    site: Arc<crate::runtime::SiteLink>,
+    /// Set when the dataflow thread ends.
+    dataflow_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the node's parts that do not listen: the subscription hub (when
@@ -323,6 +346,19 @@ fn build(
     workers: usize,
     resume: &crate::checkpoint::Resume,
 ) -> Result<Built, EdgeError> {
+    // A cluster's processes other than 0 get no emissions: they have no
+    // sinks and serve no subscriptions (process 0 does, for the site).
+    let emits = topology.cluster.as_ref().is_none_or(|c| c.emits());
+    let stripped;
+    let topology = if emits {
+        topology
+    } else {
+        let mut t = topology.clone();
+        t.sinks.clear();
+        t.operators.clear();
+        stripped = t;
+        &stripped
+    };
     let reference = Arc::new(topology.reference.clone());
     // Subscriptions: a hub fed by the dataflow, when operators may subscribe.
     let operators = topology.operators.clone();
@@ -427,6 +463,13 @@ fn build(
     );
     let emitted = Arc::new(dataflow::Emitted::default());
     let live_stats = Arc::new(crate::pipeline::LiveStats::default());
+    // What process 0 tells the others: how far all its outputs are durable.
+    let gates = std::iter::once(sinks_durable.clone())
+        .chain(push.iter().map(|(_, _, status)| status.delivered.clone()))
+        .chain(sinks.iter().map(|t| t.status.delivered.clone()))
+        .collect();
+    let site = Arc::new(crate::runtime::SiteLink::with_gates(gates));
+    let dataflow_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let dataflow = match &edges {
         None => dataflow::start(dataflow::Feed {
             emitted: emitted.clone(),
@@ -442,6 +485,9 @@ fn build(
             zones: zones.changes,
             sinks_durable: sinks_durable.clone(),
             recovered_to: recovered_to.clone(),
+            cluster: topology.cluster.clone(),
+            site: site.clone(),
+            ended: dataflow_ended.clone(),
         })?,
         Some(edges) => central::start(central::CentralFeed {
             topology: topology.clone(),
@@ -478,6 +524,8 @@ fn build(
         live_stats,
         sink_privacy,
         reloads_tx,
+        site,
+        dataflow_ended,
     })
 }
 
@@ -535,10 +583,20 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         hub_for_metrics,
         sink_privacy,
         reloads_tx,
+        site,
+        dataflow_ended,
     } = built;
     let handle_budget = budget.clone();
     let recovery = recovered.recovery;
+    let cluster = topology.cluster.clone();
+    // A process other than 0 keeps its log until process 0's outputs are
+    // durable past it.
+    let sinks_durable = match &cluster {
+        Some(c) if !c.emits() => site.durable.clone(),
+        _ => sinks_durable,
+    };
     let retention = Retention {
+        site: cluster.as_ref().map(|_| site.clone()),
         metrics: registry.scope(crate::ingest::commit::LogMetrics::registered),
         tracker,
         reference: reference.clone(),
@@ -584,6 +642,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         counters.log_failures.clone(),
     )
     .map_err(|e| EdgeError::Runtime(e.to_string()))?;
+    let follow_log = committer.downgrade();
     let ctx = Arc::new(IngestContext::new(
         reference,
         intake,
@@ -627,6 +686,14 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             let counters = ctx.counters.clone();
             let push = push.map(|(pusher, feed, _)| runtime.spawn(pusher.run(feed)));
             let sinks: Vec<_> = sinks.into_iter().map(|t| runtime.spawn(t.run)).collect();
+            if cluster.is_some() {
+                runtime.spawn(site::follow(site, follow_log, shutdown_rx.clone()));
+            }
+            let subs = match (sub_ctx, &cluster) {
+                (Some(s), _) => Ok(s),
+                (None, Some(c)) if !c.emits() => Err("subscriptions to a site are served by its process 0 ([cluster] processes), which gets every aggregate; this process only ingests"),
+                (None, _) => Err("this node has no operators"),
+            };
             let served = runtime.block_on(async {
                 let alpn = match role {
                     Role::Edge => crate::ingest::frame::ALPN,
@@ -644,7 +711,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 ready.listening.store(true, Ordering::Release);
                 let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
                 let subs =
-                    crate::node::listener::serve(endpoint.clone(), ctx, sub_ctx, shutdown_rx).await;
+                    crate::node::listener::serve(endpoint.clone(), ctx, subs, shutdown_rx).await;
                 Some((endpoint, subs))
             });
             let summary = wind_down(WindDown {
@@ -681,6 +748,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             zone_reloads,
             reloader,
             observe_addr: observe.as_ref().map(|o| o.addr),
+            dataflow_ended,
             observe,
             registry,
             shutdown: shutdown_tx,

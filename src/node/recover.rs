@@ -122,7 +122,9 @@ pub fn replay(
             tracker.segment_started(entry.seq);
         }
         last_watermark = tracker.watermark();
-        tracker.observe(&chunk.resolve_all(reference));
+        let items = chunk.resolve_all(reference);
+        let times = chunk.times(&items, tracker.clock().max, tracker.spec());
+        tracker.observe_with(&items, &times);
         watermark.store(tracker.watermark(), Ordering::Release);
         if live.send(chunk).is_err() {
             return Err(EdgeError::Runtime(

@@ -303,6 +303,10 @@ impl Snapshot {
                 format!("{:?}", t.straggler_timeout),
             ),
             ("[[edge]] names", edges.join(",")),
+            (
+                "[cluster] processes",
+                format!("{:?}", t.cluster.as_ref().map(|c| &c.addresses)),
+            ),
         ];
         let tokens = (t.fleets.iter().chain(&t.edges))
             .map(|f| (f.name.clone(), f.token_sha256))

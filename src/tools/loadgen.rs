@@ -123,7 +123,7 @@ pub fn synthetic_batch(
             })
         };
         match encoding {
-            Encoding::Cbor | Encoding::Partials => {
+            Encoding::Cbor | Encoding::Partials | Encoding::Clock => {
                 out.extend_from_slice(&crate::codec::encode_cbor(&record))
             }
             Encoding::JsonLines => {

@@ -640,6 +640,20 @@ impl Topology {
                 })
                 .ok()
         });
+        let cluster = file.cluster.as_ref().and_then(|s| {
+            let cluster = crate::runtime::Cluster {
+                process: 0,
+                addresses: s.processes.clone(),
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            let twice = s.processes.iter().find(|a| !seen.insert(a.as_str()));
+            match (cluster.check(), twice) {
+                (Err(why), _) => c.push("cluster.processes", &why),
+                (_, Some(a)) => c.push("cluster.processes", &format!("{a:?} is listed twice")),
+                _ => return Some(cluster),
+            }
+            None
+        });
         match (c.problems.is_empty(), time, reference, straggler_timeout) {
             (true, Some(time), Some(reference), Some(straggler_timeout)) => Ok(Topology {
                 node_id: file.node.id,
@@ -660,6 +674,7 @@ impl Topology {
                 edges,
                 straggler_timeout,
                 observability,
+                cluster,
             }),
             _ => Err(c.problems),
         }

@@ -58,6 +58,19 @@ pub struct TopologyFile {
     /// The node's own metrics, health and readiness over HTTP.
     #[serde(default)]
     pub observability: ObservabilitySection,
+    /// One site as several processes (timely's cluster mode).
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: one edge site as several processes, each with its own
+/// ingest listener and log, running one dataflow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Every process's address for timely's own connections
+    /// (`"host:port"`), in process order; a process's index (`--process`,
+    /// `EDGEFLOW_PROCESS`) says which one it is.
+    pub processes: Vec<String>,
 }
 
 /// `[observability]`.

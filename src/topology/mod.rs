@@ -134,6 +134,10 @@ pub struct Topology {
     pub observability: Option<std::net::SocketAddr>,
     /// `[central] straggler_timeout`.
     pub straggler_timeout: Duration,
+    /// `[cluster]`: this node as one process of a site. The file gives the
+    /// addresses; the process index comes from the command line
+    /// (`--process`, `EDGEFLOW_PROCESS`), 0 until it is set.
+    pub cluster: Option<crate::runtime::Cluster>,
 }
 
 /// Default `[central] straggler_timeout`.

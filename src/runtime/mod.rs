@@ -32,6 +32,9 @@ use crate::pipeline::{IngestStats, Pacing, Stage};
 use crate::reference::Reference;
 use crate::time::TimeSpec;
 
+mod cluster;
+pub use cluster::{Cluster, SiteLink};
+
 /// Chunks queued per worker. Bounds the reader's lead: 4 chunks of ~200 KiB
 /// per worker.
 pub const CHUNK_QUEUE: usize = 4;
@@ -94,51 +97,10 @@ pub struct RunOptions {
     /// Run as one process of a timely cluster ([`Cluster`]); `None`: this
     /// process alone.
     pub cluster: Option<Cluster>,
-}
-
-/// One process of a timely cluster: the dataflow runs across every
-/// process's workers (`workers` each) and exchanges records by key between
-/// them over TCP. Each process reads its own input; the emissions all go
-/// to worker 0, so process 0's caller gets every one of them and the
-/// others get none. Every process must be started (timely waits for them
-/// all before the dataflow runs).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cluster {
-    /// This process's index in `addresses`.
-    pub process: usize,
-    /// Every process's `host:port` (timely's own connections), in
-    /// process order.
-    pub addresses: Vec<String>,
-}
-
-impl Cluster {
-    /// Why the cluster cannot run, if it cannot.
-    pub fn check(&self) -> Result<(), String> {
-        let n = self.addresses.len();
-        if n < 2 {
-            return Err(format!("a cluster has at least 2 processes, {n} given"));
-        }
-        if self.process >= n {
-            return Err(format!(
-                "process {} of {n}: the index is 0 to {}",
-                self.process,
-                n - 1
-            ));
-        }
-        for a in &self.addresses {
-            if a.rsplit_once(':')
-                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-            {
-                return Err(format!("{a:?}: each process's address is HOST:PORT"));
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether this process gets the emissions (it runs worker 0).
-    pub fn emits(&self) -> bool {
-        self.process == 0
-    }
+    /// What the processes of a cluster tell each other, shared with the
+    /// caller ([`SiteLink`]); `None`: the run keeps its own. Without a
+    /// cluster, only its frozen horizon is set (the run's checkpoint's).
+    pub site: Option<Arc<SiteLink>>,
 }
 
 impl RunOptions {
@@ -155,6 +117,7 @@ impl RunOptions {
             partials: false,
             live: None,
             cluster: None,
+            site: None,
         }
     }
 }
@@ -504,6 +467,13 @@ pub fn run_with(
     }
     let gauge = Arc::new(crate::dataflow::gauge::StateGauge::default());
     let state = gauge.clone();
+    let site = options.site.clone().unwrap_or_default();
+    if options.cluster.is_none() {
+        site.agree(resume.horizon);
+    }
+    // The worker that reads this process's reference data into the
+    // dataflow (its first).
+    let first_local = options.cluster.as_ref().map_or(0, |c| c.process * workers);
     let mut config = if workers == 1 {
         timely::Config::thread()
     } else {
@@ -553,11 +523,20 @@ pub fn run_with(
         } else {
             None
         };
+        // A cluster's processes agree on the frozen horizon before any
+        // record goes in.
+        let mut site_flow = options
+            .cluster
+            .as_ref()
+            .map(|c| cluster::site_flow(worker, &site, c, workers, resume.horizon));
+        while site.frozen().is_none() {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
         let mut stage = Stage::new(&reference, spec, &clock, pacing, provisional);
         let mut published = crate::pipeline::IngestStats::default();
         stage.flush_records = options.flush_records.max(1);
-        stage.freeze(resume.horizon);
-        if worker.index() == 0 {
+        stage.freeze(site.frozen().unwrap_or(resume.horizon));
+        if worker.index() == first_local {
             for carry in &resume.carries {
                 inputs.charging.update(*carry, 1);
             }
@@ -585,6 +564,9 @@ pub fn run_with(
                 }
                 _ => break,
             };
+            if let Some(flow) = &mut site_flow {
+                flow.tell(&site, || clock.floor());
+            }
             if let Some(rx) = &zone_changes {
                 while let Ok((gone, added)) = rx.try_recv() {
                     inputs.update_zones(&gone, &added);
@@ -603,6 +585,7 @@ pub fn run_with(
         }
         stage.flush(&mut inputs);
         drop(inputs);
+        drop(site_flow);
         while !completion.done() {
             worker.step_or_park(Some(Duration::from_millis(1)));
         }
