@@ -49,6 +49,7 @@ mod oracle;
 mod postgres;
 mod push;
 mod reload;
+mod site;
 mod subscribe;
 mod support;
 mod topology;
