@@ -205,6 +205,11 @@ enum Command {
     /// them.
     #[command(hide = true)]
     BenchSinks(tools::bench_sinks::SinksBenchArgs),
+    /// Measure one site as several processes (timely's cluster mode)
+    /// against one process: replay of a synthetic city (byte-identical,
+    /// exchange bytes) and live ingest; prints one JSON object.
+    #[command(hide = true)]
+    BenchCluster(tools::bench_cluster::ClusterBenchArgs),
     /// One measured run of `bench`, in a fresh process (used by `bench`).
     #[command(hide = true)]
     BenchOne(tools::bench::RunOneArgs),
@@ -223,6 +228,7 @@ Benchmarks (each prints one JSON object; `edgeflow help NAME` for its options):
   bench-push       edges pushing to central over QUIC, live and after an outage
   bench-postgres   the postgres sink's upserts
   bench-sinks      the city sinks (NGSI-LD, MQTT) and ingest beside them
+  bench-cluster    a site of several processes against one process
 
 Exit codes:
   0  done
@@ -254,6 +260,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(args),
         Command::Bench(args) => print_json(tools::bench::run(&args)),
         Command::BenchIngest(args) => print_json(tools::bench_ingest::run(&args)),
+        Command::BenchCluster(args) => print_json(tools::bench_cluster::run(&args)),
         Command::BenchMatch(args) => print_json(tools::bench_match::run(&args)),
         Command::BenchMatching(args) => print_json(tools::bench_matching::run(&args)),
         Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),

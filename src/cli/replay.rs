@@ -92,16 +92,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Some(c) = cluster.as_ref().filter(|c| !c.emits()) {
+    if let Some(c) = &cluster {
         eprintln!(
-            "process {} of {}: read {} records in {:.2} s (after {:.2} s of setup); process 0 writes the aggregates",
+            "process {} of {}: read {} records in {:.2} s (after {:.2} s of setup); sent {} bytes to the other processes ({:.1} per record read)",
             c.process,
             c.addresses.len(),
             summary.ingest.records,
             summary.elapsed.as_secs_f64(),
-            summary.setup.as_secs_f64()
+            summary.setup.as_secs_f64(),
+            summary.exchanged,
+            summary.exchanged as f64 / summary.ingest.records.max(1) as f64,
         );
-        return Ok(ExitCode::SUCCESS);
+        if !c.emits() {
+            eprintln!("process {}: process 0 writes the aggregates", c.process);
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     table
         .write_csv(&args.out, &reference, topo.time.size_ms)

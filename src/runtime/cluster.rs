@@ -218,3 +218,35 @@ impl SiteFlow {
         }
     }
 }
+
+/// Timely's communication set up to count the bytes this process sends
+/// to the others (messages with their headers) into `sent`: what the
+/// exchange between processes costs.
+pub(crate) fn counting_hooks(sent: Arc<AtomicU64>) -> timely::communication::Hooks {
+    use timely::communication::logging::{CommunicationEvent, CommunicationEventBuilder};
+    use timely::logging_core::Logger;
+    let log_fn = move |setup: timely::communication::logging::CommunicationSetup| {
+        let sent = sent.clone();
+        setup.sender.then(|| {
+            Logger::<CommunicationEventBuilder>::new(
+                std::time::Instant::now(),
+                std::time::Duration::ZERO,
+                move |_, events: &mut Option<Vec<_>>| {
+                    let bytes: usize = (events.iter().flatten())
+                        .filter_map(|(_, e)| match e {
+                            CommunicationEvent::Message(m) if m.is_send => {
+                                Some(m.header.required_bytes())
+                            }
+                            _ => None,
+                        })
+                        .sum();
+                    sent.fetch_add(bytes as u64, Ordering::Relaxed);
+                },
+            )
+        })
+    };
+    timely::communication::Hooks {
+        log_fn: Arc::new(log_fn),
+        ..Default::default()
+    }
+}

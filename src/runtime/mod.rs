@@ -134,6 +134,9 @@ pub struct RunSummary {
     /// Wall-clock time before the dataflow started: a cluster's processes
     /// connecting to each other (timely polls for them once a second).
     pub setup: Duration,
+    /// Bytes this process sent to the other processes of its cluster
+    /// (timely's messages with their headers); 0 alone.
+    pub exchanged: u64,
     /// Input bytes read.
     pub bytes: u64,
     /// What reading a log found that a person should know: a torn tail
@@ -490,7 +493,13 @@ pub fn run_with(
         };
     }
     let connecting = Instant::now();
-    let guards = timely::execute(config, move |worker| {
+    let exchanged = Arc::new(AtomicU64::new(0));
+    let hooks = cluster::counting_hooks(exchanged.clone());
+    let (allocators, others) = config
+        .communication
+        .try_build_with(hooks)
+        .map_err(RunError::Dataflow)?;
+    let guards = timely::execute::execute_from(allocators, others, config.worker, move |worker| {
         let (tx, partial_tx) = if worker.index() == 0 {
             (
                 emit_tx.lock().ok().and_then(|mut t| t.take()),
@@ -658,6 +667,7 @@ pub fn run_with(
         emitted,
         elapsed: running.elapsed(),
         setup,
+        exchanged: exchanged.load(Ordering::Relaxed),
         bytes: bytes.load(Ordering::Relaxed),
         log_notes,
         state: state.read(),

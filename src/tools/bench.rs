@@ -243,13 +243,26 @@ pub struct RunOneArgs {
     /// Workers (dataflow mode).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Run as this process of a cluster, with `--peers` (dataflow mode).
+    #[arg(long, requires = "peers")]
+    pub process: Option<usize>,
+    /// Every cluster process's HOST:PORT, in process order.
+    #[arg(long, value_delimiter = ',', requires = "process")]
+    pub peers: Vec<String>,
+    /// Keep the final table and report its SHA-256 (of the congestion and
+    /// charging CSVs) as `digest`.
+    #[arg(long)]
+    pub digest: bool,
 }
 
 /// Measures one contender once in this process, which the parent started
 /// fresh, so the kernel's peak-RSS mark is this run's alone. Returns
-/// `{"records", "seconds", "peak_rss_bytes"}`.
+/// `{"records", "seconds", "peak_rss_bytes"}`; a dataflow run also
+/// `dataflow_seconds` (after a cluster's setup), `exchanged_bytes` (sent
+/// to the cluster's other processes) and, with `--digest`, `digest`.
 pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
     let t = Instant::now();
+    let mut extra = serde_json::Map::new();
     let records = match args.mode.as_str() {
         "baseline" => baseline(&args.input)?.0,
         mode @ ("dataflow" | "push") => {
@@ -267,28 +280,56 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
                 leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
             };
             let mut partials = 0usize;
+            let cluster = args.process.map(|process| crate::runtime::Cluster {
+                process,
+                addresses: args.peers.clone(),
+            });
+            let mut table = crate::output::FinalTable::default();
             let summary = crate::runtime::run_with(
                 Input::open(&args.input)?.0,
-                reference,
+                reference.clone(),
                 spec,
                 RunOptions {
                     speed: None,
                     partials: push,
+                    cluster,
                     ..RunOptions::new(args.workers)
                 },
-                |_| {},
+                |batch| {
+                    if args.digest {
+                        table.apply(batch)
+                    }
+                },
                 |batch| partials += batch.len(),
                 |_| {},
             )?;
             std::hint::black_box(partials);
+            extra.insert(
+                "dataflow_seconds".into(),
+                summary.elapsed.as_secs_f64().into(),
+            );
+            extra.insert("exchanged_bytes".into(), summary.exchanged.into());
+            if args.digest {
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                for kind in [
+                    crate::aggregate::Kind::Congestion,
+                    crate::aggregate::Kind::Charging,
+                ] {
+                    h.update(table.csv(kind, &reference, spec.size_ms));
+                }
+                extra.insert("digest".into(), hex::encode(h.finalize()).into());
+            }
             summary.ingest.records
         }
         other => anyhow::bail!("unknown mode {other:?}: expected baseline, dataflow or push"),
     };
     let seconds = t.elapsed().as_secs_f64();
-    Ok(
-        serde_json::json!({ "records": records, "seconds": seconds, "peak_rss_bytes": peak_rss(std::process::id()) }),
-    )
+    let mut out = serde_json::json!({ "records": records, "seconds": seconds, "peak_rss_bytes": peak_rss(std::process::id()) });
+    if let Some(o) = out.as_object_mut() {
+        o.extend(extra);
+    }
+    Ok(out)
 }
 
 fn spawn_one(

@@ -77,7 +77,7 @@ const HASH_KEY: &str = "7e570000000000000000000000000000000000000000000000000000
 
 /// A benchmark's node process: stopped with SIGTERM (and reaped) when
 /// dropped, on every path, so a failed benchmark leaves no node behind.
-pub struct NodeProcess(Child);
+pub struct NodeProcess(pub(crate) Child);
 
 impl NodeProcess {
     /// Its process id.
@@ -123,6 +123,20 @@ fn spawn_bench(
     ingest: &str,
     rest: &str,
 ) -> anyhow::Result<(NodeProcess, std::net::SocketAddr, std::path::PathBuf)> {
+    let (path, ca) = bench_topology(dir, topology, role, ingest, rest)?;
+    let (child, addr) = spawn_role_process(&std::env::current_exe()?, role, &path)?;
+    Ok((NodeProcess(child), addr, ca))
+}
+
+/// Writes the topology [`spawn_bench`] starts a node with, in `dir`;
+/// returns its path and the CA of its certificates.
+pub(crate) fn bench_topology(
+    dir: &Path,
+    topology: &Path,
+    role: &str,
+    ingest: &str,
+    rest: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let certs = crate::node::make_certs(&dir.join("certs"), &["localhost".into()])?;
     let base = std::fs::canonicalize(topology.parent().unwrap_or(Path::new(".")))?;
     let text = format!(
@@ -137,8 +151,7 @@ fn spawn_bench(
     );
     let path = dir.join(format!("{role}.toml"));
     std::fs::write(&path, text)?;
-    let (child, addr) = spawn_role_process(&std::env::current_exe()?, role, &path)?;
-    Ok((NodeProcess(child), addr, certs.ca))
+    Ok((path, certs.ca))
 }
 
 /// Starts `exe edge --topology topology` and returns it with the address it

@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod bench_central;
+pub mod bench_cluster;
 pub mod bench_ingest;
 pub mod bench_match;
 pub mod bench_matching;

@@ -42,7 +42,7 @@ impl Site {
             hex::encode(sha2::Sha256::digest(TOKEN.as_bytes()))
         };
         let k = root("topologies/karhula");
-        for i in 0..2 {
+        for (i, listen) in ingest.iter().enumerate() {
             let text = format!(
                 "[node]\nid = \"site\"\n[reference]\nroads = \"{roads}\"\nchargers = \"{chargers}\"\nzones = \"{zones}\"\n\
                  [windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n\
@@ -55,7 +55,6 @@ impl Site {
                 roads = k.join("roads.geojson").display(),
                 chargers = k.join("chargers.geojson").display(),
                 zones = k.join("zones.geojson").display(),
-                listen = ingest[i],
                 t0 = timely[0],
                 t1 = timely[1],
             );
