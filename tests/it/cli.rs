@@ -1311,7 +1311,7 @@ fn help_groups_benchmarks_apart_gives_examples_and_exit_codes_and_completions_wo
         .filter_map(|l| l.split_whitespace().next())
         .filter(|w| w.starts_with("bench"))
         .collect();
-    assert_eq!(benches.len(), 9, "{benchmarks}");
+    assert_eq!(benches.len(), 10, "{benchmarks}");
     for bench in benches {
         let (status, _, stderr) = run(T, args!["help", bench]);
         assert!(status.success(), "{bench} exists: {stderr}");
