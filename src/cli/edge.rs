@@ -25,10 +25,7 @@ pub struct Args {
 
 /// A process index: `N`, or a name ending in `-N`.
 fn process_index(s: &str) -> Result<usize, String> {
-    let digits = s.rsplit_once('-').map_or(s, |(_, n)| n);
-    digits.parse().map_err(|_| {
-        format!("{s:?} is not a process index: give a number from 0, or a name ending in -N (a StatefulSet pod's hostname)")
-    })
+    edgeflow::runtime::Cluster::index_from(s)
 }
 
 /// How often `edge` and `central` look at their topology file's time of

@@ -67,6 +67,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// A process index as an operator gives it: `N`, or a name ending in
+    /// `-N` (a StatefulSet pod's name, whose ordinal is its index).
+    pub fn index_from(s: &str) -> Result<usize, String> {
+        let digits = s.rsplit_once('-').map_or(s, |(_, n)| n);
+        digits.parse().map_err(|_| {
+            format!("{s:?} is not a process index: give a number from 0, or a name ending in -N (a StatefulSet pod's name)")
+        })
+    }
+
     /// Whether this process gets the emissions (it runs worker 0).
     pub fn emits(&self) -> bool {
         self.process == 0

@@ -264,6 +264,9 @@ fn the_kubernetes_manifests_are_consistent() {
                 "{set_name}: {f} is on no mount ({mounts:?})"
             );
         }
+        if let Some(cluster) = toml.get("cluster") {
+            check_site(&set_name, set, service, &kustomization[0], cluster, &ports);
+        }
         for key in ["roads", "chargers", "zones"] {
             let f = toml["reference"][key].as_str().expect("reference");
             let rel = f
@@ -272,6 +275,76 @@ fn the_kubernetes_manifests_are_consistent() {
             assert!(root(rel).is_file(), "{set_name}: the image has no {rel}");
         }
     }
+}
+
+/// A StatefulSet running a site of several processes (`[cluster]`): one
+/// replica per process; process i's address is pod i's stable name under
+/// the headless Service, on a container port the Service publishes before
+/// the pods are ready; the pods start together; each learns its index from
+/// its pod name, which the binary accepts as `EDGEFLOW_PROCESS`.
+fn check_site(
+    set_name: &str,
+    set: &Yaml,
+    service: &Yaml,
+    kustomization: &Yaml,
+    cluster: &toml::Value,
+    ports: &[Yaml],
+) {
+    let processes = cluster["processes"].as_array().expect("[cluster] processes");
+    let spec = &set["spec"];
+    assert_eq!(
+        spec["replicas"].as_i64(),
+        Some(processes.len() as i64),
+        "{set_name}: a replica per process"
+    );
+    assert_eq!(
+        s(&spec["podManagementPolicy"]),
+        "Parallel",
+        "{set_name}: a process is ready once all are connected: an ordered start never ends"
+    );
+    assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        service["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true),
+        "{set_name}: the processes resolve each other before any is ready"
+    );
+    let namespace = s(&kustomization["namespace"]);
+    let service_name = s(&service["metadata"]["name"]);
+    for (i, address) in processes.iter().enumerate() {
+        let address = address.as_str().expect("an address");
+        let want = format!("{set_name}-{i}.{service_name}.{namespace}.svc.cluster.local:");
+        assert!(
+            address.starts_with(&want),
+            "{set_name}: process {i} is pod {i} under the headless Service ({address})"
+        );
+        let port = port_of(address);
+        assert!(
+            ports.iter().any(|p| p["containerPort"].as_i64() == Some(port)
+                && s(&p["protocol"]) == "TCP"),
+            "{set_name}: {address}'s port is a TCP container port"
+        );
+        assert!(
+            (service["spec"]["ports"].as_vec().expect("service ports"))
+                .iter()
+                .any(|p| p["port"].as_i64() == Some(port)),
+            "{set_name}: the Service publishes {address}'s port"
+        );
+    }
+    let container = &spec["template"]["spec"]["containers"][0];
+    let env = container["env"].as_vec().expect("env");
+    let index = env
+        .iter()
+        .find(|e| s(&e["name"]) == "EDGEFLOW_PROCESS")
+        .unwrap_or_else(|| panic!("{set_name}: EDGEFLOW_PROCESS"));
+    assert_eq!(
+        s(&index["valueFrom"]["fieldRef"]["fieldPath"]),
+        "metadata.name",
+        "{set_name}: the pod's name gives its index"
+    );
+    // The pod name form the binary takes for its index.
+    let last = processes.len() - 1;
+    let parsed = edgeflow::runtime::Cluster::index_from(&format!("{set_name}-{last}"));
+    assert_eq!(parsed, Ok(last), "{set_name}");
 }
 
 /// The Dockerfile's commands are ones the binary accepts, it exposes what
