@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use super::bench_ingest::{bench_topology, NodeProcess, TOKEN};
+use super::bench_ingest::{bench_topology, listening_addr, spawn_listening, NodeProcess, TOKEN};
 use super::loadgen::Load;
 use super::measure::{median, Scratch};
 use crate::ingest::client::SendOptions;
@@ -62,10 +62,9 @@ pub struct ClusterBenchArgs {
     /// The topology whose road network the live nodes load.
     #[arg(long, default_value = "topologies/karhula.toml")]
     pub topology: PathBuf,
-    /// Also run the live ingest part (not yet reliable: the site's run
-    /// has been seen to stall; issue 16 is open on it).
+    /// Skip the live ingest part.
     #[arg(long)]
-    pub live: bool,
+    pub no_live: bool,
     /// Skip the replay part.
     #[arg(long)]
     pub no_replay: bool,
@@ -78,7 +77,7 @@ pub fn run(args: &ClusterBenchArgs) -> anyhow::Result<serde_json::Value> {
     if !args.no_replay {
         report.insert("replay".into(), replay(args, scratch.path())?);
     }
-    if args.live {
+    if !args.no_live {
         report.insert("live".into(), live(args, scratch.path())?);
     }
     Ok(report.into())
@@ -265,14 +264,14 @@ fn start_site(
     dir: &Path,
     topology: &Path,
     n: usize,
-) -> anyhow::Result<(Vec<NodeProcess>, Vec<Target>)> {
+) -> anyhow::Result<(Site, Vec<Target>)> {
     let peers = timely_addresses(n)?;
     let list = peers
         .iter()
         .map(|p| format!("\"{p}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut pending = Vec::new();
+    let (mut site, mut listening) = (Site(Vec::new()), Vec::new());
     for i in 0..n {
         let rest = format!(
             "[dataflow]\nworkers = 1\n[[fleet]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n[cluster]\nprocesses = [{list}]\n",
@@ -281,39 +280,36 @@ fn start_site(
         let ingest = "max_connections = 20000\nmax_records_per_s = 10000000\n";
         let (path, ca) =
             bench_topology(&dir.join(format!("p{i}")), topology, "edge", ingest, &rest)?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["edge", "--no-watch", "--topology"])
             .arg(&path)
             .env("EDGEFLOW_PROCESS", i.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().context("node stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().and_then(|a| a.parse().ok()));
-                }
-            }
-        });
-        pending.push((NodeProcess(child), rx, ca));
+            .stdout(Stdio::null());
+        let (child, l) = spawn_listening(command)?;
+        site.0.push(NodeProcess(child));
+        listening.push((l, ca));
     }
-    let mut nodes = Vec::new();
     let mut addrs = Vec::new();
-    for (node, rx, ca) in pending {
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .context("a process of the site did not listen within 60 s")?;
-        nodes.push(node);
+    for (node, (l, ca)) in site.0.iter_mut().zip(listening) {
+        let addr =
+            listening_addr(&mut node.0, &l).context("a process of the site did not listen")?;
         addrs.push((addr, ca));
     }
-    Ok((nodes, addrs))
+    Ok((site, addrs))
+}
+
+/// The processes of a site, stopped together when dropped: all are asked
+/// first, then waited for, since each process's dataflow ends only once
+/// the others' inputs have ended too.
+struct Site(Vec<NodeProcess>);
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            p.terminate();
+        }
+    }
 }
 
 /// A process's ingest address and the CA of its certificate.

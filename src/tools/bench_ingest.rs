@@ -86,11 +86,18 @@ impl NodeProcess {
     }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
+impl NodeProcess {
+    /// Asks it to stop (SIGTERM), without waiting.
+    pub(crate) fn terminate(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.terminate();
         let _ = self.0.wait();
     }
 }
@@ -172,12 +179,21 @@ pub fn spawn_role_process(
     role: &str,
     topology: &Path,
 ) -> anyhow::Result<(Child, std::net::SocketAddr)> {
+    let mut command = Command::new(exe);
+    command.args([role, "--topology"]).arg(topology);
+    let (mut child, listening) = spawn_listening(command)?;
+    let addr = listening_addr(&mut child, &listening);
+    addr.map(|a| (child, a))
+}
+
+/// Where a node started by [`spawn_listening`] says it listens.
+pub(crate) type Listening = std::sync::mpsc::Receiver<Option<std::net::SocketAddr>>;
+
+/// Spawns a node with its stderr read for its "listening on ADDR" line,
+/// which arrives on the returned receiver.
+pub(crate) fn spawn_listening(mut command: Command) -> anyhow::Result<(Child, Listening)> {
     use std::io::BufRead;
-    let mut child = Command::new(exe)
-        .args([role, "--topology"])
-        .arg(topology)
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = command.stderr(Stdio::piped()).spawn()?;
     let stderr = child.stderr.take().context("node stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -191,8 +207,17 @@ pub fn spawn_role_process(
             }
         }
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(Some(addr)) => Ok((child, addr)),
+    Ok((child, rx))
+}
+
+/// The address a node started by [`spawn_listening`] listens on, within
+/// 60 s; the node is killed if it does not say.
+pub(crate) fn listening_addr(
+    child: &mut Child,
+    listening: &Listening,
+) -> anyhow::Result<std::net::SocketAddr> {
+    match listening.recv_timeout(Duration::from_secs(60)) {
+        Ok(Some(addr)) => Ok(addr),
         Ok(None) => {
             let _ = child.kill();
             anyhow::bail!("the node's \"listening on\" line has no address")
