@@ -265,7 +265,7 @@ fn the_kubernetes_manifests_are_consistent() {
             );
         }
         if let Some(cluster) = toml.get("cluster") {
-            check_site(&set_name, set, service, &kustomization[0], cluster, &ports);
+            check_site(&set_name, set, service, &kustomization[0], cluster, ports);
         }
         for key in ["roads", "chargers", "zones"] {
             let f = toml["reference"][key].as_str().expect("reference");
@@ -290,7 +290,9 @@ fn check_site(
     cluster: &toml::Value,
     ports: &[Yaml],
 ) {
-    let processes = cluster["processes"].as_array().expect("[cluster] processes");
+    let processes = cluster["processes"]
+        .as_array()
+        .expect("[cluster] processes");
     let spec = &set["spec"];
     assert_eq!(
         spec["replicas"].as_i64(),
@@ -319,8 +321,9 @@ fn check_site(
         );
         let port = port_of(address);
         assert!(
-            ports.iter().any(|p| p["containerPort"].as_i64() == Some(port)
-                && s(&p["protocol"]) == "TCP"),
+            ports
+                .iter()
+                .any(|p| p["containerPort"].as_i64() == Some(port) && s(&p["protocol"]) == "TCP"),
             "{set_name}: {address}'s port is a TCP container port"
         );
         assert!(

@@ -217,7 +217,10 @@ fn two_edges_pushing_to_central_write_what_one_node_writes() {
     // once the watermark moves on, and here both edges' last pushes may
     // come in one step.
     let scrape = registry.render();
-    assert!(sample_of(&scrape, "edgeflow_rows_emitted_total") > 0.0, "{scrape}");
+    assert!(
+        sample_of(&scrape, "edgeflow_rows_emitted_total") > 0.0,
+        "{scrape}"
+    );
     let edges = report.edges.expect("central's edges");
     assert!(edges.applied.load(Ordering::Relaxed) > 0);
     assert_eq!(edges.skipped.load(Ordering::Relaxed), 0);
