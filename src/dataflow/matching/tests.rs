@@ -192,8 +192,14 @@ proptest! {
         let (hmm, recs) = drives(lag, 5, seed, teleports);
         let (updates, fleet, retaken) = feed(hmm.clone(), &recs, seed, batch_ms, late);
         let (got, _) = net(&updates);
-        // (Independent delays put a vehicle's fixes out of order too.)
-        prop_assert!(retaken > 0, "no fix was taken out of order");
+        // Independent delays put a vehicle's fixes out of order too: with
+        // batches of a few seconds, hundreds of neighbouring fixes straddle
+        // a batch's edge, so some are taken after a later one. A minute's
+        // batch has two or three edges in these drives and may have none
+        // straddled (seed 342 has none), so it proves nothing either way.
+        if batch_ms <= 3_000 {
+            prop_assert!(retaken > 0, "no fix was taken out of order");
+        }
         prop_assert_eq!(got, expected(&hmm, &recs));
         prop_assert_eq!(fleet.vehicles(), 0);
     }
