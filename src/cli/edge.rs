@@ -147,7 +147,16 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         "edgeflow {name}: stopping: draining connections, flushing the dataflow and sinks"
     );
     edgeflow::observe::notify::notify("STOPPING=1\nSTATUS=draining");
-    let report = node.shutdown()?;
+    let report = match node.shutdown() {
+        Ok(report) => report,
+        // Asked to stop, and stopped with nothing acknowledged lost: the
+        // rest of the site follows (exit 3) and restarts.
+        Err(e @ edgeflow::node::EdgeError::StoppedAlone { .. }) => {
+            tracing::warn!("{e}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     edgeflow::node::print_report(&report);
     Ok(ExitCode::SUCCESS)
 }

@@ -52,10 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     super::check_speed(args.speed)?;
-    let cluster = args.process.map(|process| edgeflow::runtime::Cluster {
-        process,
-        addresses: args.peers.clone(),
-    });
+    let cluster =
+        (args.process).map(|process| edgeflow::runtime::Cluster::new(process, args.peers.clone()));
     if let Some(c) = &cluster {
         c.check()
             .map_err(|e| anyhow::anyhow!("--process/--peers: {e}"))?;

@@ -94,6 +94,16 @@ pub enum EdgeError {
     /// The observability listener could not start.
     #[error("{0}")]
     Observe(#[from] crate::observe::http::HttpError),
+    /// A process of a site was stopped while the others ran on: its
+    /// dataflow cannot end alone. Its log holds every record it
+    /// acknowledged; the site restarts from the logs.
+    #[error("process {process} of the site stopped alone: the other processes did not stop within [cluster] stop_wait ({} s), and the site's dataflow ends only with every process's input. Its log holds every record it acknowledged. The others stop (exit 3) once it is gone: restart every process of the site (docs/SCALING.md, \"Restarting a site\")", waited.as_secs())]
+    StoppedAlone {
+        /// This process's index.
+        process: usize,
+        /// How long it waited for the others.
+        waited: std::time::Duration,
+    },
 }
 
 /// What a node did, reported when it stops.
@@ -724,6 +734,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 dataflow,
                 hub,
                 stopping_tx,
+                site: cluster.as_ref().map(|c| (c.process, c.stop_wait)),
             });
             Ok(EdgeReport {
                 summary: summary?,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -24,13 +24,18 @@ pub(super) struct WindDown {
     pub(super) dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
     pub(super) hub: Option<Arc<Hub>>,
     pub(super) stopping_tx: watch::Sender<bool>,
+    /// A process of a site: its index and `[cluster] stop_wait`.
+    pub(super) site: Option<(usize, Duration)>,
 }
 
 /// Stops the rest of a node, in order: every ingest connection is done, so
 /// closing the log hand-over ends the dataflow once it has taken in
 /// everything acknowledged; subscriptions go on until its last emissions,
 /// then are drained and the endpoint closed (on failure too, before the
-/// error is returned).
+/// error is returned). A process of a site waits for the dataflow at most
+/// its `stop_wait`: the dataflow ends only once every process's input has,
+/// so a process stopped alone leaves its dataflow running and stops with
+/// [`EdgeError::StoppedAlone`] (the process's exit ends it).
 pub(super) fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
     let WindDown {
         runtime,
@@ -42,11 +47,35 @@ pub(super) fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         dataflow,
         hub,
         stopping_tx,
+        site,
     } = w;
     drop(zone_watch);
     commit_thread
         .join()
         .map_err(|_| EdgeError::Runtime("the commit thread panicked".into()))?;
+    if let Some((process, wait)) = site {
+        let started = Instant::now();
+        if !dataflow.is_finished() {
+            tracing::info!(
+                "process {process} of the site: its log is closed; waiting up to {} s ([cluster] stop_wait) for the other processes to stop, which ends the site's dataflow",
+                wait.as_secs()
+            );
+        }
+        while !dataflow.is_finished() && started.elapsed() < wait {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !dataflow.is_finished() {
+            if let Some(hub) = &hub {
+                hub.close();
+            }
+            let _ = stopping_tx.send(true);
+            close(&runtime, served);
+            return Err(EdgeError::StoppedAlone {
+                process,
+                waited: wait,
+            });
+        }
+    }
     let summary = dataflow
         .join()
         .map_err(|_| EdgeError::Runtime("the dataflow thread panicked".into()))
@@ -72,6 +101,17 @@ pub(super) fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         hub.close();
     }
     let _ = stopping_tx.send(true);
+    close(&runtime, served);
+    drop(runtime);
+    summary
+}
+
+/// Drains the subscriptions (at most [`SUBSCRIBER_DRAIN`]) and closes the
+/// endpoint.
+fn close(
+    runtime: &tokio::runtime::Runtime,
+    served: Option<(quinn::Endpoint, tokio::task::JoinSet<()>)>,
+) {
     if let Some((endpoint, mut subs)) = served {
         runtime.block_on(async {
             let drained = async { while subs.join_next().await.is_some() {} };
@@ -83,8 +123,6 @@ pub(super) fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
             endpoint.wait_idle().await;
         });
     }
-    drop(runtime);
-    summary
 }
 
 /// Prints a node's report to stderr.

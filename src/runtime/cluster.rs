@@ -41,9 +41,28 @@ pub struct Cluster {
     /// Every process's `host:port` (timely's own connections), in
     /// process order.
     pub addresses: Vec<String>,
+    /// How long a stopping process waits for the rest of the site to stop
+    /// too (`[cluster] stop_wait`): the dataflow ends only once every
+    /// process's input has ended, so a process stopped alone leaves after
+    /// this wait, its log durable, and the site restarts (docs/SCALING.md).
+    pub stop_wait: std::time::Duration,
 }
 
 impl Cluster {
+    /// Default [`Cluster::stop_wait`]: long enough for processes stopped
+    /// together by hand or by an orchestrator (`kubectl delete pod -l`).
+    pub const DEFAULT_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Process `process` of the site at `addresses`, with the default
+    /// settings.
+    pub fn new(process: usize, addresses: Vec<String>) -> Cluster {
+        Cluster {
+            process,
+            addresses,
+            stop_wait: Cluster::DEFAULT_STOP_WAIT,
+        }
+    }
+
     /// Why the cluster cannot run, if it cannot.
     pub fn check(&self) -> Result<(), String> {
         let n = self.addresses.len();

@@ -280,10 +280,8 @@ pub fn run_one(args: &RunOneArgs) -> anyhow::Result<serde_json::Value> {
                 leap_quorum: crate::time::DEFAULT_LEAP_QUORUM,
             };
             let mut partials = 0usize;
-            let cluster = args.process.map(|process| crate::runtime::Cluster {
-                process,
-                addresses: args.peers.clone(),
-            });
+            let cluster = (args.process)
+                .map(|process| crate::runtime::Cluster::new(process, args.peers.clone()));
             let mut table = crate::output::FinalTable::default();
             let summary = crate::runtime::run_with(
                 Input::open(&args.input)?.0,

@@ -641,9 +641,14 @@ impl Topology {
                 .ok()
         });
         let cluster = file.cluster.as_ref().and_then(|s| {
+            let stop_wait = c.duration_or(
+                s.stop_wait.as_deref(),
+                crate::runtime::Cluster::DEFAULT_STOP_WAIT,
+                "cluster.stop_wait",
+            )?;
             let cluster = crate::runtime::Cluster {
-                process: 0,
-                addresses: s.processes.clone(),
+                stop_wait,
+                ..crate::runtime::Cluster::new(0, s.processes.clone())
             };
             let mut seen = std::collections::BTreeSet::new();
             let twice = s.processes.iter().find(|a| !seen.insert(a.as_str()));

@@ -71,6 +71,9 @@ pub struct ClusterSection {
     /// (`"host:port"`), in process order; a process's index (`--process`,
     /// `EDGEFLOW_PROCESS`) says which one it is.
     pub processes: Vec<String>,
+    /// How long a stopping process waits for the rest of the site to stop
+    /// (default `30s`): a process stopped alone leaves after it.
+    pub stop_wait: Option<String>,
 }
 
 /// `[observability]`.

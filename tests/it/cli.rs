@@ -682,7 +682,10 @@ fn check_last_table(
     // The header counts the newest window's rows, the ones listed (live
     // traffic that straddles a minute leaves two windows held).
     let in_newest = live.iter().filter(|(_, w)| *w == newest).count();
-    assert_eq!(held, in_newest as u64, "rows in the newest window: {header}");
+    assert_eq!(
+        held, in_newest as u64,
+        "rows in the newest window: {header}"
+    );
     eprintln!("last table: {header}");
     // Columns start where their names do.
     let columns = lines

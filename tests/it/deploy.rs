@@ -344,6 +344,22 @@ fn check_site(
         "metadata.name",
         "{set_name}: the pod's name gives its index"
     );
+    assert_eq!(
+        s(&spec["updateStrategy"]["type"]),
+        "OnDelete",
+        "{set_name}: a rolling update stops one process at a time, and each stop restarts the site"
+    );
+    // A process stopped alone waits stop_wait, then drains: the grace
+    // period outlasts both.
+    let wait = humantime::parse_duration(cluster["stop_wait"].as_str().unwrap_or("30s"))
+        .expect("stop_wait");
+    let grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace as u64 >= wait.as_secs() + 30,
+        "{set_name}: a grace period of {grace} s outlasts stop_wait ({wait:?}) and the drain"
+    );
     // The pod name form the binary takes for its index.
     let last = processes.len() - 1;
     let parsed = edgeflow::runtime::Cluster::index_from(&format!("{set_name}-{last}"));

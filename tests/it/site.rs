@@ -4,7 +4,8 @@
 //! byte; so it does after one process is killed mid-send and the site is
 //! restarted as documented (the survivor exits 3, both restart, the
 //! senders resend what was not acknowledged). A process whose devices are
-//! quiet holds no window back: it follows the site's clock.
+//! quiet holds no window back: it follows the site's clock. A process
+//! stopped alone leaves after `[cluster] stop_wait`, losing nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,7 +52,7 @@ impl Site {
                  [log]\ndir = \"log{i}\"\nsegment_bytes = 131072\n\
                  [[fleet]]\nname = \"cars\"\ntoken_sha256 = \"{hash}\"\n\
                  [[sink]]\ntype = \"files\"\ndir = \"out{i}\"\n\
-                 [cluster]\nprocesses = [\"{t0}\", \"{t1}\"]\n",
+                 [cluster]\nprocesses = [\"{t0}\", \"{t1}\"]\nstop_wait = \"2s\"\n",
                 roads = k.join("roads.geojson").display(),
                 chargers = k.join("chargers.geojson").display(),
                 zones = k.join("zones.geojson").display(),
@@ -277,4 +278,45 @@ fn a_quiet_process_follows_the_site_clock_and_holds_no_window_back() {
     stop(procs);
     let single = one_process(&site);
     assert_same_files(&site.path("out0"), &single, "a site with a quiet process");
+}
+
+/// SIGTERM to one process while the other runs on: it waits `stop_wait`
+/// (2 s here) for the rest of the site, then leaves with exit 0 and says
+/// why; the other loses its peer (exit 3); restarted together, the site's
+/// files equal one process's.
+#[test]
+fn a_process_stopped_alone_leaves_after_its_stop_wait_and_the_site_restarts() {
+    let _deadline = crate::support::deadline();
+    let site = Site::new();
+    let parts = split_by_device(site.dir.path());
+    let [mut p0, mut p1] = site.start();
+    for (i, part) in parts.iter().enumerate() {
+        let (status, _, stderr) = site.send(i, part).finish(T);
+        assert!(status.success(), "sender {i}: {stderr}");
+    }
+    p1.terminate();
+    let asked = std::time::Instant::now();
+    let (status, _, stderr) = p1.finish(T);
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("process 1 of the site stopped alone")
+            && stderr.contains("restart every process of the site"),
+        "{stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        "left after its stop_wait: {took:?}"
+    );
+    let (status, _, stderr) = p0.finish(T);
+    assert_eq!(status.code(), Some(3), "the other stops: {stderr}");
+
+    let procs = site.start();
+    stop(procs);
+    let single = one_process(&site);
+    assert_same_files(
+        &site.path("out0"),
+        &single,
+        "a site restarted after one process was stopped alone",
+    );
 }

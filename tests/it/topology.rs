@@ -333,3 +333,50 @@ fn hmm_matching_is_chosen_and_its_settings_checked() {
         );
     }
 }
+
+/// `[cluster]`: the site's process addresses and its stop wait, each
+/// problem with its place; a good section gives the settings.
+#[test]
+fn a_cluster_section_is_checked_and_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let k = root("topologies/karhula");
+    let head = format!(
+        "[node]\nid = \"e1\"\n[reference]\nroads = \"{}\"\nchargers = \"{}\"\n[windows]\nsize = \"60s\"\nallowed_lateness = \"5s\"\nretention = \"15m\"\n",
+        k.join("roads.geojson").display(),
+        k.join("chargers.geojson").display()
+    );
+    write(
+        dir.path(),
+        "bad.toml",
+        &format!("{head}[cluster]\nprocesses = [\"a:1\", \"b\"]\nstop_wait = \"soon\"\n"),
+    );
+    let problems = Topology::load(&dir.path().join("bad.toml")).expect_err("invalid");
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("cluster.stop_wait") && t.contains("\"soon\"")),
+        "{text:?}"
+    );
+    write(
+        dir.path(),
+        "no-port.toml",
+        &format!("{head}[cluster]\nprocesses = [\"a:1\", \"b\"]\n"),
+    );
+    let problems = Topology::load(&dir.path().join("no-port.toml")).expect_err("invalid");
+    assert!(
+        problems[0].to_string().contains("cluster.processes")
+            && problems[0].to_string().contains("HOST:PORT"),
+        "{problems:?}"
+    );
+    write(
+        dir.path(),
+        "good.toml",
+        &format!("{head}[cluster]\nprocesses = [\"a:1\", \"b:2\", \"c:3\"]\nstop_wait = \"5s\"\n"),
+    );
+    let c = (Topology::load(&dir.path().join("good.toml"))
+        .expect("valid")
+        .cluster)
+        .expect("a cluster");
+    assert_eq!(c.addresses, ["a:1", "b:2", "c:3"]);
+    assert_eq!(c.stop_wait, std::time::Duration::from_secs(5));
+}
