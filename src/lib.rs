@@ -31,7 +31,9 @@
 //!    keeps for central, and central's merge of them), [`output`] (final tables, durable CSV).
 //! 4. **Runs**: [`checkpoint`] (what deleted segments leave behind, the
 //!    checks a log passes at start) and [`runtime`] (the runtime that runs a
-//!    file, a log or a node's live input through the dataflow).
+//!    file, a log or a node's live input through the dataflow; with
+//!    [`runtime::Cluster`], as one process of a site across servers,
+//!    timely's cluster mode, docs/SCALING.md).
 //! 5. **Configuration**: [`topology`], the TOML topology file and its
 //!    validation.
 //! 6. **Protocols**: [`delivery`], what every outward delivery stands on
@@ -55,7 +57,8 @@
 //!    sink) pusher, and serves ingest and subscriptions on one listener
 //!    (dispatched by ALPN); central ([`node::central`]) does the same with
 //!    push batches in place of telemetry and central's merge as its
-//!    dataflow.
+//!    dataflow. An edge may be one process of a site ([`node::site`]:
+//!    waiting for the site's other processes, following its clock).
 //! 8. **Tools**: [`tools`] (benchmarks, the demo, the load generator and
 //!    the measurement helpers they share).
 //!    The binary, `src/main.rs` with one module per subcommand under
