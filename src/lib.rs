@@ -107,4 +107,5 @@ pub mod subscribe;
 pub mod time;
 pub mod tools;
 pub mod topology;
+pub mod web;
 pub mod wire;

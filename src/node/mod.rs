@@ -94,6 +94,9 @@ pub enum EdgeError {
     /// The observability listener could not start.
     #[error("{0}")]
     Observe(#[from] crate::observe::http::HttpError),
+    /// The live map's listener could not start.
+    #[error("{0}")]
+    Web(#[from] crate::web::WebError),
     /// A process of a site was stopped while the others ran on: its
     /// dataflow cannot end alone. Its log holds every record it
     /// acknowledged; the site restarts from the logs.
@@ -151,6 +154,8 @@ pub struct EdgeHandle {
     pub reloader: Arc<reload::Reloader>,
     /// The observability listener's address, when it has one.
     pub observe_addr: Option<SocketAddr>,
+    /// The live map's address (`[web] listen`), when it serves one.
+    pub web_addr: Option<SocketAddr>,
     /// Set when the dataflow ends: before a shutdown, only if it failed
     /// (in a cluster: another process of the site was lost).
     pub dataflow_ended: Arc<std::sync::atomic::AtomicBool>,
@@ -679,7 +684,31 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (addr_tx, addr_rx) =
-        mpsc::channel::<Result<(SocketAddr, Arc<IngestCounters>), EdgeError>>();
+        mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>, Arc<IngestCounters>), EdgeError>>();
+    // The live map: bound now, so that a taken port fails the start.
+    let web = match (&topology.web, &sub_ctx) {
+        (Some(settings), Some(subs)) => {
+            let bound = crate::web::bind(settings, Some(&ingest))?;
+            let ctx = crate::web::WebContext {
+                subs: subs.clone(),
+                settings: settings.clone(),
+                sessions: crate::web::Sessions::new(settings.session_ttl),
+                node_id: topology.node_id.clone(),
+                window_ms: topology.time.size_ms,
+                retention_ms: topology.time.retention_ms,
+            };
+            Some((bound, Arc::new(ctx)))
+        }
+        (Some(_), None) => match &cluster {
+            Some(c) if !c.emits() => {
+                tracing::warn!("[web]: process {} of a site serves no map: process 0 has every aggregate and serves it", c.process);
+                None
+            }
+            _ => return Err(crate::web::WebError::NoOperators.into()),
+        },
+        (None, _) => None,
+    };
+    let web_addr = web.as_ref().map(|(bound, _)| bound.addr);
     let recovered_entries = recovery.entries;
     let truncated_bytes = recovery.truncated_bytes;
     let skipped_entries = recovery.skipped.iter().map(|s| s.entries).sum();
@@ -699,6 +728,10 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             if cluster.is_some() {
                 runtime.spawn(site::follow(site, follow_log, shutdown_rx.clone()));
             }
+            let web = web.map(|(bound, ctx)| {
+                let stopping = ctx.subs.stopping.clone();
+                runtime.spawn(crate::web::serve(bound, ctx, stopping))
+            });
             let subs = match (sub_ctx, &cluster) {
                 (Some(s), _) => Ok(s),
                 (None, Some(c)) if !c.emits() => Err("subscriptions to a site are served by its process 0 ([cluster] processes), which gets every aggregate; this process only ingests"),
@@ -719,7 +752,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 let addr = endpoint.local_addr().unwrap_or(ingest.listen);
                 let _ = thread_reloader.endpoint.set(endpoint.clone());
                 ready.listening.store(true, Ordering::Release);
-                let _ = addr_tx.send(Ok((addr, ctx.counters.clone())));
+                let _ = addr_tx.send(Ok((addr, web_addr, ctx.counters.clone())));
                 let subs =
                     crate::node::listener::serve(endpoint.clone(), ctx, subs, shutdown_rx).await;
                 Some((endpoint, subs))
@@ -734,6 +767,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
                 dataflow,
                 hub,
                 stopping_tx,
+                web,
                 site: cluster.as_ref().map(|c| (c.process, c.stop_wait)),
             });
             Ok(EdgeReport {
@@ -749,7 +783,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
         })
         .map_err(|e| EdgeError::Runtime(e.to_string()))?;
     match addr_rx.recv() {
-        Ok(Ok((addr, counters))) => Ok(EdgeHandle {
+        Ok(Ok((addr, web_addr, counters))) => Ok(EdgeHandle {
             push: push_status,
             sinks: sink_status,
             edges,
@@ -759,6 +793,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             zone_reloads,
             reloader,
             observe_addr: observe.as_ref().map(|o| o.addr),
+            web_addr,
             dataflow_ended,
             observe,
             registry,

@@ -24,6 +24,8 @@ pub(super) struct WindDown {
     pub(super) dataflow: JoinHandle<Result<RunSummary, crate::runtime::RunError>>,
     pub(super) hub: Option<Arc<Hub>>,
     pub(super) stopping_tx: watch::Sender<bool>,
+    /// The live map's server, which ends once its pages' feeds have.
+    pub(super) web: Option<tokio::task::JoinHandle<()>>,
     /// A process of a site: its index and `[cluster] stop_wait`.
     pub(super) site: Option<(usize, Duration)>,
 }
@@ -47,6 +49,7 @@ pub(super) fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         dataflow,
         hub,
         stopping_tx,
+        web,
         site,
     } = w;
     drop(zone_watch);
@@ -101,6 +104,10 @@ pub(super) fn wind_down(w: WindDown) -> Result<RunSummary, EdgeError> {
         hub.close();
     }
     let _ = stopping_tx.send(true);
+    if let Some(web) = web {
+        let limit = crate::web::DRAIN + Duration::from_secs(1);
+        let _ = runtime.block_on(async { tokio::time::timeout(limit, web).await });
+    }
     close(&runtime, served);
     drop(runtime);
     summary

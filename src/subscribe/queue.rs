@@ -151,6 +151,16 @@ impl Subscriber {
         self.notify.notify_one();
     }
 
+    /// What this subscriber asked for.
+    pub fn interest(&self) -> &Interest {
+        &self.interest
+    }
+
+    /// The kind it follows.
+    pub fn kind(&self) -> Kind {
+        self.interest.kind
+    }
+
     /// Takes everything queued: a lag notice if rows were coalesced, the
     /// rows, then the latest progress marker; or the closing error.
     pub fn drain(&self) -> Drained {

@@ -157,6 +157,66 @@ impl Checker<'_> {
         out
     }
 
+    /// `[web]`: an address, limits in range, a sign-in lifetime, and the
+    /// `[ingest]` certificate when it serves HTTPS.
+    fn web(&mut self, w: &super::file::WebSection, has_ingest: bool) -> Option<super::Web> {
+        let listen = w
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                self.push(
+                    "web.listen",
+                    &format!("{:?} is not an address like 0.0.0.0:8080: {e}", w.listen),
+                )
+            })
+            .ok();
+        let ttl = self.duration_or(
+            w.session_ttl.as_deref(),
+            super::Web::DEFAULT_SESSION_TTL,
+            "web.session_ttl",
+        );
+        let tls = w.tls.unwrap_or(false);
+        if tls && !has_ingest {
+            self.push(
+                "web.tls",
+                "HTTPS uses the node's [ingest] cert and key: add [ingest], or serve plain HTTP behind a TLS proxy",
+            );
+        }
+        let max_connections = w
+            .max_connections
+            .unwrap_or(super::Web::DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            self.push("web.max_connections", "at least 1");
+        }
+        let max_request_bytes = w
+            .max_request_bytes
+            .unwrap_or(super::Web::DEFAULT_MAX_REQUEST_BYTES);
+        if !(1024..=1 << 20).contains(&max_request_bytes) {
+            self.push(
+                "web.max_request_bytes",
+                &format!("{max_request_bytes}: between 1024 and 1048576"),
+            );
+        }
+        if let Some(b) = &w.basemap {
+            let ok = (b.starts_with("https://") || b.starts_with("http://"))
+                && ["{z}", "{x}", "{y}"].iter().all(|p| b.contains(p));
+            if !ok {
+                self.push(
+                    "web.basemap",
+                    &format!("{b:?}: a tile URL template like https://tiles.example.org/{{z}}/{{x}}/{{y}}.png"),
+                );
+            }
+        }
+        Some(super::Web {
+            listen: listen?,
+            tls,
+            max_connections,
+            max_request_bytes,
+            session_ttl: ttl?,
+            basemap: w.basemap.clone(),
+        })
+    }
+
     /// A central sink needs the city's vehicle hash key (sketches of raw
     /// ids must never leave the node), and one is enough.
     fn central_needs(&mut self, sinks: &[Sink], reference: Option<&Reference>) {
@@ -659,6 +719,10 @@ impl Topology {
             }
             None
         });
+        let web = file
+            .web
+            .as_ref()
+            .and_then(|w| c.web(w, file.ingest.is_some()));
         match (c.problems.is_empty(), time, reference, straggler_timeout) {
             (true, Some(time), Some(reference), Some(straggler_timeout)) => Ok(Topology {
                 node_id: file.node.id,
@@ -680,6 +744,7 @@ impl Topology {
                 straggler_timeout,
                 observability,
                 cluster,
+                web,
             }),
             _ => Err(c.problems),
         }

@@ -60,6 +60,30 @@ pub struct TopologyFile {
     pub observability: ObservabilitySection,
     /// One site as several processes (timely's cluster mode).
     pub cluster: Option<ClusterSection>,
+    /// The live map's HTTP listener.
+    pub web: Option<WebSection>,
+}
+
+/// `[web]`: the live map, a web page served by the node (`src/web/`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    /// Address of the HTTP listener (`"0.0.0.0:8080"`).
+    pub listen: String,
+    /// HTTPS with the node's `[ingest]` certificate and key (default
+    /// false: plain HTTP, for loopback or behind a TLS proxy).
+    pub tls: Option<bool>,
+    /// Connections served at once (default 256; a page holds one for its
+    /// live feed).
+    pub max_connections: Option<usize>,
+    /// Largest request head or body, bytes (default 16384).
+    pub max_request_bytes: Option<usize>,
+    /// How long a page's sign-in lasts (default `12h`).
+    pub session_ttl: Option<String>,
+    /// An optional basemap: a tile URL template (`https://.../{z}/{x}/{y}.png`)
+    /// the browser fetches itself; default none (the node serves
+    /// everything, no request leaves for elsewhere).
+    pub basemap: Option<String>,
 }
 
 /// `[cluster]`: one edge site as several processes, each with its own

@@ -138,6 +138,46 @@ pub struct Topology {
     /// addresses; the process index comes from the command line
     /// (`--process`, `EDGEFLOW_PROCESS`), 0 until it is set.
     pub cluster: Option<crate::runtime::Cluster>,
+    /// `[web]`: the live map's listener.
+    pub web: Option<Web>,
+}
+
+/// `[web]`: the live map's HTTP listener (`src/web/`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Web {
+    /// Address.
+    pub listen: SocketAddr,
+    /// HTTPS with the node's `[ingest]` certificate and key.
+    pub tls: bool,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Largest request head or body, bytes.
+    pub max_request_bytes: usize,
+    /// How long a sign-in lasts.
+    pub session_ttl: Duration,
+    /// A basemap tile URL template, if any.
+    pub basemap: Option<String>,
+}
+
+impl Web {
+    /// Default `max_connections`.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+    /// Default `max_request_bytes`.
+    pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
+    /// Default `session_ttl`.
+    pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+    /// The settings with their defaults, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Web {
+        Web {
+            listen,
+            tls: false,
+            max_connections: Web::DEFAULT_MAX_CONNECTIONS,
+            max_request_bytes: Web::DEFAULT_MAX_REQUEST_BYTES,
+            session_ttl: Web::DEFAULT_SESSION_TTL,
+            basemap: None,
+        }
+    }
 }
 
 /// Default `[central] straggler_timeout`.

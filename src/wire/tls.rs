@@ -101,6 +101,26 @@ pub fn server_crypto(
     client_ca: Option<&Path>,
     alpns: &[&[u8]],
 ) -> Result<QuicServerConfig, TlsError> {
+    let tls = server_tls(cert, key_file, client_ca, alpns)?;
+    QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The node's side over TCP (the live map's HTTPS): the same certificate
+/// and key, TLS 1.3 only, no client certificates.
+pub fn tcp_server_config(
+    cert: &Path,
+    key_file: &Path,
+    alpns: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
+    server_tls(cert, key_file, None, alpns)
+}
+
+fn server_tls(
+    cert: &Path,
+    key_file: &Path,
+    client_ca: Option<&Path>,
+    alpns: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = match client_ca {
         None => rustls::server::WebPkiClientVerifier::no_client_auth(),
@@ -118,7 +138,15 @@ pub fn server_crypto(
         .with_single_cert(certs(cert, "certificate")?, key(key_file)?)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
-    QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))
+    Ok(tls)
+}
+
+/// Fills `buf` with random bytes from the TLS provider's system source.
+pub fn random(buf: &mut [u8]) -> Result<(), TlsError> {
+    provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| TlsError::Config("the system's random source failed".into()))
 }
 
 /// A client's side: trusting `ca`, presenting `identity` (certificate

@@ -30,6 +30,7 @@ const LAYERS: &[&[&str]] = &[
         "push",
         "sink",
         "observe",
+        "web",
     ],
     &["node"],
     &["tools"],

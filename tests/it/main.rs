@@ -53,3 +53,4 @@ mod site;
 mod subscribe;
 mod support;
 mod topology;
+mod web;

@@ -1,0 +1,181 @@
+//! A page's live feed: Server-Sent Events fed by the subscription hub.
+//!
+//! One hub subscription per kind the operator may see, provisional mode,
+//! exactly as `edgeflow subscribe` would make it, so the page shows what
+//! the operator's subscription shows (kinds, allow lists, the k-vehicle
+//! threshold; never a raw position). Each time a subscription has
+//! something, its frames become one event:
+//!
+//! ```text
+//! event: update
+//! data: {"kind":"congestion","rows":[...],"progress":{...},"lagged":0}
+//! ```
+//!
+//! `rows` are the subscription's ROW frames as JSON (`op`, `key`,
+//! `window_start_ms`, `status`, `revision`, `value`, `name`), `progress`
+//! its last progress marker (the watermark, window and retention). A page
+//! that reads slowly has its rows coalesced by the hub (latest value per
+//! row, counted in `lagged`); one that stops reading for the hub's
+//! `max_lag` gets `event: error` and its feed ends (the browser's
+//! EventSource reconnects and starts from a fresh snapshot). A comment
+//! line every [`HEARTBEAT`] keeps proxies from closing a quiet feed and
+//! finds pages that went away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::subscribe::hub::Refused;
+use crate::subscribe::proto::{Progress, Row, SubError, SubFrame};
+use crate::subscribe::queue::Subscriber;
+use crate::subscribe::server::SubContext;
+
+/// How often a quiet feed sends a comment line.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events buffered per page before the hub's own coalescing takes over.
+const BUFFERED_EVENTS: usize = 4;
+/// Largest frame taken from a subscription's queue.
+const MAX_FRAME: usize = 1 << 24;
+
+#[derive(Serialize)]
+struct Update<'a> {
+    kind: &'a str,
+    rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<Progress>,
+    lagged: u64,
+}
+
+#[derive(Serialize)]
+struct Ended<'a> {
+    kind: &'a str,
+    code: u16,
+    message: String,
+}
+
+/// One SSE event.
+fn event(name: &str, data: &impl Serialize) -> Bytes {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!("event: {name}\ndata: {json}\n\n"))
+}
+
+/// Starts the feed of `token`: its events arrive on the returned receiver
+/// (the response body), until the page goes away, the node stops or the
+/// operator's scopes change. `Err` when the token is no operator's.
+pub fn start(
+    ctx: &Arc<SubContext>,
+    token: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Result<mpsc::Receiver<Bytes>, Refused> {
+    let interests = super::geometry::interests(ctx, token)?;
+    let (tx, rx) = mpsc::channel(BUFFERED_EVENTS);
+    let mut subs = Vec::new();
+    for interest in interests {
+        match ctx.hub.subscribe(interest, None, false) {
+            Ok(sub) => subs.push(sub),
+            Err(e) => {
+                for s in &subs {
+                    s.close(SubError::ShuttingDown, "feed refused".into());
+                }
+                return Err(e);
+            }
+        }
+    }
+    // The first event says which kinds follow (none: nothing to show).
+    let kinds: Vec<&str> = subs.iter().map(|s| s.kind().as_str()).collect();
+    let hello = event("kinds", &kinds);
+    if tx.try_send(hello).is_err() {
+        return Err(Refused(SubError::ShuttingDown, "feed closed".into()));
+    }
+    for sub in subs {
+        runtime.spawn(follow(ctx.clone(), token.to_owned(), sub, tx.clone()));
+    }
+    Ok(rx)
+}
+
+/// Sends one subscription's changes as events until it ends.
+async fn follow(
+    ctx: Arc<SubContext>,
+    token: String,
+    sub: Arc<Subscriber>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let kind = sub.kind().as_str();
+    let mut reloads = ctx.reloads.clone();
+    reloads.mark_unchanged();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            _ = sub.notify.notified() => {}
+            _ = heartbeat.tick() => {
+                if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                    sub.close(SubError::ShuttingDown, "page gone".into());
+                    return;
+                }
+                continue;
+            }
+            _ = tx.closed() => {
+                sub.close(SubError::ShuttingDown, "page gone".into());
+                return;
+            }
+            Ok(()) = reloads.changed() => {
+                // As a QUIC subscription: it goes on only while the
+                // operators in force allow what it has.
+                let again = ctx.interest(&super::geometry::request(&token, sub.kind()));
+                match again {
+                    Ok(i) if &i == sub.interest() => {}
+                    Ok(_) => sub.close(
+                        SubError::Forbidden,
+                        "the operator's scopes changed in a configuration reload: sign in again".into(),
+                    ),
+                    Err(Refused(code, msg)) => {
+                        sub.close(code, format!("{msg} (since a configuration reload)"));
+                    }
+                }
+                continue;
+            }
+        }
+        let drained = sub.drain();
+        let mut bytes = drained.bytes;
+        let mut update = Update {
+            kind,
+            rows: Vec::new(),
+            progress: None,
+            lagged: 0,
+        };
+        let mut ended = None;
+        while let Ok(Some(frame)) = SubFrame::decode(&mut bytes, MAX_FRAME) {
+            match frame {
+                SubFrame::Row(r) => update.rows.push(r),
+                SubFrame::Progress(p) => update.progress = Some(p),
+                SubFrame::Lagged(l) => update.lagged += l.coalesced,
+                SubFrame::Error(e) => {
+                    ended = Some(Ended {
+                        kind,
+                        code: e.code,
+                        message: e.message,
+                    })
+                }
+                SubFrame::Subscribe(_) => {}
+            }
+        }
+        let any = !update.rows.is_empty() || update.progress.is_some() || update.lagged > 0;
+        if any && tx.send(event("update", &update)).await.is_err() {
+            sub.close(SubError::ShuttingDown, "page gone".into());
+            return;
+        }
+        if drained.end {
+            let end = ended.unwrap_or(Ended {
+                kind,
+                code: SubError::ShuttingDown as u16,
+                message: "the node is stopping".into(),
+            });
+            let _ = tx.send(event("end", &end)).await;
+            return;
+        }
+    }
+}
