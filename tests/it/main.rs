@@ -30,6 +30,7 @@
 
 mod bad_input;
 mod bounded;
+mod browser;
 mod central;
 mod cli;
 mod cluster;

@@ -253,10 +253,7 @@ fn read_feed(addr: SocketAddr, cookie: &str) -> std::thread::JoinHandle<Page> {
 fn dechunk(body: &[u8]) -> String {
     let mut out = Vec::new();
     let mut rest = body;
-    loop {
-        let Some(at) = rest.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(String::from_utf8_lossy(&rest[..at]).trim(), 16).unwrap_or(0);
         if size == 0 {

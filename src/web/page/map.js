@@ -29,6 +29,7 @@
     lagged: 0,
     updates: 0,
     frameTimes: [],
+    latencies: [],
     lastUpdateAt: 0,
     selected: null,
     ended: null,
@@ -71,6 +72,13 @@
     model.lagged += update.lagged || 0;
     model.updates += 1;
     model.lastUpdateAt = performance.now();
+    // Publish-to-page latency of live changes (the node's clock and this
+    // page's are the same machine's in tests and the demo).
+    const p = update.progress;
+    if (p && !p.snapshot && p.published_unix_us > 0 && update.rows.length > 0) {
+      model.latencies.push(Date.now() - p.published_unix_us / 1000);
+      if (model.latencies.length > 2000) model.latencies.splice(0, 1000);
+    }
   }
 
   // Every row the page holds, flattened (for tests and the slider).
