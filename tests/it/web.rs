@@ -320,3 +320,84 @@ fn a_signed_in_page_sees_exactly_what_its_operator_may_see() {
     assert_json_rows(&got, &want, "the charge point operator's page");
     assert!(!page.rows.contains_key("congestion") && !page.rows.contains_key("zone"));
 }
+
+/// Under the default privacy threshold, a page's feed holds exactly what
+/// a QUIC subscription of the same token holds (provisional mode): rows
+/// over too few vehicles withheld alike.
+#[test]
+fn a_page_under_the_privacy_threshold_sees_what_a_subscription_sees() {
+    use crate::subscribe::{await_snapshots, follow, options};
+    use edgeflow::subscribe::client::SubscribeOptions;
+    let mut node = node(WEB);
+    let addr = web(&node);
+    let cookie = login(addr, CITY);
+    let page = read_feed(addr, &cookie);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let subs: Vec<_> = ["congestion", "zone"]
+        .into_iter()
+        .map(|kind| {
+            let mut req = SubscribeOptions::request(CITY, kind);
+            req.mode = "provisional".into();
+            (kind, follow(options(&node, req), ready_tx.clone()))
+        })
+        .collect();
+    await_snapshots(&ready, subs.len());
+    send_recording(&node);
+    node.stop();
+    let page = page.join().expect("page");
+    for (kind, sub) in subs {
+        let (state, error) = sub.join().expect("subscriber");
+        assert_eq!(error, None);
+        let want: BTreeMap<(String, u64), serde_json::Value> = (state.rows.into_iter())
+            .map(|(k, r)| (k, serde_json::Value::Object(r.value.expect("upsert"))))
+            .collect();
+        let all = csv_rows(&node.sink(sink_file(kind)));
+        assert!(
+            want.len() < all.len(),
+            "{kind}: the threshold withholds some rows ({} of {})",
+            want.len(),
+            all.len()
+        );
+        let got = page.rows.get(kind).cloned().unwrap_or_default();
+        assert_eq!(got, want, "{kind}: the page against the subscription");
+    }
+}
+
+/// `[web] tls = true`: the page over HTTPS with the node's certificate;
+/// plain HTTP on that port gets no page; the session cookie is `Secure`.
+#[test]
+fn the_map_serves_https_with_the_nodes_certificate() {
+    let mut node = node("[web]\nlisten = \"127.0.0.1:0\"\ntls = true\n");
+    let addr = web(&node);
+    let ca = std::fs::read(&node.ca).expect("ca");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca"))
+        .resolve("localhost", addr)
+        .build()
+        .expect("client");
+    let rt = crate::ingest::runtime();
+    let url = format!("https://localhost:{}/", addr.port());
+    let (status, page) = rt.block_on(async {
+        let r = client.get(&url).send().await.expect("https");
+        (r.status().as_u16(), r.text().await.expect("page"))
+    });
+    assert_eq!(status, 200);
+    assert!(page.contains("/assets/map.js"));
+    let cookie = rt.block_on(async {
+        let r = client
+            .post(format!("https://localhost:{}/api/login", addr.port()))
+            .body(CITY)
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status().as_u16(), 200);
+        r.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .to_owned()
+    });
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let (status, answer) = get(addr, "/");
+    assert_ne!(status, 200, "plain HTTP gets no page: {answer:.200}");
+    node.stop();
+}
