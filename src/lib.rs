@@ -52,6 +52,8 @@
 //!    systems (NGSI-LD entities of the Smart Data Models to a context
 //!    broker), on [`delivery`] like the push. [`observe`]: the node's own
 //!    metrics (a Prometheus exporter), health and readiness over HTTP.
+//!    [`web`]: the live map, a page served over HTTP(S) whose feed is a
+//!    subscription of the hub per kind (what the operator may see).
 //! 7. **The node**: [`node`] composes them in a role: an edge recovers its
 //!    log, builds the dataflow with its sinks, hub and (with a central
 //!    sink) pusher, and serves ingest and subscriptions on one listener
