@@ -28,6 +28,7 @@ pub mod bench_postgres;
 pub mod bench_push;
 pub mod bench_sinks;
 pub mod bench_subscribe;
+pub mod browser;
 pub mod bundled;
 pub mod demo;
 pub mod loadgen;
