@@ -83,6 +83,7 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         .build()?;
     let disk = edgeflow::log::disk::Disk::real();
     let node_cluster = topo.cluster.clone();
+    let topo_web_tls = topo.web.as_ref().is_some_and(|w| w.tls);
     let node = edgeflow::node::start_as(role, topo, workers, disk)?;
     let (name, alpn) = match role {
         Role::Edge => ("edge", "edgeflow-ingest/1"),
@@ -92,6 +93,10 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
         "edgeflow {name}: listening on {} (QUIC, ALPN {alpn} and edgeflow-subscribe/1); Ctrl-C or SIGTERM stops, SIGHUP reloads the topology",
         node.addr
     );
+    if let Some(addr) = node.web_addr {
+        let scheme = if topo_web_tls { "https" } else { "http" };
+        tracing::info!("edgeflow {name}: live map on {scheme}://{addr}/ (sign in with an operator token)");
+    }
     if let Some(addr) = node.observe_addr {
         tracing::info!(
             "edgeflow {name}: metrics on http://{addr}/metrics (also /health and /ready)"

@@ -188,6 +188,11 @@ enum Command {
     /// each phase on a fresh node process; prints one JSON object.
     #[command(hide = true)]
     BenchSubscribe(tools::bench_subscribe::SubscribeBenchArgs),
+    /// Measure the live map: a browser's frame times with ~20,000 segments
+    /// updating every second, and the node's ingest with pages' feeds
+    /// open; prints one JSON object.
+    #[command(hide = true)]
+    BenchWeb(tools::bench_web::WebBenchArgs),
     /// Measure central's merge of edges' partials (the dataflow alone, in
     /// one process); prints one JSON object.
     #[command(hide = true)]
@@ -264,6 +269,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BenchMatch(args) => print_json(tools::bench_match::run(&args)),
         Command::BenchMatching(args) => print_json(tools::bench_matching::run(&args)),
         Command::BenchSubscribe(args) => print_json(tools::bench_subscribe::run(&args)),
+        Command::BenchWeb(args) => print_json(tools::bench_web::run(&args)),
         Command::BenchCentral(args) => print_json(tools::bench_central::run(&args)),
         Command::BenchPush(args) => print_json(tools::bench_push::run(&args)),
         Command::BenchPostgres(args) => print_json(tools::bench_postgres::run(&args)),

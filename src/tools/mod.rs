@@ -15,6 +15,8 @@
 //! - [`bench_push`]: edges pushing to a central node, live and after an
 //!   outage.
 //! - [`bench_subscribe`]: ingest with subscribers, fast and slow.
+//! - [`bench_web`]: the live map: a browser's frames, the node's cost of pages.
+//! - [`browser`]: headless Chromium over WebDriver.
 //! - [`loadgen`]: live synthetic traffic over real QUIC connections.
 //! - [`demo`]: the README's first command.
 
@@ -28,6 +30,7 @@ pub mod bench_postgres;
 pub mod bench_push;
 pub mod bench_sinks;
 pub mod bench_subscribe;
+pub mod bench_web;
 pub mod browser;
 pub mod bundled;
 pub mod demo;

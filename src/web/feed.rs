@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::subscribe::hub::Refused;
-use crate::subscribe::proto::{Progress, Row, SubError, SubFrame};
+use crate::subscribe::proto::{SubError, SubFrame};
 use crate::subscribe::queue::Subscriber;
 use crate::subscribe::server::SubContext;
 
@@ -39,15 +39,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 const BUFFERED_EVENTS: usize = 4;
 /// Largest frame taken from a subscription's queue.
 const MAX_FRAME: usize = 1 << 24;
-
-#[derive(Serialize)]
-struct Update<'a> {
-    kind: &'a str,
-    rows: Vec<Row>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    progress: Option<Progress>,
-    lagged: u64,
-}
 
 #[derive(Serialize)]
 struct Ended<'a> {
@@ -141,32 +132,12 @@ async fn follow(
         }
         let drained = sub.drain();
         let mut bytes = drained.bytes;
-        let mut update = Update {
-            kind,
-            rows: Vec::new(),
-            progress: None,
-            lagged: 0,
-        };
-        let mut ended = None;
-        while let Ok(Some(frame)) = SubFrame::decode(&mut bytes, MAX_FRAME) {
-            match frame {
-                SubFrame::Row(r) => update.rows.push(r),
-                SubFrame::Progress(p) => update.progress = Some(p),
-                SubFrame::Lagged(l) => update.lagged += l.coalesced,
-                SubFrame::Error(e) => {
-                    ended = Some(Ended {
-                        kind,
-                        code: e.code,
-                        message: e.message,
-                    })
-                }
-                SubFrame::Subscribe(_) => {}
+        let (update, ended) = splice(kind, &mut bytes);
+        if let Some(update) = update {
+            if tx.send(update).await.is_err() {
+                sub.close(SubError::ShuttingDown, "page gone".into());
+                return;
             }
-        }
-        let any = !update.rows.is_empty() || update.progress.is_some() || update.lagged > 0;
-        if any && tx.send(event("update", &update)).await.is_err() {
-            sub.close(SubError::ShuttingDown, "page gone".into());
-            return;
         }
         if drained.end {
             let end = ended.unwrap_or(Ended {
@@ -178,4 +149,49 @@ async fn follow(
             return;
         }
     }
+}
+
+/// One `update` event from a subscription's drained frames, its rows'
+/// JSON payloads spliced in as the hub encoded them (once for every
+/// subscriber: nothing is parsed or encoded again per page); and the
+/// closing error, if the frames end with one.
+fn splice<'k>(kind: &'k str, frames: &mut bytes::BytesMut) -> (Option<Bytes>, Option<Ended<'k>>) {
+    use crate::subscribe::proto::kind as frame;
+    let mut out = Vec::with_capacity(frames.len() + 128);
+    out.extend_from_slice(b"event: update\ndata: {\"kind\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"rows\":[");
+    let (mut rows, mut lagged) = (0usize, 0u64);
+    let mut progress: Option<Bytes> = None;
+    let mut ended = None;
+    while let Ok(Some((t, payload))) = crate::wire::envelope::split(frames, MAX_FRAME) {
+        match t {
+            frame::ROW => {
+                if rows > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&payload);
+                rows += 1;
+            }
+            frame::PROGRESS => progress = Some(payload),
+            _ => match SubFrame::parse(t, &payload) {
+                Ok(SubFrame::Lagged(l)) => lagged += l.coalesced,
+                Ok(SubFrame::Error(e)) => {
+                    ended = Some(Ended {
+                        kind,
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                _ => {}
+            },
+        }
+    }
+    if rows == 0 && progress.is_none() && lagged == 0 {
+        return (None, ended);
+    }
+    out.extend_from_slice(b"],\"progress\":");
+    out.extend_from_slice(progress.as_deref().unwrap_or(b"null"));
+    out.extend_from_slice(format!(",\"lagged\":{lagged}}}\n\n").as_bytes());
+    (Some(Bytes::from(out)), ended)
 }

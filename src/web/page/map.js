@@ -29,6 +29,8 @@
     lagged: 0,
     updates: 0,
     frameTimes: [],
+    frameIntervals: [],
+    applyTimes: [],
     latencies: [],
     lastUpdateAt: 0,
     selected: null,
@@ -254,13 +256,21 @@
     if (model.frameTimes.length > 2000) model.frameTimes.splice(0, 1000);
   }
 
-  function frame() {
+  // Frame-to-frame intervals while the map changes: what a person sees
+  // as smoothness (the update handling and drawing between two frames).
+  let lastFrame = null;
+  function frame(now) {
     if (dirty) {
       dirty = false;
       draw();
       header();
       if (model.selected) panel();
+      if (lastFrame !== null && model.updates > 0) {
+        model.frameIntervals.push(now - lastFrame);
+        if (model.frameIntervals.length > 4000) model.frameIntervals.splice(0, 2000);
+      }
     }
+    lastFrame = now;
     requestAnimationFrame(frame);
   }
 
@@ -456,7 +466,10 @@
     model.feed = es;
     es.addEventListener("kinds", () => status("live"));
     es.addEventListener("update", (e) => {
+      const t = performance.now();
       apply(JSON.parse(e.data));
+      model.applyTimes.push(performance.now() - t);
+      if (model.applyTimes.length > 4000) model.applyTimes.splice(0, 2000);
       dirty = true;
     });
     es.addEventListener("end", (e) => {
