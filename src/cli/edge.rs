@@ -95,7 +95,9 @@ pub fn run(args: Args, role: Role) -> anyhow::Result<ExitCode> {
     );
     if let Some(addr) = node.web_addr {
         let scheme = if topo_web_tls { "https" } else { "http" };
-        tracing::info!("edgeflow {name}: live map on {scheme}://{addr}/ (sign in with an operator token)");
+        tracing::info!(
+            "edgeflow {name}: live map on {scheme}://{addr}/ (sign in with an operator token)"
+        );
     }
     if let Some(addr) = node.observe_addr {
         tracing::info!(

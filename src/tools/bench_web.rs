@@ -110,7 +110,11 @@ fn start(
     dir: &Path,
     topology: &Path,
     web: u16,
-) -> anyhow::Result<(super::bench_ingest::NodeProcess, std::net::SocketAddr, PathBuf)> {
+) -> anyhow::Result<(
+    super::bench_ingest::NodeProcess,
+    std::net::SocketAddr,
+    PathBuf,
+)> {
     let extra = format!(
         "[[operator]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n[privacy]\nmin_vehicles = 1\n\
          [web]\nlisten = \"127.0.0.1:{web}\"\n",

@@ -175,6 +175,17 @@ impl Checker<'_> {
             super::Web::DEFAULT_SESSION_TTL,
             "web.session_ttl",
         );
+        let feed_interval = self.duration_or(
+            w.feed_interval.as_deref(),
+            super::Web::DEFAULT_FEED_INTERVAL,
+            "web.feed_interval",
+        );
+        if feed_interval.is_some_and(|d| d > Duration::from_secs(1)) {
+            self.push(
+                "web.feed_interval",
+                "at most 1s: a change must reach a page within a second",
+            );
+        }
         let tls = w.tls.unwrap_or(false);
         if tls && !has_ingest {
             self.push(
@@ -214,6 +225,7 @@ impl Checker<'_> {
             max_request_bytes,
             session_ttl: ttl?,
             basemap: w.basemap.clone(),
+            feed_interval: feed_interval?,
         })
     }
 

@@ -80,6 +80,9 @@ pub struct WebSection {
     pub max_request_bytes: Option<usize>,
     /// How long a page's sign-in lasts (default `12h`).
     pub session_ttl: Option<String>,
+    /// Shortest time between two updates of a page's feed (default
+    /// `250ms`; rows changing faster are coalesced, latest value kept).
+    pub feed_interval: Option<String>,
     /// An optional basemap: a tile URL template (`https://.../{z}/{x}/{y}.png`)
     /// the browser fetches itself; default none (the node serves
     /// everything, no request leaves for elsewhere).

@@ -157,6 +157,8 @@ pub struct Web {
     pub session_ttl: Duration,
     /// A basemap tile URL template, if any.
     pub basemap: Option<String>,
+    /// Shortest time between two updates of a page's feed (per kind).
+    pub feed_interval: Duration,
 }
 
 impl Web {
@@ -164,6 +166,9 @@ impl Web {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
     /// Default `max_request_bytes`.
     pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024;
+    /// Default `feed_interval`: four updates a second at most, well within
+    /// the second a change may take to reach a page.
+    pub const DEFAULT_FEED_INTERVAL: Duration = Duration::from_millis(250);
     /// Default `session_ttl`.
     pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
@@ -176,6 +181,7 @@ impl Web {
             max_request_bytes: Web::DEFAULT_MAX_REQUEST_BYTES,
             session_ttl: Web::DEFAULT_SESSION_TTL,
             basemap: None,
+            feed_interval: Web::DEFAULT_FEED_INTERVAL,
         }
     }
 }

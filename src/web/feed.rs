@@ -11,6 +11,8 @@
 //! data: {"kind":"congestion","rows":[...],"progress":{...},"lagged":0}
 //! ```
 //!
+//! Updates come at most once per `[web] feed_interval` per kind (rows that
+//! change meanwhile are coalesced by the hub, the latest value per row).
 //! `rows` are the subscription's ROW frames as JSON (`op`, `key`,
 //! `window_start_ms`, `status`, `revision`, `value`, `name`), `progress`
 //! its last progress marker (the watermark, window and retention). A page
@@ -59,6 +61,7 @@ fn event(name: &str, data: &impl Serialize) -> Bytes {
 pub fn start(
     ctx: &Arc<SubContext>,
     token: &str,
+    every: Duration,
     runtime: &tokio::runtime::Handle,
 ) -> Result<mpsc::Receiver<Bytes>, Refused> {
     let interests = super::geometry::interests(ctx, token)?;
@@ -82,7 +85,13 @@ pub fn start(
         return Err(Refused(SubError::ShuttingDown, "feed closed".into()));
     }
     for sub in subs {
-        runtime.spawn(follow(ctx.clone(), token.to_owned(), sub, tx.clone()));
+        runtime.spawn(follow(
+            ctx.clone(),
+            token.to_owned(),
+            sub,
+            tx.clone(),
+            every,
+        ));
     }
     Ok(rx)
 }
@@ -93,6 +102,7 @@ async fn follow(
     token: String,
     sub: Arc<Subscriber>,
     tx: mpsc::Sender<Bytes>,
+    every: Duration,
 ) {
     let kind = sub.kind().as_str();
     let mut reloads = ctx.reloads.clone();
@@ -137,6 +147,12 @@ async fn follow(
             if tx.send(update).await.is_err() {
                 sub.close(SubError::ShuttingDown, "page gone".into());
                 return;
+            }
+            if !drained.end {
+                // What changes meanwhile waits in the hub's queue, the
+                // latest value per row: a page gets at most one update per
+                // `every` however often the dataflow emits.
+                tokio::time::sleep(every).await;
             }
         }
         if drained.end {

@@ -341,7 +341,7 @@ async fn answer(
             match path.as_str() {
                 "/api/config" => json(config(ctx, &interests)),
                 "/api/geometry" => json(geometry::json(&ctx.subs, &interests)),
-                _ => match feed::start(&ctx.subs, &token, runtime) {
+                _ => match feed::start(&ctx.subs, &token, ctx.settings.feed_interval, runtime) {
                     Ok(rx) => sse(rx),
                     Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.1),
                 },
