@@ -32,6 +32,7 @@
     frameIntervals: [],
     applyTimes: [],
     latencies: [],
+    nextRetire: {},
     lastUpdateAt: 0,
     selected: null,
     ended: null,
@@ -59,12 +60,22 @@
       }
       if (!windows) { windows = new Map(); byKey.set(r.key, windows); }
       windows.set(r.window_start_ms, { status: r.status, value: r.value || {}, name: r.name, revision: r.revision });
+      if (r.window_start_ms < (model.nextRetire[update.kind] ?? Infinity)) {
+        model.nextRetire[update.kind] = r.window_start_ms;
+      }
     }
     if (update.progress) {
       const p = update.progress;
       model.progress[update.kind] = p;
-      if (p.window_ms > 0) {
-        const cut = p.watermark_ms - p.window_ms - p.retention_ms;
+      const cut = p.window_ms > 0 ? p.watermark_ms - p.window_ms - p.retention_ms : -Infinity;
+      // Windows retire only when the cut passes a window start: most
+      // markers retire nothing, and the rows are not walked then.
+      if (cut >= (model.nextRetire[update.kind] ?? -Infinity)) {
+        let next = Infinity;
+        for (const [key, windows] of byKey) {
+          for (const w of windows.keys()) if (w > cut && w < next) next = w;
+        }
+        model.nextRetire[update.kind] = next;
         for (const [key, windows] of byKey) {
           for (const w of windows.keys()) if (w <= cut) windows.delete(w);
           if (windows.size === 0) byKey.delete(key);
@@ -464,7 +475,9 @@
   function follow() {
     const es = new EventSource("/api/feed");
     model.feed = es;
-    es.addEventListener("kinds", () => status("live"));
+    let following = [];
+    const ends = [];
+    es.addEventListener("kinds", (e) => { following = JSON.parse(e.data); status("live"); });
     es.addEventListener("update", (e) => {
       const t = performance.now();
       apply(JSON.parse(e.data));
@@ -472,8 +485,12 @@
       if (model.applyTimes.length > 4000) model.applyTimes.splice(0, 2000);
       dirty = true;
     });
+    // Each kind's feed ends on its own (the node stopping, a scope
+    // changed): the page stops following once every kind has ended.
     es.addEventListener("end", (e) => {
-      model.ended = JSON.parse(e.data);
+      ends.push(JSON.parse(e.data));
+      if (ends.length < following.length) return;
+      model.ended = ends[0];
       status("feed ended: " + model.ended.message);
       es.close();
     });
