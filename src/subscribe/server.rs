@@ -13,6 +13,7 @@ use rustc_hash::FxHashSet;
 
 use super::hub::{Hub, Interest, Refused};
 use super::proto::{Filter, SubError, SubFrame, Subscribe};
+use super::queue::Subscriber;
 use crate::aggregate::Kind;
 use crate::geo::zones::ZoneKind;
 use crate::reference::Reference;
@@ -85,6 +86,22 @@ impl SubContext {
             Kind::Congestion => (0..r.roads.len() as u32).collect(),
             Kind::Charging => (0..r.chargers.len() as u32).collect(),
             Kind::Zone => (0..).map_while(|n| r.registry.id(n).map(|_| n)).collect(),
+        }
+    }
+
+    /// After a reload: the subscription `sub` made by `req` goes on only
+    /// while the operators in force allow what it has; otherwise it is
+    /// closed with the reason and `what` to do.
+    pub fn recheck(&self, req: &Subscribe, sub: &Subscriber, what: &str) {
+        match self.interest(req) {
+            Ok(i) if &i == sub.interest() => {}
+            Ok(_) => sub.close(
+                SubError::Forbidden,
+                format!("the operator's scopes changed in a configuration reload: {what}"),
+            ),
+            Err(Refused(code, msg)) => {
+                sub.close(code, format!("{msg} (since a configuration reload)"));
+            }
         }
     }
 
@@ -279,18 +296,7 @@ async fn stream(
                 return;
             }
             Ok(()) = reloads.changed() => {
-                // A reload: the subscription goes on only while the
-                // operators in force allow what it has.
-                match ctx.interest(&req) {
-                    Ok(i) if i == sub.interest => {}
-                    Ok(_) => sub.close(
-                        SubError::Forbidden,
-                        "the operator's scopes changed in a configuration reload: subscribe again".into(),
-                    ),
-                    Err(Refused(code, msg)) => {
-                        sub.close(code, format!("{msg} (since a configuration reload)"));
-                    }
-                }
+                ctx.recheck(&req, &sub, "subscribe again");
                 continue;
             }
         }

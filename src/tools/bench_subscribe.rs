@@ -26,7 +26,6 @@ use sha2::{Digest, Sha256};
 use super::bench_ingest::{spawn_node, TOKEN};
 use super::loadgen::Load;
 use super::measure::{median, peak_rss};
-use crate::ingest::client::SendOptions;
 use crate::subscribe::client::{subscribe_raw, SubscribeOptions};
 use crate::subscribe::hub::now_us;
 use crate::subscribe::proto::{kind, Progress, SubFrame, ALPN};
@@ -189,23 +188,15 @@ fn phase(
         if slow {
             runtime.spawn(slow_reader(opts.clone(), stop.clone(), slow_read.clone()));
         }
-        let interval = Duration::from_secs_f64(
-            (args.connections * args.batch_records) as f64 / args.rate.max(1) as f64,
+        let load = Load::paced(
+            addr,
+            ca,
+            TOKEN,
+            args.connections,
+            args.batch_records,
+            args.rate,
+            Duration::from_secs(args.seconds),
         );
-        let load = Load {
-            target: SendOptions {
-                sender: "bench".into(),
-                batch_lines: args.batch_records,
-                window: 4,
-                ..SendOptions::new(addr, "localhost", ca, TOKEN)
-            },
-            connections: args.connections,
-            batch_records: args.batch_records,
-            batches: None,
-            duration: Duration::from_secs(args.seconds),
-            interval: Some(interval),
-            window: 4,
-        };
         // Latencies count from the load's start only.
         if let Ok(mut v) = latencies.us.lock() {
             v.clear();

@@ -26,7 +26,6 @@ use sha2::{Digest, Sha256};
 use super::bench_ingest::{spawn_node, TOKEN};
 use super::loadgen::Load;
 use super::measure::{median, quantile};
-use crate::ingest::client::SendOptions;
 
 const OPERATOR: &str = "edgeflow-bench-web-operator";
 
@@ -165,26 +164,24 @@ async fn read_feed(
 }
 
 fn load(args: &WebBenchArgs, addr: std::net::SocketAddr, ca: PathBuf, paced: bool) -> Load {
-    let interval = Duration::from_secs_f64(
-        (args.connections * args.batch_records) as f64 / args.rate.max(1) as f64,
+    let load = Load::paced(
+        addr,
+        ca,
+        TOKEN,
+        args.connections,
+        args.batch_records,
+        args.rate,
+        Duration::from_secs(args.seconds),
     );
+    if paced {
+        return load;
+    }
+    // Saturating: as fast as acknowledged, a fixed number of batches.
     Load {
-        target: SendOptions {
-            sender: "bench".into(),
-            batch_lines: args.batch_records,
-            window: 4,
-            ..SendOptions::new(addr, "localhost", ca, TOKEN)
-        },
-        connections: args.connections,
-        batch_records: args.batch_records,
-        batches: (!paced).then_some(args.batches),
-        duration: if paced {
-            Duration::from_secs(args.seconds)
-        } else {
-            Duration::from_secs(600)
-        },
-        interval: paced.then_some(interval),
-        window: 4,
+        batches: Some(args.batches),
+        duration: Duration::from_secs(600),
+        interval: None,
+        ..load
     }
 }
 

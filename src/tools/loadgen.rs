@@ -41,6 +41,38 @@ pub struct Load {
     pub window: usize,
 }
 
+impl Load {
+    /// A benchmark's load: `connections` connections to `addr` (CA `ca`,
+    /// the benchmark fleet's `token`) sending batches of `batch_records`,
+    /// 4 in flight, paced to `rate` records/s for `duration`.
+    pub fn paced(
+        addr: std::net::SocketAddr,
+        ca: std::path::PathBuf,
+        token: &str,
+        connections: usize,
+        batch_records: usize,
+        rate: u64,
+        duration: Duration,
+    ) -> Load {
+        let interval =
+            Duration::from_secs_f64((connections * batch_records) as f64 / rate.max(1) as f64);
+        Load {
+            target: SendOptions {
+                sender: "bench".into(),
+                batch_lines: batch_records,
+                window: 4,
+                ..SendOptions::new(addr, "localhost", ca, token)
+            },
+            connections,
+            batch_records,
+            batches: None,
+            duration,
+            interval: Some(interval),
+            window: 4,
+        }
+    }
+}
+
 /// What the load did.
 #[derive(Debug, Default, Clone)]
 pub struct LoadReport {

@@ -126,17 +126,8 @@ async fn follow(
             Ok(()) = reloads.changed() => {
                 // As a QUIC subscription: it goes on only while the
                 // operators in force allow what it has.
-                let again = ctx.interest(&super::geometry::request(&token, sub.kind()));
-                match again {
-                    Ok(i) if &i == sub.interest() => {}
-                    Ok(_) => sub.close(
-                        SubError::Forbidden,
-                        "the operator's scopes changed in a configuration reload: sign in again".into(),
-                    ),
-                    Err(Refused(code, msg)) => {
-                        sub.close(code, format!("{msg} (since a configuration reload)"));
-                    }
-                }
+                let req = super::geometry::request(&token, sub.kind());
+                ctx.recheck(&req, &sub, "sign in again");
                 continue;
             }
         }
