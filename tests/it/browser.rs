@@ -197,3 +197,101 @@ fn the_page_shows_every_row_its_token_may_see_and_none_it_may_not() {
         std::fs::write(path, &shot).expect("screenshot");
     }
 }
+
+/// A tile server on loopback: every request gets one 256 x 256 magenta
+/// PNG; the paths it was asked for are kept.
+fn tile_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let mut png_bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png_bytes, 256, 256);
+        enc.set_color(png::ColorType::Rgb);
+        let mut w = enc.write_header().expect("png");
+        let data: Vec<u8> = (0..256 * 256).flat_map(|_| [0xff, 0x00, 0xff]).collect();
+        w.write_image_data(&data).expect("png data");
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            if let Some(path) = line.split_whitespace().nth(1) {
+                seen.lock().expect("lock").push(path.to_owned());
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let mut s = &stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                png_bytes.len()
+            );
+            let _ = s.write_all(&png_bytes);
+        }
+    });
+    (port, asked)
+}
+
+/// `[web] basemap`: the page draws the tiles under the map, fetched by
+/// the browser from the template's server at the view's zoom.
+#[test]
+fn the_page_draws_the_basemap_the_topology_names() {
+    let Some(page) = browser("browser::the_page_draws_the_basemap") else {
+        return;
+    };
+    let (port, asked) = tile_server();
+    let mut node = node(&format!(
+        "[web]\nlisten = \"127.0.0.1:0\"\nbasemap = \"http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png\"\n"
+    ));
+    let addr = web(&node);
+    page.goto(&format!("http://{addr}/#token={CITY}"))
+        .expect("the page opens");
+    page.wait_for(
+        "signed in",
+        "return document.getElementById('status').textContent === 'live';",
+        Duration::from_secs(30),
+    )
+    .expect("in time");
+    let start = std::time::Instant::now();
+    let magenta = loop {
+        let shot = page.screenshot().expect("a screenshot");
+        let map = rect(&page, "map");
+        let n = pixels(&shot)
+            .into_iter()
+            .filter(|(x, y, rgb)| {
+                let (x, y) = (f64::from(*x), f64::from(*y));
+                x >= map[0] && x < map[2] && y >= map[1] && y < map[3] && *rgb == [0xff, 0x00, 0xff]
+            })
+            .count();
+        if n > 10_000 || start.elapsed() > Duration::from_secs(20) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(magenta > 10_000, "tile pixels on the map: {magenta}");
+    let paths = asked.lock().expect("lock").clone();
+    assert!(!paths.is_empty());
+    for p in &paths {
+        let parts: Vec<u32> = p
+            .trim_start_matches('/')
+            .trim_end_matches(".png")
+            .split('/')
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        assert_eq!(parts.len(), 3, "{p}");
+        // Karhula (26.9 E, 60.5 N) at a city's zoom.
+        let (z, x) = (parts[0], parts[1]);
+        assert!((10..=17).contains(&z), "{p}");
+        let lon = f64::from(x) / f64::from(1u32 << z) * 360.0 - 180.0;
+        assert!((26.0..28.0).contains(&lon), "{p}: {lon}");
+    }
+    node.stop();
+}

@@ -186,6 +186,51 @@
   const occupancyColour = (t) => ramp(t, [46, 125, 50], [198, 40, 40]);
   const demandColour = (t) => ramp(t, [222, 235, 247], [8, 81, 156]);
 
+  // ---- the optional basemap (Web Mercator tiles from [web] basemap) ----
+  const tiles = new Map();
+  function tile(z, x, y) {
+    const url = model.config.basemap.replace("{z}", z).replace("{x}", x).replace("{y}", y);
+    let img = tiles.get(url);
+    if (!img) {
+      if (tiles.size >= 256) tiles.delete(tiles.keys().next().value);
+      img = new Image();
+      img.onload = () => { dirty = true; };
+      img.src = url;
+      tiles.set(url, img);
+    }
+    return img;
+  }
+  const tileLon = (x, n) => (x / n) * 360 - 180;
+  const tileLat = (y, n) => (180 / Math.PI) * Math.atan(Math.sinh(Math.PI - (2 * Math.PI * y) / n));
+  // Tiles under the visible part of the map, at the zoom whose 256-pixel
+  // tiles match the view's scale (city scale: the local projection and
+  // Web Mercator agree to a fraction of a pixel).
+  function drawBasemap() {
+    if (!model.config || !model.config.basemap) return;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    const lon0 = -view.x / view.scale / view.k, lon1 = (w - view.x) / view.scale / view.k;
+    const latTop = Math.min(view.y / view.scale, 85), latBottom = Math.max((view.y - h) / view.scale, -85);
+    const z = Math.max(0, Math.min(19, Math.round(Math.log2((360 * view.scale * view.k) / 256))));
+    const n = 2 ** z;
+    const tx = (lon) => Math.floor(((lon + 180) / 360) * n);
+    const ty = (lat) => {
+      const r = (lat * Math.PI) / 180;
+      return Math.floor(((1 - Math.log(Math.tan(r) + 1 / Math.cos(r)) / Math.PI) / 2) * n);
+    };
+    const x0 = Math.max(0, tx(lon0)), x1 = Math.min(n - 1, tx(lon1));
+    const y0 = Math.max(0, ty(latTop)), y1 = Math.min(n - 1, ty(latBottom));
+    if ((x1 - x0 + 1) * (y1 - y0 + 1) > 64) return;
+    for (let x = x0; x <= x1; x++) {
+      for (let y = y0; y <= y1; y++) {
+        const img = tile(z, x, y);
+        if (!img.complete || !img.naturalWidth) continue;
+        const [ax, ay] = project(tileLon(x, n), tileLat(y, n));
+        const [bx, by] = project(tileLon(x + 1, n), tileLat(y + 1, n));
+        ctx.drawImage(img, ax, ay, bx - ax, by - ay);
+      }
+    }
+  }
+
   // ---- drawing ------------------------------------------------------------
   function draw() {
     const started = performance.now();
@@ -196,6 +241,7 @@
     const w = shownWindow();
     ctx.setTransform(dpr * view.scale, 0, 0, dpr * view.scale, dpr * view.x, dpr * view.y);
     const px = 1 / view.scale; // one screen pixel in world units
+    drawBasemap();
 
     // Zones: a choropleth of charging demand (energy) in the window.
     let maxEnergy = 0;
@@ -315,6 +361,10 @@
     }
     if (kinds.includes("zone")) {
       html += '<h3>zones: charging energy</h3><div>low<span class="ramp" data-ramp="demand"></span>high</div>';
+    }
+    if (model.config && model.config.basemap) {
+      const host = model.config.basemap.split("/")[2] || "";
+      html += "<h3>basemap</h3><div>tiles from " + host.replace(/[<>&"]/g, "") + "</div>";
     }
     const el = $("legend");
     el.innerHTML = html;
