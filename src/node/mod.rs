@@ -34,6 +34,7 @@ pub mod reload;
 pub mod sinks;
 pub mod site;
 mod stop;
+mod web;
 pub mod zones;
 
 pub use certs::{issue_client_cert, make_certs, make_certs_in, CertPaths};
@@ -686,28 +687,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
     let (addr_tx, addr_rx) =
         mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>, Arc<IngestCounters>), EdgeError>>();
     // The live map: bound now, so that a taken port fails the start.
-    let web = match (&topology.web, &sub_ctx) {
-        (Some(settings), Some(subs)) => {
-            let bound = crate::web::bind(settings, Some(&ingest))?;
-            let ctx = crate::web::WebContext {
-                subs: subs.clone(),
-                settings: settings.clone(),
-                sessions: crate::web::Sessions::new(settings.session_ttl),
-                node_id: topology.node_id.clone(),
-                window_ms: topology.time.size_ms,
-                retention_ms: topology.time.retention_ms,
-            };
-            Some((bound, Arc::new(ctx)))
-        }
-        (Some(_), None) => match &cluster {
-            Some(c) if !c.emits() => {
-                tracing::warn!("[web]: process {} of a site serves no map: process 0 has every aggregate and serves it", c.process);
-                None
-            }
-            _ => return Err(crate::web::WebError::NoOperators.into()),
-        },
-        (None, _) => None,
-    };
+    let web = web::bind(&topology, &ingest, sub_ctx.as_ref(), cluster.as_ref())?;
     let web_addr = web.as_ref().map(|(bound, _)| bound.addr);
     let recovered_entries = recovery.entries;
     let truncated_bytes = recovery.truncated_bytes;
@@ -728,10 +708,7 @@ fn serve(s: Serve) -> Result<EdgeHandle, EdgeError> {
             if cluster.is_some() {
                 runtime.spawn(site::follow(site, follow_log, shutdown_rx.clone()));
             }
-            let web = web.map(|(bound, ctx)| {
-                let stopping = ctx.subs.stopping.clone();
-                runtime.spawn(crate::web::serve(bound, ctx, stopping))
-            });
+            let web = web.map(|(bound, ctx)| runtime.spawn(web::serve(bound, ctx)));
             let subs = match (sub_ctx, &cluster) {
                 (Some(s), _) => Ok(s),
                 (None, Some(c)) if !c.emits() => Err("subscriptions to a site are served by its process 0 ([cluster] processes), which gets every aggregate; this process only ingests"),

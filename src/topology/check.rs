@@ -157,78 +157,6 @@ impl Checker<'_> {
         out
     }
 
-    /// `[web]`: an address, limits in range, a sign-in lifetime, and the
-    /// `[ingest]` certificate when it serves HTTPS.
-    fn web(&mut self, w: &super::file::WebSection, has_ingest: bool) -> Option<super::Web> {
-        let listen = w
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| {
-                self.push(
-                    "web.listen",
-                    &format!("{:?} is not an address like 0.0.0.0:8080: {e}", w.listen),
-                )
-            })
-            .ok();
-        let ttl = self.duration_or(
-            w.session_ttl.as_deref(),
-            super::Web::DEFAULT_SESSION_TTL,
-            "web.session_ttl",
-        );
-        let feed_interval = self.duration_or(
-            w.feed_interval.as_deref(),
-            super::Web::DEFAULT_FEED_INTERVAL,
-            "web.feed_interval",
-        );
-        if feed_interval.is_some_and(|d| d > Duration::from_secs(1)) {
-            self.push(
-                "web.feed_interval",
-                "at most 1s: a change must reach a page within a second",
-            );
-        }
-        let tls = w.tls.unwrap_or(false);
-        if tls && !has_ingest {
-            self.push(
-                "web.tls",
-                "HTTPS uses the node's [ingest] cert and key: add [ingest], or serve plain HTTP behind a TLS proxy",
-            );
-        }
-        let max_connections = w
-            .max_connections
-            .unwrap_or(super::Web::DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            self.push("web.max_connections", "at least 1");
-        }
-        let max_request_bytes = w
-            .max_request_bytes
-            .unwrap_or(super::Web::DEFAULT_MAX_REQUEST_BYTES);
-        if !(1024..=1 << 20).contains(&max_request_bytes) {
-            self.push(
-                "web.max_request_bytes",
-                &format!("{max_request_bytes}: between 1024 and 1048576"),
-            );
-        }
-        if let Some(b) = &w.basemap {
-            let ok = (b.starts_with("https://") || b.starts_with("http://"))
-                && ["{z}", "{x}", "{y}"].iter().all(|p| b.contains(p));
-            if !ok {
-                self.push(
-                    "web.basemap",
-                    &format!("{b:?}: a tile URL template like https://tiles.example.org/{{z}}/{{x}}/{{y}}.png"),
-                );
-            }
-        }
-        Some(super::Web {
-            listen: listen?,
-            tls,
-            max_connections,
-            max_request_bytes,
-            session_ttl: ttl?,
-            basemap: w.basemap.clone(),
-            feed_interval: feed_interval?,
-        })
-    }
-
     /// A central sink needs the city's vehicle hash key (sketches of raw
     /// ids must never leave the node), and one is enough.
     fn central_needs(&mut self, sinks: &[Sink], reference: Option<&Reference>) {
@@ -702,35 +630,8 @@ impl Topology {
         let sinks = c.sinks(&file.sink);
         let (reference, reference_sha256, zone_file) = c.reference(&file, time.as_ref());
         c.central_needs(&sinks, reference.as_ref());
-        let observability = file.observability.listen.as_deref().and_then(|a| {
-            a.parse::<std::net::SocketAddr>()
-                .map_err(|e| {
-                    c.push(
-                        "observability.listen",
-                        &format!("{a:?} is not an address like 127.0.0.1:9464: {e}"),
-                    )
-                })
-                .ok()
-        });
-        let cluster = file.cluster.as_ref().and_then(|s| {
-            let stop_wait = c.duration_or(
-                s.stop_wait.as_deref(),
-                crate::runtime::Cluster::DEFAULT_STOP_WAIT,
-                "cluster.stop_wait",
-            )?;
-            let cluster = crate::runtime::Cluster {
-                stop_wait,
-                ..crate::runtime::Cluster::new(0, s.processes.clone())
-            };
-            let mut seen = std::collections::BTreeSet::new();
-            let twice = s.processes.iter().find(|a| !seen.insert(a.as_str()));
-            match (cluster.check(), twice) {
-                (Err(why), _) => c.push("cluster.processes", &why),
-                (_, Some(a)) => c.push("cluster.processes", &format!("{a:?} is listed twice")),
-                _ => return Some(cluster),
-            }
-            None
-        });
+        let observability = c.observability(&file.observability);
+        let cluster = file.cluster.as_ref().and_then(|s| c.cluster(s));
         let web = file
             .web
             .as_ref()

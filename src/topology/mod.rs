@@ -44,6 +44,7 @@ use crate::time::TimeSpec;
 
 pub mod check;
 pub mod file;
+mod serving;
 pub mod sinks;
 
 pub use file::TopologyFile;
