@@ -49,6 +49,28 @@ pub struct Road {
     pub line: Vec<[f64; 2]>,
 }
 
+impl Road {
+    /// Length, metres: `length_m` when given, else along its line (on a
+    /// plane around its first point).
+    pub fn length(&self) -> f64 {
+        self.length_m.unwrap_or_else(|| {
+            let Some(&[lon, lat]) = self.line.first() else {
+                return 0.0;
+            };
+            let plane = crate::geo::matcher::Plane::around(lon, lat);
+            let points: Vec<[f64; 2]> = self
+                .line
+                .iter()
+                .map(|p| plane.project(p[0], p[1]))
+                .collect();
+            points
+                .windows(2)
+                .map(|w| (w[1][0] - w[0][0]).hypot(w[1][1] - w[0][1]))
+                .sum()
+        })
+    }
+}
+
 /// Socket types a charger may list (`socket_types`): the Smart Data
 /// Models' EVChargingStation enumeration.
 pub const SOCKET_TYPES: [&str; 13] = [

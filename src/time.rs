@@ -287,6 +287,25 @@ impl EventClock {
     }
 }
 
+/// A time a person reads: the local date and time with its UTC offset
+/// (RFC 3339, to the second); the milliseconds when out of range.
+pub fn local(ms: u64) -> String {
+    local_format(ms, "%Y-%m-%dT%H:%M:%S%:z")
+}
+
+/// `strftime`-formatted local time of `ms` (e.g. `"%H:%M"` for a
+/// window's bounds); the milliseconds when out of range.
+pub fn local_format(ms: u64, format: &str) -> String {
+    use chrono::TimeZone;
+    match i64::try_from(ms)
+        .ok()
+        .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
+    {
+        Some(t) => t.format(format).to_string(),
+        None => format!("{ms} ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

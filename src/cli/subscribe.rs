@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use edgeflow::subscribe::client::{filter, json_line, subscribe, State, SubscribeOptions};
 use edgeflow::subscribe::proto::SubFrame;
+use edgeflow::time::{local, local_format};
 
 /// Arguments of `subscribe`.
 #[derive(clap::Args)]
@@ -107,23 +108,6 @@ impl View {
     }
 }
 
-/// A time a person reads: the local date and time with its UTC offset
-/// (RFC 3339).
-fn local(ms: u64) -> String {
-    use chrono::TimeZone;
-    match chrono::Local.timestamp_millis_opt(ms as i64).single() {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-        None => format!("{ms} ms"),
-    }
-}
-
-/// `HH:MM` local, for a window's bounds.
-fn local_hm(ms: u64) -> String {
-    use chrono::TimeZone;
-    (chrono::Local.timestamp_millis_opt(ms as i64).single())
-        .map_or_else(|| format!("{ms}"), |t| t.format("%H:%M").to_string())
-}
-
 /// The live view of a subscription: the newest window's rows as a table
 /// (key, name, status and the row's fields as columns), under a header
 /// with the window, the watermark and the revision.
@@ -138,8 +122,8 @@ fn table(state: &State, kind: &str, view: &View) -> String {
     let window = match newest {
         Some(w) => format!(
             "window {}-{} ({})",
-            local_hm(w),
-            local_hm(w + window_ms),
+            local_format(w, "%H:%M"),
+            local_format(w + window_ms, "%H:%M"),
             local(w).get(..10).unwrap_or_default()
         ),
         None => "no rows yet".into(),

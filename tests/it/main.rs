@@ -13,6 +13,8 @@
 //!   differential's own count of the updates its arrangements hold.
 //! - `topology`: validation reports every problem at once, with its place.
 //! - `cli`: the binary's commands, exit codes and messages.
+//! - `demo`: the shop window: what `edgeflow demo` shows is what its node
+//!   wrote, as its operator may see it; the map it prints signs in.
 //! - `ingest`, `subscribe`: nodes on loopback QUIC, their logs, restarts,
 //!   retention, zone reloads, subscribers, and every bad client.
 //! - `geo`: map matching and zone roll-ups against batch recomputations.
@@ -34,6 +36,7 @@ mod browser;
 mod central;
 mod cli;
 mod cluster;
+mod demo;
 mod deploy;
 mod faults;
 mod geo;

@@ -403,6 +403,15 @@ impl Proc {
         assert!(status.success(), "{}: SIGTERM not delivered", self.what);
     }
 
+    /// Sends SIGINT (Ctrl-C).
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "{}: SIGINT not delivered", self.what);
+    }
+
     /// Sends SIGKILL and reaps the process: a crash, nothing flushed.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -40,14 +40,19 @@ fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, text)
 }
 
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     raw(
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
     )
 }
 
-fn post(addr: SocketAddr, path: &str, body: &str, cookie: Option<&str>) -> (u16, String) {
+pub(crate) fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    cookie: Option<&str>,
+) -> (u16, String) {
     let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
     raw(
         addr,
@@ -60,7 +65,7 @@ fn post(addr: SocketAddr, path: &str, body: &str, cookie: Option<&str>) -> (u16,
 }
 
 /// Signs in: the session cookie (`name=value`).
-fn login(addr: SocketAddr, token: &str) -> String {
+pub(crate) fn login(addr: SocketAddr, token: &str) -> String {
     let (status, answer) = post(addr, "/api/login", token, None);
     assert_eq!(status, 200, "{answer}");
     let set = (answer.lines())
@@ -80,7 +85,7 @@ fn login(addr: SocketAddr, token: &str) -> String {
         .to_owned()
 }
 
-fn get_signed(addr: SocketAddr, path: &str, cookie: &str) -> (u16, String) {
+pub(crate) fn get_signed(addr: SocketAddr, path: &str, cookie: &str) -> (u16, String) {
     raw(
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n")
@@ -88,7 +93,7 @@ fn get_signed(addr: SocketAddr, path: &str, cookie: &str) -> (u16, String) {
     )
 }
 
-fn body(answer: &str) -> &str {
+pub(crate) fn body(answer: &str) -> &str {
     answer.split_once("\r\n\r\n").map_or("", |b| b.1)
 }
 
