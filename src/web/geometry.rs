@@ -1,5 +1,6 @@
 //! What a page draws before any value arrives, sent once per sign-in: the
-//! road segments, chargers and named zones the operator may see (the same
+//! road segments, chargers, named zones and H3 cells the operator may see
+//! (the H3 cells numbered by then: those of segments and chargers; the same
 //! kinds and allow lists as its subscriptions; a kind it may not see has
 //! no geometry either). Values follow on the feed, keyed by the same ids.
 
@@ -66,10 +67,17 @@ struct Zone<'a> {
 }
 
 #[derive(Serialize)]
+struct Cell {
+    id: String,
+    ring: Vec<[f64; 2]>,
+}
+
+#[derive(Serialize)]
 struct Geometry<'a> {
     segments: Vec<Segment<'a>>,
     chargers: Vec<Charger<'a>>,
     zones: Vec<Zone<'a>>,
+    cells: Vec<Cell>,
 }
 
 /// Coordinates to 6 decimals (about 0.1 m): smaller to send, nothing a
@@ -123,10 +131,21 @@ pub fn json(ctx: &SubContext, interests: &[Interest]) -> String {
                 .collect(),
         })
         .collect();
+    let cells = (r.registry.cells().into_iter())
+        .filter(|(n, _)| allowed(Kind::Zone, *n))
+        .filter_map(|(_, id)| {
+            let ring = crate::geo::zones::h3_boundary(&id)?;
+            Some(Cell {
+                ring: ring.into_iter().map(round).collect(),
+                id,
+            })
+        })
+        .collect();
     serde_json::to_string(&Geometry {
         segments,
         chargers,
         zones,
+        cells,
     })
     .unwrap_or_else(|_| "{}".into())
 }

@@ -169,6 +169,10 @@ fn the_page_shows_every_row_its_token_may_see_and_none_it_may_not() {
         json!(0),
         "no segment geometry without the congestion scope"
     );
+    let cells = cpo
+        .eval("return window.edgeflow.geometry.cells.length;")
+        .expect("the page answers");
+    assert_eq!(cells, json!(0), "no H3 cells without the zone scope");
 
     // The screenshot shows the level colours of the newest window.
     // Only the map counts: the legend's swatches (and the "live" button)
@@ -196,6 +200,46 @@ fn the_page_shows_every_row_its_token_may_see_and_none_it_may_not() {
     if let Some(path) = out {
         std::fs::write(path, &shot).expect("screenshot");
     }
+
+    // The city's page can draw every H3 cell the node rolled up into, and
+    // shades either zone layer by either measure.
+    let drawn: std::collections::BTreeSet<String> = serde_json::from_value(
+        city.eval("return window.edgeflow.geometry.cells.map((c) => c.id);")
+            .expect("the page answers"),
+    )
+    .expect("cell ids");
+    let rolled: std::collections::BTreeSet<String> = csv_rows(&node.sink(sink_file("zone")))
+        .into_values()
+        .filter(|r| r["zone_type"] == "h3")
+        .map(|r| r["zone_id"].clone())
+        .collect();
+    assert!(!rolled.is_empty(), "H3 roll-ups in the sink");
+    assert!(
+        rolled.is_subset(&drawn),
+        "cells without geometry: {:?}",
+        rolled.difference(&drawn).collect::<Vec<_>>()
+    );
+    let frames = |b: &Browser| {
+        b.eval("return window.edgeflow.frameTimes.length;")
+            .expect("the page answers")
+            .as_u64()
+            .expect("a count")
+    };
+    let before = frames(&city);
+    let chosen = city
+        .eval(
+            "document.querySelector('input[name=\"zone-layer\"][value=\"cells\"]').click();\n\
+             document.querySelector('input[name=\"zone-measure\"][value=\"low_soc_evs\"]').click();\n\
+             return [window.edgeflow.zoneLayer, window.edgeflow.zoneMeasure];",
+        )
+        .expect("the legend offers both layers and both measures");
+    assert_eq!(chosen, json!(["cells", "low_soc_evs"]));
+    city.wait_for(
+        "a frame drawn with the H3 cells",
+        &format!("return window.edgeflow.frameTimes.length > {before};"),
+        Duration::from_secs(10),
+    )
+    .expect("in time");
 }
 
 /// A tile server on loopback: every request gets one 256 x 256 magenta

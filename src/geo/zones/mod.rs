@@ -218,6 +218,17 @@ impl ZoneRegistry {
         }
     }
 
+    /// Every H3 cell numbered so far: (number, hex id), by number.
+    pub fn cells(&self) -> Vec<(u32, String)> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        (inner.ids.iter().enumerate())
+            .filter(|(_, (_, kind))| *kind == ZoneKind::H3)
+            .map(|(n, (id, _))| (n as u32, id.clone()))
+            .collect()
+    }
+
     /// Records the named zones in force and their centres.
     fn set_in_force(&self, named: &[(u32, &Zone)]) {
         if let Ok(mut inner) = self.inner.write() {
@@ -295,6 +306,18 @@ pub fn h3_cell(p: [f64; 2], resolution: u8) -> Option<String> {
     let res = h3o::Resolution::try_from(resolution).ok()?;
     let ll = h3o::LatLng::new(p[1], p[0]).ok()?;
     Some(ll.to_cell(res).to_string())
+}
+
+/// The boundary of the H3 cell with hex id `id`, as a closed-by-the-reader
+/// ring of `[lon, lat]` vertices; `None` for an id that is no cell.
+pub fn h3_boundary(id: &str) -> Option<Vec<[f64; 2]>> {
+    let cell: h3o::CellIndex = id.parse().ok()?;
+    Some(
+        cell.boundary()
+            .iter()
+            .map(|ll| [ll.lng(), ll.lat()])
+            .collect(),
+    )
 }
 
 /// The H3 cell (as its 64-bit index) of `[lon, lat]` at `resolution`.

@@ -36,6 +36,9 @@
     lastUpdateAt: 0,
     selected: null,
     ended: null,
+    // The zone layer drawn ("named" zones or H3 "cells") and what shades it.
+    zoneLayer: "named",
+    zoneMeasure: "energy_wh",
   };
   window.edgeflow = model;
 
@@ -156,7 +159,9 @@
       polys.forEach((poly) => poly.forEach((ring) => ring.forEach(grow)));
       return { id: z.id, name: z.name, polys };
     });
-    world = { segments, chargers, zones, box };
+    const cells = (g.cells || []).map((c) => ({ id: c.id, name: "H3 cell " + c.id, polys: [[c.ring.map((p) => project(p[0], p[1]))]] }));
+    world = { segments, chargers, zones, cells, box };
+    if (zones.length === 0 && cells.length > 0) model.zoneLayer = "cells";
     fit();
   }
 
@@ -243,15 +248,18 @@
     const px = 1 / view.scale; // one screen pixel in world units
     drawBasemap();
 
-    // Zones: a choropleth of charging demand (energy) in the window.
-    let maxEnergy = 0;
-    const zoneValues = world.zones.map((z) => {
+    // Zones (named or H3 cells): a choropleth of charging demand in the
+    // window, by energy or by EVs with low charge.
+    const layer = zoneLayer();
+    const measure = model.zoneMeasure;
+    let maxDemand = 0;
+    const zoneValues = layer.map((z) => {
       const r = w === null ? undefined : valueAt("zone", z.id, w);
-      const e = r ? Number(r.value.energy_wh) || 0 : 0;
-      maxEnergy = Math.max(maxEnergy, e);
+      const e = r ? Number(r.value[measure]) || 0 : 0;
+      maxDemand = Math.max(maxDemand, e);
       return r;
     });
-    world.zones.forEach((z, i) => {
+    layer.forEach((z, i) => {
       const r = zoneValues[i];
       ctx.beginPath();
       for (const poly of z.polys) for (const ring of poly) {
@@ -259,7 +267,7 @@
         ctx.closePath();
       }
       ctx.globalAlpha = 0.45;
-      ctx.fillStyle = r ? demandColour(maxEnergy > 0 ? (Number(r.value.energy_wh) || 0) / maxEnergy : 0) : "#e3e7ec";
+      ctx.fillStyle = r ? demandColour(maxDemand > 0 ? (Number(r.value[measure]) || 0) / maxDemand : 0) : "#e3e7ec";
       ctx.fill("evenodd");
       ctx.globalAlpha = 1;
       ctx.lineWidth = px;
@@ -359,8 +367,13 @@
     if (kinds.includes("charging")) {
       html += '<h3>chargers (size: power)</h3><div>free<span class="ramp" data-ramp="occupancy"></span>occupied</div>';
     }
-    if (kinds.includes("zone")) {
-      html += '<h3>zones: charging energy</h3><div>low<span class="ramp" data-ramp="demand"></span>high</div>';
+    if (kinds.includes("zone") && world && (world.zones.length || world.cells.length)) {
+      html += "<h3>zones</h3>";
+      if (world.zones.length && world.cells.length) {
+        html += '<div><label><input type="radio" name="zone-layer" value="named"> named zones</label> <label><input type="radio" name="zone-layer" value="cells"> H3 cells</label></div>';
+      }
+      html += '<div><label><input type="radio" name="zone-measure" value="energy_wh"> charging energy</label> <label><input type="radio" name="zone-measure" value="low_soc_evs"> EVs with low charge</label></div>';
+      html += '<div>low<span class="ramp" data-ramp="demand"></span>high</div>';
     }
     if (model.config && model.config.basemap) {
       const host = model.config.basemap.split("/")[2] || "";
@@ -369,6 +382,12 @@
     const el = $("legend");
     el.innerHTML = html;
     el.querySelectorAll("[data-colour]").forEach((s) => { s.style.background = s.dataset.colour; });
+    const choice = (name, key) => el.querySelectorAll('input[name="' + name + '"]').forEach((input) => {
+      input.checked = input.value === model[key];
+      input.addEventListener("change", () => { model[key] = input.value; if (model.selected) panel(); dirty = true; });
+    });
+    choice("zone-layer", "zoneLayer");
+    choice("zone-measure", "zoneMeasure");
     el.querySelectorAll("[data-ramp]").forEach((s) => {
       const f = s.dataset.ramp === "occupancy" ? occupancyColour : demandColour;
       s.style.background = "linear-gradient(to right, " + f(0) + ", " + f(0.5) + ", " + f(1) + ")";
@@ -381,6 +400,8 @@
     zone: [["vehicles", "vehicles"], ["mean_speed_ratio", "mean speed ratio"], ["jammed_segments", "jammed segments"], ["energy_wh", "charging energy, Wh"], ["low_soc_evs", "EVs with low charge"]],
   };
   const CHART = { congestion: ["speed_ratio", "speed ratio"], charging: ["mean_power_kw", "mean power, kW"], zone: ["energy_wh", "charging energy, Wh"] };
+  const ZONE_MEASURES = { energy_wh: "charging energy, Wh", low_soc_evs: "EVs with low charge" };
+  const zoneLayer = () => (model.zoneLayer === "cells" ? world.cells : world.zones);
 
   function panel() {
     const s = model.selected;
@@ -409,7 +430,7 @@
     const g = c.getContext("2d");
     g.clearRect(0, 0, c.width, c.height);
     const windows = model.rows[s.kind].get(s.id);
-    const [field, label] = CHART[s.kind];
+    const [field, label] = s.kind === "zone" ? [model.zoneMeasure, ZONE_MEASURES[model.zoneMeasure]] : CHART[s.kind];
     $("chart-label").textContent = label + ", windows in retention";
     if (!windows) return;
     const pts = Array.from(windows.entries()).sort((a, b) => a[0] - b[0]).map(([w, r]) => [w, Number(r.value[field]) || 0]);
@@ -444,7 +465,7 @@
       }
     }
     if (best) return { kind: "congestion", id: best.id, name: best.name };
-    for (const z of world.zones) {
+    for (const z of zoneLayer()) {
       for (const poly of z.polys) if (inside(x, y, poly)) return { kind: "zone", id: z.id, name: z.name };
     }
     return null;
@@ -519,6 +540,7 @@
     model.geometry = await g.json();
     resize();
     buildWorld();
+    legend();
     follow();
   }
 
