@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Updates come at most once per `[web] feed_interval` per kind (rows that
-//! change meanwhile are coalesced by the hub, the latest value per row).
+//! change meanwhile are coalesced by the hub, the latest value per row),
+//! each as events of at most [`MAX_EVENT_ROWS`] rows, the progress marker
+//! and the lag count on the last (`null` and 0 on the others).
 //! `rows` are the subscription's ROW frames as JSON (`op`, `key`,
 //! `window_start_ms`, `status`, `revision`, `value`, `name`), `progress`
 //! its last progress marker (the watermark, window and retention). A page
@@ -41,6 +43,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 const BUFFERED_EVENTS: usize = 4;
 /// Largest frame taken from a subscription's queue.
 const MAX_FRAME: usize = 1 << 24;
+/// Most rows in one `update` event: a page parses and applies an event in
+/// one task, so a city's worth of rows (20,000 segments) comes as several
+/// events, and the page draws frames between them.
+pub const MAX_EVENT_ROWS: usize = 2_000;
 
 #[derive(Serialize)]
 struct Ended<'a> {
@@ -134,11 +140,14 @@ async fn follow(
         let drained = sub.drain();
         let mut bytes = drained.bytes;
         let (update, ended) = splice(kind, &mut bytes);
-        if let Some(update) = update {
-            if tx.send(update).await.is_err() {
+        let sent = !update.is_empty();
+        for event in update {
+            if tx.send(event).await.is_err() {
                 sub.close(SubError::ShuttingDown, "page gone".into());
                 return;
             }
+        }
+        if sent {
             if !drained.end {
                 // What changes meanwhile waits in the hub's queue, the
                 // latest value per row: a page gets at most one update per
@@ -158,22 +167,39 @@ async fn follow(
     }
 }
 
-/// One `update` event from a subscription's drained frames, its rows'
-/// JSON payloads spliced in as the hub encoded them (once for every
-/// subscriber: nothing is parsed or encoded again per page); and the
+/// The `update` events of a subscription's drained frames (none when
+/// there is nothing to say), their rows' JSON payloads spliced in as the
+/// hub encoded them (once for every subscriber: nothing is parsed or
+/// encoded again per page), at most [`MAX_EVENT_ROWS`] an event; and the
 /// closing error, if the frames end with one.
-fn splice<'k>(kind: &'k str, frames: &mut bytes::BytesMut) -> (Option<Bytes>, Option<Ended<'k>>) {
+fn splice<'k>(kind: &'k str, frames: &mut bytes::BytesMut) -> (Vec<Bytes>, Option<Ended<'k>>) {
     use crate::subscribe::proto::kind as frame;
-    let mut out = Vec::with_capacity(frames.len() + 128);
-    out.extend_from_slice(b"event: update\ndata: {\"kind\":\"");
-    out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(b"\",\"rows\":[");
+    let head = |capacity: usize| {
+        let mut out = Vec::with_capacity(capacity + 128);
+        out.extend_from_slice(b"event: update\ndata: {\"kind\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"rows\":[");
+        out
+    };
+    let tail = |mut out: Vec<u8>, progress: Option<&[u8]>, lagged: u64| {
+        out.extend_from_slice(b"],\"progress\":");
+        out.extend_from_slice(progress.unwrap_or(b"null"));
+        out.extend_from_slice(format!(",\"lagged\":{lagged}}}\n\n").as_bytes());
+        Bytes::from(out)
+    };
+    let mut events = Vec::new();
+    let mut out = head(frames.len().min(1 << 20));
     let (mut rows, mut lagged) = (0usize, 0u64);
     let mut progress: Option<Bytes> = None;
     let mut ended = None;
     while let Ok(Some((t, payload))) = crate::wire::envelope::split(frames, MAX_FRAME) {
         match t {
             frame::ROW => {
+                if rows == MAX_EVENT_ROWS {
+                    let full = std::mem::replace(&mut out, head(frames.len().min(1 << 20)));
+                    events.push(tail(full, None, 0));
+                    rows = 0;
+                }
                 if rows > 0 {
                     out.push(b',');
                 }
@@ -194,11 +220,81 @@ fn splice<'k>(kind: &'k str, frames: &mut bytes::BytesMut) -> (Option<Bytes>, Op
             },
         }
     }
-    if rows == 0 && progress.is_none() && lagged == 0 {
-        return (None, ended);
+    if rows > 0 || progress.is_some() || lagged > 0 {
+        events.push(tail(out, progress.as_deref(), lagged));
     }
-    out.extend_from_slice(b"],\"progress\":");
-    out.extend_from_slice(progress.as_deref().unwrap_or(b"null"));
-    out.extend_from_slice(format!(",\"lagged\":{lagged}}}\n\n").as_bytes());
-    (Some(Bytes::from(out)), ended)
+    (events, ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscribe::proto::{Progress, Row};
+
+    /// `rows` row frames and a progress marker, as a hub queues them.
+    fn frames(rows: usize) -> bytes::BytesMut {
+        let mut buf = bytes::BytesMut::new();
+        for i in 0..rows {
+            SubFrame::Row(Row {
+                op: "upsert".into(),
+                key: format!("seg-{i}"),
+                window_start_ms: 60_000,
+                status: Some("provisional".into()),
+                revision: i as u64 + 1,
+                value: serde_json::json!({"samples": i}).as_object().cloned(),
+                name: None,
+            })
+            .encode(&mut buf);
+        }
+        SubFrame::Progress(Progress {
+            epoch: 1,
+            revision: rows as u64,
+            watermark_ms: 90_000,
+            snapshot: true,
+            published_unix_us: 0,
+            window_ms: 60_000,
+            retention_ms: 900_000,
+        })
+        .encode(&mut buf);
+        buf
+    }
+
+    /// The JSON of an `update` event.
+    fn data(event: &Bytes) -> serde_json::Value {
+        let text = std::str::from_utf8(event).expect("UTF-8");
+        let json = (text.strip_prefix("event: update\ndata: "))
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .expect("one update event");
+        serde_json::from_str(json).expect("JSON")
+    }
+
+    #[test]
+    fn a_large_update_comes_as_events_of_at_most_max_event_rows_with_the_progress_on_the_last() {
+        let (events, ended) = splice("congestion", &mut frames(2 * MAX_EVENT_ROWS + 500));
+        assert!(ended.is_none());
+        let parsed: Vec<serde_json::Value> = events.iter().map(data).collect();
+        let sizes: Vec<usize> = (parsed.iter())
+            .map(|e| e["rows"].as_array().expect("rows").len())
+            .collect();
+        assert_eq!(sizes, [MAX_EVENT_ROWS, MAX_EVENT_ROWS, 500]);
+        // Every row once, in order.
+        let keys: Vec<&str> = (parsed.iter())
+            .flat_map(|e| e["rows"].as_array().expect("rows"))
+            .map(|r| r["key"].as_str().expect("key"))
+            .collect();
+        let want: Vec<String> = (0..2 * MAX_EVENT_ROWS + 500).map(|i| format!("seg-{i}")).collect();
+        assert_eq!(keys, want);
+        assert!(parsed[..2].iter().all(|e| e["progress"].is_null()));
+        assert_eq!(parsed[2]["progress"]["watermark_ms"], 90_000);
+        assert!(parsed.iter().all(|e| e["kind"] == "congestion"));
+    }
+
+    #[test]
+    fn nothing_drained_is_no_event_and_a_progress_alone_is_one() {
+        let (events, _) = splice("zone", &mut bytes::BytesMut::new());
+        assert!(events.is_empty());
+        let (events, _) = splice("zone", &mut frames(0));
+        assert_eq!(events.len(), 1);
+        assert_eq!(data(&events[0])["rows"], serde_json::json!([]));
+    }
 }

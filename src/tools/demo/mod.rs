@@ -223,9 +223,8 @@ fn start_edge(
 }
 
 /// A small city on loopback: a central node (its files in `out`, serving
-/// the map) and a
-/// west and an east edge pushing to it, the recording split between them
-/// at the median report's longitude.
+/// the map) and a west and an east edge pushing to it, the recording split
+/// between them at the median report's longitude.
 fn start_city(
     args: &DemoArgs,
     base: &Topology,
@@ -236,14 +235,7 @@ fn start_city(
     // The city's vehicle hash key, for this run only (a real city keeps
     // one from `openssl rand -hex 32`).
     let mut secret = [0u8; 32];
-    let mut rng = super::measure::SplitMix(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    );
-    for chunk in secret.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.next_u64().to_be_bytes());
-    }
+    crate::wire::tls::random(&mut secret)?;
     base.reference.vehicle_key = Some(crate::privacy::VehicleKey::new(secret));
     let names = ["west", "east"];
     let push_token = |edge: &str| format!("edgeflow-demo-push-{edge}");
