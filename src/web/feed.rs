@@ -147,13 +147,11 @@ async fn follow(
                 return;
             }
         }
-        if sent {
-            if !drained.end {
-                // What changes meanwhile waits in the hub's queue, the
-                // latest value per row: a page gets at most one update per
-                // `every` however often the dataflow emits.
-                tokio::time::sleep(every).await;
-            }
+        if sent && !drained.end {
+            // What changes meanwhile waits in the hub's queue, the latest
+            // value per row: a page gets at most one update per `every`
+            // however often the dataflow emits.
+            tokio::time::sleep(every).await;
         }
         if drained.end {
             let end = ended.unwrap_or(Ended {
@@ -188,7 +186,7 @@ fn splice<'k>(kind: &'k str, frames: &mut bytes::BytesMut) -> (Vec<Bytes>, Optio
         Bytes::from(out)
     };
     let mut events = Vec::new();
-    let mut out = head(frames.len().min(1 << 20));
+    let mut out = head(frames.len());
     let (mut rows, mut lagged) = (0usize, 0u64);
     let mut progress: Option<Bytes> = None;
     let mut ended = None;
@@ -196,7 +194,9 @@ fn splice<'k>(kind: &'k str, frames: &mut bytes::BytesMut) -> (Vec<Bytes>, Optio
         match t {
             frame::ROW => {
                 if rows == MAX_EVENT_ROWS {
-                    let full = std::mem::replace(&mut out, head(frames.len().min(1 << 20)));
+                    // The next event is about as long as this one.
+                    let next = head(out.len().min(frames.len()));
+                    let full = std::mem::replace(&mut out, next);
                     events.push(tail(full, None, 0));
                     rows = 0;
                 }
@@ -282,7 +282,9 @@ mod tests {
             .flat_map(|e| e["rows"].as_array().expect("rows"))
             .map(|r| r["key"].as_str().expect("key"))
             .collect();
-        let want: Vec<String> = (0..2 * MAX_EVENT_ROWS + 500).map(|i| format!("seg-{i}")).collect();
+        let want: Vec<String> = (0..2 * MAX_EVENT_ROWS + 500)
+            .map(|i| format!("seg-{i}"))
+            .collect();
         assert_eq!(keys, want);
         assert!(parsed[..2].iter().all(|e| e["progress"].is_null()));
         assert_eq!(parsed[2]["progress"]["watermark_ms"], 90_000);
