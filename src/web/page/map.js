@@ -281,7 +281,9 @@
     for (const s of world.segments) {
       const r = w === null ? undefined : valueAt("congestion", s.id, w);
       const path = (r && paths[r.value.level]) || paths.none;
-      s.pts.forEach((p, j) => (j ? path.lineTo(p[0], p[1]) : path.moveTo(p[0], p[1])));
+      const pts = s.pts;
+      path.moveTo(pts[0][0], pts[0][1]);
+      for (let j = 1; j < pts.length; j++) path.lineTo(pts[j][0], pts[j][1]);
     }
     // Round ends and joins, and wide lines, cost a rasteriser dearly over
     // thousands of segments; at a city's scale nobody sees them.
@@ -291,7 +293,7 @@
     ctx.lineWidth = (round ? 1.5 : 1) * px;
     ctx.strokeStyle = NO_DATA;
     ctx.stroke(paths.none);
-    ctx.lineWidth = (round ? 3 : 2) * px;
+    ctx.lineWidth = (round ? 3 : 1.5) * px;
     for (const [l, c] of LEVELS) { ctx.strokeStyle = c; ctx.stroke(paths[l]); }
 
     // Chargers: sized by power, coloured by occupancy.
