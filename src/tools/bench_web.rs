@@ -12,9 +12,13 @@
 //! 2. **The node's cost**: acknowledged records/s under saturating load
 //!    (as fast as acknowledged), without pages and with `--pages` pages'
 //!    feeds open (HTTP clients reading the whole Server-Sent Events feed,
-//!    as a page does; a browser per page would measure the machine's
-//!    browsers, not the node). Alternated `--rounds` times; medians and
-//!    their ratio.
+//!    as a page does, on a thread of their own beside the load
+//!    generator's; a browser per page would measure the machine's
+//!    browsers, not the node). Alternated `--rounds` times; medians, their
+//!    ratio and the median of each round's ratio. Also the node's CPU time
+//!    per acknowledged record in each run (from `/proc`), which shows the
+//!    pages' cost on the node without the noise of a shared machine's
+//!    clock.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::bench_ingest::{spawn_node, TOKEN};
 use super::loadgen::Load;
-use super::measure::{median, quantile};
+use super::measure::{cpu_seconds, median, quantile};
 
 const OPERATOR: &str = "edgeflow-bench-web-operator";
 
@@ -45,8 +49,10 @@ pub struct WebBenchArgs {
     /// Pages' feeds open in the throughput phase.
     #[arg(long, default_value_t = 10)]
     pub pages: usize,
-    /// Batches per connection in each throughput run.
-    #[arg(long, default_value_t = 100)]
+    /// Batches per connection in each throughput run (300: runs of a few
+    /// seconds, long enough that start-up and the first publish do not
+    /// dominate).
+    #[arg(long, default_value_t = 300)]
     pub batches: u64,
     /// Ingest connections.
     #[arg(long, default_value_t = 8)]
@@ -55,7 +61,7 @@ pub struct WebBenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub batch_records: usize,
     /// Rounds of the throughput phases (medians reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Skip the browser phase.
     #[arg(long)]
@@ -238,6 +244,16 @@ fn page_phase(
     }))
 }
 
+/// What one throughput run measured.
+struct Run {
+    /// Acknowledged records/s.
+    records_per_s: f64,
+    /// Bytes the pages' feeds carried, all pages together.
+    feed_bytes: u64,
+    /// The node's CPU time (user and system) per acknowledged record, µs.
+    node_cpu_us_per_record: f64,
+}
+
 /// One throughput run: saturating load, with `pages` feeds open.
 fn throughput(
     args: &WebBenchArgs,
@@ -245,10 +261,16 @@ fn throughput(
     topology: &Path,
     reference: Arc<crate::reference::Reference>,
     pages: usize,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<Run> {
     let web = free_port()?;
     let (node, addr, ca) = start(dir, topology, web)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // The pages read on a thread of their own: on the load generator's
+    // they would slow the load, not the node.
+    let readers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
@@ -256,8 +278,8 @@ fn throughput(
     let stop = Arc::new(AtomicBool::new(false));
     let bytes = Arc::new(AtomicU64::new(0));
     for _ in 0..pages {
-        let cookie = runtime.block_on(login(&client, web))?;
-        runtime.spawn(read_feed(
+        let cookie = readers.block_on(login(&client, web))?;
+        readers.spawn(read_feed(
             client.clone(),
             web,
             cookie,
@@ -265,14 +287,27 @@ fn throughput(
             bytes.clone(),
         ));
     }
+    let cpu = cpu_seconds(node.id());
     let report = runtime.block_on(super::loadgen::run(&load(args, addr, ca, false), reference))?;
+    let cpu = cpu_seconds(node.id()) - cpu;
     stop.store(true, Ordering::Relaxed);
     drop(node);
+    readers.shutdown_timeout(Duration::from_secs(5));
     runtime.shutdown_timeout(Duration::from_secs(5));
-    Ok((
-        report.accepted as f64 / report.elapsed.as_secs_f64(),
-        bytes.load(Ordering::Relaxed),
-    ))
+    Ok(Run {
+        records_per_s: report.accepted as f64 / report.elapsed.as_secs_f64(),
+        feed_bytes: bytes.load(Ordering::Relaxed),
+        node_cpu_us_per_record: cpu * 1e6 / report.accepted.max(1) as f64,
+    })
+}
+
+/// `b / a` to three places; 0 when `a` is not positive.
+fn ratio(b: f64, a: f64) -> f64 {
+    if a > 0.0 {
+        (b / a * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
 }
 
 /// Runs the benchmark; the JSON report.
@@ -294,23 +329,36 @@ pub fn run(args: &WebBenchArgs) -> anyhow::Result<serde_json::Value> {
         std::fs::create_dir_all(&d)?;
         page_phase(args, &d, &topology, reference.clone())?
     };
-    let (mut without, mut with, mut feed_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut without, mut with): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         for pages in [0, args.pages] {
             let d = dir.join(format!("run-{round}-{pages}"));
             std::fs::create_dir_all(&d)?;
-            let (rate, bytes) = throughput(args, &d, &topology, reference.clone(), pages)?;
-            eprintln!("round {}: {pages} pages: {rate:.0} records/s", round + 1);
-            if pages == 0 {
-                without.push(rate);
-            } else {
-                with.push(rate);
-                feed_bytes.push(bytes as f64);
-            }
+            let run = throughput(args, &d, &topology, reference.clone(), pages)?;
+            eprintln!(
+                "round {}: {pages} pages: {:.0} records/s, node {:.2} µs CPU/record",
+                round + 1,
+                run.records_per_s,
+                run.node_cpu_us_per_record
+            );
+            if pages == 0 { &mut without } else { &mut with }.push(run);
             let _ = std::fs::remove_dir_all(&d);
         }
     }
-    let (a, b) = (median(without.clone()), median(with.clone()));
+    let rates = |runs: &[Run]| runs.iter().map(|r| r.records_per_s).collect::<Vec<_>>();
+    let cpus = |runs: &[Run]| {
+        (runs.iter())
+            .map(|r| (r.node_cpu_us_per_record * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (median(rates(&without)), median(rates(&with)));
+    let (ca, cb) = (median(cpus(&without)), median(cpus(&with)));
+    let paired = median(
+        (without.iter().zip(&with))
+            .map(|(a, b)| b.records_per_s / a.records_per_s)
+            .collect::<Vec<f64>>(),
+    );
+    let feed_bytes = median(with.iter().map(|r| r.feed_bytes as f64).collect::<Vec<_>>());
     Ok(serde_json::json!({
         "segments": segments,
         "page": page,
@@ -318,10 +366,16 @@ pub fn run(args: &WebBenchArgs) -> anyhow::Result<serde_json::Value> {
             "pages": args.pages,
             "records_per_s_without_pages": a.round(),
             "records_per_s_with_pages": b.round(),
-            "ratio": if a > 0.0 { (b / a * 1000.0).round() / 1000.0 } else { 0.0 },
-            "runs_without": without,
-            "runs_with": with,
-            "feed_bytes_per_page_median": (median(feed_bytes) / args.pages.max(1) as f64).round(),
+            "ratio": ratio(b, a),
+            "ratio_of_rounds_median": (paired * 1000.0).round() / 1000.0,
+            "runs_without": rates(&without),
+            "runs_with": rates(&with),
+            "node_cpu_us_per_record_without_pages": ca,
+            "node_cpu_us_per_record_with_pages": cb,
+            "node_cpu_ratio": ratio(cb, ca),
+            "node_cpu_runs_without": cpus(&without),
+            "node_cpu_runs_with": cpus(&with),
+            "feed_bytes_per_page_median": (feed_bytes / args.pages.max(1) as f64).round(),
         },
     }))
 }
