@@ -24,6 +24,17 @@
 //! EventSource reconnects and starts from a fresh snapshot). A comment
 //! line every [`HEARTBEAT`] keeps proxies from closing a quiet feed and
 //! finds pages that went away.
+//!
+//! After `kinds`, and again whenever a reloaded zone file changes the
+//! named zones in force (seen with the zone kind's next update, or its
+//! next heartbeat), an operator who may see zones gets
+//!
+//! ```text
+//! event: geometry
+//! data: {"zones_generation":1}
+//! ```
+//!
+//! and a page whose geometry is of another generation loads it again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +43,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::aggregate::Kind;
 use crate::subscribe::hub::Refused;
 use crate::subscribe::proto::{SubError, SubFrame};
 use crate::subscribe::queue::Subscriber;
@@ -84,31 +96,51 @@ pub fn start(
             }
         }
     }
-    // The first event says which kinds follow (none: nothing to show).
+    // The first event says which kinds follow (none: nothing to show),
+    // the next the zones' generation (to an operator who sees zones).
     let kinds: Vec<&str> = subs.iter().map(|s| s.kind().as_str()).collect();
-    let hello = event("kinds", &kinds);
-    if tx.try_send(hello).is_err() {
-        return Err(Refused(SubError::ShuttingDown, "feed closed".into()));
+    let generation = super::geometry::zones_generation(ctx);
+    let mut hello = vec![event("kinds", &kinds)];
+    if kinds.contains(&Kind::Zone.as_str()) {
+        hello.push(geometry_event(generation));
+    }
+    for e in hello {
+        if tx.try_send(e).is_err() {
+            return Err(Refused(SubError::ShuttingDown, "feed closed".into()));
+        }
     }
     for sub in subs {
+        let zones = (sub.kind() == Kind::Zone).then_some(generation);
         runtime.spawn(follow(
             ctx.clone(),
             token.to_owned(),
             sub,
             tx.clone(),
             every,
+            zones,
         ));
     }
     Ok(rx)
 }
 
-/// Sends one subscription's changes as events until it ends.
+/// The `geometry` event of the named zones' `generation`.
+fn geometry_event(generation: u64) -> Bytes {
+    event(
+        "geometry",
+        &serde_json::json!({ "zones_generation": generation }),
+    )
+}
+
+/// Sends one subscription's changes as events until it ends; `zones`, the
+/// zones' generation the page was told (the zone kind's feed only), is
+/// followed too.
 async fn follow(
     ctx: Arc<SubContext>,
     token: String,
     sub: Arc<Subscriber>,
     tx: mpsc::Sender<Bytes>,
     every: Duration,
+    mut zones: Option<u64>,
 ) {
     let kind = sub.kind().as_str();
     let mut reloads = ctx.reloads.clone();
@@ -116,15 +148,9 @@ async fn follow(
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
     loop {
-        tokio::select! {
-            _ = sub.notify.notified() => {}
-            _ = heartbeat.tick() => {
-                if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
-                    sub.close(SubError::ShuttingDown, "page gone".into());
-                    return;
-                }
-                continue;
-            }
+        let beat = tokio::select! {
+            _ = sub.notify.notified() => false,
+            _ = heartbeat.tick() => true,
             _ = tx.closed() => {
                 sub.close(SubError::ShuttingDown, "page gone".into());
                 return;
@@ -136,6 +162,27 @@ async fn follow(
                 ctx.recheck(&req, &sub, "sign in again");
                 continue;
             }
+        };
+        if let Some(told) = zones.as_mut() {
+            let now = super::geometry::zones_generation(&ctx);
+            if now != *told {
+                *told = now;
+                if tx.send(geometry_event(now)).await.is_err() {
+                    sub.close(SubError::ShuttingDown, "page gone".into());
+                    return;
+                }
+            }
+        }
+        if beat {
+            if tx
+                .send(Bytes::from_static(b": heartbeat\n\n"))
+                .await
+                .is_err()
+            {
+                sub.close(SubError::ShuttingDown, "page gone".into());
+                return;
+            }
+            continue;
         }
         let drained = sub.drain();
         let mut bytes = drained.bytes;

@@ -3,6 +3,10 @@
 //! (the H3 cells numbered by then: those of segments and chargers; the same
 //! kinds and allow lists as its subscriptions; a kind it may not see has
 //! no geometry either). Values follow on the feed, keyed by the same ids.
+//!
+//! The named zones are those in force: a reloaded zone file moves their
+//! generation (`zones_generation`), the feed says so (`event: geometry`),
+//! and the page loads its geometry again.
 
 use serde::Serialize;
 
@@ -78,6 +82,13 @@ struct Geometry<'a> {
     chargers: Vec<Charger<'a>>,
     zones: Vec<Zone<'a>>,
     cells: Vec<Cell>,
+    zones_generation: u64,
+}
+
+/// The generation of the named zones in force (see
+/// [`crate::geo::zones::ZoneRegistry::in_force`]).
+pub fn zones_generation(ctx: &SubContext) -> u64 {
+    ctx.reference.registry.in_force().0
 }
 
 /// Coordinates to 6 decimals (about 0.1 m): smaller to send, nothing a
@@ -113,7 +124,9 @@ pub fn json(ctx: &SubContext, interests: &[Interest]) -> String {
             position: round(c.position),
         })
         .collect();
-    let zones = (r.zones.iter())
+    let (zones_generation, in_force) = r.registry.in_force();
+    let in_force = in_force.as_deref().unwrap_or(&r.zones);
+    let zones = (in_force.iter())
         .filter(|z| {
             r.registry
                 .get(&z.id, crate::geo::zones::ZoneKind::Named)
@@ -146,6 +159,7 @@ pub fn json(ctx: &SubContext, interests: &[Interest]) -> String {
         chargers,
         zones,
         cells,
+        zones_generation,
     })
     .unwrap_or_else(|_| "{}".into())
 }

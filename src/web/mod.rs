@@ -15,7 +15,7 @@
 //! | `POST /api/login` (body: the token) | a session cookie and the operator's kinds; 401 for an unknown token |
 //! | `POST /api/logout` | the session ends |
 //! | `GET /api/config` | the node, the kinds, window and retention, the basemap |
-//! | `GET /api/geometry` | segments, chargers and zones in scope (JSON) |
+//! | `GET /api/geometry` | segments, chargers, zones and H3 cells in scope, the zones' generation (JSON) |
 //! | `GET /api/feed` | the live feed (`text/event-stream`) |
 //!
 //! Anything else is 404 (there is no file system behind the paths: a

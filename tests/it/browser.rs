@@ -339,3 +339,83 @@ fn the_page_draws_the_basemap_the_topology_names() {
     }
     node.stop();
 }
+
+/// A zone file reloaded while a page is open: the page loads the named
+/// zones in force again (the feed's `geometry` event) and keeps following.
+#[test]
+fn an_open_page_follows_a_reloaded_zone_file() {
+    let Some(page) = browser("browser::an_open_page_follows_a_reloaded_zone_file") else {
+        return;
+    };
+    let mut node = node("[web]\nlisten = \"127.0.0.1:0\"\n");
+    let addr = web(&node);
+    page.goto(&format!("http://{addr}/#token={CITY}"))
+        .expect("the page opens");
+    page.wait_for(
+        "signed in and following the feed",
+        "return document.getElementById('status').textContent === 'live';",
+        Duration::from_secs(30),
+    )
+    .expect("in time");
+    let zones = || -> (Value, Value) {
+        let v = page
+            .eval(
+                "const g = window.edgeflow.geometry; \
+                 return [g.zones_generation, g.zones.map((z) => z.id).sort()];",
+            )
+            .expect("the page answers");
+        (v[0].clone(), v[1].clone())
+    };
+    let (generation, before) = zones();
+    assert_eq!(generation, json!(0));
+    assert!(before
+        .as_array()
+        .expect("ids")
+        .contains(&json!("karhula-centre")));
+
+    // Replaced as an operator should: written beside, renamed over.
+    let dir = node.dir.path();
+    let v1 = std::fs::read_to_string(dir.join("zones.geojson")).expect("zones");
+    std::fs::write(dir.join("zones.new"), crate::ingest::zones_v2(&v1)).expect("write");
+    std::fs::rename(dir.join("zones.new"), dir.join("zones.geojson")).expect("rename");
+    let reloads = node.handle.as_ref().expect("running").zone_reloads.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reloads.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no zone reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The geometry a page loads now is the new zones'.
+    let cookie = crate::web::login(addr, CITY);
+    let (status, answer) = crate::web::get_signed(addr, "/api/geometry", &cookie);
+    assert_eq!(status, 200);
+    let served: Value = serde_json::from_str(crate::web::body(&answer)).expect("json");
+    assert_eq!(served["zones_generation"], json!(1));
+    // The open page learns it with the zone feed's next update.
+    send_recording(&node);
+    page.wait_for(
+        "the new zones on the open page",
+        "const g = window.edgeflow.geometry; return g.zones_generation === 1 && \
+         g.zones.some((z) => z.id === 'karhula-east-half') && \
+         !g.zones.some((z) => z.id === 'karhula-centre');",
+        Duration::from_secs(30),
+    )
+    .expect("in time");
+    let (_, after) = zones();
+    let mut want: Vec<String> = (served["zones"].as_array().expect("zones").iter())
+        .filter_map(|z| z["id"].as_str().map(str::to_owned))
+        .collect();
+    want.sort();
+    assert_eq!(after, json!(want), "the page's zones are the node's");
+    page.wait_for(
+        "the new zone's demand on the page",
+        "return window.edgeflow.rowsOf('zone').some((r) => r.key === 'karhula-east-half');",
+        Duration::from_secs(30),
+    )
+    .expect("in time");
+    assert_eq!(
+        page.eval("return document.getElementById('status').textContent;")
+            .expect("the page answers"),
+        json!("live")
+    );
+    node.stop();
+}

@@ -362,28 +362,12 @@ fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
     }
     // Replace the file: the centre goes, a new eastern half comes, the
     // north-west quadrant grows over the whole north.
-    let mut doc: serde_json::Value = serde_json::from_str(&zones_v1).expect("json");
-    let features = doc["features"].as_array_mut().expect("features");
-    features.retain(|f| f["properties"]["id"] != "karhula-centre");
-    for f in features.iter_mut() {
-        if f["properties"]["id"] == "karhula-nw" {
-            f["geometry"]["coordinates"] = serde_json::json!([[
-                [26.925, 60.53],
-                [26.975, 60.53],
-                [26.975, 60.545],
-                [26.925, 60.545],
-                [26.925, 60.53]
-            ]]);
-        }
-    }
-    features.push(serde_json::json!({"type": "Feature", "properties": {"id": "karhula-east-half"},
-        "geometry": {"type": "Polygon", "coordinates": [[
-            [26.95, 60.515], [26.975, 60.515], [26.975, 60.545], [26.95, 60.545], [26.95, 60.515]]]}}));
+    let doc = zones_v2(&zones_v1);
     // Replaced as an operator should (written beside, then renamed over):
     // the watcher never reads half a file.
     let zones = node.dir.path().join("zones.geojson");
     let staged = node.dir.path().join("zones.geojson.new");
-    std::fs::write(&staged, doc.to_string()).expect("write");
+    std::fs::write(&staged, doc).expect("write");
     std::fs::rename(&staged, &zones).expect("rename");
     let reloads = node.handle.as_ref().expect("running").zone_reloads.clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -422,6 +406,30 @@ fn a_changed_zone_file_changes_the_rollups_of_a_running_node() {
     let got = node.sink("zones.csv");
     assert!(got.contains("\nkarhula-centre,") && !got.contains("karhula-east-half"));
     assert_eq!(got, replay_zones(node.dir.path(), &path));
+}
+
+/// Karhula's zone file changed: the centre gone, a new eastern half
+/// (`karhula-east-half`), the north-west quadrant grown over the whole
+/// north.
+pub(crate) fn zones_v2(zones_v1: &str) -> String {
+    let mut doc: serde_json::Value = serde_json::from_str(zones_v1).expect("json");
+    let features = doc["features"].as_array_mut().expect("features");
+    features.retain(|f| f["properties"]["id"] != "karhula-centre");
+    for f in features.iter_mut() {
+        if f["properties"]["id"] == "karhula-nw" {
+            f["geometry"]["coordinates"] = serde_json::json!([[
+                [26.925, 60.53],
+                [26.975, 60.53],
+                [26.975, 60.545],
+                [26.925, 60.545],
+                [26.925, 60.53]
+            ]]);
+        }
+    }
+    features.push(serde_json::json!({"type": "Feature", "properties": {"id": "karhula-east-half"},
+        "geometry": {"type": "Polygon", "coordinates": [[
+            [26.95, 60.515], [26.975, 60.515], [26.975, 60.545], [26.95, 60.545], [26.95, 60.515]]]}}));
+    doc.to_string()
 }
 
 /// Prints what a node that seems stuck has done: its counters, whether it

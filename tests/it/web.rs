@@ -179,6 +179,8 @@ struct Page {
     rows: BTreeMap<String, BTreeMap<(String, u64), serde_json::Value>>,
     ended: Vec<String>,
     kinds: Vec<String>,
+    /// The zones' generations the feed told.
+    geometry: Vec<u64>,
 }
 
 impl Page {
@@ -203,6 +205,9 @@ impl Page {
                     }
                 }
             }
+            "geometry" => self
+                .geometry
+                .push(v["zones_generation"].as_u64().expect("generation")),
             "end" => self
                 .ended
                 .push(v["kind"].as_str().expect("kind").to_owned()),
@@ -286,6 +291,7 @@ fn a_signed_in_page_sees_exactly_what_its_operator_may_see() {
     assert_eq!(g["segments"].as_array().expect("segments").len(), 517);
     assert_eq!(g["chargers"].as_array().expect("chargers").len(), 4);
     assert!(!g["zones"].as_array().expect("zones").is_empty());
+    assert_eq!(g["zones_generation"], 0);
     let (_, answer) = get_signed(addr, "/api/geometry", &cpo);
     let g: serde_json::Value = serde_json::from_str(body(&answer)).expect("geometry");
     assert_eq!(g["segments"].as_array().expect("segments").len(), 0);
@@ -307,6 +313,7 @@ fn a_signed_in_page_sees_exactly_what_its_operator_may_see() {
 
     let page = city_feed.join().expect("city feed");
     assert_eq!(page.kinds, ["congestion", "charging", "zone"]);
+    assert_eq!(page.geometry, [0], "the zones' generation, once");
     assert_eq!(page.ended.len(), 3, "every kind's feed ended");
     for kind in ["congestion", "charging", "zone"] {
         let want = csv_rows(&node.sink(sink_file(kind)));
@@ -316,6 +323,7 @@ fn a_signed_in_page_sees_exactly_what_its_operator_may_see() {
     }
     let page = cpo_feed.join().expect("cpo feed");
     assert_eq!(page.kinds, ["charging"]);
+    assert!(page.geometry.is_empty(), "no zones, no zone generation");
     let want: BTreeMap<_, _> = csv_rows(&node.sink("charging.csv"))
         .into_iter()
         .filter(|((id, _), _)| id == CPO_CHARGER)

@@ -20,9 +20,11 @@
 //! Aggregate keys are `u32`. A [`ZoneRegistry`] numbers zone ids in the
 //! order it first sees them (named zones sorted by id, then H3 cells sorted)
 //! and never forgets one, so numbers stay valid across reloads; CSV output
-//! sorts zones by id, not by number.
+//! sorts zones by id, not by number. It also keeps the named zones in
+//! force and a generation that counts their changes, so that what draws
+//! them (the live map) follows a reload.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use rustc_hash::FxHashMap;
 
@@ -170,6 +172,11 @@ struct RegistryInner {
     index: FxHashMap<(String, ZoneKind), u32>,
     /// Centres of the named zones in force, by number.
     centres: FxHashMap<u32, [f64; 2]>,
+    /// The named zones in force (sorted by id); `None` until membership
+    /// is first computed.
+    in_force: Option<Arc<Vec<Zone>>>,
+    /// How many times the named zones in force changed.
+    generation: u64,
 }
 
 impl ZoneRegistry {
@@ -229,13 +236,34 @@ impl ZoneRegistry {
             .collect()
     }
 
-    /// Records the named zones in force and their centres.
+    /// The named zones in force (sorted by id) and their generation:
+    /// `None` before membership was first computed (the reference's own
+    /// zones are in force then); the generation counts changes since the
+    /// first computation, which is of the reference's zones.
+    pub fn in_force(&self) -> (u64, Option<Arc<Vec<Zone>>>) {
+        match self.inner.read() {
+            Ok(inner) => (inner.generation, inner.in_force.clone()),
+            Err(_) => (0, None),
+        }
+    }
+
+    /// Records the named zones in force and their centres; the generation
+    /// moves when they differ from the ones in force before.
     fn set_in_force(&self, named: &[(u32, &Zone)]) {
         if let Ok(mut inner) = self.inner.write() {
             inner.centres = named
                 .iter()
                 .filter_map(|(n, z)| Some((*n, z.centre()?)))
                 .collect();
+            let zones: Vec<Zone> = named.iter().map(|(_, z)| (*z).clone()).collect();
+            match &inner.in_force {
+                Some(old) if **old == zones => {}
+                Some(_) => {
+                    inner.generation += 1;
+                    inner.in_force = Some(Arc::new(zones));
+                }
+                None => inner.in_force = Some(Arc::new(zones)),
+            }
         }
     }
 }
@@ -546,11 +574,21 @@ mod tests {
             ..ZoneSettings::default()
         };
         let m = |zones: &[Zone]| membership(&[], &[], zones, &settings, &registry);
-        m(&[z.clone(), b.clone()]);
+        let ids = || {
+            let (generation, zones) = registry.in_force();
+            let ids = zones.map(|zs| zs.iter().map(|z| z.id.clone()).collect::<Vec<_>>());
+            (generation, ids)
+        };
+        assert_eq!(ids(), (0, None), "nothing in force before membership");
+        m(&[b.clone(), z.clone()]);
+        assert_eq!(ids(), (0, Some(vec!["a".into(), "b".into()])), "by id");
         let nb = registry.get("b", ZoneKind::Named).expect("b");
         assert_eq!(registry.centre(nb), Some([21.0, 21.0]));
+        m(&[z.clone(), b.clone()]);
+        assert_eq!(ids().0, 0, "the same zones again are no change");
         m(&[z]);
         assert_eq!(registry.centre(nb), None, "b was removed");
+        assert_eq!(ids(), (1, Some(vec!["a".into()])));
     }
 
     #[test]

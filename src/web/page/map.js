@@ -1,8 +1,9 @@
 // edgeflow live map: hand-written, no library, no build step.
 //
 // Signs in with an operator token (POST /api/login: an HttpOnly session
-// cookie), loads the geometry it may draw once (/api/geometry), then
-// follows the node's changes (/api/feed, Server-Sent Events). The data
+// cookie), loads the geometry it may draw once (/api/geometry; again
+// when the feed says the zones in force changed), then follows the
+// node's changes (/api/feed, Server-Sent Events). The data
 // model is `window.edgeflow` (tests read it): rows per kind, key and
 // window, as the operator's subscription holds them.
 "use strict";
@@ -136,7 +137,7 @@
 
   function project(lon, lat) { return [lon * view.k, -lat]; }
 
-  function buildWorld() {
+  function buildWorld(refit = true) {
     const g = model.geometry;
     let lat0 = 0, n = 0;
     for (const s of g.segments) for (const p of s.line) { lat0 += p[1]; n++; }
@@ -162,7 +163,8 @@
     const cells = (g.cells || []).map((c) => ({ id: c.id, name: "H3 cell " + c.id, polys: [[c.ring.map((p) => project(p[0], p[1]))]] }));
     world = { segments, chargers, zones, cells, box };
     if (zones.length === 0 && cells.length > 0) model.zoneLayer = "cells";
-    fit();
+    if (refit) fit();
+    dirty = true;
   }
 
   function fit() {
@@ -554,12 +556,36 @@
     follow();
   }
 
+  let zonesWanted = null, reloading = false;
+  async function reloadGeometry() {
+    if (reloading || !model.geometry || zonesWanted === model.geometry.zones_generation) return;
+    reloading = true;
+    try {
+      const g = await fetch("/api/geometry", { credentials: "same-origin" });
+      if (g.ok) {
+        model.geometry = await g.json();
+        buildWorld(false);
+        legend();
+      }
+    } finally {
+      reloading = false;
+    }
+    // Another change may have come meanwhile; a failed load waits for the next event.
+    if (model.geometry && zonesWanted !== model.geometry.zones_generation && !model.ended) setTimeout(reloadGeometry, 1000);
+  }
+
   function follow() {
     const es = new EventSource("/api/feed");
     model.feed = es;
     let following = [];
     const ends = [];
     es.addEventListener("kinds", (e) => { following = JSON.parse(e.data); status("live"); });
+    // The named zones in force changed (a reloaded zone file): the
+    // geometry is loaded again, the view kept.
+    es.addEventListener("geometry", (e) => {
+      zonesWanted = JSON.parse(e.data).zones_generation;
+      reloadGeometry();
+    });
     es.addEventListener("update", (e) => {
       const t = performance.now();
       apply(JSON.parse(e.data));
