@@ -240,6 +240,26 @@ fn the_page_shows_every_row_its_token_may_see_and_none_it_may_not() {
         Duration::from_secs(10),
     )
     .expect("in time");
+
+    // Fitted, every segment is in view and drawn; zoomed in, only those
+    // in view are.
+    assert_eq!(
+        city.eval("return window.edgeflow.segmentsDrawn;")
+            .expect("the page answers"),
+        json!(517)
+    );
+    city.eval(
+        "const c = document.getElementById('map'); const r = c.getBoundingClientRect();\n\
+         c.dispatchEvent(new WheelEvent('wheel', {deltaY: -2000, clientX: r.left + r.width / 2, clientY: r.top + r.height / 2, bubbles: true, cancelable: true}));\n\
+         return true;",
+    )
+    .expect("the page answers");
+    city.wait_for(
+        "a zoomed-in frame drawing only the segments in view",
+        "const n = window.edgeflow.segmentsDrawn; return n > 0 && n < 517;",
+        Duration::from_secs(10),
+    )
+    .expect("in time");
 }
 
 /// A tile server on loopback: every request gets one 256 x 256 magenta

@@ -148,7 +148,9 @@
     const segments = g.segments.map((s) => {
       const pts = s.line.map((p) => project(p[0], p[1]));
       pts.forEach(grow);
-      return { id: s.id, name: s.name, pts };
+      const b = [Infinity, Infinity, -Infinity, -Infinity];
+      for (const p of pts) { b[0] = Math.min(b[0], p[0]); b[1] = Math.min(b[1], p[1]); b[2] = Math.max(b[2], p[0]); b[3] = Math.max(b[3], p[1]); }
+      return { id: s.id, name: s.name, pts, b };
     });
     const chargers = g.chargers.map((c) => {
       const p = project(c.position[0], c.position[1]);
@@ -277,25 +279,34 @@
       ctx.stroke();
     });
 
-    // Segments: one path per level.
+    // Segments in view: one path per level.
+    const vx0 = -view.x / view.scale, vy0 = -view.y / view.scale;
+    const vx1 = vx0 + canvas.clientWidth / view.scale, vy1 = vy0 + canvas.clientHeight / view.scale;
     const paths = { none: new Path2D() };
     for (const [l] of LEVELS) paths[l] = new Path2D();
+    let shown = 0;
     for (const s of world.segments) {
+      if (s.b[2] < vx0 || s.b[0] > vx1 || s.b[3] < vy0 || s.b[1] > vy1) continue;
+      shown++;
       const r = w === null ? undefined : valueAt("congestion", s.id, w);
       const path = (r && paths[r.value.level]) || paths.none;
       const pts = s.pts;
       path.moveTo(pts[0][0], pts[0][1]);
       for (let j = 1; j < pts.length; j++) path.lineTo(pts[j][0], pts[j][1]);
     }
-    // Round ends and joins, and wide lines, cost a rasteriser dearly over
-    // thousands of segments; at a city's scale nobody sees them.
-    const round = world.segments.length <= 3000;
+    // Lines wider than a pixel are outlined and filled by the rasteriser,
+    // which costs dearly over thousands of segments; lines of one pixel are
+    // drawn as hairlines, far faster. So with more than 3,000 segments in
+    // view (a city's scale, where nobody sees the difference) every line is
+    // a pixel wide; zoomed in, they are wide with round ends and joins.
+    const round = shown <= 3000;
+    model.segmentsDrawn = shown;
     ctx.lineCap = round ? "round" : "butt";
     ctx.lineJoin = round ? "round" : "bevel";
     ctx.lineWidth = (round ? 1.5 : 1) * px;
     ctx.strokeStyle = NO_DATA;
     ctx.stroke(paths.none);
-    ctx.lineWidth = (round ? 3 : 1.5) * px;
+    ctx.lineWidth = (round ? 3 : 1) * px;
     for (const [l, c] of LEVELS) { ctx.strokeStyle = c; ctx.stroke(paths[l]); }
 
     // Chargers: sized by power, coloured by occupancy.
